@@ -1,0 +1,225 @@
+import Foundation
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOPosix
+import NIOSSL
+import RingmasterSecurity
+import RingmasterWire
+
+/// Opens TLS control connections to a coordinator, as an agent or the CLI.
+///
+/// The coordinator is checked by a `PeerVerifier` (a CA, or a pin when joining); when it is
+/// refused, the error thrown is the verifier's, which says why, not TLS's generic alert.
+public struct ControlClient: Sendable {
+    /// Host and port of the coordinator.
+    public var host: String
+    /// The coordinator's control port.
+    public var port: Int
+    /// Client credentials for mutual TLS, or nil to connect anonymously (to join).
+    public var credentials: Credentials?
+    /// How the coordinator is recognised.
+    public var serverTrust: PeerVerifier.Trust
+    /// The largest frame accepted or sent.
+    public var maximumFrameBytes: Int
+    /// Time allowed to connect and finish the TLS handshake.
+    public var connectTimeoutSeconds: Double
+
+    /// Makes a client.
+    public init(
+        host: String,
+        port: Int,
+        credentials: Credentials?,
+        serverTrust: PeerVerifier.Trust,
+        maximumFrameBytes: Int = FrameLimits.defaultMaximumPayloadBytes,
+        connectTimeoutSeconds: Double = 10
+    ) {
+        self.host = host
+        self.port = port
+        self.credentials = credentials
+        self.serverTrust = serverTrust
+        self.maximumFrameBytes = maximumFrameBytes
+        self.connectTimeoutSeconds = connectTimeoutSeconds
+    }
+
+    /// A client that uses `credentials` and trusts their CA.
+    public init(address: ControlAddress, credentials: Credentials) {
+        self.init(
+            host: address.host,
+            port: address.port,
+            credentials: credentials,
+            serverTrust: .certificate(credentials.caCertificate)
+        )
+    }
+
+    /// Connects and completes the TLS handshake, then runs `body` with the connection and closes it.
+    public func withConnection<Result: Sendable>(
+        on group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
+        _ body: @escaping @Sendable (ControlSession) async throws -> Result
+    ) async throws -> Result {
+        let refusal = NIOLockedValueBox<SecurityError?>(nil)
+        let verifier = PeerVerifier(trust: self.serverTrust, allowedRoles: [.coordinator])
+        let context = try ControlTLS.clientContext(credentials: self.credentials)
+        let maximumFrameBytes = self.maximumFrameBytes
+        let connection: ControlPipeline.Connection
+        let handshake: EventLoopFuture<Void>
+        do {
+            (connection, handshake) = try await ClientBootstrap(group: group)
+                .connectTimeout(.milliseconds(Int64(self.connectTimeoutSeconds * 1000)))
+                .channelOption(.socketOption(.tcp_nodelay), value: 1)
+                .connect(host: self.host, port: self.port) { channel in
+                    channel.eventLoop.makeCompletedFuture {
+                        let tls = try NIOSSLClientHandler(
+                            context: context,
+                            serverHostname: nil,
+                            customVerificationCallback: verifier.callback { error in
+                                refusal.withLockedValue { $0 = error }
+                            }
+                        )
+                        try channel.pipeline.syncOperations.addHandler(tls)
+                        return try ControlPipeline.wrap(channel: channel, maximumFrameBytes: maximumFrameBytes)
+                    }
+                }
+        } catch {
+            throw ControlClientError.connect(host: self.host, port: self.port, underlying: error)
+        }
+        do {
+            // The handshake runs as soon as the channel is active; wait for it so a refused
+            // coordinator fails here with the verifier's reason.
+            try await withDeadline(
+                seconds: self.connectTimeoutSeconds,
+                waitingFor: "the TLS handshake with \(self.host):\(self.port)"
+            ) {
+                try await handshake.get()
+            }
+        } catch {
+            try? await connection.channel.close()
+            if let refused = refusal.withLockedValue({ $0 }) { throw refused }
+            throw ControlClientError.connect(host: self.host, port: self.port, underlying: error)
+        }
+        return try await connection.executeThenClose { inbound, outbound in
+            let session = ControlSession(inbound: inbound, outbound: outbound, peer: "\(self.host):\(self.port)")
+            return try await body(session)
+        }
+    }
+}
+
+/// A handshaken control connection: send envelopes, await replies with deadlines.
+public final class ControlSession: Sendable {
+    let outbound: NIOAsyncChannelOutboundWriter<Envelope>
+    let iterator: IteratorBox
+    /// The peer's address, for messages.
+    public let peer: String
+    let nextRequestID = NIOLockedValueBox<UInt64>(1)
+
+    init(inbound: NIOAsyncChannelInboundStream<Envelope>, outbound: NIOAsyncChannelOutboundWriter<Envelope>, peer: String) {
+        self.outbound = outbound
+        self.iterator = IteratorBox(inbound.makeAsyncIterator())
+        self.peer = peer
+    }
+
+    /// Sends one envelope.
+    public func send(_ envelope: Envelope) async throws {
+        try await self.outbound.write(envelope)
+    }
+
+    /// Receives the next envelope, or throws if the connection closes or `seconds` pass first.
+    public func receive(within seconds: Double, waitingFor what: String) async throws -> Envelope {
+        let iterator = self.iterator
+        let peer = self.peer
+        return try await withDeadline(seconds: seconds, waitingFor: "\(what) from \(peer)") {
+            guard let envelope = try await iterator.next() else {
+                throw ControlClientError.closed(peer: peer, waitingFor: what)
+            }
+            return envelope
+        }
+    }
+
+    /// Sends `envelope` with a fresh request id and returns the reply; an `Error` reply is thrown.
+    public func request(_ envelope: Envelope, within seconds: Double = 10) async throws -> Envelope {
+        var envelope = envelope
+        envelope.requestID = self.nextRequestID.withLockedValue { id in
+            defer { id += 1 }
+            return id
+        }
+        try await self.send(envelope)
+        let reply = try await self.receive(within: seconds, waitingFor: "a reply to \(envelope.kind)")
+        if case .error(let error) = reply.body {
+            throw ControlClientError.refused(code: error.code, message: error.message)
+        }
+        return reply
+    }
+}
+
+/// An async iterator shared behind a lock so `ControlSession` can be `Sendable`; only one
+/// receive runs at a time (the lock is held across none of them: `next` is called from one task).
+final class IteratorBox: @unchecked Sendable {
+    // Safe because every caller of `next` is the session's single receiving task: the agent's
+    // session loop or the CLI's request, never two at once.
+    var iterator: NIOAsyncChannelInboundStream<Envelope>.AsyncIterator
+
+    init(_ iterator: NIOAsyncChannelInboundStream<Envelope>.AsyncIterator) {
+        self.iterator = iterator
+    }
+
+    func next() async throws -> Envelope? {
+        try await self.iterator.next()
+    }
+}
+
+/// Why a control client call failed.
+public enum ControlClientError: Error, Sendable, CustomStringConvertible {
+    /// Could not connect or complete the TLS handshake.
+    case connect(host: String, port: Int, underlying: any Error)
+    /// The coordinator closed the connection while a reply was awaited.
+    case closed(peer: String, waitingFor: String)
+    /// The coordinator answered with an error.
+    case refused(code: Ringmaster_V1_Error.Code, message: String)
+
+    public var description: String {
+        switch self {
+        case .connect(let host, let port, let underlying):
+            return "could not connect to the coordinator at \(host):\(port): \(underlying)"
+        case .closed(let peer, let what):
+            return "the coordinator at \(peer) closed the connection while waiting for \(what)"
+        case .refused(let code, let message):
+            return "the coordinator refused the request (\(code)): \(message)"
+        }
+    }
+}
+
+/// A `host:port` address of a coordinator.
+public struct ControlAddress: Sendable, Hashable, CustomStringConvertible {
+    /// Host name or IP address.
+    public var host: String
+    /// TCP port.
+    public var port: Int
+
+    /// Makes an address.
+    public init(host: String, port: Int) {
+        self.host = host
+        self.port = port
+    }
+
+    /// Parses `host:port` (or `[v6]:port`).
+    public init(parsing text: String) throws {
+        guard let colon = text.lastIndex(of: ":"), let port = Int(text[text.index(after: colon)...]),
+            (0...65535).contains(port)
+        else {
+            throw ControlAddressError(text: text)
+        }
+        var host = String(text[..<colon])
+        if host.hasPrefix("[") && host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
+        guard !host.isEmpty else { throw ControlAddressError(text: text) }
+        self.host = host
+        self.port = port
+    }
+
+    public var description: String { self.host.contains(":") ? "[\(self.host)]:\(self.port)" : "\(self.host):\(self.port)" }
+}
+
+/// A malformed `host:port`.
+public struct ControlAddressError: Error, Sendable, CustomStringConvertible {
+    /// The text given.
+    public var text: String
+    public var description: String { "\"\(self.text)\" is not an address: use HOST:PORT, e.g. 127.0.0.1:7600" }
+}

@@ -1,0 +1,96 @@
+import NIOCore
+import NIOSSL
+import NIOTLS
+import RingmasterWire
+
+/// The channel pipeline of a control connection, on both ends: TLS, then frames of `Envelope`s.
+public enum ControlPipeline {
+    /// The element type of a control connection seen from async code.
+    public typealias Connection = NIOAsyncChannel<Envelope, Envelope>
+
+    /// Adds a handshake watcher and the framing handlers behind an already added TLS handler, and
+    /// wraps the channel for async use. Returns the connection and a future that succeeds when the
+    /// TLS handshake completes (and fails if it does not). Must run on the channel's event loop.
+    public static func wrap(
+        channel: any Channel,
+        maximumFrameBytes: Int
+    ) throws -> (connection: Connection, handshake: EventLoopFuture<Void>) {
+        let operations = channel.pipeline.syncOperations
+        let watcher = HandshakeWatcher(promise: channel.eventLoop.makePromise())
+        try operations.addHandler(watcher)
+        try operations.addHandler(ByteToMessageHandler(FrameDecoder(maximumPayloadBytes: maximumFrameBytes)))
+        try operations.addHandler(MessageToByteHandler(FrameEncoder(maximumPayloadBytes: maximumFrameBytes)))
+        return (try Connection(wrappingChannelSynchronously: channel), watcher.promise.futureResult)
+    }
+}
+
+/// Turns NIOSSL's handshake-completed event into a future: succeeded on the event, failed by the
+/// first error or by the channel closing before it.
+final class HandshakeWatcher: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = NIOAny
+
+    let promise: EventLoopPromise<Void>
+    var done = false
+
+    init(promise: EventLoopPromise<Void>) {
+        self.promise = promise
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if case .handshakeCompleted = event as? TLSUserEvent, !self.done {
+            self.done = true
+            self.promise.succeed(())
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        if !self.done {
+            self.done = true
+            self.promise.fail(error)
+        }
+        context.fireErrorCaught(error)
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        if !self.done {
+            self.done = true
+            self.promise.fail(ChannelError.eof)
+        }
+        context.fireChannelInactive()
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        if !self.done {
+            self.done = true
+            self.promise.fail(ChannelError.ioOnClosedChannel)
+        }
+    }
+}
+
+/// Runs `body` but gives up after `seconds`, throwing a `DeadlineExceeded` that names `what`.
+public func withDeadline<Result: Sendable>(
+    seconds: Double,
+    waitingFor what: String,
+    _ body: @escaping @Sendable () async throws -> Result
+) async throws -> Result {
+    try await withThrowingTaskGroup(of: Result.self) { group in
+        group.addTask { try await body() }
+        group.addTask {
+            try await Task.sleep(for: .milliseconds(Int(seconds * 1000)))
+            throw DeadlineExceeded(what: what, seconds: seconds)
+        }
+        defer { group.cancelAll() }
+        return try await group.next()!
+    }
+}
+
+/// A wait that ran past its deadline.
+public struct DeadlineExceeded: Error, Sendable, CustomStringConvertible {
+    /// What was waited for.
+    public var what: String
+    /// How long.
+    public var seconds: Double
+
+    public var description: String { "gave up after \(self.seconds) s waiting for \(self.what)" }
+}

@@ -1,0 +1,33 @@
+/// An error from the coordinator service.
+public struct CoordinatorError: Error, Sendable, CustomStringConvertible {
+    /// What went wrong, as a stable code.
+    public enum Code: String, Sendable, Hashable {
+        /// The SQLite state could not be read or written.
+        case stateStore
+        /// The configuration is not usable.
+        case configuration
+        /// The control listener could not start.
+        case listen
+    }
+
+    /// The stable code.
+    public var code: Code
+    /// Operator-facing text.
+    public var message: String
+    /// The cause, if any.
+    public var underlying: (any Error)?
+
+    /// Makes an error.
+    public init(_ code: Code, _ message: String, underlying: (any Error)? = nil) {
+        self.code = code
+        self.message = message
+        self.underlying = underlying
+    }
+
+    public var description: String {
+        if let underlying = self.underlying {
+            return "\(self.code.rawValue): \(self.message) (\(underlying))"
+        }
+        return "\(self.code.rawValue): \(self.message)"
+    }
+}

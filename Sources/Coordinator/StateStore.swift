@@ -1,0 +1,157 @@
+import Foundation
+import GRDB
+import RingmasterSecurity
+
+/// The coordinator's durable state in SQLite (`state.sqlite` in the state directory, 0600):
+/// join tokens and admitted nodes. Every change is one transaction, so a crash leaves either the
+/// old or the new state, and a token redeemed before a crash stays redeemed after it.
+public final class StateStore: Sendable {
+    let database: DatabaseQueue
+
+    /// A node the coordinator admitted.
+    public struct NodeRecord: Sendable, Hashable {
+        /// The node id (its certificate's name).
+        public var id: String
+        /// When it first joined.
+        public var joined: Date
+        /// When its current certificate expires.
+        public var certificateNotAfter: Date
+    }
+
+    /// Opens (creating if needed) the store at `path`.
+    public init(path: String) throws {
+        var configuration = Configuration()
+        configuration.journalMode = .wal
+        configuration.busyMode = .timeout(5)
+        do {
+            self.database = try DatabaseQueue(path: path, configuration: configuration)
+            try Self.migrator.migrate(self.database)
+        } catch {
+            throw CoordinatorError(.stateStore, "could not open the state database at \(path)", underlying: error)
+        }
+        for file in [path, "\(path)-wal", "\(path)-shm"] where FileManager.default.fileExists(atPath: file) {
+            _ = chmod(file, 0o600)
+        }
+    }
+
+    static var migrator: DatabaseMigrator {
+        var migrator = DatabaseMigrator()
+        migrator.registerMigration("v1") { db in
+            try db.create(table: "token") { table in
+                table.primaryKey("id", .text)
+                table.column("secret", .blob).notNull()
+                table.column("created", .double).notNull()
+                table.column("expires", .double).notNull()
+                table.column("redeemed", .double)
+                table.column("redeemed_by", .text)
+            }
+            try db.create(table: "node") { table in
+                table.primaryKey("id", .text)
+                table.column("joined", .double).notNull()
+                table.column("certificate_not_after", .double).notNull()
+            }
+        }
+        return migrator
+    }
+
+    // MARK: - Tokens
+
+    /// Stores a new token valid until `expires`.
+    public func add(token: JoinToken, expires: Date, now: Date) throws {
+        try self.write { db in
+            try db.execute(
+                sql: "INSERT INTO token (id, secret, created, expires) VALUES (?, ?, ?, ?)",
+                arguments: [token.id, Data(token.secret), now.timeIntervalSince1970, expires.timeIntervalSince1970]
+            )
+        }
+    }
+
+    /// Looks a token up for a join without redeeming it. Throws when it is unknown, used or expired.
+    public func usableToken(id: String, now: Date) throws -> JoinToken {
+        let row = try self.read { db in
+            try Row.fetchOne(db, sql: "SELECT secret, expires, redeemed FROM token WHERE id = ?", arguments: [id])
+        }
+        guard let row else {
+            throw SecurityError(.invalidToken, "no join token has id \(id); create one with `ringmaster token create`")
+        }
+        if let redeemed = row["redeemed"] as Double? {
+            throw SecurityError(
+                .tokenAlreadyUsed,
+                "join token \(id) was already used at \(Date(timeIntervalSince1970: redeemed)); tokens are single-use, create a new one"
+            )
+        }
+        let expires = Date(timeIntervalSince1970: row["expires"])
+        guard now < expires else {
+            throw SecurityError(.tokenExpired, "join token \(id) expired at \(expires); create a new one")
+        }
+        let secret: Data = row["secret"]
+        return JoinToken(id: id, secret: Array(secret))
+    }
+
+    /// Marks a token used by `node` and records the node, in one transaction. Throws (changing
+    /// nothing) if another join redeemed the token first.
+    public func redeem(tokenID: String, node: String, certificateNotAfter: Date, now: Date) throws {
+        try self.write { db in
+            try db.execute(
+                sql: "UPDATE token SET redeemed = ?, redeemed_by = ? WHERE id = ? AND redeemed IS NULL",
+                arguments: [now.timeIntervalSince1970, node, tokenID]
+            )
+            guard db.changesCount == 1 else {
+                throw SecurityError(.tokenAlreadyUsed, "join token \(tokenID) was already used; create a new one")
+            }
+            try Self.upsertNode(db, id: node, certificateNotAfter: certificateNotAfter, now: now)
+        }
+    }
+
+    // MARK: - Nodes
+
+    /// Records a renewed certificate for a known node.
+    public func renewed(node: String, certificateNotAfter: Date, now: Date) throws {
+        try self.write { db in
+            try Self.upsertNode(db, id: node, certificateNotAfter: certificateNotAfter, now: now)
+        }
+    }
+
+    /// Every admitted node, by id.
+    public func nodes() throws -> [NodeRecord] {
+        try self.read { db in
+            try Row.fetchAll(db, sql: "SELECT id, joined, certificate_not_after FROM node ORDER BY id").map { row in
+                NodeRecord(
+                    id: row["id"],
+                    joined: Date(timeIntervalSince1970: row["joined"]),
+                    certificateNotAfter: Date(timeIntervalSince1970: row["certificate_not_after"])
+                )
+            }
+        }
+    }
+
+    static func upsertNode(_ db: Database, id: String, certificateNotAfter: Date, now: Date) throws {
+        try db.execute(
+            sql: """
+                INSERT INTO node (id, joined, certificate_not_after) VALUES (?, ?, ?)
+                ON CONFLICT(id) DO UPDATE SET certificate_not_after = excluded.certificate_not_after
+                """,
+            arguments: [id, now.timeIntervalSince1970, certificateNotAfter.timeIntervalSince1970]
+        )
+    }
+
+    // MARK: - Transactions
+
+    func write<T>(_ body: (Database) throws -> T) throws -> T {
+        do {
+            return try self.database.write(body)
+        } catch let error as SecurityError {
+            throw error
+        } catch {
+            throw CoordinatorError(.stateStore, "a state database write failed", underlying: error)
+        }
+    }
+
+    func read<T>(_ body: (Database) throws -> T) throws -> T {
+        do {
+            return try self.database.read(body)
+        } catch {
+            throw CoordinatorError(.stateStore, "a state database read failed", underlying: error)
+        }
+    }
+}
