@@ -95,6 +95,15 @@ let package = Package(
             swiftSettings: strictSwift6
         ),
 
+        .target(
+            name: "LocalCluster",
+            dependencies: [
+                "ControlPlane",
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+            ],
+            swiftSettings: strictSwift6
+        ),
+
         // MARK: - Executable
 
         .executableTarget(
@@ -105,6 +114,7 @@ let package = Package(
                 "ControlPlane",
                 "Coordinator",
                 "Agent",
+                "LocalCluster",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -142,6 +152,7 @@ let package = Package(
                 "ControlPlane",
                 "Coordinator",
                 "Agent",
+                "LocalCluster",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),

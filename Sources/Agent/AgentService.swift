@@ -1,0 +1,255 @@
+import ControlPlane
+import Foundation
+import Logging
+import NIOCore
+import RingmasterSecurity
+import RingmasterWire
+import ServiceLifecycle
+import X509
+
+/// Settings of a node agent.
+public struct AgentConfiguration: Sendable {
+    /// The coordinator's control address.
+    public var coordinator: ControlAddress
+    /// Where the agent keeps its key and certificates (created 0700).
+    public var dataDirectory: String
+    /// The node name asked for when joining (a DNS label; default: the host name).
+    public var nodeName: String
+    /// A join token, needed only on the first start (when the data directory has no certificate).
+    public var joinToken: JoinToken?
+    /// The CA pin that comes with the token.
+    public var caPin: CAPin?
+    /// Addresses the agent's data plane listens on, announced to the coordinator.
+    public var dataPlaneAddresses: [String] = []
+    /// GPUs on this host.
+    public var gpus: UInt32 = 0
+    /// First delay before reconnecting after the control connection drops.
+    public var reconnectInitialDelaySeconds: Double = 0.1
+    /// Longest delay between reconnection attempts.
+    public var reconnectMaximumDelaySeconds: Double = 5
+
+    /// Settings with defaults.
+    public init(coordinator: ControlAddress, dataDirectory: String, nodeName: String) {
+        self.coordinator = coordinator
+        self.dataDirectory = dataDirectory
+        self.nodeName = nodeName
+    }
+}
+
+/// The node agent as a service: joins the coordinator once with a token, then holds a
+/// mutual-TLS session (hello, heartbeats, certificate renewal) and reconnects with backoff
+/// whenever it drops, until graceful shutdown.
+public final class AgentService: Service, Sendable {
+    let configuration: AgentConfiguration
+    let logger: Logger
+    let now: @Sendable () -> Date
+
+    /// Makes the service; starts nothing.
+    public init(configuration: AgentConfiguration, logger: Logger, now: @escaping @Sendable () -> Date = { Date() }) {
+        self.configuration = configuration
+        var logger = logger
+        logger[metadataKey: LogKey.node] = "\(configuration.nodeName)"
+        self.logger = logger
+        self.now = now
+    }
+
+    // MARK: - Joining
+
+    /// Loads the agent's credentials, or joins with the configured token when there are none.
+    public func credentials() async throws -> Credentials {
+        if let existing = try Credentials.load(directory: self.configuration.dataDirectory) {
+            if self.configuration.joinToken != nil {
+                self.logger.info("already joined; the join token is not needed and was not used")
+            }
+            return existing
+        }
+        guard let token = self.configuration.joinToken, let pin = self.configuration.caPin else {
+            throw AgentError(
+                .notJoined,
+                "\(self.configuration.dataDirectory) holds no certificate: join first with --token and --ca-pin from `ringmaster token create`"
+            )
+        }
+        return try await self.join(token: token, pin: pin)
+    }
+
+    /// Joins the coordinator: a fresh key, a CSR, and proof of the token's secret bound to the
+    /// coordinator's nonce. Saves and returns the credentials.
+    public func join(token: JoinToken, pin: CAPin) async throws -> Credentials {
+        let address = self.configuration.coordinator
+        let nodeName = self.configuration.nodeName
+        let request = try KeyAndRequest.make(name: nodeName)
+        let client = ControlClient(host: address.host, port: address.port, credentials: nil, serverTrust: .pin(pin))
+        let reply: Ringmaster_V1_JoinReply = try await client.withConnection { session in
+            var begin = Envelope()
+            begin.joinBegin = .with {
+                $0.tokenID = token.id
+                $0.nodeName = nodeName
+            }
+            let challenge = try await session.request(begin)
+            guard case .joinChallenge(let challengeBody) = challenge.body else {
+                throw AgentError(.protocolViolation, "expected a join challenge, got \(challenge.kind)")
+            }
+            var join = Envelope()
+            join.joinRequest = .with {
+                $0.tokenID = token.id
+                $0.nodeName = nodeName
+                $0.csrDer = Data(request.csrDER)
+                $0.proof = Data(
+                    JoinProof.compute(
+                        secret: token.secret,
+                        nonce: Array(challengeBody.nonce),
+                        nodeName: nodeName,
+                        csrDER: request.csrDER
+                    )
+                )
+            }
+            let answer = try await session.request(join)
+            guard case .joinReply(let reply) = answer.body else {
+                throw AgentError(.protocolViolation, "expected a join reply, got \(answer.kind)")
+            }
+            return reply
+        }
+        let certificate = try Certificate(derEncoded: Array(reply.certificateDer))
+        let ca = try Certificate(derEncoded: Array(reply.caCertificateDer))
+        guard pin.matches(ca) else {
+            throw AgentError(.protocolViolation, "the coordinator returned a CA that does not match the pin \(pin)")
+        }
+        let credentials = try Credentials(privateKey: request.privateKey, certificate: certificate, caCertificate: ca)
+        try credentials.save(directory: self.configuration.dataDirectory)
+        self.logger.info(
+            "joined the coordinator",
+            metadata: [LogKey.node: "\(reply.nodeID)", "certificate_not_after": "\(certificate.notValidAfter)"]
+        )
+        return credentials
+    }
+
+    // MARK: - Running
+
+    /// Joins if needed, then keeps a session with the coordinator until graceful shutdown.
+    public func run() async throws {
+        let initial = try await self.credentials()
+        try await cancelWhenGracefulShutdown {
+            var credentials = initial
+            var delay = self.configuration.reconnectInitialDelaySeconds
+            while !Task.isCancelled {
+                let end = await self.session(credentials: credentials)
+                if let renewed = end.credentials { credentials = renewed }
+                if end.connected { delay = self.configuration.reconnectInitialDelaySeconds }
+                if Task.isCancelled { break }
+                self.logger.warning(
+                    "control session ended; reconnecting",
+                    metadata: [LogKey.reason: "\(end.reason)", "retry_in_seconds": "\(delay)"]
+                )
+                let jittered = delay * Double.random(in: 0.8...1.2)
+                try await Task.sleep(for: .milliseconds(Int(jittered * 1000)))
+                delay = min(delay * 2, self.configuration.reconnectMaximumDelaySeconds)
+            }
+        }
+        self.logger.info("agent stopped")
+    }
+
+    /// How a session ended.
+    struct SessionEnd: Sendable {
+        /// Whether the session got as far as the coordinator's hello reply.
+        var connected: Bool
+        /// Credentials renewed during the session, if any.
+        var credentials: Credentials?
+        /// Why it ended.
+        var reason: any Error
+    }
+
+    /// State a session shares with the loop that runs it.
+    final class SessionProgress: @unchecked Sendable {
+        // Safe because only the session's own task touches it, and the caller reads it after
+        // that task has finished.
+        var connected = false
+        var credentials: Credentials?
+    }
+
+    /// One mutual-TLS session: hello, then a heartbeat each interval (renewing the certificate
+    /// when it is two thirds through its life), until the connection ends.
+    func session(credentials: Credentials) async -> SessionEnd {
+        let client = ControlClient(address: self.configuration.coordinator, credentials: credentials)
+        let progress = SessionProgress()
+        do {
+            try await client.withConnection { session in
+                var hello = Envelope()
+                hello.agentHello = .with {
+                    $0.agentVersion = RingmasterVersion.current
+                    $0.gpus = self.configuration.gpus
+                    $0.dataPlaneAddresses = self.configuration.dataPlaneAddresses
+                }
+                let reply = try await session.request(hello)
+                guard case .helloReply(let helloReply) = reply.body else {
+                    throw AgentError(.protocolViolation, "expected a hello reply, got \(reply.kind)")
+                }
+                progress.connected = true
+                self.logger.info("connected to the coordinator", metadata: [LogKey.node: "\(helloReply.nodeID)"])
+                let interval = Duration.milliseconds(max(Int(helloReply.heartbeatIntervalMs), 10))
+                let lease = Double(max(helloReply.leaseMs, 100)) / 1000
+                var current = credentials
+                while true {
+                    if current.renewalDue(now: self.now()) {
+                        current = try await self.renew(current, over: session)
+                        progress.credentials = current
+                    }
+                    var heartbeat = Envelope()
+                    heartbeat.heartbeat = Ringmaster_V1_Heartbeat()
+                    _ = try await session.request(heartbeat, within: lease)
+                    try await Task.sleep(for: interval)
+                }
+            }
+            return SessionEnd(connected: progress.connected, credentials: progress.credentials, reason: CancellationError())
+        } catch {
+            return SessionEnd(connected: progress.connected, credentials: progress.credentials, reason: error)
+        }
+    }
+
+    func renew(_ credentials: Credentials, over session: ControlSession) async throws -> Credentials {
+        let request = try KeyAndRequest.make(name: self.configuration.nodeName)
+        var envelope = Envelope()
+        envelope.renewRequest = .with { $0.csrDer = Data(request.csrDER) }
+        let reply = try await session.request(envelope)
+        guard case .renewReply(let renewal) = reply.body else {
+            throw AgentError(.protocolViolation, "expected a renewal reply, got \(reply.kind)")
+        }
+        let renewed = try Credentials(
+            privateKey: request.privateKey,
+            certificate: try Certificate(derEncoded: Array(renewal.certificateDer)),
+            caCertificate: credentials.caCertificate
+        )
+        try renewed.save(directory: self.configuration.dataDirectory)
+        self.logger.info("renewed the agent certificate", metadata: ["certificate_not_after": "\(renewed.certificate.notValidAfter)"])
+        return renewed
+    }
+}
+
+/// The version an agent announces.
+public enum RingmasterVersion {
+    /// This build's version.
+    public static let current = "0.1.0"
+}
+
+/// An error from the agent.
+public struct AgentError: Error, Sendable, CustomStringConvertible {
+    /// What went wrong.
+    public enum Code: String, Sendable, Hashable {
+        /// The agent has no certificate and no token to join with.
+        case notJoined
+        /// The coordinator sent something out of order.
+        case protocolViolation
+    }
+
+    /// The stable code.
+    public var code: Code
+    /// Operator-facing text.
+    public var message: String
+
+    /// Makes an error.
+    public init(_ code: Code, _ message: String) {
+        self.code = code
+        self.message = message
+    }
+
+    public var description: String { "\(self.code.rawValue): \(self.message)" }
+}

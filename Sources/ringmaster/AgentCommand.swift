@@ -1,0 +1,100 @@
+import Agent
+import ArgumentParser
+import ControlPlane
+import Foundation
+import Logging
+import RingmasterSecurity
+import ServiceLifecycle
+
+struct AgentCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "agent",
+        abstract: "Run a node agent, or join it to a coordinator.",
+        subcommands: [Run.self, Join.self],
+        defaultSubcommand: Run.self
+    )
+
+    struct Options: ParsableArguments {
+        @Option(help: "The coordinator's control address.")
+        var coordinator: String
+
+        @Option(help: "Directory for the agent's key and certificates.")
+        var dataDir: String
+
+        @Option(help: "Node name to join as (default: this host's name).")
+        var name: String?
+
+        @Option(help: "Join token from `ringmaster token create` (or set RINGMASTER_TOKEN, which `ps` does not show).")
+        var token: String?
+
+        @Option(help: "CA pin printed with the token (sha256:...), or set RINGMASTER_CA_PIN.")
+        var caPin: String?
+
+        @Option(help: "Data-plane address to announce (repeatable).")
+        var dataPlaneAddress: [String] = []
+
+        @OptionGroup var logging: LoggingOptions
+
+        func makeService(logger: Logger) throws -> AgentService {
+            let environment = ProcessInfo.processInfo.environment
+            let nodeName = self.name ?? Self.hostName()
+            var configuration = AgentConfiguration(
+                coordinator: try ControlAddress(parsing: self.coordinator),
+                dataDirectory: self.dataDir,
+                nodeName: nodeName
+            )
+            try PeerIdentity.validate(name: nodeName)
+            if let token = self.token ?? environment["RINGMASTER_TOKEN"] {
+                configuration.joinToken = try JoinToken(parsing: token)
+            }
+            if let pin = self.caPin ?? environment["RINGMASTER_CA_PIN"] {
+                configuration.caPin = try CAPin(parsing: pin)
+            }
+            configuration.dataPlaneAddresses = self.dataPlaneAddress
+            return AgentService(configuration: configuration, logger: logger)
+        }
+
+        static func hostName() -> String {
+            let host = ProcessInfo.processInfo.hostName.lowercased()
+            return String(host.prefix { $0 != "." })
+        }
+    }
+
+    struct Run: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "run",
+            abstract: "Run the agent (joining first if its data directory has no certificate)."
+        )
+
+        @OptionGroup var options: Options
+
+        func run() async throws {
+            let logger = self.options.logging.bootstrap(label: "ringmaster.agent")
+            let service = try self.options.makeService(logger: logger)
+            let group = ServiceGroup(
+                configuration: .init(
+                    services: [.init(service: service)],
+                    gracefulShutdownSignals: [.sigterm, .sigint],
+                    logger: logger
+                )
+            )
+            try await group.run()
+        }
+    }
+
+    struct Join: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "join",
+            abstract: "Join the coordinator with a one-time token, store the certificate, and exit."
+        )
+
+        @OptionGroup var options: Options
+
+        func run() async throws {
+            let logger = self.options.logging.bootstrap(label: "ringmaster.agent")
+            let service = try self.options.makeService(logger: logger)
+            let credentials = try await service.credentials()
+            print("joined as \(try credentials.identity.name); certificate valid until \(credentials.certificate.notValidAfter)")
+        }
+    }
+}

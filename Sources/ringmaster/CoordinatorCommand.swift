@@ -1,0 +1,58 @@
+import ArgumentParser
+import Coordinator
+import ControlPlane
+import Foundation
+import Logging
+import ServiceLifecycle
+
+struct CoordinatorCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "coordinator",
+        abstract: "Run the coordinator (creates its CA in the state directory on first start)."
+    )
+
+    @Option(help: "Directory for the CA and the state database.")
+    var stateDir: String
+
+    @Option(help: "Address to listen on; port 0 picks a free port (printed on standard output).")
+    var listen: String = "127.0.0.1:7600"
+
+    @Option(help: "DNS name for the coordinator's certificate (repeatable).")
+    var serverName: [String] = ["localhost"]
+
+    @Option(help: "IP address for the coordinator's certificate (repeatable).")
+    var serverAddress: [String] = ["127.0.0.1", "::1"]
+
+    @Option(help: "Lifetime of agent certificates, e.g. 24h.")
+    var agentCertificateTTL: DurationArgument = DurationArgument(seconds: 24 * 3600)
+
+    @Option(help: "Largest control frame accepted, in bytes.")
+    var maxFrameBytes: Int = 16 * 1024 * 1024
+
+    @OptionGroup var logging: LoggingOptions
+
+    func run() async throws {
+        let logger = self.logging.bootstrap(label: "ringmaster.coordinator")
+        let address = try ControlAddress(parsing: self.listen)
+        var configuration = CoordinatorConfiguration(stateDirectory: self.stateDir)
+        configuration.listenHost = address.host
+        configuration.listenPort = address.port
+        configuration.serverDNSNames = self.serverName
+        configuration.serverIPAddresses = self.serverAddress
+        configuration.agentCertificateLifetimeSeconds = self.agentCertificateTTL.seconds
+        configuration.maximumFrameBytes = self.maxFrameBytes
+        let host = address.host
+        let service = try CoordinatorService(configuration: configuration, logger: logger, onListening: { port in
+            // The one line on standard output: scripts and tests read the bound port from it.
+            FileHandle.standardOutput.write(Data("listening \(ControlAddress(host: host, port: port))\n".utf8))
+        })
+        let group = ServiceGroup(
+            configuration: .init(
+                services: [.init(service: service)],
+                gracefulShutdownSignals: [.sigterm, .sigint],
+                logger: logger
+            )
+        )
+        try await group.run()
+    }
+}

@@ -1,0 +1,80 @@
+import ArgumentParser
+import ControlPlane
+import Foundation
+import Logging
+import RingmasterSecurity
+
+// MARK: - Shared options
+
+/// Logging options shared by the long-running subcommands.
+struct LoggingOptions: ParsableArguments {
+    @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
+    var logLevel: Logger.Level = .info
+
+    /// Sends logs to standard error (standard output stays for results) and returns a logger.
+    func bootstrap(label: String) -> Logger {
+        let level = self.logLevel
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = level
+            return handler
+        }
+        return Logger(label: label)
+    }
+}
+
+extension Logger.Level: @retroactive ExpressibleByArgument {}
+
+/// Where the CLI finds the coordinator and its operator identity.
+struct OperatorOptions: ParsableArguments {
+    @Option(help: "The coordinator's control address.")
+    var coordinator: String = "127.0.0.1:7600"
+
+    @Option(help: "Directory of the operator identity made by `ringmaster cert issue --role operator`.")
+    var identity: String = OperatorOptions.defaultIdentityDirectory
+
+    static var defaultIdentityDirectory: String {
+        let home = ProcessInfo.processInfo.environment["HOME"] ?? "."
+        return "\(home)/.config/ringmaster/operator"
+    }
+
+    /// Connects with the operator identity and runs `body` on the session.
+    func withSession<Result: Sendable>(
+        _ body: @escaping @Sendable (ControlSession) async throws -> Result
+    ) async throws -> Result {
+        let address = try ControlAddress(parsing: self.coordinator)
+        guard let credentials = try Credentials.load(directory: self.identity) else {
+            throw ValidationError(
+                "no operator identity in \(self.identity): on the coordinator host run `ringmaster cert issue --role operator --name NAME --state-dir DIR --out \(self.identity)`"
+            )
+        }
+        return try await ControlClient(address: address, credentials: credentials).withConnection(body)
+    }
+}
+
+// MARK: - Durations
+
+/// A duration given as a number and a unit: `90s`, `30m`, `1h`, `7d`.
+struct DurationArgument: ExpressibleByArgument, Sendable {
+    var seconds: Double
+
+    init(seconds: Double) {
+        self.seconds = seconds
+    }
+
+    init?(argument: String) {
+        let units: [Character: Double] = ["s": 1, "m": 60, "h": 3600, "d": 86400]
+        guard let unit = argument.last, let scale = units[unit], let value = Double(argument.dropLast()), value > 0
+        else { return nil }
+        self.seconds = value * scale
+    }
+
+    static var defaultCompletionKind: CompletionKind { .default }
+}
+
+// MARK: - Errors
+
+/// Prints a one-line error for a failure the user can act on, and exits non-zero.
+struct CommandFailure: Error, CustomStringConvertible {
+    var description: String
+}
