@@ -129,6 +129,7 @@ let package = Package(
             name: "RingmasterWireTests",
             dependencies: [
                 "RingmasterWire",
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),
                 .product(name: "Crypto", package: "swift-crypto"),
@@ -142,6 +143,11 @@ let package = Package(
                 .product(name: "X509", package: "swift-certificates"),
                 .product(name: "Crypto", package: "swift-crypto"),
             ],
+            swiftSettings: strictSwift6
+        ),
+        .testTarget(
+            name: "CoordinatorTests",
+            dependencies: ["Coordinator", "RingmasterWire", "RingmasterSecurity"],
             swiftSettings: strictSwift6
         ),
         .testTarget(
