@@ -26,17 +26,19 @@ public enum ControlPipeline {
 
 /// Turns NIOSSL's handshake-completed event into a future: succeeded on the event, failed by the
 /// first error or by the channel closing before it.
-final class HandshakeWatcher: ChannelInboundHandler, RemovableChannelHandler {
-    typealias InboundIn = NIOAny
+public final class HandshakeWatcher: ChannelInboundHandler, RemovableChannelHandler {
+    public typealias InboundIn = NIOAny
 
-    let promise: EventLoopPromise<Void>
+    /// Completed when the handshake ends, one way or the other.
+    public let promise: EventLoopPromise<Void>
     var done = false
 
-    init(promise: EventLoopPromise<Void>) {
+    /// Makes a watcher that completes `promise`.
+    public init(promise: EventLoopPromise<Void>) {
         self.promise = promise
     }
 
-    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+    public func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if case .handshakeCompleted = event as? TLSUserEvent, !self.done {
             self.done = true
             self.promise.succeed(())
@@ -44,7 +46,7 @@ final class HandshakeWatcher: ChannelInboundHandler, RemovableChannelHandler {
         context.fireUserInboundEventTriggered(event)
     }
 
-    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+    public func errorCaught(context: ChannelHandlerContext, error: any Error) {
         if !self.done {
             self.done = true
             self.promise.fail(error)
@@ -52,7 +54,7 @@ final class HandshakeWatcher: ChannelInboundHandler, RemovableChannelHandler {
         context.fireErrorCaught(error)
     }
 
-    func channelInactive(context: ChannelHandlerContext) {
+    public func channelInactive(context: ChannelHandlerContext) {
         if !self.done {
             self.done = true
             self.promise.fail(ChannelError.eof)
@@ -60,7 +62,7 @@ final class HandshakeWatcher: ChannelInboundHandler, RemovableChannelHandler {
         context.fireChannelInactive()
     }
 
-    func handlerRemoved(context: ChannelHandlerContext) {
+    public func handlerRemoved(context: ChannelHandlerContext) {
         if !self.done {
             self.done = true
             self.promise.fail(ChannelError.ioOnClosedChannel)

@@ -308,7 +308,7 @@ public final class CoordinatorService: Service, Sendable {
             let certificate = try self.authority.issue(
                 csrDER: csrDER,
                 identity: identity,
-                notBefore: now.addingTimeInterval(-60),
+                notBefore: now.addingTimeInterval(-self.clockSkewAllowance),
                 notAfter: now.addingTimeInterval(self.configuration.agentCertificateLifetimeSeconds)
             )
             try self.store.redeem(
@@ -348,7 +348,7 @@ public final class CoordinatorService: Service, Sendable {
             let certificate = try self.authority.issue(
                 csrDER: Array(renew.csrDer),
                 identity: identity,
-                notBefore: now.addingTimeInterval(-60),
+                notBefore: now.addingTimeInterval(-self.clockSkewAllowance),
                 notAfter: now.addingTimeInterval(self.configuration.agentCertificateLifetimeSeconds)
             )
             try self.store.renewed(node: identity.name, certificateNotAfter: certificate.notValidAfter, now: now)
@@ -406,6 +406,12 @@ public final class CoordinatorService: Service, Sendable {
             return Outcome(replies: [.error(.internal, "\(error)", requestID: requestID)])
         }
         return Outcome(replies: [reply])
+    }
+
+    /// How far back an issued certificate's validity starts, so that a peer whose clock is a
+    /// little behind accepts it: a minute, or a twentieth of a (short, test) lifetime.
+    var clockSkewAllowance: TimeInterval {
+        min(60, self.configuration.agentCertificateLifetimeSeconds / 20)
     }
 
     // MARK: - Sessions

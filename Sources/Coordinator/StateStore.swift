@@ -103,6 +103,25 @@ public final class StateStore: Sendable {
         }
     }
 
+    /// A join token as listed for operators: never its secret.
+    public struct TokenRecord: Sendable, Hashable {
+        /// The public id.
+        public var id: String
+        /// When it expires.
+        public var expires: Date
+        /// Which node redeemed it, if any.
+        public var redeemedBy: String?
+    }
+
+    /// Every token, oldest first, without secrets.
+    public func tokens() throws -> [TokenRecord] {
+        try self.read { db in
+            try Row.fetchAll(db, sql: "SELECT id, expires, redeemed_by FROM token ORDER BY created, id").map { row in
+                TokenRecord(id: row["id"], expires: Date(timeIntervalSince1970: row["expires"]), redeemedBy: row["redeemed_by"])
+            }
+        }
+    }
+
     // MARK: - Nodes
 
     /// Records a renewed certificate for a known node.

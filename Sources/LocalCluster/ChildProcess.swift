@@ -2,35 +2,41 @@ import ControlPlane
 import Foundation
 import NIOConcurrencyHelpers
 
-/// A child process whose output is captured line by line, so that a caller can wait for a line
-/// (with a deadline) instead of sleeping, and read everything it printed afterwards.
+/// A child process whose output is captured line by line (standard output and standard error
+/// into one `LineLog`), so that a caller can wait for a line with a deadline instead of sleeping,
+/// and read everything it printed afterwards.
 ///
 /// Used by `ringmaster demo`, the integration tests and the benchmarks to run coordinators and
 /// agents as real processes.
 public final class ChildProcess: Sendable {
     /// A short name for messages (e.g. "coordinator", "agent-1").
     public let name: String
+    /// Everything the process printed, both streams, in arrival order.
+    public let output: LineLog
+    /// Lines printed on standard output only (results, not logs).
+    public let standardOutput: LineLog
     let process: Process
-    let state = NIOLockedValueBox(Captured())
-    let exited = NIOLockedValueBox<[CheckedContinuation<Int32, Never>]>([])
+    let partial = NIOLockedValueBox<[Bool: Data]>([:])
+    let exit = NIOLockedValueBox(ExitState())
 
-    struct Captured {
-        var stdout: [String] = []
-        var stderr: [String] = []
-        var partial: [Bool: Data] = [:]
-        var waiters: [(id: UUID, predicate: @Sendable (String) -> Bool, continuation: CheckedContinuation<String, any Error>)] = []
-        var exitStatus: Int32?
+    /// The process has ended only when it exited and both pipes reached end of file, so that its
+    /// output is complete when `waitForExit` returns.
+    struct ExitState {
+        var status: Int32?
+        var pipesAtEOF = 0
+        var complete: Bool { self.status != nil && self.pipesAtEOF == 2 }
+        var waiters: [CheckedContinuation<Int32, Never>] = []
     }
 
     /// Starts `executable` with `arguments` and extra `environment` entries.
     public init(name: String, executable: String, arguments: [String], environment: [String: String] = [:]) throws {
         self.name = name
+        self.output = LineLog(name: name)
+        self.standardOutput = LineLog(name: "\(name) standard output")
         let process = Process()
         process.executableURL = URL(fileURLWithPath: executable)
         process.arguments = arguments
-        var env = ProcessInfo.processInfo.environment
-        env.merge(environment) { $1 }
-        process.environment = env
+        process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
         let out = Pipe()
         let err = Pipe()
         process.standardOutput = out
@@ -40,9 +46,7 @@ public final class ChildProcess: Sendable {
         for (pipe, isStdout) in [(out, true), (err, false)] {
             pipe.fileHandleForReading.readabilityHandler = { [weak self] handle in
                 let data = handle.availableData
-                if data.isEmpty {
-                    handle.readabilityHandler = nil
-                }
+                if data.isEmpty { handle.readabilityHandler = nil }
                 self?.consume(data, isStdout: isStdout)
             }
         }
@@ -55,48 +59,15 @@ public final class ChildProcess: Sendable {
     /// The process id.
     public var pid: Int32 { self.process.processIdentifier }
 
-    /// Lines printed on standard output so far.
-    public var standardOutput: [String] { self.state.withLockedValue { $0.stdout } }
-
-    /// Lines printed on standard error so far (logs).
-    public var standardError: [String] { self.state.withLockedValue { $0.stderr } }
-
-    /// Everything printed so far, both streams.
-    public var allOutput: [String] { self.state.withLockedValue { $0.stdout + $0.stderr } }
-
-    /// Waits until a line (on either stream, already printed or printed later) satisfies
-    /// `predicate`, and returns it; throws `DeadlineExceeded` naming `what` after `seconds`, or an
-    /// error if the process exits first.
+    /// Waits for a line of output (either stream) that satisfies `predicate`; see `LineLog`.
     @discardableResult
     public func waitForLine(
         within seconds: Double,
         _ what: String,
+        occurrence: Int = 1,
         where predicate: @escaping @Sendable (String) -> Bool
     ) async throws -> String {
-        let id = UUID()
-        let name = self.name
-        do {
-            return try await withDeadline(seconds: seconds, waitingFor: "\(name) to print \(what)") {
-                try await withTaskCancellationHandler {
-                    try await withCheckedThrowingContinuation { continuation in
-                        self.state.withLockedValue { state in
-                            if let line = (state.stdout + state.stderr).first(where: predicate) {
-                                continuation.resume(returning: line)
-                            } else if let status = state.exitStatus {
-                                continuation.resume(throwing: ChildProcessError.exited(name: name, status: status, waitingFor: what))
-                            } else {
-                                state.waiters.append((id, predicate, continuation))
-                            }
-                        }
-                    }
-                } onCancel: {
-                    self.removeWaiter(id, throwing: CancellationError())
-                }
-            }
-        } catch {
-            self.removeWaiter(id, throwing: error)
-            throw error
-        }
+        try await self.output.waitForLine(within: seconds, what, occurrence: occurrence, where: predicate)
     }
 
     /// Sends `signal` (e.g. SIGTERM, SIGKILL) to the process.
@@ -106,22 +77,18 @@ public final class ChildProcess: Sendable {
 
     /// Waits for the process to exit and returns its status (the signal number if killed).
     public func waitForExit(within seconds: Double) async throws -> Int32 {
-        let name = self.name
-        return try await withDeadline(seconds: seconds, waitingFor: "\(name) to exit") {
+        try await withDeadline(seconds: seconds, waitingFor: "\(self.name) to exit") {
             await withCheckedContinuation { continuation in
-                let status: Int32? = self.state.withLockedValue { state in
-                    guard let status = state.exitStatus else {
-                        self.exited.withLockedValue { $0.append(continuation) }
-                        return nil
-                    }
-                    return status
+                let status: Int32? = self.exit.withLockedValue { exit in
+                    if !exit.complete { exit.waiters.append(continuation) }
+                    return exit.complete ? exit.status : nil
                 }
                 if let status { continuation.resume(returning: status) }
             }
         }
     }
 
-    /// SIGTERM, then SIGKILL if it has not exited within `grace` seconds.
+    /// SIGTERM, then SIGKILL if it has not exited within `grace` seconds; returns the status.
     @discardableResult
     public func stop(grace: Double = 10) async -> Int32? {
         self.signal(SIGTERM)
@@ -133,9 +100,8 @@ public final class ChildProcess: Sendable {
     // MARK: - Plumbing
 
     func consume(_ data: Data, isStdout: Bool) {
-        var ready: [(CheckedContinuation<String, any Error>, String)] = []
-        self.state.withLockedValue { state in
-            var buffer = state.partial[isStdout, default: Data()]
+        let lines: [String] = self.partial.withLockedValue { partial in
+            var buffer = partial[isStdout, default: Data()]
             buffer.append(data)
             var lines: [String] = []
             while let newline = buffer.firstIndex(of: UInt8(ascii: "\n")) {
@@ -146,42 +112,35 @@ public final class ChildProcess: Sendable {
                 lines.append(String(decoding: buffer, as: UTF8.self))
                 buffer = Data()
             }
-            state.partial[isStdout] = buffer
-            for line in lines {
-                if isStdout { state.stdout.append(line) } else { state.stderr.append(line) }
-                state.waiters.removeAll { waiter in
-                    guard waiter.predicate(line) else { return false }
-                    ready.append((waiter.continuation, line))
-                    return true
-                }
-            }
+            partial[isStdout] = buffer
+            return lines
         }
-        for (continuation, line) in ready { continuation.resume(returning: line) }
+        for line in lines {
+            self.output.append(line)
+            if isStdout { self.standardOutput.append(line) }
+        }
+        if data.isEmpty {
+            self.update { $0.pipesAtEOF += 1 }
+        }
     }
 
     func finished(status: Int32) {
-        let (waiters, name): ([CheckedContinuation<String, any Error>], String) = self.state.withLockedValue { state in
-            state.exitStatus = status
-            let waiting = state.waiters.map(\.continuation)
-            state.waiters = []
-            return (waiting, self.name)
-        }
-        for waiter in waiters {
-            waiter.resume(throwing: ChildProcessError.exited(name: name, status: status, waitingFor: "a line"))
-        }
-        let exitWaiters = self.exited.withLockedValue { list in
-            defer { list = [] }
-            return list
-        }
-        for waiter in exitWaiters { waiter.resume(returning: status) }
+        self.update { $0.status = status }
     }
 
-    func removeWaiter(_ id: UUID, throwing error: any Error) {
-        let continuation = self.state.withLockedValue { state -> CheckedContinuation<String, any Error>? in
-            guard let index = state.waiters.firstIndex(where: { $0.id == id }) else { return nil }
-            return state.waiters.remove(at: index).continuation
+    func update(_ change: (inout ExitState) -> Void) {
+        let (waiters, status): ([CheckedContinuation<Int32, Never>], Int32?) = self.exit.withLockedValue { exit in
+            let wasComplete = exit.complete
+            change(&exit)
+            guard exit.complete && !wasComplete else { return ([], nil) }
+            defer { exit.waiters = [] }
+            return (exit.waiters, exit.status)
         }
-        continuation?.resume(throwing: error)
+        guard let status else { return }
+        let reason = ChildProcessError.exited(name: self.name, status: status)
+        self.output.close(reason: reason)
+        self.standardOutput.close(reason: reason)
+        for waiter in waiters { waiter.resume(returning: status) }
     }
 
     deinit {
@@ -191,13 +150,13 @@ public final class ChildProcess: Sendable {
 
 /// A child process ended before what was waited for happened.
 public enum ChildProcessError: Error, Sendable, CustomStringConvertible {
-    /// The process exited with `status` while `waitingFor` had not happened.
-    case exited(name: String, status: Int32, waitingFor: String)
+    /// The process exited with `status`.
+    case exited(name: String, status: Int32)
 
     public var description: String {
         switch self {
-        case .exited(let name, let status, let what):
-            return "\(name) exited with status \(status) before printing \(what)"
+        case .exited(let name, let status):
+            return "\(name) exited with status \(status)"
         }
     }
 }

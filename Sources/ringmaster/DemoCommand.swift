@@ -115,7 +115,7 @@ struct DemoCommand: AsyncParsableCommand {
         } catch {
             for child in children.reversed() { await child.stop(grace: 5) }
             for child in children {
-                FileHandle.standardError.write(Data("--- \(child.name) output ---\n\(child.allOutput.suffix(20).joined(separator: "\n"))\n".utf8))
+                FileHandle.standardError.write(Data("--- \(child.name) output ---\n\(child.output.lines.suffix(20).joined(separator: "\n"))\n".utf8))
             }
             throw CommandFailure(description: "demo failed: \(error)")
         }
