@@ -128,6 +128,16 @@ public final class AgentService: Service, Sendable {
     /// Joins if needed, then keeps a session with the coordinator until graceful shutdown.
     public func run() async throws {
         let initial = try await self.credentials()
+        do {
+            try await self.keepSession(initial)
+        } catch is CancellationError {
+            // Graceful shutdown cancels the session loop: the orderly way to stop.
+        }
+        self.logger.info("agent stopped")
+    }
+
+    /// Holds a session with the coordinator, reconnecting with backoff, until cancelled.
+    func keepSession(_ initial: Credentials) async throws {
         try await cancelWhenGracefulShutdown {
             var credentials = initial
             var delay = self.configuration.reconnectInitialDelaySeconds
@@ -145,7 +155,6 @@ public final class AgentService: Service, Sendable {
                 delay = min(delay * 2, self.configuration.reconnectMaximumDelaySeconds)
             }
         }
-        self.logger.info("agent stopped")
     }
 
     /// How a session ended.

@@ -141,14 +141,19 @@ public final class CoordinatorService: Service, Sendable {
             ]
         )
         self.onListening(port)
-        try await cancelWhenGracefulShutdown {
-            try await server.executeThenClose { inbound in
-                try await withThrowingDiscardingTaskGroup { group in
-                    for try await (connection, handshake) in inbound {
-                        group.addTask { await self.serve(connection, handshake: handshake) }
+        do {
+            // Graceful shutdown cancels the listener and every connection's task.
+            try await cancelWhenGracefulShutdown {
+                try await server.executeThenClose { inbound in
+                    try await withThrowingDiscardingTaskGroup { group in
+                        for try await (connection, handshake) in inbound {
+                            group.addTask { await self.serve(connection, handshake: handshake) }
+                        }
                     }
                 }
             }
+        } catch is CancellationError {
+            // The orderly way to stop.
         }
         self.logger.info("coordinator stopped")
     }
