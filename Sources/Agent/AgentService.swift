@@ -55,21 +55,51 @@ public final class AgentService: Service, Sendable {
 
     // MARK: - Joining
 
-    /// Loads the agent's credentials, or joins with the configured token when there are none.
+    /// Loads the agent's credentials, or joins with the configured token when there are none (or
+    /// when the stored certificate has expired and a new token was given). A join that cannot reach
+    /// the coordinator is retried with backoff; a refused one is not.
     public func credentials() async throws -> Credentials {
-        if let existing = try Credentials.load(directory: self.configuration.dataDirectory) {
-            if self.configuration.joinToken != nil {
-                self.logger.info("already joined; the join token is not needed and was not used")
+        let directory = self.configuration.dataDirectory
+        if let existing = try Credentials.load(directory: directory) {
+            let expired = existing.certificate.notValidAfter <= self.now()
+            if !expired {
+                if self.configuration.joinToken != nil {
+                    self.logger.info("already joined; the join token is not needed and was not used")
+                }
+                return existing
             }
-            return existing
+            guard self.configuration.joinToken != nil else {
+                throw AgentError(
+                    .certificateExpired,
+                    "the certificate in \(directory) expired at \(existing.certificate.notValidAfter) (the agent was offline past its renewal); join again with a new token from `ringmaster token create`"
+                )
+            }
+            self.logger.warning(
+                "the stored certificate has expired; joining again with the given token",
+                metadata: ["certificate_not_after": "\(existing.certificate.notValidAfter)"]
+            )
         }
         guard let token = self.configuration.joinToken, let pin = self.configuration.caPin else {
             throw AgentError(
                 .notJoined,
-                "\(self.configuration.dataDirectory) holds no certificate: join first with --token and --ca-pin from `ringmaster token create`"
+                "\(directory) holds no certificate: join first with the token and CA pin from `ringmaster token create` (--token or RINGMASTER_TOKEN, --ca-pin or RINGMASTER_CA_PIN)"
             )
         }
-        return try await self.join(token: token, pin: pin)
+        var delay = self.configuration.reconnectInitialDelaySeconds
+        while true {
+            do {
+                return try await self.join(token: token, pin: pin)
+            } catch let error as ControlClientError {
+                // Only an unreachable coordinator is retried; a refusal would be refused again.
+                guard case .connect = error else { throw error }
+                self.logger.warning(
+                    "could not reach the coordinator to join; retrying",
+                    metadata: [LogKey.reason: "\(error)", "retry_in_seconds": "\(delay)"]
+                )
+            }
+            try await Task.sleep(for: .milliseconds(Int(delay * Double.random(in: 0.8...1.2) * 1000)))
+            delay = min(delay * 2, self.configuration.reconnectMaximumDelaySeconds)
+        }
     }
 
     /// Joins the coordinator: a fresh key, a CSR, and proof of the token's secret bound to the
@@ -142,6 +172,12 @@ public final class AgentService: Service, Sendable {
             var credentials = initial
             var delay = self.configuration.reconnectInitialDelaySeconds
             while !Task.isCancelled {
+                guard credentials.certificate.notValidAfter > self.now() else {
+                    throw AgentError(
+                        .certificateExpired,
+                        "the agent certificate expired at \(credentials.certificate.notValidAfter) before it could be renewed; restart the agent with a new token from `ringmaster token create`"
+                    )
+                }
                 let end = await self.session(credentials: credentials)
                 if let renewed = end.credentials { credentials = renewed }
                 if end.connected { delay = self.configuration.reconnectInitialDelaySeconds }
@@ -247,6 +283,8 @@ public struct AgentError: Error, Sendable, CustomStringConvertible {
         case notJoined
         /// The coordinator sent something out of order.
         case protocolViolation
+        /// The stored certificate expired and no token was given to join again.
+        case certificateExpired
     }
 
     /// The stable code.

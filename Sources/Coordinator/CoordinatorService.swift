@@ -164,17 +164,18 @@ public final class CoordinatorService: Service, Sendable {
         let channel = connection.channel
         var logger = self.logger
         logger[metadataKey: LogKey.peer] = "\(channel.remoteAddress?.description ?? "unknown")"
-        let identity: PeerIdentity?
+        let peer: (identity: PeerIdentity, certificate: Certificate)?
         do {
             try await withDeadline(seconds: self.configuration.handshakeTimeoutSeconds, waitingFor: "the TLS handshake") {
                 try await handshake.get()
             }
-            identity = try await Self.peerIdentity(of: channel)
+            peer = try await Self.peerCertificate(of: channel)
         } catch {
             logger.warning("closed a connection before its TLS handshake completed", metadata: [LogKey.reason: "\(error)"])
             try? await channel.close()
             return
         }
+        let identity = peer?.identity
         if let identity { logger[metadataKey: LogKey.identity] = "\(identity)" }
         let nodeID = identity?.role == .agent ? identity?.name : nil
         if let nodeID { self.sessionOpened(nodeID) }
@@ -192,7 +193,7 @@ public final class CoordinatorService: Service, Sendable {
                         try await outbound.write(.error(.permissionDenied, reason, requestID: envelope.requestID))
                         return
                     }
-                    let outcome = self.handle(envelope, from: identity, join: &join, logger: logger)
+                    let outcome = self.handle(envelope, from: peer, join: &join, logger: logger)
                     for reply in outcome.replies {
                         try await outbound.write(reply)
                     }
@@ -204,12 +205,13 @@ public final class CoordinatorService: Service, Sendable {
         }
     }
 
-    static func peerIdentity(of channel: any Channel) async throws -> PeerIdentity? {
+    static func peerCertificate(of channel: any Channel) async throws -> (identity: PeerIdentity, certificate: Certificate)? {
         let certificate = try await channel.pipeline.handler(type: NIOSSLServerHandler.self).flatMapThrowing {
             try $0.peerCertificate
         }.get()
         guard let certificate else { return nil }
-        return try PeerIdentity(certificate: try Certificate(derEncoded: try certificate.toDERBytes()))
+        let parsed = try Certificate(derEncoded: try certificate.toDERBytes())
+        return (try PeerIdentity(certificate: parsed), parsed)
     }
 
     // MARK: - Messages
@@ -220,8 +222,14 @@ public final class CoordinatorService: Service, Sendable {
         var close = false
     }
 
-    func handle(_ envelope: Envelope, from identity: PeerIdentity?, join: inout JoinExchange, logger: Logger) -> Outcome {
+    func handle(
+        _ envelope: Envelope,
+        from peer: (identity: PeerIdentity, certificate: Certificate)?,
+        join: inout JoinExchange,
+        logger: Logger
+    ) -> Outcome {
         let requestID = envelope.requestID
+        let identity = peer?.identity
         switch envelope.body {
         case .joinBegin(let begin):
             return self.joinBegin(begin, requestID: requestID, join: &join, logger: logger)
@@ -239,6 +247,7 @@ public final class CoordinatorService: Service, Sendable {
                 $0.nodeID = identity.name
                 $0.heartbeatIntervalMs = self.configuration.heartbeatIntervalMilliseconds
                 $0.leaseMs = self.configuration.leaseMilliseconds
+                $0.certificateNotAfterUnix = Int64(peer?.certificate.notValidAfter.timeIntervalSince1970 ?? 0)
             }
             return Outcome(replies: [reply])
         case .heartbeat(let heartbeat):

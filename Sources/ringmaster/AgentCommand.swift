@@ -44,10 +44,15 @@ struct AgentCommand: AsyncParsableCommand {
                 nodeName: nodeName
             )
             try PeerIdentity.validate(name: nodeName)
-            if let token = self.token ?? environment["RINGMASTER_TOKEN"] {
+            // Empty values count as unset, so a blanked line in an environment file is harmless.
+            func given(_ flag: String?, _ variable: String) -> String? {
+                let value = flag ?? environment[variable]
+                return value?.isEmpty == false ? value : nil
+            }
+            if let token = given(self.token, "RINGMASTER_TOKEN") {
                 configuration.joinToken = try JoinToken(parsing: token)
             }
-            if let pin = self.caPin ?? environment["RINGMASTER_CA_PIN"] {
+            if let pin = given(self.caPin, "RINGMASTER_CA_PIN") {
                 configuration.caPin = try CAPin(parsing: pin)
             }
             configuration.dataPlaneAddresses = self.dataPlaneAddress

@@ -16,7 +16,7 @@ struct CertCommand: AsyncParsableCommand {
         )
 
         @Option(help: "Role of the certificate; agents join with a token instead, so only `operator` is issued here.")
-        var role: String
+        var role: String = PeerIdentity.Role.operator.rawValue
 
         @Option(help: "Name of the operator (lowercase letters, digits, '-').")
         var name: String

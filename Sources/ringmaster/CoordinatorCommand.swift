@@ -17,10 +17,12 @@ struct CoordinatorCommand: AsyncParsableCommand {
     @Option(help: "Address to listen on; port 0 picks a free port (printed on standard output).")
     var listen: String = "127.0.0.1:7600"
 
-    @Option(help: "DNS name for the coordinator's certificate (repeatable).")
+    @Option(
+        help: "DNS name in the coordinator's certificate, for tools that check host names (repeatable). Ringmaster's own clients check the CA and the coordinator role instead."
+    )
     var serverName: [String] = ["localhost"]
 
-    @Option(help: "IP address for the coordinator's certificate (repeatable).")
+    @Option(help: "IP address in the coordinator's certificate, for tools that check host names (repeatable).")
     var serverAddress: [String] = ["127.0.0.1", "::1"]
 
     @Option(help: "Lifetime of agent certificates, e.g. 24h.")
