@@ -49,6 +49,10 @@ let package = Package(
             swiftSettings: strictSwift6
         ),
         .target(
+            name: "CoordinatorCore",
+            swiftSettings: strictSwift6
+        ),
+        .target(
             name: "ControlPlane",
             dependencies: [
                 "RingmasterWire",
@@ -143,6 +147,11 @@ let package = Package(
                 .product(name: "X509", package: "swift-certificates"),
                 .product(name: "Crypto", package: "swift-crypto"),
             ],
+            swiftSettings: strictSwift6
+        ),
+        .testTarget(
+            name: "CoordinatorCoreTests",
+            dependencies: ["CoordinatorCore"],
             swiftSettings: strictSwift6
         ),
         .testTarget(

@@ -1,0 +1,700 @@
+/// The coordinator's decisions: rendezvous, ranks, leases, generations and the data cursor.
+///
+/// ## Algorithm
+///
+/// The machine holds nodes (agents that said hello) and jobs. It does no I/O and reads no clock:
+/// the shell feeds it events and commands with the current time (`now`, a duration since the
+/// shell started) and carries out the actions it returns.
+///
+/// - **Leases.** A node's lease runs `lease` past its last hello or heartbeat. A `tick` whose time
+///   is past a lease marks the node failed.
+/// - **Rendezvous.** A waiting job takes idle nodes in submission order. With `max` (or the resize
+///   target) available it starts at once; with at least `min` it starts when a settle window has
+///   passed since it first could, so that a burst of joins lands in one generation.
+/// - **Generations.** Every membership change of a running job (a failure, disconnect, leave,
+///   drain, a node joining, a resize, a coordinator restart) ends the generation: every old
+///   member is told to abort, and the new members get an assignment for generation + 1. Messages
+///   that name an older generation are refused (and reported so they can be counted).
+/// - **Ranks.** A survivor keeps its rank when that rank still exists in the new world; the ranks
+///   that free up go to the remaining survivors (by old rank) and then to new nodes (by id). So
+///   rank 0 stays put unless its node leaves.
+/// - **Data cursor.** The job's cursor is the first global step not yet completed by every member.
+///   A generation resumes at the cursor, so a step in flight when membership changes is redone
+///   whole by the new generation: no sample is skipped, and none counts twice, because a step
+///   counts only when all its members completed it. Which samples a rank takes is `DataOrder`'s.
+/// - **Restart.** Only `JobRecord`s are durable. A restored machine knows no nodes; running jobs
+///   wait `recoveryWindow` for their members to say hello again, then continue in the next
+///   generation from the saved cursor with those that came back.
+public struct CoordinatorMachine: Sendable {
+    // MARK: - Types
+
+    /// Timing settings.
+    public struct Settings: Sendable, Hashable {
+        /// How long a node stays alive without a heartbeat.
+        public var lease: Duration
+        /// How long a job that could start with fewer than its target waits for more nodes.
+        public var settleWindow: Duration
+        /// After a restart, how long running jobs wait for their members to come back.
+        public var recoveryWindow: Duration
+        /// How long a drained node has to leave before it is removed anyway.
+        public var drainGrace: Duration
+
+        /// Settings with the defaults: 2 s lease, 1 s settle window, 5 s recovery, 30 s drain grace.
+        public init(
+            lease: Duration = .seconds(2),
+            settleWindow: Duration = .seconds(1),
+            recoveryWindow: Duration = .seconds(5),
+            drainGrace: Duration = .seconds(30)
+        ) {
+            self.lease = lease
+            self.settleWindow = settleWindow
+            self.recoveryWindow = recoveryWindow
+            self.drainGrace = drainGrace
+        }
+    }
+
+    /// What an agent announced about itself.
+    public struct Capabilities: Sendable, Hashable, Codable {
+        /// GPUs on the host.
+        public var gpus: UInt32
+        /// Data-plane addresses (`host:port`).
+        public var dataPlaneAddresses: [String]
+        /// RDMA devices.
+        public var rdmaDevices: [String]
+
+        /// Makes capabilities.
+        public init(gpus: UInt32 = 0, dataPlaneAddresses: [String] = [], rdmaDevices: [String] = []) {
+            self.gpus = gpus
+            self.dataPlaneAddresses = dataPlaneAddresses
+            self.rdmaDevices = rdmaDevices
+        }
+    }
+
+    /// Why a generation started.
+    public enum Cause: String, Sendable, Hashable, Codable {
+        /// The job started (or restarted after waiting for nodes).
+        case start
+        /// A member's lease expired.
+        case leaseExpired = "lease_expired"
+        /// A member's control connection closed.
+        case disconnected
+        /// A member left on its own (SIGTERM, preemption).
+        case left
+        /// A member was drained by an operator.
+        case drained
+        /// A node joined while the job ran below its target.
+        case joined
+        /// An operator resized the job.
+        case resized
+        /// The coordinator restarted.
+        case coordinatorRestarted = "coordinator_restarted"
+    }
+
+    /// Where a job stands.
+    public enum Phase: String, Sendable, Hashable, Codable {
+        /// Waiting for at least `min` nodes.
+        case waiting
+        /// Running in its current generation.
+        case running
+        /// Trained all its steps.
+        case finished
+        /// Cancelled by an operator.
+        case cancelled
+    }
+
+    /// The durable part of a job: what a restarted coordinator needs to continue it.
+    public struct JobRecord: Sendable, Hashable, Codable {
+        /// The spec it was submitted with.
+        public var spec: JobSpec
+        /// Where it stands.
+        public var phase: Phase
+        /// The current (or last) generation; 0 before the first start.
+        public var generation: UInt64
+        /// The members of the current generation, index = rank.
+        public var members: [String]
+        /// The world size the job aims for (`max`, or the last resize).
+        public var targetNodes: Int
+        /// The first global step not yet completed by every member.
+        public var cursor: UInt64
+        /// Generations started so far.
+        public var generationsStarted: UInt64
+        /// Why the current generation started.
+        public var lastCause: Cause?
+        /// Order in which jobs were submitted (nodes go to earlier jobs first).
+        public var sequence: UInt64
+    }
+
+    /// One member of a generation, as every member's assignment lists it.
+    public struct Member: Sendable, Hashable {
+        /// The node.
+        public var node: String
+        /// Its rank.
+        public var rank: Int
+        /// Where its data plane listens.
+        public var dataPlaneAddresses: [String]
+    }
+
+    /// A generation's assignment, the same for every member (each finds its own rank in it).
+    public struct Assignment: Sendable, Hashable {
+        /// The job.
+        public var job: String
+        /// The generation it is for.
+        public var generation: UInt64
+        /// Members by rank.
+        public var members: [Member]
+        /// The global step training resumes at.
+        public var resumeStep: UInt64
+        /// The job's spec (data order, batch, workload).
+        public var spec: JobSpec
+
+        /// The world size.
+        public var worldSize: Int { self.members.count }
+    }
+
+    /// What the shell must do.
+    public enum Action: Sendable, Hashable {
+        /// Send `node` the assignment of a new generation.
+        case assign(node: String, Assignment)
+        /// Tell `node` to abort its work in `generation` of `job`.
+        case abort(node: String, job: String, generation: UInt64, reason: String)
+        /// Ask `node` to leave `job` gracefully within `graceSeconds`.
+        case drain(node: String, job: String, generation: UInt64, graceSeconds: UInt32)
+        /// A generation started (for logs and metrics); `rendezvous` is how long the job waited
+        /// for nodes before it, when it was waiting.
+        case generationStarted(job: String, generation: UInt64, cause: Cause, members: [String], rendezvous: Duration?)
+        /// A job stopped for lack of nodes and waits for at least `min`.
+        case jobWaiting(job: String, reason: String)
+        /// A job trained all its steps.
+        case jobFinished(job: String)
+        /// Every member completed `step`: the cursor moved past it.
+        case stepCommitted(job: String, generation: UInt64, step: UInt64)
+        /// A message naming an old generation was refused.
+        case staleRefused(node: String, job: String, generation: UInt64, current: UInt64)
+        /// A node's lease expired.
+        case leaseExpired(node: String)
+        /// The job's durable record changed: write it.
+        case persist(job: String)
+    }
+
+    /// Something that happened, reported by the shell.
+    public enum Event: Sendable, Hashable {
+        /// A node opened a session (hello).
+        case nodeOnline(node: String, Capabilities)
+        /// A node's control connection closed.
+        case nodeOffline(node: String)
+        /// A heartbeat, naming the generation the node holds (if any).
+        case heartbeat(node: String, job: String?, generation: UInt64)
+        /// A node completed a step in a generation.
+        case stepCompleted(node: String, job: String, generation: UInt64, step: UInt64)
+        /// A node leaves a job (SIGTERM, or answering a drain).
+        case left(node: String, job: String, generation: UInt64)
+        /// Time passed: check leases, settle windows, recovery and drain deadlines.
+        case tick
+    }
+
+    /// An operator's request.
+    public enum Command: Sendable, Hashable {
+        /// Start a job.
+        case submit(JobSpec)
+        /// Change a job's node count.
+        case resize(job: String, nodes: Int)
+        /// Stop a job for good.
+        case cancel(job: String)
+        /// Take a node out of service: it leaves its job and gets no new work.
+        case drain(node: String)
+    }
+
+    /// A refused command; nothing changed.
+    public struct CommandError: Error, Sendable, Hashable, CustomStringConvertible {
+        /// What kind of refusal.
+        public enum Code: String, Sendable, Hashable {
+            /// No job has that name.
+            case unknownJob
+            /// No node has that id.
+            case unknownNode
+            /// A job with that name exists.
+            case duplicateJob
+            /// The node count is outside the job's min..max.
+            case invalidSize
+            /// The spec is not valid.
+            case invalidSpec
+            /// The job is finished or cancelled.
+            case notRunning
+        }
+
+        /// The kind.
+        public var code: Code
+        /// Operator-facing text.
+        public var message: String
+
+        public var description: String { self.message }
+    }
+
+    struct Node: Sendable, Hashable {
+        var capabilities: Capabilities
+        var online: Bool
+        var leaseDeadline: Duration
+        var draining: Bool = false
+        var drainDeadline: Duration?
+        var job: String?
+    }
+
+    struct Job: Sendable, Hashable {
+        var record: JobRecord
+        /// Last step each member completed in this generation.
+        var completed: [String: UInt64] = [:]
+        /// When a waiting job may start below its target.
+        var settleDeadline: Duration?
+        /// When the job started waiting for nodes (for the rendezvous duration).
+        var waitingSince: Duration?
+        /// After a restart: members that have not come back by then are left out.
+        var recoveryDeadline: Duration?
+    }
+
+    // MARK: - State
+
+    /// Timing settings.
+    public let settings: Settings
+    var nodes: [String: Node] = [:]
+    var jobs: [String: Job] = [:]
+    var nextSequence: UInt64 = 0
+
+    /// A machine with no nodes and no jobs.
+    public init(settings: Settings = Settings()) {
+        self.settings = settings
+    }
+
+    /// A machine continuing durable job records after a restart, at time `now`.
+    public init(settings: Settings = Settings(), restoring records: [JobRecord], now: Duration) {
+        self.settings = settings
+        for record in records {
+            var job = Job(record: record)
+            if record.phase == .running {
+                job.recoveryDeadline = now + settings.recoveryWindow
+            }
+            if record.phase == .waiting { job.waitingSince = now }
+            self.jobs[record.spec.name] = job
+            self.nextSequence = max(self.nextSequence, record.sequence + 1)
+        }
+    }
+
+    // MARK: - Queries
+
+    /// Every job's durable record, in submission order.
+    public var records: [JobRecord] {
+        self.jobs.values.map(\.record).sorted { $0.sequence < $1.sequence }
+    }
+
+    /// One job's durable record.
+    public func record(job: String) -> JobRecord? {
+        self.jobs[job]?.record
+    }
+
+    /// A node as the operator sees it.
+    public struct NodeStatus: Sendable, Hashable {
+        /// The node id.
+        public var node: String
+        /// online, offline or draining.
+        public var state: String
+        /// The job it is a member of.
+        public var job: String?
+        /// Its rank there.
+        public var rank: Int?
+        /// Its data-plane addresses.
+        public var dataPlaneAddresses: [String]
+    }
+
+    /// Every node the machine knows, by id.
+    public var nodeStatuses: [NodeStatus] {
+        self.nodes.keys.sorted().map { id in
+            let node = self.nodes[id]!
+            let state = !node.online ? "offline" : node.draining ? "draining" : node.job == nil ? "idle" : "busy"
+            let rank = node.job.flatMap { self.jobs[$0]?.record.members.firstIndex(of: id) }
+            return NodeStatus(node: id, state: state, job: node.job, rank: rank, dataPlaneAddresses: node.capabilities.dataPlaneAddresses)
+        }
+    }
+
+    /// Counts of nodes by state (`idle`, `busy`, `draining`, `offline`).
+    public var nodeCounts: [String: Int] {
+        var counts = ["idle": 0, "busy": 0, "draining": 0, "offline": 0]
+        for status in self.nodeStatuses { counts[status.state, default: 0] += 1 }
+        return counts
+    }
+
+    // MARK: - Events
+
+    /// Feeds an event; returns what to do.
+    public mutating func on(_ event: Event, now: Duration) -> [Action] {
+        var actions: [Action] = []
+        switch event {
+        case .nodeOnline(let id, let capabilities):
+            var node = self.nodes[id] ?? Node(capabilities: capabilities, online: false, leaseDeadline: now)
+            if !node.online {
+                // A new session: whatever made the node stop taking work (leaving, a drain) is over.
+                node.draining = false
+                node.drainDeadline = nil
+            }
+            node.capabilities = capabilities
+            node.online = true
+            node.leaseDeadline = now + self.settings.lease
+            if let jobID = node.job, let job = self.jobs[jobID], !job.record.members.contains(id) {
+                node.job = nil
+            }
+            if node.job == nil,
+                let recovering = self.jobOrder().first(where: {
+                    self.jobs[$0]?.recoveryDeadline != nil && self.jobs[$0]!.record.members.contains(id)
+                })
+            {
+                // A member of a job held over a coordinator restart is back.
+                node.job = recovering
+            }
+            self.nodes[id] = node
+            if let jobID = node.job, self.jobs[jobID]?.recoveryDeadline != nil {
+                // A member is back after a restart: continue once all are back.
+                self.finishRecoveryIfComplete(jobID, now: now, into: &actions)
+            }
+            self.placeIdleNodes(now: now, into: &actions)
+
+        case .nodeOffline(let id):
+            guard var node = self.nodes[id], node.online else { break }
+            node.online = false
+            self.nodes[id] = node
+            self.memberLost(id, cause: .disconnected, now: now, into: &actions)
+
+        case .heartbeat(let id, let jobID, let generation):
+            guard var node = self.nodes[id], node.online else { break }
+            node.leaseDeadline = now + self.settings.lease
+            self.nodes[id] = node
+            if let jobID, let job = self.jobs[jobID], generation < job.record.generation {
+                actions.append(.staleRefused(node: id, job: jobID, generation: generation, current: job.record.generation))
+            }
+
+        case .stepCompleted(let id, let jobID, let generation, let step):
+            guard var job = self.jobs[jobID], job.record.phase == .running else { break }
+            guard generation == job.record.generation else {
+                if generation < job.record.generation {
+                    actions.append(.staleRefused(node: id, job: jobID, generation: generation, current: job.record.generation))
+                }
+                break
+            }
+            guard job.record.members.contains(id), step >= job.record.cursor, step < job.record.spec.steps else { break }
+            job.completed[id] = max(job.completed[id] ?? 0, step)
+            self.jobs[jobID] = job
+            self.advanceCursor(jobID, now: now, into: &actions)
+
+        case .left(let id, let jobID, let generation):
+            guard let job = self.jobs[jobID], job.record.members.contains(id) else {
+                if let job = self.jobs[jobID], generation < job.record.generation {
+                    actions.append(.staleRefused(node: id, job: jobID, generation: generation, current: job.record.generation))
+                }
+                break
+            }
+            let cause: Cause = self.nodes[id]?.draining == true ? .drained : .left
+            // A node that leaves gets no new work until it opens a new session.
+            self.nodes[id]?.draining = true
+            self.memberLost(id, cause: cause, now: now, into: &actions)
+
+        case .tick:
+            for id in self.nodes.keys.sorted() {
+                guard let node = self.nodes[id] else { continue }
+                if node.online && node.leaseDeadline < now {
+                    self.nodes[id]!.online = false
+                    actions.append(.leaseExpired(node: id))
+                    self.memberLost(id, cause: .leaseExpired, now: now, into: &actions)
+                } else if let deadline = node.drainDeadline, deadline <= now, node.job != nil {
+                    self.memberLost(id, cause: .drained, now: now, into: &actions)
+                }
+            }
+            for jobID in self.jobOrder() {
+                if let deadline = self.jobs[jobID]?.recoveryDeadline, deadline <= now {
+                    self.finishRecovery(jobID, now: now, into: &actions)
+                }
+            }
+            self.placeIdleNodes(now: now, into: &actions)
+        }
+        return actions
+    }
+
+    // MARK: - Commands
+
+    /// Applies an operator's command, or refuses it (changing nothing).
+    public mutating func apply(_ command: Command, now: Duration) throws(CommandError) -> [Action] {
+        var actions: [Action] = []
+        switch command {
+        case .submit(let spec):
+            do {
+                try spec.validate()
+            } catch {
+                throw CommandError(code: .invalidSpec, message: error.description)
+            }
+            guard self.jobs[spec.name] == nil else {
+                throw CommandError(code: .duplicateJob, message: "a job named \(spec.name) already exists; choose another name")
+            }
+            let record = JobRecord(
+                spec: spec,
+                phase: .waiting,
+                generation: 0,
+                members: [],
+                targetNodes: spec.maxNodes,
+                cursor: 0,
+                generationsStarted: 0,
+                lastCause: nil,
+                sequence: self.nextSequence
+            )
+            self.nextSequence += 1
+            self.jobs[spec.name] = Job(record: record, waitingSince: now)
+            actions.append(.persist(job: spec.name))
+            self.placeIdleNodes(now: now, into: &actions)
+
+        case .resize(let jobID, let count):
+            guard var job = self.jobs[jobID] else { throw self.unknownJob(jobID) }
+            let spec = job.record.spec
+            guard (spec.minNodes...spec.maxNodes).contains(count) else {
+                throw CommandError(
+                    code: .invalidSize,
+                    message: "job \(jobID) runs with \(spec.minNodes) to \(spec.maxNodes) nodes (its spec's nodes.min..nodes.max); \(count) is outside that"
+                )
+            }
+            guard job.record.phase == .running || job.record.phase == .waiting else {
+                throw CommandError(code: .notRunning, message: "job \(jobID) is \(job.record.phase.rawValue); it cannot be resized")
+            }
+            job.record.targetNodes = count
+            self.jobs[jobID] = job
+            actions.append(.persist(job: jobID))
+            if job.record.phase == .running && job.record.members.count > count {
+                self.regenerate(jobID, cause: .resized, now: now, into: &actions)
+            }
+            self.placeIdleNodes(now: now, into: &actions, growCause: .resized)
+
+        case .cancel(let jobID):
+            guard var job = self.jobs[jobID] else { throw self.unknownJob(jobID) }
+            guard job.record.phase == .running || job.record.phase == .waiting else {
+                throw CommandError(code: .notRunning, message: "job \(jobID) is already \(job.record.phase.rawValue)")
+            }
+            for member in job.record.members {
+                actions.append(.abort(node: member, job: jobID, generation: job.record.generation, reason: "the job was cancelled"))
+                self.nodes[member]?.job = nil
+            }
+            job.record.phase = .cancelled
+            job.record.members = []
+            job.settleDeadline = nil
+            job.recoveryDeadline = nil
+            self.jobs[jobID] = job
+            actions.append(.persist(job: jobID))
+            self.placeIdleNodes(now: now, into: &actions)
+
+        case .drain(let id):
+            guard var node = self.nodes[id] else {
+                throw CommandError(code: .unknownNode, message: "no node has id \(id); `ringmaster node list` shows the known nodes")
+            }
+            guard !node.draining else { break }
+            node.draining = true
+            if let jobID = node.job, let job = self.jobs[jobID] {
+                let grace = self.settings.drainGrace
+                node.drainDeadline = now + grace
+                actions.append(
+                    .drain(node: id, job: jobID, generation: job.record.generation, graceSeconds: UInt32(grace.components.seconds))
+                )
+            }
+            self.nodes[id] = node
+        }
+        return actions
+    }
+
+    func unknownJob(_ id: String) -> CommandError {
+        CommandError(code: .unknownJob, message: "no job is named \(id); `ringmaster job status` lists the jobs")
+    }
+
+    // MARK: - Membership
+
+    /// Job ids in submission order.
+    func jobOrder() -> [String] {
+        self.jobs.values.sorted { $0.record.sequence < $1.record.sequence }.map(\.record.spec.name)
+    }
+
+    /// A node that may get work: online, not draining, in no job.
+    func isIdle(_ id: String) -> Bool {
+        guard let node = self.nodes[id] else { return false }
+        return node.online && !node.draining && node.job == nil
+    }
+
+    /// A member stopped being usable (failed, disconnected, left, drained).
+    mutating func memberLost(_ id: String, cause: Cause, now: Duration, into actions: inout [Action]) {
+        guard let jobID = self.nodes[id]?.job, let job = self.jobs[jobID], job.record.members.contains(id) else { return }
+        if job.recoveryDeadline != nil { return }  // recovery decides when it ends
+        self.regenerate(jobID, cause: cause, now: now, into: &actions)
+    }
+
+    /// Ends the current generation of a running job and starts the next one with the usable
+    /// members and idle nodes up to the target, or pauses the job if that is fewer than `min`.
+    mutating func regenerate(_ jobID: String, cause: Cause, now: Duration, into actions: inout [Action]) {
+        guard var job = self.jobs[jobID] else { return }
+        let old = job.record.members
+        for member in old {
+            actions.append(.abort(node: member, job: jobID, generation: job.record.generation, reason: cause.rawValue))
+            self.nodes[member]?.job = nil
+            self.nodes[member]?.drainDeadline = nil
+        }
+        let survivors = old.filter { self.isIdle($0) }
+        let newcomers = self.nodes.keys.filter { self.isIdle($0) && !old.contains($0) }.sorted()
+        let target = job.record.targetNodes
+        let spec = job.record.spec
+        job.recoveryDeadline = nil
+        job.completed = [:]
+        guard survivors.count + newcomers.count >= spec.minNodes else {
+            job.record.phase = .waiting
+            job.record.members = []
+            job.waitingSince = now
+            job.settleDeadline = nil
+            self.jobs[jobID] = job
+            actions.append(
+                .jobWaiting(
+                    job: jobID,
+                    reason: "\(survivors.count + newcomers.count) usable node(s) after \(cause.rawValue); it needs at least \(spec.minNodes)"
+                )
+            )
+            actions.append(.persist(job: jobID))
+            return
+        }
+        let members = Self.rank(previous: old, survivors: survivors, newcomers: newcomers, worldSize: min(target, survivors.count + newcomers.count))
+        self.jobs[jobID] = job
+        self.start(jobID, members: members, cause: cause, now: now, into: &actions)
+    }
+
+    /// Starts the next generation of a job with `members` (index = rank).
+    mutating func start(_ jobID: String, members: [String], cause: Cause, now: Duration, into actions: inout [Action]) {
+        guard var job = self.jobs[jobID] else { return }
+        let rendezvous = job.waitingSince.map { now - $0 }
+        job.record.phase = .running
+        job.record.generation += 1
+        job.record.generationsStarted += 1
+        job.record.members = members
+        job.record.lastCause = cause
+        job.completed = [:]
+        job.settleDeadline = nil
+        job.waitingSince = nil
+        job.recoveryDeadline = nil
+        self.jobs[jobID] = job
+        for member in members { self.nodes[member]?.job = jobID }
+        let assignment = Assignment(
+            job: jobID,
+            generation: job.record.generation,
+            members: members.enumerated().map { rank, node in
+                Member(node: node, rank: rank, dataPlaneAddresses: self.nodes[node]?.capabilities.dataPlaneAddresses ?? [])
+            },
+            resumeStep: job.record.cursor,
+            spec: job.record.spec
+        )
+        actions.append(
+            .generationStarted(job: jobID, generation: job.record.generation, cause: cause, members: members, rendezvous: rendezvous)
+        )
+        for member in members {
+            actions.append(.assign(node: member, assignment))
+        }
+        actions.append(.persist(job: jobID))
+    }
+
+    /// Ranks for a new generation of `worldSize`: survivors keep their old rank when it exists
+    /// in the new world; free ranks go to other survivors (by old rank), then newcomers (by id).
+    static func rank(previous: [String], survivors: [String], newcomers: [String], worldSize: Int) -> [String] {
+        var ranks = [String?](repeating: nil, count: worldSize)
+        var displaced: [String] = []
+        for node in survivors {
+            if let rank = previous.firstIndex(of: node), rank < worldSize {
+                ranks[rank] = node
+            } else {
+                displaced.append(node)
+            }
+        }
+        var queue = displaced + newcomers
+        for rank in 0..<worldSize where ranks[rank] == nil {
+            ranks[rank] = queue.removeFirst()
+        }
+        return ranks.map { $0! }
+    }
+
+    /// Gives idle nodes to waiting jobs (starting them) and to running jobs below their target
+    /// (growing them), in submission order.
+    mutating func placeIdleNodes(now: Duration, into actions: inout [Action], growCause: Cause = .joined) {
+        for jobID in self.jobOrder() {
+            guard var job = self.jobs[jobID] else { continue }
+            let idle = self.nodes.keys.filter { self.isIdle($0) }.sorted()
+            switch job.record.phase {
+            case .waiting:
+                guard idle.count >= job.record.spec.minNodes else {
+                    if job.settleDeadline != nil {
+                        job.settleDeadline = nil
+                        self.jobs[jobID] = job
+                    }
+                    continue
+                }
+                let target = job.record.targetNodes
+                if idle.count < target {
+                    if job.settleDeadline == nil {
+                        job.settleDeadline = now + self.settings.settleWindow
+                        self.jobs[jobID] = job
+                    }
+                    guard let deadline = job.settleDeadline, deadline <= now else { continue }
+                }
+                let previous = job.record.members
+                let members = Self.rank(
+                    previous: previous,
+                    survivors: idle.filter { previous.contains($0) },
+                    newcomers: idle.filter { !previous.contains($0) },
+                    worldSize: min(target, idle.count)
+                )
+                self.start(jobID, members: members, cause: .start, now: now, into: &actions)
+            case .running:
+                guard job.recoveryDeadline == nil, job.record.members.count < job.record.targetNodes, !idle.isEmpty else { continue }
+                self.regenerate(jobID, cause: growCause, now: now, into: &actions)
+            case .finished, .cancelled:
+                continue
+            }
+        }
+    }
+
+    // MARK: - Progress
+
+    /// Moves the cursor past every step all members completed; finishes the job at its last step.
+    mutating func advanceCursor(_ jobID: String, now: Duration, into actions: inout [Action]) {
+        guard var job = self.jobs[jobID] else { return }
+        while job.record.cursor < job.record.spec.steps,
+            job.record.members.allSatisfy({ (job.completed[$0] ?? 0) >= job.record.cursor && job.completed[$0] != nil })
+        {
+            actions.append(.stepCommitted(job: jobID, generation: job.record.generation, step: job.record.cursor))
+            job.record.cursor += 1
+        }
+        self.jobs[jobID] = job
+        if job.record.cursor >= job.record.spec.steps {
+            for member in job.record.members {
+                actions.append(.abort(node: member, job: jobID, generation: job.record.generation, reason: "finished"))
+                self.nodes[member]?.job = nil
+            }
+            job.record.phase = .finished
+            job.record.members = []
+            self.jobs[jobID] = job
+            actions.append(.jobFinished(job: jobID))
+            actions.append(.persist(job: jobID))
+            self.placeIdleNodes(now: now, into: &actions)
+        } else {
+            actions.append(.persist(job: jobID))
+        }
+    }
+
+    // MARK: - Recovery after a restart
+
+    mutating func finishRecoveryIfComplete(_ jobID: String, now: Duration, into actions: inout [Action]) {
+        guard let job = self.jobs[jobID], job.recoveryDeadline != nil else { return }
+        if job.record.members.allSatisfy({ self.nodes[$0]?.online == true }) {
+            self.finishRecovery(jobID, now: now, into: &actions)
+        }
+    }
+
+    mutating func finishRecovery(_ jobID: String, now: Duration, into actions: inout [Action]) {
+        guard var job = self.jobs[jobID] else { return }
+        job.recoveryDeadline = nil
+        self.jobs[jobID] = job
+        // Members that came back are marked as in the job so that they count as survivors.
+        self.regenerate(jobID, cause: .coordinatorRestarted, now: now, into: &actions)
+    }
+}

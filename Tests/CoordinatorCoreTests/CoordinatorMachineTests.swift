@@ -1,0 +1,302 @@
+import Testing
+
+@testable import CoordinatorCore
+
+@Suite("Rendezvous")
+struct RendezvousTests {
+    static let orders = [["a", "b", "c"], ["a", "c", "b"], ["b", "a", "c"], ["b", "c", "a"], ["c", "a", "b"], ["c", "b", "a"]]
+
+    @Test(arguments: orders)
+    func everyJoinOrder_givesTheSameRanks_inOneGeneration(order: [String]) throws {
+        var sim = Simulation()
+        try sim.command(.submit(Simulation.spec(min: 2, max: 3)))
+        for node in order { sim.online(node) }
+        #expect(sim.record().generation == 1)
+        #expect(sim.members() == ["a", "b", "c"])
+        #expect(sim.causes() == [.start])
+    }
+
+    @Test func nodesBeforeTheJob_startItAtOnce_whenMaxAreThere() throws {
+        var sim = Simulation()
+        sim.online("a", "b")
+        try sim.command(.submit(Simulation.spec(min: 1, max: 2)))
+        #expect(sim.record().phase == .running)
+        #expect(sim.members() == ["a", "b"])
+    }
+
+    @Test func belowMin_theJobWaits_andStartsWhenMinArrive_afterTheSettleWindow() throws {
+        var sim = Simulation()
+        try sim.command(.submit(Simulation.spec(min: 2, max: 4)))
+        sim.online("a")
+        sim.advance(by: .seconds(5), heartbeating: ["a"])
+        #expect(sim.record().phase == .waiting, "one node is below min")
+        sim.online("b")
+        #expect(sim.record().phase == .waiting, "min is there, but the settle window has not passed")
+        sim.advance(by: .milliseconds(500), heartbeating: ["a", "b"])
+        #expect(sim.record().phase == .waiting)
+        sim.advance(by: .milliseconds(600), heartbeating: ["a", "b"])
+        #expect(sim.record().phase == .running)
+        #expect(sim.members() == ["a", "b"])
+        let rendezvous = sim.log.compactMap { action -> Duration? in
+            if case .generationStarted(_, _, _, _, let waited) = action { return waited }
+            return nil
+        }
+        #expect(rendezvous == [.seconds(6)], "from submission to the first tick past the settle window")
+    }
+
+    @Test func moreNodesThanMax_leaveTheRestIdle() throws {
+        var sim = Simulation()
+        sim.online("a", "b", "c", "d", "e")
+        try sim.command(.submit(Simulation.spec(min: 1, max: 4)))
+        #expect(sim.members() == ["a", "b", "c", "d"])
+        #expect(sim.machine.nodeStatuses.first { $0.node == "e" }?.state == "idle")
+    }
+
+    @Test func twoJobs_takeNodesInSubmissionOrder() throws {
+        var sim = Simulation()
+        try sim.command(.submit(Simulation.spec("first", min: 2, max: 2)))
+        try sim.command(.submit(Simulation.spec("second", min: 1, max: 2)))
+        sim.online("a", "b", "c")
+        #expect(sim.members("first") == ["a", "b"])
+        sim.advance(by: .seconds(2), heartbeating: ["a", "b", "c"])
+        #expect(sim.members("second") == ["c"])
+    }
+}
+
+@Suite("Generations")
+struct GenerationTests {
+    /// A running job with a, b, c at ranks 0, 1, 2.
+    func running(min: Int = 2, max: Int = 3) throws -> Simulation {
+        var sim = Simulation()
+        try sim.command(.submit(Simulation.spec(min: min, max: max)))
+        sim.online("a", "b", "c")
+        #expect(sim.members() == ["a", "b", "c"])
+        return sim
+    }
+
+    @Test func leaseExpiry_startsANewGeneration_withoutTheDeadNode_survivorsKeepRanks() throws {
+        var sim = try self.running()
+        sim.completeStep()
+        sim.completeStep()
+        sim.advance(by: .seconds(3), heartbeating: ["a", "c"])  // b stops heartbeating
+        #expect(sim.log.contains(.leaseExpired(node: "b")))
+        #expect(sim.record().generation == 2)
+        #expect(sim.members() == ["a", "c"], "a keeps rank 0; c moves into the freed rank 1 (world size 2)")
+        #expect(sim.causes() == [.start, .leaseExpired])
+        #expect(sim.log.contains(.abort(node: "b", job: "job", generation: 1, reason: "lease_expired")))
+        let assignment = try #require(sim.assignments["a"])
+        #expect(assignment.generation == 2 && assignment.resumeStep == 2 && assignment.worldSize == 2)
+        // The dead node's share of the batch goes to the others: 12 samples over 2 ranks.
+        let order = sim.record().spec.order
+        #expect(order.positions(step: 2, rank: 0, worldSize: 2).count == 6)
+        #expect(order.positions(step: 2, rank: 1, worldSize: 2).count == 6)
+    }
+
+    @Test func theNodeWithTheHighestRankDying_keepsEveryOtherRank() throws {
+        var sim = try self.running()
+        sim.send(.nodeOffline(node: "c"))
+        #expect(sim.members() == ["a", "b"])
+        #expect(sim.causes().last == .disconnected)
+    }
+
+    @Test func belowMin_theJobPauses_andResumesAtItsCursor() throws {
+        var sim = try self.running(min: 3, max: 3)
+        for _ in 0..<5 { sim.completeStep() }
+        sim.send(.nodeOffline(node: "a"))
+        #expect(sim.record().phase == .waiting)
+        #expect(sim.record().members.isEmpty)
+        sim.online("a")
+        #expect(sim.record().phase == .running)
+        #expect(sim.record().generation == 2)
+        #expect(sim.assignments["a"]?.resumeStep == 5)
+    }
+
+    @Test func drain_asksTheNodeToLeave_thenContinuesWithoutIt() throws {
+        var sim = try self.running()
+        let actions = try sim.command(.drain(node: "b"))
+        #expect(actions == [.drain(node: "b", job: "job", generation: 1, graceSeconds: 30)])
+        #expect(sim.record().generation == 1, "the drained node finishes its step first")
+        sim.send(.left(node: "b", job: "job", generation: 1))
+        #expect(sim.members() == ["a", "c"])
+        #expect(sim.causes().last == .drained)
+        #expect(sim.machine.nodeStatuses.first { $0.node == "b" }?.state == "draining")
+        sim.advance(by: .seconds(5), heartbeating: ["a", "b", "c"])
+        #expect(sim.members() == ["a", "c"], "a drained node gets no new work")
+    }
+
+    @Test func drain_removesTheNodeAfterItsGrace_whenItDoesNotLeave() throws {
+        var sim = try self.running()
+        try sim.command(.drain(node: "b"))
+        sim.advance(by: .seconds(29), heartbeating: ["a", "b", "c"])
+        #expect(sim.record().generation == 1)
+        sim.advance(by: .seconds(2), heartbeating: ["a", "b", "c"])
+        #expect(sim.members() == ["a", "c"])
+    }
+
+    @Test func aNodeJoiningWhileRunningBelowMax_growsTheJobInPlace() throws {
+        var sim = Simulation()
+        try sim.command(.submit(Simulation.spec(min: 2, max: 3)))
+        sim.online("b", "c")
+        sim.advance(by: .seconds(2), heartbeating: ["b", "c"])
+        #expect(sim.members() == ["b", "c"])
+        sim.completeStep()
+        sim.online("a")
+        #expect(sim.members() == ["b", "c", "a"], "existing ranks stay; the newcomer takes rank 2")
+        #expect(sim.causes() == [.start, .joined])
+        #expect(sim.assignments["a"]?.resumeStep == 1)
+    }
+
+    @Test func resizeDown_dropsTheHighestRanks_andResizeUp_takesIdleNodes() throws {
+        var sim = try self.running(min: 1, max: 3)
+        try sim.command(.resize(job: "job", nodes: 2))
+        #expect(sim.members() == ["a", "b"])
+        #expect(sim.machine.nodeStatuses.first { $0.node == "c" }?.state == "idle")
+        try sim.command(.resize(job: "job", nodes: 3))
+        #expect(sim.members() == ["a", "b", "c"])
+        #expect(sim.causes() == [.start, .resized, .resized])
+        #expect(sim.record().generation == 3)
+    }
+
+    @Test func staleGenerationMessages_areRefused_andMoveNothing() throws {
+        var sim = try self.running()
+        sim.send(.nodeOffline(node: "c"))
+        #expect(sim.record().generation == 2)
+        let actions = sim.send(.stepCompleted(node: "a", job: "job", generation: 1, step: 0))
+        #expect(actions == [.staleRefused(node: "a", job: "job", generation: 1, current: 2)])
+        #expect(sim.record().cursor == 0)
+        let heartbeat = sim.send(.heartbeat(node: "b", job: "job", generation: 1))
+        #expect(heartbeat == [.staleRefused(node: "b", job: "job", generation: 1, current: 2)])
+    }
+
+    @Test func theCursorMoves_onlyWhenEveryMemberCompletedTheStep_andTheJobFinishes() throws {
+        var sim = Simulation()
+        try sim.command(.submit(Simulation.spec(min: 2, max: 2, steps: 3)))
+        sim.online("a", "b")
+        sim.send(.stepCompleted(node: "a", job: "job", generation: 1, step: 0))
+        #expect(sim.record().cursor == 0)
+        sim.send(.stepCompleted(node: "b", job: "job", generation: 1, step: 0))
+        #expect(sim.record().cursor == 1)
+        sim.completeStep()
+        sim.completeStep()
+        #expect(sim.record().phase == .finished)
+        #expect(sim.log.contains(.jobFinished(job: "job")))
+        #expect(sim.machine.nodeStatuses.allSatisfy { $0.state == "idle" })
+    }
+}
+
+@Suite("Coordinator restart")
+struct RestartTests {
+    /// Restarts the machine from its durable records, as a coordinator restart does.
+    func restart(_ sim: inout Simulation) {
+        let records = sim.machine.records
+        sim.machine = CoordinatorMachine(settings: sim.machine.settings, restoring: records, now: sim.now)
+    }
+
+    @Test func aRunningJob_continuesInTheNextGeneration_fromItsCursor_whenItsMembersReturn() throws {
+        var sim = Simulation()
+        try sim.command(.submit(Simulation.spec(min: 2, max: 3)))
+        sim.online("a", "b", "c")
+        for _ in 0..<4 { sim.completeStep() }
+        self.restart(&sim)
+        sim.online("c", "a")
+        #expect(sim.record().generation == 1, "still waiting for b")
+        sim.online("b")
+        #expect(sim.record().generation == 2)
+        #expect(sim.members() == ["a", "b", "c"], "ranks survive the restart")
+        #expect(sim.assignments["a"]?.resumeStep == 4)
+        #expect(sim.causes().last == .coordinatorRestarted)
+    }
+
+    @Test func membersThatDoNotReturn_areLeftOut_afterTheRecoveryWindow() throws {
+        var sim = Simulation()
+        try sim.command(.submit(Simulation.spec(min: 2, max: 3)))
+        sim.online("a", "b", "c")
+        sim.completeStep()
+        self.restart(&sim)
+        sim.online("a", "c")
+        sim.advance(by: .seconds(6), heartbeating: ["a", "c"])
+        #expect(sim.record().generation == 2)
+        #expect(sim.members() == ["a", "c"])
+        #expect(sim.assignments["c"]?.resumeStep == 1)
+    }
+
+    @Test(arguments: ["waiting", "drain", "resize", "join", "lease"])
+    func aRestartInTheMiddleOfAChange_keepsTheCursorAndGenerationMonotonic(change: String) throws {
+        var sim = Simulation()
+        try sim.command(.submit(Simulation.spec(min: 2, max: 3)))
+        sim.online("a", "b")
+        sim.advance(by: .seconds(2), heartbeating: ["a", "b"])
+        sim.completeStep()
+        switch change {
+        case "waiting": sim.send(.nodeOffline(node: "b"))
+        case "drain": try sim.command(.drain(node: "b"))
+        case "resize": try sim.command(.resize(job: "job", nodes: 2))
+        case "join": sim.online("c")
+        default: sim.advance(by: .seconds(3), heartbeating: ["a"])
+        }
+        let before = sim.record()
+        self.restart(&sim)
+        sim.online("a", "b", "c")
+        sim.advance(by: .seconds(6), heartbeating: ["a", "b", "c"])
+        let after = sim.record()
+        #expect(after.phase == .running)
+        #expect(after.generation > before.generation)
+        #expect(after.cursor == before.cursor)
+        #expect(Set(after.members).count == after.members.count)
+    }
+}
+
+@Suite("Bad commands")
+struct BadCommandTests {
+    func running() throws -> Simulation {
+        var sim = Simulation()
+        try sim.command(.submit(Simulation.spec(min: 1, max: 3)))
+        sim.online("a", "b", "c")
+        return sim
+    }
+
+    /// Applies `command`, expects a refusal with `code`, and checks that nothing changed.
+    func expectRefused(_ command: CoordinatorMachine.Command, _ code: CoordinatorMachine.CommandError.Code, mentioning text: String) throws {
+        var sim = try self.running()
+        let records = sim.machine.records
+        let nodes = sim.machine.nodeStatuses
+        #expect {
+            try sim.command(command)
+        } throws: { error in
+            guard let error = error as? CoordinatorMachine.CommandError else { return false }
+            return error.code == code && error.message.contains(text)
+        }
+        #expect(sim.machine.records == records)
+        #expect(sim.machine.nodeStatuses == nodes)
+    }
+
+    @Test func unknownJob() throws {
+        try self.expectRefused(.resize(job: "nope", nodes: 2), .unknownJob, mentioning: "no job is named nope")
+        try self.expectRefused(.cancel(job: "nope"), .unknownJob, mentioning: "nope")
+    }
+
+    @Test func unknownNode() throws {
+        try self.expectRefused(.drain(node: "zz"), .unknownNode, mentioning: "no node has id zz")
+    }
+
+    @Test func resizeOutsideMinMax() throws {
+        try self.expectRefused(.resize(job: "job", nodes: 4), .invalidSize, mentioning: "1 to 3")
+        try self.expectRefused(.resize(job: "job", nodes: 0), .invalidSize, mentioning: "outside")
+    }
+
+    @Test func aSecondJobWithTheSameName() throws {
+        try self.expectRefused(.submit(Simulation.spec(min: 1, max: 1)), .duplicateJob, mentioning: "already exists")
+    }
+
+    @Test func aNegativeBatch_orAMissingDataset() throws {
+        var negative = Simulation.spec("other", min: 1, max: 1)
+        negative.globalBatchSize = -64
+        try self.expectRefused(.submit(negative), .invalidSpec, mentioning: "`batch_size`")
+        var missing = Simulation.spec("other", min: 1, max: 1)
+        missing.datasetPath = ""
+        try self.expectRefused(.submit(missing), .invalidSpec, mentioning: "`dataset.path`")
+        var inverted = Simulation.spec("other", min: 3, max: 2)
+        inverted.maxNodes = 2
+        try self.expectRefused(.submit(inverted), .invalidSpec, mentioning: "`nodes.max`")
+    }
+}
