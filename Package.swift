@@ -69,6 +69,7 @@ let package = Package(
         .target(
             name: "Coordinator",
             dependencies: [
+                "CoordinatorCore",
                 "RingmasterWire",
                 "RingmasterSecurity",
                 "ControlPlane",
@@ -76,9 +77,12 @@ let package = Package(
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "GRDB", package: "GRDB.swift"),
+                .product(name: "Yams", package: "Yams"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "CoreMetrics", package: "swift-metrics"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
@@ -156,7 +160,7 @@ let package = Package(
         ),
         .testTarget(
             name: "CoordinatorTests",
-            dependencies: ["Coordinator", "RingmasterWire", "RingmasterSecurity"],
+            dependencies: ["Coordinator", "CoordinatorCore", "RingmasterWire", "RingmasterSecurity"],
             swiftSettings: strictSwift6
         ),
         .testTarget(

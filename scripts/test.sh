@@ -11,5 +11,5 @@ cd "$(dirname "$0")/.."
 echo "test: swift build --build-tests"
 swift build --build-tests
 
-echo "test: swift test --skip-build $*"
-swift test --skip-build "$@"
+echo "test: swift test --skip-build --disable-xctest $*"
+swift test --skip-build --disable-xctest "$@"

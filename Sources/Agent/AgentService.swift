@@ -5,6 +5,7 @@ import NIOCore
 import RingmasterSecurity
 import RingmasterWire
 import ServiceLifecycle
+import Synchronization
 import X509
 
 /// Settings of a node agent.
@@ -203,16 +204,23 @@ public final class AgentService: Service, Sendable {
         var reason: any Error
     }
 
-    /// State a session shares with the loop that runs it.
-    final class SessionProgress: @unchecked Sendable {
-        // Safe because only the session's own task touches it, and the caller reads it after
-        // that task has finished.
-        var connected = false
-        var credentials: Credentials?
+    /// State a session shares between its reader, its heartbeat loop and the loop that runs it.
+    final class SessionProgress: Sendable {
+        struct State {
+            var connected = false
+            var credentials: Credentials?
+            var lastAck = ContinuousClock.now
+            var assignment: Ringmaster_V1_Assignment?
+            var pendingRenewal: KeyAndRequest?
+        }
+
+        let state = Mutex(State())
     }
 
-    /// One mutual-TLS session: hello, then a heartbeat each interval (renewing the certificate
-    /// when it is two thirds through its life), until the connection ends.
+    /// One mutual-TLS session: hello; then a reader that handles what the coordinator sends
+    /// (assignments, aborts, drains, heartbeat acks, renewals) beside a loop that heartbeats each
+    /// interval (and asks for a new certificate two thirds through the current one's life). Ends
+    /// when the connection does, or when the coordinator is silent for a lease.
     func session(credentials: Credentials) async -> SessionEnd {
         let client = ControlClient(address: self.configuration.coordinator, credentials: credentials)
         let progress = SessionProgress()
@@ -228,44 +236,124 @@ public final class AgentService: Service, Sendable {
                 guard case .helloReply(let helloReply) = reply.body else {
                     throw AgentError(.protocolViolation, "expected a hello reply, got \(reply.kind)")
                 }
-                progress.connected = true
+                progress.state.withLock {
+                    $0.connected = true
+                    $0.lastAck = .now
+                }
                 self.logger.info("connected to the coordinator", metadata: [LogKey.node: "\(helloReply.nodeID)"])
                 let interval = Duration.milliseconds(max(Int(helloReply.heartbeatIntervalMs), 10))
-                let lease = Double(max(helloReply.leaseMs, 100)) / 1000
-                var current = credentials
-                while true {
-                    if current.renewalDue(now: self.now()) {
-                        current = try await self.renew(current, over: session)
-                        progress.credentials = current
-                    }
-                    var heartbeat = Envelope()
-                    heartbeat.heartbeat = Ringmaster_V1_Heartbeat()
-                    _ = try await session.request(heartbeat, within: lease)
-                    try await Task.sleep(for: interval)
+                let lease = Duration.milliseconds(max(Int(helloReply.leaseMs), 100))
+                try await withThrowingTaskGroup(of: Void.self) { group in
+                    group.addTask { try await self.read(session, progress: progress, credentials: credentials) }
+                    group.addTask { try await self.heartbeat(session, progress: progress, credentials: credentials, interval: interval, lease: lease) }
+                    // Either ending ends the session.
+                    _ = try await group.next()
+                    group.cancelAll()
                 }
             }
-            return SessionEnd(connected: progress.connected, credentials: progress.credentials, reason: CancellationError())
+            return self.end(progress, reason: ControlClientError.closed(peer: "\(self.configuration.coordinator)", waitingFor: "the next message"))
         } catch {
-            return SessionEnd(connected: progress.connected, credentials: progress.credentials, reason: error)
+            return self.end(progress, reason: error)
         }
     }
 
-    func renew(_ credentials: Credentials, over session: ControlSession) async throws -> Credentials {
-        let request = try KeyAndRequest.make(name: self.configuration.nodeName)
-        var envelope = Envelope()
-        envelope.renewRequest = .with { $0.csrDer = Data(request.csrDER) }
-        let reply = try await session.request(envelope)
-        guard case .renewReply(let renewal) = reply.body else {
-            throw AgentError(.protocolViolation, "expected a renewal reply, got \(reply.kind)")
+    func end(_ progress: SessionProgress, reason: any Error) -> SessionEnd {
+        progress.state.withLock { SessionEnd(connected: $0.connected, credentials: $0.credentials, reason: reason) }
+    }
+
+    /// Handles everything the coordinator sends until the connection ends.
+    func read(_ session: ControlSession, progress: SessionProgress, credentials: Credentials) async throws {
+        while true {
+            let envelope = try await session.next()
+            switch envelope.body {
+            case .heartbeatAck:
+                progress.state.withLock { $0.lastAck = .now }
+            case .assignment(let assignment):
+                progress.state.withLock { $0.assignment = assignment }
+                self.logger.info(
+                    "holding an assignment",
+                    metadata: [
+                        LogKey.job: "\(assignment.jobID)", LogKey.generation: "\(assignment.generation)",
+                        LogKey.rank: "\(assignment.rank)", "world_size": "\(assignment.worldSize)",
+                        "resume_step": "\(assignment.resumeStep)",
+                    ]
+                )
+            case .abort(let abort):
+                let dropped = progress.state.withLock { state -> Bool in
+                    guard state.assignment?.jobID == abort.jobID, state.assignment?.generation == abort.generation else { return false }
+                    state.assignment = nil
+                    return true
+                }
+                if dropped {
+                    self.logger.info(
+                        "aborted a generation",
+                        metadata: [LogKey.job: "\(abort.jobID)", LogKey.generation: "\(abort.generation)", LogKey.reason: "\(abort.reason)"]
+                    )
+                }
+            case .drain(let drain):
+                self.logger.notice("drained by the coordinator; leaving the job", metadata: [LogKey.job: "\(drain.jobID)"])
+                var leave = Envelope()
+                leave.leave = .with {
+                    $0.jobID = drain.jobID
+                    $0.generation = drain.generation
+                    $0.reason = "drained"
+                }
+                try await session.send(leave)
+            case .renewReply(let renewal):
+                guard let pending = progress.state.withLock({ $0.pendingRenewal }) else { continue }
+                let renewed = try Credentials(
+                    privateKey: pending.privateKey,
+                    certificate: try Certificate(derEncoded: Array(renewal.certificateDer)),
+                    caCertificate: credentials.caCertificate
+                )
+                try renewed.save(directory: self.configuration.dataDirectory)
+                progress.state.withLock {
+                    $0.credentials = renewed
+                    $0.pendingRenewal = nil
+                }
+                self.logger.info(
+                    "renewed the agent certificate",
+                    metadata: ["certificate_not_after": "\(renewed.certificate.notValidAfter)"]
+                )
+            case .error(let error):
+                self.logger.warning("the coordinator reported an error", metadata: [LogKey.reason: "\(error.message)"])
+            default:
+                self.logger.warning("ignored an unexpected message", metadata: [LogKey.message: "\(envelope.kind)"])
+            }
         }
-        let renewed = try Credentials(
-            privateKey: request.privateKey,
-            certificate: try Certificate(derEncoded: Array(renewal.certificateDer)),
-            caCertificate: credentials.caCertificate
-        )
-        try renewed.save(directory: self.configuration.dataDirectory)
-        self.logger.info("renewed the agent certificate", metadata: ["certificate_not_after": "\(renewed.certificate.notValidAfter)"])
-        return renewed
+    }
+
+    /// Heartbeats every `interval`; asks for renewal when due; gives up when no ack came for a lease.
+    func heartbeat(
+        _ session: ControlSession,
+        progress: SessionProgress,
+        credentials: Credentials,
+        interval: Duration,
+        lease: Duration
+    ) async throws {
+        while true {
+            let (lastAck, held, current, renewing) = progress.state.withLock {
+                ($0.lastAck, $0.assignment, $0.credentials ?? credentials, $0.pendingRenewal != nil)
+            }
+            guard ContinuousClock.now - lastAck <= lease + interval else {
+                throw AgentError(.protocolViolation, "the coordinator has not acknowledged a heartbeat for \(ContinuousClock.now - lastAck)")
+            }
+            if !renewing && current.renewalDue(now: self.now()) {
+                let request = try KeyAndRequest.make(name: self.configuration.nodeName)
+                progress.state.withLock { $0.pendingRenewal = request }
+                var renew = Envelope()
+                renew.renewRequest = .with { $0.csrDer = Data(request.csrDER) }
+                try await session.send(renew)
+            }
+            var heartbeat = Envelope()
+            heartbeat.heartbeat = .with {
+                $0.jobID = held?.jobID ?? ""
+                $0.generation = held?.generation ?? 0
+                $0.step = held?.resumeStep ?? 0
+            }
+            try await session.send(heartbeat)
+            try await Task.sleep(for: interval)
+        }
     }
 }
 

@@ -61,7 +61,7 @@ public struct ControlClient: Sendable {
         let context = try ControlTLS.clientContext(credentials: self.credentials)
         let maximumFrameBytes = self.maximumFrameBytes
         let connection: ControlPipeline.Connection
-        let handshake: EventLoopFuture<Void>
+        let handshake: EventLoopFuture<NIOSSLCertificate?>
         do {
             (connection, handshake) = try await ClientBootstrap(group: group)
                 .connectTimeout(.milliseconds(Int64(self.connectTimeoutSeconds * 1000)))
@@ -89,7 +89,7 @@ public struct ControlClient: Sendable {
                 seconds: self.connectTimeoutSeconds,
                 waitingFor: "the TLS handshake with \(self.host):\(self.port)"
             ) {
-                try await handshake.get()
+                _ = try await handshake.get()
             }
         } catch {
             try? await connection.channel.close()
@@ -120,6 +120,15 @@ public final class ControlSession: Sendable {
     /// Sends one envelope.
     public func send(_ envelope: Envelope) async throws {
         try await self.outbound.write(envelope)
+    }
+
+    /// Receives the next envelope with no deadline of its own, for a reader whose liveness is
+    /// bounded elsewhere (a heartbeat lease that cancels it). Throws when the connection closes.
+    public func next() async throws -> Envelope {
+        guard let envelope = try await self.iterator.next() else {
+            throw ControlClientError.closed(peer: self.peer, waitingFor: "the next message")
+        }
+        return envelope
     }
 
     /// Receives the next envelope, or throws if the connection closes or `seconds` pass first.

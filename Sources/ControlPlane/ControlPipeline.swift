@@ -9,12 +9,13 @@ public enum ControlPipeline {
     public typealias Connection = NIOAsyncChannel<Envelope, Envelope>
 
     /// Adds a handshake watcher and the framing handlers behind an already added TLS handler, and
-    /// wraps the channel for async use. Returns the connection and a future that succeeds when the
-    /// TLS handshake completes (and fails if it does not). Must run on the channel's event loop.
+    /// wraps the channel for async use. Returns the connection and a future that succeeds with the
+    /// peer's certificate (nil if it presented none) when the TLS handshake completes, and fails if
+    /// it does not. Must run on the channel's event loop.
     public static func wrap(
         channel: any Channel,
         maximumFrameBytes: Int
-    ) throws -> (connection: Connection, handshake: EventLoopFuture<Void>) {
+    ) throws -> (connection: Connection, handshake: EventLoopFuture<NIOSSLCertificate?>) {
         let operations = channel.pipeline.syncOperations
         let watcher = HandshakeWatcher(promise: channel.eventLoop.makePromise())
         try operations.addHandler(watcher)
@@ -24,24 +25,26 @@ public enum ControlPipeline {
     }
 }
 
-/// Turns NIOSSL's handshake-completed event into a future: succeeded on the event, failed by the
-/// first error or by the channel closing before it.
+/// Turns NIOSSL's handshake-completed event into a future of the peer's certificate, read at
+/// that moment (so it is known even if the peer closes before anyone asks): succeeded on the
+/// event, failed by the first error or by the channel closing before it.
 public final class HandshakeWatcher: ChannelInboundHandler, RemovableChannelHandler {
     public typealias InboundIn = NIOAny
 
     /// Completed when the handshake ends, one way or the other.
-    public let promise: EventLoopPromise<Void>
+    public let promise: EventLoopPromise<NIOSSLCertificate?>
     var done = false
 
     /// Makes a watcher that completes `promise`.
-    public init(promise: EventLoopPromise<Void>) {
+    public init(promise: EventLoopPromise<NIOSSLCertificate?>) {
         self.promise = promise
     }
 
     public func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if case .handshakeCompleted = event as? TLSUserEvent, !self.done {
             self.done = true
-            self.promise.succeed(())
+            let certificate = try? context.pipeline.syncOperations.nioSSL_peerCertificate()
+            self.promise.succeed(certificate ?? nil)
         }
         context.fireUserInboundEventTriggered(event)
     }

@@ -1,4 +1,6 @@
 import ControlPlane
+import CoordinatorCore
+import Crypto
 import Foundation
 import Logging
 import NIOCore
@@ -32,6 +34,18 @@ public struct CoordinatorConfiguration: Sendable {
     public var leaseMilliseconds: UInt32 = 2000
     /// Time a new connection has to finish its TLS handshake.
     public var handshakeTimeoutSeconds: Double = 10
+    /// How long a job that could start below its target waits for more nodes.
+    public var settleWindowMilliseconds: UInt32 = 1000
+    /// After a restart, how long running jobs wait for their members to come back.
+    public var recoveryWindowMilliseconds: UInt32 = 5000
+    /// How long a drained node has to leave its job.
+    public var drainGraceSeconds: UInt32 = 30
+    /// How often leases and windows are checked.
+    public var tickMilliseconds: UInt32 = 100
+    /// Where `/metrics` is served (host and port; port 0 picks one); nil: not served.
+    public var metricsHost: String? = nil
+    /// Port of `/metrics`.
+    public var metricsPort: Int = 9600
 
     /// Settings with defaults and a state directory.
     public init(stateDirectory: String) {
@@ -39,13 +53,18 @@ public struct CoordinatorConfiguration: Sendable {
     }
 }
 
-/// The coordinator as a service: a mutual-TLS control listener in front of the CA and the
-/// state database.
+/// The coordinator as a service: a mutual-TLS control listener in front of the CA, the state
+/// database and the `CoordinatorMachine`.
 ///
 /// Each connection is served by its own task: the TLS handshake (client certificates checked by
 /// a `PeerVerifier`), then a loop over the connection's `Envelope`s. Every message passes the
 /// `AccessPolicy` before it is handled; a refused message, a bad frame or a failed handshake is
 /// logged with its reason and closes the connection without being acted on.
+///
+/// Agent messages and operator commands become machine events and commands. The machine and
+/// the table of live agent sessions sit behind one lock; the actions an event produces are carried
+/// out before the lock is released (pushes are non-blocking channel writes, persistence is one
+/// SQLite transaction), so every agent receives its aborts and assignments in generation order.
 public final class CoordinatorService: Service, Sendable {
     let configuration: CoordinatorConfiguration
     let logger: Logger
@@ -54,7 +73,24 @@ public final class CoordinatorService: Service, Sendable {
     let store: StateStore
     let authority: CertificateAuthority
     let serverContext: NIOSSLContext
-    let sessions = Mutex<[String: Int]>([:])
+    let engine: Mutex<Engine>
+    let started = ContinuousClock.now
+    let dataPlaneKey: SymmetricKey
+    let nextSessionID = Atomic<UInt64>(1)
+    /// The coordinator's metrics.
+    public let metrics = CoordinatorMetrics()
+
+    /// The machine and the live agent sessions, guarded together.
+    struct Engine: ~Copyable {
+        var machine: CoordinatorMachine
+        var sessions: [String: Session] = [:]
+    }
+
+    /// One agent's live control connection.
+    struct Session {
+        let id: UInt64
+        let channel: any Channel
+    }
 
     /// Loads or creates the CA and the state database. Starts nothing: `run` does.
     public init(
@@ -82,7 +118,28 @@ public final class CoordinatorService: Service, Sendable {
         self.serverContext = try ControlTLS.serverContext(
             credentials: try Credentials(privateKey: key, certificate: certificate, caCertificate: self.authority.certificate)
         )
+        self.dataPlaneKey = SymmetricKey(data: try self.store.secret(named: "data-plane"))
+        let settings = CoordinatorMachine.Settings(
+            lease: .milliseconds(Int(configuration.leaseMilliseconds)),
+            settleWindow: .milliseconds(Int(configuration.settleWindowMilliseconds)),
+            recoveryWindow: .milliseconds(Int(configuration.recoveryWindowMilliseconds)),
+            drainGrace: .seconds(Int(configuration.drainGraceSeconds))
+        )
+        let records = try self.store.jobs()
+        self.engine = Mutex(Engine(machine: CoordinatorMachine(settings: settings, restoring: records, now: .zero)))
+        for record in records where record.phase == .running || record.phase == .waiting {
+            logger.info(
+                "restored a job",
+                metadata: [
+                    LogKey.job: "\(record.spec.name)", LogKey.generation: "\(record.generation)",
+                    "phase": "\(record.phase.rawValue)", "cursor": "\(record.cursor)",
+                ]
+            )
+        }
     }
+
+    /// Time since this service started, the machine's clock.
+    var elapsed: Duration { ContinuousClock.now - self.started }
 
     /// The CA's pin, which joining agents check.
     public var caPin: CAPin { self.authority.pin }
@@ -102,7 +159,7 @@ public final class CoordinatorService: Service, Sendable {
         )
         let maximumFrameBytes = self.configuration.maximumFrameBytes
         let logger = self.logger
-        let server: NIOAsyncChannel<(ControlPipeline.Connection, EventLoopFuture<Void>), Never>
+        let server: NIOAsyncChannel<(ControlPipeline.Connection, EventLoopFuture<NIOSSLCertificate?>), Never>
         do {
             server = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
                 .serverChannelOption(.backlog, value: 256)
@@ -141,11 +198,18 @@ public final class CoordinatorService: Service, Sendable {
             ]
         )
         self.onListening(port)
+        var metricsChannel: (any Channel)?
+        if let host = self.configuration.metricsHost {
+            let channel = try await MetricsEndpoint.bind(host: host, port: self.configuration.metricsPort, metrics: self.metrics)
+            self.logger.info("serving metrics", metadata: ["address": "http://\(host):\(channel.localAddress?.port ?? 0)/metrics"])
+            metricsChannel = channel
+        }
         do {
-            // Graceful shutdown cancels the listener and every connection's task.
+            // Graceful shutdown cancels the listener, the ticker and every connection's task.
             try await cancelWhenGracefulShutdown {
-                try await server.executeThenClose { inbound in
-                    try await withThrowingDiscardingTaskGroup { group in
+                try await withThrowingDiscardingTaskGroup { group in
+                    group.addTask { try await self.tickUntilCancelled() }
+                    try await server.executeThenClose { inbound in
                         for try await (connection, handshake) in inbound {
                             group.addTask { await self.serve(connection, handshake: handshake) }
                         }
@@ -155,21 +219,28 @@ public final class CoordinatorService: Service, Sendable {
         } catch is CancellationError {
             // The orderly way to stop.
         }
+        try? await metricsChannel?.close()
         self.logger.info("coordinator stopped")
     }
 
     // MARK: - One connection
 
-    func serve(_ connection: ControlPipeline.Connection, handshake: EventLoopFuture<Void>) async {
+    func serve(_ connection: ControlPipeline.Connection, handshake: EventLoopFuture<NIOSSLCertificate?>) async {
         let channel = connection.channel
         var logger = self.logger
         logger[metadataKey: LogKey.peer] = "\(channel.remoteAddress?.description ?? "unknown")"
         let peer: (identity: PeerIdentity, certificate: Certificate)?
         do {
-            try await withDeadline(seconds: self.configuration.handshakeTimeoutSeconds, waitingFor: "the TLS handshake") {
+            let certificate = try await withDeadline(
+                seconds: self.configuration.handshakeTimeoutSeconds,
+                waitingFor: "the TLS handshake"
+            ) {
                 try await handshake.get()
             }
-            peer = try await Self.peerCertificate(of: channel)
+            peer = try certificate.map { certificate in
+                let parsed = try Certificate(derEncoded: try certificate.toDERBytes())
+                return (try PeerIdentity(certificate: parsed), parsed)
+            }
         } catch {
             logger.warning("closed a connection before its TLS handshake completed", metadata: [LogKey.reason: "\(error)"])
             try? await channel.close()
@@ -177,9 +248,14 @@ public final class CoordinatorService: Service, Sendable {
         }
         let identity = peer?.identity
         if let identity { logger[metadataKey: LogKey.identity] = "\(identity)" }
-        let nodeID = identity?.role == .agent ? identity?.name : nil
-        if let nodeID { self.sessionOpened(nodeID) }
-        defer { if let nodeID { self.sessionClosed(nodeID) } }
+        let context = ConnectionContext(
+            sessionID: self.nextSessionID.wrappingAdd(1, ordering: .relaxed).oldValue,
+            channel: channel,
+            logger: logger
+        )
+        defer {
+            if identity?.role == .agent, let node = identity?.name { self.sessionEnded(node: node, context: context) }
+        }
 
         do {
             try await connection.executeThenClose { inbound, outbound in
@@ -193,7 +269,7 @@ public final class CoordinatorService: Service, Sendable {
                         try await outbound.write(.error(.permissionDenied, reason, requestID: envelope.requestID))
                         return
                     }
-                    let outcome = self.handle(envelope, from: peer, join: &join, logger: logger)
+                    let outcome = self.handle(envelope, from: peer, join: &join, context: context)
                     for reply in outcome.replies {
                         try await outbound.write(reply)
                     }
@@ -205,15 +281,6 @@ public final class CoordinatorService: Service, Sendable {
         }
     }
 
-    static func peerCertificate(of channel: any Channel) async throws -> (identity: PeerIdentity, certificate: Certificate)? {
-        let certificate = try await channel.pipeline.handler(type: NIOSSLServerHandler.self).flatMapThrowing {
-            try $0.peerCertificate
-        }.get()
-        guard let certificate else { return nil }
-        let parsed = try Certificate(derEncoded: try certificate.toDERBytes())
-        return (try PeerIdentity(certificate: parsed), parsed)
-    }
-
     // MARK: - Messages
 
     /// What to send back, and whether to close the connection after.
@@ -222,35 +289,37 @@ public final class CoordinatorService: Service, Sendable {
         var close = false
     }
 
+    /// What a connection's handlers need besides the message.
+    struct ConnectionContext: Sendable {
+        let sessionID: UInt64
+        let channel: any Channel
+        let logger: Logger
+    }
+
     func handle(
         _ envelope: Envelope,
         from peer: (identity: PeerIdentity, certificate: Certificate)?,
         join: inout JoinExchange,
-        logger: Logger
+        context: ConnectionContext
     ) -> Outcome {
         let requestID = envelope.requestID
         let identity = peer?.identity
+        let logger = context.logger
         switch envelope.body {
         case .joinBegin(let begin):
             return self.joinBegin(begin, requestID: requestID, join: &join, logger: logger)
         case .joinRequest(let request):
             return self.joinRequest(request, requestID: requestID, join: &join, logger: logger)
         case .agentHello(let hello):
-            guard let identity else { return Outcome(replies: [], close: true) }
-            logger.info(
-                "agent session started",
-                metadata: [LogKey.node: "\(identity.name)", "data_plane": "\(hello.dataPlaneAddresses.joined(separator: ","))"]
-            )
-            var reply = Envelope()
-            reply.requestID = requestID
-            reply.helloReply = .with {
-                $0.nodeID = identity.name
-                $0.heartbeatIntervalMs = self.configuration.heartbeatIntervalMilliseconds
-                $0.leaseMs = self.configuration.leaseMilliseconds
-                $0.certificateNotAfterUnix = Int64(peer?.certificate.notValidAfter.timeIntervalSince1970 ?? 0)
-            }
-            return Outcome(replies: [reply])
+            guard let peer else { return Outcome(replies: [], close: true) }
+            self.sessionStarted(hello, peer: peer, requestID: requestID, context: context)
+            return Outcome(replies: [])
         case .heartbeat(let heartbeat):
+            guard let node = identity?.name else { return Outcome(replies: [], close: true) }
+            self.feed(
+                .heartbeat(node: node, job: heartbeat.jobID.isEmpty ? nil : heartbeat.jobID, generation: heartbeat.generation),
+                logger: logger
+            )
             var reply = Envelope()
             reply.requestID = requestID
             reply.heartbeatAck = .with {
@@ -258,12 +327,21 @@ public final class CoordinatorService: Service, Sendable {
                 $0.generation = heartbeat.generation
             }
             return Outcome(replies: [reply])
+        case .stepReport(let report):
+            guard let node = identity?.name else { return Outcome(replies: [], close: true) }
+            self.feed(.stepCompleted(node: node, job: report.jobID, generation: report.generation, step: report.step), logger: logger)
+            return Outcome(replies: [])
+        case .leave(let leave):
+            guard let node = identity?.name else { return Outcome(replies: [], close: true) }
+            logger.info("node leaves its job", metadata: [LogKey.job: "\(leave.jobID)", LogKey.reason: "\(leave.reason)"])
+            self.feed(.left(node: node, job: leave.jobID, generation: leave.generation), logger: logger)
+            return Outcome(replies: [])
         case .renewRequest(let renew):
             guard let identity else { return Outcome(replies: [], close: true) }
             return self.renew(renew, identity: identity, requestID: requestID, logger: logger)
         case .adminRequest(let admin):
             return self.admin(admin, requestID: requestID, logger: logger)
-        case .stepReport, .leave, .shardReady:
+        case .shardReady:
             return Outcome(replies: [
                 .error(.unsupported, "\(envelope.kind) is not handled by this coordinator version yet", requestID: requestID)
             ])
@@ -389,32 +467,44 @@ public final class CoordinatorService: Service, Sendable {
                 let expires = now.addingTimeInterval(Double(ttl))
                 try self.store.add(token: token, expires: expires, now: now)
                 logger.info("created a join token", metadata: [LogKey.tokenID: "\(token.id)", "expires": "\(expires)"])
-                reply.adminReply = .with {
-                    $0.tokenCreate = .with {
-                        $0.token = token.encoded
-                        $0.caPin = self.caPin.description
-                        $0.expiresUnix = Int64(expires.timeIntervalSince1970)
-                    }
+                reply.adminReply.tokenCreate = .with {
+                    $0.token = token.encoded
+                    $0.caPin = self.caPin.description
+                    $0.expiresUnix = Int64(expires.timeIntervalSince1970)
                 }
             case .nodeList:
-                let connected = self.sessions.withLock { $0 }
-                let nodes = try self.store.nodes()
-                reply.adminReply = .with {
-                    $0.nodeList = .with {
-                        $0.nodes = nodes.map { node in
-                            .with {
-                                $0.nodeID = node.id
-                                $0.connected = (connected[node.id] ?? 0) > 0
-                                $0.state = $0.connected ? "connected" : "disconnected"
-                                $0.joinedUnix = Int64(node.joined.timeIntervalSince1970)
-                                $0.certificateNotAfterUnix = Int64(node.certificateNotAfter.timeIntervalSince1970)
-                            }
-                        }
-                    }
+                reply.adminReply.nodeList = try self.nodeList()
+            case .jobSubmit(let submit):
+                let spec: JobSpec
+                do {
+                    spec = try JobSpecParser.parse(yaml: submit.specYaml)
+                } catch {
+                    logger.warning("refused a job spec", metadata: [LogKey.reason: "\(error)"])
+                    return Outcome(replies: [.error(.invalidRequest, error.description, requestID: requestID)])
                 }
+                try self.command(.submit(spec), logger: logger)
+                logger.info("job submitted", metadata: [LogKey.job: "\(spec.name)", "nodes": "\(spec.minNodes)..\(spec.maxNodes)"])
+                reply.adminReply.jobStatus = try self.jobStatus(spec.name)
+            case .jobStatus(let request):
+                reply.adminReply.jobStatus = try self.jobStatus(request.jobID.isEmpty ? nil : request.jobID)
+            case .jobResize(let resize):
+                try self.command(.resize(job: resize.jobID, nodes: Int(resize.nodes)), logger: logger)
+                logger.info("job resized", metadata: [LogKey.job: "\(resize.jobID)", "nodes": "\(resize.nodes)"])
+                reply.adminReply.jobStatus = try self.jobStatus(resize.jobID)
+            case .jobCancel(let cancel):
+                try self.command(.cancel(job: cancel.jobID), logger: logger)
+                logger.info("job cancelled", metadata: [LogKey.job: "\(cancel.jobID)"])
+                reply.adminReply.jobStatus = try self.jobStatus(cancel.jobID)
+            case .nodeDrain(let drain):
+                try self.command(.drain(node: drain.nodeID), logger: logger)
+                logger.info("node drained", metadata: [LogKey.node: "\(drain.nodeID)"])
+                reply.adminReply.nodeList = try self.nodeList()
             case .none:
                 return Outcome(replies: [.error(.invalidRequest, "an admin request with no request in it", requestID: requestID)])
             }
+        } catch let error as CoordinatorMachine.CommandError {
+            logger.warning("refused an admin command", metadata: [LogKey.reason: "\(error.message)"])
+            return Outcome(replies: [.error(.invalidRequest, error.message, requestID: requestID)])
         } catch {
             logger.error("an admin request failed", metadata: [LogKey.error: "\(error)"])
             return Outcome(replies: [.error(.internal, "\(error)", requestID: requestID)])
@@ -426,18 +516,5 @@ public final class CoordinatorService: Service, Sendable {
     /// little behind accepts it: a minute, or a twentieth of a (short, test) lifetime.
     var clockSkewAllowance: TimeInterval {
         min(60, self.configuration.agentCertificateLifetimeSeconds / 20)
-    }
-
-    // MARK: - Sessions
-
-    func sessionOpened(_ node: String) {
-        self.sessions.withLock { $0[node, default: 0] += 1 }
-    }
-
-    func sessionClosed(_ node: String) {
-        self.sessions.withLock { sessions in
-            sessions[node, default: 1] -= 1
-            if sessions[node] == 0 { sessions[node] = nil }
-        }
     }
 }

@@ -1,10 +1,12 @@
+import CoordinatorCore
 import Foundation
 import GRDB
 import RingmasterSecurity
 
 /// The coordinator's durable state in SQLite (`state.sqlite` in the state directory, 0600):
-/// join tokens and admitted nodes. Every change is one transaction, so a crash leaves either the
-/// old or the new state, and a token redeemed before a crash stays redeemed after it.
+/// join tokens, admitted nodes, jobs (their durable records: spec, phase, generation, members,
+/// data cursor) and the key data-plane secrets derive from. Every change is one transaction, so a
+/// crash leaves either the old or the new state.
 public final class StateStore: Sendable {
     let database: DatabaseQueue
 
@@ -49,6 +51,16 @@ public final class StateStore: Sendable {
                 table.primaryKey("id", .text)
                 table.column("joined", .double).notNull()
                 table.column("certificate_not_after", .double).notNull()
+            }
+        }
+        migrator.registerMigration("v2-jobs") { db in
+            try db.create(table: "job") { table in
+                table.primaryKey("name", .text)
+                table.column("record", .blob).notNull()
+            }
+            try db.create(table: "secret") { table in
+                table.primaryKey("name", .text)
+                table.column("value", .blob).notNull()
             }
         }
         return migrator
@@ -152,6 +164,53 @@ public final class StateStore: Sendable {
                 """,
             arguments: [id, now.timeIntervalSince1970, certificateNotAfter.timeIntervalSince1970]
         )
+    }
+
+    // MARK: - Jobs
+
+    /// Writes a job's durable record (JSON).
+    public func save(job record: CoordinatorMachine.JobRecord) throws {
+        let data: Data
+        do {
+            data = try JSONEncoder().encode(record)
+        } catch {
+            throw CoordinatorError(.stateStore, "could not encode job \(record.spec.name)", underlying: error)
+        }
+        try self.write { db in
+            try db.execute(
+                sql: "INSERT INTO job (name, record) VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET record = excluded.record",
+                arguments: [record.spec.name, data]
+            )
+        }
+    }
+
+    /// Every job's durable record.
+    public func jobs() throws -> [CoordinatorMachine.JobRecord] {
+        let rows = try self.read { db in try Row.fetchAll(db, sql: "SELECT name, record FROM job") }
+        return try rows.map { row in
+            let data: Data = row["record"]
+            do {
+                return try JSONDecoder().decode(CoordinatorMachine.JobRecord.self, from: data)
+            } catch {
+                let name: String = row["name"]
+                throw CoordinatorError(.stateStore, "the stored record of job \(name) does not decode", underlying: error)
+            }
+        }
+    }
+
+    // MARK: - Secrets
+
+    /// A named 32-byte random secret, created on first use and kept.
+    public func secret(named name: String) throws -> [UInt8] {
+        try self.write { db in
+            if let existing = try Data.fetchOne(db, sql: "SELECT value FROM secret WHERE name = ?", arguments: [name]) {
+                return Array(existing)
+            }
+            var generator = SystemRandomNumberGenerator()
+            let value = (0..<32).map { _ in UInt8.random(in: .min ... .max, using: &generator) }
+            try db.execute(sql: "INSERT INTO secret (name, value) VALUES (?, ?)", arguments: [name, Data(value)])
+            return value
+        }
     }
 
     // MARK: - Transactions

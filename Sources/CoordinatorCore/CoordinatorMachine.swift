@@ -227,6 +227,12 @@ public struct CoordinatorMachine: Sendable {
         /// Operator-facing text.
         public var message: String
 
+        /// Makes a refusal.
+        public init(code: Code, message: String) {
+            self.code = code
+            self.message = message
+        }
+
         public var description: String { self.message }
     }
 

@@ -189,7 +189,7 @@ final class RawTLSClient: Sendable {
                 }
             }
         self.channel = channel
-        try await withDeadline(seconds: 10, waitingFor: "the raw client's TLS handshake") { try await handshake.get() }
+        _ = try await withDeadline(seconds: 10, waitingFor: "the raw client's TLS handshake") { try await handshake.get() }
     }
 
     func write(_ bytes: [UInt8]) async throws {

@@ -487,8 +487,18 @@ public nonisolated struct Ringmaster_V1_Assignment: Sendable {
 
   public var globalBatchSize: UInt32 = 0
 
-  /// The workload's own settings, as the job spec gave them (YAML or JSON text).
+  /// The workload's own settings, as the job spec gave them (YAML text).
   public var workloadSpec: String = String()
+
+  public var workloadKind: String = String()
+
+  /// Where the data set is, and how many samples it has (the permutation is over 0..<samples).
+  public var datasetPath: String = String()
+
+  public var datasetSamples: UInt32 = 0
+
+  /// Global steps the job trains in all.
+  public var totalSteps: UInt64 = 0
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -634,11 +644,56 @@ public nonisolated struct Ringmaster_V1_AdminRequest: Sendable {
     set {request = .nodeList(newValue)}
   }
 
+  public var jobSubmit: Ringmaster_V1_JobSubmitRequest {
+    get {
+      if case .jobSubmit(let v)? = request {return v}
+      return Ringmaster_V1_JobSubmitRequest()
+    }
+    set {request = .jobSubmit(newValue)}
+  }
+
+  public var jobStatus: Ringmaster_V1_JobStatusRequest {
+    get {
+      if case .jobStatus(let v)? = request {return v}
+      return Ringmaster_V1_JobStatusRequest()
+    }
+    set {request = .jobStatus(newValue)}
+  }
+
+  public var jobResize: Ringmaster_V1_JobResizeRequest {
+    get {
+      if case .jobResize(let v)? = request {return v}
+      return Ringmaster_V1_JobResizeRequest()
+    }
+    set {request = .jobResize(newValue)}
+  }
+
+  public var jobCancel: Ringmaster_V1_JobCancelRequest {
+    get {
+      if case .jobCancel(let v)? = request {return v}
+      return Ringmaster_V1_JobCancelRequest()
+    }
+    set {request = .jobCancel(newValue)}
+  }
+
+  public var nodeDrain: Ringmaster_V1_NodeDrainRequest {
+    get {
+      if case .nodeDrain(let v)? = request {return v}
+      return Ringmaster_V1_NodeDrainRequest()
+    }
+    set {request = .nodeDrain(newValue)}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public nonisolated enum OneOf_Request: Equatable, Sendable {
     case tokenCreate(Ringmaster_V1_TokenCreateRequest)
     case nodeList(Ringmaster_V1_NodeListRequest)
+    case jobSubmit(Ringmaster_V1_JobSubmitRequest)
+    case jobStatus(Ringmaster_V1_JobStatusRequest)
+    case jobResize(Ringmaster_V1_JobResizeRequest)
+    case jobCancel(Ringmaster_V1_JobCancelRequest)
+    case nodeDrain(Ringmaster_V1_NodeDrainRequest)
 
   }
 
@@ -668,13 +723,150 @@ public nonisolated struct Ringmaster_V1_AdminReply: Sendable {
     set {reply = .nodeList(newValue)}
   }
 
+  /// Submit, status, resize and cancel all answer with the state of the job(s) concerned.
+  public var jobStatus: Ringmaster_V1_JobStatusReply {
+    get {
+      if case .jobStatus(let v)? = reply {return v}
+      return Ringmaster_V1_JobStatusReply()
+    }
+    set {reply = .jobStatus(newValue)}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public nonisolated enum OneOf_Reply: Equatable, Sendable {
     case tokenCreate(Ringmaster_V1_TokenCreateReply)
     case nodeList(Ringmaster_V1_NodeListReply)
+    /// Submit, status, resize and cancel all answer with the state of the job(s) concerned.
+    case jobStatus(Ringmaster_V1_JobStatusReply)
 
   }
+
+  public init() {}
+}
+
+/// A job spec as YAML text; the coordinator parses and validates it.
+public nonisolated struct Ringmaster_V1_JobSubmitRequest: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var specYaml: String = String()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// One job, or every job when job_id is empty.
+public nonisolated struct Ringmaster_V1_JobStatusRequest: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var jobID: String = String()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Ringmaster_V1_JobResizeRequest: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var jobID: String = String()
+
+  public var nodes: UInt32 = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Ringmaster_V1_JobCancelRequest: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var jobID: String = String()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Ringmaster_V1_NodeDrainRequest: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var nodeID: String = String()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Ringmaster_V1_JobMember: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var nodeID: String = String()
+
+  public var rank: UInt32 = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Ringmaster_V1_JobStatus: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var jobID: String = String()
+
+  /// waiting, running, finished or cancelled.
+  public var phase: String = String()
+
+  public var generation: UInt64 = 0
+
+  public var members: [Ringmaster_V1_JobMember] = []
+
+  public var minNodes: UInt32 = 0
+
+  public var maxNodes: UInt32 = 0
+
+  public var targetNodes: UInt32 = 0
+
+  /// The data cursor: the first global step not yet completed by every member, and its epoch.
+  public var cursorStep: UInt64 = 0
+
+  public var cursorEpoch: UInt64 = 0
+
+  public var totalSteps: UInt64 = 0
+
+  public var generationsStarted: UInt64 = 0
+
+  public var lastCause: String = String()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Ringmaster_V1_JobStatusReply: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var jobs: [Ringmaster_V1_JobStatus] = []
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
 }
@@ -735,6 +927,11 @@ public nonisolated struct Ringmaster_V1_NodeInfo: Sendable {
   public var certificateNotAfterUnix: Int64 = 0
 
   public var dataPlaneAddresses: [String] = []
+
+  /// The job it is a member of, and its rank there (when job_id is set).
+  public var jobID: String = String()
+
+  public var rank: UInt32 = 0
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -1685,7 +1882,7 @@ nonisolated extension Ringmaster_V1_Member: SwiftProtobuf.Message, SwiftProtobuf
 
 nonisolated extension Ringmaster_V1_Assignment: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Assignment"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}job_id\0\u{1}generation\0\u{1}rank\0\u{3}world_size\0\u{1}members\0\u{3}data_plane_secret\0\u{3}resume_epoch\0\u{3}resume_step\0\u{3}permutation_seed\0\u{3}global_batch_size\0\u{3}workload_spec\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}job_id\0\u{1}generation\0\u{1}rank\0\u{3}world_size\0\u{1}members\0\u{3}data_plane_secret\0\u{3}resume_epoch\0\u{3}resume_step\0\u{3}permutation_seed\0\u{3}global_batch_size\0\u{3}workload_spec\0\u{3}workload_kind\0\u{3}dataset_path\0\u{3}dataset_samples\0\u{3}total_steps\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1704,6 +1901,10 @@ nonisolated extension Ringmaster_V1_Assignment: SwiftProtobuf.Message, SwiftProt
       case 9: try { try decoder.decodeSingularUInt64Field(value: &self.permutationSeed) }()
       case 10: try { try decoder.decodeSingularUInt32Field(value: &self.globalBatchSize) }()
       case 11: try { try decoder.decodeSingularStringField(value: &self.workloadSpec) }()
+      case 12: try { try decoder.decodeSingularStringField(value: &self.workloadKind) }()
+      case 13: try { try decoder.decodeSingularStringField(value: &self.datasetPath) }()
+      case 14: try { try decoder.decodeSingularUInt32Field(value: &self.datasetSamples) }()
+      case 15: try { try decoder.decodeSingularUInt64Field(value: &self.totalSteps) }()
       default: break
       }
     }
@@ -1743,6 +1944,18 @@ nonisolated extension Ringmaster_V1_Assignment: SwiftProtobuf.Message, SwiftProt
     if !self.workloadSpec.isEmpty {
       try visitor.visitSingularStringField(value: self.workloadSpec, fieldNumber: 11)
     }
+    if !self.workloadKind.isEmpty {
+      try visitor.visitSingularStringField(value: self.workloadKind, fieldNumber: 12)
+    }
+    if !self.datasetPath.isEmpty {
+      try visitor.visitSingularStringField(value: self.datasetPath, fieldNumber: 13)
+    }
+    if self.datasetSamples != 0 {
+      try visitor.visitSingularUInt32Field(value: self.datasetSamples, fieldNumber: 14)
+    }
+    if self.totalSteps != 0 {
+      try visitor.visitSingularUInt64Field(value: self.totalSteps, fieldNumber: 15)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -1758,6 +1971,10 @@ nonisolated extension Ringmaster_V1_Assignment: SwiftProtobuf.Message, SwiftProt
     if lhs.permutationSeed != rhs.permutationSeed {return false}
     if lhs.globalBatchSize != rhs.globalBatchSize {return false}
     if lhs.workloadSpec != rhs.workloadSpec {return false}
+    if lhs.workloadKind != rhs.workloadKind {return false}
+    if lhs.datasetPath != rhs.datasetPath {return false}
+    if lhs.datasetSamples != rhs.datasetSamples {return false}
+    if lhs.totalSteps != rhs.totalSteps {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -2045,7 +2262,7 @@ nonisolated extension Ringmaster_V1_CheckpointCommitted: SwiftProtobuf.Message, 
 
 nonisolated extension Ringmaster_V1_AdminRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".AdminRequest"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}token_create\0\u{3}node_list\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}token_create\0\u{3}node_list\0\u{3}job_submit\0\u{3}job_status\0\u{3}job_resize\0\u{3}job_cancel\0\u{3}node_drain\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -2079,6 +2296,71 @@ nonisolated extension Ringmaster_V1_AdminRequest: SwiftProtobuf.Message, SwiftPr
           self.request = .nodeList(v)
         }
       }()
+      case 3: try {
+        var v: Ringmaster_V1_JobSubmitRequest?
+        var hadOneofValue = false
+        if let current = self.request {
+          hadOneofValue = true
+          if case .jobSubmit(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.request = .jobSubmit(v)
+        }
+      }()
+      case 4: try {
+        var v: Ringmaster_V1_JobStatusRequest?
+        var hadOneofValue = false
+        if let current = self.request {
+          hadOneofValue = true
+          if case .jobStatus(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.request = .jobStatus(v)
+        }
+      }()
+      case 5: try {
+        var v: Ringmaster_V1_JobResizeRequest?
+        var hadOneofValue = false
+        if let current = self.request {
+          hadOneofValue = true
+          if case .jobResize(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.request = .jobResize(v)
+        }
+      }()
+      case 6: try {
+        var v: Ringmaster_V1_JobCancelRequest?
+        var hadOneofValue = false
+        if let current = self.request {
+          hadOneofValue = true
+          if case .jobCancel(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.request = .jobCancel(v)
+        }
+      }()
+      case 7: try {
+        var v: Ringmaster_V1_NodeDrainRequest?
+        var hadOneofValue = false
+        if let current = self.request {
+          hadOneofValue = true
+          if case .nodeDrain(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.request = .nodeDrain(v)
+        }
+      }()
       default: break
       }
     }
@@ -2098,6 +2380,26 @@ nonisolated extension Ringmaster_V1_AdminRequest: SwiftProtobuf.Message, SwiftPr
       guard case .nodeList(let v)? = self.request else { preconditionFailure() }
       try visitor.visitSingularMessageField(value: v, fieldNumber: 2)
     }()
+    case .jobSubmit?: try {
+      guard case .jobSubmit(let v)? = self.request else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 3)
+    }()
+    case .jobStatus?: try {
+      guard case .jobStatus(let v)? = self.request else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 4)
+    }()
+    case .jobResize?: try {
+      guard case .jobResize(let v)? = self.request else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 5)
+    }()
+    case .jobCancel?: try {
+      guard case .jobCancel(let v)? = self.request else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 6)
+    }()
+    case .nodeDrain?: try {
+      guard case .nodeDrain(let v)? = self.request else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 7)
+    }()
     case nil: break
     }
     try unknownFields.traverse(visitor: &visitor)
@@ -2112,7 +2414,7 @@ nonisolated extension Ringmaster_V1_AdminRequest: SwiftProtobuf.Message, SwiftPr
 
 nonisolated extension Ringmaster_V1_AdminReply: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".AdminReply"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}token_create\0\u{3}node_list\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}token_create\0\u{3}node_list\0\u{3}job_status\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -2146,6 +2448,19 @@ nonisolated extension Ringmaster_V1_AdminReply: SwiftProtobuf.Message, SwiftProt
           self.reply = .nodeList(v)
         }
       }()
+      case 3: try {
+        var v: Ringmaster_V1_JobStatusReply?
+        var hadOneofValue = false
+        if let current = self.reply {
+          hadOneofValue = true
+          if case .jobStatus(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.reply = .jobStatus(v)
+        }
+      }()
       default: break
       }
     }
@@ -2165,6 +2480,10 @@ nonisolated extension Ringmaster_V1_AdminReply: SwiftProtobuf.Message, SwiftProt
       guard case .nodeList(let v)? = self.reply else { preconditionFailure() }
       try visitor.visitSingularMessageField(value: v, fieldNumber: 2)
     }()
+    case .jobStatus?: try {
+      guard case .jobStatus(let v)? = self.reply else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 3)
+    }()
     case nil: break
     }
     try unknownFields.traverse(visitor: &visitor)
@@ -2172,6 +2491,311 @@ nonisolated extension Ringmaster_V1_AdminReply: SwiftProtobuf.Message, SwiftProt
 
   public static func ==(lhs: Ringmaster_V1_AdminReply, rhs: Ringmaster_V1_AdminReply) -> Bool {
     if lhs.reply != rhs.reply {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Ringmaster_V1_JobSubmitRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".JobSubmitRequest"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}spec_yaml\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.specYaml) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.specYaml.isEmpty {
+      try visitor.visitSingularStringField(value: self.specYaml, fieldNumber: 1)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Ringmaster_V1_JobSubmitRequest, rhs: Ringmaster_V1_JobSubmitRequest) -> Bool {
+    if lhs.specYaml != rhs.specYaml {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Ringmaster_V1_JobStatusRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".JobStatusRequest"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}job_id\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.jobID) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.jobID.isEmpty {
+      try visitor.visitSingularStringField(value: self.jobID, fieldNumber: 1)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Ringmaster_V1_JobStatusRequest, rhs: Ringmaster_V1_JobStatusRequest) -> Bool {
+    if lhs.jobID != rhs.jobID {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Ringmaster_V1_JobResizeRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".JobResizeRequest"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}job_id\0\u{1}nodes\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.jobID) }()
+      case 2: try { try decoder.decodeSingularUInt32Field(value: &self.nodes) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.jobID.isEmpty {
+      try visitor.visitSingularStringField(value: self.jobID, fieldNumber: 1)
+    }
+    if self.nodes != 0 {
+      try visitor.visitSingularUInt32Field(value: self.nodes, fieldNumber: 2)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Ringmaster_V1_JobResizeRequest, rhs: Ringmaster_V1_JobResizeRequest) -> Bool {
+    if lhs.jobID != rhs.jobID {return false}
+    if lhs.nodes != rhs.nodes {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Ringmaster_V1_JobCancelRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".JobCancelRequest"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}job_id\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.jobID) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.jobID.isEmpty {
+      try visitor.visitSingularStringField(value: self.jobID, fieldNumber: 1)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Ringmaster_V1_JobCancelRequest, rhs: Ringmaster_V1_JobCancelRequest) -> Bool {
+    if lhs.jobID != rhs.jobID {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Ringmaster_V1_NodeDrainRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".NodeDrainRequest"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}node_id\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.nodeID) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.nodeID.isEmpty {
+      try visitor.visitSingularStringField(value: self.nodeID, fieldNumber: 1)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Ringmaster_V1_NodeDrainRequest, rhs: Ringmaster_V1_NodeDrainRequest) -> Bool {
+    if lhs.nodeID != rhs.nodeID {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Ringmaster_V1_JobMember: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".JobMember"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}node_id\0\u{1}rank\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.nodeID) }()
+      case 2: try { try decoder.decodeSingularUInt32Field(value: &self.rank) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.nodeID.isEmpty {
+      try visitor.visitSingularStringField(value: self.nodeID, fieldNumber: 1)
+    }
+    if self.rank != 0 {
+      try visitor.visitSingularUInt32Field(value: self.rank, fieldNumber: 2)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Ringmaster_V1_JobMember, rhs: Ringmaster_V1_JobMember) -> Bool {
+    if lhs.nodeID != rhs.nodeID {return false}
+    if lhs.rank != rhs.rank {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Ringmaster_V1_JobStatus: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".JobStatus"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}job_id\0\u{1}phase\0\u{1}generation\0\u{1}members\0\u{3}min_nodes\0\u{3}max_nodes\0\u{3}target_nodes\0\u{3}cursor_step\0\u{3}cursor_epoch\0\u{3}total_steps\0\u{3}generations_started\0\u{3}last_cause\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.jobID) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.phase) }()
+      case 3: try { try decoder.decodeSingularUInt64Field(value: &self.generation) }()
+      case 4: try { try decoder.decodeRepeatedMessageField(value: &self.members) }()
+      case 5: try { try decoder.decodeSingularUInt32Field(value: &self.minNodes) }()
+      case 6: try { try decoder.decodeSingularUInt32Field(value: &self.maxNodes) }()
+      case 7: try { try decoder.decodeSingularUInt32Field(value: &self.targetNodes) }()
+      case 8: try { try decoder.decodeSingularUInt64Field(value: &self.cursorStep) }()
+      case 9: try { try decoder.decodeSingularUInt64Field(value: &self.cursorEpoch) }()
+      case 10: try { try decoder.decodeSingularUInt64Field(value: &self.totalSteps) }()
+      case 11: try { try decoder.decodeSingularUInt64Field(value: &self.generationsStarted) }()
+      case 12: try { try decoder.decodeSingularStringField(value: &self.lastCause) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.jobID.isEmpty {
+      try visitor.visitSingularStringField(value: self.jobID, fieldNumber: 1)
+    }
+    if !self.phase.isEmpty {
+      try visitor.visitSingularStringField(value: self.phase, fieldNumber: 2)
+    }
+    if self.generation != 0 {
+      try visitor.visitSingularUInt64Field(value: self.generation, fieldNumber: 3)
+    }
+    if !self.members.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.members, fieldNumber: 4)
+    }
+    if self.minNodes != 0 {
+      try visitor.visitSingularUInt32Field(value: self.minNodes, fieldNumber: 5)
+    }
+    if self.maxNodes != 0 {
+      try visitor.visitSingularUInt32Field(value: self.maxNodes, fieldNumber: 6)
+    }
+    if self.targetNodes != 0 {
+      try visitor.visitSingularUInt32Field(value: self.targetNodes, fieldNumber: 7)
+    }
+    if self.cursorStep != 0 {
+      try visitor.visitSingularUInt64Field(value: self.cursorStep, fieldNumber: 8)
+    }
+    if self.cursorEpoch != 0 {
+      try visitor.visitSingularUInt64Field(value: self.cursorEpoch, fieldNumber: 9)
+    }
+    if self.totalSteps != 0 {
+      try visitor.visitSingularUInt64Field(value: self.totalSteps, fieldNumber: 10)
+    }
+    if self.generationsStarted != 0 {
+      try visitor.visitSingularUInt64Field(value: self.generationsStarted, fieldNumber: 11)
+    }
+    if !self.lastCause.isEmpty {
+      try visitor.visitSingularStringField(value: self.lastCause, fieldNumber: 12)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Ringmaster_V1_JobStatus, rhs: Ringmaster_V1_JobStatus) -> Bool {
+    if lhs.jobID != rhs.jobID {return false}
+    if lhs.phase != rhs.phase {return false}
+    if lhs.generation != rhs.generation {return false}
+    if lhs.members != rhs.members {return false}
+    if lhs.minNodes != rhs.minNodes {return false}
+    if lhs.maxNodes != rhs.maxNodes {return false}
+    if lhs.targetNodes != rhs.targetNodes {return false}
+    if lhs.cursorStep != rhs.cursorStep {return false}
+    if lhs.cursorEpoch != rhs.cursorEpoch {return false}
+    if lhs.totalSteps != rhs.totalSteps {return false}
+    if lhs.generationsStarted != rhs.generationsStarted {return false}
+    if lhs.lastCause != rhs.lastCause {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Ringmaster_V1_JobStatusReply: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".JobStatusReply"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}jobs\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeRepeatedMessageField(value: &self.jobs) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.jobs.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.jobs, fieldNumber: 1)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Ringmaster_V1_JobStatusReply, rhs: Ringmaster_V1_JobStatusReply) -> Bool {
+    if lhs.jobs != rhs.jobs {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -2268,7 +2892,7 @@ nonisolated extension Ringmaster_V1_NodeListRequest: SwiftProtobuf.Message, Swif
 
 nonisolated extension Ringmaster_V1_NodeInfo: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".NodeInfo"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}node_id\0\u{1}state\0\u{1}connected\0\u{3}joined_unix\0\u{3}certificate_not_after_unix\0\u{3}data_plane_addresses\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}node_id\0\u{1}state\0\u{1}connected\0\u{3}joined_unix\0\u{3}certificate_not_after_unix\0\u{3}data_plane_addresses\0\u{3}job_id\0\u{1}rank\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -2282,6 +2906,8 @@ nonisolated extension Ringmaster_V1_NodeInfo: SwiftProtobuf.Message, SwiftProtob
       case 4: try { try decoder.decodeSingularInt64Field(value: &self.joinedUnix) }()
       case 5: try { try decoder.decodeSingularInt64Field(value: &self.certificateNotAfterUnix) }()
       case 6: try { try decoder.decodeRepeatedStringField(value: &self.dataPlaneAddresses) }()
+      case 7: try { try decoder.decodeSingularStringField(value: &self.jobID) }()
+      case 8: try { try decoder.decodeSingularUInt32Field(value: &self.rank) }()
       default: break
       }
     }
@@ -2306,6 +2932,12 @@ nonisolated extension Ringmaster_V1_NodeInfo: SwiftProtobuf.Message, SwiftProtob
     if !self.dataPlaneAddresses.isEmpty {
       try visitor.visitRepeatedStringField(value: self.dataPlaneAddresses, fieldNumber: 6)
     }
+    if !self.jobID.isEmpty {
+      try visitor.visitSingularStringField(value: self.jobID, fieldNumber: 7)
+    }
+    if self.rank != 0 {
+      try visitor.visitSingularUInt32Field(value: self.rank, fieldNumber: 8)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -2316,6 +2948,8 @@ nonisolated extension Ringmaster_V1_NodeInfo: SwiftProtobuf.Message, SwiftProtob
     if lhs.joinedUnix != rhs.joinedUnix {return false}
     if lhs.certificateNotAfterUnix != rhs.certificateNotAfterUnix {return false}
     if lhs.dataPlaneAddresses != rhs.dataPlaneAddresses {return false}
+    if lhs.jobID != rhs.jobID {return false}
+    if lhs.rank != rhs.rank {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -1,0 +1,52 @@
+import CoreMetrics
+import Prometheus
+
+/// The coordinator's metrics, exported in Prometheus text format at `/metrics`.
+///
+/// The instruments are made from this service's own registry (not a process-wide bootstrap), so
+/// two coordinators in one test process do not share counters.
+public struct CoordinatorMetrics: Sendable {
+    /// The registry the instruments report into.
+    public let registry: PrometheusCollectorRegistry
+    /// Generations started, any job, any cause.
+    let generationsStarted: CoreMetrics.Counter
+    /// Nodes whose lease ran out.
+    let leaseExpiries: CoreMetrics.Counter
+    /// Messages naming an older generation, refused.
+    let staleRefused: CoreMetrics.Counter
+    /// From a job's waiting for nodes to its generation starting.
+    let rendezvousSeconds: CoreMetrics.Recorder
+    /// Nodes by state.
+    let nodes: [String: CoreMetrics.Gauge]
+    /// Steps committed (completed by every member).
+    let stepsCommitted: CoreMetrics.Counter
+
+    /// Makes the instruments in a fresh registry.
+    public init() {
+        let registry = PrometheusCollectorRegistry()
+        let factory = PrometheusMetricsFactory(registry: registry)
+        self.registry = registry
+        self.generationsStarted = Counter(label: "ringmaster_generations_started_total", factory: factory)
+        self.leaseExpiries = Counter(label: "ringmaster_lease_expiries_total", factory: factory)
+        self.staleRefused = Counter(label: "ringmaster_stale_messages_refused_total", factory: factory)
+        self.stepsCommitted = Counter(label: "ringmaster_steps_committed_total", factory: factory)
+        self.rendezvousSeconds = Recorder(label: "ringmaster_rendezvous_duration_seconds", factory: factory)
+        var nodes: [String: CoreMetrics.Gauge] = [:]
+        for state in ["idle", "busy", "draining", "offline"] {
+            nodes[state] = Gauge(label: "ringmaster_nodes", dimensions: [("state", state)], factory: factory)
+        }
+        self.nodes = nodes
+    }
+
+    /// Sets the node gauges from counts by state.
+    func record(nodeCounts: [String: Int]) {
+        for (state, gauge) in self.nodes {
+            gauge.record(nodeCounts[state] ?? 0)
+        }
+    }
+
+    /// The registry's text exposition.
+    public func exposition() -> String {
+        self.registry.emitToString()
+    }
+}

@@ -1,0 +1,252 @@
+import ControlPlane
+import CoordinatorCore
+import Crypto
+import Foundation
+import Logging
+import NIOCore
+import RingmasterSecurity
+import RingmasterWire
+import X509
+
+// MARK: - Feeding the machine
+
+extension CoordinatorService {
+    /// Feeds an event to the machine and carries out its actions, under the engine lock.
+    func feed(_ event: CoordinatorMachine.Event, logger: Logger) {
+        self.engine.withLock { engine in
+            let actions = engine.machine.on(event, now: self.elapsed)
+            self.perform(actions, engine: &engine, logger: logger)
+        }
+    }
+
+    /// Applies an operator's command and carries out its actions; throws its refusal.
+    func command(_ command: CoordinatorMachine.Command, logger: Logger) throws {
+        try self.engine.withLock { engine in
+            let actions = try engine.machine.apply(command, now: self.elapsed)
+            self.perform(actions, engine: &engine, logger: logger)
+        }
+    }
+
+    /// Ticks the machine until cancelled, so that leases, settle windows and recovery windows
+    /// end on time.
+    func tickUntilCancelled() async throws {
+        let interval = Duration.milliseconds(Int(self.configuration.tickMilliseconds))
+        while !Task.isCancelled {
+            try await Task.sleep(for: interval)
+            self.feed(.tick, logger: self.logger)
+        }
+    }
+
+    /// Carries out actions in order. Runs under the engine lock: nothing here may block for long.
+    func perform(_ actions: [CoordinatorMachine.Action], engine: inout Engine, logger: Logger) {
+        for action in actions {
+            switch action {
+            case .assign(let node, let assignment):
+                engine.sessions[node]?.channel.writeAndFlush(self.envelope(assigning: assignment, to: node), promise: nil)
+            case .abort(let node, let job, let generation, let reason):
+                var envelope = Envelope()
+                envelope.abort = .with {
+                    $0.jobID = job
+                    $0.generation = generation
+                    $0.reason = reason
+                }
+                engine.sessions[node]?.channel.writeAndFlush(envelope, promise: nil)
+            case .drain(let node, let job, let generation, let grace):
+                var envelope = Envelope()
+                envelope.drain = .with {
+                    $0.jobID = job
+                    $0.generation = generation
+                    $0.graceSeconds = grace
+                }
+                engine.sessions[node]?.channel.writeAndFlush(envelope, promise: nil)
+            case .generationStarted(let job, let generation, let cause, let members, let rendezvous):
+                self.metrics.generationsStarted.increment()
+                if let rendezvous {
+                    self.metrics.rendezvousSeconds.record(Double(rendezvous.components.seconds) + Double(rendezvous.components.attoseconds) / 1e18)
+                }
+                logger.info(
+                    "generation started",
+                    metadata: [
+                        LogKey.job: "\(job)", LogKey.generation: "\(generation)", "cause": "\(cause.rawValue)",
+                        "world_size": "\(members.count)", "members": "\(members.joined(separator: ","))",
+                    ]
+                )
+            case .jobWaiting(let job, let reason):
+                logger.warning("job waits for nodes", metadata: [LogKey.job: "\(job)", LogKey.reason: "\(reason)"])
+            case .jobFinished(let job):
+                logger.info("job finished", metadata: [LogKey.job: "\(job)"])
+            case .stepCommitted:
+                self.metrics.stepsCommitted.increment()
+            case .staleRefused(let node, let job, let generation, let current):
+                self.metrics.staleRefused.increment()
+                logger.notice(
+                    "refused a message from an older generation",
+                    metadata: [LogKey.node: "\(node)", LogKey.job: "\(job)", LogKey.generation: "\(generation)", "current": "\(current)"]
+                )
+            case .leaseExpired(let node):
+                self.metrics.leaseExpiries.increment()
+                logger.warning("lease expired", metadata: [LogKey.node: "\(node)"])
+                // Close its connection: if it is alive it reconnects and says hello anew.
+                engine.sessions.removeValue(forKey: node)?.channel.close(promise: nil)
+            case .persist(let job):
+                guard let record = engine.machine.record(job: job) else { continue }
+                do {
+                    try self.store.save(job: record)
+                } catch {
+                    logger.error("could not persist a job", metadata: [LogKey.job: "\(job)", LogKey.error: "\(error)"])
+                }
+            }
+        }
+        self.metrics.record(nodeCounts: engine.machine.nodeCounts)
+    }
+
+    // MARK: - Sessions
+
+    /// An agent said hello: register its session (replacing an older one), answer, and tell the machine.
+    func sessionStarted(
+        _ hello: Ringmaster_V1_AgentHello,
+        peer: (identity: PeerIdentity, certificate: Certificate),
+        requestID: UInt64,
+        context: ConnectionContext
+    ) {
+        let node = peer.identity.name
+        var reply = Envelope()
+        reply.requestID = requestID
+        reply.helloReply = .with {
+            $0.nodeID = node
+            $0.heartbeatIntervalMs = self.configuration.heartbeatIntervalMilliseconds
+            $0.leaseMs = self.configuration.leaseMilliseconds
+            $0.certificateNotAfterUnix = Int64(peer.certificate.notValidAfter.timeIntervalSince1970)
+        }
+        context.logger.info(
+            "agent session started",
+            metadata: [LogKey.node: "\(node)", "data_plane": "\(hello.dataPlaneAddresses.joined(separator: ","))"]
+        )
+        let capabilities = CoordinatorMachine.Capabilities(
+            gpus: hello.gpus,
+            dataPlaneAddresses: hello.dataPlaneAddresses,
+            rdmaDevices: hello.rdmaDevices
+        )
+        self.engine.withLock { engine in
+            if let old = engine.sessions[node], old.id != context.sessionID {
+                old.channel.close(promise: nil)
+            }
+            engine.sessions[node] = Session(id: context.sessionID, channel: context.channel)
+            // The reply goes first, through the same channel as the pushes that may follow.
+            context.channel.writeAndFlush(reply, promise: nil)
+            let actions = engine.machine.on(.nodeOnline(node: node, capabilities), now: self.elapsed)
+            self.perform(actions, engine: &engine, logger: context.logger)
+        }
+    }
+
+    /// An agent's connection ended: if it was the node's live session, the node is offline.
+    func sessionEnded(node: String, context: ConnectionContext) {
+        self.engine.withLock { engine in
+            guard engine.sessions[node]?.id == context.sessionID else { return }
+            engine.sessions[node] = nil
+            context.logger.info("agent session ended", metadata: [LogKey.node: "\(node)"])
+            let actions = engine.machine.on(.nodeOffline(node: node), now: self.elapsed)
+            self.perform(actions, engine: &engine, logger: context.logger)
+        }
+    }
+
+    // MARK: - Messages
+
+    /// The data-plane secret of one generation: HMAC-SHA256 under the coordinator's data-plane key,
+    /// so it is fresh per generation and needs no storage.
+    func dataPlaneSecret(job: String, generation: UInt64) -> [UInt8] {
+        var message = Array("ringmaster data plane v1".utf8)
+        message += Array(job.utf8) + [0]
+        withUnsafeBytes(of: generation.bigEndian) { message += $0 }
+        return Array(HMAC<SHA256>.authenticationCode(for: message, using: self.dataPlaneKey))
+    }
+
+    func envelope(assigning assignment: CoordinatorMachine.Assignment, to node: String) -> Envelope {
+        let spec = assignment.spec
+        let order = spec.order
+        let batch = order.batchRange(ofStep: assignment.resumeStep).count
+        var envelope = Envelope()
+        envelope.assignment = .with {
+            $0.jobID = assignment.job
+            $0.generation = assignment.generation
+            $0.rank = UInt32(assignment.members.first { $0.node == node }?.rank ?? 0)
+            $0.worldSize = UInt32(assignment.worldSize)
+            $0.members = assignment.members.map { member in
+                let slice = DataOrder.slice(batchSize: batch, rank: member.rank, worldSize: assignment.worldSize)
+                return .with {
+                    $0.nodeID = member.node
+                    $0.rank = UInt32(member.rank)
+                    $0.dataPlaneAddresses = member.dataPlaneAddresses
+                    $0.slice = .with {
+                        $0.offset = UInt32(slice.offset)
+                        $0.count = UInt32(slice.count)
+                    }
+                }
+            }
+            $0.dataPlaneSecret = Data(self.dataPlaneSecret(job: assignment.job, generation: assignment.generation))
+            $0.resumeEpoch = order.epoch(ofStep: assignment.resumeStep)
+            $0.resumeStep = assignment.resumeStep
+            $0.permutationSeed = spec.seed
+            $0.globalBatchSize = UInt32(spec.globalBatchSize)
+            $0.workloadKind = spec.workloadKind
+            $0.workloadSpec = spec.workloadParameters
+            $0.datasetPath = spec.datasetPath
+            $0.datasetSamples = UInt32(spec.datasetSamples)
+            $0.totalSteps = spec.steps
+        }
+        return envelope
+    }
+
+    // MARK: - Status
+
+    func jobStatus(_ job: String?) throws -> Ringmaster_V1_JobStatusReply {
+        let records = self.engine.withLock { $0.machine.records }
+        let selected = job.map { name in records.filter { $0.spec.name == name } } ?? records
+        if let job, selected.isEmpty {
+            throw CoordinatorMachine.CommandError(code: .unknownJob, message: "no job is named \(job); `ringmaster job status` lists the jobs")
+        }
+        return .with {
+            $0.jobs = selected.map { record in
+                .with {
+                    $0.jobID = record.spec.name
+                    $0.phase = record.phase.rawValue
+                    $0.generation = record.generation
+                    $0.members = record.members.enumerated().map { rank, node in
+                        .with {
+                            $0.nodeID = node
+                            $0.rank = UInt32(rank)
+                        }
+                    }
+                    $0.minNodes = UInt32(record.spec.minNodes)
+                    $0.maxNodes = UInt32(record.spec.maxNodes)
+                    $0.targetNodes = UInt32(record.targetNodes)
+                    $0.cursorStep = record.cursor
+                    $0.cursorEpoch = record.spec.order.epoch(ofStep: record.cursor)
+                    $0.totalSteps = record.spec.steps
+                    $0.generationsStarted = record.generationsStarted
+                    $0.lastCause = record.lastCause?.rawValue ?? ""
+                }
+            }
+        }
+    }
+
+    func nodeList() throws -> Ringmaster_V1_NodeListReply {
+        let admitted = try self.store.nodes()
+        let live = Dictionary(uniqueKeysWithValues: self.engine.withLock { $0.machine.nodeStatuses }.map { ($0.node, $0) })
+        return .with {
+            $0.nodes = admitted.map { node in
+                let status = live[node.id]
+                return .with {
+                    $0.nodeID = node.id
+                    $0.state = status?.state ?? "offline"
+                    $0.connected = status.map { $0.state != "offline" } ?? false
+                    $0.joinedUnix = Int64(node.joined.timeIntervalSince1970)
+                    $0.certificateNotAfterUnix = Int64(node.certificateNotAfter.timeIntervalSince1970)
+                    $0.dataPlaneAddresses = status?.dataPlaneAddresses ?? []
+                    $0.jobID = status?.job ?? ""
+                    $0.rank = UInt32(status?.rank ?? 0)
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,138 @@
+import CoordinatorCore
+import Foundation
+import Yams
+
+/// Reads a job spec from YAML, refusing unknown, missing and mistyped fields by name.
+///
+/// ```yaml
+/// name: digits
+/// workload: {kind: mlp, hidden: [128], optimizer: sgd, learning_rate: 0.1}
+/// dataset: {path: data/digits.csv.gz, samples: 1437}
+/// batch_size: 64
+/// steps: 1500          # or epochs: 60
+/// seed: 42
+/// nodes: {min: 2, max: 4}
+/// checkpoint: {directory: /mnt/shared/ckpt/digits, interval_steps: 100, keep: 3}
+/// ```
+public enum JobSpecParser {
+    static let topLevel: Set<String> = ["name", "workload", "dataset", "batch_size", "steps", "epochs", "seed", "nodes", "checkpoint"]
+
+    /// Parses and validates a spec.
+    public static func parse(yaml text: String) throws(JobSpecError) -> JobSpec {
+        let document: Any?
+        do {
+            document = try Yams.load(yaml: text)
+        } catch {
+            throw JobSpecError(field: "(document)", reason: "is not valid YAML: \(error)")
+        }
+        guard let root = document as? [String: Any] else {
+            throw JobSpecError(field: "(document)", reason: "must be a YAML mapping of fields (name, workload, dataset, ...)")
+        }
+        try self.refuseUnknown(root, known: self.topLevel, in: nil)
+
+        let name = try self.string(root, "name")
+        let workload = try self.mapping(root, "workload")
+        let kind = try self.string(workload, "kind", in: "workload")
+        var parameters = workload
+        parameters["kind"] = nil
+        let parametersYAML = parameters.isEmpty ? "" : ((try? Yams.dump(object: parameters, sortKeys: true)) ?? "")
+
+        let dataset = try self.mapping(root, "dataset")
+        try self.refuseUnknown(dataset, known: ["path", "samples"], in: "dataset")
+        let path = try self.string(dataset, "path", in: "dataset")
+        let samples = try self.integer(dataset, "samples", in: "dataset")
+        let batch = try self.integer(root, "batch_size")
+
+        let steps: UInt64
+        switch (root["steps"], root["epochs"]) {
+        case (.some, .some):
+            throw JobSpecError(field: "steps", reason: "and `epochs` are both given; give one")
+        case (.some, .none):
+            steps = UInt64(clamping: try self.integer(root, "steps"))
+        case (.none, .some):
+            let epochs = try self.integer(root, "epochs")
+            guard epochs > 0 else { throw JobSpecError(field: "epochs", reason: "must be positive") }
+            guard samples > 0, batch > 0 else { steps = 0; break }
+            steps = UInt64(epochs) * UInt64((samples + batch - 1) / batch)
+        case (.none, .none):
+            throw JobSpecError(field: "steps", reason: "is missing: give `steps` (global steps) or `epochs`")
+        }
+        let seed = root["seed"] == nil ? 0 : try self.integer(root, "seed")
+        guard seed >= 0 else { throw JobSpecError(field: "seed", reason: "must not be negative") }
+
+        let nodes = try self.mapping(root, "nodes")
+        try self.refuseUnknown(nodes, known: ["min", "max"], in: "nodes")
+        let minNodes = try self.integer(nodes, "min", in: "nodes")
+        let maxNodes = nodes["max"] == nil ? minNodes : try self.integer(nodes, "max", in: "nodes")
+
+        var spec = JobSpec(
+            name: name,
+            workloadKind: kind,
+            workloadParameters: parametersYAML,
+            datasetPath: path,
+            datasetSamples: samples,
+            globalBatchSize: batch,
+            steps: steps,
+            seed: UInt64(seed),
+            minNodes: minNodes,
+            maxNodes: maxNodes
+        )
+        if root["checkpoint"] != nil {
+            let checkpoint = try self.mapping(root, "checkpoint")
+            try self.refuseUnknown(checkpoint, known: ["directory", "interval_steps", "keep"], in: "checkpoint")
+            spec.checkpointDirectory = try self.string(checkpoint, "directory", in: "checkpoint")
+            let interval = checkpoint["interval_steps"] == nil ? 100 : try self.integer(checkpoint, "interval_steps", in: "checkpoint")
+            guard interval > 0 else { throw JobSpecError(field: "checkpoint.interval_steps", reason: "must be positive") }
+            spec.checkpointIntervalSteps = UInt64(interval)
+            spec.checkpointKeep = checkpoint["keep"] == nil ? 3 : try self.integer(checkpoint, "keep", in: "checkpoint")
+        }
+        try spec.validate()
+        return spec
+    }
+
+    // MARK: - Fields
+
+    static func path(_ key: String, _ parent: String?) -> String {
+        parent.map { "\($0).\(key)" } ?? key
+    }
+
+    static func refuseUnknown(_ mapping: [String: Any], known: Set<String>, in parent: String?) throws(JobSpecError) {
+        if let unknown = mapping.keys.sorted().first(where: { !known.contains($0) }) {
+            throw JobSpecError(
+                field: self.path(unknown, parent),
+                reason: "is not a known field; known fields here: \(known.sorted().joined(separator: ", "))"
+            )
+        }
+    }
+
+    static func value(_ mapping: [String: Any], _ key: String, in parent: String?) throws(JobSpecError) -> Any {
+        guard let value = mapping[key], !(value is NSNull) else {
+            throw JobSpecError(field: self.path(key, parent), reason: "is missing")
+        }
+        return value
+    }
+
+    static func string(_ mapping: [String: Any], _ key: String, in parent: String? = nil) throws(JobSpecError) -> String {
+        let value = try self.value(mapping, key, in: parent)
+        guard let text = value as? String else {
+            throw JobSpecError(field: self.path(key, parent), reason: "must be text, not \(value)")
+        }
+        return text
+    }
+
+    static func integer(_ mapping: [String: Any], _ key: String, in parent: String? = nil) throws(JobSpecError) -> Int {
+        let value = try self.value(mapping, key, in: parent)
+        guard let number = value as? Int else {
+            throw JobSpecError(field: self.path(key, parent), reason: "must be a whole number, not \(value)")
+        }
+        return number
+    }
+
+    static func mapping(_ mapping: [String: Any], _ key: String, in parent: String? = nil) throws(JobSpecError) -> [String: Any] {
+        let value = try self.value(mapping, key, in: parent)
+        guard let nested = value as? [String: Any] else {
+            throw JobSpecError(field: self.path(key, parent), reason: "must be a mapping of fields, not \(value)")
+        }
+        return nested
+    }
+}
