@@ -1,3 +1,4 @@
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOSSL
 import NIOTLS
@@ -74,19 +75,82 @@ public final class HandshakeWatcher: ChannelInboundHandler, RemovableChannelHand
 }
 
 /// Runs `body` but gives up after `seconds`, throwing a `DeadlineExceeded` that names `what`.
+///
+/// Returns as soon as either the body finishes or the deadline passes, and cancels the other.
+/// It does not wait for a cancelled body to wind down: a body stuck in a wait that ignores
+/// cancellation cannot hold the caller past its deadline.
 public func withDeadline<Result: Sendable>(
     seconds: Double,
     waitingFor what: String,
     _ body: @escaping @Sendable () async throws -> Result
 ) async throws -> Result {
-    try await withThrowingTaskGroup(of: Result.self) { group in
-        group.addTask { try await body() }
-        group.addTask {
-            try await Task.sleep(for: .milliseconds(Int(seconds * 1000)))
-            throw DeadlineExceeded(what: what, seconds: seconds)
+    let race = DeadlineRace<Result>()
+    return try await withTaskCancellationHandler {
+        try await withCheckedThrowingContinuation { continuation in
+            race.start(continuation: continuation, body: body, seconds: seconds, what: what)
         }
-        defer { group.cancelAll() }
-        return try await group.next()!
+    } onCancel: {
+        race.finish(.failure(CancellationError()))
+    }
+}
+
+/// The state of one `withDeadline`: whichever of body, timer or cancellation finishes first
+/// resumes the caller; the others are cancelled and their results dropped.
+final class DeadlineRace<Result: Sendable>: Sendable {
+    struct State {
+        var continuation: CheckedContinuation<Result, any Error>?
+        var early: Swift.Result<Result, any Error>?
+        var tasks: [Task<Void, Never>] = []
+    }
+
+    let state = NIOLockedValueBox(State())
+
+    func start(
+        continuation: CheckedContinuation<Result, any Error>,
+        body: @escaping @Sendable () async throws -> Result,
+        seconds: Double,
+        what: String
+    ) {
+        let work = Task {
+            do {
+                self.finish(.success(try await body()))
+            } catch {
+                self.finish(.failure(error))
+            }
+        }
+        let timer = Task {
+            do {
+                try await Task.sleep(for: .milliseconds(Int(seconds * 1000)))
+                self.finish(.failure(DeadlineExceeded(what: what, seconds: seconds)))
+            } catch {
+                // Cancelled because the race is over.
+            }
+        }
+        let early: Swift.Result<Result, any Error>? = self.state.withLockedValue { state in
+            if let early = state.early { return early }
+            state.continuation = continuation
+            state.tasks = [work, timer]
+            return nil
+        }
+        if let early {
+            work.cancel()
+            timer.cancel()
+            continuation.resume(with: early)
+        }
+    }
+
+    func finish(_ result: Swift.Result<Result, any Error>) {
+        let (continuation, tasks) = self.state.withLockedValue { state -> (CheckedContinuation<Result, any Error>?, [Task<Void, Never>]) in
+            guard state.early == nil else { return (nil, []) }
+            state.early = result
+            defer {
+                state.continuation = nil
+                state.tasks = []
+            }
+            return (state.continuation, state.tasks)
+        }
+        for task in tasks { task.cancel() }
+        continuation?.resume(with: result)
     }
 }
 

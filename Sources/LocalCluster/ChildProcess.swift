@@ -88,6 +88,9 @@ public final class ChildProcess: Sendable {
         }
     }
 
+    /// Whether the process has exited (and its output is complete).
+    public var hasExited: Bool { self.exit.withLockedValue { $0.complete } }
+
     /// SIGTERM, then SIGKILL if it has not exited within `grace` seconds; returns the status.
     @discardableResult
     public func stop(grace: Double = 10) async -> Int32? {

@@ -84,6 +84,9 @@ public final class LineLog: Sendable {
                     self.removeWaiter(id, throwing: CancellationError())
                 }
             }
+        } catch let error as DeadlineExceeded {
+            self.removeWaiter(id, throwing: error)
+            throw LineWaitTimedOut(wait: error, lastLines: Array(self.lines.suffix(8)))
         } catch {
             self.removeWaiter(id, throwing: error)
             throw error
@@ -110,5 +113,17 @@ public final class LineLog: Sendable {
             return state.waiters.remove(at: index).continuation
         }
         continuation?.resume(throwing: error)
+    }
+}
+
+/// A wait for a line that ran past its deadline, with the last lines that did arrive.
+public struct LineWaitTimedOut: Error, Sendable, CustomStringConvertible {
+    /// The deadline that passed.
+    public var wait: DeadlineExceeded
+    /// The log's last lines when it passed.
+    public var lastLines: [String]
+
+    public var description: String {
+        "\(self.wait); last lines:\n" + self.lastLines.map { "  \($0.prefix(300))" }.joined(separator: "\n")
     }
 }

@@ -31,7 +31,28 @@ struct CoordinatorCommand: AsyncParsableCommand {
     @Option(help: "Largest control frame accepted, in bytes.")
     var maxFrameBytes: Int = 16 * 1024 * 1024
 
+    @Option(help: "How often agents heartbeat, e.g. 500ms.")
+    var heartbeatInterval: DurationArgument = DurationArgument(seconds: 0.5)
+
+    @Option(help: "How long a node stays alive without a heartbeat, e.g. 2s.")
+    var lease: DurationArgument = DurationArgument(seconds: 2)
+
+    @Option(help: "How long a job that could start with fewer than nodes.max waits for more, e.g. 1s.")
+    var settleWindow: DurationArgument = DurationArgument(seconds: 1)
+
+    @Option(help: "After a restart, how long running jobs wait for their members to reconnect, e.g. 5s.")
+    var recoveryWindow: DurationArgument = DurationArgument(seconds: 5)
+
+    @Option(help: "Serve Prometheus metrics at http://HOST:PORT/metrics (port 0 picks one).")
+    var metricsListen: String?
+
     @OptionGroup var logging: LoggingOptions
+
+    func validate() throws {
+        guard self.lease.seconds > self.heartbeatInterval.seconds else {
+            throw ValidationError("--lease (\(self.lease.seconds) s) must be longer than --heartbeat-interval (\(self.heartbeatInterval.seconds) s)")
+        }
+    }
 
     func run() async throws {
         let logger = self.logging.bootstrap(label: "ringmaster.coordinator")
@@ -43,6 +64,15 @@ struct CoordinatorCommand: AsyncParsableCommand {
         configuration.serverIPAddresses = self.serverAddress
         configuration.agentCertificateLifetimeSeconds = self.agentCertificateTTL.seconds
         configuration.maximumFrameBytes = self.maxFrameBytes
+        configuration.heartbeatIntervalMilliseconds = self.heartbeatInterval.milliseconds
+        configuration.leaseMilliseconds = self.lease.milliseconds
+        configuration.settleWindowMilliseconds = self.settleWindow.milliseconds
+        configuration.recoveryWindowMilliseconds = self.recoveryWindow.milliseconds
+        if let metrics = self.metricsListen {
+            let address = try ControlAddress(parsing: metrics)
+            configuration.metricsHost = address.host
+            configuration.metricsPort = address.port
+        }
         let host = address.host
         let service = try CoordinatorService(configuration: configuration, logger: logger, onListening: { port in
             // The one line on standard output: scripts and tests read the bound port from it.

@@ -54,7 +54,7 @@ struct OperatorOptions: ParsableArguments {
 
 // MARK: - Durations
 
-/// A duration given as a number and a unit: `90s`, `30m`, `1h`, `7d`.
+/// A duration given as a number and a unit: `500ms`, `90s`, `30m`, `1h`, `7d`.
 struct DurationArgument: ExpressibleByArgument, Sendable {
     var seconds: Double
 
@@ -63,11 +63,14 @@ struct DurationArgument: ExpressibleByArgument, Sendable {
     }
 
     init?(argument: String) {
-        let units: [Character: Double] = ["s": 1, "m": 60, "h": 3600, "d": 86400]
-        guard let unit = argument.last, let scale = units[unit], let value = Double(argument.dropLast()), value > 0
+        let units: [(String, Double)] = [("ms", 0.001), ("s", 1), ("m", 60), ("h", 3600), ("d", 86400)]
+        guard let (unit, scale) = units.first(where: { argument.hasSuffix($0.0) }),
+            let value = Double(argument.dropLast(unit.count)), value > 0
         else { return nil }
         self.seconds = value * scale
     }
+
+    var milliseconds: UInt32 { UInt32(clamping: Int((self.seconds * 1000).rounded())) }
 
     static var defaultCompletionKind: CompletionKind { .default }
 }

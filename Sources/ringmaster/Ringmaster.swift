@@ -11,6 +11,7 @@ struct Ringmaster: AsyncParsableCommand {
             AgentCommand.self,
             TokenCommand.self,
             CertCommand.self,
+            JobCommand.self,
             NodeCommand.self,
             DemoCommand.self,
         ]

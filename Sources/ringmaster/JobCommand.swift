@@ -1,0 +1,137 @@
+import ArgumentParser
+import ControlPlane
+import Foundation
+import RingmasterWire
+
+struct JobCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "job",
+        abstract: "Submit, inspect, resize and cancel training jobs.",
+        subcommands: [Submit.self, Status.self, Resize.self, Cancel.self]
+    )
+
+    /// Sends one admin request and prints the job status reply.
+    static func run(_ request: Ringmaster_V1_AdminRequest, options: OperatorOptions, json: Bool) async throws {
+        let reply = try await options.withSession { session in
+            var envelope = Envelope()
+            envelope.adminRequest = request
+            return try await session.request(envelope)
+        }
+        guard case .jobStatus(let status) = reply.adminReply.reply else {
+            throw CommandFailure(description: "the coordinator answered with \(reply.kind)")
+        }
+        if json {
+            print(try Self.json(status))
+        } else {
+            Self.printTable(status)
+        }
+    }
+
+    static func json(_ status: Ringmaster_V1_JobStatusReply) throws -> String {
+        let jobs: [[String: Any]] = status.jobs.map { job in
+            [
+                "job": job.jobID, "phase": job.phase, "generation": job.generation,
+                "world_size": job.members.count, "target_nodes": job.targetNodes,
+                "nodes_min": job.minNodes, "nodes_max": job.maxNodes,
+                "members": job.members.map { ["node": $0.nodeID, "rank": $0.rank] as [String: Any] },
+                "cursor": ["epoch": job.cursorEpoch, "step": job.cursorStep] as [String: Any],
+                "total_steps": job.totalSteps, "generations_started": job.generationsStarted,
+                "last_cause": job.lastCause,
+            ]
+        }
+        let data = try JSONSerialization.data(withJSONObject: ["jobs": jobs], options: [.sortedKeys])
+        return String(decoding: data, as: UTF8.self)
+    }
+
+    static func printTable(_ status: Ringmaster_V1_JobStatusReply) {
+        func pad(_ text: String, _ width: Int) -> String { text.padding(toLength: width, withPad: " ", startingAt: 0) }
+        print(pad("JOB", 20) + pad("PHASE", 10) + pad("GEN", 6) + pad("NODES", 10) + pad("STEP", 16) + "MEMBERS")
+        for job in status.jobs {
+            let nodes = "\(job.members.count)/\(job.targetNodes)"
+            let step = "\(job.cursorStep)/\(job.totalSteps)"
+            let members = job.members.map { "\($0.rank):\($0.nodeID)" }.joined(separator: " ")
+            print(pad(job.jobID, 20) + pad(job.phase, 10) + pad("\(job.generation)", 6) + pad(nodes, 10) + pad(step, 16) + members)
+        }
+    }
+
+    struct Submit: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(commandName: "submit", abstract: "Submit a job spec (YAML).")
+
+        @Argument(help: "Path of the job spec.")
+        var spec: String
+
+        @Flag(help: "Print JSON.")
+        var json = false
+
+        @OptionGroup var operatorOptions: OperatorOptions
+
+        func run() async throws {
+            guard let data = FileManager.default.contents(atPath: self.spec) else {
+                throw ValidationError("cannot read the job spec \(self.spec)")
+            }
+            var request = Ringmaster_V1_AdminRequest()
+            request.jobSubmit = .with { $0.specYaml = String(decoding: data, as: UTF8.self) }
+            try await JobCommand.run(request, options: self.operatorOptions, json: self.json)
+        }
+    }
+
+    struct Status: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(commandName: "status", abstract: "Show one job, or all.")
+
+        @Argument(help: "The job (default: every job).")
+        var job: String?
+
+        @Flag(help: "Print JSON.")
+        var json = false
+
+        @OptionGroup var operatorOptions: OperatorOptions
+
+        func run() async throws {
+            var request = Ringmaster_V1_AdminRequest()
+            request.jobStatus = .with { $0.jobID = self.job ?? "" }
+            try await JobCommand.run(request, options: self.operatorOptions, json: self.json)
+        }
+    }
+
+    struct Resize: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(commandName: "resize", abstract: "Change a running job's node count in place.")
+
+        @Argument(help: "The job.")
+        var job: String
+
+        @Option(help: "Node count, within the spec's nodes.min..nodes.max.")
+        var nodes: UInt32
+
+        @Flag(help: "Print JSON.")
+        var json = false
+
+        @OptionGroup var operatorOptions: OperatorOptions
+
+        func run() async throws {
+            var request = Ringmaster_V1_AdminRequest()
+            request.jobResize = .with {
+                $0.jobID = self.job
+                $0.nodes = self.nodes
+            }
+            try await JobCommand.run(request, options: self.operatorOptions, json: self.json)
+        }
+    }
+
+    struct Cancel: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(commandName: "cancel", abstract: "Stop a job for good.")
+
+        @Argument(help: "The job.")
+        var job: String
+
+        @Flag(help: "Print JSON.")
+        var json = false
+
+        @OptionGroup var operatorOptions: OperatorOptions
+
+        func run() async throws {
+            var request = Ringmaster_V1_AdminRequest()
+            request.jobCancel = .with { $0.jobID = self.job }
+            try await JobCommand.run(request, options: self.operatorOptions, json: self.json)
+        }
+    }
+}
