@@ -112,6 +112,22 @@ let package = Package(
             swiftSettings: strictSwift6
         ),
 
+        .target(
+            name: "RingmasterBench",
+            dependencies: [
+                "Agent",
+                "ControlPlane",
+                "CoordinatorCore",
+                "LocalCluster",
+                "RingmasterSecurity",
+                "RingmasterWire",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+            ],
+            path: "bench/Sources/RingmasterBench",
+            swiftSettings: strictSwift6
+        ),
+
         // MARK: - Executable
 
         .executableTarget(
@@ -123,6 +139,7 @@ let package = Package(
                 "Coordinator",
                 "Agent",
                 "LocalCluster",
+                "RingmasterBench",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),

@@ -312,19 +312,31 @@ public struct CoordinatorMachine: Sendable {
 
     /// Every node the machine knows, by id.
     public var nodeStatuses: [NodeStatus] {
-        self.nodes.keys.sorted().map { id in
+        var ranks: [String: Int] = [:]
+        for job in self.jobs.values {
+            for (rank, member) in job.record.members.enumerated() { ranks[member] = rank }
+        }
+        return self.nodes.keys.sorted().map { id in
             let node = self.nodes[id]!
-            let state = !node.online ? "offline" : node.draining ? "draining" : node.job == nil ? "idle" : "busy"
-            let rank = node.job.flatMap { self.jobs[$0]?.record.members.firstIndex(of: id) }
-            return NodeStatus(node: id, state: state, job: node.job, rank: rank, dataPlaneAddresses: node.capabilities.dataPlaneAddresses)
+            return NodeStatus(
+                node: id,
+                state: Self.state(of: node),
+                job: node.job,
+                rank: node.job == nil ? nil : ranks[id],
+                dataPlaneAddresses: node.capabilities.dataPlaneAddresses
+            )
         }
     }
 
     /// Counts of nodes by state (`idle`, `busy`, `draining`, `offline`).
     public var nodeCounts: [String: Int] {
         var counts = ["idle": 0, "busy": 0, "draining": 0, "offline": 0]
-        for status in self.nodeStatuses { counts[status.state, default: 0] += 1 }
+        for node in self.nodes.values { counts[Self.state(of: node), default: 0] += 1 }
         return counts
+    }
+
+    static func state(of node: Node) -> String {
+        !node.online ? "offline" : node.draining ? "draining" : node.job == nil ? "idle" : "busy"
     }
 
     // MARK: - Events
@@ -542,7 +554,8 @@ public struct CoordinatorMachine: Sendable {
             self.nodes[member]?.drainDeadline = nil
         }
         let survivors = old.filter { self.isIdle($0) }
-        let newcomers = self.nodes.keys.filter { self.isIdle($0) && !old.contains($0) }.sorted()
+        let oldSet = Set(old)
+        let newcomers = self.nodes.keys.filter { self.isIdle($0) && !oldSet.contains($0) }.sorted()
         let target = job.record.targetNodes
         let spec = job.record.spec
         job.recoveryDeadline = nil
@@ -605,16 +618,17 @@ public struct CoordinatorMachine: Sendable {
     static func rank(previous: [String], survivors: [String], newcomers: [String], worldSize: Int) -> [String] {
         var ranks = [String?](repeating: nil, count: worldSize)
         var displaced: [String] = []
-        for node in survivors {
-            if let rank = previous.firstIndex(of: node), rank < worldSize {
+        let previousRanks = Dictionary(previous.enumerated().map { ($1, $0) }, uniquingKeysWith: { first, _ in first })
+        for node in survivors.sorted(by: { previousRanks[$0, default: .max] < previousRanks[$1, default: .max] }) {
+            if let rank = previousRanks[node], rank < worldSize {
                 ranks[rank] = node
             } else {
                 displaced.append(node)
             }
         }
-        var queue = displaced + newcomers
+        var queue = (displaced + newcomers).makeIterator()
         for rank in 0..<worldSize where ranks[rank] == nil {
-            ranks[rank] = queue.removeFirst()
+            ranks[rank] = queue.next()
         }
         return ranks.map { $0! }
     }
@@ -624,7 +638,10 @@ public struct CoordinatorMachine: Sendable {
     mutating func placeIdleNodes(now: Duration, into actions: inout [Action], growCause: Cause = .joined) {
         for jobID in self.jobOrder() {
             guard var job = self.jobs[jobID] else { continue }
-            let idle = self.nodes.keys.filter { self.isIdle($0) }.sorted()
+            guard job.record.phase == .waiting || job.record.phase == .running else { continue }
+            let unsorted = self.nodes.keys.filter { self.isIdle($0) }
+            if unsorted.isEmpty { continue }
+            let idle = unsorted.sorted()
             switch job.record.phase {
             case .waiting:
                 guard idle.count >= job.record.spec.minNodes else {
@@ -643,10 +660,11 @@ public struct CoordinatorMachine: Sendable {
                     guard let deadline = job.settleDeadline, deadline <= now else { continue }
                 }
                 let previous = job.record.members
+                let previousSet = Set(previous)
                 let members = Self.rank(
                     previous: previous,
-                    survivors: idle.filter { previous.contains($0) },
-                    newcomers: idle.filter { !previous.contains($0) },
+                    survivors: idle.filter { previousSet.contains($0) },
+                    newcomers: idle.filter { !previousSet.contains($0) },
                     worldSize: min(target, idle.count)
                 )
                 self.start(jobID, members: members, cause: .start, now: now, into: &actions)

@@ -14,6 +14,7 @@ struct Ringmaster: AsyncParsableCommand {
             JobCommand.self,
             NodeCommand.self,
             DemoCommand.self,
+            BenchCommand.self,
         ]
     )
 }

@@ -1,0 +1,73 @@
+import CoordinatorCore
+import Foundation
+import Testing
+
+@testable import Coordinator
+
+@Suite("Job spec parser")
+struct JobSpecParserTests {
+    static let valid = """
+        name: digits
+        workload:
+          kind: mlp
+          hidden: [128]
+          learning_rate: 0.1
+        dataset: {path: data/digits.csv.gz, samples: 1437}
+        batch_size: 64
+        steps: 1500
+        seed: 42
+        nodes: {min: 2, max: 4}
+        checkpoint: {directory: /mnt/ckpt/digits, interval_steps: 100, keep: 3}
+        """
+
+    @Test func theExampleSpec_parses() throws {
+        let url = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+            .appendingPathComponent("coordinator/examples/digits.yaml")
+        let spec = try JobSpecParser.parse(yaml: try String(contentsOf: url, encoding: .utf8))
+        #expect(spec.name == "digits" && spec.minNodes == 2 && spec.maxNodes == 4)
+        #expect(spec.workloadParameters.contains("learning_rate"))
+    }
+
+    @Test func aValidSpec_parsesEveryField() throws {
+        let spec = try JobSpecParser.parse(yaml: Self.valid)
+        #expect(spec.name == "digits")
+        #expect(spec.workloadKind == "mlp")
+        #expect(spec.workloadParameters.contains("hidden") && !spec.workloadParameters.contains("kind"))
+        #expect(spec.datasetPath == "data/digits.csv.gz" && spec.datasetSamples == 1437)
+        #expect(spec.globalBatchSize == 64 && spec.steps == 1500 && spec.seed == 42)
+        #expect(spec.checkpointDirectory == "/mnt/ckpt/digits" && spec.checkpointIntervalSteps == 100 && spec.checkpointKeep == 3)
+    }
+
+    @Test func epochs_becomeSteps_includingTheLastPartialBatch() throws {
+        let spec = try JobSpecParser.parse(yaml: Self.valid.replacingOccurrences(of: "steps: 1500", with: "epochs: 2"))
+        #expect(spec.steps == 2 * 23)  // 1437 samples / 64 per batch = 22 full batches and a partial one
+    }
+
+    @Test(arguments: [
+        ("batch_size: 64", "batch_size: -64", "batch_size"),
+        ("batch_size: 64", "batch_size: lots", "batch_size"),
+        ("dataset: {path: data/digits.csv.gz, samples: 1437}", "", "dataset"),
+        ("dataset: {path: data/digits.csv.gz, samples: 1437}", "dataset: {samples: 1437}", "dataset.path"),
+        ("nodes: {min: 2, max: 4}", "nodes: {min: 4, max: 2}", "nodes.max"),
+        ("nodes: {min: 2, max: 4}", "nodes: {min: 0, max: 2}", "nodes.min"),
+        ("name: digits", "name: Digits_1", "name"),
+        ("seed: 42", "seed: 42\nbatchsize: 3", "batchsize"),
+        ("steps: 1500", "", "steps"),
+        ("steps: 1500", "steps: 1500\nepochs: 3", "steps"),
+        ("checkpoint: {directory: /mnt/ckpt/digits, interval_steps: 100, keep: 3}", "checkpoint: {directory: relative/dir}", "checkpoint.directory"),
+    ])
+    func badFields_areRefusedByName(original: String, replacement: String, field: String) {
+        let yaml = Self.valid.replacingOccurrences(of: original, with: replacement)
+        #expect {
+            try JobSpecParser.parse(yaml: yaml)
+        } throws: { error in
+            guard let error = error as? JobSpecError else { return false }
+            return error.field == field && error.description.contains("`\(field)`")
+        }
+    }
+
+    @Test func notYAML_orNotAMapping_isRefused() {
+        #expect(throws: JobSpecError.self) { try JobSpecParser.parse(yaml: "name: [unclosed") }
+        #expect(throws: JobSpecError.self) { try JobSpecParser.parse(yaml: "- a\n- b") }
+    }
+}
