@@ -49,6 +49,13 @@ let package = Package(
             swiftSettings: strictSwift6
         ),
         .target(
+            name: "Collectives",
+            dependencies: [
+                .product(name: "Crypto", package: "swift-crypto"),
+            ],
+            swiftSettings: strictSwift6 + [.unsafeFlags(["-Ounchecked"], .when(configuration: .release))]
+        ),
+        .target(
             name: "CoordinatorCore",
             swiftSettings: strictSwift6
         ),
@@ -168,6 +175,11 @@ let package = Package(
                 .product(name: "X509", package: "swift-certificates"),
                 .product(name: "Crypto", package: "swift-crypto"),
             ],
+            swiftSettings: strictSwift6
+        ),
+        .testTarget(
+            name: "CollectivesTests",
+            dependencies: ["Collectives"],
             swiftSettings: strictSwift6
         ),
         .testTarget(

@@ -24,7 +24,9 @@ public struct CoordinatorMetrics: Sendable {
     /// Makes the instruments in a fresh registry.
     public init() {
         let registry = PrometheusCollectorRegistry()
-        let factory = PrometheusMetricsFactory(registry: registry)
+        var factory = PrometheusMetricsFactory(registry: registry)
+        // Rendezvous takes milliseconds to seconds: buckets for that range, in seconds.
+        factory.defaultValueHistogramBuckets = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300]
         self.registry = registry
         self.generationsStarted = Counter(label: "ringmaster_generations_started_total", factory: factory)
         self.leaseExpiries = Counter(label: "ringmaster_lease_expiries_total", factory: factory)

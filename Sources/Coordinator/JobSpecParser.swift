@@ -9,7 +9,7 @@ import Yams
 /// workload: {kind: mlp, hidden: [128], optimizer: sgd, learning_rate: 0.1}
 /// dataset: {path: data/digits.csv.gz, samples: 1437}
 /// batch_size: 64
-/// steps: 1500          # or epochs: 60
+/// steps: 1500          # or epochs: 65 (23 steps of 64 samples per epoch)
 /// seed: 42
 /// nodes: {min: 2, max: 4}
 /// checkpoint: {directory: /mnt/shared/ckpt/digits, interval_steps: 100, keep: 3}

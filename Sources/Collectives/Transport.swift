@@ -1,0 +1,74 @@
+/// Moves bytes between the ranks of one communicator. The algorithms need one primitive: a
+/// duplex `exchange` that sends a buffer to one peer while it receives a buffer from another (or
+/// the same) peer, reporting received bytes as they land so reduction can overlap the transfer.
+///
+/// Implementations: `TCPTransport` (sockets, for real jobs), `InProcessTransport` (queues, so a
+/// test runs eight ranks in one process), and RDMA later. Every wait honours a deadline and wakes
+/// at once when `abort` is called from any thread.
+public protocol Transport: AnyObject, Sendable {
+    /// This rank.
+    var rank: Int { get }
+    /// Ranks in the communicator.
+    var worldSize: Int { get }
+
+    /// Sends `send` (if any) and receives into `receive` (if any), concurrently, until both are
+    /// complete. `received` is called with the total bytes received so far whenever it grows.
+    /// Throws `CollectiveError` on abort, deadline, or a peer closing or failing.
+    func exchange(
+        send: (peer: Int, bytes: UnsafeRawBufferPointer)?,
+        receive: (peer: Int, bytes: UnsafeMutableRawBufferPointer)?,
+        deadline: ContinuousClock.Instant,
+        operation: String,
+        received: (Int) throws -> Void
+    ) throws
+
+    /// Fails every current and future operation with `reason`, from any thread.
+    func abort(reason: String)
+
+    /// Releases connections and buffers.
+    func close()
+}
+
+/// A failed collective: what failed, with which peer, after how many bytes.
+public struct CollectiveError: Error, Sendable, CustomStringConvertible {
+    /// What kind of failure.
+    public enum Code: String, Sendable, Hashable {
+        /// `abort` was called.
+        case aborted
+        /// A peer closed or reset its connection.
+        case peerClosed
+        /// The operation's deadline passed.
+        case deadlineExceeded
+        /// A data-plane connection failed its handshake.
+        case handshakeRefused
+        /// A socket call failed.
+        case io
+        /// The call's arguments are not usable (buffer sizes, root rank).
+        case invalidArgument
+    }
+
+    /// The kind.
+    public var code: Code
+    /// The operation (`allReduce`, `broadcast`, ...).
+    public var operation: String
+    /// The peer rank involved, if one is.
+    public var peer: Int?
+    /// Bytes this rank had sent and received in the failing exchange.
+    public var bytesDone: Int
+    /// What happened.
+    public var message: String
+
+    /// Makes an error.
+    public init(_ code: Code, operation: String, peer: Int? = nil, bytesDone: Int = 0, _ message: String) {
+        self.code = code
+        self.operation = operation
+        self.peer = peer
+        self.bytesDone = bytesDone
+        self.message = message
+    }
+
+    public var description: String {
+        let peer = self.peer.map { " with rank \($0)" } ?? ""
+        return "\(self.operation) failed\(peer) after \(self.bytesDone) bytes (\(self.code.rawValue)): \(self.message)"
+    }
+}
