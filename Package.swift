@@ -123,6 +123,7 @@ let package = Package(
             name: "RingmasterBench",
             dependencies: [
                 "Agent",
+                "Collectives",
                 "ControlPlane",
                 "CoordinatorCore",
                 "LocalCluster",
@@ -147,6 +148,7 @@ let package = Package(
                 "Agent",
                 "LocalCluster",
                 "RingmasterBench",
+                "Collectives",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),

@@ -16,6 +16,7 @@ public final class ChildProcess: Sendable {
     /// Lines printed on standard output only (results, not logs).
     public let standardOutput: LineLog
     let process: Process
+    let input: FileHandle?
     let partial = NIOLockedValueBox<[Bool: Data]>([:])
     let exit = NIOLockedValueBox(ExitState())
 
@@ -28,8 +29,15 @@ public final class ChildProcess: Sendable {
         var waiters: [CheckedContinuation<Int32, Never>] = []
     }
 
-    /// Starts `executable` with `arguments` and extra `environment` entries.
-    public init(name: String, executable: String, arguments: [String], environment: [String: String] = [:]) throws {
+    /// Starts `executable` with `arguments` and extra `environment` entries; with `standardInput`,
+    /// its standard input is a pipe that `send(line:)` writes to (otherwise it reads nothing).
+    public init(
+        name: String,
+        executable: String,
+        arguments: [String],
+        environment: [String: String] = [:],
+        standardInput: Bool = false
+    ) throws {
         self.name = name
         self.output = LineLog(name: name)
         self.standardOutput = LineLog(name: "\(name) standard output")
@@ -41,7 +49,14 @@ public final class ChildProcess: Sendable {
         let err = Pipe()
         process.standardOutput = out
         process.standardError = err
-        process.standardInput = FileHandle.nullDevice
+        if standardInput {
+            let pipe = Pipe()
+            process.standardInput = pipe
+            self.input = pipe.fileHandleForWriting
+        } else {
+            process.standardInput = FileHandle.nullDevice
+            self.input = nil
+        }
         self.process = process
         for (pipe, isStdout) in [(out, true), (err, false)] {
             pipe.fileHandleForReading.readabilityHandler = { [weak self] handle in
@@ -58,6 +73,11 @@ public final class ChildProcess: Sendable {
 
     /// The process id.
     public var pid: Int32 { self.process.processIdentifier }
+
+    /// Writes one line to the process's standard input (started with `standardInput: true`).
+    public func send(line: String) {
+        self.input?.write(Data((line + "\n").utf8))
+    }
 
     /// Waits for a line of output (either stream) that satisfies `predicate`; see `LineLog`.
     @discardableResult

@@ -1,4 +1,5 @@
 import ArgumentParser
+import Collectives
 import Foundation
 import RingmasterBench
 
@@ -6,7 +7,7 @@ struct BenchCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bench",
         abstract: "Benchmarks (figures recorded in bench/README.md).",
-        subcommands: [Machine.self, Rendezvous.self]
+        subcommands: [AllReduce.self, AllReduceWorker.self, Machine.self, Rendezvous.self]
     )
 
     struct Machine: AsyncParsableCommand {
@@ -71,6 +72,101 @@ struct BenchCommand: AsyncParsableCommand {
             }
             print(String(format: "median over %d rounds: %.1f ms from the last join to all %d agents holding their assignment",
                          result.roundsMilliseconds.count, result.medianMilliseconds, result.agents))
+        }
+    }
+
+    struct AllReduce: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "allreduce",
+            abstract: "All-reduce between N local processes over loopback TCP, as nccl-tests reports it."
+        )
+
+        @Option(help: "Ranks (processes).")
+        var ranks: Int = 2
+
+        @Option(help: "Message sizes in bytes (K, M, G suffixes).")
+        var sizes: String = "4K,64K,1M,16M,64M"
+
+        @Option(help: "Transport (only tcp runs between processes).")
+        var transport: String = "tcp"
+
+        @Option(help: "automatic, ring or recursive-doubling.")
+        var algorithm: String = "automatic"
+
+        @Flag(help: "Print JSON.")
+        var json = false
+
+        func validate() throws {
+            guard (2...64).contains(self.ranks) else { throw ValidationError("--ranks must be 2 to 64") }
+            guard self.transport == "tcp" else { throw ValidationError("--transport \(self.transport): only tcp runs between processes") }
+            guard Communicator.Algorithm(rawValue: self.algorithm) != nil else {
+                throw ValidationError("--algorithm must be automatic, ring or recursive-doubling")
+            }
+        }
+
+        func run() async throws {
+            let executable = try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")
+            let sizes = try AllReduceBenchmark.parseSizes(self.sizes)
+            let ceiling = try AllReduceBenchmark.loopbackCeiling()
+            let json = self.json
+            if !json {
+                print(String(format: "loopback TCP ceiling (one stream): %.2f GB/s; %d ranks, float32 sum", ceiling, self.ranks))
+            }
+            let rows = try await AllReduceBenchmark.run(
+                executable: executable,
+                ranks: self.ranks,
+                sizes: sizes,
+                algorithm: Communicator.Algorithm(rawValue: self.algorithm)!
+            ) { line in
+                if !json { print(line) }
+            }
+            if json {
+                let object: [String: Any] = [
+                    "ranks": self.ranks, "ceiling_gbps": ceiling,
+                    "rows": rows.map { row in
+                        [
+                            "bytes": row.bytes, "iterations": row.iterations, "p50_us": row.p50Microseconds, "p99_us": row.p99Microseconds,
+                            "algbw_gbps": row.algorithmGBps, "busbw_gbps": row.busGBps, "busbw_of_ceiling": row.busGBps / ceiling,
+                            "cpu_us_per_op": row.cpuMicrosecondsPerOperation, "algorithm": row.algorithm,
+                        ] as [String: Any]
+                    },
+                ]
+                print(String(decoding: try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys]), as: UTF8.self))
+            } else {
+                for row in rows {
+                    print(String(format: "%10d B: busbw %.3f GB/s = %.1f%% of the loopback ceiling", row.bytes, row.busGBps, 100 * row.busGBps / ceiling))
+                }
+            }
+        }
+    }
+
+    struct AllReduceWorker: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "allreduce-worker",
+            abstract: "One rank of `bench allreduce` (started by it; reads the address list on standard input).",
+            shouldDisplay: false
+        )
+
+        @Option var rank: Int
+        @Option var world: Int
+        @Option var sizes: String
+        @Option var algorithm: String = "automatic"
+
+        func run() throws {
+            guard let hex = ProcessInfo.processInfo.environment["RINGMASTER_BENCH_SECRET"], hex.count == 64 else {
+                throw ValidationError("RINGMASTER_BENCH_SECRET must hold 32 bytes in hex")
+            }
+            let secret = stride(from: 0, to: 64, by: 2).map { offset -> UInt8 in
+                let start = hex.index(hex.startIndex, offsetBy: offset)
+                return UInt8(hex[start..<hex.index(start, offsetBy: 2)], radix: 16) ?? 0
+            }
+            try AllReduceBenchmark.worker(
+                rank: self.rank,
+                world: self.world,
+                sizes: self.sizes.split(separator: ",").compactMap { Int($0) },
+                algorithm: Communicator.Algorithm(rawValue: self.algorithm) ?? .automatic,
+                secret: secret
+            )
         }
     }
 }

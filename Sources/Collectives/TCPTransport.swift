@@ -1,0 +1,479 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Crypto
+import Foundation
+
+// MARK: - Handshake
+
+/// The data-plane handshake: proves a connection belongs to this job's generation before any
+/// payload is read, in both directions.
+///
+/// 1. The acceptor sends a fresh 32-byte nonce.
+/// 2. The connector sends `RMDP`, version 1, generation, its rank, the acceptor's rank, its own
+///    nonce, and HMAC-SHA256(secret, "connect" | both nonces | generation | ranks).
+/// 3. The acceptor checks the MAC with that generation's secret and answers
+///    HMAC-SHA256(secret, "accept" | both nonces | generation | ranks), which the connector checks.
+///
+/// The secret is per job and generation (from the coordinator's assignment), so a connection from
+/// another job or an older generation, or from anyone without the secret, fails at step 3 and is
+/// closed without disturbing anything else.
+enum DataPlaneHandshake {
+    static let magic: [UInt8] = Array("RMDP".utf8)
+    static let version: UInt8 = 1
+    static let nonceBytes = 32
+    /// magic, version, generation, from, to, nonce, mac
+    static let helloBytes = 4 + 1 + 8 + 4 + 4 + 32 + 32
+
+    static func mac(_ label: String, secret: [UInt8], acceptorNonce: [UInt8], connectorNonce: [UInt8], generation: UInt64, from: Int, to: Int) -> [UInt8] {
+        var message = Array("ringmaster data plane \(label) v1".utf8)
+        message += acceptorNonce + connectorNonce
+        withUnsafeBytes(of: generation.bigEndian) { message += $0 }
+        withUnsafeBytes(of: UInt32(from).bigEndian) { message += $0 }
+        withUnsafeBytes(of: UInt32(to).bigEndian) { message += $0 }
+        return Array(HMAC<SHA256>.authenticationCode(for: message, using: SymmetricKey(data: secret)))
+    }
+
+    static func nonce() -> [UInt8] {
+        var generator = SystemRandomNumberGenerator()
+        return (0..<nonceBytes).map { _ in UInt8.random(in: .min ... .max, using: &generator) }
+    }
+}
+
+// MARK: - Listener
+
+/// The agent's data-plane listening socket. It lives as long as the agent (one port across
+/// generations) and authenticates each incoming connection on its own thread, then hands it to
+/// the transport of the generation it proved it belongs to.
+public final class DataPlaneListener: @unchecked Sendable {
+    // Safe because `secrets`, `ready` and `refused` are guarded by `lock`; `fd` is set once.
+    let fd: Int32
+    /// The bound port.
+    public let port: Int
+    let lock = NSCondition()
+    var secrets: [UInt64: (rank: Int, secret: [UInt8])] = [:]
+    var ready: [Key: Int32] = [:]
+    var closed = false
+    /// Connections refused by the handshake so far (wrong MAC, stranger, old generation).
+    public private(set) var refused = 0
+    /// Why the last refusal happened.
+    public private(set) var lastRefusal: String?
+
+    struct Key: Hashable {
+        let generation: UInt64
+        let from: Int
+    }
+
+    /// Binds `host:port` (port 0 picks one) and starts accepting.
+    public init(host: String = "127.0.0.1", port: Int = 0) throws {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { throw Socket.error("socket") }
+        var one: Int32 = 1
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
+        var address = try Socket.address(host: host, port: port)
+        let bound = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        guard bound == 0, listen(fd, 128) == 0 else {
+            let error = Socket.error("bind \(host):\(port)")
+            Glibc.close(fd)
+            throw error
+        }
+        var local = sockaddr_in()
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafeMutablePointer(to: &local) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) }
+        }
+        self.fd = fd
+        self.port = Int(UInt16(bigEndian: local.sin_port))
+        let thread = Thread { [self] in self.acceptLoop() }
+        thread.name = "ringmaster-dataplane-accept"
+        thread.start()
+    }
+
+    /// Stops accepting and closes connections not yet claimed.
+    public func close() {
+        self.lock.lock()
+        self.closed = true
+        for fd in self.ready.values { Glibc.close(fd) }
+        self.ready = [:]
+        self.lock.broadcast()
+        self.lock.unlock()
+        shutdown(self.fd, Int32(SHUT_RDWR))
+        Glibc.close(self.fd)
+    }
+
+    /// Accepts connections for `generation`, as rank `rank`, proved with `secret`.
+    func expect(generation: UInt64, rank: Int, secret: [UInt8]) {
+        self.lock.lock()
+        self.secrets[generation] = (rank, secret)
+        // Older generations are over: their connections will never be claimed.
+        for key in self.ready.keys where key.generation < generation {
+            Glibc.close(self.ready.removeValue(forKey: key)!)
+        }
+        self.secrets = self.secrets.filter { $0.key >= generation }
+        self.lock.broadcast()
+        self.lock.unlock()
+    }
+
+    /// Waits for the authenticated connection from `from` in `generation`.
+    func claim(generation: UInt64, from: Int, deadline: ContinuousClock.Instant) throws -> Int32 {
+        self.lock.lock()
+        defer { self.lock.unlock() }
+        while true {
+            if let fd = self.ready.removeValue(forKey: Key(generation: generation, from: from)) { return fd }
+            if self.closed { throw CollectiveError(.io, operation: "connect", peer: from, "the data-plane listener is closed") }
+            let remaining = deadline - ContinuousClock.now
+            if remaining <= .zero {
+                throw CollectiveError(.deadlineExceeded, operation: "connect", peer: from, "rank \(from) did not connect to this rank's data port in time")
+            }
+            _ = self.lock.wait(until: Date().addingTimeInterval(min(Socket.seconds(remaining), 0.1)))
+        }
+    }
+
+    func acceptLoop() {
+        while true {
+            let client = accept(self.fd, nil, nil)
+            if client < 0 {
+                if errno == EINTR || errno == ECONNABORTED { continue }
+                return  // closed
+            }
+            _ = fcntl(client, F_SETFD, FD_CLOEXEC)
+            let thread = Thread { [self] in self.authenticate(client) }
+            thread.name = "ringmaster-dataplane-handshake"
+            thread.start()
+        }
+    }
+
+    /// Runs the acceptor's side of the handshake (at most 5 s), then files the connection.
+    func authenticate(_ fd: Int32) {
+        let deadline = ContinuousClock.now + .seconds(5)
+        do {
+            let acceptorNonce = DataPlaneHandshake.nonce()
+            try Socket.writeAll(fd, acceptorNonce, deadline: deadline)
+            let hello = try Socket.readExactly(fd, DataPlaneHandshake.helloBytes, deadline: deadline)
+            guard Array(hello[0..<4]) == DataPlaneHandshake.magic, hello[4] == DataPlaneHandshake.version else {
+                throw CollectiveError(.handshakeRefused, operation: "accept", "not a ringmaster data-plane connection")
+            }
+            let generation = hello[5..<13].reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
+            let from = Int(hello[13..<17].reduce(UInt32(0)) { $0 << 8 | UInt32($1) })
+            let to = Int(hello[17..<21].reduce(UInt32(0)) { $0 << 8 | UInt32($1) })
+            let connectorNonce = Array(hello[21..<53])
+            let mac = Array(hello[53..<85])
+            // The generation's secret may be registered a moment after a fast peer connects.
+            let expected = try self.secret(for: generation, deadline: deadline)
+            guard expected.rank == to else {
+                throw CollectiveError(.handshakeRefused, operation: "accept", peer: from, "addressed to rank \(to), but this is rank \(expected.rank)")
+            }
+            let valid = HMAC<SHA256>.isValidAuthenticationCode(
+                mac,
+                authenticating: Self.connectMessage(acceptorNonce, connectorNonce, generation, from, to),
+                using: SymmetricKey(data: expected.secret)
+            )
+            guard valid else {
+                throw CollectiveError(.handshakeRefused, operation: "accept", peer: from, "the connection's proof does not match this generation's secret")
+            }
+            let answer = DataPlaneHandshake.mac("accept", secret: expected.secret, acceptorNonce: acceptorNonce, connectorNonce: connectorNonce, generation: generation, from: from, to: to)
+            try Socket.writeAll(fd, answer, deadline: deadline)
+            self.lock.lock()
+            if let old = self.ready.updateValue(fd, forKey: Key(generation: generation, from: from)) { Glibc.close(old) }
+            self.lock.broadcast()
+            self.lock.unlock()
+        } catch {
+            self.lock.lock()
+            self.refused += 1
+            self.lastRefusal = "\(error)"
+            self.lock.unlock()
+            Glibc.close(fd)
+        }
+    }
+
+    static func connectMessage(_ acceptorNonce: [UInt8], _ connectorNonce: [UInt8], _ generation: UInt64, _ from: Int, _ to: Int) -> [UInt8] {
+        var message = Array("ringmaster data plane connect v1".utf8)
+        message += acceptorNonce + connectorNonce
+        withUnsafeBytes(of: generation.bigEndian) { message += $0 }
+        withUnsafeBytes(of: UInt32(from).bigEndian) { message += $0 }
+        withUnsafeBytes(of: UInt32(to).bigEndian) { message += $0 }
+        return message
+    }
+
+    func secret(for generation: UInt64, deadline: ContinuousClock.Instant) throws -> (rank: Int, secret: [UInt8]) {
+        self.lock.lock()
+        defer { self.lock.unlock() }
+        while true {
+            if let entry = self.secrets[generation] { return entry }
+            if self.secrets.keys.contains(where: { $0 > generation }) || ContinuousClock.now >= deadline || self.closed {
+                throw CollectiveError(.handshakeRefused, operation: "accept", "generation \(generation) is not one this rank is joining")
+            }
+            _ = self.lock.wait(until: Date().addingTimeInterval(0.05))
+        }
+    }
+}
+
+// MARK: - Transport
+
+/// The TCP transport of one generation: one connection per peer (rank i dials every lower rank
+/// and accepts from every higher one), TCP_NODELAY, large socket buffers, non-blocking sockets
+/// driven by `poll` on the calling thread, straight into and out of the caller's buffers. No
+/// event loop is shared with the control plane. `abort` writes to a pipe that every poll watches
+/// (and that stays readable, since an abort is final), so a blocked operation fails at once.
+public final class TCPTransport: Transport, @unchecked Sendable {
+    // Safe because `sockets` is written only while establishing (before the transport is
+    // returned) and in `close`, and read by the single thread running operations; `abortReason`
+    // is guarded by `lock`; writing the abort pipe is thread-safe.
+    public let rank: Int
+    public let worldSize: Int
+    var sockets: [Int32]
+    let abortFD: Int32
+    let abortWriteFD: Int32
+    let lock = NSLock()
+    var abortReason: String?
+
+    /// Connects rank `rank` of a generation: dials every lower rank at `addresses[peer]`
+    /// (`host:port`) and claims every higher rank's connection from `listener`.
+    public static func establish(
+        rank: Int,
+        addresses: [String],
+        generation: UInt64,
+        secret: [UInt8],
+        listener: DataPlaneListener,
+        timeout: Duration = .seconds(30)
+    ) throws -> TCPTransport {
+        let deadline = ContinuousClock.now + timeout
+        let worldSize = addresses.count
+        listener.expect(generation: generation, rank: rank, secret: secret)
+        var sockets = [Int32](repeating: -1, count: worldSize)
+        do {
+            for peer in 0..<rank {
+                sockets[peer] = try Self.dial(addresses[peer], from: rank, to: peer, generation: generation, secret: secret, deadline: deadline)
+            }
+            for peer in (rank + 1)..<max(rank + 1, worldSize) {
+                sockets[peer] = try listener.claim(generation: generation, from: peer, deadline: deadline)
+            }
+        } catch {
+            for fd in sockets where fd >= 0 { Glibc.close(fd) }
+            throw error
+        }
+        for fd in sockets where fd >= 0 { Socket.tune(fd) }
+        return TCPTransport(rank: rank, sockets: sockets)
+    }
+
+    init(rank: Int, sockets: [Int32]) {
+        self.rank = rank
+        self.worldSize = sockets.count
+        self.sockets = sockets
+        var ends: [Int32] = [-1, -1]
+        _ = pipe(&ends)
+        self.abortFD = ends[0]
+        self.abortWriteFD = ends[1]
+    }
+
+    deinit {
+        self.close()
+        Glibc.close(self.abortFD)
+        Glibc.close(self.abortWriteFD)
+    }
+
+    static func dial(_ address: String, from: Int, to: Int, generation: UInt64, secret: [UInt8], deadline: ContinuousClock.Instant) throws -> Int32 {
+        guard let colon = address.lastIndex(of: ":"), let port = Int(address[address.index(after: colon)...]) else {
+            throw CollectiveError(.invalidArgument, operation: "connect", peer: to, "\"\(address)\" is not HOST:PORT")
+        }
+        let host = String(address[..<colon])
+        var lastError: CollectiveError?
+        while ContinuousClock.now < deadline {
+            let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+            guard fd >= 0 else { throw Socket.error("socket") }
+            var target = try Socket.address(host: host, port: port)
+            let connected = withUnsafePointer(to: &target) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+            }
+            if connected != 0 {
+                lastError = CollectiveError(.io, operation: "connect", peer: to, "connecting to \(address): \(String(cString: strerror(errno)))")
+                Glibc.close(fd)
+                usleep(20_000)
+                continue
+            }
+            do {
+                let acceptorNonce = try Socket.readExactly(fd, DataPlaneHandshake.nonceBytes, deadline: deadline)
+                let connectorNonce = DataPlaneHandshake.nonce()
+                var hello = DataPlaneHandshake.magic + [DataPlaneHandshake.version]
+                withUnsafeBytes(of: generation.bigEndian) { hello += $0 }
+                withUnsafeBytes(of: UInt32(from).bigEndian) { hello += $0 }
+                withUnsafeBytes(of: UInt32(to).bigEndian) { hello += $0 }
+                hello += connectorNonce
+                hello += Array(
+                    HMAC<SHA256>.authenticationCode(
+                        for: DataPlaneListener.connectMessage(acceptorNonce, connectorNonce, generation, from, to),
+                        using: SymmetricKey(data: secret)
+                    )
+                )
+                try Socket.writeAll(fd, hello, deadline: deadline)
+                let answer = try Socket.readExactly(fd, 32, deadline: deadline)
+                let expected = DataPlaneHandshake.mac("accept", secret: secret, acceptorNonce: acceptorNonce, connectorNonce: connectorNonce, generation: generation, from: from, to: to)
+                guard answer == expected else {
+                    throw CollectiveError(.handshakeRefused, operation: "connect", peer: to, "rank \(to) did not prove this generation's secret")
+                }
+                return fd
+            } catch let error as CollectiveError {
+                Glibc.close(fd)
+                // The peer refused (e.g. it has not registered this generation yet): retry.
+                lastError = error
+                usleep(20_000)
+            }
+        }
+        throw lastError ?? CollectiveError(.deadlineExceeded, operation: "connect", peer: to, "could not connect to rank \(to) at \(address) in time")
+    }
+
+    public func abort(reason: String) {
+        self.lock.lock()
+        if self.abortReason == nil { self.abortReason = reason }
+        self.lock.unlock()
+        var one: UInt8 = 1
+        _ = Glibc.write(self.abortWriteFD, &one, 1)
+    }
+
+    public func close() {
+        for index in self.sockets.indices where self.sockets[index] >= 0 {
+            Glibc.close(self.sockets[index])
+            self.sockets[index] = -1
+        }
+    }
+
+    func abortError(_ operation: String, peer: Int?, done: Int) -> CollectiveError? {
+        self.lock.lock()
+        defer { self.lock.unlock() }
+        return self.abortReason.map { CollectiveError(.aborted, operation: operation, peer: peer, bytesDone: done, $0) }
+    }
+
+    public func exchange(
+        send: (peer: Int, bytes: UnsafeRawBufferPointer)?,
+        receive: (peer: Int, bytes: UnsafeMutableRawBufferPointer)?,
+        deadline: ContinuousClock.Instant,
+        operation: String,
+        received: (Int) throws -> Void
+    ) throws {
+        var sent = 0
+        var got = 0
+        let toSend = send?.bytes.count ?? 0
+        let toReceive = receive?.bytes.count ?? 0
+        let sendFD = send.map { self.sockets[$0.peer] } ?? -1
+        let receiveFD = receive.map { self.sockets[$0.peer] } ?? -1
+        var fds = [pollfd](repeating: pollfd(), count: 3)
+        while sent < toSend || got < toReceive {
+            if let error = self.abortError(operation, peer: receive?.peer ?? send?.peer, done: sent + got) { throw error }
+            // Try the I/O first; poll only when both directions would block.
+            var progressed = false
+            if sent < toSend {
+                let count = Glibc.send(sendFD, send!.bytes.baseAddress! + sent, toSend - sent, Int32(MSG_DONTWAIT | MSG_NOSIGNAL))
+                if count > 0 {
+                    sent += count
+                    progressed = true
+                } else if count < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR {
+                    throw CollectiveError(.peerClosed, operation: operation, peer: send!.peer, bytesDone: sent + got, "sending to rank \(send!.peer): \(String(cString: strerror(errno)))")
+                }
+            }
+            if got < toReceive {
+                let count = recv(receiveFD, receive!.bytes.baseAddress! + got, toReceive - got, Int32(MSG_DONTWAIT))
+                if count > 0 {
+                    got += count
+                    progressed = true
+                    try received(got)
+                } else if count == 0 {
+                    throw CollectiveError(.peerClosed, operation: operation, peer: receive!.peer, bytesDone: sent + got, "rank \(receive!.peer) closed its connection")
+                } else if errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR {
+                    throw CollectiveError(.peerClosed, operation: operation, peer: receive!.peer, bytesDone: sent + got, "receiving from rank \(receive!.peer): \(String(cString: strerror(errno)))")
+                }
+            }
+            if progressed { continue }
+            let remaining = deadline - ContinuousClock.now
+            if remaining <= .zero {
+                throw CollectiveError(.deadlineExceeded, operation: operation, peer: receive?.peer ?? send?.peer, bytesDone: sent + got, "the operation's deadline passed")
+            }
+            var count = 0
+            if sendFD >= 0 && sendFD == receiveFD {
+                fds[count] = pollfd(fd: sendFD, events: Int16(POLLIN | POLLOUT), revents: 0)
+                count += 1
+            } else {
+                if sent < toSend {
+                    fds[count] = pollfd(fd: sendFD, events: Int16(POLLOUT), revents: 0)
+                    count += 1
+                }
+                if got < toReceive {
+                    fds[count] = pollfd(fd: receiveFD, events: Int16(POLLIN), revents: 0)
+                    count += 1
+                }
+            }
+            fds[count] = pollfd(fd: self.abortFD, events: Int16(POLLIN), revents: 0)
+            count += 1
+            let milliseconds = Int32(min(Socket.seconds(remaining) * 1000 + 1, 1000))
+            _ = poll(&fds, nfds_t(count), milliseconds)
+        }
+    }
+}
+
+// MARK: - Sockets
+
+enum Socket {
+    static func error(_ what: String) -> CollectiveError {
+        CollectiveError(.io, operation: "socket", "\(what): \(String(cString: strerror(errno)))")
+    }
+
+    static func seconds(_ duration: Duration) -> Double {
+        Double(duration.components.seconds) + Double(duration.components.attoseconds) / 1e18
+    }
+
+    static func address(host: String, port: Int) throws -> sockaddr_in {
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_port = in_port_t(UInt16(port).bigEndian)
+        let resolved = host == "localhost" ? "127.0.0.1" : host
+        guard inet_pton(AF_INET, resolved, &address.sin_addr) == 1 else {
+            throw CollectiveError(.invalidArgument, operation: "socket", "\"\(host)\" is not an IPv4 address")
+        }
+        return address
+    }
+
+    /// TCP_NODELAY and 4 MiB socket buffers.
+    static func tune(_ fd: Int32) {
+        var one: Int32 = 1
+        setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
+        var size: Int32 = 4 << 20
+        setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &size, socklen_t(MemoryLayout<Int32>.size))
+        setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &size, socklen_t(MemoryLayout<Int32>.size))
+    }
+
+    static func writeAll(_ fd: Int32, _ bytes: [UInt8], deadline: ContinuousClock.Instant) throws {
+        var done = 0
+        while done < bytes.count {
+            let count = bytes.withUnsafeBytes { Glibc.send(fd, $0.baseAddress! + done, bytes.count - done, Int32(MSG_DONTWAIT | MSG_NOSIGNAL)) }
+            if count > 0 { done += count; continue }
+            if count < 0 && errno != EAGAIN && errno != EINTR {
+                throw CollectiveError(.handshakeRefused, operation: "handshake", "the peer closed the connection")
+            }
+            try self.wait(fd, events: Int16(POLLOUT), deadline: deadline)
+        }
+    }
+
+    static func readExactly(_ fd: Int32, _ count: Int, deadline: ContinuousClock.Instant) throws -> [UInt8] {
+        var bytes = [UInt8](repeating: 0, count: count)
+        var done = 0
+        while done < count {
+            let n = bytes.withUnsafeMutableBytes { recv(fd, $0.baseAddress! + done, count - done, Int32(MSG_DONTWAIT)) }
+            if n > 0 { done += n; continue }
+            if n == 0 || (errno != EAGAIN && errno != EINTR) {
+                throw CollectiveError(.handshakeRefused, operation: "handshake", "the peer closed the connection during the handshake")
+            }
+            try self.wait(fd, events: Int16(POLLIN), deadline: deadline)
+        }
+        return bytes
+    }
+
+    static func wait(_ fd: Int32, events: Int16, deadline: ContinuousClock.Instant) throws {
+        let remaining = deadline - ContinuousClock.now
+        guard remaining > .zero else {
+            throw CollectiveError(.deadlineExceeded, operation: "handshake", "the handshake took too long")
+        }
+        var descriptor = pollfd(fd: fd, events: events, revents: 0)
+        _ = poll(&descriptor, 1, Int32(min(self.seconds(remaining) * 1000 + 1, 1000)))
+    }
+}

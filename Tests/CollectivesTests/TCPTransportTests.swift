@@ -1,0 +1,178 @@
+import Crypto
+import Foundation
+import Synchronization
+import Testing
+
+@testable import Collectives
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Real loopback TCP: every rank has its own data-plane listener and connections.
+@Suite("All-reduce over loopback TCP", .timeLimit(.minutes(3)))
+struct TCPTransportTests {
+    static let secret = Array(SHA256.hash(data: Array("test generation secret".utf8)))
+
+    /// Listeners for `worldSize` ranks and their addresses.
+    static func listeners(_ worldSize: Int) throws -> ([DataPlaneListener], [String]) {
+        let listeners = try (0..<worldSize).map { _ in try DataPlaneListener(host: "127.0.0.1", port: 0) }
+        return (listeners, listeners.map { "127.0.0.1:\($0.port)" })
+    }
+
+    static func run(
+        worldSize: Int,
+        counts: [Int],
+        type: DataType,
+        operation: ReduceOperation = .sum,
+        generation: UInt64 = 1
+    ) throws -> [[[Float]]] {
+        let (listeners, addresses) = try Self.listeners(worldSize)
+        defer { for listener in listeners { listener.close() } }
+        let results = Mutex<[[[Float]]]>(Array(repeating: [], count: worldSize))
+        try runRanks(worldSize) { rank in
+            let transport = try TCPTransport.establish(
+                rank: rank,
+                addresses: addresses,
+                generation: generation,
+                secret: Self.secret,
+                listener: listeners[rank],
+                timeout: .seconds(20)
+            )
+            defer { transport.close() }
+            let communicator = Communicator(transport: transport)
+            var mine: [[Float]] = []
+            for count in counts {
+                var bytes = encode(input(rank: rank, count: count), as: type)
+                try bytes.withUnsafeMutableBytes { try communicator.allReduce($0, count: count, type: type, operation: operation, timeout: .seconds(30)) }
+                mine.append(decode(bytes, as: type))
+            }
+            results.withLock { $0[rank] = mine }
+        }
+        return results.withLock { $0 }
+    }
+
+    @Test(arguments: 1...8)
+    func float32Sums_areExact(worldSize: Int) throws {
+        let counts = [0, 1, 13, 1009, 65_537]
+        let results = try Self.run(worldSize: worldSize, counts: counts, type: .float32)
+        for (index, count) in counts.enumerated() {
+            let reference = referenceSum(worldSize: worldSize, count: count)
+            for rank in 0..<worldSize {
+                #expect(results[rank][index] == reference, "world \(worldSize), \(count) elements, rank \(rank)")
+            }
+        }
+    }
+
+    @Test(arguments: [2, 4])
+    func oneMebiElement_andHalfTypes(worldSize: Int) throws {
+        let count = 1 << 20
+        let reference = referenceSum(worldSize: worldSize, count: count)
+        #expect(try Self.run(worldSize: worldSize, counts: [count], type: .float32).allSatisfy { $0[0] == reference })
+        for type in [DataType.float16, .bfloat16] {
+            let results = try Self.run(worldSize: worldSize, counts: [4099], type: type, operation: .average)
+            let expected = referenceSum(worldSize: worldSize, count: 4099).map { $0 / Float(worldSize) }
+            for result in results {
+                let worst = zip(result[0], expected).map { abs($0 - $1) / max(1, abs($1)) }.max() ?? 0
+                #expect(worst <= (type == .float16 ? 0.001 : 0.004 * Float(worldSize)), "\(type): \(worst)")
+            }
+        }
+    }
+
+    @Test func aStrangerWithTheWrongSecret_isRefused_withoutDisturbingTheJob() throws {
+        let (listeners, addresses) = try Self.listeners(2)
+        defer { for listener in listeners { listener.close() } }
+        let results = Mutex<[[Float]]>([[], []])
+        let started = DispatchSemaphore(value: 0)
+        let stranger = Thread {
+            started.wait()
+            // Knows the port, the generation and the protocol, but not the secret.
+            _ = try? TCPTransport.dial(addresses[0], from: 1, to: 0, generation: 1, secret: Array(repeating: 7, count: 32), deadline: .now + .milliseconds(300))
+            // And one that speaks no protocol at all.
+            let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+            var address = try! Socket.address(host: "127.0.0.1", port: listeners[0].port)
+            _ = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+            _ = Glibc.send(fd, "GET / HTTP/1.1\r\n\r\n", 18, Int32(MSG_NOSIGNAL))
+            Glibc.close(fd)
+        }
+        stranger.start()
+        try runRanks(2) { rank in
+            let transport = try TCPTransport.establish(rank: rank, addresses: addresses, generation: 1, secret: Self.secret, listener: listeners[rank])
+            let communicator = Communicator(transport: transport)
+            if rank == 0 { started.signal() }
+            var bytes = input(rank: rank, count: 100_000)
+            for _ in 0..<20 {
+                bytes = input(rank: rank, count: 100_000)
+                try bytes.withUnsafeMutableBytes { try communicator.allReduce($0, count: 100_000, type: .float32) }
+                usleep(10_000)
+            }
+            results.withLock { $0[rank] = bytes }
+        }
+        let reference = referenceSum(worldSize: 2, count: 100_000)
+        #expect(results.withLock { $0 }.allSatisfy { $0 == reference }, "the job's results are untouched")
+        let deadline = ContinuousClock.now + .seconds(10)
+        while listeners[0].refused < 2 && ContinuousClock.now < deadline { usleep(10_000) }
+        #expect(listeners[0].refused >= 2, "both strangers were refused")
+        #expect(listeners[0].lastRefusal != nil)
+    }
+
+    @Test func abortFromAnotherThread_failsABlockedTCPOperation_within100ms() throws {
+        let (listeners, addresses) = try Self.listeners(2)
+        defer { for listener in listeners { listener.close() } }
+        let transports = Mutex<[TCPTransport?]>([nil, nil])
+        try runRanks(2) { rank in
+            let transport = try TCPTransport.establish(rank: rank, addresses: addresses, generation: 1, secret: Self.secret, listener: listeners[rank])
+            transports.withLock { $0[rank] = transport }
+        }
+        let rank0 = transports.withLock { $0[0]! }
+        let communicator = Communicator(transport: rank0)
+        let outcome = Mutex<CollectiveError?>(nil)
+        let done = DispatchSemaphore(value: 0)
+        let thread = Thread {
+            var bytes = [Float](repeating: 1, count: 1 << 20)
+            do {
+                try bytes.withUnsafeMutableBytes { try communicator.allReduce($0, count: 1 << 20, type: .float32, timeout: .seconds(30)) }
+            } catch let error as CollectiveError {
+                outcome.withLock { $0 = error }
+            } catch {}
+            done.signal()
+        }
+        thread.start()
+        usleep(100_000)  // rank 1 never takes part: rank 0 is blocked
+        let aborted = ContinuousClock.now
+        communicator.abort(reason: "generation 1 ended")
+        #expect(done.wait(timeout: .now() + 5) == .success)
+        #expect(ContinuousClock.now - aborted < .milliseconds(100))
+        let error = outcome.withLock { $0 }
+        #expect(error?.code == .aborted && error?.peer == 1 && error?.message == "generation 1 ended")
+    }
+
+    @Test func aPeerThatCloses_failsTheOperationAtOnce_namingIt() throws {
+        let (listeners, addresses) = try Self.listeners(3)
+        defer { for listener in listeners { listener.close() } }
+        let errors = Mutex<[Int: CollectiveError]>([:])
+        let start = ContinuousClock.now
+        try runRanks(3) { rank in
+            let transport = try TCPTransport.establish(rank: rank, addresses: addresses, generation: 1, secret: Self.secret, listener: listeners[rank])
+            let communicator = Communicator(transport: transport)
+            if rank == 2 {
+                transport.close()  // as a killed process's sockets close
+                return
+            }
+            var bytes = [Float](repeating: 1, count: 1 << 20)
+            do {
+                try bytes.withUnsafeMutableBytes { try communicator.allReduce($0, count: 1 << 20, type: .float32, timeout: .seconds(30)) }
+            } catch let error as CollectiveError {
+                errors.withLock { $0[rank] = error }
+            }
+        }
+        #expect(ContinuousClock.now - start < .seconds(5), "failed at once, not at the 30 s deadline")
+        let failures = errors.withLock { $0 }
+        #expect(failures.count == 2)
+        for (rank, error) in failures {
+            #expect(error.code == .peerClosed || error.code == .aborted, "rank \(rank): \(error)")
+            #expect(error.peer != nil)
+        }
+        #expect(failures.values.contains { $0.peer == 2 }, "the closed rank is named")
+    }
+}
