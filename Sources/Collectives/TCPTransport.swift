@@ -391,7 +391,10 @@ public final class TCPTransport: Transport, @unchecked Sendable {
             }
             var count = 0
             if sendFD >= 0 && sendFD == receiveFD {
-                fds[count] = pollfd(fd: sendFD, events: Int16(POLLIN | POLLOUT), revents: 0)
+                // One socket both ways: wait only for the directions still pending (a writable
+                // socket with nothing left to send would wake poll at once, a busy spin).
+                let events = (sent < toSend ? POLLOUT : 0) | (got < toReceive ? POLLIN : 0)
+                fds[count] = pollfd(fd: sendFD, events: Int16(events), revents: 0)
                 count += 1
             } else {
                 if sent < toSend {
