@@ -16,6 +16,7 @@
 /// Every rank computes each element from the same operands in the same order (IEEE addition is
 /// commutative), so all ranks end with identical bits. The choice between the algorithms is by
 /// message size (`smallMessageBytes`), measured on the 2-core machine and overridable.
+/// Messages with fewer elements than ranks always use recursive doubling.
 ///
 /// Scratch space is kept between calls and only grows, so steady-state calls do not allocate.
 /// A communicator serves one operation at a time; `abort` may be called from any thread.
@@ -46,10 +47,12 @@ public final class Communicator: @unchecked Sendable {
     /// Ranks in the communicator.
     public var worldSize: Int { self.transport.worldSize }
 
-    /// Makes a communicator over `transport`.
-    public init(transport: any Transport, smallMessageBytes: Int = 64 * 1024) {
+    /// Makes a communicator over `transport`. `smallMessageBytes` defaults to the crossover
+    /// measured over loopback TCP on the 2-core machine (bench/README.md): recursive doubling (a
+    /// direct swap) beats the ring up to 1 MiB with 2 ranks, and up to 256 KiB with 4.
+    public init(transport: any Transport, smallMessageBytes: Int? = nil) {
         self.transport = transport
-        self.smallMessageBytes = smallMessageBytes
+        self.smallMessageBytes = smallMessageBytes ?? (transport.worldSize == 2 ? 1 << 20 : 256 << 10)
     }
 
     deinit {
