@@ -2,6 +2,10 @@ import ControlPlane
 import Foundation
 import NIOConcurrencyHelpers
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// A child process whose output is captured line by line (standard output and standard error
 /// into one `LineLog`), so that a caller can wait for a line with a deadline instead of sleeping,
 /// and read everything it printed afterwards.
@@ -47,10 +51,17 @@ public final class ChildProcess: Sendable {
         process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
         let out = Pipe()
         let err = Pipe()
+        // Close-on-exec for our ends, so that a process another thread spawns meanwhile does not
+        // inherit them (an inherited write end would hold the pipe open after this child exits).
+        for handle in [out.fileHandleForReading, out.fileHandleForWriting, err.fileHandleForReading, err.fileHandleForWriting] {
+            _ = fcntl(handle.fileDescriptor, F_SETFD, FD_CLOEXEC)
+        }
         process.standardOutput = out
         process.standardError = err
         if standardInput {
             let pipe = Pipe()
+            _ = fcntl(pipe.fileHandleForReading.fileDescriptor, F_SETFD, FD_CLOEXEC)
+            _ = fcntl(pipe.fileHandleForWriting.fileDescriptor, F_SETFD, FD_CLOEXEC)
             process.standardInput = pipe
             self.input = pipe.fileHandleForWriting
         } else {
@@ -149,6 +160,12 @@ public final class ChildProcess: Sendable {
 
     func finished(status: Int32) {
         self.update { $0.status = status }
+        // Should another process still hold a write end of the pipes, the output cannot end by
+        // itself: give it a second to drain, then count the process as ended anyway.
+        Task { [weak self] in
+            try? await Task.sleep(for: .seconds(1))
+            self?.update { $0.pipesAtEOF = max($0.pipesAtEOF, 2) }
+        }
     }
 
     func update(_ change: (inout ExitState) -> Void) {

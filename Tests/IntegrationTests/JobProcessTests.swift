@@ -146,7 +146,14 @@ struct JobProcessTests {
         ]
         for (arguments, message) in cases {
             let process = try ChildProcess(name: arguments.joined(separator: " "), executable: cluster.executable, arguments: arguments + identity)
-            let status = try await process.waitForExit(within: 30)
+            let status: Int32
+            do {
+                status = try await process.waitForExit(within: 30)
+            } catch {
+                process.signal(SIGKILL)
+                Issue.record("\(arguments) did not exit: \(error); it printed: \(process.output.lines)")
+                continue
+            }
             #expect(status != 0, "\(arguments) succeeded")
             #expect(process.output.lines.contains { $0.contains(message) }, "\(arguments): \(process.output.lines)")
         }
