@@ -120,21 +120,13 @@ public final class Communicator: @unchecked Sendable {
         for step in 0..<(n - 1) {
             let sendRange = Self.segment((rank - step + n) % n, of: n, count: count)
             let receiveRange = Self.segment((rank - step - 1 + 2 * n) % n, of: n, count: count)
-            let destination = base + receiveRange.lowerBound * size
-            var reduced = 0
+            var adder = ArrivalAdder(scratch: scratch, destination: base + receiveRange.lowerBound * size, type: type)
             try self.transport.exchange(
                 send: (right, UnsafeRawBufferPointer(start: base + sendRange.lowerBound * size, count: sendRange.count * size)),
                 receive: (left, UnsafeMutableRawBufferPointer(start: scratch, count: receiveRange.count * size)),
                 deadline: deadline,
                 operation: "allReduce",
-                received: { bytes in
-                    // Add in every element that has fully arrived, while the rest is in flight.
-                    let complete = bytes / size
-                    if complete > reduced {
-                        Reduction.add(scratch + reduced * size, into: destination + reduced * size, count: complete - reduced, type: type)
-                        reduced = complete
-                    }
-                }
+                received: { adder.received($0) }
             )
         }
         // All-gather: pass the finished segments around; they land in place.
@@ -174,20 +166,13 @@ public final class Communicator: @unchecked Sendable {
         var mask = 1
         while mask < powerOfTwo {
             let partner = rank ^ mask
-            var reduced = 0
-            let size = type.size
+            var adder = ArrivalAdder(scratch: scratch, destination: base, type: type)
             try self.transport.exchange(
                 send: (partner, UnsafeRawBufferPointer(whole)),
                 receive: (partner, UnsafeMutableRawBufferPointer(start: scratch, count: bytes)),
                 deadline: deadline,
                 operation: "allReduce",
-                received: { received in
-                    let complete = received / size
-                    if complete > reduced {
-                        Reduction.add(scratch + reduced * size, into: base + reduced * size, count: complete - reduced, type: type)
-                        reduced = complete
-                    }
-                }
+                received: { adder.received($0) }
             )
             mask *= 2
         }
@@ -204,21 +189,31 @@ public final class Communicator: @unchecked Sendable {
         type: DataType,
         deadline: ContinuousClock.Instant
     ) throws {
-        var reduced = 0
-        let size = type.size
+        var adder = ArrivalAdder(scratch: scratch, destination: base, type: type)
         try self.transport.exchange(
             send: nil,
-            receive: (peer, UnsafeMutableRawBufferPointer(start: scratch, count: count * size)),
+            receive: (peer, UnsafeMutableRawBufferPointer(start: scratch, count: count * type.size)),
             deadline: deadline,
             operation: "allReduce",
-            received: { received in
-                let complete = received / size
-                if complete > reduced {
-                    Reduction.add(scratch + reduced * size, into: base + reduced * size, count: complete - reduced, type: type)
-                    reduced = complete
-                }
-            }
+            received: { adder.received($0) }
         )
+    }
+
+    /// Adds received elements into the destination as they arrive (the transport reports bytes
+    /// received so far), so reduction overlaps the rest of the transfer.
+    struct ArrivalAdder {
+        let scratch: UnsafeMutableRawPointer
+        let destination: UnsafeMutableRawPointer
+        let type: DataType
+        var added = 0
+
+        mutating func received(_ bytes: Int) {
+            let complete = bytes / self.type.size
+            guard complete > self.added else { return }
+            let offset = self.added * self.type.size
+            Reduction.add(self.scratch + offset, into: self.destination + offset, count: complete - self.added, type: self.type)
+            self.added = complete
+        }
     }
 
     // MARK: - Broadcast, barrier, all-gather

@@ -76,14 +76,7 @@ struct AgentCommand: AsyncParsableCommand {
         func run() async throws {
             let logger = self.options.logging.bootstrap(label: "ringmaster.agent")
             let service = try self.options.makeService(logger: logger)
-            let group = ServiceGroup(
-                configuration: .init(
-                    services: [.init(service: service)],
-                    gracefulShutdownSignals: [.sigterm, .sigint],
-                    logger: logger
-                )
-            )
-            try await group.run()
+            try await runUntilSignalled(service, logger: logger)
         }
     }
 

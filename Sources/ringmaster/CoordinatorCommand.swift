@@ -78,13 +78,6 @@ struct CoordinatorCommand: AsyncParsableCommand {
             // The one line on standard output: scripts and tests read the bound port from it.
             FileHandle.standardOutput.write(Data("listening \(ControlAddress(host: host, port: port))\n".utf8))
         })
-        let group = ServiceGroup(
-            configuration: .init(
-                services: [.init(service: service)],
-                gracefulShutdownSignals: [.sigterm, .sigint],
-                logger: logger
-            )
-        )
-        try await group.run()
+        try await runUntilSignalled(service, logger: logger)
     }
 }

@@ -3,6 +3,7 @@ import ControlPlane
 import Foundation
 import Logging
 import RingmasterSecurity
+import ServiceLifecycle
 
 // MARK: - Shared options
 
@@ -50,6 +51,20 @@ struct OperatorOptions: ParsableArguments {
         }
         return try await ControlClient(address: address, credentials: credentials).withConnection(body)
     }
+}
+
+// MARK: - Services
+
+/// Runs a long-lived service until SIGTERM or SIGINT asks it to shut down gracefully.
+func runUntilSignalled(_ service: some Service, logger: Logger) async throws {
+    let group = ServiceGroup(
+        configuration: .init(
+            services: [.init(service: service)],
+            gracefulShutdownSignals: [.sigterm, .sigint],
+            logger: logger
+        )
+    )
+    try await group.run()
 }
 
 // MARK: - Durations
