@@ -98,6 +98,7 @@ let package = Package(
         .target(
             name: "Agent",
             dependencies: [
+                "Collectives",
                 "RingmasterWire",
                 "RingmasterSecurity",
                 "ControlPlane",

@@ -22,6 +22,9 @@ public struct AgentConfiguration: Sendable {
     public var caPin: CAPin?
     /// Addresses the agent's data plane listens on, announced to the coordinator.
     public var dataPlaneAddresses: [String] = []
+    /// Where to open the data-plane listener (`host:port`, port 0 picks one); nil: no data plane.
+    /// Its address is announced unless `dataPlaneAddresses` is given.
+    public var dataPlaneListen: String?
     /// GPUs on this host.
     public var gpus: UInt32 = 0
     /// First delay before reconnecting after the control connection drops.
@@ -44,6 +47,7 @@ public final class AgentService: Service, Sendable {
     let configuration: AgentConfiguration
     let logger: Logger
     let now: @Sendable () -> Date
+    let dataPlane = Mutex<DataPlane?>(nil)
 
     /// Makes the service; starts nothing.
     public init(configuration: AgentConfiguration, logger: Logger, now: @escaping @Sendable () -> Date = { Date() }) {
@@ -159,6 +163,13 @@ public final class AgentService: Service, Sendable {
     /// Joins if needed, then keeps a session with the coordinator until graceful shutdown.
     public func run() async throws {
         let initial = try await self.credentials()
+        if let listen = self.configuration.dataPlaneListen {
+            let address = try ControlAddress(parsing: listen)
+            let plane = try DataPlane(host: address.host, port: address.port, logger: self.logger)
+            self.dataPlane.withLock { $0 = plane }
+            self.logger.info("data plane listening", metadata: ["address": "\(plane.address)"])
+        }
+        defer { self.dataPlane.withLock { $0 }?.close() }
         do {
             try await self.keepSession(initial)
         } catch is CancellationError {
@@ -192,6 +203,12 @@ public final class AgentService: Service, Sendable {
                 delay = min(delay * 2, self.configuration.reconnectMaximumDelaySeconds)
             }
         }
+    }
+
+    /// The data-plane addresses announced in hello: the configured ones, or the listener's.
+    var announcedDataPlaneAddresses: [String] {
+        if !self.configuration.dataPlaneAddresses.isEmpty { return self.configuration.dataPlaneAddresses }
+        return self.dataPlane.withLock { $0 }.map { [$0.address] } ?? []
     }
 
     /// How a session ended.
@@ -230,7 +247,7 @@ public final class AgentService: Service, Sendable {
                 hello.agentHello = .with {
                     $0.agentVersion = RingmasterVersion.current
                     $0.gpus = self.configuration.gpus
-                    $0.dataPlaneAddresses = self.configuration.dataPlaneAddresses
+                    $0.dataPlaneAddresses = self.announcedDataPlaneAddresses
                 }
                 let reply = try await session.request(hello)
                 guard case .helloReply(let helloReply) = reply.body else {
@@ -270,6 +287,7 @@ public final class AgentService: Service, Sendable {
                 progress.state.withLock { $0.lastAck = .now }
             case .assignment(let assignment):
                 progress.state.withLock { $0.assignment = assignment }
+                self.dataPlane.withLock { $0 }?.join(assignment)
                 self.logger.info(
                     "holding an assignment",
                     metadata: [
@@ -284,6 +302,7 @@ public final class AgentService: Service, Sendable {
                     state.assignment = nil
                     return true
                 }
+                self.dataPlane.withLock { $0 }?.abort(job: abort.jobID, generation: abort.generation, reason: abort.reason)
                 if dropped {
                     self.logger.info(
                         "aborted a generation",

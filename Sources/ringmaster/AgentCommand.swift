@@ -30,8 +30,11 @@ struct AgentCommand: AsyncParsableCommand {
         @Option(help: "CA pin printed with the token (sha256:...), or set RINGMASTER_CA_PIN.")
         var caPin: String?
 
-        @Option(help: "Data-plane address to announce (repeatable).")
+        @Option(help: "Data-plane address to announce (repeatable; default: the listener's).")
         var dataPlaneAddress: [String] = []
+
+        @Option(help: "Open the data-plane listener at HOST:PORT (port 0 picks one).")
+        var dataPlaneListen: String?
 
         @OptionGroup var logging: LoggingOptions
 
@@ -56,6 +59,7 @@ struct AgentCommand: AsyncParsableCommand {
                 configuration.caPin = try CAPin(parsing: pin)
             }
             configuration.dataPlaneAddresses = self.dataPlaneAddress
+            configuration.dataPlaneListen = self.dataPlaneListen
             return AgentService(configuration: configuration, logger: logger)
         }
 

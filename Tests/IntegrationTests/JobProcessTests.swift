@@ -59,6 +59,12 @@ struct JobProcessTests {
         for agent in agents.values {
             try await agent.waitForLine(within: 10, "its assignment") { $0.contains("holding an assignment") && $0.contains("generation=1") }
         }
+        // Each agent connects the generation's data plane (HMAC-proved, all pairs) and meets at a barrier.
+        for agent in agents.values {
+            try await agent.waitForLine(within: 20, "generation 1's data plane") {
+                $0.contains("data plane ready") && $0.contains("generation=1 ") && $0.contains("world_size=3")
+            }
+        }
         let first = try await self.status(cluster)
         #expect(first["phase"] as? String == "running")
         #expect((first["members"] as? [[String: Any]])?.compactMap { $0["node"] as? String } == ["node-a", "node-b", "node-c"])
@@ -69,6 +75,11 @@ struct JobProcessTests {
         try await coordinator.waitForLine(within: 3, "generation 2 with 2 nodes", where: Self.generation(2, worldSize: 2))
         let recovery = self.seconds(since: killed)
         #expect(recovery <= 3.0, "lease (2 s) + 1 s")
+        for name in ["node-a", "node-c"] {
+            try await agents[name]!.waitForLine(within: 20, "generation 2's data plane without node-b") {
+                $0.contains("data plane ready") && $0.contains("generation=2 ") && $0.contains("world_size=2")
+            }
+        }
         let second = try await self.status(cluster)
         #expect((second["members"] as? [[String: Any]])?.compactMap { $0["node"] as? String } == ["node-a", "node-c"])
         #expect(second["last_cause"] as? String == "disconnected")

@@ -76,7 +76,10 @@ final class ProcessCluster: Sendable {
     }
 
     func startAgent(_ name: String, token: (token: String, pin: String)?) throws -> ChildProcess {
-        var arguments = ["agent", "--coordinator", self.address, "--data-dir", "\(self.directory.path)/\(name)", "--name", name]
+        var arguments = [
+            "agent", "--coordinator", self.address, "--data-dir", "\(self.directory.path)/\(name)", "--name", name,
+            "--data-plane-listen", "127.0.0.1:0",
+        ]
         var environment: [String: String] = [:]
         if let token {
             arguments += ["--ca-pin", token.pin]
