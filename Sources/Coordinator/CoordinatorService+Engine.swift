@@ -37,8 +37,20 @@ extension CoordinatorService {
         }
     }
 
-    /// Carries out actions in order. Runs under the engine lock: nothing here may block for long.
+    /// Carries out actions. Runs under the engine lock: nothing here may block for long.
+    ///
+    /// Durable records are written first, before any push or log line of the same event: what an
+    /// agent has been told (a generation, a cursor) is on disk before it can hear it, so a crash
+    /// never makes a restarted coordinator reissue a generation number or move a cursor back.
     func perform(_ actions: [CoordinatorMachine.Action], engine: inout Engine, logger: Logger) {
+        for case .persist(let job) in actions {
+            guard let record = engine.machine.record(job: job) else { continue }
+            do {
+                try self.store.save(job: record)
+            } catch {
+                logger.error("could not persist a job", metadata: [LogKey.job: "\(job)", LogKey.error: "\(error)"])
+            }
+        }
         for action in actions {
             switch action {
             case .assign(let node, let assignment):
@@ -88,13 +100,8 @@ extension CoordinatorService {
                 logger.warning("lease expired", metadata: [LogKey.node: "\(node)"])
                 // Close its connection: if it is alive it reconnects and says hello anew.
                 engine.sessions.removeValue(forKey: node)?.channel.close(promise: nil)
-            case .persist(let job):
-                guard let record = engine.machine.record(job: job) else { continue }
-                do {
-                    try self.store.save(job: record)
-                } catch {
-                    logger.error("could not persist a job", metadata: [LogKey.job: "\(job)", LogKey.error: "\(error)"])
-                }
+            case .persist:
+                continue  // written above, before anything else
             }
         }
         self.metrics.record(nodeCounts: engine.machine.nodeCounts)
