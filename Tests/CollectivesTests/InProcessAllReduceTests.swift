@@ -136,8 +136,8 @@ struct InProcessCollectiveTests {
             done.signal()
         }
         thread.start()
-        // Rank 1 never joins; abort rank 0 from this thread after it has blocked.
-        usleep(50_000)
+        // Rank 1 never joins, so rank 0 stays blocked: its operation must not end by itself.
+        #expect(done.wait(timeout: .now() + .milliseconds(100)) == .timedOut, "rank 0 is blocked waiting for rank 1")
         let aborted = ContinuousClock.now
         communicator.abort(reason: "the generation ended")
         #expect(done.wait(timeout: .now() + 5) == .success, "the aborted rank returned")

@@ -96,22 +96,27 @@ struct TCPTransportTests {
             Glibc.close(fd)
         }
         stranger.start()
+        let reference = referenceSum(worldSize: 2, count: 100_000)
         try runRanks(2) { rank in
             let transport = try TCPTransport.establish(rank: rank, addresses: addresses, generation: 1, secret: Self.secret, listener: listeners[rank])
             let communicator = Communicator(transport: transport)
             if rank == 0 { started.signal() }
-            var bytes = input(rank: rank, count: 100_000)
-            for _ in 0..<20 {
-                bytes = input(rank: rank, count: 100_000)
+            // The job keeps all-reducing until rank 0 has seen both strangers refused (at most
+            // 10 s); rank 0 broadcasts whether to go on, so both ranks stop together.
+            let deadline = ContinuousClock.now + .seconds(10)
+            var rounds = 0
+            while true {
+                var goOn: Int32 = rank == 0 && (listeners[0].refused < 2 && ContinuousClock.now < deadline) ? 1 : 0
+                try withUnsafeMutableBytes(of: &goOn) { try communicator.broadcast($0, root: 0) }
+                if goOn == 0 && rounds > 0 { break }
+                var bytes = input(rank: rank, count: 100_000)
                 try bytes.withUnsafeMutableBytes { try communicator.allReduce($0, count: 100_000, type: .float32) }
-                usleep(10_000)
+                #expect(bytes == reference, "round \(rounds) on rank \(rank)")
+                rounds += 1
+                results.withLock { $0[rank] = bytes }
             }
-            results.withLock { $0[rank] = bytes }
         }
-        let reference = referenceSum(worldSize: 2, count: 100_000)
         #expect(results.withLock { $0 }.allSatisfy { $0 == reference }, "the job's results are untouched")
-        let deadline = ContinuousClock.now + .seconds(10)
-        while listeners[0].refused < 2 && ContinuousClock.now < deadline { usleep(10_000) }
         #expect(listeners[0].refused >= 2, "both strangers were refused")
         #expect(listeners[0].lastRefusal != nil)
     }
@@ -138,7 +143,8 @@ struct TCPTransportTests {
             done.signal()
         }
         thread.start()
-        usleep(100_000)  // rank 1 never takes part: rank 0 is blocked
+        // Rank 1 never takes part, so rank 0 stays blocked: its operation must not end by itself.
+        #expect(done.wait(timeout: .now() + .milliseconds(100)) == .timedOut, "rank 0 is blocked waiting for rank 1")
         let aborted = ContinuousClock.now
         communicator.abort(reason: "generation 1 ended")
         #expect(done.wait(timeout: .now() + 5) == .success)
