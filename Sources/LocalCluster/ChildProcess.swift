@@ -69,12 +69,24 @@ public final class ChildProcess: Sendable {
             self.input = nil
         }
         self.process = process
+        // Each pipe is read by a thread of its own with blocking reads, not by a readability
+        // handler: those are dispatch sources, and a FileHandle closed while its source is still
+        // registered can crash libdispatch's event loop. The thread keeps its pipe alive until EOF.
         for (pipe, isStdout) in [(out, true), (err, false)] {
-            pipe.fileHandleForReading.readabilityHandler = { [weak self] handle in
-                let data = handle.availableData
-                if data.isEmpty { handle.readabilityHandler = nil }
-                self?.consume(data, isStdout: isStdout)
+            let reader = Thread { [weak self] in
+                let fd = pipe.fileHandleForReading.fileDescriptor
+                var buffer = [UInt8](repeating: 0, count: 64 * 1024)
+                while true {
+                    let count = buffer.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress!, $0.count) }
+                    if count < 0 && errno == EINTR { continue }
+                    if count <= 0 { break }
+                    self?.consume(Data(buffer[0..<count]), isStdout: isStdout)
+                }
+                self?.consume(Data(), isStdout: isStdout)
+                withExtendedLifetime(pipe) {}
             }
+            reader.name = "ringmaster-child-output"
+            reader.start()
         }
         process.terminationHandler = { [weak self] process in
             self?.finished(status: process.terminationStatus)
