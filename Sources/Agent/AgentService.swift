@@ -48,6 +48,7 @@ public final class AgentService: Service, Sendable {
     let logger: Logger
     let now: @Sendable () -> Date
     let dataPlane = Mutex<DataPlane?>(nil)
+    let leaving = Mutex(false)
 
     /// Makes the service; starts nothing.
     public init(configuration: AgentConfiguration, logger: Logger, now: @escaping @Sendable () -> Date = { Date() }) {
@@ -180,10 +181,12 @@ public final class AgentService: Service, Sendable {
 
     /// Holds a session with the coordinator, reconnecting with backoff, until cancelled.
     func keepSession(_ initial: Credentials) async throws {
-        try await cancelWhenGracefulShutdown {
+        // Graceful shutdown (SIGTERM, preemption) does not cancel the session: it marks the agent
+        // as leaving, and the session tells the coordinator before it closes (see `heartbeat`).
+        try await withGracefulShutdownHandler {
             var credentials = initial
             var delay = self.configuration.reconnectInitialDelaySeconds
-            while !Task.isCancelled {
+            while !Task.isCancelled && !self.isLeaving {
                 guard credentials.certificate.notValidAfter > self.now() else {
                     throw AgentError(
                         .certificateExpired,
@@ -193,7 +196,7 @@ public final class AgentService: Service, Sendable {
                 let end = await self.session(credentials: credentials)
                 if let renewed = end.credentials { credentials = renewed }
                 if end.connected { delay = self.configuration.reconnectInitialDelaySeconds }
-                if Task.isCancelled { break }
+                if Task.isCancelled || self.isLeaving { break }
                 self.logger.warning(
                     "control session ended; reconnecting",
                     metadata: [LogKey.reason: "\(end.reason)", "retry_in_seconds": "\(delay)"]
@@ -202,8 +205,14 @@ public final class AgentService: Service, Sendable {
                 try await Task.sleep(for: .milliseconds(Int(jittered * 1000)))
                 delay = min(delay * 2, self.configuration.reconnectMaximumDelaySeconds)
             }
+        } onGracefulShutdown: {
+            self.leaving.withLock { $0 = true }
+            self.logger.notice("shutting down: leaving the job, then stopping")
         }
     }
+
+    /// Whether graceful shutdown has begun.
+    var isLeaving: Bool { self.leaving.withLock { $0 } }
 
     /// The data-plane addresses announced in hello: the configured ones, or the listener's.
     var announcedDataPlaneAddresses: [String] {
@@ -354,6 +363,21 @@ public final class AgentService: Service, Sendable {
             let (lastAck, held, current, renewing) = progress.state.withLock {
                 ($0.lastAck, $0.assignment, $0.credentials ?? credentials, $0.pendingRenewal != nil)
             }
+            if self.isLeaving {
+                // Tell the coordinator before the connection closes, so that the job moves on to
+                // its next generation at once, with the cause "left" rather than a lost node.
+                if let held {
+                    var leave = Envelope()
+                    leave.leave = .with {
+                        $0.jobID = held.jobID
+                        $0.generation = held.generation
+                        $0.reason = "the agent is shutting down"
+                    }
+                    try await session.send(leave)
+                    self.logger.notice("left the job", metadata: [LogKey.job: "\(held.jobID)", LogKey.generation: "\(held.generation)"])
+                }
+                throw AgentError(.leaving, "the agent is shutting down")
+            }
             guard ContinuousClock.now - lastAck <= lease + interval else {
                 throw AgentError(.protocolViolation, "the coordinator has not acknowledged a heartbeat for \(ContinuousClock.now - lastAck)")
             }
@@ -392,6 +416,8 @@ public struct AgentError: Error, Sendable, CustomStringConvertible {
         case protocolViolation
         /// The stored certificate expired and no token was given to join again.
         case certificateExpired
+        /// The agent is shutting down.
+        case leaving
     }
 
     /// The stable code.

@@ -129,6 +129,33 @@ struct JobProcessTests {
         }
     }
 
+    @Test func sigtermOnAnAgent_leavesTheJobCleanly_andItGoesOnWithTheOthers() async throws {
+        let cluster = try await ProcessCluster()
+        var agents: [String: ChildProcess] = [:]
+        for name in ["node-a", "node-b"] {
+            agents[name] = try cluster.startAgent(name, token: try await cluster.createToken())
+        }
+        defer {
+            for process in agents.values { process.signal(SIGKILL) }
+            cluster.coordinator.value.signal(SIGKILL)
+        }
+        let path = "\(cluster.directory.path)/trial.yaml"
+        try Self.spec.replacingOccurrences(of: "nodes: {min: 2, max: 3}", with: "nodes: {min: 1, max: 2}")
+            .write(toFile: path, atomically: true, encoding: .utf8)
+        try await cluster.run(["job", "submit", path, "--coordinator", cluster.address, "--identity", "\(cluster.directory.path)/operator"])
+        let coordinator = cluster.coordinator.value
+        try await coordinator.waitForLine(within: 15, "generation 1 with 2 nodes", where: Self.generation(1, worldSize: 2))
+        try await agents["node-b"]!.waitForLine(within: 10, "its assignment") { $0.contains("holding an assignment") }
+
+        agents["node-b"]!.signal(SIGTERM)
+        #expect(try await agents["node-b"]!.waitForExit(within: 10) == 0, "the agent exits 0")
+        try await agents["node-b"]!.waitForLine(within: 1, "that it left") { $0.contains("left the job") }
+        try await coordinator.waitForLine(within: 5, "generation 2 without node-b, caused by its leaving") {
+            $0.contains("generation started") && $0.contains("cause=left") && $0.contains("members=node-a ")
+        }
+        try await agents["node-a"]!.waitForLine(within: 10, "generation 2") { $0.contains("holding an assignment") && $0.contains("generation=2 ") }
+    }
+
     @Test func badCommands_getAClearError_andChangeNothing() async throws {
         let cluster = try await ProcessCluster()
         defer { cluster.coordinator.value.signal(SIGKILL) }
