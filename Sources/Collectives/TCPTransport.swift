@@ -3,6 +3,7 @@ import Glibc
 #endif
 import Crypto
 import Foundation
+import Synchronization
 
 // MARK: - Handshake
 
@@ -219,8 +220,8 @@ public final class DataPlaneListener: @unchecked Sendable {
 /// (and that stays readable, since an abort is final), so a blocked operation fails at once.
 public final class TCPTransport: Transport, @unchecked Sendable {
     // Safe because `sockets` is written only while establishing (before the transport is
-    // returned) and in `close`, and read by the single thread running operations; `abortReason`
-    // is guarded by `lock`; writing the abort pipe is thread-safe.
+    // returned) and in `close`, and read by the single thread running operations; `aborted` is
+    // atomic and `abortReason` is guarded by `lock`; writing the abort pipe is thread-safe.
     public let rank: Int
     public let worldSize: Int
     var sockets: [Int32]
@@ -228,6 +229,8 @@ public final class TCPTransport: Transport, @unchecked Sendable {
     let abortWriteFD: Int32
     let lock = NSLock()
     var abortReason: String?
+    /// Set once by `abort`; read on every turn of `exchange`, so an atomic rather than the lock.
+    let aborted = Atomic<Bool>(false)
 
     /// Connects rank `rank` of a generation: dials every lower rank at `addresses[peer]`
     /// (`host:port`) and claims every higher rank's connection from `listener`.
@@ -328,6 +331,7 @@ public final class TCPTransport: Transport, @unchecked Sendable {
         self.lock.lock()
         if self.abortReason == nil { self.abortReason = reason }
         self.lock.unlock()
+        self.aborted.store(true, ordering: .releasing)
         var one: UInt8 = 1
         _ = Glibc.write(self.abortWriteFD, &one, 1)
     }
@@ -340,6 +344,7 @@ public final class TCPTransport: Transport, @unchecked Sendable {
     }
 
     func abortError(_ operation: String, peer: Int?, done: Int) -> CollectiveError? {
+        guard self.aborted.load(ordering: .acquiring) else { return nil }
         self.lock.lock()
         defer { self.lock.unlock() }
         return self.abortReason.map { CollectiveError(.aborted, operation: operation, peer: peer, bytesDone: done, $0) }

@@ -104,7 +104,13 @@ extension CoordinatorService {
                 continue  // written above, before anything else
             }
         }
-        self.metrics.record(nodeCounts: engine.machine.nodeCounts)
+    }
+
+    /// Brings the derived gauges (nodes by state) up to date; called when `/metrics` is scraped,
+    /// not after every event, because counting is a pass over every node.
+    func refreshGauges() {
+        let counts = self.engine.withLock { $0.machine.nodeCounts }
+        self.metrics.record(nodeCounts: counts)
     }
 
     // MARK: - Sessions

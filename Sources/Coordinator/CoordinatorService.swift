@@ -200,7 +200,9 @@ public final class CoordinatorService: Service, Sendable {
         self.onListening(port)
         var metricsChannel: (any Channel)?
         if let host = self.configuration.metricsHost {
-            let channel = try await MetricsEndpoint.bind(host: host, port: self.configuration.metricsPort, metrics: self.metrics)
+            let channel = try await MetricsEndpoint.bind(host: host, port: self.configuration.metricsPort, metrics: self.metrics) {
+                [weak self] in self?.refreshGauges()
+            }
             self.logger.info("serving metrics", metadata: ["address": "http://\(host):\(channel.localAddress?.port ?? 0)/metrics"])
             metricsChannel = channel
         }
