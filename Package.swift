@@ -55,6 +55,22 @@ let package = Package(
             ],
             swiftSettings: strictSwift6 + [.unsafeFlags(["-Ounchecked"], .when(configuration: .release))]
         ),
+        .systemLibrary(
+            name: "CZlib",
+            path: "Sources/CZlib",
+            pkgConfig: "zlib",
+            providers: [.apt(["zlib1g-dev"])]
+        ),
+        .target(
+            name: "Workload",
+            dependencies: ["CZlib", "CoordinatorCore", .product(name: "Yams", package: "Yams")],
+            resources: [.copy("Resources/digits.csv.gz")],
+            // Optimised in debug builds too: the tests train real models in real processes.
+            swiftSettings: strictSwift6 + [
+                .unsafeFlags(["-Ounchecked"], .when(configuration: .release)),
+                .unsafeFlags(["-O"], .when(configuration: .debug)),
+            ]
+        ),
         .target(
             name: "CoordinatorCore",
             swiftSettings: strictSwift6
@@ -77,6 +93,7 @@ let package = Package(
             name: "Coordinator",
             dependencies: [
                 "CoordinatorCore",
+                "Workload",
                 "RingmasterWire",
                 "RingmasterSecurity",
                 "ControlPlane",
@@ -99,6 +116,9 @@ let package = Package(
             name: "Agent",
             dependencies: [
                 "Collectives",
+                "CoordinatorCore",
+                "Workload",
+                .product(name: "Yams", package: "Yams"),
                 "RingmasterWire",
                 "RingmasterSecurity",
                 "ControlPlane",
@@ -183,6 +203,11 @@ let package = Package(
         .testTarget(
             name: "CollectivesTests",
             dependencies: ["Collectives"],
+            swiftSettings: strictSwift6
+        ),
+        .testTarget(
+            name: "WorkloadTests",
+            dependencies: ["Workload", "CoordinatorCore"],
             swiftSettings: strictSwift6
         ),
         .testTarget(

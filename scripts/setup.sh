@@ -2,6 +2,8 @@
 # Installs the Debian packages Ringmaster needs to build and test:
 #   protobuf-compiler  protoc, for scripts/generate-proto.sh
 #   libsqlite3-dev     SQLite, for the coordinator's state database (GRDB)
+#   zlib1g-dev         zlib, to read the reference workload's gzip-compressed data set
+#   pkg-config         how SwiftPM finds zlib
 #   libibverbs-dev     RDMA verbs, for the data plane
 #   iproute2           `ip`, for integration tests that use network namespaces
 #   openssl            inspecting certificates and keys by hand
@@ -10,7 +12,7 @@
 # no network. Run as root, or as a user with sudo. It does not install Swift.
 set -euo pipefail
 
-packages=(protobuf-compiler libsqlite3-dev libibverbs-dev iproute2 openssl)
+packages=(protobuf-compiler libsqlite3-dev zlib1g-dev pkg-config libibverbs-dev iproute2 openssl)
 
 if ! command -v dpkg >/dev/null || ! command -v apt-get >/dev/null; then
     echo "setup: dpkg and apt-get not found; this script is for Debian and Ubuntu." >&2

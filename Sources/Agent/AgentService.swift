@@ -31,6 +31,11 @@ public struct AgentConfiguration: Sendable {
     public var reconnectInitialDelaySeconds: Double = 0.1
     /// Longest delay between reconnection attempts.
     public var reconnectMaximumDelaySeconds: Double = 5
+    /// On SIGTERM or a drain: how long the step in flight may take to finish before it is
+    /// abandoned and the agent leaves anyway.
+    public var gracePeriodSeconds: Double = 30
+    /// Longest wait for one collective operation.
+    public var collectiveTimeoutSeconds: Double = 60
 
     /// Settings with defaults.
     public init(coordinator: ControlAddress, dataDirectory: String, nodeName: String) {
@@ -48,7 +53,12 @@ public final class AgentService: Service, Sendable {
     let logger: Logger
     let now: @Sendable () -> Date
     let dataPlane = Mutex<DataPlane?>(nil)
+    let trainer = Mutex<Trainer?>(nil)
+    let outbox = Outbox()
+    /// Set on graceful shutdown; `leaveReady` once the trainer stopped at a step boundary (with
+    /// the assignment it held, whose job the agent then leaves).
     let leaving = Mutex(false)
+    let leaveReady = Mutex<(ready: Bool, deadline: ContinuousClock.Instant?)>((false, nil))
 
     /// Makes the service; starts nothing.
     public init(configuration: AgentConfiguration, logger: Logger, now: @escaping @Sendable () -> Date = { Date() }) {
@@ -169,8 +179,22 @@ public final class AgentService: Service, Sendable {
             let plane = try DataPlane(host: address.host, port: address.port, logger: self.logger)
             self.dataPlane.withLock { $0 = plane }
             self.logger.info("data plane listening", metadata: ["address": "\(plane.address)"])
+            let trainer = Trainer(
+                settings: .init(
+                    collectiveTimeout: .milliseconds(Int(self.configuration.collectiveTimeoutSeconds * 1000)),
+                    modelDirectory: "\(self.configuration.dataDirectory)/models"
+                ),
+                dataPlane: plane,
+                outbox: self.outbox,
+                logger: self.logger
+            )
+            trainer.start()
+            self.trainer.withLock { $0 = trainer }
         }
-        defer { self.dataPlane.withLock { $0 }?.close() }
+        defer {
+            self.trainer.withLock { $0 }?.shutdown()
+            self.dataPlane.withLock { $0 }?.close()
+        }
         do {
             try await self.keepSession(initial)
         } catch is CancellationError {
@@ -207,12 +231,44 @@ public final class AgentService: Service, Sendable {
             }
         } onGracefulShutdown: {
             self.leaving.withLock { $0 = true }
-            self.logger.notice("shutting down: leaving the job, then stopping")
+            let grace = Duration.milliseconds(Int(self.configuration.gracePeriodSeconds * 1000))
+            self.leaveReady.withLock { $0.deadline = .now + grace }
+            self.logger.notice(
+                "shutting down: finishing the step in flight, leaving the job, then stopping",
+                metadata: ["grace_seconds": "\(self.configuration.gracePeriodSeconds)"]
+            )
+            self.stopTraining(reason: "the agent is shutting down") { [self] in
+                self.leaveReady.withLock { $0.ready = true }
+            }
         }
     }
 
     /// Whether graceful shutdown has begun.
     var isLeaving: Bool { self.leaving.withLock { $0 } }
+
+    /// Stops training at the next step boundary, then queues a leave for the job held (after the
+    /// last step report, through the same outbox) and calls `then`.
+    func stopTraining(reason: String, then: @escaping @Sendable () -> Void) {
+        let post: @Sendable (Ringmaster_V1_Assignment?) -> Void = { [self] held in
+            if let held { self.postLeave(job: held.jobID, generation: held.generation, reason: reason) }
+            then()
+        }
+        if let trainer = self.trainer.withLock({ $0 }) {
+            trainer.stopAtStepBoundary(reason: reason, then: post)
+        } else {
+            post(nil)
+        }
+    }
+
+    func postLeave(job: String, generation: UInt64, reason: String) {
+        var leave = Envelope()
+        leave.leave = .with {
+            $0.jobID = job
+            $0.generation = generation
+            $0.reason = reason
+        }
+        self.outbox.post(leave)
+    }
 
     /// The data-plane addresses announced in hello: the configured ones, or the listener's.
     var announcedDataPlaneAddresses: [String] {
@@ -272,6 +328,7 @@ public final class AgentService: Service, Sendable {
                 try await withThrowingTaskGroup(of: Void.self) { group in
                     group.addTask { try await self.read(session, progress: progress, credentials: credentials) }
                     group.addTask { try await self.heartbeat(session, progress: progress, credentials: credentials, interval: interval, lease: lease) }
+                    group.addTask { try await self.forward(session) }
                     // Either ending ends the session.
                     _ = try await group.next()
                     group.cancelAll()
@@ -296,7 +353,11 @@ public final class AgentService: Service, Sendable {
                 progress.state.withLock { $0.lastAck = .now }
             case .assignment(let assignment):
                 progress.state.withLock { $0.assignment = assignment }
-                self.dataPlane.withLock { $0 }?.join(assignment)
+                if let trainer = self.trainer.withLock({ $0 }) {
+                    trainer.assign(assignment)
+                } else {
+                    self.logger.warning("assigned to a job, but this agent has no data plane (--data-plane-listen); it cannot train")
+                }
                 self.logger.info(
                     "holding an assignment",
                     metadata: [
@@ -305,13 +366,15 @@ public final class AgentService: Service, Sendable {
                         "resume_step": "\(assignment.resumeStep)",
                     ]
                 )
+            case .cursorUpdate(let update):
+                self.trainer.withLock { $0 }?.cursorMoved(job: update.jobID, generation: update.generation, cursor: update.cursor)
             case .abort(let abort):
                 let dropped = progress.state.withLock { state -> Bool in
                     guard state.assignment?.jobID == abort.jobID, state.assignment?.generation == abort.generation else { return false }
                     state.assignment = nil
                     return true
                 }
-                self.dataPlane.withLock { $0 }?.abort(job: abort.jobID, generation: abort.generation, reason: abort.reason)
+                self.trainer.withLock { $0 }?.abort(job: abort.jobID, generation: abort.generation, reason: abort.reason)
                 if dropped {
                     self.logger.info(
                         "aborted a generation",
@@ -319,14 +382,22 @@ public final class AgentService: Service, Sendable {
                     )
                 }
             case .drain(let drain):
-                self.logger.notice("drained by the coordinator; leaving the job", metadata: [LogKey.job: "\(drain.jobID)"])
-                var leave = Envelope()
-                leave.leave = .with {
-                    $0.jobID = drain.jobID
-                    $0.generation = drain.generation
-                    $0.reason = "drained"
+                self.logger.notice(
+                    "drained by the coordinator; leaving the job after the step in flight",
+                    metadata: [LogKey.job: "\(drain.jobID)", "grace_seconds": "\(drain.graceSeconds)"]
+                )
+                if self.trainer.withLock({ $0 }) == nil {
+                    self.postLeave(job: drain.jobID, generation: drain.generation, reason: "drained")
+                } else {
+                    self.stopTraining(reason: "drained") {}
                 }
-                try await session.send(leave)
+                if drain.graceSeconds > 0, let trainer = self.trainer.withLock({ $0 }) {
+                    // Past the grace period the step in flight is abandoned, and the leave follows.
+                    Task {
+                        try await Task.sleep(for: .seconds(Int(drain.graceSeconds)))
+                        trainer.abandon(reason: "the drain's grace period ran out")
+                    }
+                }
             case .renewReply(let renewal):
                 guard let pending = progress.state.withLock({ $0.pendingRenewal }) else { continue }
                 let renewed = try Credentials(
@@ -351,6 +422,29 @@ public final class AgentService: Service, Sendable {
         }
     }
 
+    /// Sends what the outbox holds (step reports, leaves), in order. After sending a leave while
+    /// shutting down, ends the session.
+    func forward(_ session: ControlSession) async throws {
+        while !Task.isCancelled {
+            let envelopes = await self.outbox.take()
+            for (index, envelope) in envelopes.enumerated() {
+                do {
+                    try await session.send(envelope)
+                } catch {
+                    self.outbox.putBack(Array(envelopes[index...]))
+                    throw error
+                }
+                if case .leave(let leave) = envelope.body {
+                    self.logger.notice("left the job", metadata: [LogKey.job: "\(leave.jobID)", LogKey.generation: "\(leave.generation)", LogKey.reason: "\(leave.reason)"])
+                    if self.isLeaving {
+                        self.outbox.putBack(Array(envelopes[(index + 1)...]))
+                        throw AgentError(.leaving, "the agent is shutting down")
+                    }
+                }
+            }
+        }
+    }
+
     /// Heartbeats every `interval`; asks for renewal when due; gives up when no ack came for a lease.
     func heartbeat(
         _ session: ControlSession,
@@ -364,19 +458,23 @@ public final class AgentService: Service, Sendable {
                 ($0.lastAck, $0.assignment, $0.credentials ?? credentials, $0.pendingRenewal != nil)
             }
             if self.isLeaving {
-                // Tell the coordinator before the connection closes, so that the job moves on to
-                // its next generation at once, with the cause "left" rather than a lost node.
-                if let held {
-                    var leave = Envelope()
-                    leave.leave = .with {
-                        $0.jobID = held.jobID
-                        $0.generation = held.generation
-                        $0.reason = "the agent is shutting down"
-                    }
-                    try await session.send(leave)
-                    self.logger.notice("left the job", metadata: [LogKey.job: "\(held.jobID)", LogKey.generation: "\(held.generation)"])
+                // The leave goes out through the outbox once the trainer stopped at a step
+                // boundary (`forward` then ends the session); past the grace period the step in
+                // flight is abandoned so that it stops.
+                let (ready, deadline) = self.leaveReady.withLock { ($0.ready, $0.deadline) }
+                let late = deadline.map { ContinuousClock.now >= $0 } ?? false
+                if self.trainer.withLock({ $0 }) == nil {
+                    // Nothing trains here: leave the job held at once.
+                    guard let held else { throw AgentError(.leaving, "the agent is shutting down") }
+                    self.postLeave(job: held.jobID, generation: held.generation, reason: "the agent is shutting down")
+                    progress.state.withLock { $0.assignment = nil }
+                } else if ready && (held == nil || late) {
+                    throw AgentError(.leaving, "the agent is shutting down")
                 }
-                throw AgentError(.leaving, "the agent is shutting down")
+                if !ready && late {
+                    self.logger.warning("the step in flight did not finish within the grace period; abandoning it")
+                    self.trainer.withLock { $0 }?.abandon(reason: "the agent's grace period ran out")
+                }
             }
             guard ContinuousClock.now - lastAck <= lease + interval else {
                 throw AgentError(.protocolViolation, "the coordinator has not acknowledged a heartbeat for \(ContinuousClock.now - lastAck)")

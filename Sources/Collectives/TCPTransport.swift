@@ -118,17 +118,23 @@ public final class DataPlaneListener: @unchecked Sendable {
     }
 
     /// Waits for the authenticated connection from `from` in `generation`.
-    func claim(generation: UInt64, from: Int, deadline: ContinuousClock.Instant) throws -> Int32 {
+    func claim(
+        generation: UInt64,
+        from: Int,
+        deadline: ContinuousClock.Instant,
+        isCancelled: @Sendable () -> Bool = { false }
+    ) throws -> Int32 {
         self.lock.lock()
         defer { self.lock.unlock() }
         while true {
             if let fd = self.ready.removeValue(forKey: Key(generation: generation, from: from)) { return fd }
             if self.closed { throw CollectiveError(.io, operation: "connect", peer: from, "the data-plane listener is closed") }
+            if isCancelled() { throw CollectiveError(.aborted, operation: "connect", peer: from, "connecting was cancelled") }
             let remaining = deadline - ContinuousClock.now
             if remaining <= .zero {
                 throw CollectiveError(.deadlineExceeded, operation: "connect", peer: from, "rank \(from) did not connect to this rank's data port in time")
             }
-            _ = self.lock.wait(until: Date().addingTimeInterval(min(Socket.seconds(remaining), 0.1)))
+            _ = self.lock.wait(until: Date().addingTimeInterval(min(Socket.seconds(remaining), 0.02)))
         }
     }
 
@@ -233,14 +239,16 @@ public final class TCPTransport: Transport, @unchecked Sendable {
     let aborted = Atomic<Bool>(false)
 
     /// Connects rank `rank` of a generation: dials every lower rank at `addresses[peer]`
-    /// (`host:port`) and claims every higher rank's connection from `listener`.
+    /// (`host:port`) and claims every higher rank's connection from `listener`. Gives up when
+    /// `timeout` passes or `isCancelled` turns true (checked at least every 20 ms).
     public static func establish(
         rank: Int,
         addresses: [String],
         generation: UInt64,
         secret: [UInt8],
         listener: DataPlaneListener,
-        timeout: Duration = .seconds(30)
+        timeout: Duration = .seconds(30),
+        isCancelled: @escaping @Sendable () -> Bool = { false }
     ) throws -> TCPTransport {
         let deadline = ContinuousClock.now + timeout
         let worldSize = addresses.count
@@ -248,10 +256,12 @@ public final class TCPTransport: Transport, @unchecked Sendable {
         var sockets = [Int32](repeating: -1, count: worldSize)
         do {
             for peer in 0..<rank {
-                sockets[peer] = try Self.dial(addresses[peer], from: rank, to: peer, generation: generation, secret: secret, deadline: deadline)
+                sockets[peer] = try Self.dial(
+                    addresses[peer], from: rank, to: peer, generation: generation, secret: secret, deadline: deadline, isCancelled: isCancelled
+                )
             }
             for peer in (rank + 1)..<max(rank + 1, worldSize) {
-                sockets[peer] = try listener.claim(generation: generation, from: peer, deadline: deadline)
+                sockets[peer] = try listener.claim(generation: generation, from: peer, deadline: deadline, isCancelled: isCancelled)
             }
         } catch {
             for fd in sockets where fd >= 0 { Glibc.close(fd) }
@@ -277,13 +287,22 @@ public final class TCPTransport: Transport, @unchecked Sendable {
         Glibc.close(self.abortWriteFD)
     }
 
-    static func dial(_ address: String, from: Int, to: Int, generation: UInt64, secret: [UInt8], deadline: ContinuousClock.Instant) throws -> Int32 {
+    static func dial(
+        _ address: String,
+        from: Int,
+        to: Int,
+        generation: UInt64,
+        secret: [UInt8],
+        deadline: ContinuousClock.Instant,
+        isCancelled: @Sendable () -> Bool = { false }
+    ) throws -> Int32 {
         guard let colon = address.lastIndex(of: ":"), let port = Int(address[address.index(after: colon)...]) else {
             throw CollectiveError(.invalidArgument, operation: "connect", peer: to, "\"\(address)\" is not HOST:PORT")
         }
         let host = String(address[..<colon])
         var lastError: CollectiveError?
         while ContinuousClock.now < deadline {
+            if isCancelled() { throw CollectiveError(.aborted, operation: "connect", peer: to, "connecting was cancelled") }
             let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
             guard fd >= 0 else { throw Socket.error("socket") }
             var target = try Socket.address(host: host, port: port)

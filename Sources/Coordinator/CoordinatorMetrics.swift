@@ -20,6 +20,8 @@ public struct CoordinatorMetrics: Sendable {
     let nodes: [String: CoreMetrics.Gauge]
     /// Steps committed (completed by every member).
     let stepsCommitted: CoreMetrics.Counter
+    /// Steps at which members reported different parameter hashes.
+    let divergences: CoreMetrics.Counter
 
     /// Makes the instruments in a fresh registry.
     public init() {
@@ -32,6 +34,7 @@ public struct CoordinatorMetrics: Sendable {
         self.leaseExpiries = Counter(label: "ringmaster_lease_expiries_total", factory: factory)
         self.staleRefused = Counter(label: "ringmaster_stale_messages_refused_total", factory: factory)
         self.stepsCommitted = Counter(label: "ringmaster_steps_committed_total", factory: factory)
+        self.divergences = Counter(label: "ringmaster_replica_divergences_total", factory: factory)
         self.rendezvousSeconds = Recorder(label: "ringmaster_rendezvous_duration_seconds", factory: factory)
         var nodes: [String: CoreMetrics.Gauge] = [:]
         for state in ["idle", "busy", "draining", "offline"] {

@@ -27,6 +27,56 @@ extension CoordinatorService {
         }
     }
 
+    /// A member's step report: its training figures, then the step itself to the machine.
+    func stepReported(_ report: Ringmaster_V1_StepReport, node: String, logger: Logger) {
+        self.engine.withLock { engine in
+            guard let record = engine.machine.record(job: report.jobID), record.generation == report.generation else {
+                // The machine refuses (and counts) reports from another generation.
+                let actions = engine.machine.on(
+                    .stepCompleted(node: node, job: report.jobID, generation: report.generation, step: report.step),
+                    now: self.elapsed
+                )
+                self.perform(actions, engine: &engine, logger: logger)
+                return
+            }
+            var progress = engine.progress[report.jobID, default: JobProgress()]
+            progress.pendingLoss[report.step] = report.loss
+            if report.hasTestAccuracy { progress.testAccuracy = report.testAccuracy }
+            if !report.parameterHash.isEmpty {
+                progress.hashes[report.step, default: [:]][node] = report.parameterHash
+                if let reported = progress.hashes[report.step], reported.count == record.members.count {
+                    progress.hashes[report.step] = nil
+                    if Set(reported.values).count > 1 {
+                        progress.divergences += 1
+                        self.metrics.divergences.increment()
+                        logger.error(
+                            "replicas diverged: members report different parameters for the same step",
+                            metadata: [
+                                LogKey.job: "\(report.jobID)", LogKey.generation: "\(report.generation)", "step": "\(report.step)",
+                                "hashes": "\(reported.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value.hexPrefix)" }.joined(separator: ","))",
+                            ]
+                        )
+                    }
+                    progress.lastHash = (report.step, report.parameterHash)
+                }
+                // A member that never reports (it died) must not make the map grow without end.
+                if progress.hashes.count > 64, let oldest = progress.hashes.keys.min() { progress.hashes[oldest] = nil }
+            }
+            engine.progress[report.jobID] = progress
+            let actions = engine.machine.on(
+                .stepCompleted(
+                    node: node,
+                    job: report.jobID,
+                    generation: report.generation,
+                    step: report.step,
+                    samples: report.sampleIds.map { Int($0) }
+                ),
+                now: self.elapsed
+            )
+            self.perform(actions, engine: &engine, logger: logger)
+        }
+    }
+
     /// Ticks the machine until cancelled, so that leases, settle windows and recovery windows
     /// end on time.
     func tickUntilCancelled() async throws {
@@ -43,14 +93,23 @@ extension CoordinatorService {
     /// agent has been told (a generation, a cursor) is on disk before it can hear it, so a crash
     /// never makes a restarted coordinator reissue a generation number or move a cursor back.
     func perform(_ actions: [CoordinatorMachine.Action], engine: inout Engine, logger: Logger) {
+        // A step commit alone is written without an fsync (it happens hundreds of times a second);
+        // anything else that changes a job (a generation, a phase) is fsynced.
+        let cursorOnly = actions.allSatisfy {
+            switch $0 {
+            case .stepCommitted, .persist: return true
+            default: return false
+            }
+        }
         for case .persist(let job) in actions {
             guard let record = engine.machine.record(job: job) else { continue }
             do {
-                try self.store.save(job: record)
+                try self.store.save(job: record, durable: !cursorOnly)
             } catch {
                 logger.error("could not persist a job", metadata: [LogKey.job: "\(job)", LogKey.error: "\(error)"])
             }
         }
+        var cursors: [String: (generation: UInt64, cursor: UInt64)] = [:]
         for action in actions {
             switch action {
             case .assign(let node, let assignment):
@@ -73,6 +132,17 @@ extension CoordinatorService {
                 engine.sessions[node]?.channel.writeAndFlush(envelope, promise: nil)
             case .generationStarted(let job, let generation, let cause, let members, let rendezvous):
                 self.metrics.generationsStarted.increment()
+                engine.progress[job, default: JobProgress()].pendingLoss = [:]
+                engine.progress[job, default: JobProgress()].hashes = [:]
+                engine.progress[job, default: JobProgress()].history.append(
+                    .with {
+                        $0.generation = generation
+                        $0.cause = cause.rawValue
+                        $0.worldSize = UInt32(members.count)
+                        $0.resumeStep = engine.machine.record(job: job)?.cursor ?? 0
+                        $0.startedUnixMs = Int64((self.now().timeIntervalSince1970 * 1000).rounded())
+                    }
+                )
                 if let rendezvous {
                     self.metrics.rendezvousSeconds.record(Double(rendezvous.components.seconds) + Double(rendezvous.components.attoseconds) / 1e18)
                 }
@@ -87,11 +157,23 @@ extension CoordinatorService {
                 logger.warning("job waits for nodes", metadata: [LogKey.job: "\(job)", LogKey.reason: "\(reason)"])
             case .jobFinished(let job):
                 logger.info("job finished", metadata: [LogKey.job: "\(job)"])
-            case .stepCommitted:
+            case .stepCommitted(let job, let generation, let step):
                 self.metrics.stepsCommitted.increment()
+                cursors[job] = (generation, step + 1)
+                if var progress = engine.progress[job] {
+                    if let loss = progress.pendingLoss.removeValue(forKey: step) { progress.loss = loss }
+                    if let last = progress.history.indices.last, progress.history[last].generation == generation,
+                        progress.history[last].firstStepUnixMs == 0
+                    {
+                        progress.history[last].firstStepUnixMs = Int64((self.now().timeIntervalSince1970 * 1000).rounded())
+                    }
+                    engine.progress[job] = progress
+                }
             case .staleRefused(let node, let job, let generation, let current):
+                // Counted, and logged at debug only: reports in flight when a generation ends
+                // are refused by the dozen at every change.
                 self.metrics.staleRefused.increment()
-                logger.notice(
+                logger.debug(
                     "refused a message from an older generation",
                     metadata: [LogKey.node: "\(node)", LogKey.job: "\(job)", LogKey.generation: "\(generation)", "current": "\(current)"]
                 )
@@ -102,6 +184,19 @@ extension CoordinatorService {
                 engine.sessions.removeValue(forKey: node)?.channel.close(promise: nil)
             case .persist:
                 continue  // written above, before anything else
+            }
+        }
+        // The members' flow control: one update per job, with the newest cursor.
+        for (job, moved) in cursors {
+            guard let record = engine.machine.record(job: job), record.generation == moved.generation else { continue }
+            var envelope = Envelope()
+            envelope.cursorUpdate = .with {
+                $0.jobID = job
+                $0.generation = moved.generation
+                $0.cursor = moved.cursor
+            }
+            for member in record.members {
+                engine.sessions[member]?.channel.writeAndFlush(envelope, promise: nil)
             }
         }
     }
@@ -213,7 +308,7 @@ extension CoordinatorService {
     // MARK: - Status
 
     func jobStatus(_ job: String?) throws -> Ringmaster_V1_JobStatusReply {
-        let records = self.engine.withLock { $0.machine.records }
+        let (records, progress) = self.engine.withLock { ($0.machine.records, $0.progress) }
         let selected = job.map { name in records.filter { $0.spec.name == name } } ?? records
         if let job, selected.isEmpty {
             throw CoordinatorMachine.CommandError(code: .unknownJob, message: "no job is named \(job); `ringmaster job status` lists the jobs")
@@ -238,6 +333,22 @@ extension CoordinatorService {
                     $0.totalSteps = record.spec.steps
                     $0.generationsStarted = record.generationsStarted
                     $0.lastCause = record.lastCause?.rawValue ?? ""
+                    let samples = record.samples ?? SampleAccounting()
+                    $0.samples = .with {
+                        $0.seen = samples.seen
+                        $0.repeated = samples.repeated
+                        $0.skipped = samples.skipped(order: record.spec.order, cursor: record.cursor)
+                    }
+                    if let training = progress[record.spec.name] {
+                        $0.loss = training.loss
+                        if let accuracy = training.testAccuracy { $0.testAccuracy = accuracy }
+                        if let hash = training.lastHash {
+                            $0.parameterHash = hash.hash
+                            $0.parameterHashStep = hash.step
+                        }
+                        $0.divergences = training.divergences
+                        $0.history = training.history
+                    }
                 }
             }
         }
@@ -262,4 +373,9 @@ extension CoordinatorService {
             }
         }
     }
+}
+
+extension Data {
+    /// The first 8 bytes in hex, for log lines.
+    var hexPrefix: String { self.prefix(8).map { String(format: "%02x", $0) }.joined() }
 }

@@ -84,6 +84,24 @@ public final class CoordinatorService: Service, Sendable {
     struct Engine: ~Copyable {
         var machine: CoordinatorMachine
         var sessions: [String: Session] = [:]
+        /// What members reported about each job's training (in memory: a restart starts afresh).
+        var progress: [String: JobProgress] = [:]
+    }
+
+    /// A job's training as its members report it.
+    struct JobProgress {
+        /// Mean loss over the global batch, by step, for steps not yet committed.
+        var pendingLoss: [UInt64: Double] = [:]
+        /// Loss of the last committed step.
+        var loss: Double = 0
+        var testAccuracy: Double?
+        /// Parameter hashes reported in the current generation, by step and node (compared, then
+        /// dropped, when every member reported; reports interleave across steps).
+        var hashes: [UInt64: [String: Data]] = [:]
+        var lastHash: (step: UInt64, hash: Data)?
+        var divergences: UInt64 = 0
+        /// Generations in the order they started.
+        var history: [Ringmaster_V1_GenerationRecord] = []
     }
 
     /// One agent's live control connection.
@@ -331,7 +349,7 @@ public final class CoordinatorService: Service, Sendable {
             return Outcome(replies: [reply])
         case .stepReport(let report):
             guard let node = identity?.name else { return Outcome(replies: [], close: true) }
-            self.feed(.stepCompleted(node: node, job: report.jobID, generation: report.generation, step: report.step), logger: logger)
+            self.stepReported(report, node: node, logger: logger)
             return Outcome(replies: [])
         case .leave(let leave):
             guard let node = identity?.name else { return Outcome(replies: [], close: true) }
@@ -347,7 +365,7 @@ public final class CoordinatorService: Service, Sendable {
             return Outcome(replies: [
                 .error(.unsupported, "\(envelope.kind) is not handled by this coordinator version yet", requestID: requestID)
             ])
-        case .joinChallenge, .joinReply, .helloReply, .renewReply, .heartbeatAck, .assignment, .drain, .abort,
+        case .joinChallenge, .joinReply, .helloReply, .renewReply, .heartbeatAck, .assignment, .drain, .abort, .cursorUpdate,
             .checkpointCommitted, .adminReply, .error, .none:
             // The access policy refuses these before they get here.
             return Outcome(replies: [], close: true)

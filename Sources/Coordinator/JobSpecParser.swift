@@ -1,5 +1,6 @@
 import CoordinatorCore
 import Foundation
+import Workload
 import Yams
 
 /// Reads a job spec from YAML, refusing unknown, missing and mistyped fields by name.
@@ -41,6 +42,17 @@ public enum JobSpecParser {
         try self.refuseUnknown(dataset, known: ["path", "samples"], in: "dataset")
         let path = try self.string(dataset, "path", in: "dataset")
         let samples = try self.integer(dataset, "samples", in: "dataset")
+        do {
+            try WorkloadCatalog.validate(
+                kind: kind,
+                parameters: try WorkloadCatalog.parameters(fromYAML: parametersYAML),
+                datasetPath: path,
+                datasetSamples: samples
+            )
+        } catch {
+            let message = (error as? WorkloadError)?.message ?? "\(error)"
+            throw JobSpecError(field: "workload", reason: "is not valid: \(message)")
+        }
         let batch = try self.integer(root, "batch_size")
 
         let steps: UInt64

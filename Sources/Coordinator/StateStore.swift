@@ -169,14 +169,15 @@ public final class StateStore: Sendable {
     // MARK: - Jobs
 
     /// Writes a job's durable record (JSON).
-    public func save(job record: CoordinatorMachine.JobRecord) throws {
+    /// Saves a job's record; `durable: false` for a record whose cursor alone moved (see `write`).
+    public func save(job record: CoordinatorMachine.JobRecord, durable: Bool = true) throws {
         let data: Data
         do {
             data = try JSONEncoder().encode(record)
         } catch {
             throw CoordinatorError(.stateStore, "could not encode job \(record.spec.name)", underlying: error)
         }
-        try self.write { db in
+        try self.write(durable: durable) { db in
             try db.execute(
                 sql: "INSERT INTO job (name, record) VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET record = excluded.record",
                 arguments: [record.spec.name, data]
@@ -215,9 +216,20 @@ public final class StateStore: Sendable {
 
     // MARK: - Transactions
 
-    func write<T>(_ body: (Database) throws -> T) throws -> T {
+    /// One transaction. A `durable` one is on disk when this returns (the WAL is fsynced, and with
+    /// it every earlier commit); a non-durable one survives a crash of this process but may be
+    /// lost to a power cut, which costs a redone step, never a reissued generation or token.
+    func write<T>(durable: Bool = true, _ body: (Database) throws -> T) throws -> T {
         do {
-            return try self.database.write(body)
+            return try self.database.writeWithoutTransaction { db in
+                try db.execute(sql: durable ? "PRAGMA synchronous = FULL" : "PRAGMA synchronous = NORMAL")
+                var result: T?
+                try db.inTransaction {
+                    result = try body(db)
+                    return .commit
+                }
+                return result!
+            }
         } catch let error as SecurityError {
             throw error
         } catch {

@@ -122,6 +122,8 @@ public struct CoordinatorMachine: Sendable {
         public var lastCause: Cause?
         /// Order in which jobs were submitted (nodes go to earlier jobs first).
         public var sequence: UInt64
+        /// The samples committed steps trained, from the ids members reported (nil before the first).
+        public var samples: SampleAccounting?
     }
 
     /// One member of a generation, as every member's assignment lists it.
@@ -185,7 +187,7 @@ public struct CoordinatorMachine: Sendable {
         /// A heartbeat, naming the generation the node holds (if any).
         case heartbeat(node: String, job: String?, generation: UInt64)
         /// A node completed a step in a generation.
-        case stepCompleted(node: String, job: String, generation: UInt64, step: UInt64)
+        case stepCompleted(node: String, job: String, generation: UInt64, step: UInt64, samples: [Int] = [])
         /// A node leaves a job (SIGTERM, or answering a drain).
         case left(node: String, job: String, generation: UInt64)
         /// Time passed: check leases, settle windows, recovery and drain deadlines.
@@ -249,6 +251,9 @@ public struct CoordinatorMachine: Sendable {
         var record: JobRecord
         /// Last step each member completed in this generation.
         var completed: [String: UInt64] = [:]
+        /// Sample ids members reported for steps not yet committed in this generation, by step
+        /// and node (a repeated report replaces the earlier one).
+        var pendingSamples: [UInt64: [String: [Int]]] = [:]
         /// When a waiting job may start below its target.
         var settleDeadline: Duration?
         /// When the job started waiting for nodes (for the rendezvous duration).
@@ -387,7 +392,7 @@ public struct CoordinatorMachine: Sendable {
                 actions.append(.staleRefused(node: id, job: jobID, generation: generation, current: job.record.generation))
             }
 
-        case .stepCompleted(let id, let jobID, let generation, let step):
+        case .stepCompleted(let id, let jobID, let generation, let step, let samples):
             guard var job = self.jobs[jobID], job.record.phase == .running else { break }
             guard generation == job.record.generation else {
                 if generation < job.record.generation {
@@ -397,6 +402,7 @@ public struct CoordinatorMachine: Sendable {
             }
             guard job.record.members.contains(id), step >= job.record.cursor, step < job.record.spec.steps else { break }
             job.completed[id] = max(job.completed[id] ?? 0, step)
+            job.pendingSamples[step, default: [:]][id] = samples
             self.jobs[jobID] = job
             self.advanceCursor(jobID, now: now, into: &actions)
 
@@ -560,6 +566,7 @@ public struct CoordinatorMachine: Sendable {
         let spec = job.record.spec
         job.recoveryDeadline = nil
         job.completed = [:]
+        job.pendingSamples = [:]
         guard survivors.count + newcomers.count >= spec.minNodes else {
             job.record.phase = .waiting
             job.record.members = []
@@ -590,6 +597,7 @@ public struct CoordinatorMachine: Sendable {
         job.record.members = members
         job.record.lastCause = cause
         job.completed = [:]
+        job.pendingSamples = [:]
         job.settleDeadline = nil
         job.waitingSince = nil
         job.recoveryDeadline = nil
@@ -686,6 +694,10 @@ public struct CoordinatorMachine: Sendable {
             job.record.members.allSatisfy({ (job.completed[$0] ?? 0) >= job.record.cursor && job.completed[$0] != nil })
         {
             actions.append(.stepCommitted(job: jobID, generation: job.record.generation, step: job.record.cursor))
+            var samples = job.record.samples ?? SampleAccounting()
+            let reported = job.pendingSamples.removeValue(forKey: job.record.cursor) ?? [:]
+            samples.record(step: job.record.cursor, ids: job.record.members.flatMap { reported[$0] ?? [] }, order: job.record.spec.order)
+            job.record.samples = samples
             job.record.cursor += 1
         }
         self.jobs[jobID] = job

@@ -89,9 +89,20 @@ public struct SplitMix64: RandomNumberGenerator, Sendable {
 
     public mutating func next() -> UInt64 {
         self.state &+= 0x9E37_79B9_7F4A_7C15
-        var z = self.state
+        return Self.mix(self.state)
+    }
+
+    /// The SplitMix64 finaliser: a bijective scramble of 64 bits.
+    @inline(__always)
+    public static func mix(_ value: UInt64) -> UInt64 {
+        var z = value
         z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
         z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
         return z ^ (z >> 31)
+    }
+
+    /// A Float uniformly distributed in `0 ..< 1`, from the top 24 bits of the next output.
+    public mutating func nextUnitFloat() -> Float {
+        Float(self.next() >> 40) * 0x1p-24
     }
 }

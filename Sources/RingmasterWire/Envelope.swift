@@ -21,6 +21,7 @@ extension Envelope {
         case .leave: return "leave"
         case .drain: return "drain"
         case .abort: return "abort"
+        case .cursorUpdate: return "cursor update"
         case .shardReady: return "shard_ready"
         case .checkpointCommitted: return "checkpoint_committed"
         case .adminRequest: return "admin_request"

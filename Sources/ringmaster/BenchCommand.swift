@@ -7,7 +7,7 @@ struct BenchCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bench",
         abstract: "Benchmarks (figures recorded in bench/README.md).",
-        subcommands: [AllReduce.self, AllReduceWorker.self, Machine.self, Rendezvous.self]
+        subcommands: [AllReduce.self, AllReduceWorker.self, Machine.self, Rendezvous.self, Recovery.self]
     )
 
     struct Machine: AsyncParsableCommand {
@@ -38,6 +38,66 @@ struct BenchCommand: AsyncParsableCommand {
             print(String(format: "state machine, %d nodes, %d generation changes (setup %.1f s):", result.nodes, result.changes, result.setupSeconds))
             print(String(format: "  median %.2f ms, p99 %.2f ms, max %.2f ms per change (%d actions each)",
                          result.medianMilliseconds, result.p99Milliseconds, result.maxMilliseconds, result.actionsPerChange))
+        }
+    }
+
+    struct Recovery: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "recovery",
+            abstract: "Recovery after kill -9: from the kill to the first step completed in the new generation.",
+            discussion: """
+                Each trial trains the reference job with a coordinator and agents as real processes
+                (default settings), kills one agent with SIGKILL at a random step, and measures from
+                the kill to the first step the coordinator commits in the generation that follows.
+                """
+        )
+
+        @Option(help: "Trials.")
+        var trials: Int = 10
+
+        @Option(help: "Agents at the start of each trial.")
+        var agents: Int = 3
+
+        @Option(help: "Steps per trial.")
+        var steps: UInt64 = 600
+
+        @Flag(help: "Print JSON.")
+        var json = false
+
+        func validate() throws {
+            guard self.trials >= 1 else { throw ValidationError("--trials must be at least 1") }
+            guard self.agents >= 2 else { throw ValidationError("--agents must be at least 2, so that one is left after the kill") }
+            guard self.steps >= 100 else { throw ValidationError("--steps must be at least 100") }
+        }
+
+        func run() async throws {
+            let executable = try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")
+            var seconds: [Double] = []
+            for trial in 1...self.trials {
+                var options = TrainingDemo.Options(executable: executable)
+                options.agents = self.agents
+                options.steps = self.steps
+                options.killAgentAtStep = UInt64.random(in: (self.steps / 10)...(self.steps / 2))
+                let result = try await TrainingDemo(options: options).run(progress: { _ in }, say: { _ in })
+                guard let recovery = result.recoveries.first(where: { $0.cause == "disconnected" }), recovery.seconds >= 0 else {
+                    throw CommandFailure(description: "trial \(trial): no recovery from the kill was recorded (\(result.recoveries))")
+                }
+                guard result.samplesRepeated == 0, result.samplesSkipped == 0 else {
+                    throw CommandFailure(description: "trial \(trial): \(result.samplesRepeated) samples repeated, \(result.samplesSkipped) skipped")
+                }
+                seconds.append(recovery.seconds)
+                if !self.json {
+                    print(String(format: "trial %d: kill at step %llu, training resumed after %.3f s", trial, options.killAgentAtStep!, recovery.seconds))
+                }
+            }
+            let sorted = seconds.sorted()
+            let median = sorted.count % 2 == 1 ? sorted[sorted.count / 2] : (sorted[sorted.count / 2 - 1] + sorted[sorted.count / 2]) / 2
+            if self.json {
+                let object: [String: Any] = ["trials": self.trials, "agents": self.agents, "seconds": seconds, "median_s": median, "max_s": sorted.last!]
+                print(String(decoding: try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys]), as: UTF8.self))
+            } else {
+                print(String(format: "kill -9 to the first step after it: median %.3f s, min %.3f s, max %.3f s over %d trials", median, sorted.first!, sorted.last!, self.trials))
+            }
         }
     }
 

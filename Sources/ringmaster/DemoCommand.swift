@@ -1,154 +1,187 @@
 import ArgumentParser
-import ControlPlane
 import Foundation
-import LocalCluster
-import RingmasterSecurity
-import RingmasterWire
+import RingmasterBench
+import Synchronization
 
-/// The main job in one command. For now a smoke run: a coordinator and agents as separate
-/// processes on loopback, each agent joining with its own single-use token over TLS and then
-/// holding a mutual-TLS session; training comes with later work.
+/// The main job in one command: a coordinator and agents as separate processes on loopback
+/// (certificates and single-use tokens made for the run), training the reference model on the
+/// digits data set, with failures and growth on request.
 struct DemoCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "demo",
-        abstract: "Start a local coordinator and agents on loopback and show them join over mutual TLS."
+        abstract: "Train the reference model with a local coordinator and agents on loopback.",
+        discussion: """
+            Starts a coordinator and agents as separate processes, each agent joining over mutual TLS
+            with its own single-use token, and trains a perceptron on the bundled digits data set.
+            --kill-agent-at-step kills one agent with SIGKILL mid-run and --add-agent-at-step starts
+            one more; the job continues in place. At the end it prints the test accuracy, every
+            generation change with its recovery time, and the sample accounting (from sample ids).
+            """
     )
 
-    @Option(help: "Number of agents.")
-    var agents: Int = 2
+    @Option(help: "Agents at the start.")
+    var agents: Int = 4
 
-    @Option(help: "Seconds to wait for every agent to connect.")
-    var timeout: Double = 60
+    @Option(help: "Global steps to train (64 samples each).")
+    var steps: UInt64 = 1500
+
+    @Option(help: "Kill one agent with SIGKILL once the job reaches this step.")
+    var killAgentAtStep: UInt64?
+
+    @Option(help: "Start one more agent once the job reaches this step.")
+    var addAgentAtStep: UInt64?
+
+    @Option(help: "Stop one agent with SIGTERM once the job reaches this step (it leaves cleanly).")
+    var terminateAgentAtStep: UInt64?
+
+    @Option(help: "Optimizer: sgd (momentum 0.9, learning rate 0.1) or adam (learning rate 0.001).")
+    var optimizer: String = "sgd"
+
+    @Option(help: "Keep the run's files (logs, certificates, the trained model) in this directory.")
+    var directory: String?
+
+    @Option(help: "Seconds the whole run may take.")
+    var timeout: Double = 600
 
     @Flag(help: "Print one JSON object instead of text.")
     var json = false
 
-    @Flag(help: "Keep the temporary directory (certificates, logs) after the run.")
-    var keep = false
-
     func validate() throws {
-        guard (1...64).contains(self.agents) else { throw ValidationError("--agents must be between 1 and 64") }
+        guard (1...16).contains(self.agents) else { throw ValidationError("--agents must be between 1 and 16") }
+        guard self.steps > 0 else { throw ValidationError("--steps must be positive") }
+        guard ["sgd", "adam"].contains(self.optimizer) else { throw ValidationError("--optimizer must be sgd or adam") }
+        if self.killAgentAtStep != nil || self.terminateAgentAtStep != nil {
+            let stopped = (self.killAgentAtStep == nil ? 0 : 1) + (self.terminateAgentAtStep == nil ? 0 : 1)
+            guard self.agents > stopped else {
+                throw ValidationError("--agents must be more than the agents killed or stopped, or nobody is left to train")
+            }
+        }
+        for (flag, step) in [("--kill-agent-at-step", self.killAgentAtStep), ("--add-agent-at-step", self.addAgentAtStep), ("--terminate-agent-at-step", self.terminateAgentAtStep)] {
+            if let step, step >= self.steps {
+                throw ValidationError("\(flag) \(step) is not before the last step (--steps \(self.steps))")
+            }
+        }
     }
 
     func run() async throws {
-        let started = ContinuousClock.now
-        let directory = try Self.makeTemporaryDirectory()
-        let executable = try Self.selfExecutable()
-        var children: [ChildProcess] = []
-        func say(_ text: String) { if !self.json { print(text) } }
-        defer {
-            if !self.keep { try? FileManager.default.removeItem(atPath: directory) }
+        var options = TrainingDemo.Options(executable: try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe"))
+        options.agents = self.agents
+        options.steps = self.steps
+        options.killAgentAtStep = self.killAgentAtStep
+        options.addAgentAtStep = self.addAgentAtStep
+        options.terminateAgentAtStep = self.terminateAgentAtStep
+        options.directory = self.directory.map { URL(fileURLWithPath: $0).standardizedFileURL.path }
+        options.timeoutSeconds = self.timeout
+        if self.optimizer == "adam" {
+            options.workload = "{kind: mlp, hidden: [128], optimizer: adam, learning_rate: 0.001}"
         }
-
-        say("ringmaster demo: \(self.agents) agent(s) on loopback, state in \(directory)")
-        let coordinator = try ChildProcess(
-            name: "coordinator",
-            executable: executable,
-            arguments: ["coordinator", "--state-dir", "\(directory)/coordinator", "--listen", "127.0.0.1:0"]
-        )
-        children.append(coordinator)
+        let json = self.json
+        let bar = ProgressBar(enabled: !json)
+        if !json {
+            print("ringmaster demo: \(self.agents) agent(s) on loopback, training a 64-128-10 perceptron on the digits data set (\(self.optimizer))")
+        }
+        let demo = TrainingDemo(options: options)
+        // Ctrl-C or SIGTERM ends the run without leaving its processes behind.
+        let handlers = ([SIGINT, SIGTERM] as [Int32]).map { number -> any DispatchSourceSignal in
+            signal(number, SIG_IGN)
+            let source = DispatchSource.makeSignalSource(signal: number, queue: .global())
+            source.setEventHandler {
+                demo.killAll()
+                Foundation.exit(128 + number)
+            }
+            source.resume()
+            return source
+        }
+        defer { for handler in handlers { handler.cancel() } }
+        let result: TrainingDemo.Result
         do {
-            let line = try await coordinator.waitForLine(within: 30, "its listening address") { $0.hasPrefix("listening ") }
-            let address = try ControlAddress(parsing: String(line.dropFirst("listening ".count)))
-            say("coordinator listening on \(address) (CA created, ECDSA P-256)")
-
-            // An operator identity, as `ringmaster cert issue --role operator` makes on the coordinator host.
-            guard let authority = try CertificateAuthority.load(directory: "\(directory)/coordinator") else {
-                throw CommandFailure(description: "the coordinator did not create its CA")
-            }
-            let operatorKey = KeyAndRequest.makeKey()
-            let now = Date()
-            let operatorCredentials = try Credentials(
-                privateKey: operatorKey,
-                certificate: try authority.issue(
-                    publicKey: operatorKey.publicKey,
-                    identity: try PeerIdentity(role: .operator, name: "demo"),
-                    notBefore: now.addingTimeInterval(-60),
-                    notAfter: now.addingTimeInterval(3600)
-                ),
-                caCertificate: authority.certificate
+            result = try await demo.run(
+                progress: { bar.show($0) },
+                say: { text in bar.say(text) }
             )
-            let admin = ControlClient(address: address, credentials: operatorCredentials)
-
-            for index in 0..<self.agents {
-                let created = try await admin.withConnection { session in
-                    var envelope = Envelope()
-                    envelope.adminRequest = .with { $0.tokenCreate = .with { $0.ttlSeconds = 600 } }
-                    return try await session.request(envelope).adminReply.tokenCreate
-                }
-                let name = "agent-\(index)"
-                children.append(
-                    try ChildProcess(
-                        name: name,
-                        executable: executable,
-                        arguments: [
-                            "agent", "--coordinator", "\(address)", "--data-dir", "\(directory)/\(name)",
-                            "--name", name, "--ca-pin", created.caPin,
-                        ],
-                        environment: ["RINGMASTER_TOKEN": created.token]
-                    )
-                )
-                say("started \(name) with a single-use token (CA pin \(created.caPin.prefix(19))...)")
-            }
-
-            let nodes = try await Self.waitForConnectedNodes(admin: admin, count: self.agents, within: self.timeout)
-            let seconds = Double((ContinuousClock.now - started).components.attoseconds) / 1e18
-                + Double((ContinuousClock.now - started).components.seconds)
-            if self.json {
-                let object: [String: Any] = [
-                    "agents": self.agents,
-                    "connected": nodes.filter(\.connected).count,
-                    "nodes": nodes.map(\.nodeID),
-                    "seconds": (seconds * 1000).rounded() / 1000,
-                    "transport": "mutual TLS 1.3 on loopback",
-                ]
-                let data = try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])
-                print(String(decoding: data, as: UTF8.self))
-            } else {
-                say("")
-                say("all \(self.agents) agent(s) joined and hold mutual-TLS sessions after \(String(format: "%.2f", seconds)) s:")
-                for node in nodes {
-                    let expires = Date(timeIntervalSince1970: TimeInterval(node.certificateNotAfterUnix))
-                    say("  \(node.nodeID)  \(node.state)  certificate valid until \(expires)")
-                }
-            }
         } catch {
-            for child in children.reversed() { await child.stop(grace: 5) }
-            for child in children {
-                FileHandle.standardError.write(Data("--- \(child.name) output ---\n\(child.output.lines.suffix(20).joined(separator: "\n"))\n".utf8))
-            }
+            bar.finish()
             throw CommandFailure(description: "demo failed: \(error)")
         }
-        for child in children.reversed() {
-            await child.stop(grace: 10)
+        bar.finish()
+        if json {
+            let object: [String: Any] = [
+                "test_accuracy": result.testAccuracy,
+                "final_loss": result.finalLoss,
+                "steps": result.steps,
+                "generations": result.generations,
+                "recoveries": result.recoveries.map { ["generation": $0.generation, "cause": $0.cause, "world_size": $0.worldSize, "seconds": $0.seconds] },
+                "samples_seen": result.samplesSeen,
+                "samples_repeated": result.samplesRepeated,
+                "samples_skipped": result.samplesSkipped,
+                "param_hash": result.paramHash,
+                "replica_divergences": result.divergences,
+                "seconds": result.seconds,
+                "samples_per_second": result.samplesPerSecond,
+                "model_path": result.modelPath ?? NSNull(),
+                "terminated_exit_status": result.terminatedExitStatus,
+            ]
+            let data = try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])
+            print(String(decoding: data, as: UTF8.self))
+            return
         }
-        say("stopped; \(self.keep ? "kept \(directory)" : "removed the temporary directory")")
+        print("")
+        print(String(format: "trained %llu steps in %.1f s (%.0f samples/s)", result.steps, result.seconds, result.samplesPerSecond))
+        print(String(format: "test accuracy %.2f%% on the held-out fifth; final loss %.4f", result.testAccuracy * 100, result.finalLoss))
+        print("generations: \(result.generations)")
+        for recovery in result.recoveries {
+            print(String(format: "  generation %llu (%@, %d agents): training resumed %.3f s after the event", recovery.generation, recovery.cause, recovery.worldSize, recovery.seconds))
+        }
+        print("samples: \(result.samplesSeen) seen, \(result.samplesRepeated) repeated, \(result.samplesSkipped) skipped (counted from sample ids)")
+        print("parameters: hash \(result.paramHash), replicas diverged at \(result.divergences) check(s)")
+        for (name, status) in result.terminatedExitStatus.sorted(by: { $0.key < $1.key }) {
+            print("\(name) stopped with SIGTERM and exited with status \(status)")
+        }
+        if let path = result.modelPath { print("model: \(path)") }
+    }
+}
+
+/// A one-line progress bar on a terminal, or a line per tenth of the run otherwise.
+final class ProgressBar: Sendable {
+    let enabled: Bool
+    let terminal = isatty(STDOUT_FILENO) != 0
+    let state = Mutex<(lastTenth: Int, drawn: Bool)>((-1, false))
+
+    init(enabled: Bool) {
+        self.enabled = enabled
     }
 
-    static func waitForConnectedNodes(admin: ControlClient, count: Int, within seconds: Double) async throws -> [Ringmaster_V1_NodeInfo] {
-        try await withDeadline(seconds: seconds, waitingFor: "\(count) agent(s) to connect") {
-            while true {
-                let nodes = try await admin.withConnection { session in
-                    var envelope = Envelope()
-                    envelope.adminRequest = .with { $0.nodeList = .init() }
-                    return try await session.request(envelope).adminReply.nodeList.nodes
-                }
-                if nodes.filter(\.connected).count >= count { return nodes }
-                try await Task.sleep(for: .milliseconds(100))
+    func show(_ progress: TrainingDemo.Progress) {
+        guard self.enabled, progress.totalSteps > 0 else { return }
+        let fraction = Double(progress.step) / Double(progress.totalSteps)
+        let width = 30
+        let filled = Int(fraction * Double(width))
+        let text = String(
+            format: "[%@%@] step %llu/%llu  loss %.4f  world %d  gen %llu  %.0f samples/s",
+            String(repeating: "#", count: filled), String(repeating: ".", count: width - filled),
+            progress.step, progress.totalSteps, progress.loss, progress.worldSize, progress.generation, progress.samplesPerSecond
+        )
+        if self.terminal {
+            FileHandle.standardOutput.write(Data("\r\u{1B}[K\(text)".utf8))
+            self.state.withLock { $0.drawn = true }
+        } else {
+            let tenth = Int(fraction * 10)
+            let show = self.state.withLock { state -> Bool in
+                guard tenth > state.lastTenth else { return false }
+                state.lastTenth = tenth
+                return true
             }
+            if show { print(text) }
         }
     }
 
-    static func makeTemporaryDirectory() throws -> String {
-        var template = Array("\(NSTemporaryDirectory())/ringmaster-demo-XXXXXX".utf8CString)
-        guard let result = mkdtemp(&template) else {
-            throw CommandFailure(description: "could not create a temporary directory: \(String(cString: strerror(errno)))")
-        }
-        return String(cString: result)
+    func say(_ text: String) {
+        guard self.enabled else { return }
+        if self.terminal && self.state.withLock({ $0.drawn }) { FileHandle.standardOutput.write(Data("\r\u{1B}[K".utf8)) }
+        print(text)
     }
 
-    static func selfExecutable() throws -> String {
-        let path = try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")
-        return path
+    func finish() {
+        if self.enabled && self.terminal && self.state.withLock({ $0.drawn }) { print("") }
     }
 }

@@ -44,9 +44,12 @@ struct PropertyTests {
                 sim.machine = CoordinatorMachine(settings: sim.machine.settings, restoring: records, now: sim.now)
                 for node in online.sorted() { sim.online(node) }
             case 35..<40:
-                // A stale or early report: must never move the cursor wrongly.
-                if let held = sim.assignments[node] {
-                    sim.send(.stepCompleted(node: node, job: held.job, generation: held.generation, step: sim.record().cursor))
+                // A stale or early report (with the ids an agent would send): must never move the
+                // cursor wrongly, and the report repeated when the step completes counts once.
+                if let held = sim.assignments[node], let rank = held.members.first(where: { $0.node == node })?.rank {
+                    let step = sim.record().cursor
+                    let ids = order.samples(step: step, rank: rank, worldSize: held.members.count, permutation: order.permutation(epoch: order.epoch(ofStep: step)))
+                    sim.send(.stepCompleted(node: node, job: held.job, generation: held.generation, step: step, samples: Array(ids)))
                 }
             case 40..<55:
                 sim.advance(by: .milliseconds(700), heartbeating: Array(online).sorted())
@@ -80,6 +83,11 @@ struct PropertyTests {
             }
         }
         #expect(sim.log.contains { if case .stepCommitted = $0 { return true } else { return false } }, "the sequence made progress")
+        // The machine's own account, from the ids in reports, agrees with the count above.
+        let account = sim.record().samples ?? SampleAccounting()
+        #expect(account.seen == UInt64(consumed.values.reduce(0) { $0 + $1.count }), "seed \(seed)")
+        #expect(account.repeated == 0, "seed \(seed)")
+        #expect(account.skipped(order: order, cursor: cursor) == 0, "seed \(seed)")
     }
 
     func checkInvariants(_ sim: Simulation) throws {

@@ -73,11 +73,15 @@ struct Simulation {
         }
     }
 
-    /// Every member of the job's current generation completes its next step.
+    /// Every member of the job's current generation completes its next step, reporting the sample
+    /// ids its rank takes (as an agent does).
     mutating func completeStep(_ job: String = "job") {
         guard let record = self.machine.record(job: job), record.phase == .running else { return }
-        for member in record.members {
-            self.send(.stepCompleted(node: member, job: job, generation: record.generation, step: record.cursor))
+        let order = record.spec.order
+        let permutation = order.permutation(epoch: order.epoch(ofStep: record.cursor))
+        for (rank, member) in record.members.enumerated() {
+            let ids = order.samples(step: record.cursor, rank: rank, worldSize: record.members.count, permutation: permutation)
+            self.send(.stepCompleted(node: member, job: job, generation: record.generation, step: record.cursor, samples: Array(ids)))
         }
     }
 

@@ -9,9 +9,9 @@ struct JobProcessTests {
     static let spec = """
         name: trial
         workload: {kind: mlp, hidden: [16]}
-        dataset: {path: data/digits.csv.gz, samples: 1437}
+        dataset: {path: builtin:digits, samples: 1437}
         batch_size: 64
-        steps: 1000
+        steps: 100000000
         seed: 1
         nodes: {min: 2, max: 3}
         """
@@ -167,7 +167,7 @@ struct JobProcessTests {
         try Self.spec.replacingOccurrences(of: "batch_size: 64", with: "batch_size: -64").write(toFile: badSpec, atomically: true, encoding: .utf8)
         let missing = "\(cluster.directory.path)/missing.yaml"
         try Self.spec.replacingOccurrences(of: "name: trial", with: "name: other")
-            .replacingOccurrences(of: "dataset: {path: data/digits.csv.gz, samples: 1437}\n", with: "")
+            .replacingOccurrences(of: "dataset: {path: builtin:digits, samples: 1437}\n", with: "")
             .write(toFile: missing, atomically: true, encoding: .utf8)
         let duplicate = "\(cluster.directory.path)/trial-again.yaml"
         try Self.spec.write(toFile: duplicate, atomically: true, encoding: .utf8)

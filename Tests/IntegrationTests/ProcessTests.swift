@@ -172,15 +172,6 @@ struct ProcessTests {
         }
         #expect(await cluster.coordinator.value.stop(grace: 10) == 0)
     }
-
-    @Test func theDemo_runsToCompletion_andReportsEveryAgentConnected() async throws {
-        let demo = try ChildProcess(name: "demo", executable: try ringmasterExecutable(), arguments: ["demo", "--agents", "3", "--json"])
-        let status = try await demo.waitForExit(within: 120)
-        #expect(status == 0, "demo output: \(demo.output.lines.suffix(20))")
-        let object = try JSONSerialization.jsonObject(with: Data(demo.standardOutput.lines.joined().utf8)) as? [String: Any]
-        #expect(object?["connected"] as? Int == 3)
-        #expect((object?["nodes"] as? [String])?.sorted() == ["agent-0", "agent-1", "agent-2"])
-    }
 }
 
 /// The base64 lines of a PEM private key (the key material itself).

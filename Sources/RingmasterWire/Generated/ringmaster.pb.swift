@@ -171,6 +171,14 @@ public nonisolated struct Ringmaster_V1_Envelope: Sendable {
     set {body = .abort(newValue)}
   }
 
+  public var cursorUpdate: Ringmaster_V1_CursorUpdate {
+    get {
+      if case .cursorUpdate(let v)? = body {return v}
+      return Ringmaster_V1_CursorUpdate()
+    }
+    set {body = .cursorUpdate(newValue)}
+  }
+
   /// Checkpoints.
   public var shardReady: Ringmaster_V1_CheckpointShardReady {
     get {
@@ -235,6 +243,7 @@ public nonisolated struct Ringmaster_V1_Envelope: Sendable {
     case leave(Ringmaster_V1_Leave)
     case drain(Ringmaster_V1_Drain)
     case abort(Ringmaster_V1_Abort)
+    case cursorUpdate(Ringmaster_V1_CursorUpdate)
     /// Checkpoints.
     case shardReady(Ringmaster_V1_CheckpointShardReady)
     case checkpointCommitted(Ringmaster_V1_CheckpointCommitted)
@@ -522,6 +531,41 @@ public nonisolated struct Ringmaster_V1_StepReport: Sendable {
 
   /// Hash of the replica's parameters, sent every N steps so that divergent replicas are detected.
   public var parameterHash: Data = Data()
+
+  /// Ids of the samples this rank trained on in this step (the coordinator counts them, so
+  /// repeats and skips are measured, not assumed).
+  public var sampleIds: [UInt32] = []
+
+  /// Accuracy on the held-out test set, sent by rank 0 with the last step.
+  public var testAccuracy: Double {
+    get {_testAccuracy ?? 0}
+    set {_testAccuracy = newValue}
+  }
+  /// Returns true if `testAccuracy` has been explicitly set.
+  public var hasTestAccuracy: Bool {self._testAccuracy != nil}
+  /// Clears the value of `testAccuracy`. Subsequent reads from it will return its default value.
+  public mutating func clearTestAccuracy() {self._testAccuracy = nil}
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _testAccuracy: Double? = nil
+}
+
+/// The coordinator tells a generation's members that its cursor moved: every step before `cursor`
+/// is committed. Agents keep copies of their training state back to the cursor (to roll back to
+/// it), so they run at most a few steps ahead of it: this is their flow control.
+public nonisolated struct Ringmaster_V1_CursorUpdate: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var jobID: String = String()
+
+  public var generation: UInt64 = 0
+
+  public var cursor: UInt64 = 0
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -823,36 +867,164 @@ public nonisolated struct Ringmaster_V1_JobMember: Sendable {
   public init() {}
 }
 
-public nonisolated struct Ringmaster_V1_JobStatus: Sendable {
+public nonisolated struct Ringmaster_V1_JobStatus: @unchecked Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
   // methods supported on all messages.
 
-  public var jobID: String = String()
+  public var jobID: String {
+    get {_storage._jobID}
+    set {_uniqueStorage()._jobID = newValue}
+  }
 
   /// waiting, running, finished or cancelled.
-  public var phase: String = String()
+  public var phase: String {
+    get {_storage._phase}
+    set {_uniqueStorage()._phase = newValue}
+  }
+
+  public var generation: UInt64 {
+    get {_storage._generation}
+    set {_uniqueStorage()._generation = newValue}
+  }
+
+  public var members: [Ringmaster_V1_JobMember] {
+    get {_storage._members}
+    set {_uniqueStorage()._members = newValue}
+  }
+
+  public var minNodes: UInt32 {
+    get {_storage._minNodes}
+    set {_uniqueStorage()._minNodes = newValue}
+  }
+
+  public var maxNodes: UInt32 {
+    get {_storage._maxNodes}
+    set {_uniqueStorage()._maxNodes = newValue}
+  }
+
+  public var targetNodes: UInt32 {
+    get {_storage._targetNodes}
+    set {_uniqueStorage()._targetNodes = newValue}
+  }
+
+  /// The data cursor: the first global step not yet completed by every member, and its epoch.
+  public var cursorStep: UInt64 {
+    get {_storage._cursorStep}
+    set {_uniqueStorage()._cursorStep = newValue}
+  }
+
+  public var cursorEpoch: UInt64 {
+    get {_storage._cursorEpoch}
+    set {_uniqueStorage()._cursorEpoch = newValue}
+  }
+
+  public var totalSteps: UInt64 {
+    get {_storage._totalSteps}
+    set {_uniqueStorage()._totalSteps = newValue}
+  }
+
+  public var generationsStarted: UInt64 {
+    get {_storage._generationsStarted}
+    set {_uniqueStorage()._generationsStarted = newValue}
+  }
+
+  public var lastCause: String {
+    get {_storage._lastCause}
+    set {_uniqueStorage()._lastCause = newValue}
+  }
+
+  /// Mean loss over the global batch of the last committed step.
+  public var loss: Double {
+    get {_storage._loss}
+    set {_uniqueStorage()._loss = newValue}
+  }
+
+  public var testAccuracy: Double {
+    get {_storage._testAccuracy ?? 0}
+    set {_uniqueStorage()._testAccuracy = newValue}
+  }
+  /// Returns true if `testAccuracy` has been explicitly set.
+  public var hasTestAccuracy: Bool {_storage._testAccuracy != nil}
+  /// Clears the value of `testAccuracy`. Subsequent reads from it will return its default value.
+  public mutating func clearTestAccuracy() {_uniqueStorage()._testAccuracy = nil}
+
+  /// The replicas' parameter hash at the last step that reported one.
+  public var parameterHash: Data {
+    get {_storage._parameterHash}
+    set {_uniqueStorage()._parameterHash = newValue}
+  }
+
+  public var parameterHashStep: UInt64 {
+    get {_storage._parameterHashStep}
+    set {_uniqueStorage()._parameterHashStep = newValue}
+  }
+
+  /// Steps at which members reported different parameter hashes.
+  public var divergences: UInt64 {
+    get {_storage._divergences}
+    set {_uniqueStorage()._divergences = newValue}
+  }
+
+  public var samples: Ringmaster_V1_SampleAccounting {
+    get {_storage._samples ?? Ringmaster_V1_SampleAccounting()}
+    set {_uniqueStorage()._samples = newValue}
+  }
+  /// Returns true if `samples` has been explicitly set.
+  public var hasSamples: Bool {_storage._samples != nil}
+  /// Clears the value of `samples`. Subsequent reads from it will return its default value.
+  public mutating func clearSamples() {_uniqueStorage()._samples = nil}
+
+  /// Every generation this coordinator started for the job, oldest first.
+  public var history: [Ringmaster_V1_GenerationRecord] {
+    get {_storage._history}
+    set {_uniqueStorage()._history = newValue}
+  }
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _storage = _StorageClass.defaultInstance
+}
+
+/// Samples counted from the ids that members reported for committed steps.
+public nonisolated struct Ringmaster_V1_SampleAccounting: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var seen: UInt64 = 0
+
+  /// Ids trained more than once within one epoch.
+  public var repeated: UInt64 = 0
+
+  /// Ids of an epoch (up to the cursor) that no committed step trained.
+  public var skipped: UInt64 = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Ringmaster_V1_GenerationRecord: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
 
   public var generation: UInt64 = 0
 
-  public var members: [Ringmaster_V1_JobMember] = []
+  public var cause: String = String()
 
-  public var minNodes: UInt32 = 0
+  public var worldSize: UInt32 = 0
 
-  public var maxNodes: UInt32 = 0
+  public var resumeStep: UInt64 = 0
 
-  public var targetNodes: UInt32 = 0
+  /// Wall-clock milliseconds since the Unix epoch: when the coordinator saw the event and started
+  /// the generation, and when the first step after it was committed (0: none yet).
+  public var startedUnixMs: Int64 = 0
 
-  /// The data cursor: the first global step not yet completed by every member, and its epoch.
-  public var cursorStep: UInt64 = 0
-
-  public var cursorEpoch: UInt64 = 0
-
-  public var totalSteps: UInt64 = 0
-
-  public var generationsStarted: UInt64 = 0
-
-  public var lastCause: String = String()
+  public var firstStepUnixMs: Int64 = 0
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -1035,7 +1207,7 @@ fileprivate nonisolated let _protobuf_package = "ringmaster.v1"
 
 nonisolated extension Ringmaster_V1_Envelope: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Envelope"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}request_id\0\u{4}\u{9}join_begin\0\u{3}join_challenge\0\u{3}join_request\0\u{3}join_reply\0\u{4}\u{7}agent_hello\0\u{3}hello_reply\0\u{3}renew_request\0\u{3}renew_reply\0\u{1}heartbeat\0\u{3}heartbeat_ack\0\u{2}\u{5}assignment\0\u{3}step_report\0\u{1}leave\0\u{1}drain\0\u{1}abort\0\u{4}\u{6}shard_ready\0\u{3}checkpoint_committed\0\u{4}\u{9}admin_request\0\u{3}admin_reply\0\u{2}\u{9}error\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}request_id\0\u{4}\u{9}join_begin\0\u{3}join_challenge\0\u{3}join_request\0\u{3}join_reply\0\u{4}\u{7}agent_hello\0\u{3}hello_reply\0\u{3}renew_request\0\u{3}renew_reply\0\u{1}heartbeat\0\u{3}heartbeat_ack\0\u{2}\u{5}assignment\0\u{3}step_report\0\u{1}leave\0\u{1}drain\0\u{1}abort\0\u{3}cursor_update\0\u{4}\u{5}shard_ready\0\u{3}checkpoint_committed\0\u{4}\u{9}admin_request\0\u{3}admin_reply\0\u{2}\u{9}error\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1239,6 +1411,19 @@ nonisolated extension Ringmaster_V1_Envelope: SwiftProtobuf.Message, SwiftProtob
           self.body = .abort(v)
         }
       }()
+      case 35: try {
+        var v: Ringmaster_V1_CursorUpdate?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .cursorUpdate(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .cursorUpdate(v)
+        }
+      }()
       case 40: try {
         var v: Ringmaster_V1_CheckpointShardReady?
         var hadOneofValue = false
@@ -1377,6 +1562,10 @@ nonisolated extension Ringmaster_V1_Envelope: SwiftProtobuf.Message, SwiftProtob
     case .abort?: try {
       guard case .abort(let v)? = self.body else { preconditionFailure() }
       try visitor.visitSingularMessageField(value: v, fieldNumber: 34)
+    }()
+    case .cursorUpdate?: try {
+      guard case .cursorUpdate(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 35)
     }()
     case .shardReady?: try {
       guard case .shardReady(let v)? = self.body else { preconditionFailure() }
@@ -1982,7 +2171,7 @@ nonisolated extension Ringmaster_V1_Assignment: SwiftProtobuf.Message, SwiftProt
 
 nonisolated extension Ringmaster_V1_StepReport: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".StepReport"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}job_id\0\u{1}generation\0\u{1}step\0\u{1}loss\0\u{1}samples\0\u{3}parameter_hash\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}job_id\0\u{1}generation\0\u{1}step\0\u{1}loss\0\u{1}samples\0\u{3}parameter_hash\0\u{3}sample_ids\0\u{3}test_accuracy\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1996,12 +2185,18 @@ nonisolated extension Ringmaster_V1_StepReport: SwiftProtobuf.Message, SwiftProt
       case 4: try { try decoder.decodeSingularDoubleField(value: &self.loss) }()
       case 5: try { try decoder.decodeSingularUInt64Field(value: &self.samples) }()
       case 6: try { try decoder.decodeSingularBytesField(value: &self.parameterHash) }()
+      case 7: try { try decoder.decodeRepeatedUInt32Field(value: &self.sampleIds) }()
+      case 8: try { try decoder.decodeSingularDoubleField(value: &self._testAccuracy) }()
       default: break
       }
     }
   }
 
   public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
     if !self.jobID.isEmpty {
       try visitor.visitSingularStringField(value: self.jobID, fieldNumber: 1)
     }
@@ -2020,6 +2215,12 @@ nonisolated extension Ringmaster_V1_StepReport: SwiftProtobuf.Message, SwiftProt
     if !self.parameterHash.isEmpty {
       try visitor.visitSingularBytesField(value: self.parameterHash, fieldNumber: 6)
     }
+    if !self.sampleIds.isEmpty {
+      try visitor.visitPackedUInt32Field(value: self.sampleIds, fieldNumber: 7)
+    }
+    try { if let v = self._testAccuracy {
+      try visitor.visitSingularDoubleField(value: v, fieldNumber: 8)
+    } }()
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -2030,6 +2231,48 @@ nonisolated extension Ringmaster_V1_StepReport: SwiftProtobuf.Message, SwiftProt
     if lhs.loss != rhs.loss {return false}
     if lhs.samples != rhs.samples {return false}
     if lhs.parameterHash != rhs.parameterHash {return false}
+    if lhs.sampleIds != rhs.sampleIds {return false}
+    if lhs._testAccuracy != rhs._testAccuracy {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Ringmaster_V1_CursorUpdate: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".CursorUpdate"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}job_id\0\u{1}generation\0\u{1}cursor\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.jobID) }()
+      case 2: try { try decoder.decodeSingularUInt64Field(value: &self.generation) }()
+      case 3: try { try decoder.decodeSingularUInt64Field(value: &self.cursor) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.jobID.isEmpty {
+      try visitor.visitSingularStringField(value: self.jobID, fieldNumber: 1)
+    }
+    if self.generation != 0 {
+      try visitor.visitSingularUInt64Field(value: self.generation, fieldNumber: 2)
+    }
+    if self.cursor != 0 {
+      try visitor.visitSingularUInt64Field(value: self.cursor, fieldNumber: 3)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Ringmaster_V1_CursorUpdate, rhs: Ringmaster_V1_CursorUpdate) -> Bool {
+    if lhs.jobID != rhs.jobID {return false}
+    if lhs.generation != rhs.generation {return false}
+    if lhs.cursor != rhs.cursor {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -2688,7 +2931,203 @@ nonisolated extension Ringmaster_V1_JobMember: SwiftProtobuf.Message, SwiftProto
 
 nonisolated extension Ringmaster_V1_JobStatus: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".JobStatus"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}job_id\0\u{1}phase\0\u{1}generation\0\u{1}members\0\u{3}min_nodes\0\u{3}max_nodes\0\u{3}target_nodes\0\u{3}cursor_step\0\u{3}cursor_epoch\0\u{3}total_steps\0\u{3}generations_started\0\u{3}last_cause\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}job_id\0\u{1}phase\0\u{1}generation\0\u{1}members\0\u{3}min_nodes\0\u{3}max_nodes\0\u{3}target_nodes\0\u{3}cursor_step\0\u{3}cursor_epoch\0\u{3}total_steps\0\u{3}generations_started\0\u{3}last_cause\0\u{1}loss\0\u{3}test_accuracy\0\u{3}parameter_hash\0\u{3}parameter_hash_step\0\u{1}divergences\0\u{1}samples\0\u{1}history\0")
+
+  fileprivate class _StorageClass {
+    var _jobID: String = String()
+    var _phase: String = String()
+    var _generation: UInt64 = 0
+    var _members: [Ringmaster_V1_JobMember] = []
+    var _minNodes: UInt32 = 0
+    var _maxNodes: UInt32 = 0
+    var _targetNodes: UInt32 = 0
+    var _cursorStep: UInt64 = 0
+    var _cursorEpoch: UInt64 = 0
+    var _totalSteps: UInt64 = 0
+    var _generationsStarted: UInt64 = 0
+    var _lastCause: String = String()
+    var _loss: Double = 0
+    var _testAccuracy: Double? = nil
+    var _parameterHash: Data = Data()
+    var _parameterHashStep: UInt64 = 0
+    var _divergences: UInt64 = 0
+    var _samples: Ringmaster_V1_SampleAccounting? = nil
+    var _history: [Ringmaster_V1_GenerationRecord] = []
+
+      // This property is used as the initial default value for new instances of the type.
+      // The type itself is protecting the reference to its storage via CoW semantics.
+      // This will force a copy to be made of this reference when the first mutation occurs;
+      // hence, it is safe to mark this as `nonisolated(unsafe)`.
+      static nonisolated(unsafe) let defaultInstance = _StorageClass()
+
+    private init() {}
+
+    init(copying source: _StorageClass) {
+      _jobID = source._jobID
+      _phase = source._phase
+      _generation = source._generation
+      _members = source._members
+      _minNodes = source._minNodes
+      _maxNodes = source._maxNodes
+      _targetNodes = source._targetNodes
+      _cursorStep = source._cursorStep
+      _cursorEpoch = source._cursorEpoch
+      _totalSteps = source._totalSteps
+      _generationsStarted = source._generationsStarted
+      _lastCause = source._lastCause
+      _loss = source._loss
+      _testAccuracy = source._testAccuracy
+      _parameterHash = source._parameterHash
+      _parameterHashStep = source._parameterHashStep
+      _divergences = source._divergences
+      _samples = source._samples
+      _history = source._history
+    }
+  }
+
+  fileprivate mutating func _uniqueStorage() -> _StorageClass {
+    if !isKnownUniquelyReferenced(&_storage) {
+      _storage = _StorageClass(copying: _storage)
+    }
+    return _storage
+  }
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    _ = _uniqueStorage()
+    try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
+      while let fieldNumber = try decoder.nextFieldNumber() {
+        // The use of inline closures is to circumvent an issue where the compiler
+        // allocates stack space for every case branch when no optimizations are
+        // enabled. https://github.com/apple/swift-protobuf/issues/1034
+        switch fieldNumber {
+        case 1: try { try decoder.decodeSingularStringField(value: &_storage._jobID) }()
+        case 2: try { try decoder.decodeSingularStringField(value: &_storage._phase) }()
+        case 3: try { try decoder.decodeSingularUInt64Field(value: &_storage._generation) }()
+        case 4: try { try decoder.decodeRepeatedMessageField(value: &_storage._members) }()
+        case 5: try { try decoder.decodeSingularUInt32Field(value: &_storage._minNodes) }()
+        case 6: try { try decoder.decodeSingularUInt32Field(value: &_storage._maxNodes) }()
+        case 7: try { try decoder.decodeSingularUInt32Field(value: &_storage._targetNodes) }()
+        case 8: try { try decoder.decodeSingularUInt64Field(value: &_storage._cursorStep) }()
+        case 9: try { try decoder.decodeSingularUInt64Field(value: &_storage._cursorEpoch) }()
+        case 10: try { try decoder.decodeSingularUInt64Field(value: &_storage._totalSteps) }()
+        case 11: try { try decoder.decodeSingularUInt64Field(value: &_storage._generationsStarted) }()
+        case 12: try { try decoder.decodeSingularStringField(value: &_storage._lastCause) }()
+        case 13: try { try decoder.decodeSingularDoubleField(value: &_storage._loss) }()
+        case 14: try { try decoder.decodeSingularDoubleField(value: &_storage._testAccuracy) }()
+        case 15: try { try decoder.decodeSingularBytesField(value: &_storage._parameterHash) }()
+        case 16: try { try decoder.decodeSingularUInt64Field(value: &_storage._parameterHashStep) }()
+        case 17: try { try decoder.decodeSingularUInt64Field(value: &_storage._divergences) }()
+        case 18: try { try decoder.decodeSingularMessageField(value: &_storage._samples) }()
+        case 19: try { try decoder.decodeRepeatedMessageField(value: &_storage._history) }()
+        default: break
+        }
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every if/case branch local when no optimizations
+      // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+      // https://github.com/apple/swift-protobuf/issues/1182
+      if !_storage._jobID.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._jobID, fieldNumber: 1)
+      }
+      if !_storage._phase.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._phase, fieldNumber: 2)
+      }
+      if _storage._generation != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._generation, fieldNumber: 3)
+      }
+      if !_storage._members.isEmpty {
+        try visitor.visitRepeatedMessageField(value: _storage._members, fieldNumber: 4)
+      }
+      if _storage._minNodes != 0 {
+        try visitor.visitSingularUInt32Field(value: _storage._minNodes, fieldNumber: 5)
+      }
+      if _storage._maxNodes != 0 {
+        try visitor.visitSingularUInt32Field(value: _storage._maxNodes, fieldNumber: 6)
+      }
+      if _storage._targetNodes != 0 {
+        try visitor.visitSingularUInt32Field(value: _storage._targetNodes, fieldNumber: 7)
+      }
+      if _storage._cursorStep != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._cursorStep, fieldNumber: 8)
+      }
+      if _storage._cursorEpoch != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._cursorEpoch, fieldNumber: 9)
+      }
+      if _storage._totalSteps != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._totalSteps, fieldNumber: 10)
+      }
+      if _storage._generationsStarted != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._generationsStarted, fieldNumber: 11)
+      }
+      if !_storage._lastCause.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._lastCause, fieldNumber: 12)
+      }
+      if _storage._loss.bitPattern != 0 {
+        try visitor.visitSingularDoubleField(value: _storage._loss, fieldNumber: 13)
+      }
+      try { if let v = _storage._testAccuracy {
+        try visitor.visitSingularDoubleField(value: v, fieldNumber: 14)
+      } }()
+      if !_storage._parameterHash.isEmpty {
+        try visitor.visitSingularBytesField(value: _storage._parameterHash, fieldNumber: 15)
+      }
+      if _storage._parameterHashStep != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._parameterHashStep, fieldNumber: 16)
+      }
+      if _storage._divergences != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._divergences, fieldNumber: 17)
+      }
+      try { if let v = _storage._samples {
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 18)
+      } }()
+      if !_storage._history.isEmpty {
+        try visitor.visitRepeatedMessageField(value: _storage._history, fieldNumber: 19)
+      }
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Ringmaster_V1_JobStatus, rhs: Ringmaster_V1_JobStatus) -> Bool {
+    if lhs._storage !== rhs._storage {
+      let storagesAreEqual: Bool = withExtendedLifetime((lhs._storage, rhs._storage)) { (_args: (_StorageClass, _StorageClass)) in
+        let _storage = _args.0
+        let rhs_storage = _args.1
+        if _storage._jobID != rhs_storage._jobID {return false}
+        if _storage._phase != rhs_storage._phase {return false}
+        if _storage._generation != rhs_storage._generation {return false}
+        if _storage._members != rhs_storage._members {return false}
+        if _storage._minNodes != rhs_storage._minNodes {return false}
+        if _storage._maxNodes != rhs_storage._maxNodes {return false}
+        if _storage._targetNodes != rhs_storage._targetNodes {return false}
+        if _storage._cursorStep != rhs_storage._cursorStep {return false}
+        if _storage._cursorEpoch != rhs_storage._cursorEpoch {return false}
+        if _storage._totalSteps != rhs_storage._totalSteps {return false}
+        if _storage._generationsStarted != rhs_storage._generationsStarted {return false}
+        if _storage._lastCause != rhs_storage._lastCause {return false}
+        if _storage._loss != rhs_storage._loss {return false}
+        if _storage._testAccuracy != rhs_storage._testAccuracy {return false}
+        if _storage._parameterHash != rhs_storage._parameterHash {return false}
+        if _storage._parameterHashStep != rhs_storage._parameterHashStep {return false}
+        if _storage._divergences != rhs_storage._divergences {return false}
+        if _storage._samples != rhs_storage._samples {return false}
+        if _storage._history != rhs_storage._history {return false}
+        return true
+      }
+      if !storagesAreEqual {return false}
+    }
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Ringmaster_V1_SampleAccounting: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".SampleAccounting"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}seen\0\u{1}repeated\0\u{1}skipped\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -2696,76 +3135,86 @@ nonisolated extension Ringmaster_V1_JobStatus: SwiftProtobuf.Message, SwiftProto
       // allocates stack space for every case branch when no optimizations are
       // enabled. https://github.com/apple/swift-protobuf/issues/1034
       switch fieldNumber {
-      case 1: try { try decoder.decodeSingularStringField(value: &self.jobID) }()
-      case 2: try { try decoder.decodeSingularStringField(value: &self.phase) }()
-      case 3: try { try decoder.decodeSingularUInt64Field(value: &self.generation) }()
-      case 4: try { try decoder.decodeRepeatedMessageField(value: &self.members) }()
-      case 5: try { try decoder.decodeSingularUInt32Field(value: &self.minNodes) }()
-      case 6: try { try decoder.decodeSingularUInt32Field(value: &self.maxNodes) }()
-      case 7: try { try decoder.decodeSingularUInt32Field(value: &self.targetNodes) }()
-      case 8: try { try decoder.decodeSingularUInt64Field(value: &self.cursorStep) }()
-      case 9: try { try decoder.decodeSingularUInt64Field(value: &self.cursorEpoch) }()
-      case 10: try { try decoder.decodeSingularUInt64Field(value: &self.totalSteps) }()
-      case 11: try { try decoder.decodeSingularUInt64Field(value: &self.generationsStarted) }()
-      case 12: try { try decoder.decodeSingularStringField(value: &self.lastCause) }()
+      case 1: try { try decoder.decodeSingularUInt64Field(value: &self.seen) }()
+      case 2: try { try decoder.decodeSingularUInt64Field(value: &self.repeated) }()
+      case 3: try { try decoder.decodeSingularUInt64Field(value: &self.skipped) }()
       default: break
       }
     }
   }
 
   public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
-    if !self.jobID.isEmpty {
-      try visitor.visitSingularStringField(value: self.jobID, fieldNumber: 1)
+    if self.seen != 0 {
+      try visitor.visitSingularUInt64Field(value: self.seen, fieldNumber: 1)
     }
-    if !self.phase.isEmpty {
-      try visitor.visitSingularStringField(value: self.phase, fieldNumber: 2)
+    if self.repeated != 0 {
+      try visitor.visitSingularUInt64Field(value: self.repeated, fieldNumber: 2)
     }
-    if self.generation != 0 {
-      try visitor.visitSingularUInt64Field(value: self.generation, fieldNumber: 3)
-    }
-    if !self.members.isEmpty {
-      try visitor.visitRepeatedMessageField(value: self.members, fieldNumber: 4)
-    }
-    if self.minNodes != 0 {
-      try visitor.visitSingularUInt32Field(value: self.minNodes, fieldNumber: 5)
-    }
-    if self.maxNodes != 0 {
-      try visitor.visitSingularUInt32Field(value: self.maxNodes, fieldNumber: 6)
-    }
-    if self.targetNodes != 0 {
-      try visitor.visitSingularUInt32Field(value: self.targetNodes, fieldNumber: 7)
-    }
-    if self.cursorStep != 0 {
-      try visitor.visitSingularUInt64Field(value: self.cursorStep, fieldNumber: 8)
-    }
-    if self.cursorEpoch != 0 {
-      try visitor.visitSingularUInt64Field(value: self.cursorEpoch, fieldNumber: 9)
-    }
-    if self.totalSteps != 0 {
-      try visitor.visitSingularUInt64Field(value: self.totalSteps, fieldNumber: 10)
-    }
-    if self.generationsStarted != 0 {
-      try visitor.visitSingularUInt64Field(value: self.generationsStarted, fieldNumber: 11)
-    }
-    if !self.lastCause.isEmpty {
-      try visitor.visitSingularStringField(value: self.lastCause, fieldNumber: 12)
+    if self.skipped != 0 {
+      try visitor.visitSingularUInt64Field(value: self.skipped, fieldNumber: 3)
     }
     try unknownFields.traverse(visitor: &visitor)
   }
 
-  public static func ==(lhs: Ringmaster_V1_JobStatus, rhs: Ringmaster_V1_JobStatus) -> Bool {
-    if lhs.jobID != rhs.jobID {return false}
-    if lhs.phase != rhs.phase {return false}
+  public static func ==(lhs: Ringmaster_V1_SampleAccounting, rhs: Ringmaster_V1_SampleAccounting) -> Bool {
+    if lhs.seen != rhs.seen {return false}
+    if lhs.repeated != rhs.repeated {return false}
+    if lhs.skipped != rhs.skipped {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Ringmaster_V1_GenerationRecord: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".GenerationRecord"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}generation\0\u{1}cause\0\u{3}world_size\0\u{3}resume_step\0\u{3}started_unix_ms\0\u{3}first_step_unix_ms\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularUInt64Field(value: &self.generation) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.cause) }()
+      case 3: try { try decoder.decodeSingularUInt32Field(value: &self.worldSize) }()
+      case 4: try { try decoder.decodeSingularUInt64Field(value: &self.resumeStep) }()
+      case 5: try { try decoder.decodeSingularInt64Field(value: &self.startedUnixMs) }()
+      case 6: try { try decoder.decodeSingularInt64Field(value: &self.firstStepUnixMs) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.generation != 0 {
+      try visitor.visitSingularUInt64Field(value: self.generation, fieldNumber: 1)
+    }
+    if !self.cause.isEmpty {
+      try visitor.visitSingularStringField(value: self.cause, fieldNumber: 2)
+    }
+    if self.worldSize != 0 {
+      try visitor.visitSingularUInt32Field(value: self.worldSize, fieldNumber: 3)
+    }
+    if self.resumeStep != 0 {
+      try visitor.visitSingularUInt64Field(value: self.resumeStep, fieldNumber: 4)
+    }
+    if self.startedUnixMs != 0 {
+      try visitor.visitSingularInt64Field(value: self.startedUnixMs, fieldNumber: 5)
+    }
+    if self.firstStepUnixMs != 0 {
+      try visitor.visitSingularInt64Field(value: self.firstStepUnixMs, fieldNumber: 6)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Ringmaster_V1_GenerationRecord, rhs: Ringmaster_V1_GenerationRecord) -> Bool {
     if lhs.generation != rhs.generation {return false}
-    if lhs.members != rhs.members {return false}
-    if lhs.minNodes != rhs.minNodes {return false}
-    if lhs.maxNodes != rhs.maxNodes {return false}
-    if lhs.targetNodes != rhs.targetNodes {return false}
-    if lhs.cursorStep != rhs.cursorStep {return false}
-    if lhs.cursorEpoch != rhs.cursorEpoch {return false}
-    if lhs.totalSteps != rhs.totalSteps {return false}
-    if lhs.generationsStarted != rhs.generationsStarted {return false}
-    if lhs.lastCause != rhs.lastCause {return false}
+    if lhs.cause != rhs.cause {return false}
+    if lhs.worldSize != rhs.worldSize {return false}
+    if lhs.resumeStep != rhs.resumeStep {return false}
+    if lhs.startedUnixMs != rhs.startedUnixMs {return false}
+    if lhs.firstStepUnixMs != rhs.firstStepUnixMs {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -1,0 +1,101 @@
+import Foundation
+import LocalCluster
+import Testing
+
+/// The main job end to end: `ringmaster demo` starts a coordinator and agents as real processes
+/// (mutual TLS, TCP data plane) and trains the reference perceptron on the digits data set.
+///
+/// Tolerance: replicas of one run are bit-identical (they apply the same all-reduced sums). Runs
+/// with different world sizes sum the same gradients in different orders, so their parameters
+/// differ by Float32 rounding carried through training. After `steps` steps of SGD with momentum
+/// they must agree within `tolerance` in every parameter (absolute; the parameters are of order 0.1
+/// to 1).
+@Suite("Training on real processes", .serialized, .timeLimit(.minutes(10)))
+struct TrainingTests {
+    static let steps = 600
+    static let tolerance: Float = 2e-3
+
+    struct Run {
+        let json: [String: Any]
+        let parameters: [Float]
+
+        var accuracy: Double { self.json["test_accuracy"] as? Double ?? -1 }
+        func count(_ key: String) -> Int { (self.json[key] as? NSNumber)?.intValue ?? -1 }
+    }
+
+    /// Runs the demo and reads the model an agent wrote.
+    func demo(_ label: String, _ arguments: [String]) async throws -> Run {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("ringmaster-training-\(label)-\(UUID().uuidString.prefix(8))").path
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let demo = try ChildProcess(
+            name: "demo \(label)",
+            executable: try ringmasterExecutable(),
+            arguments: ["demo", "--json", "--steps", "\(Self.steps)", "--directory", directory, "--timeout", "240"] + arguments
+        )
+        let status = try await demo.waitForExit(within: 300)
+        try #require(status == 0, "demo \(label) failed: \(demo.output.lines.suffix(30).joined(separator: "\n"))")
+        let text = demo.standardOutput.lines.last { $0.hasPrefix("{") } ?? ""
+        let json = try #require(try JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any], "demo \(label) printed no JSON: \(text)")
+        let path = try #require(json["model_path"] as? String, "demo \(label) names no model file")
+        let bytes = try Data(contentsOf: URL(fileURLWithPath: path))
+        let parameters = bytes.withUnsafeBytes { Array($0.bindMemory(to: Float.self)) }
+        return Run(json: json, parameters: parameters)
+    }
+
+    func maximumDifference(_ a: [Float], _ b: [Float]) -> Float {
+        guard a.count == b.count else { return .infinity }
+        return zip(a, b).map { abs($0 - $1) }.max() ?? 0
+    }
+
+    /// Every sample of every step trained exactly once, counted by the coordinator from the ids
+    /// the agents reported: 600 steps of 64 from 1,437 samples.
+    func expectExactAccounting(_ run: Run, _ label: String) {
+        let epochs = Self.steps / 23
+        let expected: Int = Self.steps * 64 - epochs * (23 * 64 - 1437)
+        #expect(run.count("samples_seen") == expected, "\(label): \(run.json)")
+        #expect(run.count("samples_repeated") == 0, "\(label)")
+        #expect(run.count("samples_skipped") == 0, "\(label)")
+        #expect(run.count("replica_divergences") == 0, "\(label): replicas diverged")
+        #expect(run.count("steps") == Self.steps, "\(label)")
+    }
+
+    @Test func oneTwoAndFourAgents_endWithTheSameModel_andKillsJoinsAndLeavesChangeNothing() async throws {
+        let one = try await self.demo("1-agent", ["--agents", "1"])
+        #expect(one.accuracy >= 0.95, "1 agent: test accuracy \(one.accuracy)")
+        self.expectExactAccounting(one, "1 agent")
+        let expectedParameters = 64 * 128 + 128 + 128 * 10 + 10
+        #expect(one.parameters.count == expectedParameters)
+
+        for agents in [2, 4] {
+            let run = try await self.demo("\(agents)-agents", ["--agents", "\(agents)"])
+            #expect(run.accuracy >= 0.95, "\(agents) agents: test accuracy \(run.accuracy)")
+            self.expectExactAccounting(run, "\(agents) agents")
+            let difference = self.maximumDifference(run.parameters, one.parameters)
+            #expect(difference <= Self.tolerance, "\(agents) agents: parameters differ from 1 agent's by up to \(difference)")
+        }
+
+        // kill -9 of one agent at a random step: the survivors roll back in memory and go on.
+        let killStep = Int.random(in: 100...450)
+        let killed = try await self.demo("kill", ["--agents", "3", "--kill-agent-at-step", "\(killStep)"])
+        self.expectExactAccounting(killed, "kill at \(killStep)")
+        let recoveries = killed.json["recoveries"] as? [[String: Any]] ?? []
+        #expect(recoveries.contains { $0["cause"] as? String == "disconnected" }, "kill at \(killStep): no recovery from the kill in \(recoveries)")
+        #expect(self.maximumDifference(killed.parameters, one.parameters) <= Self.tolerance, "kill at \(killStep)")
+
+        // A join mid-run: the newcomer gets the state by broadcast and starts at a step boundary.
+        let joined = try await self.demo("join", ["--agents", "2", "--add-agent-at-step", "100"])
+        self.expectExactAccounting(joined, "join")
+        let joins = joined.json["recoveries"] as? [[String: Any]] ?? []
+        #expect(joins.contains { $0["cause"] as? String == "joined" && $0["world_size"] as? Int == 3 }, "no growth to 3 in \(joins)")
+        #expect(self.maximumDifference(joined.parameters, one.parameters) <= Self.tolerance, "join")
+
+        // SIGTERM: the agent finishes its step, leaves, exits 0; the job goes on with the rest.
+        let left = try await self.demo("sigterm", ["--agents", "3", "--terminate-agent-at-step", "300"])
+        self.expectExactAccounting(left, "sigterm")
+        let exits = left.json["terminated_exit_status"] as? [String: Int] ?? [:]
+        #expect(exits == ["agent-2": 0], "SIGTERM exit statuses \(exits)")
+        let leaves = left.json["recoveries"] as? [[String: Any]] ?? []
+        #expect(leaves.contains { $0["cause"] as? String == "left" && $0["world_size"] as? Int == 2 }, "no generation of 2 after the leave in \(leaves)")
+        #expect(self.maximumDifference(left.parameters, one.parameters) <= Self.tolerance, "sigterm")
+    }
+}

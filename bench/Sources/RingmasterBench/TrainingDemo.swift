@@ -1,0 +1,392 @@
+import ControlPlane
+import Foundation
+import LocalCluster
+import RingmasterSecurity
+import RingmasterWire
+import Synchronization
+
+/// The main job on one machine: a coordinator and agents as separate processes on loopback, each
+/// agent joining with its own single-use token, training the reference model on the digits data
+/// set, optionally losing an agent to kill -9 or gaining one mid-run. Used by `ringmaster demo`,
+/// the recovery benchmark and the end-to-end tests.
+public final class TrainingDemo: Sendable {
+    /// What to run.
+    public struct Options: Sendable {
+        /// Agents at the start.
+        public var agents = 4
+        /// Global steps to train.
+        public var steps: UInt64 = 1500
+        /// Kill -9 one agent (the last started) once the job has committed this many steps.
+        public var killAgentAtStep: UInt64?
+        /// Start one more agent once the job has committed this many steps.
+        public var addAgentAtStep: UInt64?
+        /// SIGTERM one agent at this step (it finishes its step, leaves, and exits 0).
+        public var terminateAgentAtStep: UInt64?
+        /// The workload settings (the `workload` mapping of the job spec, as YAML flow text).
+        public var workload = "{kind: mlp, hidden: [128], optimizer: sgd, learning_rate: 0.1, momentum: 0.9}"
+        public var batchSize = 64
+        public var seed: UInt64 = 42
+        /// Where the run's files go (kept); nil: a temporary directory, removed afterwards.
+        public var directory: String?
+        /// The `ringmaster` executable to start.
+        public var executable: String
+        /// Longest the whole run may take.
+        public var timeoutSeconds: Double = 300
+
+        public init(executable: String) {
+            self.executable = executable
+        }
+    }
+
+    /// One generation change and how long training stopped for it.
+    public struct Recovery: Sendable, Codable {
+        public var generation: UInt64
+        public var cause: String
+        public var worldSize: Int
+        /// From the event (the kill, the new agent's start, or the coordinator seeing the change)
+        /// to the first step committed in the new generation.
+        public var seconds: Double
+    }
+
+    /// What a run did.
+    public struct Result: Sendable, Codable {
+        public var testAccuracy: Double
+        public var finalLoss: Double
+        public var steps: UInt64
+        public var generations: Int
+        public var recoveries: [Recovery]
+        public var samplesSeen: UInt64
+        public var samplesRepeated: UInt64
+        public var samplesSkipped: UInt64
+        public var paramHash: String
+        public var divergences: UInt64
+        public var seconds: Double
+        public var samplesPerSecond: Double
+        /// The trained parameters (little-endian Float32) as an agent wrote them, when kept.
+        public var modelPath: String?
+        /// Exit statuses of agents stopped with SIGTERM mid-run, by name.
+        public var terminatedExitStatus: [String: Int32]
+    }
+
+    /// Progress, for a bar.
+    public struct Progress: Sendable {
+        public var step: UInt64
+        public var totalSteps: UInt64
+        public var loss: Double
+        public var worldSize: Int
+        public var generation: UInt64
+        public var samplesPerSecond: Double
+    }
+
+    let options: Options
+    let cluster = Mutex<Cluster?>(nil)
+
+    public init(options: Options) {
+        self.options = options
+    }
+
+    /// Kills every process the run started (for a signal handler: nothing is left behind).
+    public func killAll() {
+        for child in self.cluster.withLock({ $0 })?.children.withLock({ $0 }) ?? [] {
+            child.signal(SIGKILL)
+        }
+    }
+
+    /// Runs the job to its end; `progress` is called about every 100 ms, `say` with events.
+    public func run(progress: @escaping @Sendable (Progress) -> Void, say: @escaping @Sendable (String) -> Void) async throws -> Result {
+        let options = self.options
+        let kept = options.directory != nil
+        let directory = try options.directory ?? Self.makeTemporaryDirectory()
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        defer { if !kept { try? FileManager.default.removeItem(atPath: directory) } }
+        let cluster = Cluster(directory: directory, executable: options.executable)
+        self.cluster.withLock { $0 = cluster }
+        do {
+            let result = try await withDeadline(seconds: options.timeoutSeconds, waitingFor: "the demo job to finish") {
+                try await self.train(cluster, kept: kept, progress: progress, say: say)
+            }
+            await cluster.stopAll()
+            return result
+        } catch {
+            await cluster.stopAll()
+            for child in cluster.children.withLock({ $0 }) {
+                FileHandle.standardError.write(Data("--- \(child.name) output (last lines) ---\n\(child.output.lines.suffix(15).joined(separator: "\n"))\n".utf8))
+            }
+            throw error
+        }
+    }
+
+    func train(
+        _ cluster: Cluster,
+        kept: Bool,
+        progress: @escaping @Sendable (Progress) -> Void,
+        say: @escaping @Sendable (String) -> Void
+    ) async throws -> Result {
+        let options = self.options
+        let admin = try await cluster.startCoordinator()
+        say("coordinator listening on \(cluster.address!) (CA created, ECDSA P-256; mutual TLS for every agent)")
+        for index in 0..<options.agents {
+            try await cluster.startAgent(index: index, admin: admin)
+        }
+        try await cluster.waitForConnected(admin: admin, count: options.agents, within: 60)
+        say("\(options.agents) agent(s) joined with single-use tokens")
+        if options.addAgentAtStep != nil {
+            // The extra agent joins now (key, CSR, certificate) and starts mid-run with them.
+            let token = try await Cluster.admin(admin) { $0.tokenCreate = .with { $0.ttlSeconds = 600 } }.adminReply.tokenCreate
+            try await cluster.joinAgent(index: options.agents, token: token)
+        }
+
+        let growth = options.addAgentAtStep == nil ? 0 : 1
+        let spec = """
+            name: demo
+            workload: \(options.workload)
+            dataset: {path: builtin:digits, samples: 1437}
+            batch_size: \(options.batchSize)
+            steps: \(options.steps)
+            seed: \(options.seed)
+            nodes: {min: 1, max: \(options.agents + growth)}
+            """
+        _ = try await Cluster.admin(admin) { $0.jobSubmit = .with { $0.specYaml = spec } }
+        let started = Date()
+        say("submitted job demo: \(options.steps) steps of \(options.batchSize) samples")
+
+        // One operator session for the whole run: polling opens no new TLS connection.
+        let (status, killedAt, addedAt, terminated) = try await admin.withConnection { session in
+            var killedAt: Date?
+            var addedAt: Date?
+            var terminated: [String: ChildProcess] = [:]
+            var rate = RateMeter()
+            var status = Ringmaster_V1_JobStatus()
+            while true {
+                status = try await Cluster.request(session) { $0.jobStatus = .with { $0.jobID = "demo" } }.adminReply.jobStatus.jobs.first ?? .init()
+                rate.add(step: status.cursorStep, at: Date())
+                progress(
+                    Progress(
+                        step: status.cursorStep,
+                        totalSteps: status.totalSteps,
+                        loss: status.loss,
+                        worldSize: status.members.count,
+                        generation: status.generation,
+                        samplesPerSecond: rate.stepsPerSecond * Double(options.batchSize)
+                    )
+                )
+                if status.phase == "finished" || status.phase == "cancelled" { break }
+                if let at = options.killAgentAtStep, killedAt == nil, status.cursorStep >= at {
+                    let victim = try cluster.agent(index: options.agents - 1)
+                    victim.signal(SIGKILL)
+                    killedAt = Date()
+                    say("step \(status.cursorStep): kill -9 \(victim.name)")
+                }
+                if let at = options.terminateAgentAtStep, terminated.isEmpty, status.cursorStep >= at {
+                    let leaver = try cluster.agent(index: options.agents - 1 - (options.killAgentAtStep == nil ? 0 : 1))
+                    leaver.signal(SIGTERM)
+                    terminated[leaver.name] = leaver
+                    say("step \(status.cursorStep): SIGTERM \(leaver.name)")
+                }
+                if let at = options.addAgentAtStep, addedAt == nil, status.cursorStep >= at {
+                    addedAt = Date()
+                    try cluster.startAgent(index: options.agents, token: nil)
+                    say("step \(status.cursorStep): started agent-\(options.agents)")
+                }
+                try await Task.sleep(for: .milliseconds(50))
+            }
+            return (status, killedAt, addedAt, terminated)
+        }
+        let seconds = Date().timeIntervalSince(started)
+        var exits: [String: Int32] = [:]
+        // (`status`, `killedAt`, `addedAt` and `terminated` come from the polling session above.)
+        for (name, child) in terminated {
+            exits[name] = try await child.waitForExit(within: 40)
+        }
+        guard status.phase == "finished" else {
+            throw BenchmarkError("the demo job ended \(status.phase), not finished")
+        }
+
+        // Recovery: from the event to the first step committed after it. A kill and a new agent
+        // are events this process made, so their times are taken here; others as the coordinator saw them.
+        var recoveries: [Recovery] = []
+        for record in status.history.dropFirst() {
+            var event = Date(timeIntervalSince1970: Double(record.startedUnixMs) / 1000)
+            if record.cause == "disconnected", let killedAt, killedAt <= event { event = killedAt }
+            if record.cause == "joined", let addedAt, addedAt <= event { event = addedAt }
+            let end = record.firstStepUnixMs == 0 ? nil : Date(timeIntervalSince1970: Double(record.firstStepUnixMs) / 1000)
+            recoveries.append(
+                Recovery(
+                    generation: record.generation,
+                    cause: record.cause,
+                    worldSize: Int(record.worldSize),
+                    seconds: end.map { max(0, $0.timeIntervalSince(event)) } ?? -1
+                )
+            )
+        }
+        let modelPath = (0...(options.agents + growth)).lazy
+            .map { "\(cluster.directory)/agent-\($0)/models/demo.f32" }
+            .first { FileManager.default.fileExists(atPath: $0) }
+        return Result(
+            testAccuracy: status.hasTestAccuracy ? status.testAccuracy : -1,
+            finalLoss: status.loss,
+            steps: status.cursorStep,
+            generations: status.history.count,
+            recoveries: recoveries,
+            samplesSeen: status.samples.seen,
+            samplesRepeated: status.samples.repeated,
+            samplesSkipped: status.samples.skipped,
+            paramHash: status.parameterHash.map { String(format: "%02x", $0) }.joined(),
+            divergences: status.divergences,
+            seconds: seconds,
+            samplesPerSecond: Double(status.cursorStep) * Double(options.batchSize) / max(seconds, 1e-9),
+            modelPath: kept ? modelPath : nil,
+            terminatedExitStatus: exits
+        )
+    }
+
+    static func makeTemporaryDirectory() throws -> String {
+        var template = Array("\(NSTemporaryDirectory())/ringmaster-demo-XXXXXX".utf8CString)
+        guard let result = mkdtemp(&template) else {
+            throw BenchmarkError("could not create a temporary directory: \(String(cString: strerror(errno)))")
+        }
+        return String(cString: result)
+    }
+}
+
+/// Steps per second over the last few seconds.
+struct RateMeter {
+    var samples: [(step: UInt64, at: Date)] = []
+
+    mutating func add(step: UInt64, at: Date) {
+        self.samples.append((step, at))
+        self.samples.removeAll { at.timeIntervalSince($0.at) > 2 }
+    }
+
+    var stepsPerSecond: Double {
+        guard let first = self.samples.first, let last = self.samples.last, last.at > first.at else { return 0 }
+        return Double(last.step - min(last.step, first.step)) / last.at.timeIntervalSince(first.at)
+    }
+}
+
+/// The processes of a local run.
+final class Cluster: Sendable {
+    let directory: String
+    let executable: String
+    let children = Mutex<[ChildProcess]>([])
+    let agents = Mutex<[Int: ChildProcess]>([:])
+    let addressBox = Mutex<ControlAddress?>(nil)
+
+    init(directory: String, executable: String) {
+        self.directory = directory
+        self.executable = executable
+    }
+
+    var address: ControlAddress? { self.addressBox.withLock { $0 } }
+
+    /// Starts the coordinator and returns an operator's client for it.
+    func startCoordinator() async throws -> ControlClient {
+        let coordinator = try ChildProcess(
+            name: "coordinator",
+            executable: self.executable,
+            arguments: [
+                "coordinator", "--state-dir", "\(self.directory)/coordinator", "--listen", "127.0.0.1:0",
+                "--settle-window", "200ms",
+            ]
+        )
+        self.children.withLock { $0.append(coordinator) }
+        let line = try await coordinator.waitForLine(within: 30, "the coordinator's listening address") { $0.hasPrefix("listening ") }
+        let address = try ControlAddress(parsing: String(line.dropFirst("listening ".count)))
+        self.addressBox.withLock { $0 = address }
+        // An operator identity, as `ringmaster cert issue --role operator` makes on the coordinator host.
+        guard let authority = try CertificateAuthority.load(directory: "\(self.directory)/coordinator") else {
+            throw BenchmarkError("the coordinator did not create its CA")
+        }
+        let key = KeyAndRequest.makeKey()
+        return ControlClient(
+            address: address,
+            credentials: try Credentials(
+                privateKey: key,
+                certificate: try authority.issue(
+                    publicKey: key.publicKey,
+                    identity: try PeerIdentity(role: .operator, name: "demo"),
+                    notBefore: Date().addingTimeInterval(-60),
+                    notAfter: Date().addingTimeInterval(3600)
+                ),
+                caCertificate: authority.certificate
+            )
+        )
+    }
+
+    /// Starts `agent-INDEX` with a fresh single-use token (passed in the environment, never argv).
+    func startAgent(index: Int, admin: ControlClient) async throws {
+        let token = try await Self.admin(admin) { $0.tokenCreate = .with { $0.ttlSeconds = 600 } }.adminReply.tokenCreate
+        try self.startAgent(index: index, token: token)
+    }
+
+    /// Joins `agent-INDEX` (key, CSR, certificate in its data directory) without starting it.
+    func joinAgent(index: Int, token: Ringmaster_V1_TokenCreateReply) async throws {
+        guard let address = self.address else { throw BenchmarkError("the coordinator is not running") }
+        let name = "agent-\(index)"
+        let join = try ChildProcess(
+            name: "\(name) join",
+            executable: self.executable,
+            arguments: [
+                "agent", "join", "--coordinator", "\(address)", "--data-dir", "\(self.directory)/\(name)", "--name", name,
+                "--ca-pin", token.caPin,
+            ],
+            environment: ["RINGMASTER_TOKEN": token.token]
+        )
+        let status = try await join.waitForExit(within: 60)
+        guard status == 0 else {
+            throw BenchmarkError("\(name) could not join: \(join.output.lines.suffix(5).joined(separator: "\n"))")
+        }
+    }
+
+    /// Starts `agent-INDEX`, with a single-use token to join with, or with the credentials it has.
+    func startAgent(index: Int, token: Ringmaster_V1_TokenCreateReply?) throws {
+        guard let address = self.address else { throw BenchmarkError("the coordinator is not running") }
+        let name = "agent-\(index)"
+        var arguments = [
+            "agent", "--coordinator", "\(address)", "--data-dir", "\(self.directory)/\(name)", "--name", name,
+            "--data-plane-listen", "127.0.0.1:0",
+        ]
+        if let token { arguments += ["--ca-pin", token.caPin] }
+        let agent = try ChildProcess(
+            name: name,
+            executable: self.executable,
+            arguments: arguments,
+            environment: token.map { ["RINGMASTER_TOKEN": $0.token] } ?? [:]
+        )
+        self.children.withLock { $0.append(agent) }
+        self.agents.withLock { $0[index] = agent }
+    }
+
+    func agent(index: Int) throws -> ChildProcess {
+        guard let agent = self.agents.withLock({ $0[index] }) else { throw BenchmarkError("no agent-\(index) was started") }
+        return agent
+    }
+
+    func waitForConnected(admin: ControlClient, count: Int, within seconds: Double) async throws {
+        try await withDeadline(seconds: seconds, waitingFor: "\(count) agent(s) to connect") {
+            while true {
+                let nodes = try await Self.admin(admin) { $0.nodeList = .init() }.adminReply.nodeList.nodes
+                if nodes.filter(\.connected).count >= count { return }
+                try await Task.sleep(for: .milliseconds(50))
+            }
+        }
+    }
+
+    func stopAll() async {
+        for child in self.children.withLock({ $0 }).reversed() {
+            _ = await child.stop(grace: 10)
+        }
+    }
+
+    static func admin(_ client: ControlClient, _ build: @escaping @Sendable (inout Ringmaster_V1_AdminRequest) -> Void) async throws -> Envelope {
+        try await client.withConnection { session in try await Self.request(session, build) }
+    }
+
+    static func request(_ session: ControlSession, _ build: (inout Ringmaster_V1_AdminRequest) -> Void) async throws -> Envelope {
+        var envelope = Envelope()
+        build(&envelope.adminRequest)
+        let reply = try await session.request(envelope)
+        if case .error(let error) = reply.body { throw BenchmarkError("the coordinator refused: \(error.message)") }
+        return reply
+    }
+}
