@@ -72,6 +72,14 @@ let package = Package(
             ]
         ),
         .target(
+            name: "Checkpointing",
+            dependencies: [
+                "CoordinatorCore",
+                .product(name: "Crypto", package: "swift-crypto"),
+            ],
+            swiftSettings: strictSwift6
+        ),
+        .target(
             name: "CoordinatorCore",
             swiftSettings: strictSwift6
         ),
@@ -92,6 +100,7 @@ let package = Package(
         .target(
             name: "Coordinator",
             dependencies: [
+                "Checkpointing",
                 "CoordinatorCore",
                 "Workload",
                 "RingmasterWire",
@@ -115,6 +124,7 @@ let package = Package(
         .target(
             name: "Agent",
             dependencies: [
+                "Checkpointing",
                 "Collectives",
                 "CoordinatorCore",
                 "Workload",
@@ -144,6 +154,7 @@ let package = Package(
             name: "RingmasterBench",
             dependencies: [
                 "Agent",
+                "Checkpointing",
                 "Collectives",
                 "ControlPlane",
                 "CoordinatorCore",
@@ -162,6 +173,7 @@ let package = Package(
         .executableTarget(
             name: "ringmaster",
             dependencies: [
+                "Checkpointing",
                 "RingmasterWire",
                 "RingmasterSecurity",
                 "ControlPlane",
@@ -203,6 +215,11 @@ let package = Package(
         .testTarget(
             name: "CollectivesTests",
             dependencies: ["Collectives"],
+            swiftSettings: strictSwift6
+        ),
+        .testTarget(
+            name: "CheckpointingTests",
+            dependencies: ["Checkpointing", "CoordinatorCore", "LocalCluster"],
             swiftSettings: strictSwift6
         ),
         .testTarget(

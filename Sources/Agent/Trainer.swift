@@ -1,6 +1,7 @@
 import Collectives
 import ControlPlane
 import CoordinatorCore
+import Checkpointing
 import Foundation
 import Logging
 import RingmasterSecurity
@@ -76,12 +77,14 @@ final class Trainer: @unchecked Sendable {
 
     // MARK: Trainer thread only
     var job: JobState?
+    let checkpoints: CheckpointSaver
 
     init(settings: Settings, dataPlane: DataPlane, outbox: Outbox, logger: Logger) {
         self.settings = settings
         self.dataPlane = dataPlane
         self.outbox = outbox
         self.logger = logger
+        self.checkpoints = CheckpointSaver(outbox: outbox, logger: logger)
     }
 
     /// Starts the trainer's thread.
@@ -171,6 +174,7 @@ final class Trainer: @unchecked Sendable {
             return self.communicator
         }
         communicator?.abort(reason: "the agent is stopping")
+        self.checkpoints.close()
     }
 
     func locked<T>(_ body: () throws -> T) rethrows -> T {
@@ -309,6 +313,10 @@ final class Trainer: @unchecked Sendable {
             }
         }
         let holders = (0..<world).filter { all[2 * $0] == 1 }
+        if holders.isEmpty && !assignment.checkpointDirectory.isEmpty {
+            try self.loadCheckpoint(state, assignment, communicator)
+            return
+        }
         guard let root = holders.max(by: { (all[2 * $0 + 1], -$0) < (all[2 * $1 + 1], -$1) }) else {
             throw AgentError(
                 .protocolViolation,
@@ -328,6 +336,48 @@ final class Trainer: @unchecked Sendable {
             metadata: self.metadata(assignment).merging(
                 ["resume_step": "\(resume)", "source_rank": "\(root)", "steps_rolled_back": "\(rolledBack)"]
             ) { $1 }
+        )
+    }
+
+    /// No member holds the state at the resume step (the job was resumed from a checkpoint, or all
+    /// its agents restarted): rank 0 loads the committed checkpoint at that step, verifying every
+    /// shard's checksum, and broadcasts it; a checkpoint that fails verification is never used.
+    func loadCheckpoint(_ state: JobState, _ assignment: Ringmaster_V1_Assignment, _ communicator: Communicator) throws {
+        let resume = assignment.resumeStep
+        let expected = state.workload.stateCount
+        var buffer = [Float](repeating: 0, count: expected)
+        var failure: String?
+        if assignment.rank == 0 {
+            do {
+                let loaded = try CheckpointReader.load(root: assignment.checkpointDirectory, step: resume)
+                if loaded.state.count == expected {
+                    buffer = loaded.state
+                } else {
+                    failure = "the checkpoint at step \(resume) holds \(loaded.state.count) values, but this workload's state has \(expected)"
+                }
+            } catch {
+                failure = "\(error)"
+            }
+        }
+        var ok: [UInt64] = [failure == nil ? 1 : 0]
+        if Int(assignment.worldSize) > 1 {
+            try ok.withUnsafeMutableBytes { try communicator.broadcast($0, root: 0, timeout: self.settings.collectiveTimeout) }
+        }
+        guard ok[0] == 1 else {
+            throw AgentError(
+                .protocolViolation,
+                failure ?? "rank 0 could not load the checkpoint at step \(resume) from \(assignment.checkpointDirectory) (its log says why)"
+            )
+        }
+        if Int(assignment.worldSize) > 1 {
+            try buffer.withUnsafeMutableBytes { raw in
+                try communicator.broadcast(raw, root: 0, timeout: self.settings.collectiveTimeout)
+            }
+        }
+        state.restore(step: resume, generation: assignment.generation, state: buffer)
+        self.logger.notice(
+            "training state loaded from a checkpoint",
+            metadata: self.metadata(assignment).merging(["resume_step": "\(resume)", "directory": "\(assignment.checkpointDirectory)"]) { $1 }
         )
     }
 
@@ -389,6 +439,12 @@ final class Trainer: @unchecked Sendable {
                     "trained",
                     metadata: self.metadata(assignment).merging(["step": "\(step)", "loss": "\(lossSum / Double(batch))"]) { $1 }
                 )
+            }
+            if !assignment.checkpointDirectory.isEmpty, assignment.checkpointIntervalSteps > 0,
+                step % assignment.checkpointIntervalSteps == 0 || last, let saved = state.snapshots[step]
+            {
+                // The copy just kept is handed over as is: no extra copy on the step's path.
+                self.checkpoints.offer(.init(assignment: assignment, step: step, state: saved.state, parameterCount: parameters))
             }
             if last { self.saveModel(state, assignment) }
         }

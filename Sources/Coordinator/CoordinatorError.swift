@@ -8,6 +8,8 @@ public struct CoordinatorError: Error, Sendable, CustomStringConvertible {
         case configuration
         /// The control listener could not start.
         case listen
+        /// A request cannot be carried out as asked (e.g. no checkpoint fits a resume).
+        case invalidRequest
     }
 
     /// The stable code.

@@ -22,6 +22,10 @@ public struct CoordinatorMetrics: Sendable {
     let stepsCommitted: CoreMetrics.Counter
     /// Steps at which members reported different parameter hashes.
     let divergences: CoreMetrics.Counter
+    /// Checkpoints committed (manifest written).
+    let checkpointsCommitted: CoreMetrics.Counter
+    /// Checkpoint saves that failed (a shard or the manifest).
+    let checkpointFailures: CoreMetrics.Counter
 
     /// Makes the instruments in a fresh registry.
     public init() {
@@ -35,6 +39,8 @@ public struct CoordinatorMetrics: Sendable {
         self.staleRefused = Counter(label: "ringmaster_stale_messages_refused_total", factory: factory)
         self.stepsCommitted = Counter(label: "ringmaster_steps_committed_total", factory: factory)
         self.divergences = Counter(label: "ringmaster_replica_divergences_total", factory: factory)
+        self.checkpointsCommitted = Counter(label: "ringmaster_checkpoints_committed_total", factory: factory)
+        self.checkpointFailures = Counter(label: "ringmaster_checkpoint_failures_total", factory: factory)
         self.rendezvousSeconds = Recorder(label: "ringmaster_rendezvous_duration_seconds", factory: factory)
         var nodes: [String: CoreMetrics.Gauge] = [:]
         for state in ["idle", "busy", "draining", "offline"] {

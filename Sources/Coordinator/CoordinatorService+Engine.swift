@@ -186,6 +186,12 @@ extension CoordinatorService {
                 continue  // written above, before anything else
             }
         }
+        // Checkpoints whose shards were in before their step was committed.
+        for job in cursors.keys {
+            for (manifest, root, keep) in self.checkpointsReady(job: job, engine: &engine) {
+                self.commitCheckpoint(manifest, root: root, keep: keep, logger: logger)
+            }
+        }
         // The members' flow control: one update per job, with the newest cursor.
         for (job, moved) in cursors {
             guard let record = engine.machine.record(job: job), record.generation == moved.generation else { continue }
@@ -301,6 +307,9 @@ extension CoordinatorService {
             $0.datasetPath = spec.datasetPath
             $0.datasetSamples = UInt32(spec.datasetSamples)
             $0.totalSteps = spec.steps
+            $0.checkpointDirectory = spec.checkpointDirectory ?? ""
+            $0.checkpointIntervalSteps = spec.checkpointDirectory == nil ? 0 : spec.checkpointIntervalSteps
+            $0.resumeFromCheckpoint = spec.checkpointDirectory != nil && spec.resume != nil
         }
         return envelope
     }
@@ -333,6 +342,7 @@ extension CoordinatorService {
                     $0.totalSteps = record.spec.steps
                     $0.generationsStarted = record.generationsStarted
                     $0.lastCause = record.lastCause?.rawValue ?? ""
+                    if let resumed = record.resumedFrom { $0.resumedFromStep = resumed }
                     let samples = record.samples ?? SampleAccounting()
                     $0.samples = .with {
                         $0.seen = samples.seen
@@ -348,6 +358,9 @@ extension CoordinatorService {
                         }
                         $0.divergences = training.divergences
                         $0.history = training.history
+                        $0.lastCheckpointStep = training.lastCheckpointStep
+                        $0.checkpointFailures = training.checkpointFailures
+                        $0.lastCheckpointError = training.lastCheckpointError
                     }
                 }
             }

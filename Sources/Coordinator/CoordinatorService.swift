@@ -79,6 +79,8 @@ public final class CoordinatorService: Service, Sendable {
     let nextSessionID = Atomic<UInt64>(1)
     /// The coordinator's metrics.
     public let metrics = CoordinatorMetrics()
+    /// Writes checkpoint manifests (file I/O with fsync) one at a time, off the engine lock.
+    let checkpointQueue = DispatchQueue(label: "ringmaster.checkpoint-commits")
 
     /// The machine and the live agent sessions, guarded together.
     struct Engine: ~Copyable {
@@ -102,6 +104,11 @@ public final class CoordinatorService: Service, Sendable {
         var divergences: UInt64 = 0
         /// Generations in the order they started.
         var history: [Ringmaster_V1_GenerationRecord] = []
+        /// Shards reported for checkpoints not yet committed, by step and rank.
+        var shards: [UInt64: (generation: UInt64, byRank: [Int: Ringmaster_V1_CheckpointShardReady])] = [:]
+        var lastCheckpointStep: UInt64 = 0
+        var checkpointFailures: UInt64 = 0
+        var lastCheckpointError = ""
     }
 
     /// One agent's live control connection.
@@ -361,10 +368,10 @@ public final class CoordinatorService: Service, Sendable {
             return self.renew(renew, identity: identity, requestID: requestID, logger: logger)
         case .adminRequest(let admin):
             return self.admin(admin, requestID: requestID, logger: logger)
-        case .shardReady:
-            return Outcome(replies: [
-                .error(.unsupported, "\(envelope.kind) is not handled by this coordinator version yet", requestID: requestID)
-            ])
+        case .shardReady(let shard):
+            guard let node = identity?.name else { return Outcome(replies: [], close: true) }
+            self.shardReported(shard, node: node, logger: logger)
+            return Outcome(replies: [])
         case .joinChallenge, .joinReply, .helloReply, .renewReply, .heartbeatAck, .assignment, .drain, .abort, .cursorUpdate,
             .checkpointCommitted, .adminReply, .error, .none:
             // The access policy refuses these before they get here.
@@ -502,7 +509,14 @@ public final class CoordinatorService: Service, Sendable {
                     logger.warning("refused a job spec", metadata: [LogKey.reason: "\(error)"])
                     return Outcome(replies: [.error(.invalidRequest, error.description, requestID: requestID)])
                 }
-                try self.command(.submit(spec), logger: logger)
+                let start: CoordinatorMachine.JobStart?
+                do {
+                    start = try self.resumePoint(for: spec, logger: logger)
+                } catch {
+                    logger.error("refused to resume a job", metadata: [LogKey.job: "\(spec.name)", LogKey.reason: "\(error)"])
+                    return Outcome(replies: [.error(.invalidRequest, "\(error)", requestID: requestID)])
+                }
+                try self.command(.submit(spec, start: start), logger: logger)
                 logger.info("job submitted", metadata: [LogKey.job: "\(spec.name)", "nodes": "\(spec.minNodes)..\(spec.maxNodes)"])
                 reply.adminReply.jobStatus = try self.jobStatus(spec.name)
             case .jobStatus(let request):

@@ -14,9 +14,10 @@ import Yams
 /// seed: 42
 /// nodes: {min: 2, max: 4}
 /// checkpoint: {directory: /mnt/shared/ckpt/digits, interval_steps: 100, keep: 3}
+/// resume: latest                  # or a step: start from the newest committed checkpoint at or before it
 /// ```
 public enum JobSpecParser {
-    static let topLevel: Set<String> = ["name", "workload", "dataset", "batch_size", "steps", "epochs", "seed", "nodes", "checkpoint"]
+    static let topLevel: Set<String> = ["name", "workload", "dataset", "batch_size", "steps", "epochs", "seed", "nodes", "checkpoint", "resume"]
 
     /// Parses and validates a spec.
     public static func parse(yaml text: String) throws(JobSpecError) -> JobSpec {
@@ -97,6 +98,15 @@ public enum JobSpecParser {
             guard interval > 0 else { throw JobSpecError(field: "checkpoint.interval_steps", reason: "must be positive") }
             spec.checkpointIntervalSteps = UInt64(interval)
             spec.checkpointKeep = checkpoint["keep"] == nil ? 3 : try self.integer(checkpoint, "keep", in: "checkpoint")
+        }
+        if let resume = root["resume"] {
+            if let text = resume as? String, text == "latest" {
+                spec.resume = .latest
+            } else if let step = resume as? Int, step >= 0 {
+                spec.resume = .atOrBefore(UInt64(step))
+            } else {
+                throw JobSpecError(field: "resume", reason: "must be `latest` or a step number, not \(resume)")
+            }
         }
         try spec.validate()
         return spec

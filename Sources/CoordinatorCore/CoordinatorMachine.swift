@@ -124,6 +124,19 @@ public struct CoordinatorMachine: Sendable {
         public var sequence: UInt64
         /// The samples committed steps trained, from the ids members reported (nil before the first).
         public var samples: SampleAccounting?
+        /// The checkpoint step the job was resumed from, if it was.
+        public var resumedFrom: UInt64?
+    }
+
+    /// Where a job resumed from a checkpoint starts: its data cursor and sample account.
+    public struct JobStart: Sendable, Hashable {
+        public var step: UInt64
+        public var samples: SampleAccounting?
+
+        public init(step: UInt64, samples: SampleAccounting?) {
+            self.step = step
+            self.samples = samples
+        }
     }
 
     /// One member of a generation, as every member's assignment lists it.
@@ -197,7 +210,7 @@ public struct CoordinatorMachine: Sendable {
     /// An operator's request.
     public enum Command: Sendable, Hashable {
         /// Start a job.
-        case submit(JobSpec)
+        case submit(JobSpec, start: JobStart? = nil)
         /// Change a job's node count.
         case resize(job: String, nodes: Int)
         /// Stop a job for good.
@@ -251,6 +264,8 @@ public struct CoordinatorMachine: Sendable {
         var record: JobRecord
         /// Last step each member completed in this generation.
         var completed: [String: UInt64] = [:]
+        /// The sample account at recent checkpoint boundaries (for the checkpoints' manifests).
+        var samplesAtCheckpoint: [UInt64: SampleAccounting] = [:]
         /// Sample ids members reported for steps not yet committed in this generation, by step
         /// and node (a repeated report replaces the earlier one).
         var pendingSamples: [UInt64: [String: [Int]]] = [:]
@@ -297,6 +312,11 @@ public struct CoordinatorMachine: Sendable {
     }
 
     /// One job's durable record.
+    /// The sample account as it stood when the cursor reached checkpoint boundary `step`.
+    public func samples(job: String, atCheckpoint step: UInt64) -> SampleAccounting? {
+        return self.jobs[job]?.samplesAtCheckpoint[step]
+    }
+
     public func record(job: String) -> JobRecord? {
         self.jobs[job]?.record
     }
@@ -445,7 +465,7 @@ public struct CoordinatorMachine: Sendable {
     public mutating func apply(_ command: Command, now: Duration) throws(CommandError) -> [Action] {
         var actions: [Action] = []
         switch command {
-        case .submit(let spec):
+        case .submit(let spec, let start):
             do {
                 try spec.validate()
             } catch {
@@ -454,16 +474,24 @@ public struct CoordinatorMachine: Sendable {
             guard self.jobs[spec.name] == nil else {
                 throw CommandError(code: .duplicateJob, message: "a job named \(spec.name) already exists; choose another name")
             }
+            if let start, start.step >= spec.steps {
+                throw CommandError(
+                    code: .invalidSpec,
+                    message: "the checkpoint to resume from is at step \(start.step), not before the job's last step (steps: \(spec.steps)); raise steps"
+                )
+            }
             let record = JobRecord(
                 spec: spec,
                 phase: .waiting,
                 generation: 0,
                 members: [],
                 targetNodes: spec.maxNodes,
-                cursor: 0,
+                cursor: start?.step ?? 0,
                 generationsStarted: 0,
                 lastCause: nil,
-                sequence: self.nextSequence
+                sequence: self.nextSequence,
+                samples: start?.samples,
+                resumedFrom: start?.step
             )
             self.nextSequence += 1
             self.jobs[spec.name] = Job(record: record, waitingSince: now)
@@ -699,6 +727,15 @@ public struct CoordinatorMachine: Sendable {
             samples.record(step: job.record.cursor, ids: job.record.members.flatMap { reported[$0] ?? [] }, order: job.record.spec.order)
             job.record.samples = samples
             job.record.cursor += 1
+            let spec = job.record.spec
+            if spec.checkpointDirectory != nil, spec.checkpointIntervalSteps > 0,
+                job.record.cursor % spec.checkpointIntervalSteps == 0 || job.record.cursor == spec.steps
+            {
+                job.samplesAtCheckpoint[job.record.cursor] = samples
+                if job.samplesAtCheckpoint.count > 8, let oldest = job.samplesAtCheckpoint.keys.min() {
+                    job.samplesAtCheckpoint[oldest] = nil
+                }
+            }
         }
         self.jobs[jobID] = job
         if job.record.cursor >= job.record.spec.steps {

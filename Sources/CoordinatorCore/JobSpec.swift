@@ -29,6 +29,16 @@ public struct JobSpec: Sendable, Hashable, Codable {
     public var checkpointIntervalSteps: UInt64
     /// Checkpoints kept.
     public var checkpointKeep: Int
+    /// Start from a committed checkpoint under `checkpointDirectory` instead of from scratch.
+    public var resume: Resume?
+
+    /// Which checkpoint a job resumes from.
+    public enum Resume: Sendable, Hashable, Codable {
+        /// The newest committed checkpoint that verifies.
+        case latest
+        /// The newest committed checkpoint at or before this step that verifies.
+        case atOrBefore(UInt64)
+    }
 
     /// Makes a spec; call `validate()` before use.
     public init(
@@ -44,7 +54,8 @@ public struct JobSpec: Sendable, Hashable, Codable {
         maxNodes: Int,
         checkpointDirectory: String? = nil,
         checkpointIntervalSteps: UInt64 = 0,
-        checkpointKeep: Int = 3
+        checkpointKeep: Int = 3,
+        resume: Resume? = nil
     ) {
         self.name = name
         self.workloadKind = workloadKind
@@ -59,6 +70,7 @@ public struct JobSpec: Sendable, Hashable, Codable {
         self.checkpointDirectory = checkpointDirectory
         self.checkpointIntervalSteps = checkpointIntervalSteps
         self.checkpointKeep = checkpointKeep
+        self.resume = resume
     }
 
     /// The job's data order.
@@ -101,6 +113,9 @@ public struct JobSpec: Sendable, Hashable, Codable {
             guard self.checkpointKeep >= 1 else {
                 throw JobSpecError(field: "checkpoint.keep", reason: "must keep at least 1 checkpoint")
             }
+        }
+        if self.resume != nil && self.checkpointDirectory == nil {
+            throw JobSpecError(field: "resume", reason: "needs checkpoint.directory: say where the checkpoints to resume from are")
         }
     }
 

@@ -33,8 +33,14 @@ struct AgentCommand: AsyncParsableCommand {
         @Option(help: "Data-plane address to announce (repeatable; default: the listener's).")
         var dataPlaneAddress: [String] = []
 
-        @Option(help: "Open the data-plane listener at HOST:PORT (port 0 picks one).")
+        @Option(help: "Open the data-plane listener at HOST:PORT (port 0 picks one); needed to train.")
         var dataPlaneListen: String?
+
+        @Option(help: "On SIGTERM or a drain, how long the step in flight may take before it is abandoned, e.g. 30s.")
+        var gracePeriod: DurationArgument = DurationArgument(seconds: 30)
+
+        @Option(help: "Longest wait for one collective operation, e.g. 60s (a dead peer fails it at once).")
+        var collectiveTimeout: DurationArgument = DurationArgument(seconds: 60)
 
         @OptionGroup var logging: LoggingOptions
 
@@ -60,6 +66,8 @@ struct AgentCommand: AsyncParsableCommand {
             }
             configuration.dataPlaneAddresses = self.dataPlaneAddress
             configuration.dataPlaneListen = self.dataPlaneListen
+            configuration.gracePeriodSeconds = self.gracePeriod.seconds
+            configuration.collectiveTimeoutSeconds = self.collectiveTimeout.seconds
             return AgentService(configuration: configuration, logger: logger)
         }
 

@@ -7,7 +7,7 @@ struct BenchCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bench",
         abstract: "Benchmarks (figures recorded in bench/README.md).",
-        subcommands: [AllReduce.self, AllReduceWorker.self, Machine.self, Rendezvous.self, Recovery.self]
+        subcommands: [AllReduce.self, AllReduceWorker.self, Machine.self, Rendezvous.self, Recovery.self, Checkpoint.self]
     )
 
     struct Machine: AsyncParsableCommand {
@@ -38,6 +38,80 @@ struct BenchCommand: AsyncParsableCommand {
             print(String(format: "state machine, %d nodes, %d generation changes (setup %.1f s):", result.nodes, result.changes, result.setupSeconds))
             print(String(format: "  median %.2f ms, p99 %.2f ms, max %.2f ms per change (%d actions each)",
                          result.medianMilliseconds, result.p99Milliseconds, result.maxMilliseconds, result.actionsPerChange))
+        }
+    }
+
+    struct Checkpoint: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "checkpoint",
+            abstract: "Checkpoint saves: sharded write throughput against dd, and the step-time cost of saving while training.",
+            discussion: """
+                Throughput: RANKS writers save their shards of one state at once (temporary name, fsync,
+                rename, directory fsync), then the manifest is committed; compared with one
+                `dd bs=1M conv=fsync` of the same bytes to the same directory. Overhead: the synthetic
+                model trained by the demo's processes, with and without a checkpoint every
+                --interval steps.
+                """
+        )
+
+        @Option(help: "Writers (ranks).")
+        var ranks: Int = 4
+
+        @Option(help: "Size of the state in MiB.")
+        var megabytes: Int = 256
+
+        @Option(help: "Directory to write to (the file system under test).")
+        var directory: String = NSTemporaryDirectory()
+
+        @Option(help: "Rounds of each write.")
+        var rounds: Int = 3
+
+        @Option(help: "Steps between checkpoints in the overhead run (0: skip that run).")
+        var interval: UInt64 = 10
+
+        @Option(help: "Parameters of the synthetic model in the overhead run.")
+        var parameters: Int = 10_000_000
+
+        @Option(help: "Steps of each overhead run.")
+        var steps: UInt64 = 100
+
+        func run() async throws {
+            let result = try CheckpointBenchmark.run(
+                ranks: self.ranks, megabytes: self.megabytes, directory: self.directory, rounds: self.rounds
+            ) { print($0) }
+            let megabytes = Double(result.bytes) / 1e6
+            print(String(
+                format: "sharded save, %d ranks, %.0f MB: median %.3f s (%.0f MB/s); dd conv=fsync: median %.3f s (%.0f MB/s); ratio %.2fx",
+                self.ranks, megabytes, result.shardedMedian, megabytes / result.shardedMedian,
+                result.sequentialMedian, megabytes / result.sequentialMedian, result.sequentialMedian / result.shardedMedian
+            ))
+            guard self.interval > 0 else { return }
+            let executable = try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")
+            var seconds: [Bool: Double] = [:]
+            for saving in [false, true] {
+                let root = "\(self.directory)/bench-overhead-\(getpid())"
+                try? FileManager.default.removeItem(atPath: root)
+                defer { try? FileManager.default.removeItem(atPath: root) }
+                var options = TrainingDemo.Options(executable: executable)
+                options.agents = self.ranks
+                options.steps = self.steps
+                options.workload = "{kind: synthetic, parameters: \(self.parameters), buckets: 8}"
+                options.dataset = "{path: synthetic, samples: 100000}"
+                if saving {
+                    options.checkpointDirectory = root
+                    options.checkpointInterval = self.interval
+                }
+                let run = try await TrainingDemo(options: options).run(progress: { _ in }, say: { _ in })
+                seconds[saving] = run.seconds
+                print(String(
+                    format: "%@: %llu steps in %.2f s (%.1f ms/step)%@", saving ? "checkpoint every \(self.interval) steps" : "no checkpoints",
+                    run.steps, run.seconds, run.seconds * 1000 / Double(run.steps),
+                    saving ? ", \(run.lastCheckpointStep / self.interval) committed, \(run.checkpointFailures) failed" : ""
+                ))
+            }
+            if let without = seconds[false], let with = seconds[true] {
+                print(String(format: "step-time overhead of saving: %.1f%%", (with / without - 1) * 100))
+            }
         }
     }
 

@@ -37,6 +37,24 @@ struct DemoCommand: AsyncParsableCommand {
     @Option(help: "Optimizer: sgd (momentum 0.9, learning rate 0.1) or adam (learning rate 0.001).")
     var optimizer: String = "sgd"
 
+    @Option(help: "Model: digits (the perceptron) or synthetic (a large model with a made-up gradient, to exercise the all-reduce).")
+    var model: String = "digits"
+
+    @Option(help: "Parameters of the synthetic model.")
+    var parameters: Int = 10_000_000
+
+    @Option(help: "Save checkpoints under this directory (an absolute path).")
+    var checkpointDir: String?
+
+    @Option(help: "Steps between checkpoints.")
+    var checkpointInterval: UInt64 = 100
+
+    @Option(help: "Resume from the checkpoints under --checkpoint-dir: `latest`, or the newest at or before a step.")
+    var resume: String?
+
+    @Option(help: "Kill -9 every process once a checkpoint at or after this step is committed (resume later with --resume).")
+    var preemptAtStep: UInt64?
+
     @Option(help: "Keep the run's files (logs, certificates, the trained model) in this directory.")
     var directory: String?
 
@@ -50,6 +68,15 @@ struct DemoCommand: AsyncParsableCommand {
         guard (1...16).contains(self.agents) else { throw ValidationError("--agents must be between 1 and 16") }
         guard self.steps > 0 else { throw ValidationError("--steps must be positive") }
         guard ["sgd", "adam"].contains(self.optimizer) else { throw ValidationError("--optimizer must be sgd or adam") }
+        guard ["digits", "synthetic"].contains(self.model) else { throw ValidationError("--model must be digits or synthetic") }
+        guard self.parameters >= 1 else { throw ValidationError("--parameters must be positive") }
+        if (self.resume != nil || self.preemptAtStep != nil) && self.checkpointDir == nil {
+            throw ValidationError("--resume and --preempt-at-step need --checkpoint-dir")
+        }
+        if let resume = self.resume, resume != "latest", UInt64(resume) == nil {
+            throw ValidationError("--resume must be `latest` or a step number, not \(resume)")
+        }
+        guard self.checkpointInterval > 0 else { throw ValidationError("--checkpoint-interval must be positive") }
         if self.killAgentAtStep != nil || self.terminateAgentAtStep != nil {
             let stopped = (self.killAgentAtStep == nil ? 0 : 1) + (self.terminateAgentAtStep == nil ? 0 : 1)
             guard self.agents > stopped else {
@@ -71,14 +98,26 @@ struct DemoCommand: AsyncParsableCommand {
         options.addAgentAtStep = self.addAgentAtStep
         options.terminateAgentAtStep = self.terminateAgentAtStep
         options.directory = self.directory.map { URL(fileURLWithPath: $0).standardizedFileURL.path }
+        options.checkpointDirectory = self.checkpointDir.map { URL(fileURLWithPath: $0).standardizedFileURL.path }
+        options.checkpointInterval = self.checkpointInterval
+        options.resume = self.resume
+        options.preemptAtStep = self.preemptAtStep
         options.timeoutSeconds = self.timeout
         if self.optimizer == "adam" {
             options.workload = "{kind: mlp, hidden: [128], optimizer: adam, learning_rate: 0.001}"
         }
+        if self.model == "synthetic" {
+            options.workload = "{kind: synthetic, parameters: \(self.parameters), buckets: 8}"
+            options.dataset = "{path: synthetic, samples: 100000}"
+        }
         let json = self.json
         let bar = ProgressBar(enabled: !json)
         if !json {
-            print("ringmaster demo: \(self.agents) agent(s) on loopback, training a 64-128-10 perceptron on the digits data set (\(self.optimizer))")
+            if self.model == "synthetic" {
+                print("ringmaster demo: \(self.agents) agent(s) on loopback, training a synthetic model of \(self.parameters) parameters")
+            } else {
+                print("ringmaster demo: \(self.agents) agent(s) on loopback, training a 64-128-10 perceptron on the digits data set (\(self.optimizer))")
+            }
         }
         let demo = TrainingDemo(options: options)
         // Ctrl-C or SIGTERM ends the run without leaving its processes behind.
@@ -120,14 +159,27 @@ struct DemoCommand: AsyncParsableCommand {
                 "samples_per_second": result.samplesPerSecond,
                 "model_path": result.modelPath ?? NSNull(),
                 "terminated_exit_status": result.terminatedExitStatus,
+                "last_checkpoint_step": result.lastCheckpointStep,
+                "checkpoint_failures": result.checkpointFailures,
+                "resumed_from_step": result.resumedFromStep.map { $0 as Any } ?? NSNull(),
+                "preempted": result.preempted,
             ]
             let data = try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])
             print(String(decoding: data, as: UTF8.self))
             return
         }
         print("")
+        if result.preempted {
+            print("preempted at step \(result.steps) with the checkpoint at step \(result.lastCheckpointStep) committed; resume with --resume latest")
+            return
+        }
+        if let resumed = result.resumedFromStep { print("resumed from the checkpoint at step \(resumed)") }
         print(String(format: "trained %llu steps in %.1f s (%.0f samples/s)", result.steps, result.seconds, result.samplesPerSecond))
-        print(String(format: "test accuracy %.2f%% on the held-out fifth; final loss %.4f", result.testAccuracy * 100, result.finalLoss))
+        if self.model == "digits" {
+            print(String(format: "test accuracy %.2f%% on the held-out fifth; final loss %.4f", result.testAccuracy * 100, result.finalLoss))
+        } else {
+            print(String(format: "final loss %.4f", result.finalLoss))
+        }
         print("generations: \(result.generations)")
         for recovery in result.recoveries {
             print(String(format: "  generation %llu (%@, %d agents): training resumed %.3f s after the event", recovery.generation, recovery.cause, recovery.worldSize, recovery.seconds))

@@ -37,6 +37,18 @@ struct JobCommand: AsyncParsableCommand {
                 "cursor": ["epoch": job.cursorEpoch, "step": job.cursorStep] as [String: Any],
                 "total_steps": job.totalSteps, "generations_started": job.generationsStarted,
                 "last_cause": job.lastCause,
+                "loss": job.loss,
+                "test_accuracy": job.hasTestAccuracy ? job.testAccuracy as Any : NSNull(),
+                "parameter_hash": job.parameterHash.map { String(format: "%02x", $0) }.joined(),
+                "parameter_hash_step": job.parameterHashStep,
+                "replica_divergences": job.divergences,
+                "samples": ["seen": job.samples.seen, "repeated": job.samples.repeated, "skipped": job.samples.skipped],
+                "history": job.history.map {
+                    [
+                        "generation": $0.generation, "cause": $0.cause, "world_size": $0.worldSize, "resume_step": $0.resumeStep,
+                        "started_unix_ms": $0.startedUnixMs, "first_step_unix_ms": $0.firstStepUnixMs,
+                    ] as [String: Any]
+                },
             ]
         }
         let data = try JSONSerialization.data(withJSONObject: ["jobs": jobs], options: [.sortedKeys])
@@ -45,12 +57,19 @@ struct JobCommand: AsyncParsableCommand {
 
     static func printTable(_ status: Ringmaster_V1_JobStatusReply) {
         func pad(_ text: String, _ width: Int) -> String { text.padding(toLength: width, withPad: " ", startingAt: 0) }
-        print(pad("JOB", 20) + pad("PHASE", 10) + pad("GEN", 6) + pad("NODES", 10) + pad("STEP", 16) + "MEMBERS")
+        print(pad("JOB", 20) + pad("PHASE", 10) + pad("GEN", 6) + pad("NODES", 10) + pad("STEP", 16) + pad("LOSS", 10) + "MEMBERS")
         for job in status.jobs {
             let nodes = "\(job.members.count)/\(job.targetNodes)"
             let step = "\(job.cursorStep)/\(job.totalSteps)"
+            let loss = job.cursorStep == 0 ? "-" : String(format: "%.4f", job.loss)
             let members = job.members.map { "\($0.rank):\($0.nodeID)" }.joined(separator: " ")
-            print(pad(job.jobID, 20) + pad(job.phase, 10) + pad("\(job.generation)", 6) + pad(nodes, 10) + pad(step, 16) + members)
+            print(pad(job.jobID, 20) + pad(job.phase, 10) + pad("\(job.generation)", 6) + pad(nodes, 10) + pad(step, 16) + pad(loss, 10) + members)
+        }
+        for job in status.jobs where job.samples.seen > 0 {
+            var line = "\(job.jobID): samples \(job.samples.seen) seen, \(job.samples.repeated) repeated, \(job.samples.skipped) skipped"
+            if job.hasTestAccuracy { line += String(format: "; test accuracy %.2f%%", job.testAccuracy * 100) }
+            if job.divergences > 0 { line += "; REPLICAS DIVERGED at \(job.divergences) check(s)" }
+            print(line)
         }
     }
 

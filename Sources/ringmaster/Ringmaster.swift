@@ -15,6 +15,7 @@ struct Ringmaster: AsyncParsableCommand {
             NodeCommand.self,
             DemoCommand.self,
             BenchCommand.self,
+            CheckpointCommand.self,
         ]
     )
 }

@@ -36,6 +36,7 @@ struct TrainingTests {
         try #require(status == 0, "demo \(label) failed: \(demo.output.lines.suffix(30).joined(separator: "\n"))")
         let text = demo.standardOutput.lines.last { $0.hasPrefix("{") } ?? ""
         let json = try #require(try JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any], "demo \(label) printed no JSON: \(text)")
+        guard json["preempted"] as? Bool != true else { return Run(json: json, parameters: []) }
         let path = try #require(json["model_path"] as? String, "demo \(label) names no model file")
         let bytes = try Data(contentsOf: URL(fileURLWithPath: path))
         let parameters = bytes.withUnsafeBytes { Array($0.bindMemory(to: Float.self)) }
@@ -59,8 +60,45 @@ struct TrainingTests {
         #expect(run.count("steps") == Self.steps, "\(label)")
     }
 
+    /// The uninterrupted 1-agent run every other run is compared with, trained once.
+    actor Reference {
+        var parameters: [Float]?
+        func set(_ parameters: [Float]) { self.parameters = parameters }
+    }
+    static let reference = Reference()
+
+    func referenceParameters() async throws -> [Float] {
+        if let parameters = await Self.reference.parameters { return parameters }
+        let one = try await self.demo("reference", ["--agents", "1"])
+        await Self.reference.set(one.parameters)
+        return one.parameters
+    }
+
+    @Test func aWholeClusterLost_resumesFromItsCheckpointWithThreeAgents_andEndsWithTheSameModel() async throws {
+        let checkpoints = FileManager.default.temporaryDirectory.appendingPathComponent("ringmaster-checkpoints-\(UUID().uuidString.prefix(8))").path
+        defer { try? FileManager.default.removeItem(atPath: checkpoints) }
+        let reference = try await self.referenceParameters()
+        // 4 agents checkpoint every 100 steps; once step 300's is committed, every process is killed.
+        let lost = try await self.demo(
+            "preempted",
+            ["--agents", "4", "--checkpoint-dir", checkpoints, "--checkpoint-interval", "100", "--preempt-at-step", "300"]
+        )
+        #expect(lost.json["preempted"] as? Bool == true)
+        let saved = lost.count("last_checkpoint_step")
+        #expect(saved >= 300 && saved < Self.steps, "last checkpoint \(saved)")
+        #expect(lost.count("checkpoint_failures") == 0)
+        // A new coordinator and 3 new agents resume from it and finish.
+        let resumed = try await self.demo("resumed", ["--agents", "3", "--checkpoint-dir", checkpoints, "--resume", "latest"])
+        #expect(resumed.count("resumed_from_step") == saved)
+        self.expectExactAccounting(resumed, "resumed")
+        #expect(resumed.accuracy >= 0.95)
+        let difference = self.maximumDifference(resumed.parameters, reference)
+        #expect(difference <= Self.tolerance, "resumed at \(saved) with 3 agents: parameters differ from the uninterrupted run's by up to \(difference)")
+    }
+
     @Test func oneTwoAndFourAgents_endWithTheSameModel_andKillsJoinsAndLeavesChangeNothing() async throws {
         let one = try await self.demo("1-agent", ["--agents", "1"])
+        await Self.reference.set(one.parameters)
         #expect(one.accuracy >= 0.95, "1 agent: test accuracy \(one.accuracy)")
         self.expectExactAccounting(one, "1 agent")
         let expectedParameters = 64 * 128 + 128 + 128 * 10 + 10

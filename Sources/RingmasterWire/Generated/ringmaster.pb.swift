@@ -469,49 +469,114 @@ public nonisolated struct Ringmaster_V1_Member: Sendable {
 }
 
 /// A generation's membership as one agent sees it.
-public nonisolated struct Ringmaster_V1_Assignment: Sendable {
+public nonisolated struct Ringmaster_V1_Assignment: @unchecked Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
   // methods supported on all messages.
 
-  public var jobID: String = String()
+  public var jobID: String {
+    get {_storage._jobID}
+    set {_uniqueStorage()._jobID = newValue}
+  }
 
-  public var generation: UInt64 = 0
+  public var generation: UInt64 {
+    get {_storage._generation}
+    set {_uniqueStorage()._generation = newValue}
+  }
 
-  public var rank: UInt32 = 0
+  public var rank: UInt32 {
+    get {_storage._rank}
+    set {_uniqueStorage()._rank = newValue}
+  }
 
-  public var worldSize: UInt32 = 0
+  public var worldSize: UInt32 {
+    get {_storage._worldSize}
+    set {_uniqueStorage()._worldSize = newValue}
+  }
 
-  public var members: [Ringmaster_V1_Member] = []
+  public var members: [Ringmaster_V1_Member] {
+    get {_storage._members}
+    set {_uniqueStorage()._members = newValue}
+  }
 
   /// Secret for the data-plane handshake of this generation only.
-  public var dataPlaneSecret: Data = Data()
+  public var dataPlaneSecret: Data {
+    get {_storage._dataPlaneSecret}
+    set {_uniqueStorage()._dataPlaneSecret = newValue}
+  }
 
   /// Where training resumes: epoch and global step of the data cursor.
-  public var resumeEpoch: UInt64 = 0
+  public var resumeEpoch: UInt64 {
+    get {_storage._resumeEpoch}
+    set {_uniqueStorage()._resumeEpoch = newValue}
+  }
 
-  public var resumeStep: UInt64 = 0
+  public var resumeStep: UInt64 {
+    get {_storage._resumeStep}
+    set {_uniqueStorage()._resumeStep = newValue}
+  }
 
-  public var permutationSeed: UInt64 = 0
+  public var permutationSeed: UInt64 {
+    get {_storage._permutationSeed}
+    set {_uniqueStorage()._permutationSeed = newValue}
+  }
 
-  public var globalBatchSize: UInt32 = 0
+  public var globalBatchSize: UInt32 {
+    get {_storage._globalBatchSize}
+    set {_uniqueStorage()._globalBatchSize = newValue}
+  }
 
   /// The workload's own settings, as the job spec gave them (YAML text).
-  public var workloadSpec: String = String()
+  public var workloadSpec: String {
+    get {_storage._workloadSpec}
+    set {_uniqueStorage()._workloadSpec = newValue}
+  }
 
-  public var workloadKind: String = String()
+  public var workloadKind: String {
+    get {_storage._workloadKind}
+    set {_uniqueStorage()._workloadKind = newValue}
+  }
 
   /// Where the data set is, and how many samples it has (the permutation is over 0..<samples).
-  public var datasetPath: String = String()
+  public var datasetPath: String {
+    get {_storage._datasetPath}
+    set {_uniqueStorage()._datasetPath = newValue}
+  }
 
-  public var datasetSamples: UInt32 = 0
+  public var datasetSamples: UInt32 {
+    get {_storage._datasetSamples}
+    set {_uniqueStorage()._datasetSamples = newValue}
+  }
 
   /// Global steps the job trains in all.
-  public var totalSteps: UInt64 = 0
+  public var totalSteps: UInt64 {
+    get {_storage._totalSteps}
+    set {_uniqueStorage()._totalSteps = newValue}
+  }
+
+  /// Checkpoints: where (empty: none) and every how many steps each rank saves its shard.
+  public var checkpointDirectory: String {
+    get {_storage._checkpointDirectory}
+    set {_uniqueStorage()._checkpointDirectory = newValue}
+  }
+
+  public var checkpointIntervalSteps: UInt64 {
+    get {_storage._checkpointIntervalSteps}
+    set {_uniqueStorage()._checkpointIntervalSteps = newValue}
+  }
+
+  /// The job was resumed from the committed checkpoint at `resume_step` under
+  /// `checkpoint_directory`: a member that does not hold the state at that step loads it from there.
+  public var resumeFromCheckpoint: Bool {
+    get {_storage._resumeFromCheckpoint}
+    set {_uniqueStorage()._resumeFromCheckpoint = newValue}
+  }
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
+
+  fileprivate var _storage = _StorageClass.defaultInstance
 }
 
 public nonisolated struct Ringmaster_V1_StepReport: Sendable {
@@ -623,6 +688,8 @@ public nonisolated struct Ringmaster_V1_Abort: Sendable {
   public init() {}
 }
 
+/// A rank's shard of the checkpoint at `step` is durable (written, fsynced, renamed), or its save
+/// failed (`error` set). The coordinator writes the manifest once every member's shard is in.
 public nonisolated struct Ringmaster_V1_CheckpointShardReady: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
@@ -636,11 +703,25 @@ public nonisolated struct Ringmaster_V1_CheckpointShardReady: Sendable {
 
   public var rank: UInt32 = 0
 
+  /// The shard's file name inside the step's directory.
   public var path: String = String()
 
   public var sizeBytes: UInt64 = 0
 
   public var sha256: Data = Data()
+
+  /// Which elements of the flat training state the shard holds.
+  public var firstElement: UInt64 = 0
+
+  public var elements: UInt64 = 0
+
+  public var stateCount: UInt64 = 0
+
+  public var parameterCount: UInt64 = 0
+
+  public var worldSize: UInt32 = 0
+
+  public var error: String = String()
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -980,6 +1061,32 @@ public nonisolated struct Ringmaster_V1_JobStatus: @unchecked Sendable {
     get {_storage._history}
     set {_uniqueStorage()._history = newValue}
   }
+
+  /// The newest committed checkpoint's step (0: none yet), failed saves, and the last failure.
+  public var lastCheckpointStep: UInt64 {
+    get {_storage._lastCheckpointStep}
+    set {_uniqueStorage()._lastCheckpointStep = newValue}
+  }
+
+  public var checkpointFailures: UInt64 {
+    get {_storage._checkpointFailures}
+    set {_uniqueStorage()._checkpointFailures = newValue}
+  }
+
+  public var lastCheckpointError: String {
+    get {_storage._lastCheckpointError}
+    set {_uniqueStorage()._lastCheckpointError = newValue}
+  }
+
+  /// The step of the checkpoint the job was resumed from, if it was.
+  public var resumedFromStep: UInt64 {
+    get {_storage._resumedFromStep ?? 0}
+    set {_uniqueStorage()._resumedFromStep = newValue}
+  }
+  /// Returns true if `resumedFromStep` has been explicitly set.
+  public var hasResumedFromStep: Bool {_storage._resumedFromStep != nil}
+  /// Clears the value of `resumedFromStep`. Subsequent reads from it will return its default value.
+  public mutating func clearResumedFromStep() {_uniqueStorage()._resumedFromStep = nil}
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -2071,99 +2178,184 @@ nonisolated extension Ringmaster_V1_Member: SwiftProtobuf.Message, SwiftProtobuf
 
 nonisolated extension Ringmaster_V1_Assignment: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Assignment"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}job_id\0\u{1}generation\0\u{1}rank\0\u{3}world_size\0\u{1}members\0\u{3}data_plane_secret\0\u{3}resume_epoch\0\u{3}resume_step\0\u{3}permutation_seed\0\u{3}global_batch_size\0\u{3}workload_spec\0\u{3}workload_kind\0\u{3}dataset_path\0\u{3}dataset_samples\0\u{3}total_steps\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}job_id\0\u{1}generation\0\u{1}rank\0\u{3}world_size\0\u{1}members\0\u{3}data_plane_secret\0\u{3}resume_epoch\0\u{3}resume_step\0\u{3}permutation_seed\0\u{3}global_batch_size\0\u{3}workload_spec\0\u{3}workload_kind\0\u{3}dataset_path\0\u{3}dataset_samples\0\u{3}total_steps\0\u{3}checkpoint_directory\0\u{3}checkpoint_interval_steps\0\u{3}resume_from_checkpoint\0")
+
+  fileprivate class _StorageClass {
+    var _jobID: String = String()
+    var _generation: UInt64 = 0
+    var _rank: UInt32 = 0
+    var _worldSize: UInt32 = 0
+    var _members: [Ringmaster_V1_Member] = []
+    var _dataPlaneSecret: Data = Data()
+    var _resumeEpoch: UInt64 = 0
+    var _resumeStep: UInt64 = 0
+    var _permutationSeed: UInt64 = 0
+    var _globalBatchSize: UInt32 = 0
+    var _workloadSpec: String = String()
+    var _workloadKind: String = String()
+    var _datasetPath: String = String()
+    var _datasetSamples: UInt32 = 0
+    var _totalSteps: UInt64 = 0
+    var _checkpointDirectory: String = String()
+    var _checkpointIntervalSteps: UInt64 = 0
+    var _resumeFromCheckpoint: Bool = false
+
+      // This property is used as the initial default value for new instances of the type.
+      // The type itself is protecting the reference to its storage via CoW semantics.
+      // This will force a copy to be made of this reference when the first mutation occurs;
+      // hence, it is safe to mark this as `nonisolated(unsafe)`.
+      static nonisolated(unsafe) let defaultInstance = _StorageClass()
+
+    private init() {}
+
+    init(copying source: _StorageClass) {
+      _jobID = source._jobID
+      _generation = source._generation
+      _rank = source._rank
+      _worldSize = source._worldSize
+      _members = source._members
+      _dataPlaneSecret = source._dataPlaneSecret
+      _resumeEpoch = source._resumeEpoch
+      _resumeStep = source._resumeStep
+      _permutationSeed = source._permutationSeed
+      _globalBatchSize = source._globalBatchSize
+      _workloadSpec = source._workloadSpec
+      _workloadKind = source._workloadKind
+      _datasetPath = source._datasetPath
+      _datasetSamples = source._datasetSamples
+      _totalSteps = source._totalSteps
+      _checkpointDirectory = source._checkpointDirectory
+      _checkpointIntervalSteps = source._checkpointIntervalSteps
+      _resumeFromCheckpoint = source._resumeFromCheckpoint
+    }
+  }
+
+  fileprivate mutating func _uniqueStorage() -> _StorageClass {
+    if !isKnownUniquelyReferenced(&_storage) {
+      _storage = _StorageClass(copying: _storage)
+    }
+    return _storage
+  }
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
-    while let fieldNumber = try decoder.nextFieldNumber() {
-      // The use of inline closures is to circumvent an issue where the compiler
-      // allocates stack space for every case branch when no optimizations are
-      // enabled. https://github.com/apple/swift-protobuf/issues/1034
-      switch fieldNumber {
-      case 1: try { try decoder.decodeSingularStringField(value: &self.jobID) }()
-      case 2: try { try decoder.decodeSingularUInt64Field(value: &self.generation) }()
-      case 3: try { try decoder.decodeSingularUInt32Field(value: &self.rank) }()
-      case 4: try { try decoder.decodeSingularUInt32Field(value: &self.worldSize) }()
-      case 5: try { try decoder.decodeRepeatedMessageField(value: &self.members) }()
-      case 6: try { try decoder.decodeSingularBytesField(value: &self.dataPlaneSecret) }()
-      case 7: try { try decoder.decodeSingularUInt64Field(value: &self.resumeEpoch) }()
-      case 8: try { try decoder.decodeSingularUInt64Field(value: &self.resumeStep) }()
-      case 9: try { try decoder.decodeSingularUInt64Field(value: &self.permutationSeed) }()
-      case 10: try { try decoder.decodeSingularUInt32Field(value: &self.globalBatchSize) }()
-      case 11: try { try decoder.decodeSingularStringField(value: &self.workloadSpec) }()
-      case 12: try { try decoder.decodeSingularStringField(value: &self.workloadKind) }()
-      case 13: try { try decoder.decodeSingularStringField(value: &self.datasetPath) }()
-      case 14: try { try decoder.decodeSingularUInt32Field(value: &self.datasetSamples) }()
-      case 15: try { try decoder.decodeSingularUInt64Field(value: &self.totalSteps) }()
-      default: break
+    _ = _uniqueStorage()
+    try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
+      while let fieldNumber = try decoder.nextFieldNumber() {
+        // The use of inline closures is to circumvent an issue where the compiler
+        // allocates stack space for every case branch when no optimizations are
+        // enabled. https://github.com/apple/swift-protobuf/issues/1034
+        switch fieldNumber {
+        case 1: try { try decoder.decodeSingularStringField(value: &_storage._jobID) }()
+        case 2: try { try decoder.decodeSingularUInt64Field(value: &_storage._generation) }()
+        case 3: try { try decoder.decodeSingularUInt32Field(value: &_storage._rank) }()
+        case 4: try { try decoder.decodeSingularUInt32Field(value: &_storage._worldSize) }()
+        case 5: try { try decoder.decodeRepeatedMessageField(value: &_storage._members) }()
+        case 6: try { try decoder.decodeSingularBytesField(value: &_storage._dataPlaneSecret) }()
+        case 7: try { try decoder.decodeSingularUInt64Field(value: &_storage._resumeEpoch) }()
+        case 8: try { try decoder.decodeSingularUInt64Field(value: &_storage._resumeStep) }()
+        case 9: try { try decoder.decodeSingularUInt64Field(value: &_storage._permutationSeed) }()
+        case 10: try { try decoder.decodeSingularUInt32Field(value: &_storage._globalBatchSize) }()
+        case 11: try { try decoder.decodeSingularStringField(value: &_storage._workloadSpec) }()
+        case 12: try { try decoder.decodeSingularStringField(value: &_storage._workloadKind) }()
+        case 13: try { try decoder.decodeSingularStringField(value: &_storage._datasetPath) }()
+        case 14: try { try decoder.decodeSingularUInt32Field(value: &_storage._datasetSamples) }()
+        case 15: try { try decoder.decodeSingularUInt64Field(value: &_storage._totalSteps) }()
+        case 16: try { try decoder.decodeSingularStringField(value: &_storage._checkpointDirectory) }()
+        case 17: try { try decoder.decodeSingularUInt64Field(value: &_storage._checkpointIntervalSteps) }()
+        case 18: try { try decoder.decodeSingularBoolField(value: &_storage._resumeFromCheckpoint) }()
+        default: break
+        }
       }
     }
   }
 
   public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
-    if !self.jobID.isEmpty {
-      try visitor.visitSingularStringField(value: self.jobID, fieldNumber: 1)
-    }
-    if self.generation != 0 {
-      try visitor.visitSingularUInt64Field(value: self.generation, fieldNumber: 2)
-    }
-    if self.rank != 0 {
-      try visitor.visitSingularUInt32Field(value: self.rank, fieldNumber: 3)
-    }
-    if self.worldSize != 0 {
-      try visitor.visitSingularUInt32Field(value: self.worldSize, fieldNumber: 4)
-    }
-    if !self.members.isEmpty {
-      try visitor.visitRepeatedMessageField(value: self.members, fieldNumber: 5)
-    }
-    if !self.dataPlaneSecret.isEmpty {
-      try visitor.visitSingularBytesField(value: self.dataPlaneSecret, fieldNumber: 6)
-    }
-    if self.resumeEpoch != 0 {
-      try visitor.visitSingularUInt64Field(value: self.resumeEpoch, fieldNumber: 7)
-    }
-    if self.resumeStep != 0 {
-      try visitor.visitSingularUInt64Field(value: self.resumeStep, fieldNumber: 8)
-    }
-    if self.permutationSeed != 0 {
-      try visitor.visitSingularUInt64Field(value: self.permutationSeed, fieldNumber: 9)
-    }
-    if self.globalBatchSize != 0 {
-      try visitor.visitSingularUInt32Field(value: self.globalBatchSize, fieldNumber: 10)
-    }
-    if !self.workloadSpec.isEmpty {
-      try visitor.visitSingularStringField(value: self.workloadSpec, fieldNumber: 11)
-    }
-    if !self.workloadKind.isEmpty {
-      try visitor.visitSingularStringField(value: self.workloadKind, fieldNumber: 12)
-    }
-    if !self.datasetPath.isEmpty {
-      try visitor.visitSingularStringField(value: self.datasetPath, fieldNumber: 13)
-    }
-    if self.datasetSamples != 0 {
-      try visitor.visitSingularUInt32Field(value: self.datasetSamples, fieldNumber: 14)
-    }
-    if self.totalSteps != 0 {
-      try visitor.visitSingularUInt64Field(value: self.totalSteps, fieldNumber: 15)
+    try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
+      if !_storage._jobID.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._jobID, fieldNumber: 1)
+      }
+      if _storage._generation != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._generation, fieldNumber: 2)
+      }
+      if _storage._rank != 0 {
+        try visitor.visitSingularUInt32Field(value: _storage._rank, fieldNumber: 3)
+      }
+      if _storage._worldSize != 0 {
+        try visitor.visitSingularUInt32Field(value: _storage._worldSize, fieldNumber: 4)
+      }
+      if !_storage._members.isEmpty {
+        try visitor.visitRepeatedMessageField(value: _storage._members, fieldNumber: 5)
+      }
+      if !_storage._dataPlaneSecret.isEmpty {
+        try visitor.visitSingularBytesField(value: _storage._dataPlaneSecret, fieldNumber: 6)
+      }
+      if _storage._resumeEpoch != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._resumeEpoch, fieldNumber: 7)
+      }
+      if _storage._resumeStep != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._resumeStep, fieldNumber: 8)
+      }
+      if _storage._permutationSeed != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._permutationSeed, fieldNumber: 9)
+      }
+      if _storage._globalBatchSize != 0 {
+        try visitor.visitSingularUInt32Field(value: _storage._globalBatchSize, fieldNumber: 10)
+      }
+      if !_storage._workloadSpec.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._workloadSpec, fieldNumber: 11)
+      }
+      if !_storage._workloadKind.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._workloadKind, fieldNumber: 12)
+      }
+      if !_storage._datasetPath.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._datasetPath, fieldNumber: 13)
+      }
+      if _storage._datasetSamples != 0 {
+        try visitor.visitSingularUInt32Field(value: _storage._datasetSamples, fieldNumber: 14)
+      }
+      if _storage._totalSteps != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._totalSteps, fieldNumber: 15)
+      }
+      if !_storage._checkpointDirectory.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._checkpointDirectory, fieldNumber: 16)
+      }
+      if _storage._checkpointIntervalSteps != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._checkpointIntervalSteps, fieldNumber: 17)
+      }
+      if _storage._resumeFromCheckpoint != false {
+        try visitor.visitSingularBoolField(value: _storage._resumeFromCheckpoint, fieldNumber: 18)
+      }
     }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Ringmaster_V1_Assignment, rhs: Ringmaster_V1_Assignment) -> Bool {
-    if lhs.jobID != rhs.jobID {return false}
-    if lhs.generation != rhs.generation {return false}
-    if lhs.rank != rhs.rank {return false}
-    if lhs.worldSize != rhs.worldSize {return false}
-    if lhs.members != rhs.members {return false}
-    if lhs.dataPlaneSecret != rhs.dataPlaneSecret {return false}
-    if lhs.resumeEpoch != rhs.resumeEpoch {return false}
-    if lhs.resumeStep != rhs.resumeStep {return false}
-    if lhs.permutationSeed != rhs.permutationSeed {return false}
-    if lhs.globalBatchSize != rhs.globalBatchSize {return false}
-    if lhs.workloadSpec != rhs.workloadSpec {return false}
-    if lhs.workloadKind != rhs.workloadKind {return false}
-    if lhs.datasetPath != rhs.datasetPath {return false}
-    if lhs.datasetSamples != rhs.datasetSamples {return false}
-    if lhs.totalSteps != rhs.totalSteps {return false}
+    if lhs._storage !== rhs._storage {
+      let storagesAreEqual: Bool = withExtendedLifetime((lhs._storage, rhs._storage)) { (_args: (_StorageClass, _StorageClass)) in
+        let _storage = _args.0
+        let rhs_storage = _args.1
+        if _storage._jobID != rhs_storage._jobID {return false}
+        if _storage._generation != rhs_storage._generation {return false}
+        if _storage._rank != rhs_storage._rank {return false}
+        if _storage._worldSize != rhs_storage._worldSize {return false}
+        if _storage._members != rhs_storage._members {return false}
+        if _storage._dataPlaneSecret != rhs_storage._dataPlaneSecret {return false}
+        if _storage._resumeEpoch != rhs_storage._resumeEpoch {return false}
+        if _storage._resumeStep != rhs_storage._resumeStep {return false}
+        if _storage._permutationSeed != rhs_storage._permutationSeed {return false}
+        if _storage._globalBatchSize != rhs_storage._globalBatchSize {return false}
+        if _storage._workloadSpec != rhs_storage._workloadSpec {return false}
+        if _storage._workloadKind != rhs_storage._workloadKind {return false}
+        if _storage._datasetPath != rhs_storage._datasetPath {return false}
+        if _storage._datasetSamples != rhs_storage._datasetSamples {return false}
+        if _storage._totalSteps != rhs_storage._totalSteps {return false}
+        if _storage._checkpointDirectory != rhs_storage._checkpointDirectory {return false}
+        if _storage._checkpointIntervalSteps != rhs_storage._checkpointIntervalSteps {return false}
+        if _storage._resumeFromCheckpoint != rhs_storage._resumeFromCheckpoint {return false}
+        return true
+      }
+      if !storagesAreEqual {return false}
+    }
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -2400,7 +2592,7 @@ nonisolated extension Ringmaster_V1_Abort: SwiftProtobuf.Message, SwiftProtobuf.
 
 nonisolated extension Ringmaster_V1_CheckpointShardReady: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".CheckpointShardReady"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}job_id\0\u{1}generation\0\u{1}step\0\u{1}rank\0\u{1}path\0\u{3}size_bytes\0\u{1}sha256\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}job_id\0\u{1}generation\0\u{1}step\0\u{1}rank\0\u{1}path\0\u{3}size_bytes\0\u{1}sha256\0\u{3}first_element\0\u{1}elements\0\u{3}state_count\0\u{3}parameter_count\0\u{3}world_size\0\u{1}error\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -2415,6 +2607,12 @@ nonisolated extension Ringmaster_V1_CheckpointShardReady: SwiftProtobuf.Message,
       case 5: try { try decoder.decodeSingularStringField(value: &self.path) }()
       case 6: try { try decoder.decodeSingularUInt64Field(value: &self.sizeBytes) }()
       case 7: try { try decoder.decodeSingularBytesField(value: &self.sha256) }()
+      case 8: try { try decoder.decodeSingularUInt64Field(value: &self.firstElement) }()
+      case 9: try { try decoder.decodeSingularUInt64Field(value: &self.elements) }()
+      case 10: try { try decoder.decodeSingularUInt64Field(value: &self.stateCount) }()
+      case 11: try { try decoder.decodeSingularUInt64Field(value: &self.parameterCount) }()
+      case 12: try { try decoder.decodeSingularUInt32Field(value: &self.worldSize) }()
+      case 13: try { try decoder.decodeSingularStringField(value: &self.error) }()
       default: break
       }
     }
@@ -2442,6 +2640,24 @@ nonisolated extension Ringmaster_V1_CheckpointShardReady: SwiftProtobuf.Message,
     if !self.sha256.isEmpty {
       try visitor.visitSingularBytesField(value: self.sha256, fieldNumber: 7)
     }
+    if self.firstElement != 0 {
+      try visitor.visitSingularUInt64Field(value: self.firstElement, fieldNumber: 8)
+    }
+    if self.elements != 0 {
+      try visitor.visitSingularUInt64Field(value: self.elements, fieldNumber: 9)
+    }
+    if self.stateCount != 0 {
+      try visitor.visitSingularUInt64Field(value: self.stateCount, fieldNumber: 10)
+    }
+    if self.parameterCount != 0 {
+      try visitor.visitSingularUInt64Field(value: self.parameterCount, fieldNumber: 11)
+    }
+    if self.worldSize != 0 {
+      try visitor.visitSingularUInt32Field(value: self.worldSize, fieldNumber: 12)
+    }
+    if !self.error.isEmpty {
+      try visitor.visitSingularStringField(value: self.error, fieldNumber: 13)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -2453,6 +2669,12 @@ nonisolated extension Ringmaster_V1_CheckpointShardReady: SwiftProtobuf.Message,
     if lhs.path != rhs.path {return false}
     if lhs.sizeBytes != rhs.sizeBytes {return false}
     if lhs.sha256 != rhs.sha256 {return false}
+    if lhs.firstElement != rhs.firstElement {return false}
+    if lhs.elements != rhs.elements {return false}
+    if lhs.stateCount != rhs.stateCount {return false}
+    if lhs.parameterCount != rhs.parameterCount {return false}
+    if lhs.worldSize != rhs.worldSize {return false}
+    if lhs.error != rhs.error {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -2931,7 +3153,7 @@ nonisolated extension Ringmaster_V1_JobMember: SwiftProtobuf.Message, SwiftProto
 
 nonisolated extension Ringmaster_V1_JobStatus: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".JobStatus"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}job_id\0\u{1}phase\0\u{1}generation\0\u{1}members\0\u{3}min_nodes\0\u{3}max_nodes\0\u{3}target_nodes\0\u{3}cursor_step\0\u{3}cursor_epoch\0\u{3}total_steps\0\u{3}generations_started\0\u{3}last_cause\0\u{1}loss\0\u{3}test_accuracy\0\u{3}parameter_hash\0\u{3}parameter_hash_step\0\u{1}divergences\0\u{1}samples\0\u{1}history\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}job_id\0\u{1}phase\0\u{1}generation\0\u{1}members\0\u{3}min_nodes\0\u{3}max_nodes\0\u{3}target_nodes\0\u{3}cursor_step\0\u{3}cursor_epoch\0\u{3}total_steps\0\u{3}generations_started\0\u{3}last_cause\0\u{1}loss\0\u{3}test_accuracy\0\u{3}parameter_hash\0\u{3}parameter_hash_step\0\u{1}divergences\0\u{1}samples\0\u{1}history\0\u{3}last_checkpoint_step\0\u{3}checkpoint_failures\0\u{3}last_checkpoint_error\0\u{3}resumed_from_step\0")
 
   fileprivate class _StorageClass {
     var _jobID: String = String()
@@ -2953,6 +3175,10 @@ nonisolated extension Ringmaster_V1_JobStatus: SwiftProtobuf.Message, SwiftProto
     var _divergences: UInt64 = 0
     var _samples: Ringmaster_V1_SampleAccounting? = nil
     var _history: [Ringmaster_V1_GenerationRecord] = []
+    var _lastCheckpointStep: UInt64 = 0
+    var _checkpointFailures: UInt64 = 0
+    var _lastCheckpointError: String = String()
+    var _resumedFromStep: UInt64? = nil
 
       // This property is used as the initial default value for new instances of the type.
       // The type itself is protecting the reference to its storage via CoW semantics.
@@ -2982,6 +3208,10 @@ nonisolated extension Ringmaster_V1_JobStatus: SwiftProtobuf.Message, SwiftProto
       _divergences = source._divergences
       _samples = source._samples
       _history = source._history
+      _lastCheckpointStep = source._lastCheckpointStep
+      _checkpointFailures = source._checkpointFailures
+      _lastCheckpointError = source._lastCheckpointError
+      _resumedFromStep = source._resumedFromStep
     }
   }
 
@@ -3019,6 +3249,10 @@ nonisolated extension Ringmaster_V1_JobStatus: SwiftProtobuf.Message, SwiftProto
         case 17: try { try decoder.decodeSingularUInt64Field(value: &_storage._divergences) }()
         case 18: try { try decoder.decodeSingularMessageField(value: &_storage._samples) }()
         case 19: try { try decoder.decodeRepeatedMessageField(value: &_storage._history) }()
+        case 20: try { try decoder.decodeSingularUInt64Field(value: &_storage._lastCheckpointStep) }()
+        case 21: try { try decoder.decodeSingularUInt64Field(value: &_storage._checkpointFailures) }()
+        case 22: try { try decoder.decodeSingularStringField(value: &_storage._lastCheckpointError) }()
+        case 23: try { try decoder.decodeSingularUInt64Field(value: &_storage._resumedFromStep) }()
         default: break
         }
       }
@@ -3088,6 +3322,18 @@ nonisolated extension Ringmaster_V1_JobStatus: SwiftProtobuf.Message, SwiftProto
       if !_storage._history.isEmpty {
         try visitor.visitRepeatedMessageField(value: _storage._history, fieldNumber: 19)
       }
+      if _storage._lastCheckpointStep != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._lastCheckpointStep, fieldNumber: 20)
+      }
+      if _storage._checkpointFailures != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._checkpointFailures, fieldNumber: 21)
+      }
+      if !_storage._lastCheckpointError.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._lastCheckpointError, fieldNumber: 22)
+      }
+      try { if let v = _storage._resumedFromStep {
+        try visitor.visitSingularUInt64Field(value: v, fieldNumber: 23)
+      } }()
     }
     try unknownFields.traverse(visitor: &visitor)
   }
@@ -3116,6 +3362,10 @@ nonisolated extension Ringmaster_V1_JobStatus: SwiftProtobuf.Message, SwiftProto
         if _storage._divergences != rhs_storage._divergences {return false}
         if _storage._samples != rhs_storage._samples {return false}
         if _storage._history != rhs_storage._history {return false}
+        if _storage._lastCheckpointStep != rhs_storage._lastCheckpointStep {return false}
+        if _storage._checkpointFailures != rhs_storage._checkpointFailures {return false}
+        if _storage._lastCheckpointError != rhs_storage._lastCheckpointError {return false}
+        if _storage._resumedFromStep != rhs_storage._resumedFromStep {return false}
         return true
       }
       if !storagesAreEqual {return false}

@@ -24,8 +24,17 @@ public final class TrainingDemo: Sendable {
         public var terminateAgentAtStep: UInt64?
         /// The workload settings (the `workload` mapping of the job spec, as YAML flow text).
         public var workload = "{kind: mlp, hidden: [128], optimizer: sgd, learning_rate: 0.1, momentum: 0.9}"
+        /// The `dataset` mapping of the job spec.
+        public var dataset = "{path: builtin:digits, samples: 1437}"
         public var batchSize = 64
         public var seed: UInt64 = 42
+        /// Checkpoints: where (nil: none), every how many steps, and `latest` or a step to resume from.
+        public var checkpointDirectory: String?
+        public var checkpointInterval: UInt64 = 100
+        public var resume: String?
+        /// Kill -9 every process (coordinator and agents) once a checkpoint at or after this step
+        /// is committed: a whole cluster lost, to resume from the checkpoint.
+        public var preemptAtStep: UInt64?
         /// Where the run's files go (kept); nil: a temporary directory, removed afterwards.
         public var directory: String?
         /// The `ringmaster` executable to start.
@@ -66,6 +75,12 @@ public final class TrainingDemo: Sendable {
         public var modelPath: String?
         /// Exit statuses of agents stopped with SIGTERM mid-run, by name.
         public var terminatedExitStatus: [String: Int32]
+        /// The newest committed checkpoint's step, failed saves, and the step the job resumed from.
+        public var lastCheckpointStep: UInt64
+        public var checkpointFailures: UInt64
+        public var resumedFromStep: UInt64?
+        /// Whether the run was cut short by `preemptAtStep`.
+        public var preempted: Bool
     }
 
     /// Progress, for a bar.
@@ -140,18 +155,19 @@ public final class TrainingDemo: Sendable {
         let spec = """
             name: demo
             workload: \(options.workload)
-            dataset: {path: builtin:digits, samples: 1437}
+            dataset: \(options.dataset)
             batch_size: \(options.batchSize)
             steps: \(options.steps)
             seed: \(options.seed)
             nodes: {min: 1, max: \(options.agents + growth)}
-            """
+            """ + (options.checkpointDirectory.map { "\ncheckpoint: {directory: \($0), interval_steps: \(options.checkpointInterval), keep: 3}" } ?? "")
+            + (options.resume.map { "\nresume: \($0)" } ?? "")
         _ = try await Cluster.admin(admin) { $0.jobSubmit = .with { $0.specYaml = spec } }
         let started = Date()
         say("submitted job demo: \(options.steps) steps of \(options.batchSize) samples")
 
         // One operator session for the whole run: polling opens no new TLS connection.
-        let (status, killedAt, addedAt, terminated) = try await admin.withConnection { session in
+        let (status, killedAt, addedAt, terminated, preempted) = try await admin.withConnection { session in
             var killedAt: Date?
             var addedAt: Date?
             var terminated: [String: ChildProcess] = [:]
@@ -171,6 +187,11 @@ public final class TrainingDemo: Sendable {
                     )
                 )
                 if status.phase == "finished" || status.phase == "cancelled" { break }
+                if let at = options.preemptAtStep, status.lastCheckpointStep >= at {
+                    for child in cluster.children.withLock({ $0 }) { child.signal(SIGKILL) }
+                    say("step \(status.cursorStep): checkpoint at step \(status.lastCheckpointStep) committed; kill -9 every process")
+                    return (status, killedAt, addedAt, terminated, true)
+                }
                 if let at = options.killAgentAtStep, killedAt == nil, status.cursorStep >= at {
                     let victim = try cluster.agent(index: options.agents - 1)
                     victim.signal(SIGKILL)
@@ -190,7 +211,7 @@ public final class TrainingDemo: Sendable {
                 }
                 try await Task.sleep(for: .milliseconds(50))
             }
-            return (status, killedAt, addedAt, terminated)
+            return (status, killedAt, addedAt, terminated, false)
         }
         let seconds = Date().timeIntervalSince(started)
         var exits: [String: Int32] = [:]
@@ -198,7 +219,7 @@ public final class TrainingDemo: Sendable {
         for (name, child) in terminated {
             exits[name] = try await child.waitForExit(within: 40)
         }
-        guard status.phase == "finished" else {
+        guard status.phase == "finished" || preempted else {
             throw BenchmarkError("the demo job ended \(status.phase), not finished")
         }
 
@@ -236,7 +257,11 @@ public final class TrainingDemo: Sendable {
             seconds: seconds,
             samplesPerSecond: Double(status.cursorStep) * Double(options.batchSize) / max(seconds, 1e-9),
             modelPath: kept ? modelPath : nil,
-            terminatedExitStatus: exits
+            terminatedExitStatus: exits,
+            lastCheckpointStep: status.lastCheckpointStep,
+            checkpointFailures: status.checkpointFailures,
+            resumedFromStep: status.hasResumedFromStep ? status.resumedFromStep : nil,
+            preempted: preempted
         )
     }
 
