@@ -113,26 +113,21 @@ public struct CheckpointManifest: Codable, Sendable, Hashable {
         guard self.elementType == CheckpointLayout.elementType else {
             throw CheckpointError(.incompatible, "\(path): element type \"\(self.elementType)\", this version reads \"\(CheckpointLayout.elementType)\"")
         }
-        guard self.stateCount >= 0, (0...self.stateCount).contains(self.parameterCount) else {
+        guard (0...(Int.max / 8)).contains(self.stateCount), (0...self.stateCount).contains(self.parameterCount) else {
             throw CheckpointError(.corrupt, "\(path): stateCount \(self.stateCount) and parameterCount \(self.parameterCount) do not fit together")
         }
-        guard self.worldSize >= 1, self.shards.count == self.worldSize else {
-            throw CheckpointError(.corrupt, "\(path): world size \(self.worldSize) but \(self.shards.count) shards listed")
-        }
-        var ranks = Set<Int>()
         var files = Set<String>()
         for shard in self.shards {
             guard CheckpointLayout.isPlainFileName(shard.file) else {
                 throw CheckpointError(.corrupt, "\(path): shard of rank \(shard.rank) names \"\(shard.file)\", not a file inside the step directory")
             }
-            guard (0..<self.worldSize).contains(shard.rank), ranks.insert(shard.rank).inserted else {
-                throw CheckpointError(.corrupt, "\(path): shard \(shard.file) has rank \(shard.rank), out of range or listed twice")
-            }
             guard files.insert(shard.file).inserted else {
                 throw CheckpointError(.corrupt, "\(path): shard file \(shard.file) listed twice")
             }
             let size = shard.elements.multipliedReportingOverflow(by: CheckpointLayout.bytesPerElement)
-            guard shard.elements >= 0, shard.firstElement >= 0, !size.overflow, size.partialValue == shard.bytes else {
+            guard (0...self.stateCount).contains(shard.elements), (0...self.stateCount).contains(shard.firstElement),
+                !size.overflow, size.partialValue == shard.bytes
+            else {
                 throw CheckpointError(
                     .corrupt,
                     "\(path): shard \(shard.file) records \(shard.elements) elements from \(shard.firstElement) in \(shard.bytes) bytes, which do not fit together"
@@ -157,6 +152,15 @@ public struct CheckpointManifest: Codable, Sendable, Hashable {
                 throw CheckpointError(.corrupt, "\(path): no shard holds elements \(next)..<\(self.stateCount) of \(self.stateCount) (a gap)")
             }
             throw CheckpointError(.corrupt, "\(path): shards hold \(next) elements, the state has \(self.stateCount)")
+        }
+        guard self.worldSize >= 1, self.shards.count == self.worldSize else {
+            throw CheckpointError(.corrupt, "\(path): world size \(self.worldSize) but \(self.shards.count) shards listed")
+        }
+        var ranks = Set<Int>()
+        for shard in self.shards {
+            guard (0..<self.worldSize).contains(shard.rank), ranks.insert(shard.rank).inserted else {
+                throw CheckpointError(.corrupt, "\(path): shard \(shard.file) has rank \(shard.rank), out of range or listed twice")
+            }
         }
     }
 }

@@ -88,6 +88,10 @@ public enum CheckpointReader {
     public static func load(root: String, step: UInt64) throws -> (manifest: CheckpointManifest, state: [Float]) {
         let manifest = try Self.manifest(root: root, step: step)
         let directory = CheckpointLayout.stepDirectory(root: root, step: step)
+        // Sizes first, so that a damaged manifest cannot make us allocate what no file backs.
+        for shard in manifest.shards {
+            try Self.checkSize(CheckpointLayout.join(directory, shard.file), record: shard)
+        }
         let state = try [Float](unsafeUninitializedCapacity: manifest.stateCount) { buffer, initialized in
             // Validation guarantees the shards tile 0..<stateCount, so every element gets written
             // (or the load throws); `initialized` stays 0 until then so nothing uninitialised escapes.
@@ -145,12 +149,7 @@ public enum CheckpointReader {
         }
         var info = stat()
         guard fstat(descriptor.fd, &info) == 0 else { throw CheckpointError.system("could not stat \(path)") }
-        guard Int(info.st_size) == record.bytes else {
-            throw CheckpointError(
-                .corrupt,
-                "shard \(path) of rank \(record.rank) has \(info.st_size) bytes, the manifest records \(record.bytes)\(Int(info.st_size) < record.bytes ? " (truncated)" : "")"
-            )
-        }
+        try Self.checkSize(Int(info.st_size), path: path, record: record)
         var hasher = SHA256()
         var offset = 0
         while offset < destination.count {
@@ -166,6 +165,23 @@ public enum CheckpointReader {
         let digest = CheckpointWriter.hex(hasher.finalize())
         guard digest == record.sha256 else {
             throw CheckpointError(.corrupt, "shard \(path) of rank \(record.rank) has SHA-256 \(digest), the manifest records \(record.sha256)")
+        }
+    }
+
+    /// Throws unless the shard file exists with its recorded size.
+    static func checkSize(_ path: String, record: ShardRecord) throws {
+        guard let info = try DurableFile.status(path) else {
+            throw CheckpointError(.missing, "shard \(path) of rank \(record.rank) does not exist", systemError: ENOENT)
+        }
+        try Self.checkSize(Int(info.st_size), path: path, record: record)
+    }
+
+    static func checkSize(_ size: Int, path: String, record: ShardRecord) throws {
+        guard size == record.bytes else {
+            throw CheckpointError(
+                .corrupt,
+                "shard \(path) of rank \(record.rank) has \(size) bytes, the manifest records \(record.bytes)\(size < record.bytes ? " (truncated)" : "")"
+            )
         }
     }
 

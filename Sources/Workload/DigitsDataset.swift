@@ -56,13 +56,26 @@ public struct DigitsDataset: Sendable {
         try DigitsDataset(path: Self.bundledURL().path)
     }
 
-    /// Where the bundled `digits.csv.gz` lies.
+    /// Where the bundled `digits.csv.gz` lies. Looked for (without `Bundle.module`, which stops the
+    /// process when its bundle is missing) in `RINGMASTER_SHARE_DIR`, in the resource bundle
+    /// SwiftPM puts beside the executable (`Ringmaster_Workload.resources`), in `../share/ringmaster`
+    /// next to the executable, then in `/usr/local/share/ringmaster` and `/usr/share/ringmaster`.
     public static func bundledURL() throws -> URL {
-        guard let url = Bundle.module.url(forResource: "digits.csv", withExtension: "gz") else {
-            throw WorkloadError(
-                .unreadableFile, "the bundled digits.csv.gz is missing from the Workload resource bundle")
+        let name = "digits.csv.gz"
+        var directories: [String] = []
+        if let share = ProcessInfo.processInfo.environment["RINGMASTER_SHARE_DIR"], !share.isEmpty { directories.append(share) }
+        let executable = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
+        let beside = URL(fileURLWithPath: executable).deletingLastPathComponent()
+        directories.append(beside.appendingPathComponent("Ringmaster_Workload.resources").path)
+        directories.append(beside.deletingLastPathComponent().appendingPathComponent("share/ringmaster").path)
+        directories += ["/usr/local/share/ringmaster", "/usr/share/ringmaster"]
+        for directory in directories where FileManager.default.isReadableFile(atPath: "\(directory)/\(name)") {
+            return URL(fileURLWithPath: "\(directory)/\(name)")
         }
-        return url
+        throw WorkloadError(
+            .unreadableFile,
+            "the bundled digits data set (\(name)) is not installed: looked in \(directories.joined(separator: ", ")); copy Ringmaster_Workload.resources from the build beside the ringmaster executable, or put \(name) in /usr/share/ringmaster, or give dataset.path as a CSV file"
+        )
     }
 
     /// Loads a `.csv` file, or a gzip-compressed one (recognised by its gzip header, whatever its name).

@@ -36,7 +36,7 @@ struct AgentCommand: AsyncParsableCommand {
         @Option(help: "Open the data-plane listener at HOST:PORT (port 0 picks one); needed to train.")
         var dataPlaneListen: String?
 
-        @Option(help: "On SIGTERM or a drain, how long the step in flight may take before it is abandoned, e.g. 30s.")
+        @Option(help: "On SIGTERM, how long the step in flight may take before it is abandoned, e.g. 30s (a drain has the coordinator's 30 s).")
         var gracePeriod: DurationArgument = DurationArgument(seconds: 30)
 
         @Option(help: "Longest wait for one collective operation, e.g. 60s (a dead peer fails it at once).")

@@ -55,7 +55,7 @@ struct DemoCommand: AsyncParsableCommand {
     @Option(help: "Kill -9 every process once a checkpoint at or after this step is committed (resume later with --resume).")
     var preemptAtStep: UInt64?
 
-    @Option(help: "Keep the run's files (logs, certificates, the trained model) in this directory.")
+    @Option(help: "Keep the run's files (certificates, coordinator state, the trained model) in this directory.")
     var directory: String?
 
     @Option(help: "Seconds the whole run may take.")

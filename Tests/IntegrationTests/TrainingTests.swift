@@ -87,13 +87,49 @@ struct TrainingTests {
         let saved = lost.count("last_checkpoint_step")
         #expect(saved >= 300 && saved < Self.steps, "last checkpoint \(saved)")
         #expect(lost.count("checkpoint_failures") == 0)
-        // A new coordinator and 3 new agents resume from it and finish.
+        // The newest checkpoint is damaged (one flipped byte in one shard): verification catches it
+        // before anything is loaded, and the job falls back to the one before.
+        let shard = "\(checkpoints)/step-\(String(format: "%012d", saved))/shard-00002-of-00004.bin"
+        let handle = try #require(FileHandle(forUpdatingAtPath: shard), "no shard at \(shard)")
+        try handle.seek(toOffset: 100)
+        let byte = try #require(try handle.read(upToCount: 1)?.first)
+        try handle.seek(toOffset: 100)
+        try handle.write(contentsOf: Data([byte ^ 0x01]))
+        try handle.close()
+        // A new coordinator and 3 new agents resume from the older checkpoint and finish.
         let resumed = try await self.demo("resumed", ["--agents", "3", "--checkpoint-dir", checkpoints, "--resume", "latest"])
-        #expect(resumed.count("resumed_from_step") == saved)
+        #expect(resumed.count("resumed_from_step") == saved - 100, "the damaged checkpoint at \(saved) must be skipped")
         self.expectExactAccounting(resumed, "resumed")
         #expect(resumed.accuracy >= 0.95)
         let difference = self.maximumDifference(resumed.parameters, reference)
         #expect(difference <= Self.tolerance, "resumed at \(saved) with 3 agents: parameters differ from the uninterrupted run's by up to \(difference)")
+    }
+
+    /// Checkpoints to a file system that fills up: the saves that do not fit fail cleanly, training
+    /// goes on to the end, and the last checkpoint that fitted still resumes.
+    @Test func checkpointsOnAFullDisk_failCleanly_andTrainingGoesOn() async throws {
+        let mount = FileManager.default.temporaryDirectory.appendingPathComponent("ringmaster-full-\(UUID().uuidString.prefix(8))").path
+        try FileManager.default.createDirectory(atPath: mount, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: mount) }
+        // Room for about three checkpoints of the perceptron (4 shards of 19 KB and a manifest each).
+        let mounted = try ChildProcess(name: "mount", executable: "/bin/mount", arguments: ["-t", "tmpfs", "-o", "size=256k", "tmpfs", mount])
+        try #require(try await mounted.waitForExit(within: 10) == 0, "could not mount a tmpfs (tests run as root): \(mounted.output.lines)")
+        defer {
+            let unmount = Process()
+            unmount.executableURL = URL(fileURLWithPath: "/bin/umount")
+            unmount.arguments = [mount]
+            if (try? unmount.run()) != nil { unmount.waitUntilExit() }
+        }
+        let full = try await self.demo("disk-full", ["--agents", "4", "--checkpoint-dir", mount, "--checkpoint-interval", "50"])
+        self.expectExactAccounting(full, "disk full")
+        #expect(full.count("checkpoint_failures") > 0, "the small file system never filled up: \(full.json)")
+        let last = full.count("last_checkpoint_step")
+        #expect(last >= 50, "no checkpoint fitted at all")
+        #expect(self.maximumDifference(full.parameters, try await self.referenceParameters()) <= Self.tolerance)
+        // What remains is whole: a resume from it verifies and finishes the job again.
+        let resumed = try await self.demo("after-full", ["--agents", "2", "--checkpoint-dir", mount, "--checkpoint-interval", "100000", "--resume", "latest"])
+        #expect(resumed.count("resumed_from_step") > 0)
+        self.expectExactAccounting(resumed, "resumed after disk full")
     }
 
     @Test func oneTwoAndFourAgents_endWithTheSameModel_andKillsJoinsAndLeavesChangeNothing() async throws {
