@@ -45,7 +45,9 @@ public enum CheckpointLayout {
 
     /// The file name of rank `rank`'s shard in a world of `worldSize`: `shard-00001-of-00004.bin`.
     public static func shardFileName(rank: Int, worldSize: Int) -> String {
-        "shard-\(Self.zeroPadded(UInt64(max(rank, 0)), width: 5))-of-\(Self.zeroPadded(UInt64(max(worldSize, 0)), width: 5)).bin"
+        let rank = Self.zeroPadded(UInt64(max(rank, 0)), width: 5)
+        let world = Self.zeroPadded(UInt64(max(worldSize, 0)), width: 5)
+        return "shard-\(rank)-of-\(world).bin"
     }
 
     /// The world size a shard's file name records (`shard-00001-of-00004.bin` gives 4), or nil.
@@ -58,7 +60,9 @@ public enum CheckpointLayout {
     ///
     /// The first `elements % worldSize` ranks hold one element more than the others.
     public static func slice(elements: Int, rank: Int, worldSize: Int) -> Range<Int> {
-        precondition(worldSize >= 1 && (0..<worldSize).contains(rank) && elements >= 0, "rank \(rank) of \(worldSize), \(elements) elements")
+        precondition(
+            worldSize >= 1 && (0..<worldSize).contains(rank) && elements >= 0,
+            "rank \(rank) of \(worldSize), \(elements) elements")
         let base = elements / worldSize
         let extra = elements % worldSize
         let start = rank * base + min(rank, extra)

@@ -108,18 +108,27 @@ public struct CheckpointManifest: Codable, Sendable, Hashable {
     /// manifest in messages.
     public func validate(path: String) throws {
         guard self.formatVersion == Self.currentFormatVersion else {
-            throw CheckpointError(.incompatible, "\(path): format version \(self.formatVersion), this version reads \(Self.currentFormatVersion)")
+            throw CheckpointError(
+                .incompatible,
+                "\(path): format version \(self.formatVersion), this version reads \(Self.currentFormatVersion)")
         }
         guard self.elementType == CheckpointLayout.elementType else {
-            throw CheckpointError(.incompatible, "\(path): element type \"\(self.elementType)\", this version reads \"\(CheckpointLayout.elementType)\"")
+            throw CheckpointError(
+                .incompatible,
+                "\(path): element type \"\(self.elementType)\", this version reads \"\(CheckpointLayout.elementType)\"")
         }
         guard (0...(Int.max / 8)).contains(self.stateCount), (0...self.stateCount).contains(self.parameterCount) else {
-            throw CheckpointError(.corrupt, "\(path): stateCount \(self.stateCount) and parameterCount \(self.parameterCount) do not fit together")
+            throw CheckpointError(
+                .corrupt,
+                "\(path): stateCount \(self.stateCount) and parameterCount \(self.parameterCount) do not fit together")
         }
         var files = Set<String>()
         for shard in self.shards {
             guard CheckpointLayout.isPlainFileName(shard.file) else {
-                throw CheckpointError(.corrupt, "\(path): shard of rank \(shard.rank) names \"\(shard.file)\", not a file inside the step directory")
+                throw CheckpointError(
+                    .corrupt,
+                    "\(path): shard of rank \(shard.rank) names \"\(shard.file)\", not a file inside the step directory"
+                )
             }
             guard files.insert(shard.file).inserted else {
                 throw CheckpointError(.corrupt, "\(path): shard file \(shard.file) listed twice")
@@ -134,32 +143,41 @@ public struct CheckpointManifest: Codable, Sendable, Hashable {
                 )
             }
             guard shard.sha256.count == 64, shard.sha256.allSatisfy({ $0.isHexDigit && !$0.isUppercase }) else {
-                throw CheckpointError(.corrupt, "\(path): shard \(shard.file) has no valid SHA-256 (\"\(shard.sha256)\")")
+                throw CheckpointError(
+                    .corrupt, "\(path): shard \(shard.file) has no valid SHA-256 (\"\(shard.sha256)\")")
             }
         }
         var next = 0
         for shard in self.shards.sorted(by: { ($0.firstElement, $0.elements) < ($1.firstElement, $1.elements) }) {
             if shard.firstElement > next {
-                throw CheckpointError(.corrupt, "\(path): no shard holds elements \(next)..<\(shard.firstElement) of \(self.stateCount) (a gap)")
+                throw CheckpointError(
+                    .corrupt,
+                    "\(path): no shard holds elements \(next)..<\(shard.firstElement) of \(self.stateCount) (a gap)")
             }
             if shard.firstElement < next {
-                throw CheckpointError(.corrupt, "\(path): shard \(shard.file) overlaps another at elements \(shard.firstElement)..<\(next)")
+                throw CheckpointError(
+                    .corrupt,
+                    "\(path): shard \(shard.file) overlaps another at elements \(shard.firstElement)..<\(next)")
             }
             next = shard.firstElement + shard.elements
         }
         guard next == self.stateCount else {
             if next < self.stateCount {
-                throw CheckpointError(.corrupt, "\(path): no shard holds elements \(next)..<\(self.stateCount) of \(self.stateCount) (a gap)")
+                throw CheckpointError(
+                    .corrupt,
+                    "\(path): no shard holds elements \(next)..<\(self.stateCount) of \(self.stateCount) (a gap)")
             }
             throw CheckpointError(.corrupt, "\(path): shards hold \(next) elements, the state has \(self.stateCount)")
         }
         guard self.worldSize >= 1, self.shards.count == self.worldSize else {
-            throw CheckpointError(.corrupt, "\(path): world size \(self.worldSize) but \(self.shards.count) shards listed")
+            throw CheckpointError(
+                .corrupt, "\(path): world size \(self.worldSize) but \(self.shards.count) shards listed")
         }
         var ranks = Set<Int>()
         for shard in self.shards {
             guard (0..<self.worldSize).contains(shard.rank), ranks.insert(shard.rank).inserted else {
-                throw CheckpointError(.corrupt, "\(path): shard \(shard.file) has rank \(shard.rank), out of range or listed twice")
+                throw CheckpointError(
+                    .corrupt, "\(path): shard \(shard.file) has rank \(shard.rank), out of range or listed twice")
             }
         }
     }

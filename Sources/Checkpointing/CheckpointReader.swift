@@ -22,7 +22,8 @@ public enum CheckpointReader {
     /// Step directories under root that have a manifest file, newest step first (manifest not parsed yet).
     public static func committedSteps(root: String) throws -> [UInt64] {
         try Self.stepDirectories(root: root).filter { step in
-            let manifest = CheckpointLayout.join(CheckpointLayout.stepDirectory(root: root, step: step), CheckpointLayout.manifestFileName)
+            let manifest = CheckpointLayout.join(
+                CheckpointLayout.stepDirectory(root: root, step: step), CheckpointLayout.manifestFileName)
             return try DurableFile.status(manifest) != nil
         }
     }
@@ -61,12 +62,14 @@ public enum CheckpointReader {
     /// Reads and checks the manifest of `step` without reading shards: it parses, validates
     /// (format, coverage, sizes) and records the step of its directory.
     public static func manifest(root: String, step: UInt64) throws -> CheckpointManifest {
-        let path = CheckpointLayout.join(CheckpointLayout.stepDirectory(root: root, step: step), CheckpointLayout.manifestFileName)
+        let path = CheckpointLayout.join(
+            CheckpointLayout.stepDirectory(root: root, step: step), CheckpointLayout.manifestFileName)
         let bytes: [UInt8]
         do {
             bytes = try DurableFile.readWholeFile(path)
         } catch let error as CheckpointError where error.code == .missing {
-            throw CheckpointError(.missing, "step \(step) is not committed: \(path) does not exist", systemError: error.systemError)
+            throw CheckpointError(
+                .missing, "step \(step) is not committed: \(path) does not exist", systemError: error.systemError)
         }
         let manifest: CheckpointManifest
         do {
@@ -76,7 +79,8 @@ public enum CheckpointReader {
         }
         try manifest.validate(path: path)
         guard manifest.step == step else {
-            throw CheckpointError(.corrupt, "\(path) records step \(manifest.step) but sits in the directory of step \(step)")
+            throw CheckpointError(
+                .corrupt, "\(path) records step \(manifest.step) but sits in the directory of step \(step)")
         }
         return manifest
     }
@@ -98,14 +102,16 @@ public enum CheckpointReader {
             let raw = UnsafeMutableRawBufferPointer(buffer)
             for shard in manifest.shards {
                 let bytes = UnsafeMutableRawBufferPointer(
-                    rebasing: raw[(shard.firstElement * CheckpointLayout.bytesPerElement)..<((shard.firstElement + shard.elements) * CheckpointLayout.bytesPerElement)]
+                    rebasing: raw[
+                        (shard.firstElement * CheckpointLayout.bytesPerElement)..<((shard.firstElement + shard.elements)
+                            * CheckpointLayout.bytesPerElement)]
                 )
                 try Self.readShard(CheckpointLayout.join(directory, shard.file), record: shard, into: bytes)
             }
             #if _endian(big)
-            for index in 0..<manifest.stateCount {
-                buffer[index] = Float(bitPattern: UInt32(littleEndian: buffer[index].bitPattern))
-            }
+                for index in 0..<manifest.stateCount {
+                    buffer[index] = Float(bitPattern: UInt32(littleEndian: buffer[index].bitPattern))
+                }
             #endif
             initialized = manifest.stateCount
         }
@@ -134,7 +140,9 @@ public enum CheckpointReader {
             throw CheckpointError(.noValidCheckpoint, "no committed checkpoint under \(root)\(bound)")
         }
         let reasons = skipped.map { "step \($0.step): \($0.error.message)" }.joined(separator: "; ")
-        throw CheckpointError(.noValidCheckpoint, "none of the \(skipped.count) committed checkpoints under \(root)\(bound) loads: \(reasons)")
+        throw CheckpointError(
+            .noValidCheckpoint,
+            "none of the \(skipped.count) committed checkpoints under \(root)\(bound) loads: \(reasons)")
     }
 
     // MARK: - Shards
@@ -145,7 +153,8 @@ public enum CheckpointReader {
         do {
             descriptor = try DurableFile.open(path, O_RDONLY)
         } catch let error as CheckpointError where error.code == .missing {
-            throw CheckpointError(.missing, "shard \(path) of rank \(record.rank) does not exist", systemError: error.systemError)
+            throw CheckpointError(
+                .missing, "shard \(path) of rank \(record.rank) does not exist", systemError: error.systemError)
         }
         var info = stat()
         guard fstat(descriptor.fd, &info) == 0 else { throw CheckpointError.system("could not stat \(path)") }
@@ -157,14 +166,19 @@ public enum CheckpointReader {
             let chunk = UnsafeMutableRawBufferPointer(rebasing: destination[offset..<end])
             let count = try DurableFile.readFully(descriptor, into: chunk)
             guard count == chunk.count else {
-                throw CheckpointError(.corrupt, "shard \(path) of rank \(record.rank) ended after \(offset + count) of \(record.bytes) bytes while being read")
+                throw CheckpointError(
+                    .corrupt,
+                    "shard \(path) of rank \(record.rank) ended after \(offset + count) of \(record.bytes) bytes while being read"
+                )
             }
             hasher.update(bufferPointer: UnsafeRawBufferPointer(chunk))
             offset = end
         }
         let digest = CheckpointWriter.hex(hasher.finalize())
         guard digest == record.sha256 else {
-            throw CheckpointError(.corrupt, "shard \(path) of rank \(record.rank) has SHA-256 \(digest), the manifest records \(record.sha256)")
+            throw CheckpointError(
+                .corrupt,
+                "shard \(path) of rank \(record.rank) has SHA-256 \(digest), the manifest records \(record.sha256)")
         }
     }
 
@@ -199,6 +213,7 @@ public enum CheckpointReader {
     }
 
     static func path(_ codingPath: [any CodingKey]) -> String {
-        codingPath.isEmpty ? "the top level" : codingPath.map { $0.intValue.map(String.init) ?? $0.stringValue }.joined(separator: ".")
+        codingPath.isEmpty
+            ? "the top level" : codingPath.map { $0.intValue.map(String.init) ?? $0.stringValue }.joined(separator: ".")
     }
 }

@@ -1,7 +1,7 @@
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #elseif canImport(Darwin)
-import Darwin
+    import Darwin
 #endif
 
 /// Deletes old checkpoints and the leftovers of failed saves.
@@ -20,7 +20,8 @@ public enum CheckpointRetention {
     @discardableResult
     public static func prune(root: String, keep: Int) throws -> [String] {
         guard keep >= 1 else {
-            throw CheckpointError(.invalidArgument, "retention must keep at least 1 checkpoint, was asked to keep \(keep)")
+            throw CheckpointError(
+                .invalidArgument, "retention must keep at least 1 checkpoint, was asked to keep \(keep)")
         }
         let steps = try CheckpointReader.stepDirectories(root: root)
         let committed = try CheckpointReader.committedSteps(root: root)

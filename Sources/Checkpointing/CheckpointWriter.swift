@@ -22,7 +22,8 @@ public enum CheckpointWriter {
         elements: UnsafeBufferPointer<Float>
     ) throws -> ShardRecord {
         guard worldSize >= 1, (0..<worldSize).contains(rank), firstElement >= 0 else {
-            throw CheckpointError(.invalidArgument, "shard of rank \(rank) of \(worldSize) from element \(firstElement): no such rank")
+            throw CheckpointError(
+                .invalidArgument, "shard of rank \(rank) of \(worldSize) from element \(firstElement): no such rank")
         }
         let directory = CheckpointLayout.stepDirectory(root: root, step: step)
         try Self.createStepDirectory(root: root, directory: directory)
@@ -35,21 +36,21 @@ public enum CheckpointWriter {
             let chunkElements = Self.chunkBytes / CheckpointLayout.bytesPerElement
             var start = 0
             #if _endian(big)
-            var swapped = [UInt32](repeating: 0, count: min(chunkElements, elements.count))
+                var swapped = [UInt32](repeating: 0, count: min(chunkElements, elements.count))
             #endif
             while start < elements.count {
                 let chunk = UnsafeBufferPointer(rebasing: elements[start..<min(start + chunkElements, elements.count)])
                 #if _endian(little)
-                let bytes = UnsafeRawBufferPointer(chunk)
-                hasher.update(bufferPointer: bytes)
-                try DurableFile.writeAll(descriptor, bytes)
-                #else
-                for (index, value) in chunk.enumerated() { swapped[index] = value.bitPattern.littleEndian }
-                try swapped.withUnsafeBytes { all in
-                    let bytes = UnsafeRawBufferPointer(rebasing: all[0..<(chunk.count * 4)])
+                    let bytes = UnsafeRawBufferPointer(chunk)
                     hasher.update(bufferPointer: bytes)
                     try DurableFile.writeAll(descriptor, bytes)
-                }
+                #else
+                    for (index, value) in chunk.enumerated() { swapped[index] = value.bitPattern.littleEndian }
+                    try swapped.withUnsafeBytes { all in
+                        let bytes = UnsafeRawBufferPointer(rebasing: all[0..<(chunk.count * 4)])
+                        hasher.update(bufferPointer: bytes)
+                        try DurableFile.writeAll(descriptor, bytes)
+                    }
                 #endif
                 start += chunk.count
             }
@@ -85,7 +86,9 @@ public enum CheckpointWriter {
         for shard in manifest.shards {
             let shardPath = CheckpointLayout.join(directory, shard.file)
             guard let info = try DurableFile.status(shardPath) else {
-                throw CheckpointError(.missing, "cannot commit step \(manifest.step): shard \(shardPath) of rank \(shard.rank) does not exist")
+                throw CheckpointError(
+                    .missing,
+                    "cannot commit step \(manifest.step): shard \(shardPath) of rank \(shard.rank) does not exist")
             }
             guard Int(info.st_size) == shard.bytes else {
                 throw CheckpointError(

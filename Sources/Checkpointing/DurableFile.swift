@@ -1,7 +1,7 @@
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #elseif canImport(Darwin)
-import Darwin
+    import Darwin
 #endif
 
 /// The POSIX calls checkpoints are made of, each turning a failure into a `CheckpointError` that
@@ -27,9 +27,9 @@ enum DurableFile {
             guard self.isOpen else { return }
             self.isOpen = false
             #if canImport(Glibc)
-            let result = Glibc.close(self.fd)
+                let result = Glibc.close(self.fd)
             #else
-            let result = Darwin.close(self.fd)
+                let result = Darwin.close(self.fd)
             #endif
             if result != 0 && errno != EINTR { throw CheckpointError.system("could not close \(self.path)") }
         }
@@ -37,9 +37,9 @@ enum DurableFile {
         deinit {
             if self.isOpen {
                 #if canImport(Glibc)
-                _ = Glibc.close(self.fd)
+                    _ = Glibc.close(self.fd)
                 #else
-                _ = Darwin.close(self.fd)
+                    _ = Darwin.close(self.fd)
                 #endif
             }
         }
@@ -49,9 +49,9 @@ enum DurableFile {
     static func open(_ path: String, _ flags: Int32, mode: mode_t = 0o644) throws -> Descriptor {
         while true {
             #if canImport(Glibc)
-            let fd = Glibc.open(path, flags | O_CLOEXEC, mode)
+                let fd = Glibc.open(path, flags | O_CLOEXEC, mode)
             #else
-            let fd = Darwin.open(path, flags | O_CLOEXEC, mode)
+                let fd = Darwin.open(path, flags | O_CLOEXEC, mode)
             #endif
             if fd >= 0 { return Descriptor(fd: fd, path: path) }
             if errno == EINTR { continue }
@@ -65,29 +65,32 @@ enum DurableFile {
         var left = bytes.count
         while left > 0 {
             #if canImport(Glibc)
-            let count = Glibc.write(descriptor.fd, pointer, left)
+                let count = Glibc.write(descriptor.fd, pointer, left)
             #else
-            let count = Darwin.write(descriptor.fd, pointer, left)
+                let count = Darwin.write(descriptor.fd, pointer, left)
             #endif
             if count < 0 {
                 if errno == EINTR { continue }
                 throw CheckpointError.system("could not write \(descriptor.path)")
             }
-            if count == 0 { throw CheckpointError.system("could not write \(descriptor.path) (no progress)", errno: EIO) }
+            if count == 0 {
+                throw CheckpointError.system("could not write \(descriptor.path) (no progress)", errno: EIO)
+            }
             pointer += count
             left -= count
         }
     }
 
     /// Reads exactly `buffer.count` bytes; fewer means the file ended early (`truncated`).
-    static func readFully(_ descriptor: borrowing Descriptor, into buffer: UnsafeMutableRawBufferPointer) throws -> Int {
+    static func readFully(_ descriptor: borrowing Descriptor, into buffer: UnsafeMutableRawBufferPointer) throws -> Int
+    {
         guard let base = buffer.baseAddress else { return 0 }
         var done = 0
         while done < buffer.count {
             #if canImport(Glibc)
-            let count = Glibc.read(descriptor.fd, base + done, buffer.count - done)
+                let count = Glibc.read(descriptor.fd, base + done, buffer.count - done)
             #else
-            let count = Darwin.read(descriptor.fd, base + done, buffer.count - done)
+                let count = Darwin.read(descriptor.fd, base + done, buffer.count - done)
             #endif
             if count < 0 {
                 if errno == EINTR { continue }
@@ -116,9 +119,9 @@ enum DurableFile {
     /// Renames `from` to `to` (atomically replacing `to`).
     static func rename(_ from: String, _ to: String) throws {
         #if canImport(Glibc)
-        let result = Glibc.rename(from, to)
+            let result = Glibc.rename(from, to)
         #else
-        let result = Darwin.rename(from, to)
+            let result = Darwin.rename(from, to)
         #endif
         guard result == 0 else { throw CheckpointError.system("could not rename \(from) to \(to)") }
     }
@@ -135,12 +138,15 @@ enum DurableFile {
         switch errno {
         case EEXIST:
             guard Self.isDirectory(path) else {
-                throw CheckpointError.system("could not create directory \(path): a file of that name exists", errno: EEXIST)
+                throw CheckpointError.system(
+                    "could not create directory \(path): a file of that name exists", errno: EEXIST)
             }
             return false
         case ENOENT:
             let parent = Self.parent(of: path)
-            guard parent != path else { throw CheckpointError.system("could not create directory \(path)", errno: ENOENT) }
+            guard parent != path else {
+                throw CheckpointError.system("could not create directory \(path)", errno: ENOENT)
+            }
             try Self.createDirectory(parent, mode: mode)
             if mkdir(path, mode) == 0 { return true }
             if errno == EEXIST && Self.isDirectory(path) { return false }
@@ -186,7 +192,9 @@ enum DurableFile {
                 return names
             }
             let name = withUnsafePointer(to: entry.pointee.d_name) { tuple in
-                tuple.withMemoryRebound(to: CChar.self, capacity: MemoryLayout.size(ofValue: tuple.pointee)) { String(cString: $0) }
+                tuple.withMemoryRebound(to: CChar.self, capacity: MemoryLayout.size(ofValue: tuple.pointee)) {
+                    String(cString: $0)
+                }
             }
             if name != "." && name != ".." { names.append(name) }
         }

@@ -54,15 +54,21 @@ struct CheckpointCommand: AsyncParsableCommand {
                     }
                 } else {
                     row["verified"] = false
-                    row["problem"] = "not committed (no manifest): a save in progress, or the leftover of one that failed"
+                    row["problem"] =
+                        "not committed (no manifest): a save in progress, or the leftover of one that failed"
                 }
-                if row["world_size"] == nil, let world = entry.shardFiles.compactMap(CheckpointLayout.worldSize(fromShardFileName:)).first {
+                if row["world_size"] == nil,
+                    let world = entry.shardFiles.compactMap(CheckpointLayout.worldSize(fromShardFileName:)).first
+                {
                     row["world_size"] = world
                 }
                 rows.append(row)
             }
             if self.json {
-                print(String(decoding: try JSONSerialization.data(withJSONObject: rows, options: [.sortedKeys]), as: UTF8.self))
+                print(
+                    String(
+                        decoding: try JSONSerialization.data(withJSONObject: rows, options: [.sortedKeys]),
+                        as: UTF8.self))
                 return
             }
             if rows.isEmpty {

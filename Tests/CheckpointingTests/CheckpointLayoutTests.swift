@@ -3,8 +3,9 @@ import Testing
 
 @Suite("Checkpoint layout")
 struct CheckpointLayoutTests {
-    @Test("slices are contiguous, cover every element once, and differ in size by at most one",
-          arguments: [(0, 1), (1, 1), (7, 3), (10_007, 4), (10_007, 1), (3, 8), (1_000_000, 64), (12, 4)])
+    @Test(
+        "slices are contiguous, cover every element once, and differ in size by at most one",
+        arguments: [(0, 1), (1, 1), (7, 3), (10_007, 4), (10_007, 1), (3, 8), (1_000_000, 64), (12, 4)])
     func test_slice_coversTheStateExactlyOnce_withBalancedSizes(elements: Int, world: Int) {
         var next = 0
         var sizes: [Int] = []

@@ -53,7 +53,8 @@ enum Damage: String, CaseIterable, CustomTestStringConvertible, Sendable {
         case .manifestWithAGap:
             // The shard list names only ranks 0 and 2: elements of rank 1 are in no shard.
             let path = "\(directory)/manifest.json"
-            var manifest = try JSONDecoder().decode(CheckpointManifest.self, from: Data(contentsOf: URL(fileURLWithPath: path)))
+            var manifest = try JSONDecoder().decode(
+                CheckpointManifest.self, from: Data(contentsOf: URL(fileURLWithPath: path)))
             manifest.shards.remove(at: 1)
             try JSONEncoder().encode(manifest).write(to: URL(fileURLWithPath: path))
         }
@@ -62,8 +63,9 @@ enum Damage: String, CaseIterable, CustomTestStringConvertible, Sendable {
 
 @Suite("Damaged checkpoints")
 struct CorruptionTests {
-    @Test("damage is detected before the state is used, and loadLatest falls back to the previous checkpoint",
-          arguments: Damage.allCases)
+    @Test(
+        "damage is detected before the state is used, and loadLatest falls back to the previous checkpoint",
+        arguments: Damage.allCases)
     func test_damagedNewest_isDetected_andLoadLatestFallsBack(damage: Damage) throws {
         let directory = try TestDirectory()
         let root = directory.path
@@ -141,7 +143,8 @@ struct CorruptionTests {
         let directory = try TestDirectory()
         try writeCheckpoint(root: directory.path, step: 100, world: 1, state: scrambledState(count: 10, seed: 1))
         let path = "\(CheckpointLayout.stepDirectory(root: directory.path, step: 100))/manifest.json"
-        var manifest = try JSONDecoder().decode(CheckpointManifest.self, from: Data(contentsOf: URL(fileURLWithPath: path)))
+        var manifest = try JSONDecoder().decode(
+            CheckpointManifest.self, from: Data(contentsOf: URL(fileURLWithPath: path)))
         manifest.formatVersion = 2
         try JSONEncoder().encode(manifest).write(to: URL(fileURLWithPath: path))
         let error = expectCheckpointError { _ = try CheckpointReader.load(root: directory.path, step: 100) }
@@ -153,7 +156,8 @@ struct CorruptionTests {
         let directory = try TestDirectory()
         try writeCheckpoint(root: directory.path, step: 100, world: 1, state: scrambledState(count: 10, seed: 1))
         let path = "\(CheckpointLayout.stepDirectory(root: directory.path, step: 100))/manifest.json"
-        var manifest = try JSONDecoder().decode(CheckpointManifest.self, from: Data(contentsOf: URL(fileURLWithPath: path)))
+        var manifest = try JSONDecoder().decode(
+            CheckpointManifest.self, from: Data(contentsOf: URL(fileURLWithPath: path)))
         manifest.shards[0].file = "../../etc/passwd"
         try JSONEncoder().encode(manifest).write(to: URL(fileURLWithPath: path))
         let error = expectCheckpointError { _ = try CheckpointReader.load(root: directory.path, step: 100) }
@@ -163,12 +167,14 @@ struct CorruptionTests {
 
     @Test func test_commit_refusesAManifestWithAGap() throws {
         let directory = try TestDirectory()
-        var manifest = try writeCheckpoint(root: directory.path, step: 100, world: 3, state: scrambledState(count: 30, seed: 1))
+        var manifest = try writeCheckpoint(
+            root: directory.path, step: 100, world: 3, state: scrambledState(count: 30, seed: 1))
         manifest.step = 101
         manifest.shards.remove(at: 1)
         let error = expectCheckpointError { try CheckpointWriter.commit(manifest, root: directory.path) }
         #expect(error?.code == .corrupt)
-        #expect(error?.message.contains("no shard holds elements 10..<20 of 30 (a gap)") == true, "\(error?.message ?? "")")
+        #expect(
+            error?.message.contains("no shard holds elements 10..<20 of 30 (a gap)") == true, "\(error?.message ?? "")")
         #expect(try CheckpointReader.committedSteps(root: directory.path) == [100])
     }
 }

@@ -4,7 +4,7 @@ import LocalCluster
 import Testing
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// Real `kill -9` in the middle of a save: `ringmaster checkpoint write-test` runs as a child process
@@ -46,8 +46,9 @@ struct CrashTests {
         }
     }
 
-    @Test("a save killed at each crash point leaves the previous checkpoint loadable and nothing incomplete",
-          arguments: CrashPoint.allCases)
+    @Test(
+        "a save killed at each crash point leaves the previous checkpoint loadable and nothing incomplete",
+        arguments: CrashPoint.allCases)
     func test_killDuringSave_keepsThePreviousCheckpoint_andNoIncompleteFinalFile(point: CrashPoint) async throws {
         let directory = try TestDirectory()
         let root = "\(directory.path)/ckpt"
@@ -60,7 +61,9 @@ struct CrashTests {
         // ChildProcess reports the signal number for a process killed by a signal; write-test
         // never exits with status 9 by itself, and the line proves the hook fired at this point.
         #expect(crashed.status == SIGKILL, "status \(crashed.status): \(crashed.output)")
-        #expect(crashed.output.contains("ringmaster: crash point \(point.rawValue) reached, killing this process with SIGKILL"))
+        #expect(
+            crashed.output.contains(
+                "ringmaster: crash point \(point.rawValue) reached, killing this process with SIGKILL"))
         #expect(!crashed.output.contains("committed step 200"))
 
         // The previous checkpoint is what a restart loads, bit-identical.
@@ -75,7 +78,8 @@ struct CrashTests {
         let files = names(in: step200)
         #expect(!files.contains(CheckpointLayout.manifestFileName))
         let expected = writeTestState(count: Self.elements, seed: 2)
-        let finals = (0..<Self.world).map { CheckpointLayout.shardFileName(rank: $0, worldSize: Self.world) }.filter(files.contains)
+        let finals = (0..<Self.world).map { CheckpointLayout.shardFileName(rank: $0, worldSize: Self.world) }.filter(
+            files.contains)
         #expect(finals.count == Self.finalShards(at: point), "final shards after \(point.rawValue): \(files)")
         for (rank, name) in finals.enumerated() {
             let slice = CheckpointLayout.slice(elements: Self.elements, rank: rank, worldSize: Self.world)
@@ -120,7 +124,9 @@ struct CrashTests {
         bytes[0] ^= 0xff
         try bytes.write(to: URL(fileURLWithPath: shard))
 
-        let child = try ChildProcess(name: "checkpoint list", executable: try ringmasterExecutable(), arguments: ["checkpoint", "list", root, "--json"])
+        let child = try ChildProcess(
+            name: "checkpoint list", executable: try ringmasterExecutable(),
+            arguments: ["checkpoint", "list", root, "--json"])
         let status = try await child.waitForExit(within: 60)
         #expect(status == 0, "\(child.output.lines)")
         let json = try #require(child.standardOutput.lines.first)

@@ -8,12 +8,14 @@ struct RetentionTests {
     static func makeRoot(committed: [UInt64], uncommitted: [UInt64]) throws -> TestDirectory {
         let directory = try TestDirectory()
         for step in committed {
-            try writeCheckpoint(root: directory.path, step: step, world: 2, state: scrambledState(count: 20, seed: step))
+            try writeCheckpoint(
+                root: directory.path, step: step, world: 2, state: scrambledState(count: 20, seed: step))
         }
         for step in uncommitted {
             let state = scrambledState(count: 10, seed: step)
             _ = try state.withUnsafeBufferPointer {
-                try CheckpointWriter.writeShard(root: directory.path, step: step, rank: 0, worldSize: 2, firstElement: 0, elements: $0)
+                try CheckpointWriter.writeShard(
+                    root: directory.path, step: step, rank: 0, worldSize: 2, firstElement: 0, elements: $0)
             }
         }
         return directory
@@ -44,7 +46,10 @@ struct RetentionTests {
 
     @Test func test_prune_keepMoreThanExist_deletesNothingCommitted() throws {
         let directory = try Self.makeRoot(committed: [100, 200], uncommitted: [150])
-        #expect(try CheckpointRetention.prune(root: directory.path, keep: 5) == [CheckpointLayout.stepDirectory(root: directory.path, step: 150)])
+        #expect(
+            try CheckpointRetention.prune(root: directory.path, keep: 5) == [
+                CheckpointLayout.stepDirectory(root: directory.path, step: 150)
+            ])
         #expect(Self.remainingSteps(directory.path) == [100, 200])
     }
 
@@ -58,7 +63,8 @@ struct RetentionTests {
     @Test func test_prune_keepsTheNewestCompleteCheckpoint_whenEveryKeptOneIsIncomplete() throws {
         let directory = try Self.makeRoot(committed: [100, 200, 300], uncommitted: [])
         // Step 300 lost a shard: keeping only it would leave nothing to load.
-        try FileManager.default.removeItem(atPath: "\(CheckpointLayout.stepDirectory(root: directory.path, step: 300))/shard-00001-of-00002.bin")
+        try FileManager.default.removeItem(
+            atPath: "\(CheckpointLayout.stepDirectory(root: directory.path, step: 300))/shard-00001-of-00002.bin")
         let deleted = try CheckpointRetention.prune(root: directory.path, keep: 1)
         #expect(deleted == [CheckpointLayout.stepDirectory(root: directory.path, step: 100)])
         #expect(Self.remainingSteps(directory.path) == [200, 300])

@@ -25,7 +25,8 @@ struct RoundTripTests {
         #expect(manifest.formatVersion == 1 && manifest.elementType == "float32-le")
 
         let stepDirectory = CheckpointLayout.stepDirectory(root: root, step: 300)
-        let expectedNames = (0..<world).map { CheckpointLayout.shardFileName(rank: $0, worldSize: world) } + ["manifest.json"]
+        let expectedNames =
+            (0..<world).map { CheckpointLayout.shardFileName(rank: $0, worldSize: world) } + ["manifest.json"]
         #expect(names(in: stepDirectory) == expectedNames.sorted(), "no temporary files are left behind")
         #expect(try CheckpointReader.committedSteps(root: root) == [300])
     }
@@ -34,16 +35,23 @@ struct RoundTripTests {
         let directory = try TestDirectory()
         let values: [Float] = [1.0, -2.5, 3.25]
         let record = try values.withUnsafeBufferPointer {
-            try CheckpointWriter.writeShard(root: directory.path, step: 5, rank: 2, worldSize: 3, firstElement: 7, elements: $0)
+            try CheckpointWriter.writeShard(
+                root: directory.path, step: 5, rank: 2, worldSize: 3, firstElement: 7, elements: $0)
         }
         // SHA-256 of the 12 bytes, computed independently (Python's hashlib).
         #expect(record.sha256 == "03fba948783efb304316e2085b5cc2662aabd78facc05bb7a0cee0aaf7256732")
-        #expect(record == ShardRecord(rank: 2, file: "shard-00002-of-00003.bin", firstElement: 7, elements: 3, bytes: 12, sha256: record.sha256))
-        let bytes = try #require(FileManager.default.contents(atPath: "\(directory.path)/step-000000000005/shard-00002-of-00003.bin"))
+        #expect(
+            record
+                == ShardRecord(
+                    rank: 2, file: "shard-00002-of-00003.bin", firstElement: 7, elements: 3, bytes: 12,
+                    sha256: record.sha256))
+        let bytes = try #require(
+            FileManager.default.contents(atPath: "\(directory.path)/step-000000000005/shard-00002-of-00003.bin"))
         #expect(Array(bytes) == [0x00, 0x00, 0x80, 0x3f, 0x00, 0x00, 0x20, 0xc0, 0x00, 0x00, 0x50, 0x40])
 
         let empty = try [Float]().withUnsafeBufferPointer {
-            try CheckpointWriter.writeShard(root: directory.path, step: 6, rank: 0, worldSize: 1, firstElement: 0, elements: $0)
+            try CheckpointWriter.writeShard(
+                root: directory.path, step: 6, rank: 0, worldSize: 1, firstElement: 0, elements: $0)
         }
         #expect(empty.sha256 == "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855")
         #expect(empty.bytes == 0)
@@ -69,27 +77,35 @@ struct RoundTripTests {
         bad.stateCount += 1
         // Step 2 holds copies of step 1's shards: rank 1's is 4 bytes shorter than reported.
         let step2 = CheckpointLayout.stepDirectory(root: directory.path, step: 2)
-        try FileManager.default.copyItem(atPath: CheckpointLayout.stepDirectory(root: directory.path, step: 1), toPath: step2)
+        try FileManager.default.copyItem(
+            atPath: CheckpointLayout.stepDirectory(root: directory.path, step: 1), toPath: step2)
         try FileManager.default.removeItem(atPath: "\(step2)/manifest.json")
         let error = expectCheckpointError { try CheckpointWriter.commit(bad, root: directory.path) }
         #expect(error?.code == .corrupt)
         #expect(error?.message.contains("shard-00001-of-00002.bin") == true)
         #expect(!FileManager.default.fileExists(atPath: "\(step2)/manifest.json"))
-        #expect(names(in: step2) == ["shard-00000-of-00002.bin", "shard-00001-of-00002.bin"], "no manifest temporary file either")
+        #expect(
+            names(in: step2) == ["shard-00000-of-00002.bin", "shard-00001-of-00002.bin"],
+            "no manifest temporary file either")
     }
 
     @Test func test_commit_refusesAMissingShard() throws {
         let directory = try TestDirectory()
         let state = scrambledState(count: 100, seed: 1)
         let shards = try state.withUnsafeBufferPointer { all in
-            [try CheckpointWriter.writeShard(root: directory.path, step: 4, rank: 0, worldSize: 2, firstElement: 0,
-                                             elements: UnsafeBufferPointer(rebasing: all[0..<50]))]
+            [
+                try CheckpointWriter.writeShard(
+                    root: directory.path, step: 4, rank: 0, worldSize: 2, firstElement: 0,
+                    elements: UnsafeBufferPointer(rebasing: all[0..<50]))
+            ]
         }
-        let missing = ShardRecord(rank: 1, file: "shard-00001-of-00002.bin", firstElement: 50, elements: 50, bytes: 200,
-                                  sha256: String(repeating: "0", count: 64))
+        let missing = ShardRecord(
+            rank: 1, file: "shard-00001-of-00002.bin", firstElement: 50, elements: 50, bytes: 200,
+            sha256: String(repeating: "0", count: 64))
         let manifest = CheckpointManifest(
             job: "j", generation: 1, step: 4, cursorEpoch: 0, permutationSeed: 0, worldSize: 2, stateCount: 100,
-            parameterCount: 100, workloadKind: "test", workloadSpec: "", shards: shards + [missing], committedUnixMilliseconds: 0
+            parameterCount: 100, workloadKind: "test", workloadSpec: "", shards: shards + [missing],
+            committedUnixMilliseconds: 0
         )
         let error = expectCheckpointError { try CheckpointWriter.commit(manifest, root: directory.path) }
         #expect(error?.code == .missing)

@@ -3,7 +3,7 @@ import Foundation
 import Testing
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// A fresh directory under the temporary directory, removed when the test drops it.
@@ -12,7 +12,9 @@ final class TestDirectory: Sendable {
 
     init() throws {
         var template = Array("\(NSTemporaryDirectory())/ringmaster-ckpt-XXXXXX".utf8CString)
-        guard let result = mkdtemp(&template) else { throw TestFailure("mkdtemp failed: \(String(cString: strerror(errno)))") }
+        guard let result = mkdtemp(&template) else {
+            throw TestFailure("mkdtemp failed: \(String(cString: strerror(errno)))")
+        }
         self.path = String(cString: result)
     }
 
@@ -101,7 +103,9 @@ func expectCheckpointError(
 ) -> CheckpointError? {
     do {
         try body()
-        Issue.record("expected a CheckpointError, none was thrown. \(comment.map { "\($0)" } ?? "")", sourceLocation: sourceLocation)
+        Issue.record(
+            "expected a CheckpointError, none was thrown. \(comment.map { "\($0)" } ?? "")",
+            sourceLocation: sourceLocation)
     } catch let error as CheckpointError {
         return error
     } catch {
