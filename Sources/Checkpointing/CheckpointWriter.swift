@@ -56,13 +56,13 @@ public enum CheckpointWriter {
             }
             try DurableFile.sync(descriptor)
             try descriptor.close()
-            CrashPoint.afterShardData.reached()
+            CrashPoint.afterShardData.reached(step: step)
             try DurableFile.rename(temporary, path)
         } catch {
             _ = unlink(temporary)
             throw error
         }
-        CrashPoint.afterShardRename.reached()
+        CrashPoint.afterShardRename.reached(step: step)
         try DurableFile.syncDirectory(directory)
         return ShardRecord(
             rank: rank,
@@ -97,7 +97,7 @@ public enum CheckpointWriter {
                 )
             }
         }
-        CrashPoint.beforeManifest.reached()
+        CrashPoint.beforeManifest.reached(step: manifest.step)
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
         let bytes: [UInt8]
@@ -106,7 +106,7 @@ public enum CheckpointWriter {
         } catch {
             throw CheckpointError(.io, "could not encode the manifest of step \(manifest.step): \(error)")
         }
-        try DurableFile.replace(path, with: bytes, crashAfterTemporary: .afterManifestTemp)
+        try DurableFile.replace(path, with: bytes, crashAfterTemporary: (.afterManifestTemp, manifest.step))
         try DurableFile.syncDirectory(root)
     }
 

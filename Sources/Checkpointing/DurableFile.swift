@@ -214,7 +214,7 @@ enum DurableFile {
 
     /// Durably replaces `path` with `bytes`: temporary name, fsync, (crash point), rename, fsync
     /// of the directory. The temporary file is removed on failure.
-    static func replace(_ path: String, with bytes: [UInt8], crashAfterTemporary: CrashPoint? = nil) throws {
+    static func replace(_ path: String, with bytes: [UInt8], crashAfterTemporary: (point: CrashPoint, step: UInt64)? = nil) throws {
         let directory = Self.parent(of: path)
         let temporary = Self.temporaryName(for: path)
         do {
@@ -222,7 +222,7 @@ enum DurableFile {
             try bytes.withUnsafeBytes { try Self.writeAll(descriptor, $0) }
             try Self.sync(descriptor)
             try descriptor.close()
-            crashAfterTemporary?.reached()
+            if let crash = crashAfterTemporary { crash.point.reached(step: crash.step) }
             try Self.rename(temporary, path)
         } catch {
             _ = unlink(temporary)

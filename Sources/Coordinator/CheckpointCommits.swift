@@ -100,7 +100,15 @@ extension CoordinatorService {
         self.checkpointQueue.async {
             do {
                 try CheckpointWriter.commit(manifest, root: root)
-                let pruned = (try? CheckpointRetention.prune(root: root, keep: keep)) ?? []
+                var pruned: [String] = []
+                do {
+                    pruned = try CheckpointRetention.prune(root: root, keep: keep)
+                } catch {
+                    logger.warning(
+                        "could not delete old checkpoints",
+                        metadata: [LogKey.job: "\(manifest.job)", "directory": "\(root)", LogKey.reason: "\(error)"]
+                    )
+                }
                 self.engine.withLock { engine in
                     if var progress = engine.progress[manifest.job] {
                         progress.lastCheckpointStep = max(progress.lastCheckpointStep, manifest.step)
@@ -135,6 +143,10 @@ extension CoordinatorService {
     /// skipped; with none valid, or one that does not fit the spec, the submit is refused.
     func resumePoint(for spec: JobSpec, logger: Logger) throws -> CoordinatorMachine.JobStart? {
         guard let resume = spec.resume, let root = spec.checkpointDirectory else { return nil }
+        if self.engine.withLock({ $0.machine.record(job: spec.name) }) != nil {
+            // Refused by the machine anyway; do not read a whole checkpoint first.
+            return nil
+        }
         let limit: UInt64?
         switch resume {
         case .latest: limit = nil

@@ -42,6 +42,10 @@ struct JobCommand: AsyncParsableCommand {
                 "parameter_hash": job.parameterHash.map { String(format: "%02x", $0) }.joined(),
                 "parameter_hash_step": job.parameterHashStep,
                 "replica_divergences": job.divergences,
+                "last_checkpoint_step": job.lastCheckpointStep,
+                "checkpoint_failures": job.checkpointFailures,
+                "last_checkpoint_error": job.lastCheckpointError,
+                "resumed_from_step": job.hasResumedFromStep ? job.resumedFromStep as Any : NSNull(),
                 "samples": ["seen": job.samples.seen, "repeated": job.samples.repeated, "skipped": job.samples.skipped],
                 "history": job.history.map {
                     [
@@ -69,6 +73,13 @@ struct JobCommand: AsyncParsableCommand {
             var line = "\(job.jobID): samples \(job.samples.seen) seen, \(job.samples.repeated) repeated, \(job.samples.skipped) skipped"
             if job.hasTestAccuracy { line += String(format: "; test accuracy %.2f%%", job.testAccuracy * 100) }
             if job.divergences > 0 { line += "; REPLICAS DIVERGED at \(job.divergences) check(s)" }
+            print(line)
+        }
+        for job in status.jobs where job.lastCheckpointStep > 0 || job.checkpointFailures > 0 || job.hasResumedFromStep {
+            var line = "\(job.jobID): "
+            if job.hasResumedFromStep { line += "resumed from the checkpoint at step \(job.resumedFromStep); " }
+            line += job.lastCheckpointStep > 0 ? "latest checkpoint at step \(job.lastCheckpointStep)" : "no checkpoint committed yet"
+            if job.checkpointFailures > 0 { line += "; \(job.checkpointFailures) save(s) failed, the last: \(job.lastCheckpointError)" }
             print(line)
         }
     }

@@ -24,15 +24,20 @@ struct TrainingTests {
     }
 
     /// Runs the demo and reads the model an agent wrote.
-    func demo(_ label: String, _ arguments: [String]) async throws -> Run {
+    func demo(_ label: String, _ arguments: [String], environment: [String: String] = [:], expectFailure: Bool = false) async throws -> Run {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("ringmaster-training-\(label)-\(UUID().uuidString.prefix(8))").path
         defer { try? FileManager.default.removeItem(atPath: directory) }
         let demo = try ChildProcess(
             name: "demo \(label)",
             executable: try ringmasterExecutable(),
-            arguments: ["demo", "--json", "--steps", "\(Self.steps)", "--directory", directory, "--timeout", "240"] + arguments
+            arguments: ["demo", "--json", "--steps", "\(Self.steps)", "--directory", directory, "--timeout", "240"] + arguments,
+            environment: environment
         )
         let status = try await demo.waitForExit(within: 300)
+        if expectFailure {
+            #expect(status != 0, "demo \(label) was to fail")
+            return Run(json: [:], parameters: [])
+        }
         try #require(status == 0, "demo \(label) failed: \(demo.output.lines.suffix(30).joined(separator: "\n"))")
         let text = demo.standardOutput.lines.last { $0.hasPrefix("{") } ?? ""
         let json = try #require(try JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any], "demo \(label) printed no JSON: \(text)")
@@ -103,6 +108,36 @@ struct TrainingTests {
         #expect(resumed.accuracy >= 0.95)
         let difference = self.maximumDifference(resumed.parameters, reference)
         #expect(difference <= Self.tolerance, "resumed at \(saved) with 3 agents: parameters differ from the uninterrupted run's by up to \(difference)")
+    }
+
+    /// A real kill -9 at each point of the commit protocol, in the process that is there: the agents
+    /// (after a shard's data, after its rename) or the coordinator (before the manifest, after its
+    /// temporary write), at the save of step 200. The checkpoint at step 100 stays the latest
+    /// committed one, step 200 is never taken as committed, and a resume from it ends with the
+    /// same model and exact sample accounting.
+    @Test(arguments: ["after-shard-data", "after-shard-rename", "before-manifest", "after-manifest-temp"])
+    func aCrashDuringASave_leavesThePreviousCheckpointTheLatest(point: String) async throws {
+        let root = FileManager.default.temporaryDirectory.appendingPathComponent("ringmaster-crash-\(point)-\(UUID().uuidString.prefix(8))").path
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        _ = try await self.demo(
+            "crash-\(point)",
+            ["--agents", "2", "--checkpoint-dir", root, "--checkpoint-interval", "100", "--timeout", "60"],
+            environment: ["RINGMASTER_CRASH_AT": "\(point)@200"],
+            expectFailure: true
+        )
+        let list = try ChildProcess(name: "checkpoint list", executable: try ringmasterExecutable(), arguments: ["checkpoint", "list", root, "--json"])
+        #expect(try await list.waitForExit(within: 30) == 0)
+        let rows = try #require(
+            try JSONSerialization.jsonObject(with: Data(list.standardOutput.lines.joined().utf8)) as? [[String: Any]],
+            "checkpoint list printed no JSON: \(list.output.lines)"
+        )
+        let committed = rows.filter { $0["committed"] as? Bool == true }.compactMap { $0["step"] as? Int }
+        #expect(committed == [100], "\(point): committed steps \(committed) in \(rows)")
+        #expect(rows.filter { $0["committed"] as? Bool == true }.allSatisfy { $0["verified"] as? Bool == true })
+        let resumed = try await self.demo("after-crash-\(point)", ["--agents", "2", "--checkpoint-dir", root, "--resume", "latest"])
+        #expect(resumed.count("resumed_from_step") == 100, "\(point)")
+        self.expectExactAccounting(resumed, "resumed after a crash at \(point)")
+        #expect(self.maximumDifference(resumed.parameters, try await self.referenceParameters()) <= Self.tolerance, "\(point)")
     }
 
     /// Checkpoints to a file system that fills up: the saves that do not fit fail cleanly, training

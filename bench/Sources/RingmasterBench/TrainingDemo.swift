@@ -187,6 +187,10 @@ public final class TrainingDemo: Sendable {
                     )
                 )
                 if status.phase == "finished" || status.phase == "cancelled" { break }
+                let agents = cluster.agents.withLock { Array($0.values) }
+                if !agents.isEmpty, agents.allSatisfy(\.hasExited) {
+                    throw BenchmarkError("every agent has exited, at step \(status.cursorStep); their output follows")
+                }
                 if let at = options.preemptAtStep, status.lastCheckpointStep >= at {
                     for child in cluster.children.withLock({ $0 }) { child.signal(SIGKILL) }
                     say("step \(status.cursorStep): checkpoint at step \(status.lastCheckpointStep) committed; kill -9 every process")
