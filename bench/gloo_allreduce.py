@@ -15,24 +15,14 @@ per size from rank 0, with the keys mpi_allreduce.py prints.
 The all-reduce is in place, so the tensor is checked once (ones in, RANKS out) and then zeroed:
 repeated sums of ones would overflow to infinity after some dozens of iterations.
 """
-import json
 import os
-import resource
 import socket
 import subprocess
 import sys
 import time
 
 
-def parse(size: str) -> int:
-    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
-    size = size.strip().upper()
-    return int(size[:-1]) * units[size[-1]] if size[-1] in units else int(size)
-
-
-def cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
+from allreduce_report import cpu_seconds, parse, print_row
 
 
 # MARK: - Rank
@@ -69,15 +59,7 @@ def rank_main(rank: int, world: int, sizes: str) -> None:
         cpu_total = torch.tensor([cpu], dtype=torch.float64)
         dist.reduce(cpu_total, dst=0, op=dist.ReduceOp.SUM)
         if rank == 0:
-            slowest = sorted(times.tolist())
-            p50 = slowest[len(slowest) // 2]
-            p99 = slowest[min(len(slowest) - 1, int(len(slowest) * 0.99))]
-            algbw = size / p50 / 1e9
-            print(json.dumps({
-                "bytes": size, "iterations": iterations, "p50_us": p50 * 1e6, "p99_us": p99 * 1e6,
-                "algbw_gbps": algbw, "busbw_gbps": algbw * 2 * (world - 1) / world,
-                "cpu_us_per_op": cpu_total.item() / iterations * 1e6,
-            }), flush=True)
+            print_row(size, world, times.tolist(), cpu_total.item())
     dist.destroy_process_group()
 
 

@@ -6,24 +6,13 @@ least 1 s; p50 and p99 of the slowest rank per iteration, algbw and busbw in 10^
 (busbw = algbw * 2(n-1)/n), and CPU time per operation summed over the ranks. Prints one JSON
 object per size on rank 0.
 """
-import json
-import resource
 import sys
 import time
 
 import numpy as np
 from mpi4py import MPI
 
-
-def parse(size: str) -> int:
-    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
-    size = size.strip().upper()
-    return int(size[:-1]) * units[size[-1]] if size[-1] in units else int(size)
-
-
-def cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
+from allreduce_report import cpu_seconds, parse, print_row
 
 
 def main() -> None:
@@ -49,15 +38,7 @@ def main() -> None:
         comm.Reduce(times, slowest, op=MPI.MAX, root=0)
         cpu_total = comm.reduce(cpu, op=MPI.SUM, root=0)
         if rank == 0:
-            slowest.sort()
-            p50 = slowest[len(slowest) // 2]
-            p99 = slowest[min(len(slowest) - 1, int(len(slowest) * 0.99))]
-            algbw = size / p50 / 1e9
-            print(json.dumps({
-                "bytes": size, "iterations": iterations, "p50_us": p50 * 1e6, "p99_us": p99 * 1e6,
-                "algbw_gbps": algbw, "busbw_gbps": algbw * 2 * (world - 1) / world,
-                "cpu_us_per_op": cpu_total / iterations * 1e6,
-            }), flush=True)
+            print_row(size, world, slowest.tolist(), cpu_total)
 
 
 if __name__ == "__main__":

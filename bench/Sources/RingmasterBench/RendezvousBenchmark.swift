@@ -75,31 +75,10 @@ public enum RendezvousBenchmark {
         let directory = NSTemporaryDirectory() + "/ringmaster-bench-\(getpid())"
         try? FileManager.default.removeItem(atPath: directory)
         defer { try? FileManager.default.removeItem(atPath: directory) }
-        let coordinator = try ChildProcess(
-            name: "coordinator",
-            executable: executable,
-            arguments: ["coordinator", "--state-dir", "\(directory)/coordinator", "--listen", "127.0.0.1:0", "--log-level", "warning"]
-        )
-        defer { coordinator.signal(SIGKILL) }
-        let line = try await coordinator.standardOutput.waitForLine(within: 30, "its address") { $0.hasPrefix("listening ") }
-        let address = try ControlAddress(parsing: String(line.dropFirst("listening ".count)))
-        guard let authority = try CertificateAuthority.load(directory: "\(directory)/coordinator") else {
-            throw BenchmarkError("the coordinator made no CA")
-        }
-        let key = KeyAndRequest.makeKey()
-        let admin = ControlClient(
-            address: address,
-            credentials: try Credentials(
-                privateKey: key,
-                certificate: try authority.issue(
-                    publicKey: key.publicKey,
-                    identity: try PeerIdentity(role: .operator, name: "bench"),
-                    notBefore: Date().addingTimeInterval(-60),
-                    notAfter: Date().addingTimeInterval(3600)
-                ),
-                caCertificate: authority.certificate
-            )
-        )
+        let cluster = Cluster(directory: directory, executable: executable)
+        defer { for child in cluster.children.withLock({ $0 }) { child.signal(SIGKILL) } }
+        let admin = try await cluster.startCoordinator()
+        guard let address = cluster.address else { throw BenchmarkError("the coordinator is not running") }
 
         // Every agent joins once (tokens, CSRs, certificates); not part of the figure.
         let timeline = Timeline()
