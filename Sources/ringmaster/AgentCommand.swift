@@ -65,7 +65,8 @@ struct AgentCommand: AsyncParsableCommand {
                 configuration.caPin = try CAPin(parsing: pin)
             }
             configuration.dataPlaneAddresses = self.dataPlaneAddress
-            configuration.dataPlaneListen = self.dataPlaneListen
+            // Empty (an unset variable in a unit file) means no listener, like leaving the flag out.
+            configuration.dataPlaneListen = self.dataPlaneListen?.isEmpty == false ? self.dataPlaneListen : nil
             configuration.gracePeriodSeconds = self.gracePeriod.seconds
             configuration.collectiveTimeoutSeconds = self.collectiveTimeout.seconds
             return AgentService(configuration: configuration, logger: logger)
