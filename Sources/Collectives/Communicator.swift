@@ -7,7 +7,9 @@
 ///   reduce-scatter steps each rank sends a segment to its right neighbour while it receives the
 ///   next from its left and adds it in as the bytes land (reduction overlaps the transfer); then
 ///   `n - 1` all-gather steps pass the finished segments around. Each rank sends and receives
-///   `2(n-1)/n` of the buffer, the bandwidth optimum.
+///   `2(n-1)/n` of the buffer, the bandwidth optimum. The steps are not separated: the ring is one
+///   stream each way (`Transport.stream`), and a step's segment goes out as fast as the previous
+///   step sums (or receives) it, so the steps overlap.
 /// - **Recursive doubling** (small messages): `log2(p)` steps in which each rank swaps its whole
 ///   buffer with the rank whose number differs in one bit and adds it in; latency-optimal. With a
 ///   world size that is not a power of two, the `n - p` extra ranks first fold their buffers into
@@ -107,6 +109,10 @@ public final class Communicator: @unchecked Sendable {
         return start..<(start + base + (index < extra ? 1 : 0))
     }
 
+    /// The ring as one stream each way: 2(n-1) pieces, one per step. Piece k > 0 sends the segment
+    /// that receive piece k-1 fills (reduce-scatter: the segment just summed; all-gather: the one
+    /// just received), so a piece goes out as fast as its bytes are ready and consecutive steps
+    /// overlap instead of waiting for each other.
     func ringAllReduce(_ base: UnsafeMutableRawPointer, count: Int, type: DataType, deadline: ContinuousClock.Instant) throws {
         let n = self.worldSize
         let rank = self.rank
@@ -115,32 +121,46 @@ public final class Communicator: @unchecked Sendable {
         let left = (rank - 1 + n) % n
         let largest = Self.segment(0, of: n, count: count).count * size
         let scratch = self.scratch(bytes: largest)
-
-        // Reduce-scatter: after step s, segment (rank - s - 1) holds s + 2 ranks' contributions.
-        for step in 0..<(n - 1) {
-            let sendRange = Self.segment((rank - step + n) % n, of: n, count: count)
-            let receiveRange = Self.segment((rank - step - 1 + 2 * n) % n, of: n, count: count)
-            var adder = ArrivalAdder(scratch: scratch, destination: base + receiveRange.lowerBound * size, type: type)
-            try self.transport.exchange(
-                send: (right, UnsafeRawBufferPointer(start: base + sendRange.lowerBound * size, count: sendRange.count * size)),
-                receive: (left, UnsafeMutableRawBufferPointer(start: scratch, count: receiveRange.count * size)),
-                deadline: deadline,
-                operation: "allReduce",
-                received: { adder.received($0) }
-            )
+        func bytes(_ segment: Int) -> UnsafeMutableRawBufferPointer {
+            let range = Self.segment(segment, of: n, count: count)
+            return UnsafeMutableRawBufferPointer(start: base + range.lowerBound * size, count: range.count * size)
         }
-        // All-gather: pass the finished segments around; they land in place.
+        var sendPieces: [UnsafeRawBufferPointer] = []
+        var receivePieces: [UnsafeMutableRawBufferPointer] = []
+        var destinations: [UnsafeMutableRawPointer] = []
         for step in 0..<(n - 1) {
-            let sendRange = Self.segment((rank + 1 - step + n) % n, of: n, count: count)
-            let receiveRange = Self.segment((rank - step + n) % n, of: n, count: count)
-            try self.transport.exchange(
-                send: (right, UnsafeRawBufferPointer(start: base + sendRange.lowerBound * size, count: sendRange.count * size)),
-                receive: (left, UnsafeMutableRawBufferPointer(start: base + receiveRange.lowerBound * size, count: receiveRange.count * size)),
-                deadline: deadline,
-                operation: "allReduce",
-                received: { _ in }
-            )
+            // Reduce-scatter: after step s, segment (rank - s - 1) holds s + 2 ranks' contributions.
+            sendPieces.append(UnsafeRawBufferPointer(bytes((rank - step + n) % n)))
+            let target = bytes((rank - step - 1 + 2 * n) % n)
+            receivePieces.append(UnsafeMutableRawBufferPointer(start: scratch, count: target.count))
+            destinations.append(target.baseAddress ?? scratch)
         }
+        for step in 0..<(n - 1) {
+            // All-gather: pass the finished segments around; they land in place.
+            sendPieces.append(UnsafeRawBufferPointer(bytes((rank + 1 - step + n) % n)))
+            receivePieces.append(bytes((rank - step + n) % n))
+        }
+        // Bytes of each receive piece that are final (summed, for the reduce-scatter pieces).
+        var ready = [Int](repeating: 0, count: receivePieces.count)
+        var adder: (piece: Int, adder: ArrivalAdder)?
+        try self.transport.stream(
+            send: (right, sendPieces),
+            receive: (left, receivePieces),
+            deadline: deadline,
+            operation: "allReduce",
+            sendable: { piece in piece == 0 ? Int.max : ready[piece - 1] },
+            received: { piece, got in
+                if piece < n - 1 {
+                    if adder?.piece != piece {
+                        adder = (piece, ArrivalAdder(scratch: scratch, destination: destinations[piece], type: type))
+                    }
+                    adder!.adder.received(got)
+                    ready[piece] = adder!.adder.added * size
+                } else {
+                    ready[piece] = got
+                }
+            }
+        )
     }
 
     func recursiveDoublingAllReduce(_ base: UnsafeMutableRawPointer, count: Int, type: DataType, deadline: ContinuousClock.Instant) throws {

@@ -438,6 +438,101 @@ public final class TCPTransport: Transport, @unchecked Sendable {
     }
 }
 
+extension TCPTransport {
+    /// Both streams in one poll loop: a send piece goes out as far as `sendable` allows while the
+    /// receive side fills its pieces in order, so consecutive pieces overlap on the wire.
+    public func stream(
+        send: (peer: Int, pieces: [UnsafeRawBufferPointer]),
+        receive: (peer: Int, pieces: [UnsafeMutableRawBufferPointer]),
+        deadline: ContinuousClock.Instant,
+        operation: String,
+        sendable: (Int) -> Int,
+        received: (Int, Int) throws -> Void
+    ) throws {
+        let sendFD = self.sockets[send.peer]
+        let receiveFD = self.sockets[receive.peer]
+        var sendPiece = 0
+        var sent = 0  // in the current send piece
+        var receivePiece = 0
+        var got = 0  // in the current receive piece
+        var done = 0  // bytes moved either way, for error messages
+        var fds = [pollfd](repeating: pollfd(), count: 3)
+        while true {
+            // Skip finished (and empty) pieces.
+            while sendPiece < send.pieces.count && sent == send.pieces[sendPiece].count {
+                sendPiece += 1
+                sent = 0
+            }
+            while receivePiece < receive.pieces.count && got == receive.pieces[receivePiece].count {
+                if got == 0 { try received(receivePiece, 0) }
+                receivePiece += 1
+                got = 0
+            }
+            let sending = sendPiece < send.pieces.count
+            let receiving = receivePiece < receive.pieces.count
+            if !sending && !receiving { return }
+            if let error = self.abortError(operation, peer: receiving ? receive.peer : send.peer, done: done) { throw error }
+            var progressed = false
+            var canSend = false
+            if sending {
+                let piece = send.pieces[sendPiece]
+                let limit = min(piece.count, sendable(sendPiece))
+                if sent < limit {
+                    canSend = true
+                    let count = Glibc.send(sendFD, piece.baseAddress! + sent, limit - sent, Int32(MSG_DONTWAIT | MSG_NOSIGNAL))
+                    if count > 0 {
+                        sent += count
+                        done += count
+                        progressed = true
+                    } else if count < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR {
+                        throw CollectiveError(.peerClosed, operation: operation, peer: send.peer, bytesDone: done, "sending to rank \(send.peer): \(String(cString: strerror(errno)))")
+                    }
+                }
+            }
+            if receiving {
+                let piece = receive.pieces[receivePiece]
+                let count = recv(receiveFD, piece.baseAddress! + got, piece.count - got, Int32(MSG_DONTWAIT))
+                if count > 0 {
+                    got += count
+                    done += count
+                    progressed = true
+                    try received(receivePiece, got)
+                } else if count == 0 {
+                    throw CollectiveError(.peerClosed, operation: operation, peer: receive.peer, bytesDone: done, "rank \(receive.peer) closed its connection")
+                } else if errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR {
+                    throw CollectiveError(.peerClosed, operation: operation, peer: receive.peer, bytesDone: done, "receiving from rank \(receive.peer): \(String(cString: strerror(errno)))")
+                }
+            }
+            if progressed { continue }
+            let remaining = deadline - ContinuousClock.now
+            if remaining <= .zero {
+                throw CollectiveError(.deadlineExceeded, operation: operation, peer: receiving ? receive.peer : send.peer, bytesDone: done, "the operation's deadline passed")
+            }
+            // Wait only for what can go on: writability when there is something sendable (else
+            // the send waits on the receive side), readability while pieces remain to fill.
+            var count = 0
+            if sendFD == receiveFD {
+                let events = (canSend ? POLLOUT : 0) | (receiving ? POLLIN : 0)
+                fds[count] = pollfd(fd: sendFD, events: Int16(events), revents: 0)
+                count += 1
+            } else {
+                if canSend {
+                    fds[count] = pollfd(fd: sendFD, events: Int16(POLLOUT), revents: 0)
+                    count += 1
+                }
+                if receiving {
+                    fds[count] = pollfd(fd: receiveFD, events: Int16(POLLIN), revents: 0)
+                    count += 1
+                }
+            }
+            fds[count] = pollfd(fd: self.abortFD, events: Int16(POLLIN), revents: 0)
+            count += 1
+            let milliseconds = Int32(min(Socket.seconds(remaining) * 1000 + 1, 1000))
+            _ = poll(&fds, nfds_t(count), milliseconds)
+        }
+    }
+}
+
 // MARK: - Sockets
 
 enum Socket {

@@ -22,6 +22,20 @@ public protocol Transport: AnyObject, Sendable {
         received: (Int) throws -> Void
     ) throws
 
+    /// Sends the pieces of `send`, in order, to one peer while it receives the pieces of
+    /// `receive`, in order, from another (or the same) one, as one stream each way. Of send piece
+    /// `i`, only the first `sendable(i)` bytes may go out so far (a piece that depends on data
+    /// still arriving); `received(i, bytes)` reports that receive piece `i` holds `bytes` bytes.
+    /// This lets a ring start sending a step's data while the previous step's still arrives.
+    func stream(
+        send: (peer: Int, pieces: [UnsafeRawBufferPointer]),
+        receive: (peer: Int, pieces: [UnsafeMutableRawBufferPointer]),
+        deadline: ContinuousClock.Instant,
+        operation: String,
+        sendable: (Int) -> Int,
+        received: (Int, Int) throws -> Void
+    ) throws
+
     /// Fails every current and future operation with `reason`, from any thread.
     func abort(reason: String)
 
@@ -70,5 +84,31 @@ public struct CollectiveError: Error, Sendable, CustomStringConvertible {
     public var description: String {
         let peer = self.peer.map { " with rank \($0)" } ?? ""
         return "\(self.operation) failed\(peer) after \(self.bytesDone) bytes (\(self.code.rawValue)): \(self.message)"
+    }
+}
+
+extension Transport {
+    /// The stream as a sequence of exchanges, one pair of pieces at a time: correct for any
+    /// transport, without the overlap between pieces.
+    public func stream(
+        send: (peer: Int, pieces: [UnsafeRawBufferPointer]),
+        receive: (peer: Int, pieces: [UnsafeMutableRawBufferPointer]),
+        deadline: ContinuousClock.Instant,
+        operation: String,
+        sendable: (Int) -> Int,
+        received: (Int, Int) throws -> Void
+    ) throws {
+        for index in 0..<max(send.pieces.count, receive.pieces.count) {
+            // Earlier pieces are complete here, so each piece may be sent whole.
+            precondition(index >= send.pieces.count || sendable(index) >= send.pieces[index].count, "a stream piece waits on a later one")
+            try self.exchange(
+                send: index < send.pieces.count ? (send.peer, send.pieces[index]) : nil,
+                receive: index < receive.pieces.count ? (receive.peer, receive.pieces[index]) : nil,
+                deadline: deadline,
+                operation: operation,
+                received: { try received(index, $0) }
+            )
+            if index < receive.pieces.count, receive.pieces[index].count == 0 { try received(index, 0) }
+        }
     }
 }
