@@ -176,7 +176,7 @@ public final class AgentService: Service, Sendable {
         let initial = try await self.credentials()
         if let listen = self.configuration.dataPlaneListen {
             let address = try ControlAddress(parsing: listen)
-            let plane = try DataPlane(host: address.host, port: address.port, logger: self.logger)
+            let plane = try DataPlane(host: address.host, port: address.port)
             self.dataPlane.withLock { $0 = plane }
             self.logger.info("data plane listening", metadata: ["address": "\(plane.address)"])
             let trainer = Trainer(

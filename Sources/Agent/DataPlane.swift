@@ -1,7 +1,6 @@
 import Collectives
 import ControlPlane
 import Foundation
-import Logging
 import RingmasterWire
 
 /// The agent's data plane: one listener for the agent's life, and a connection per generation.
@@ -13,12 +12,10 @@ import RingmasterWire
 final class DataPlane: Sendable {
     let listener: DataPlaneListener
     let advertisedHost: String
-    let logger: Logger
 
-    init(host: String, port: Int, advertisedHost: String? = nil, logger: Logger) throws {
+    init(host: String, port: Int, advertisedHost: String? = nil) throws {
         self.listener = try DataPlaneListener(host: host, port: port)
         self.advertisedHost = advertisedHost ?? host
-        self.logger = logger
     }
 
     /// The address peers dial.

@@ -9,7 +9,6 @@ final class Outbox: Sendable {
     struct State {
         var queue: [Envelope] = []
         var waiter: CheckedContinuation<[Envelope], Never>?
-        var dropped = 0
     }
 
     let state = Mutex(State())
@@ -25,7 +24,6 @@ final class Outbox: Sendable {
             state.queue.append(envelope)
             if state.queue.count > self.capacity {
                 state.queue.removeFirst(state.queue.count - self.capacity)
-                state.dropped += 1
             }
             guard let waiter = state.waiter else { return nil }
             state.waiter = nil

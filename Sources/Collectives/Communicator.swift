@@ -117,47 +117,50 @@ public final class Communicator: @unchecked Sendable {
         let n = self.worldSize
         let rank = self.rank
         let size = type.size
-        let right = (rank + 1) % n
-        let left = (rank - 1 + n) % n
         let largest = Self.segment(0, of: n, count: count).count * size
         let scratch = self.scratch(bytes: largest)
         func bytes(_ segment: Int) -> UnsafeMutableRawBufferPointer {
-            let range = Self.segment(segment, of: n, count: count)
+            let range = Self.segment((segment % n + n) % n, of: n, count: count)
             return UnsafeMutableRawBufferPointer(start: base + range.lowerBound * size, count: range.count * size)
         }
-        var sendPieces: [UnsafeRawBufferPointer] = []
-        var receivePieces: [UnsafeMutableRawBufferPointer] = []
-        var destinations: [UnsafeMutableRawPointer] = []
-        for step in 0..<(n - 1) {
-            // Reduce-scatter: after step s, segment (rank - s - 1) holds s + 2 ranks' contributions.
-            sendPieces.append(UnsafeRawBufferPointer(bytes((rank - step + n) % n)))
-            let target = bytes((rank - step - 1 + 2 * n) % n)
-            receivePieces.append(UnsafeMutableRawBufferPointer(start: scratch, count: target.count))
-            destinations.append(target.baseAddress ?? scratch)
+        // Pieces 0..<n-1 are the reduce-scatter: after step s, segment (rank - s - 1) holds s + 2
+        // ranks' contributions. Pieces n-1..<2(n-1) are the all-gather: the finished segments
+        // pass around and land in place.
+        func outgoing(_ piece: Int) -> UnsafeRawBufferPointer {
+            UnsafeRawBufferPointer(piece < n - 1 ? bytes(rank - piece) : bytes(rank + 1 - (piece - n + 1)))
         }
-        for step in 0..<(n - 1) {
-            // All-gather: pass the finished segments around; they land in place.
-            sendPieces.append(UnsafeRawBufferPointer(bytes((rank + 1 - step + n) % n)))
-            receivePieces.append(bytes((rank - step + n) % n))
+        func target(_ piece: Int) -> UnsafeMutableRawBufferPointer {
+            piece < n - 1 ? bytes(rank - piece - 1) : bytes(rank - (piece - n + 1))
         }
-        // Bytes of each receive piece that are final (summed, for the reduce-scatter pieces).
-        var ready = [Int](repeating: 0, count: receivePieces.count)
+        // The receive side fills its pieces in order: those before `current` are final, and of
+        // `current` the first `ready` bytes are (summed, in the reduce-scatter).
+        var current = 0
+        var ready = 0
         var adder: (piece: Int, adder: ArrivalAdder)?
         try self.transport.stream(
-            send: (right, sendPieces),
-            receive: (left, receivePieces),
+            pieces: 2 * (n - 1),
+            sendPeer: (rank + 1) % n,
+            receivePeer: (rank - 1 + n) % n,
             deadline: deadline,
             operation: "allReduce",
-            sendable: { piece in piece == 0 ? Int.max : ready[piece - 1] },
+            sendPiece: outgoing,
+            receivePiece: { piece in
+                piece < n - 1 ? UnsafeMutableRawBufferPointer(start: scratch, count: target(piece).count) : target(piece)
+            },
+            sendable: { piece in
+                if piece == 0 || piece - 1 < current { return Int.max }
+                return piece - 1 == current ? ready : 0
+            },
             received: { piece, got in
+                current = piece
                 if piece < n - 1 {
                     if adder?.piece != piece {
-                        adder = (piece, ArrivalAdder(scratch: scratch, destination: destinations[piece], type: type))
+                        adder = (piece, ArrivalAdder(scratch: scratch, destination: target(piece).baseAddress ?? scratch, type: type))
                     }
                     adder!.adder.received(got)
-                    ready[piece] = adder!.adder.added * size
+                    ready = adder!.adder.added * size
                 } else {
-                    ready[piece] = got
+                    ready = got
                 }
             }
         )

@@ -442,71 +442,76 @@ extension TCPTransport {
     /// Both streams in one poll loop: a send piece goes out as far as `sendable` allows while the
     /// receive side fills its pieces in order, so consecutive pieces overlap on the wire.
     public func stream(
-        send: (peer: Int, pieces: [UnsafeRawBufferPointer]),
-        receive: (peer: Int, pieces: [UnsafeMutableRawBufferPointer]),
+        pieces: Int,
+        sendPeer: Int,
+        receivePeer: Int,
         deadline: ContinuousClock.Instant,
         operation: String,
+        sendPiece: (Int) -> UnsafeRawBufferPointer,
+        receivePiece: (Int) -> UnsafeMutableRawBufferPointer,
         sendable: (Int) -> Int,
         received: (Int, Int) throws -> Void
     ) throws {
-        let sendFD = self.sockets[send.peer]
-        let receiveFD = self.sockets[receive.peer]
-        var sendPiece = 0
+        let sendFD = self.sockets[sendPeer]
+        let receiveFD = self.sockets[receivePeer]
+        var sendIndex = 0
+        var outgoing = sendPiece(0)
         var sent = 0  // in the current send piece
-        var receivePiece = 0
+        var receiveIndex = 0
+        var incoming = receivePiece(0)
         var got = 0  // in the current receive piece
         var done = 0  // bytes moved either way, for error messages
         var fds = [pollfd](repeating: pollfd(), count: 3)
         while true {
-            // Skip finished (and empty) pieces.
-            while sendPiece < send.pieces.count && sent == send.pieces[sendPiece].count {
-                sendPiece += 1
+            // Move past finished (and empty) pieces.
+            while sendIndex < pieces && sent == outgoing.count {
+                sendIndex += 1
                 sent = 0
+                if sendIndex < pieces { outgoing = sendPiece(sendIndex) }
             }
-            while receivePiece < receive.pieces.count && got == receive.pieces[receivePiece].count {
-                if got == 0 { try received(receivePiece, 0) }
-                receivePiece += 1
+            while receiveIndex < pieces && got == incoming.count {
+                if got == 0 { try received(receiveIndex, 0) }
+                receiveIndex += 1
                 got = 0
+                if receiveIndex < pieces { incoming = receivePiece(receiveIndex) }
             }
-            let sending = sendPiece < send.pieces.count
-            let receiving = receivePiece < receive.pieces.count
+            let sending = sendIndex < pieces
+            let receiving = receiveIndex < pieces
             if !sending && !receiving { return }
-            if let error = self.abortError(operation, peer: receiving ? receive.peer : send.peer, done: done) { throw error }
+            if let error = self.abortError(operation, peer: receiving ? receivePeer : sendPeer, done: done) { throw error }
             var progressed = false
             var canSend = false
             if sending {
-                let piece = send.pieces[sendPiece]
-                let limit = min(piece.count, sendable(sendPiece))
+                let limit = min(outgoing.count, sendable(sendIndex))
                 if sent < limit {
                     canSend = true
-                    let count = Glibc.send(sendFD, piece.baseAddress! + sent, limit - sent, Int32(MSG_DONTWAIT | MSG_NOSIGNAL))
+                    let count = Glibc.send(sendFD, outgoing.baseAddress! + sent, limit - sent, Int32(MSG_DONTWAIT | MSG_NOSIGNAL))
                     if count > 0 {
                         sent += count
                         done += count
                         progressed = true
                     } else if count < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR {
-                        throw CollectiveError(.peerClosed, operation: operation, peer: send.peer, bytesDone: done, "sending to rank \(send.peer): \(String(cString: strerror(errno)))")
+                        throw CollectiveError(.peerClosed, operation: operation, peer: sendPeer, bytesDone: done, "sending to rank \(sendPeer): \(String(cString: strerror(errno)))")
                     }
                 }
             }
             if receiving {
-                let piece = receive.pieces[receivePiece]
-                let count = recv(receiveFD, piece.baseAddress! + got, piece.count - got, Int32(MSG_DONTWAIT))
+                let count = recv(receiveFD, incoming.baseAddress! + got, incoming.count - got, Int32(MSG_DONTWAIT))
                 if count > 0 {
                     got += count
                     done += count
                     progressed = true
-                    try received(receivePiece, got)
+                    try received(receiveIndex, got)
                 } else if count == 0 {
-                    throw CollectiveError(.peerClosed, operation: operation, peer: receive.peer, bytesDone: done, "rank \(receive.peer) closed its connection")
+                    throw CollectiveError(.peerClosed, operation: operation, peer: receivePeer, bytesDone: done, "rank \(receivePeer) closed its connection")
                 } else if errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR {
-                    throw CollectiveError(.peerClosed, operation: operation, peer: receive.peer, bytesDone: done, "receiving from rank \(receive.peer): \(String(cString: strerror(errno)))")
+                    throw CollectiveError(.peerClosed, operation: operation, peer: receivePeer, bytesDone: done, "receiving from rank \(receivePeer): \(String(cString: strerror(errno)))")
                 }
             }
             if progressed { continue }
             let remaining = deadline - ContinuousClock.now
             if remaining <= .zero {
-                throw CollectiveError(.deadlineExceeded, operation: operation, peer: receiving ? receive.peer : send.peer, bytesDone: done, "the operation's deadline passed")
+                throw CollectiveError(.deadlineExceeded, operation: operation, peer: receiving ? receivePeer : sendPeer, bytesDone: done, "the operation's deadline passed")
             }
             // Wait only for what can go on: writability when there is something sendable (else
             // the send waits on the receive side), readability while pieces remain to fill.

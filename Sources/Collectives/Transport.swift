@@ -22,16 +22,21 @@ public protocol Transport: AnyObject, Sendable {
         received: (Int) throws -> Void
     ) throws
 
-    /// Sends the pieces of `send`, in order, to one peer while it receives the pieces of
-    /// `receive`, in order, from another (or the same) one, as one stream each way. Of send piece
-    /// `i`, only the first `sendable(i)` bytes may go out so far (a piece that depends on data
-    /// still arriving); `received(i, bytes)` reports that receive piece `i` holds `bytes` bytes.
-    /// This lets a ring start sending a step's data while the previous step's still arrives.
+    /// Sends `pieces` buffers, in order, to `sendPeer` while it receives `pieces` buffers, in
+    /// order, from `receivePeer` (the same peer or another), as one stream each way. Piece `i` is
+    /// `sendPiece(i)` out and `receivePiece(i)` in. Of send piece `i`, only the first
+    /// `sendable(i)` bytes may go out so far (a piece that depends on data still arriving);
+    /// `received(i, bytes)` reports that receive piece `i` holds `bytes` bytes. This lets a ring
+    /// start sending a step's data while the previous step's still arrives. The pieces are given
+    /// by closures, not arrays, so a call allocates nothing.
     func stream(
-        send: (peer: Int, pieces: [UnsafeRawBufferPointer]),
-        receive: (peer: Int, pieces: [UnsafeMutableRawBufferPointer]),
+        pieces: Int,
+        sendPeer: Int,
+        receivePeer: Int,
         deadline: ContinuousClock.Instant,
         operation: String,
+        sendPiece: (Int) -> UnsafeRawBufferPointer,
+        receivePiece: (Int) -> UnsafeMutableRawBufferPointer,
         sendable: (Int) -> Int,
         received: (Int, Int) throws -> Void
     ) throws
@@ -91,24 +96,29 @@ extension Transport {
     /// The stream as a sequence of exchanges, one pair of pieces at a time: correct for any
     /// transport, without the overlap between pieces.
     public func stream(
-        send: (peer: Int, pieces: [UnsafeRawBufferPointer]),
-        receive: (peer: Int, pieces: [UnsafeMutableRawBufferPointer]),
+        pieces: Int,
+        sendPeer: Int,
+        receivePeer: Int,
         deadline: ContinuousClock.Instant,
         operation: String,
+        sendPiece: (Int) -> UnsafeRawBufferPointer,
+        receivePiece: (Int) -> UnsafeMutableRawBufferPointer,
         sendable: (Int) -> Int,
         received: (Int, Int) throws -> Void
     ) throws {
-        for index in 0..<max(send.pieces.count, receive.pieces.count) {
+        for index in 0..<pieces {
+            let outgoing = sendPiece(index)
+            let incoming = receivePiece(index)
             // Earlier pieces are complete here, so each piece may be sent whole.
-            precondition(index >= send.pieces.count || sendable(index) >= send.pieces[index].count, "a stream piece waits on a later one")
+            precondition(sendable(index) >= outgoing.count, "a stream piece waits on a later one")
             try self.exchange(
-                send: index < send.pieces.count ? (send.peer, send.pieces[index]) : nil,
-                receive: index < receive.pieces.count ? (receive.peer, receive.pieces[index]) : nil,
+                send: (sendPeer, outgoing),
+                receive: (receivePeer, incoming),
                 deadline: deadline,
                 operation: operation,
                 received: { try received(index, $0) }
             )
-            if index < receive.pieces.count, receive.pieces[index].count == 0 { try received(index, 0) }
+            if incoming.count == 0 { try received(index, 0) }
         }
     }
 }
