@@ -49,8 +49,15 @@ let package = Package(
             swiftSettings: strictSwift6
         ),
         .target(
+            name: "CReduction",
+            path: "Sources/CReduction",
+            // Optimised in debug builds too: the tests reduce millions of elements.
+            cSettings: [.unsafeFlags(["-O2"])]
+        ),
+        .target(
             name: "Collectives",
             dependencies: [
+                "CReduction",
                 .product(name: "Crypto", package: "swift-crypto"),
             ],
             swiftSettings: strictSwift6 + [.unsafeFlags(["-Ounchecked"], .when(configuration: .release))]
@@ -214,7 +221,7 @@ let package = Package(
         ),
         .testTarget(
             name: "CollectivesTests",
-            dependencies: ["Collectives"],
+            dependencies: ["Collectives", "CReduction"],
             swiftSettings: strictSwift6
         ),
         .testTarget(

@@ -1,3 +1,5 @@
+import CReduction
+
 /// Element types an all-reduce works on.
 public enum DataType: String, Sendable, Hashable, CaseIterable {
     /// IEEE binary32.
@@ -24,103 +26,56 @@ public enum ReduceOperation: String, Sendable, Hashable, CaseIterable {
     case average
 }
 
-/// Vectorised elementwise kernels: `destination[i] += source[i]` and scaling, for each data
-/// type. Half types are widened to Float32 lanes, added, and rounded back (to nearest, ties to
-/// even), so each addition is one rounding. Loops work on 16 lanes at a time with unaligned
-/// loads, then finish element by element.
+/// The elementwise kernels of the all-reduce, `destination[i] += source[i]` and scaling, for each
+/// data type, in C (module `CReduction`): half types are widened to Float32, combined, and rounded
+/// back (to nearest, ties to even), so each addition is one rounding. On x86-64 CPUs with AVX2 and
+/// F16C the kernels use those (hardware binary16 conversions); elsewhere portable loops that the
+/// compiler vectorises. Both give the same bits for every value but NaN payloads.
+/// `ringmaster bench reduce` measures them against a memory copy.
 public enum Reduction {
-    /// `destination[i] += source[i]` for `count` elements of `type`.
+    /// A kernel implementation.
+    public enum Kernels: Int32, Sendable, Hashable, CaseIterable {
+        /// Plain C loops, vectorised by the compiler for the baseline instruction set.
+        case portable = 0
+        /// AVX2 and F16C (x86-64).
+        case avx2 = 1
+    }
+
+    /// The fastest kernels this CPU runs, used by default.
+    public static let best = Kernels(rawValue: rm_kernels_best()) ?? .portable
+
+    /// Every kernel implementation this CPU runs.
+    public static var available: [Kernels] { Kernels.allCases.filter { $0.rawValue <= Self.best.rawValue } }
+
+    /// `destination[i] += source[i]` for `count` elements of `type`. The buffers must not overlap
+    /// (or be the same one).
     public static func add(
         _ source: UnsafeRawPointer,
         into destination: UnsafeMutableRawPointer,
         count: Int,
-        type: DataType
+        type: DataType,
+        kernels: Kernels = Reduction.best
     ) {
-        switch type {
-        case .float32: self.addFloat32(source, destination, count)
-        case .float16: self.addFloat16(source, destination, count)
-        case .bfloat16: self.addBFloat16(source, destination, count)
-        }
+        rm_add(type.code, min(kernels, Self.best).rawValue, source, destination, count)
     }
 
     /// `buffer[i] *= factor` for `count` elements of `type`.
-    public static func scale(_ buffer: UnsafeMutableRawPointer, count: Int, type: DataType, by factor: Float) {
-        switch type {
-        case .float32:
-            var index = 0
-            let lanes = SIMD16<Float>(repeating: factor)
-            while index + 16 <= count {
-                let pointer = buffer + index * 4
-                pointer.storeBytes(of: pointer.loadUnaligned(as: SIMD16<Float>.self) * lanes, as: SIMD16<Float>.self)
-                index += 16
-            }
-            while index < count {
-                let pointer = buffer + index * 4
-                pointer.storeBytes(of: pointer.loadUnaligned(as: Float.self) * factor, as: Float.self)
-                index += 1
-            }
-        case .float16:
-            for index in 0..<count {
-                let pointer = buffer + index * 2
-                pointer.storeBytes(of: Float16(Float(pointer.loadUnaligned(as: Float16.self)) * factor), as: Float16.self)
-            }
-        case .bfloat16:
-            for index in 0..<count {
-                let pointer = buffer + index * 2
-                let value = BFloat16.float(pointer.loadUnaligned(as: UInt16.self)) * factor
-                pointer.storeBytes(of: BFloat16.bits(value), as: UInt16.self)
-            }
-        }
+    public static func scale(_ buffer: UnsafeMutableRawPointer, count: Int, type: DataType, by factor: Float, kernels: Kernels = Reduction.best) {
+        rm_scale(type.code, min(kernels, Self.best).rawValue, buffer, count, factor)
     }
+}
 
-    static func addFloat32(_ source: UnsafeRawPointer, _ destination: UnsafeMutableRawPointer, _ count: Int) {
-        var index = 0
-        while index + 16 <= count {
-            let offset = index * 4
-            let sum = (destination + offset).loadUnaligned(as: SIMD16<Float>.self) + (source + offset).loadUnaligned(as: SIMD16<Float>.self)
-            (destination + offset).storeBytes(of: sum, as: SIMD16<Float>.self)
-            index += 16
-        }
-        while index < count {
-            let offset = index * 4
-            let sum = (destination + offset).loadUnaligned(as: Float.self) + (source + offset).loadUnaligned(as: Float.self)
-            (destination + offset).storeBytes(of: sum, as: Float.self)
-            index += 1
-        }
-    }
+extension Reduction.Kernels: Comparable {
+    public static func < (lhs: Self, rhs: Self) -> Bool { lhs.rawValue < rhs.rawValue }
+}
 
-    static func addFloat16(_ source: UnsafeRawPointer, _ destination: UnsafeMutableRawPointer, _ count: Int) {
-        var index = 0
-        while index + 16 <= count {
-            let offset = index * 2
-            let a = SIMD16<Float>((destination + offset).loadUnaligned(as: SIMD16<Float16>.self))
-            let b = SIMD16<Float>((source + offset).loadUnaligned(as: SIMD16<Float16>.self))
-            (destination + offset).storeBytes(of: SIMD16<Float16>(a + b), as: SIMD16<Float16>.self)
-            index += 16
-        }
-        while index < count {
-            let offset = index * 2
-            let sum = Float((destination + offset).loadUnaligned(as: Float16.self)) + Float((source + offset).loadUnaligned(as: Float16.self))
-            (destination + offset).storeBytes(of: Float16(sum), as: Float16.self)
-            index += 1
-        }
-    }
-
-    static func addBFloat16(_ source: UnsafeRawPointer, _ destination: UnsafeMutableRawPointer, _ count: Int) {
-        var index = 0
-        while index + 16 <= count {
-            let offset = index * 2
-            let a = BFloat16.floats((destination + offset).loadUnaligned(as: SIMD16<UInt16>.self))
-            let b = BFloat16.floats((source + offset).loadUnaligned(as: SIMD16<UInt16>.self))
-            (destination + offset).storeBytes(of: BFloat16.bits(a + b), as: SIMD16<UInt16>.self)
-            index += 16
-        }
-        while index < count {
-            let offset = index * 2
-            let sum = BFloat16.float((destination + offset).loadUnaligned(as: UInt16.self))
-                + BFloat16.float((source + offset).loadUnaligned(as: UInt16.self))
-            (destination + offset).storeBytes(of: BFloat16.bits(sum), as: UInt16.self)
-            index += 1
+extension DataType {
+    /// The type's number in `CReduction`.
+    var code: Int32 {
+        switch self {
+        case .float32: return Int32(RM_FLOAT32)
+        case .float16: return Int32(RM_FLOAT16)
+        case .bfloat16: return Int32(RM_BFLOAT16)
         }
     }
 }
@@ -140,22 +95,5 @@ public enum BFloat16 {
         if value.isNaN { return UInt16(raw >> 16) | 0x40 }
         let rounded = raw &+ 0x7FFF &+ ((raw >> 16) & 1)
         return UInt16(rounded >> 16)
-    }
-
-    @inline(__always)
-    static func floats(_ bits: SIMD16<UInt16>) -> SIMD16<Float> {
-        unsafeBitCast(SIMD16<UInt32>(truncatingIfNeeded: bits) &<< 16, to: SIMD16<Float>.self)
-    }
-
-    @inline(__always)
-    static func bits(_ values: SIMD16<Float>) -> SIMD16<UInt16> {
-        let raw = unsafeBitCast(values, to: SIMD16<UInt32>.self)
-        var rounded = raw &+ 0x7FFF &+ ((raw &>> 16) & 1)
-        // NaN lanes stay NaN (rounding could carry a NaN payload into infinity).
-        let nan = values .!= values
-        if any(nan) {
-            rounded.replace(with: raw | 0x0040_0000, where: nan)
-        }
-        return SIMD16<UInt16>(truncatingIfNeeded: rounded &>> 16)
     }
 }

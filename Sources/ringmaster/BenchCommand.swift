@@ -7,7 +7,7 @@ struct BenchCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bench",
         abstract: "Benchmarks (figures recorded in bench/README.md).",
-        subcommands: [AllReduce.self, AllReduceWorker.self, Machine.self, Rendezvous.self, Recovery.self, Checkpoint.self]
+        subcommands: [AllReduce.self, AllReduceWorker.self, Reduce.self, Machine.self, Rendezvous.self, Recovery.self, Checkpoint.self]
     )
 
     struct Machine: AsyncParsableCommand {
@@ -212,51 +212,85 @@ struct BenchCommand: AsyncParsableCommand {
     struct AllReduce: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
             commandName: "allreduce",
-            abstract: "All-reduce between N local processes over loopback TCP, as nccl-tests reports it."
+            abstract: "All-reduce between N local processes over loopback TCP (or N threads in process), as nccl-tests reports it."
         )
 
-        @Option(help: "Ranks (processes).")
+        @Option(help: "Ranks (processes over tcp, threads in process).")
         var ranks: Int = 2
 
         @Option(help: "Message sizes in bytes (K, M, G suffixes).")
         var sizes: String = "4K,64K,1M,16M,64M"
 
-        @Option(help: "Transport (only tcp runs between processes).")
+        @Option(help: "tcp (separate processes over loopback) or inprocess (threads, no sockets).")
         var transport: String = "tcp"
+
+        @Option(help: "Element type: float32, float16 or bfloat16.")
+        var type: String = "float32"
 
         @Option(help: "automatic, ring or recursive-doubling.")
         var algorithm: String = "automatic"
+
+        @Option(help: "The ring's piece size in bytes (K, M suffixes); default: the communicator's.")
+        var ringChunk: String?
 
         @Flag(help: "Print JSON.")
         var json = false
 
         func validate() throws {
             guard (2...64).contains(self.ranks) else { throw ValidationError("--ranks must be 2 to 64") }
-            guard self.transport == "tcp" else { throw ValidationError("--transport \(self.transport): only tcp runs between processes") }
+            guard ["tcp", "inprocess"].contains(self.transport) else {
+                throw ValidationError("--transport \(self.transport) is not one of tcp, inprocess")
+            }
+            guard DataType(rawValue: self.type) != nil else {
+                throw ValidationError("--type \(self.type) is not one of float32, float16, bfloat16")
+            }
             guard Communicator.Algorithm(rawValue: self.algorithm) != nil else {
                 throw ValidationError("--algorithm must be automatic, ring or recursive-doubling")
             }
+            _ = try self.settings()
+        }
+
+        func settings() throws -> AllReduceBenchmark.Settings {
+            let type = DataType(rawValue: self.type) ?? .float32
+            let sizes = try AllReduceBenchmark.parseSizes(self.sizes)
+            if let uneven = sizes.first(where: { $0 % type.size != 0 }) {
+                throw ValidationError("--sizes: \(uneven) bytes is not a whole number of \(type.rawValue) elements (\(type.size) bytes each)")
+            }
+            var chunk: Int?
+            if let text = self.ringChunk {
+                guard let value = try? AllReduceBenchmark.parseSizes(text).first, value >= 4096 else {
+                    throw ValidationError("--ring-chunk \(text): give a size of at least 4K, e.g. 1M")
+                }
+                chunk = value
+            }
+            return AllReduceBenchmark.Settings(
+                sizes: sizes, type: type, algorithm: Communicator.Algorithm(rawValue: self.algorithm) ?? .automatic, ringChunkBytes: chunk
+            )
         }
 
         func run() async throws {
-            let executable = try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")
-            let sizes = try AllReduceBenchmark.parseSizes(self.sizes)
-            let ceiling = try AllReduceBenchmark.loopbackCeiling()
+            let settings = try self.settings()
+            let inProcess = self.transport == "inprocess"
+            let ceiling = inProcess ? AllReduceBenchmark.copyCeiling() : try AllReduceBenchmark.loopbackCeiling()
+            let ceilingName = inProcess ? "memory copy ceiling (one thread)" : "loopback TCP ceiling (one stream)"
             let json = self.json
             if !json {
-                print(String(format: "loopback TCP ceiling (one stream): %.2f GB/s; %d ranks, float32 sum", ceiling, self.ranks))
+                print(String(format: "%@: %.2f GB/s; %d ranks, %@, %@ sum", ceilingName, ceiling, self.ranks, self.transport, self.type))
             }
-            let rows = try await AllReduceBenchmark.run(
-                executable: executable,
-                ranks: self.ranks,
-                sizes: sizes,
-                algorithm: Communicator.Algorithm(rawValue: self.algorithm)!
-            ) { line in
-                if !json { print(line) }
+            let rows: [AllReduceBenchmark.Row]
+            if inProcess {
+                rows = try AllReduceBenchmark.runInProcess(ranks: self.ranks, settings: settings) { line in
+                    if !json { print(line) }
+                }
+            } else {
+                let executable = try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")
+                rows = try await AllReduceBenchmark.run(executable: executable, ranks: self.ranks, settings: settings) { line in
+                    if !json { print(line) }
+                }
             }
             if json {
                 let object: [String: Any] = [
-                    "ranks": self.ranks, "ceiling_gbps": ceiling,
+                    "ranks": self.ranks, "transport": self.transport, "type": self.type, "ceiling_gbps": ceiling,
                     "rows": rows.map { row in
                         [
                             "bytes": row.bytes, "iterations": row.iterations, "p50_us": row.p50Microseconds, "p99_us": row.p99Microseconds,
@@ -268,8 +302,37 @@ struct BenchCommand: AsyncParsableCommand {
                 print(String(decoding: try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys]), as: UTF8.self))
             } else {
                 for row in rows {
-                    print(String(format: "%10d B: busbw %.3f GB/s = %.1f%% of the loopback ceiling", row.bytes, row.busGBps, 100 * row.busGBps / ceiling))
+                    print(String(format: "%10d B: busbw %.3f GB/s = %.1f%% of the %@", row.bytes, row.busGBps, 100 * row.busGBps / ceiling, ceilingName))
                 }
+            }
+        }
+    }
+
+    struct Reduce: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "reduce",
+            abstract: "The reduction kernels alone (destination += source, one thread) against a memory copy, per element type."
+        )
+
+        @Option(help: "Buffer sizes in bytes (K, M, G suffixes): one in cache and one not, by default.")
+        var sizes: String = "256K,64M"
+
+        @Flag(help: "Print JSON.")
+        var json = false
+
+        func run() throws {
+            let sizes = try AllReduceBenchmark.parseSizes(self.sizes)
+            if let bad = sizes.first(where: { $0 <= 0 || $0 % 4 != 0 }) {
+                throw ValidationError("--sizes: \(bad) is not a positive multiple of 4 bytes")
+            }
+            let rows = ReductionBenchmark.run(types: DataType.allCases, sizes: sizes)
+            if self.json {
+                let object = rows.map { ["kernels": $0.kernels, "type": $0.type, "bytes": $0.bytes, "add_gbps": $0.addGBps, "copy_gbps": $0.copyGBps] as [String: Any] }
+                print(String(decoding: try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys]), as: UTF8.self))
+                return
+            }
+            for row in rows {
+                print(String(format: "%-8@ %-9@ %10d B  add %6.2f GB/s  copy %6.2f GB/s  add/copy %.2f", row.kernels, row.type, row.bytes, row.addGBps, row.copyGBps, row.addGBps / row.copyGBps))
             }
         }
     }
@@ -285,6 +348,8 @@ struct BenchCommand: AsyncParsableCommand {
         @Option var world: Int
         @Option var sizes: String
         @Option var algorithm: String = "automatic"
+        @Option var type: String = "float32"
+        @Option var ringChunk: Int?
 
         func run() throws {
             guard let hex = ProcessInfo.processInfo.environment["RINGMASTER_BENCH_SECRET"], hex.count == 64 else {
@@ -294,13 +359,13 @@ struct BenchCommand: AsyncParsableCommand {
                 let start = hex.index(hex.startIndex, offsetBy: offset)
                 return UInt8(hex[start..<hex.index(start, offsetBy: 2)], radix: 16) ?? 0
             }
-            try AllReduceBenchmark.worker(
-                rank: self.rank,
-                world: self.world,
+            let settings = AllReduceBenchmark.Settings(
                 sizes: self.sizes.split(separator: ",").compactMap { Int($0) },
+                type: DataType(rawValue: self.type) ?? .float32,
                 algorithm: Communicator.Algorithm(rawValue: self.algorithm) ?? .automatic,
-                secret: secret
+                ringChunkBytes: self.ringChunk
             )
+            try AllReduceBenchmark.worker(rank: self.rank, world: self.world, settings: settings, secret: secret)
         }
     }
 }

@@ -3,6 +3,7 @@ import Synchronization
 import Testing
 
 @testable import Collectives
+import CReduction
 
 @Suite("All-reduce over the in-process transport")
 struct InProcessAllReduceTests {
@@ -163,21 +164,116 @@ struct InProcessCollectiveTests {
 
 @Suite("Reduction kernels")
 struct ReductionTests {
-    @Test(arguments: DataType.allCases)
-    func add_matchesScalarAddition_forEveryLengthAroundTheVectorWidth(type: DataType) {
-        for count in 0..<40 {
+    /// Every kernel implementation this CPU runs (AVX2 and the portable loops, here).
+    static let kernels = Reduction.available
+
+    @Test(arguments: DataType.allCases, Self.kernels)
+    func add_matchesScalarAddition_forEveryLengthAroundTheVectorWidth(type: DataType, kernels: Reduction.Kernels) {
+        for count in Array(0..<40) + [1000, 4099] {
             let a = (0..<count).map { Float($0) * 0.5 - 3 }
             let b = (0..<count).map { Float($0 % 5) + 0.25 }
             var destination = encode(a, as: type)
             let source = encode(b, as: type)
             source.withUnsafeBytes { s in
                 destination.withUnsafeMutableBytes { d in
-                    Reduction.add(s.baseAddress ?? UnsafeRawPointer(bitPattern: 1)!, into: d.baseAddress ?? UnsafeMutableRawPointer(bitPattern: 1)!, count: count, type: type)
+                    Reduction.add(
+                        s.baseAddress ?? UnsafeRawPointer(bitPattern: 1)!, into: d.baseAddress ?? UnsafeMutableRawPointer(bitPattern: 1)!,
+                        count: count, type: type, kernels: kernels
+                    )
                 }
             }
             let expected = zip(decode(encode(a, as: type), as: type), decode(source, as: type)).map { $0 + $1 }
-            #expect(decode(destination, as: type) == decode(encode(expected, as: type), as: type), "\(type) count \(count)")
+            #expect(decode(destination, as: type) == decode(encode(expected, as: type), as: type), "\(type) \(kernels) count \(count)")
         }
+    }
+
+    /// Sums of awkward half values: subnormals, the largest finite ones, sums that overflow to
+    /// infinity, exact ties, NaN and infinities; every kernel must round exactly as one Float32
+    /// addition rounded once by Swift's own conversion.
+    @Test(arguments: [DataType.float16, .bfloat16], Self.kernels)
+    func halfAddition_roundsLikeOneFloat32AdditionRoundedOnce(type: DataType, kernels: Reduction.Kernels) {
+        var generator = SplitMix(seed: 7)
+        let count = 4096 + 13
+        let pick: () -> UInt16 = {
+            switch generator.next() % 8 {
+            case 0: return UInt16(truncatingIfNeeded: generator.next() % 0x0400)  // subnormal or zero
+            case 1: return 0x7BFF  // largest finite binary16
+            case 2: return 0x7C00  // infinity
+            case 3: return 0x7E00 | UInt16(truncatingIfNeeded: generator.next() % 0x100)  // NaN
+            case 4: return 0x7F7F  // largest finite bfloat16
+            default: return UInt16(truncatingIfNeeded: generator.next())
+            }
+        }
+        var destination = (0..<count).map { _ in pick() ^ (generator.next() % 2 == 0 ? 0 : 0x8000) }
+        let source = (0..<count).map { _ in pick() }
+        let widen: (UInt16) -> Float = { type == .float16 ? Float(Float16(bitPattern: $0)) : BFloat16.float($0) }
+        let narrow: (Float) -> UInt16 = { type == .float16 ? Float16($0).bitPattern : BFloat16.bits($0) }
+        let expected = zip(destination, source).map { narrow(widen($0) + widen($1)) }
+        source.withUnsafeBytes { s in
+            destination.withUnsafeMutableBytes { d in
+                Reduction.add(s.baseAddress!, into: d.baseAddress!, count: count, type: type, kernels: kernels)
+            }
+        }
+        let wrong = (0..<count).filter { destination[$0] != expected[$0] && !(widen(destination[$0]).isNaN && widen(expected[$0]).isNaN) }
+        let shown = wrong.prefix(5).map { "element \($0): 0x\(String(destination[$0], radix: 16)), expected 0x\(String(expected[$0], radix: 16))" }
+        #expect(wrong.isEmpty, "\(type) \(kernels): \(wrong.count) wrong, e.g. \(shown)")
+    }
+
+    @Test(arguments: DataType.allCases, Self.kernels)
+    func scale_matchesScalarMultiplication(type: DataType, kernels: Reduction.Kernels) {
+        let count = 1000 + 7
+        let values = (0..<count).map { Float($0) * 0.37 - 100 }
+        var buffer = encode(values, as: type)
+        buffer.withUnsafeMutableBytes { Reduction.scale($0.baseAddress!, count: count, type: type, by: 1 / 3, kernels: kernels) }
+        let expected = decode(encode(values, as: type), as: type).map { $0 * (1 / 3) }
+        #expect(decode(buffer, as: type) == decode(encode(expected, as: type), as: type), "\(type) \(kernels)")
+    }
+
+    /// The portable conversions against Swift's `Float16`: every binary16 value widened, and the
+    /// narrowing of every binary16 value, of every midpoint between neighbours (ties go to even),
+    /// of the points just either side of each midpoint, and of a million Float32 bit patterns
+    /// spread over the whole range (overflow, underflow, subnormals, NaN).
+    @Test func portableBinary16Conversions_equalSwiftFloat16_exhaustively() {
+        var mismatches: [String] = []
+        func check(_ value: Float) {
+            let got = rm_float_to_half(value)
+            let expected = Float16(value).bitPattern
+            if got != expected && !(value.isNaN && Float16(bitPattern: got).isNaN) && mismatches.count < 10 {
+                mismatches.append("narrowing \(value) (0x\(String(value.bitPattern, radix: 16))): 0x\(String(got, radix: 16)), expected 0x\(String(expected, radix: 16))")
+            }
+        }
+        for bits in 0...UInt16.max {
+            let half = Float16(bitPattern: bits)
+            let widened = rm_half_to_float(bits)
+            if widened.bitPattern != Float(half).bitPattern && !(half.isNaN && widened.isNaN) && mismatches.count < 10 {
+                mismatches.append("widening 0x\(String(bits, radix: 16)): \(widened), expected \(Float(half))")
+            }
+            check(Float(half))
+            if half.isFinite && bits & 0x7FFF != 0x7BFF {
+                let next = Float(Float16(bitPattern: bits + 1))
+                let middle = (Float(half) + next) / 2  // exact in Float32
+                check(middle)
+                check(middle.nextUp)
+                check(middle.nextDown)
+            }
+        }
+        for bits in stride(from: UInt32(0), through: UInt32.max - 4099, by: 4099) {
+            check(Float(bitPattern: bits))
+        }
+        #expect(mismatches.isEmpty, "\(mismatches)")
+    }
+
+    @Test func portableBFloat16Conversions_equalTheSwiftReference() {
+        var mismatches = 0
+        for bits in stride(from: UInt32(0), through: UInt32.max - 4099, by: 4099) {
+            let value = Float(bitPattern: bits)
+            let got = rm_float_to_bfloat16(value)
+            if got != BFloat16.bits(value) && !(value.isNaN && BFloat16.float(got).isNaN) { mismatches += 1 }
+        }
+        for bits in 0...UInt16.max where rm_bfloat16_to_float(bits).bitPattern != BFloat16.float(bits).bitPattern {
+            mismatches += 1
+        }
+        #expect(mismatches == 0)
     }
 
     @Test func bfloat16_roundsToNearestEven() {

@@ -1,16 +1,19 @@
 import Collectives
 import Foundation
 import LocalCluster
+import Synchronization
 
 #if canImport(Glibc)
 import Glibc
 #endif
 
-/// All-reduce over real loopback TCP between separate processes, reported as nccl-tests does:
-/// per size, after a warm-up, at least 20 iterations and 1 s; p50 and p99 latency (per iteration,
-/// the slowest rank), algbw = bytes / time and busbw = algbw x 2(n-1)/n in 10^9 B/s, and CPU time
-/// per operation summed over the ranks. The same run measures the loopback TCP ceiling (one
-/// stream, 4 MiB writes) and prints each busbw as a fraction of it.
+/// All-reduce over real loopback TCP between separate processes (or, with the in-process
+/// transport, between threads of one process), reported as nccl-tests does: per size, after a
+/// warm-up, at least 20 iterations and 1 s; p50 and p99 latency (per iteration, the slowest
+/// rank), algbw = bytes / time and busbw = algbw x 2(n-1)/n in 10^9 B/s, and CPU time per
+/// operation summed over the ranks. The same run measures a ceiling (over TCP: one loopback
+/// stream, 4 MiB writes; in process: one thread's memory copy) and prints each busbw as a
+/// fraction of it.
 public enum AllReduceBenchmark {
     /// One size's figures.
     public struct Row: Sendable, Codable {
@@ -22,6 +25,32 @@ public enum AllReduceBenchmark {
         public var busGBps: Double
         public var cpuMicrosecondsPerOperation: Double
         public var algorithm: String
+    }
+
+    /// What every rank measures, the same on all of them.
+    public struct Settings: Sendable {
+        /// Message sizes in bytes.
+        public var sizes: [Int]
+        /// The element type (a size's element count is its bytes over the type's size).
+        public var type: DataType = .float32
+        /// The all-reduce algorithm.
+        public var algorithm: Communicator.Algorithm = .automatic
+        /// Overrides `Communicator.ringChunkBytes` when set.
+        public var ringChunkBytes: Int?
+
+        public init(sizes: [Int], type: DataType = .float32, algorithm: Communicator.Algorithm = .automatic, ringChunkBytes: Int? = nil) {
+            self.sizes = sizes
+            self.type = type
+            self.algorithm = algorithm
+            self.ringChunkBytes = ringChunkBytes
+        }
+
+        /// The worker's command-line arguments for these settings.
+        var arguments: [String] {
+            var arguments = ["--sizes", self.sizes.map(String.init).joined(separator: ","), "--algorithm", self.algorithm.rawValue, "--type", self.type.rawValue]
+            if let chunk = self.ringChunkBytes { arguments += ["--ring-chunk", "\(chunk)"] }
+            return arguments
+        }
     }
 
     /// Parses `4K,64K,1M,16M,64M` (binary multiples).
@@ -37,14 +66,15 @@ public enum AllReduceBenchmark {
 
     // MARK: - Parent
 
-    /// Starts `ranks` worker processes of `executable` and collects rank 0's rows.
+    /// Starts `ranks` worker processes of `executable`, connected over loopback TCP, and collects
+    /// rank 0's rows.
     public static func run(
         executable: String,
         ranks: Int,
-        sizes: [Int],
-        algorithm: Communicator.Algorithm,
+        settings: Settings,
         progress: (String) -> Void
     ) async throws -> [Row] {
+        let sizes = settings.sizes
         var workers: [ChildProcess] = []
         defer { for worker in workers { worker.signal(SIGKILL) } }
         let secret = (0..<32).map { _ in String(format: "%02x", UInt8.random(in: 0...255)) }.joined()
@@ -53,10 +83,7 @@ public enum AllReduceBenchmark {
                 try ChildProcess(
                     name: "rank \(rank)",
                     executable: executable,
-                    arguments: [
-                        "bench", "allreduce-worker", "--rank", "\(rank)", "--world", "\(ranks)",
-                        "--sizes", sizes.map(String.init).joined(separator: ","), "--algorithm", algorithm.rawValue,
-                    ],
+                    arguments: ["bench", "allreduce-worker", "--rank", "\(rank)", "--world", "\(ranks)"] + settings.arguments,
                     environment: ["RINGMASTER_BENCH_SECRET": secret],
                     standardInput: true
                 )
@@ -151,38 +178,110 @@ public enum AllReduceBenchmark {
 
     // MARK: - Worker
 
-    /// One rank: listens, reports its port, reads every rank's address, connects, and measures
-    /// each size; rank 0 prints one JSON row per size.
-    public static func worker(rank: Int, world: Int, sizes: [Int], algorithm: Communicator.Algorithm, secret: [UInt8]) throws {
+    /// Runs `ranks` ranks as threads of this process over the in-process transport (no
+    /// sockets: the algorithms, the reduction and the copies alone) and returns rank 0's rows.
+    /// CPU time is each rank thread's own.
+    public static func runInProcess(ranks: Int, settings: Settings, progress: @escaping @Sendable (String) -> Void) throws -> [Row] {
+        let fabric = InProcessFabric(worldSize: ranks)
+        let results = Mutex<(rows: [Row], errors: [String], finished: Int)>(([], [], 0))
+        let done = DispatchSemaphore(value: 0)
+        for rank in 0..<ranks {
+            let thread = Thread {
+                let communicator = Communicator(transport: fabric.transport(rank: rank))
+                do {
+                    try Self.measure(communicator, settings: settings, cpuSeconds: { Self.cpuSeconds(thread: true) }) { row in
+                        results.withLock { $0.rows.append(row) }
+                        progress(Self.format(row, ceiling: nil))
+                    }
+                } catch {
+                    // One failed rank fails the others' waits at once instead of at their deadline.
+                    fabric.abortAll(reason: "rank \(rank) failed: \(error)")
+                    results.withLock { $0.errors.append("rank \(rank): \(error)") }
+                }
+                done.signal()
+            }
+            thread.name = "ringmaster-bench-rank-\(rank)"
+            thread.start()
+        }
+        // Every wait inside has a deadline (30 s per operation), so this one is a backstop.
+        for _ in 0..<ranks {
+            guard done.wait(timeout: .now() + 900) == .success else {
+                fabric.abortAll(reason: "the benchmark ran past 15 minutes")
+                throw BenchmarkError("the in-process ranks did not finish within 15 minutes")
+            }
+        }
+        let outcome = results.withLock { $0 }
+        if let first = outcome.errors.first { throw BenchmarkError(first) }
+        return outcome.rows
+    }
+
+    /// One memory-to-memory copy stream on one thread, 64 MiB at a time, for about half a
+    /// second: the in-process transport's ceiling. Returns 10^9 B/s.
+    public static func copyCeiling() -> Double {
+        let bytes = 64 << 20
+        let source = UnsafeMutableRawBufferPointer.allocate(byteCount: bytes, alignment: 64)
+        let destination = UnsafeMutableRawBufferPointer.allocate(byteCount: bytes, alignment: 64)
+        defer {
+            source.deallocate()
+            destination.deallocate()
+        }
+        source.initializeMemory(as: UInt8.self, repeating: 1)
+        destination.initializeMemory(as: UInt8.self, repeating: 0)
+        let start = ContinuousClock.now
+        var copied = 0
+        while Self.seconds(ContinuousClock.now - start) < 0.5 {
+            destination.baseAddress!.copyMemory(from: source.baseAddress!, byteCount: bytes)
+            copied += bytes
+        }
+        return Double(copied) / Self.seconds(ContinuousClock.now - start) / 1e9
+    }
+
+    /// One rank of the TCP benchmark: listens, reports its port, reads every rank's address,
+    /// connects, and measures each size; rank 0 prints one JSON row per size.
+    public static func worker(rank: Int, world: Int, settings: Settings, secret: [UInt8]) throws {
         let listener = try DataPlaneListener(host: "127.0.0.1", port: 0)
         defer { listener.close() }
         FileHandle.standardOutput.write(Data("port \(listener.port)\n".utf8))
         guard let line = readLine() else { throw BenchmarkError("no address list on standard input") }
         let addresses = line.split(separator: ",").map(String.init)
         let transport = try TCPTransport.establish(rank: rank, addresses: addresses, generation: 1, secret: secret, listener: listener)
+        defer { transport.close() }
         let communicator = Communicator(transport: transport)
-        communicator.algorithm = algorithm
-        for size in sizes {
-            let count = size / 4
+        try Self.measure(communicator, settings: settings, cpuSeconds: { Self.cpuSeconds(thread: false) }) { row in
+            FileHandle.standardOutput.write((try? JSONEncoder().encode(row)) ?? Data())
+            FileHandle.standardOutput.write(Data("\n".utf8))
+        }
+    }
+
+    /// Measures every size on one rank; on rank 0, `emit` gets each size's row. `cpuSeconds`
+    /// reads this rank's CPU time so far.
+    static func measure(_ communicator: Communicator, settings: Settings, cpuSeconds: () -> Double, emit: (Row) -> Void) throws {
+        communicator.algorithm = settings.algorithm
+        if let chunk = settings.ringChunkBytes { communicator.ringChunkBytes = chunk }
+        let world = communicator.worldSize
+        let rank = communicator.rank
+        let type = settings.type
+        for size in settings.sizes {
+            let count = size / type.size
             let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: max(size, 4), alignment: 64)
             defer { buffer.deallocate() }
             buffer.initializeMemory(as: UInt8.self, repeating: 0)
             // Warm up, and let rank 0 pick the iteration count (>= 20 and >= 1 s) for everyone.
             let warmStart = ContinuousClock.now
-            for _ in 0..<5 { try communicator.allReduce(buffer, count: count, type: .float32) }
+            for _ in 0..<5 { try communicator.allReduce(buffer, count: count, type: type) }
             let perIteration = Self.seconds(ContinuousClock.now - warmStart) / 5
             var iterations = max(20, Int((1.0 / max(perIteration, 1e-7)).rounded(.up)))
             iterations = min(iterations, 100_000)
             try withUnsafeMutableBytes(of: &iterations) { try communicator.broadcast($0, root: 0) }
             try communicator.barrier()
             var times = [Double](repeating: 0, count: iterations)
-            let cpuBefore = Self.cpuSeconds()
+            let cpuBefore = cpuSeconds()
             for iteration in 0..<iterations {
                 let start = ContinuousClock.now
-                try communicator.allReduce(buffer, count: count, type: .float32)
+                try communicator.allReduce(buffer, count: count, type: type)
                 times[iteration] = Self.seconds(ContinuousClock.now - start)
             }
-            let cpu = Self.cpuSeconds() - cpuBefore
+            let cpu = cpuSeconds() - cpuBefore
             // Every rank's times and CPU, so the row reports the slowest rank per iteration.
             var all = [Double](repeating: 0, count: iterations * world)
             try times.withUnsafeBytes { source in
@@ -198,31 +297,33 @@ public enum AllReduceBenchmark {
                 let p50 = slowest[slowest.count / 2]
                 let p99 = slowest[min(slowest.count - 1, Int(Double(slowest.count) * 0.99))]
                 let algbw = Double(size) / p50 / 1e9
-                let row = Row(
-                    bytes: size,
-                    iterations: iterations,
-                    p50Microseconds: p50 * 1e6,
-                    p99Microseconds: p99 * 1e6,
-                    algorithmGBps: algbw,
-                    busGBps: algbw * 2 * Double(world - 1) / Double(world),
-                    cpuMicrosecondsPerOperation: cpuTotal.reduce(0, +) / Double(iterations) * 1e6,
-                    algorithm: communicator.algorithm == .automatic
-                        ? (size > communicator.smallMessageBytes ? "ring" : "recursive-doubling") : communicator.algorithm.rawValue
+                emit(
+                    Row(
+                        bytes: size,
+                        iterations: iterations,
+                        p50Microseconds: p50 * 1e6,
+                        p99Microseconds: p99 * 1e6,
+                        algorithmGBps: algbw,
+                        busGBps: algbw * 2 * Double(world - 1) / Double(world),
+                        cpuMicrosecondsPerOperation: cpuTotal.reduce(0, +) / Double(iterations) * 1e6,
+                        algorithm: communicator.algorithm == .automatic
+                            ? (size > communicator.smallMessageBytes ? "ring" : "recursive-doubling") : communicator.algorithm.rawValue
+                    )
                 )
-                FileHandle.standardOutput.write(try JSONEncoder().encode(row) + Data("\n".utf8))
             }
         }
         try communicator.barrier()
-        transport.close()
     }
 
     static func seconds(_ duration: Duration) -> Double {
         Double(duration.components.seconds) + Double(duration.components.attoseconds) / 1e18
     }
 
-    static func cpuSeconds() -> Double {
+    /// User and system CPU seconds of this process, or of the calling thread alone.
+    static func cpuSeconds(thread: Bool) -> Double {
         var usage = rusage()
-        getrusage(RUSAGE_SELF.rawValue, &usage)
+        // RUSAGE_THREAD (1, Linux) is not imported from Glibc's headers.
+        getrusage(thread ? __rusage_who_t(1) : RUSAGE_SELF.rawValue, &usage)
         return Double(usage.ru_utime.tv_sec + usage.ru_stime.tv_sec) + Double(usage.ru_utime.tv_usec + usage.ru_stime.tv_usec) / 1e6
     }
 }
