@@ -561,7 +561,7 @@ enum Socket {
     }
 
     /// TCP_NODELAY and 1 MiB socket buffers (the kernel doubles them). Over loopback on the
-    /// 2-core machine, 1 MiB beat 512 KiB, 2 MiB and 4 MiB (bench/README.md): 4 ranks 0.71 to 0.87
+    /// 2-core machine, 1 MiB beat 512 KiB, 2 MiB and 4 MiB (bench/README.md): 4 ranks 0.69 to 0.87
     /// GB/s busbw at 16 MiB, 2 ranks 1.27 to 1.58; bytes queued in socket buffers are bytes the
     /// receiver's copy no longer finds in cache.
     static func tune(_ fd: Int32) {
