@@ -247,6 +247,7 @@ let package = Package(
         .testTarget(
             name: "IntegrationTests",
             dependencies: [
+                "Checkpointing",
                 "RingmasterWire",
                 "RingmasterSecurity",
                 "ControlPlane",

@@ -118,6 +118,35 @@ public enum CheckpointReader {
         return (manifest, state)
     }
 
+    /// Checks one checkpoint as `load` does (the manifest, every shard's presence, size and
+    /// SHA-256) without keeping the state: shards stream through one buffer of
+    /// `CheckpointWriter.chunkBytes`, so memory does not grow with the model. Throws as `load`.
+    public static func verify(root: String, step: UInt64) throws -> CheckpointManifest {
+        let manifest = try Self.manifest(root: root, step: step)
+        let directory = CheckpointLayout.stepDirectory(root: root, step: step)
+        for shard in manifest.shards {
+            try Self.checkSize(CheckpointLayout.join(directory, shard.file), record: shard)
+        }
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: CheckpointWriter.chunkBytes, alignment: 64)
+        defer { buffer.deallocate() }
+        for shard in manifest.shards {
+            try Self.streamShard(CheckpointLayout.join(directory, shard.file), record: shard) { _, count in
+                UnsafeMutableRawBufferPointer(rebasing: buffer[0..<count])
+            }
+        }
+        return manifest
+    }
+
+    /// The newest committed checkpoint (at or before `step` if given) that verifies (see
+    /// `verify`), with the newer ones that failed and why, as `loadLatest` finds them.
+    public static func verifyLatest(
+        root: String,
+        atOrBefore step: UInt64? = nil
+    ) throws -> (manifest: CheckpointManifest, skipped: [(step: UInt64, error: CheckpointError)]) {
+        let found = try Self.newest(root: root, atOrBefore: step) { try Self.verify(root: root, step: $0) }
+        return (found.value, found.skipped)
+    }
+
     /// The newest committed checkpoint (at or before `step` if given) that loads; `skipped` lists newer ones that failed
     /// with why (the caller logs them loudly). Throws .noValidCheckpoint (listing each failure, or saying there is none
     /// under root) when none loads.
@@ -125,12 +154,23 @@ public enum CheckpointReader {
         root: String,
         atOrBefore step: UInt64? = nil
     ) throws -> (manifest: CheckpointManifest, state: [Float], skipped: [(step: UInt64, error: CheckpointError)]) {
+        let found = try Self.newest(root: root, atOrBefore: step) { try Self.load(root: root, step: $0) }
+        return (found.value.manifest, found.value.state, found.skipped)
+    }
+
+    /// The first committed step, newest first (at or before `step` if given), for which
+    /// `attempt` succeeds, with the newer steps it failed on. Throws .noValidCheckpoint (listing
+    /// each failure, or saying there is none under root) when it fails on all.
+    static func newest<Value>(
+        root: String,
+        atOrBefore step: UInt64?,
+        _ attempt: (UInt64) throws -> Value
+    ) throws -> (value: Value, skipped: [(step: UInt64, error: CheckpointError)]) {
         let candidates = try Self.committedSteps(root: root).filter { step == nil || $0 <= step! }
         var skipped: [(step: UInt64, error: CheckpointError)] = []
         for candidate in candidates {
             do {
-                let (manifest, state) = try Self.load(root: root, step: candidate)
-                return (manifest, state, skipped)
+                return (try attempt(candidate), skipped)
             } catch let error as CheckpointError {
                 skipped.append((candidate, error))
             }
@@ -149,6 +189,20 @@ public enum CheckpointReader {
 
     /// Reads one shard into `destination` (exactly its recorded size), hashing as it reads.
     static func readShard(_ path: String, record: ShardRecord, into destination: UnsafeMutableRawBufferPointer) throws {
+        precondition(destination.count == record.bytes, "the destination is not the shard's size")
+        try Self.streamShard(path, record: record) { offset, count in
+            UnsafeMutableRawBufferPointer(rebasing: destination[offset..<(offset + count)])
+        }
+    }
+
+    /// Reads one shard of its recorded size in chunks of at most `CheckpointWriter.chunkBytes`,
+    /// each into the buffer `place(offset, count)` returns, hashing as it goes; throws unless the
+    /// file has that size and its SHA-256 matches the record.
+    static func streamShard(
+        _ path: String,
+        record: ShardRecord,
+        place: (_ offset: Int, _ count: Int) -> UnsafeMutableRawBufferPointer
+    ) throws {
         let descriptor: DurableFile.Descriptor
         do {
             descriptor = try DurableFile.open(path, O_RDONLY)
@@ -161,9 +215,9 @@ public enum CheckpointReader {
         try Self.checkSize(Int(info.st_size), path: path, record: record)
         var hasher = SHA256()
         var offset = 0
-        while offset < destination.count {
-            let end = min(offset + CheckpointWriter.chunkBytes, destination.count)
-            let chunk = UnsafeMutableRawBufferPointer(rebasing: destination[offset..<end])
+        while offset < record.bytes {
+            let end = min(offset + CheckpointWriter.chunkBytes, record.bytes)
+            let chunk = place(offset, end - offset)
             let count = try DurableFile.readFully(descriptor, into: chunk)
             guard count == chunk.count else {
                 throw CheckpointError(

@@ -138,9 +138,26 @@ extension CoordinatorService {
         }
     }
 
+    /// `resumePoint` on a thread of its own: verifying reads every shard of the checkpoint
+    /// (gigabytes, for a large model), and the thread serving the submit's connection is one of
+    /// the few that serve every connection, heartbeats included, so it only waits here. Not a
+    /// Dispatch queue: on Linux those share their threads with Swift's cooperative pool, and a
+    /// few verifications would fill it (a status request then waited 6.9 s behind six of them).
+    func resumePointAwaitingVerification(for spec: JobSpec, logger: Logger) async throws -> CoordinatorMachine.JobStart? {
+        guard spec.resume != nil else { return nil }
+        return try await withCheckedThrowingContinuation { continuation in
+            let thread = Thread {
+                continuation.resume(with: Result { try self.resumePoint(for: spec, logger: logger) })
+            }
+            thread.name = "ringmaster-resume-verification"
+            thread.start()
+        }
+    }
+
     /// Where a submitted job with `resume` starts: the newest committed checkpoint (at or before
-    /// the step asked for) whose every shard verifies. Newer ones that fail are logged loudly and
-    /// skipped; with none valid, or one that does not fit the spec, the submit is refused.
+    /// the step asked for) whose every shard verifies, streamed through a small buffer rather
+    /// than loaded. Newer ones that fail are logged loudly and skipped; with none valid, or one
+    /// that does not fit the spec, the submit is refused.
     func resumePoint(for spec: JobSpec, logger: Logger) throws -> CoordinatorMachine.JobStart? {
         guard let resume = spec.resume, let root = spec.checkpointDirectory else { return nil }
         if self.engine.withLock({ $0.machine.record(job: spec.name) }) != nil {
@@ -152,7 +169,7 @@ extension CoordinatorService {
         case .latest: limit = nil
         case .atOrBefore(let step): limit = step
         }
-        let found = try CheckpointReader.loadLatest(root: root, atOrBefore: limit)
+        let found = try CheckpointReader.verifyLatest(root: root, atOrBefore: limit)
         for skipped in found.skipped {
             logger.error(
                 "a committed checkpoint failed verification; falling back to an older one",

@@ -296,7 +296,7 @@ public final class CoordinatorService: Service, Sendable {
                         try await outbound.write(.error(.permissionDenied, reason, requestID: envelope.requestID))
                         return
                     }
-                    let outcome = self.handle(envelope, from: peer, join: &join, context: context)
+                    let outcome = await self.handle(envelope, from: peer, join: &join, context: context)
                     for reply in outcome.replies {
                         try await outbound.write(reply)
                     }
@@ -328,7 +328,7 @@ public final class CoordinatorService: Service, Sendable {
         from peer: (identity: PeerIdentity, certificate: Certificate)?,
         join: inout JoinExchange,
         context: ConnectionContext
-    ) -> Outcome {
+    ) async -> Outcome {
         let requestID = envelope.requestID
         let identity = peer?.identity
         let logger = context.logger
@@ -367,7 +367,7 @@ public final class CoordinatorService: Service, Sendable {
             guard let identity else { return Outcome(replies: [], close: true) }
             return self.renew(renew, identity: identity, requestID: requestID, logger: logger)
         case .adminRequest(let admin):
-            return self.admin(admin, requestID: requestID, logger: logger)
+            return await self.admin(admin, requestID: requestID, logger: logger)
         case .shardReady(let shard):
             guard let node = identity?.name else { return Outcome(replies: [], close: true) }
             self.shardReported(shard, node: node, logger: logger)
@@ -482,7 +482,7 @@ public final class CoordinatorService: Service, Sendable {
         }
     }
 
-    func admin(_ admin: Ringmaster_V1_AdminRequest, requestID: UInt64, logger: Logger) -> Outcome {
+    func admin(_ admin: Ringmaster_V1_AdminRequest, requestID: UInt64, logger: Logger) async -> Outcome {
         var reply = Envelope()
         reply.requestID = requestID
         do {
@@ -511,7 +511,7 @@ public final class CoordinatorService: Service, Sendable {
                 }
                 let start: CoordinatorMachine.JobStart?
                 do {
-                    start = try self.resumePoint(for: spec, logger: logger)
+                    start = try await self.resumePointAwaitingVerification(for: spec, logger: logger)
                 } catch {
                     logger.error("refused to resume a job", metadata: [LogKey.job: "\(spec.name)", LogKey.reason: "\(error)"])
                     return Outcome(replies: [.error(.invalidRequest, "\(error)", requestID: requestID)])

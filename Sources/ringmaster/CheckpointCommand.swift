@@ -40,7 +40,7 @@ struct CheckpointCommand: AsyncParsableCommand {
                 ]
                 if entry.committed {
                     do {
-                        let (manifest, _) = try CheckpointReader.load(root: self.root, step: entry.step)
+                        let manifest = try CheckpointReader.verify(root: self.root, step: entry.step)
                         row["world_size"] = manifest.worldSize
                         row["verified"] = true
                         row["job"] = manifest.job

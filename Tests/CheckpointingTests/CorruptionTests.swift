@@ -89,6 +89,15 @@ struct CorruptionTests {
         #expect(latest.skipped.map(\.step) == [200])
         #expect(latest.skipped.first?.error.code == damage.code)
         #expect(latest.skipped.first?.error.message == error?.message)
+
+        // Verifying without loading (what the coordinator does at submit) finds the same.
+        let verifyError = expectCheckpointError { _ = try CheckpointReader.verify(root: root, step: 200) }
+        #expect(verifyError?.code == error?.code)
+        #expect(verifyError?.message == error?.message)
+        let verified = try CheckpointReader.verifyLatest(root: root)
+        #expect(verified.manifest == latest.manifest)
+        #expect(verified.skipped.map(\.step) == [200])
+        #expect(verified.skipped.first?.error.message == error?.message)
     }
 
     @Test("when the only checkpoint is damaged, loadLatest says so and why", arguments: Damage.allCases)
