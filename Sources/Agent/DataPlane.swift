@@ -19,7 +19,7 @@ final class DataPlane: Sendable {
     }
 
     /// The address peers dial.
-    var address: String { "\(self.advertisedHost):\(self.listener.port)" }
+    var address: String { ControlAddress(host: self.advertisedHost, port: self.listener.port).description }
 
     /// Connects this rank of `assignment`'s generation to every other member, giving up when
     /// `timeout` passes or `isCancelled` turns true (a newer generation, an abort).

@@ -65,28 +65,23 @@ public final class DataPlaneListener: @unchecked Sendable {
         let from: Int
     }
 
-    /// Binds `host:port` (port 0 picks one) and starts accepting.
+    /// Binds `host:port` (an IPv4 or IPv6 address, `[v6]` too; port 0 picks one) and starts
+    /// accepting. `::` takes IPv4 connections as well, unless the system makes IPv6 sockets
+    /// IPv6-only.
     public init(host: String = "127.0.0.1", port: Int = 0) throws {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        var endpoint = try Socket.endpoint(host: host, port: port)
+        let fd = socket(endpoint.family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard fd >= 0 else { throw Socket.error("socket") }
         var one: Int32 = 1
         setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
-        var address = try Socket.address(host: host, port: port)
-        let bound = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-        }
-        guard bound == 0, listen(fd, 128) == 0 else {
+        guard endpoint.withAddress({ bind(fd, $0, $1) }) == 0, listen(fd, 128) == 0 else {
             let error = Socket.error("bind \(host):\(port)")
             Glibc.close(fd)
             throw error
         }
-        var local = sockaddr_in()
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        _ = withUnsafeMutablePointer(to: &local) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) }
-        }
+        _ = endpoint.withMutableAddress { getsockname(fd, $0, $1) }
         self.fd = fd
-        self.port = Int(UInt16(bigEndian: local.sin_port))
+        self.port = endpoint.port
         let thread = Thread { [self] in self.acceptLoop() }
         thread.name = "ringmaster-dataplane-accept"
         thread.start()
@@ -297,18 +292,15 @@ public final class TCPTransport: Transport, @unchecked Sendable {
         isCancelled: @Sendable () -> Bool = { false }
     ) throws -> Int32 {
         guard let colon = address.lastIndex(of: ":"), let port = Int(address[address.index(after: colon)...]) else {
-            throw CollectiveError(.invalidArgument, operation: "connect", peer: to, "\"\(address)\" is not HOST:PORT")
+            throw CollectiveError(.invalidArgument, operation: "connect", peer: to, "\"\(address)\" is not HOST:PORT (or [IPV6]:PORT)")
         }
-        let host = String(address[..<colon])
+        let target = try Socket.endpoint(host: String(address[..<colon]), port: port)
         var lastError: CollectiveError?
         while ContinuousClock.now < deadline {
             if isCancelled() { throw CollectiveError(.aborted, operation: "connect", peer: to, "connecting was cancelled") }
-            let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+            let fd = socket(target.family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
             guard fd >= 0 else { throw Socket.error("socket") }
-            var target = try Socket.address(host: host, port: port)
-            let connected = withUnsafePointer(to: &target) {
-                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-            }
+            let connected = target.withAddress { connect(fd, $0, $1) }
             if connected != 0 {
                 lastError = CollectiveError(.io, operation: "connect", peer: to, "connecting to \(address): \(String(cString: strerror(errno)))")
                 Glibc.close(fd)
@@ -540,6 +532,37 @@ extension TCPTransport {
 
 // MARK: - Sockets
 
+/// An IPv4 or IPv6 socket address.
+struct Endpoint {
+    var storage = sockaddr_storage()
+    var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
+
+    /// AF_INET or AF_INET6.
+    var family: Int32 { Int32(self.storage.ss_family) }
+
+    /// The port, in host order.
+    var port: Int {
+        withUnsafeBytes(of: self.storage) { raw in
+            self.family == AF_INET6
+                ? Int(UInt16(bigEndian: raw.load(as: sockaddr_in6.self).sin6_port))
+                : Int(UInt16(bigEndian: raw.load(as: sockaddr_in.self).sin_port))
+        }
+    }
+
+    /// Calls `body` with the address as a `sockaddr` and its length (bind, connect).
+    func withAddress<Result>(_ body: (UnsafePointer<sockaddr>, socklen_t) -> Result) -> Result {
+        withUnsafeBytes(of: self.storage) { body($0.baseAddress!.assumingMemoryBound(to: sockaddr.self), self.length) }
+    }
+
+    /// Calls `body` with room for an address and its length, which it fills (getsockname).
+    mutating func withMutableAddress<Result>(_ body: (UnsafeMutablePointer<sockaddr>, UnsafeMutablePointer<socklen_t>) -> Result) -> Result {
+        var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
+        let result = withUnsafeMutableBytes(of: &self.storage) { body($0.baseAddress!.assumingMemoryBound(to: sockaddr.self), &length) }
+        self.length = length
+        return result
+    }
+}
+
 enum Socket {
     static func error(_ what: String) -> CollectiveError {
         CollectiveError(.io, operation: "socket", "\(what): \(String(cString: strerror(errno)))")
@@ -549,15 +572,30 @@ enum Socket {
         Double(duration.components.seconds) + Double(duration.components.attoseconds) / 1e18
     }
 
-    static func address(host: String, port: Int) throws -> sockaddr_in {
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_port = in_port_t(UInt16(port).bigEndian)
-        let resolved = host == "localhost" ? "127.0.0.1" : host
-        guard inet_pton(AF_INET, resolved, &address.sin_addr) == 1 else {
-            throw CollectiveError(.invalidArgument, operation: "socket", "\"\(host)\" is not an IPv4 address")
+    /// The socket address of `host` (an IPv4 or IPv6 literal, `[v6]` too, or `localhost`) and
+    /// `port`. Names other than `localhost` are not resolved: data-plane addresses are what the
+    /// agents announced, which are addresses.
+    static func endpoint(host: String, port: Int) throws -> Endpoint {
+        var text = host
+        if text.hasPrefix("[") && text.hasSuffix("]") { text = String(text.dropFirst().dropLast()) }
+        if text == "localhost" { text = "127.0.0.1" }
+        var endpoint = Endpoint()
+        var v4 = sockaddr_in()
+        var v6 = sockaddr_in6()
+        if inet_pton(AF_INET, text, &v4.sin_addr) == 1 {
+            v4.sin_family = sa_family_t(AF_INET)
+            v4.sin_port = in_port_t(UInt16(truncatingIfNeeded: port).bigEndian)
+            withUnsafeBytes(of: v4) { source in withUnsafeMutableBytes(of: &endpoint.storage) { $0.copyMemory(from: source) } }
+            endpoint.length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        } else if inet_pton(AF_INET6, text, &v6.sin6_addr) == 1 {
+            v6.sin6_family = sa_family_t(AF_INET6)
+            v6.sin6_port = in_port_t(UInt16(truncatingIfNeeded: port).bigEndian)
+            withUnsafeBytes(of: v6) { source in withUnsafeMutableBytes(of: &endpoint.storage) { $0.copyMemory(from: source) } }
+            endpoint.length = socklen_t(MemoryLayout<sockaddr_in6>.size)
+        } else {
+            throw CollectiveError(.invalidArgument, operation: "socket", "\"\(host)\" is not an IPv4 or IPv6 address")
         }
-        return address
+        return endpoint
     }
 
     /// TCP_NODELAY and 1 MiB socket buffers (the kernel doubles them). Over loopback on the

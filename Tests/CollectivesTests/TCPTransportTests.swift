@@ -14,10 +14,10 @@ import Glibc
 struct TCPTransportTests {
     static let secret = Array(SHA256.hash(data: Array("test generation secret".utf8)))
 
-    /// Listeners for `worldSize` ranks and their addresses.
-    static func listeners(_ worldSize: Int) throws -> ([DataPlaneListener], [String]) {
-        let listeners = try (0..<worldSize).map { _ in try DataPlaneListener(host: "127.0.0.1", port: 0) }
-        return (listeners, listeners.map { "127.0.0.1:\($0.port)" })
+    /// Listeners for `worldSize` ranks on `host` and their addresses.
+    static func listeners(_ worldSize: Int, host: String = "127.0.0.1") throws -> ([DataPlaneListener], [String]) {
+        let listeners = try (0..<worldSize).map { _ in try DataPlaneListener(host: host, port: 0) }
+        return (listeners, listeners.map { "\(host):\($0.port)" })
     }
 
     static func run(
@@ -25,9 +25,10 @@ struct TCPTransportTests {
         counts: [Int],
         type: DataType,
         operation: ReduceOperation = .sum,
-        generation: UInt64 = 1
+        generation: UInt64 = 1,
+        host: String = "127.0.0.1"
     ) throws -> [[[Float]]] {
-        let (listeners, addresses) = try Self.listeners(worldSize)
+        let (listeners, addresses) = try Self.listeners(worldSize, host: host)
         defer { for listener in listeners { listener.close() } }
         let results = Mutex<[[[Float]]]>(Array(repeating: [], count: worldSize))
         try runRanks(worldSize) { rank in
@@ -50,6 +51,25 @@ struct TCPTransportTests {
             results.withLock { $0[rank] = mine }
         }
         return results.withLock { $0 }
+    }
+
+    /// IPv6 loopback, the address written as agents announce it (`[::1]:PORT`); and a listener
+    /// on `::` takes an IPv4 connection too.
+    @Test func overIPv6_sumsAreExact_andTheListenerOnAnyAddressTakesIPv4() throws {
+        let counts = [1, 1009, 300_007]
+        let results = try Self.run(worldSize: 3, counts: counts, type: .float32, host: "[::1]")
+        for (index, count) in counts.enumerated() {
+            for rank in 0..<3 {
+                #expect(results[rank][index] == referenceSum(worldSize: 3, count: count), "\(count) elements, rank \(rank)")
+            }
+        }
+        let any = try DataPlaneListener(host: "::", port: 0)
+        defer { any.close() }
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { Glibc.close(fd) }
+        let connected = try Socket.endpoint(host: "127.0.0.1", port: any.port).withAddress { connect(fd, $0, $1) }
+        #expect(connected == 0, "an IPv4 client reaches a listener on ::: \(String(cString: strerror(errno)))")
+        #expect(throws: CollectiveError.self) { try DataPlaneListener(host: "ringmaster.invalid", port: 0) }
     }
 
     @Test(arguments: 1...8)
@@ -90,8 +110,7 @@ struct TCPTransportTests {
             _ = try? TCPTransport.dial(addresses[0], from: 1, to: 0, generation: 1, secret: Array(repeating: 7, count: 32), deadline: .now + .milliseconds(300))
             // And one that speaks no protocol at all.
             let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-            var address = try! Socket.address(host: "127.0.0.1", port: listeners[0].port)
-            _ = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+            _ = try! Socket.endpoint(host: "127.0.0.1", port: listeners[0].port).withAddress { connect(fd, $0, $1) }
             _ = Glibc.send(fd, "GET / HTTP/1.1\r\n\r\n", 18, Int32(MSG_NOSIGNAL))
             Glibc.close(fd)
         }

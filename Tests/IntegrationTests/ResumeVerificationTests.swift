@@ -10,12 +10,12 @@ import Testing
 /// requests are answered meanwhile, and it streams the shards instead of holding the state.
 @Suite("Resume verification beside other requests", .timeLimit(.minutes(2)))
 struct ResumeVerificationTests {
-    /// Elements per shard: 1 GiB of Float32, as sparse files of zeros (no disk blocks used).
-    static let shardElements = 1 << 28
-    /// SHA-256 of 2^30 zero bytes (`head -c 1073741824 /dev/zero | sha256sum`).
-    static let zeroShardSHA256 = "49bc20df15e412a64472421e13fe86ff1c5165e18b2afccf160d4dc19fe68a14"
+    /// Elements per shard: 512 MiB of Float32, as sparse files of zeros (no disk blocks used).
+    static let shardElements = 1 << 27
+    /// SHA-256 of 2^29 zero bytes (`head -c 536870912 /dev/zero | sha256sum`).
+    static let zeroShardSHA256 = "9acca8e8c22201155389f65abbf6bc9723edc7384ead80503839f49dcc56d767"
 
-    /// A committed checkpoint at step 100 of two 1 GiB shards of zeros under `root`.
+    /// A committed checkpoint at step 100 of two 512 MiB shards of zeros under `root`.
     func writeLargeCheckpoint(root: String) throws {
         let directory = CheckpointLayout.stepDirectory(root: root, step: 100)
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
@@ -58,7 +58,7 @@ struct ResumeVerificationTests {
 
         // More verifying submits than the coordinator has cores (and so threads in Swift's
         // cooperative pool, which serves every connection).
-        let submits = ProcessInfo.processInfo.activeProcessorCount + 4
+        let submits = ProcessInfo.processInfo.activeProcessorCount + 2
         let started = ContinuousClock.now
         let firstAnswered = Flag()
         async let submitted: [Duration] = withThrowingTaskGroup(of: Duration.self) { group in
@@ -93,8 +93,14 @@ struct ResumeVerificationTests {
             statusTimes.count >= 5,
             "only \(statusTimes.count) status replies came before the first submit was answered (after \(firstSubmitDone)): the verification was too short to overlap them"
         )
+        // Blocked behind the verifications, a status request would wait about as long as they
+        // take; served beside them, a small fraction of that even on a loaded machine (alone
+        // here: tens of milliseconds against seconds).
         let slowest = try #require(statusTimes.max())
-        #expect(slowest < .seconds(1), "a status request waited \(slowest) behind the verifications (all: \(statusTimes))")
+        #expect(
+            slowest * 4 < firstSubmitDone,
+            "a status request waited \(slowest), against \(firstSubmitDone) for the first verifying submit (all: \(statusTimes))"
+        )
     }
 }
 
