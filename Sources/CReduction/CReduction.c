@@ -5,8 +5,6 @@
 
 #include "CReduction.h"
 
-#include <string.h>
-
 #if defined(__x86_64__)
 #include <immintrin.h>
 #define RM_HAVE_AVX2_PATH 1
@@ -16,13 +14,13 @@
 
 static inline uint32_t bits_of(float value) {
     uint32_t bits;
-    memcpy(&bits, &value, 4);
+    __builtin_memcpy(&bits, &value, 4);
     return bits;
 }
 
 static inline float float_of(uint32_t bits) {
     float value;
-    memcpy(&value, &bits, 4);
+    __builtin_memcpy(&value, &bits, 4);
     return value;
 }
 
@@ -79,9 +77,28 @@ static void add_f32(const float *src, float *dst, size_t count) {
     for (size_t i = 0; i < count; i++) dst[i] += src[i];
 }
 
+#if defined(__aarch64__)
+/* arm64 converts binary16 in hardware (FCVT, and FCVTL/FCVTN once vectorised), rounding to
+   nearest even: the same results as the bit arithmetic below. */
+static inline float half_load(const uint16_t *p) {
+    __fp16 half;
+    __builtin_memcpy(&half, p, 2);
+    return (float)half;
+}
+
+static inline void half_store(uint16_t *p, float value) {
+    __fp16 half = (__fp16)value;
+    __builtin_memcpy(p, &half, 2);
+}
+
+static void add_f16(const uint16_t *src, uint16_t *dst, size_t count) {
+    for (size_t i = 0; i < count; i++) half_store(dst + i, half_load(dst + i) + half_load(src + i));
+}
+#else
 static void add_f16(const uint16_t *src, uint16_t *dst, size_t count) {
     for (size_t i = 0; i < count; i++) dst[i] = float_to_half(half_to_float(dst[i]) + half_to_float(src[i]));
 }
+#endif
 
 static void add_bf16(const uint16_t *src, uint16_t *dst, size_t count) {
     for (size_t i = 0; i < count; i++) dst[i] = float_to_bfloat16(bfloat16_to_float(dst[i]) + bfloat16_to_float(src[i]));
@@ -92,7 +109,11 @@ static void scale_f32(float *buf, size_t count, float factor) {
 }
 
 static void scale_f16(uint16_t *buf, size_t count, float factor) {
+#if defined(__aarch64__)
+    for (size_t i = 0; i < count; i++) half_store(buf + i, half_load(buf + i) * factor);
+#else
     for (size_t i = 0; i < count; i++) buf[i] = float_to_half(half_to_float(buf[i]) * factor);
+#endif
 }
 
 static void scale_bf16(uint16_t *buf, size_t count, float factor) {
@@ -190,14 +211,11 @@ RM_AVX2 static void scale_bf16_avx2(uint16_t *buf, size_t count, float factor) {
 
 /* ---- Dispatch ---- */
 
+/* Asked once by Swift (a lazily made constant); nothing is cached here, so nothing is shared. */
 int rm_kernels_best(void) {
 #if RM_HAVE_AVX2_PATH
-    static int best = -1;
-    if (best < 0) {
-        __builtin_cpu_init();
-        best = (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c")) ? RM_KERNELS_AVX2 : RM_KERNELS_PORTABLE;
-    }
-    return best;
+    __builtin_cpu_init();
+    return (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c")) ? RM_KERNELS_AVX2 : RM_KERNELS_PORTABLE;
 #else
     return RM_KERNELS_PORTABLE;
 #endif

@@ -114,6 +114,8 @@ extension CoordinatorService {
                         progress.lastCheckpointStep = max(progress.lastCheckpointStep, manifest.step)
                         engine.progress[manifest.job] = progress
                     }
+                    // The last checkpoint may commit after the job's last step.
+                    self.saveProgress(of: [manifest.job], engine: &engine, logger: logger)
                 }
                 self.metrics.checkpointsCommitted.increment()
                 logger.info(
@@ -128,6 +130,7 @@ extension CoordinatorService {
                 self.engine.withLock { engine in
                     engine.progress[manifest.job, default: JobProgress()].checkpointFailures += 1
                     engine.progress[manifest.job, default: JobProgress()].lastCheckpointError = "step \(manifest.step), manifest: \(error)"
+                    self.saveProgress(of: [manifest.job], engine: &engine, logger: logger)
                 }
                 self.metrics.checkpointFailures.increment()
                 logger.error(

@@ -87,6 +87,24 @@ extension CoordinatorService {
         }
     }
 
+    /// Saves the progress of `jobs` (see `JobProgress.Saved`). Under the engine lock.
+    func saveProgress(of jobs: [String], engine: inout Engine, logger: Logger) {
+        var encoded: [String: Data] = [:]
+        for job in Set(jobs) {
+            guard let progress = engine.progress[job] else { continue }
+            do {
+                encoded[job] = try progress.encoded()
+            } catch {
+                logger.error("could not encode a job's progress", metadata: [LogKey.job: "\(job)", LogKey.error: "\(error)"])
+            }
+        }
+        do {
+            try self.store.save(progress: encoded)
+        } catch {
+            logger.error("could not save jobs' progress", metadata: [LogKey.error: "\(error)"])
+        }
+    }
+
     /// Carries out actions. Runs under the engine lock: nothing here may block for long.
     ///
     /// Durable records are written first, before any push or log line of the same event: what an
@@ -110,6 +128,15 @@ extension CoordinatorService {
             }
         }
         var cursors: [String: (generation: UInt64, cursor: UInt64)] = [:]
+        // Saved after the loop, so that it includes what these actions change (a generation
+        // started, a step's loss).
+        defer {
+            let persisted = actions.compactMap { action -> String? in
+                if case .persist(let job) = action { return job }
+                return nil
+            }
+            self.saveProgress(of: persisted, engine: &engine, logger: logger)
+        }
         for action in actions {
             switch action {
             case .assign(let node, let assignment):

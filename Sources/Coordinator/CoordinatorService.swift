@@ -86,7 +86,8 @@ public final class CoordinatorService: Service, Sendable {
     struct Engine: ~Copyable {
         var machine: CoordinatorMachine
         var sessions: [String: Session] = [:]
-        /// What members reported about each job's training (in memory: a restart starts afresh).
+        /// What members reported about each job's training. What `job status` shows of it is
+        /// saved with every cursor commit and restored at start (`JobProgress.Saved`).
         var progress: [String: JobProgress] = [:]
     }
 
@@ -109,6 +110,46 @@ public final class CoordinatorService: Service, Sendable {
         var lastCheckpointStep: UInt64 = 0
         var checkpointFailures: UInt64 = 0
         var lastCheckpointError = ""
+
+        /// What is kept across coordinator restarts: what `job status` shows.
+        struct Saved: Codable {
+            var loss: Double
+            var testAccuracy: Double?
+            var divergences: UInt64
+            /// `Ringmaster_V1_GenerationRecord`s, serialized.
+            var history: [Data]
+            var lastCheckpointStep: UInt64
+            var checkpointFailures: UInt64
+            var lastCheckpointError: String
+        }
+
+        init() {}
+
+        /// Progress restored from `saved` (nothing pending: reports in flight are reported again
+        /// in the next generation).
+        init(restoring saved: Saved) throws {
+            self.loss = saved.loss
+            self.testAccuracy = saved.testAccuracy
+            self.divergences = saved.divergences
+            self.history = try saved.history.map { try Ringmaster_V1_GenerationRecord(serializedBytes: $0) }
+            self.lastCheckpointStep = saved.lastCheckpointStep
+            self.checkpointFailures = saved.checkpointFailures
+            self.lastCheckpointError = saved.lastCheckpointError
+        }
+
+        /// The part to keep, encoded.
+        func encoded() throws -> Data {
+            let saved = Saved(
+                loss: self.loss,
+                testAccuracy: self.testAccuracy,
+                divergences: self.divergences,
+                history: try self.history.map { try $0.serializedBytes() },
+                lastCheckpointStep: self.lastCheckpointStep,
+                checkpointFailures: self.checkpointFailures,
+                lastCheckpointError: self.lastCheckpointError
+            )
+            return try JSONEncoder().encode(saved)
+        }
     }
 
     /// One agent's live control connection.
@@ -151,7 +192,16 @@ public final class CoordinatorService: Service, Sendable {
             drainGrace: .seconds(Int(configuration.drainGraceSeconds))
         )
         let records = try self.store.jobs()
-        self.engine = Mutex(Engine(machine: CoordinatorMachine(settings: settings, restoring: records, now: .zero)))
+        var engine = Engine(machine: CoordinatorMachine(settings: settings, restoring: records, now: .zero))
+        for (job, data) in try self.store.progress() {
+            do {
+                engine.progress[job] = try JobProgress(restoring: JSONDecoder().decode(JobProgress.Saved.self, from: data))
+            } catch {
+                // Only what status shows is lost; the job itself is in its record.
+                logger.error("could not restore a job's progress; its status starts afresh", metadata: [LogKey.job: "\(job)", LogKey.error: "\(error)"])
+            }
+        }
+        self.engine = Mutex(engine)
         for record in records where record.phase == .running || record.phase == .waiting {
             logger.info(
                 "restored a job",

@@ -63,6 +63,12 @@ public final class StateStore: Sendable {
                 table.column("value", .blob).notNull()
             }
         }
+        migrator.registerMigration("v3-job-progress") { db in
+            try db.create(table: "job_progress") { table in
+                table.primaryKey("name", .text)
+                table.column("progress", .blob).notNull()
+            }
+        }
         return migrator
     }
 
@@ -183,6 +189,27 @@ public final class StateStore: Sendable {
                 arguments: [record.spec.name, data]
             )
         }
+    }
+
+    /// Saves what members reported of jobs' training (loss, generations, checkpoints), by job,
+    /// in one transaction without an fsync: it is what `job status` shows, and losing the last
+    /// moments of it in a power cut loses nothing a job needs.
+    public func save(progress: [String: Data]) throws {
+        guard !progress.isEmpty else { return }
+        try self.write(durable: false) { db in
+            for (name, data) in progress {
+                try db.execute(
+                    sql: "INSERT INTO job_progress (name, progress) VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET progress = excluded.progress",
+                    arguments: [name, data]
+                )
+            }
+        }
+    }
+
+    /// Every job's saved progress, by job.
+    public func progress() throws -> [String: Data] {
+        let rows = try self.read { db in try Row.fetchAll(db, sql: "SELECT name, progress FROM job_progress") }
+        return Dictionary(rows.map { ($0["name"] as String, $0["progress"] as Data) }, uniquingKeysWith: { $1 })
     }
 
     /// Every job's durable record.

@@ -124,6 +124,10 @@ struct JobProcessTests {
         let status = try await self.status(cluster)
         #expect(status["last_cause"] as? String == "coordinator_restarted")
         #expect(status["generation"] as? Int == 2)
+        // The job's history came through the restart: the generation before it is still listed.
+        let history = (status["history"] as? [[String: Any]] ?? []).map { ($0["generation"] as? Int ?? 0, $0["cause"] as? String ?? "") }
+        #expect(history.map(\.0) == [1, 2], "generations in the history after the restart: \(history)")
+        #expect(history.last?.1 == "coordinator_restarted")
         for agent in agents {
             try await agent.waitForLine(within: 10, "generation 2's assignment") { $0.contains("holding an assignment") && $0.contains("generation=2") }
         }
