@@ -111,6 +111,26 @@ public final class CoordinatorService: Service, Sendable {
         var checkpointFailures: UInt64 = 0
         var lastCheckpointError = ""
 
+        /// When the progress was last saved, and its milestones then.
+        var savedAt: ContinuousClock.Instant?
+        var savedMilestones: Milestones?
+
+        /// What changes rarely and is saved at once when it does.
+        struct Milestones: Equatable {
+            var generations: Int
+            var lastCheckpointStep: UInt64
+            var checkpointFailures: UInt64
+            var divergences: UInt64
+            var testAccuracy: Double?
+        }
+
+        var milestones: Milestones {
+            Milestones(
+                generations: self.history.count, lastCheckpointStep: self.lastCheckpointStep,
+                checkpointFailures: self.checkpointFailures, divergences: self.divergences, testAccuracy: self.testAccuracy
+            )
+        }
+
         /// What is kept across coordinator restarts: what `job status` shows.
         struct Saved: Codable {
             var loss: Double
