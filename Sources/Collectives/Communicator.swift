@@ -57,10 +57,10 @@ public final class Communicator: @unchecked Sendable {
 
     /// Makes a communicator over `transport`. `smallMessageBytes` defaults to the crossover
     /// measured over loopback TCP on the 2-core machine (bench/README.md): recursive doubling (a
-    /// direct swap) beats the ring up to 1 MiB with 2 ranks, and up to 256 KiB with 4.
+    /// direct swap) beats the ring up to 512 KiB with 2 ranks, and up to 256 KiB with 4.
     public init(transport: any Transport, smallMessageBytes: Int? = nil) {
         self.transport = transport
-        self.smallMessageBytes = smallMessageBytes ?? (transport.worldSize == 2 ? 1 << 20 : 256 << 10)
+        self.smallMessageBytes = smallMessageBytes ?? (transport.worldSize == 2 ? 512 << 10 : 256 << 10)
     }
 
     deinit {
