@@ -141,11 +141,15 @@ extension CoordinatorService {
         // Saved after the loop, so that it includes what these actions change (a generation
         // started, a step's loss).
         defer {
-            let persisted = actions.compactMap { action -> String? in
-                if case .persist(let job) = action { return job }
-                return nil
+            let touched = actions.compactMap { action -> String? in
+                switch action {
+                case .persist(let job), .generationStarted(let job, _, _, _, _), .jobFinished(let job), .stepCommitted(let job, _, _):
+                    return job
+                default:
+                    return nil
+                }
             }
-            self.saveProgress(of: persisted, force: !cursorOnly, engine: &engine, logger: logger)
+            self.saveProgress(of: touched, force: !cursorOnly, engine: &engine, logger: logger)
         }
         for action in actions {
             switch action {
@@ -180,6 +184,8 @@ extension CoordinatorService {
                         $0.startedUnixMs = Int64((self.now().timeIntervalSince1970 * 1000).rounded())
                     }
                 )
+                // Saved before it is logged, so that whoever sees the log line finds it saved.
+                self.saveProgress(of: [job], force: true, engine: &engine, logger: logger)
                 if let rendezvous {
                     self.metrics.rendezvousSeconds.record(Double(rendezvous.components.seconds) + Double(rendezvous.components.attoseconds) / 1e18)
                 }

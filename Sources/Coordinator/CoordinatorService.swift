@@ -357,6 +357,9 @@ public final class CoordinatorService: Service, Sendable {
         do {
             try await connection.executeThenClose { inbound, outbound in
                 var join = JoinExchange()
+                // False once a reply could not be written: the peer has gone, but what it sent
+                // before it went (a last step report, a Leave) is still read and acted on.
+                var replying = true
                 for try await envelope in inbound {
                     if case .refuse(let reason) = AccessPolicy.decide(role: identity?.role, envelope: envelope) {
                         logger.warning(
@@ -367,8 +370,13 @@ public final class CoordinatorService: Service, Sendable {
                         return
                     }
                     let outcome = await self.handle(envelope, from: peer, join: &join, context: context)
-                    for reply in outcome.replies {
-                        try await outbound.write(reply)
+                    for reply in outcome.replies where replying {
+                        do {
+                            try await outbound.write(reply)
+                        } catch {
+                            replying = false
+                            logger.debug("could not reply; reading what the peer sent before it went", metadata: [LogKey.reason: "\(error)"])
+                        }
                     }
                     if outcome.close { return }
                 }
