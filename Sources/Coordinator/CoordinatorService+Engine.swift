@@ -90,14 +90,15 @@ extension CoordinatorService {
     /// Saves the progress of `jobs` (see `JobProgress.Saved`), under the engine lock. A job's
     /// milestones (a generation, a checkpoint, a divergence, a test accuracy) are saved as they
     /// happen; the loss alone at most once a second, since encoding and writing it at every step
-    /// cost the demo a fifth of its throughput. `force` saves regardless (a job's end).
-    func saveProgress(of jobs: [String], force: Bool = false, engine: inout Engine, logger: Logger) {
+    /// cost the demo a fifth of its throughput. Jobs in `forcing` are saved regardless (a
+    /// generation's start, a job's end).
+    func saveProgress(of jobs: [String], forcing: Set<String> = [], engine: inout Engine, logger: Logger) {
         let now = ContinuousClock.now
         var encoded: [String: Data] = [:]
         for job in Set(jobs) {
             guard var progress = engine.progress[job] else { continue }
             let milestones = progress.milestones
-            if !force, progress.savedMilestones == milestones, let saved = progress.savedAt, now - saved < .seconds(1) { continue }
+            if !forcing.contains(job), progress.savedMilestones == milestones, let saved = progress.savedAt, now - saved < .seconds(1) { continue }
             do {
                 encoded[job] = try progress.encoded()
             } catch {
@@ -140,16 +141,20 @@ extension CoordinatorService {
         var cursors: [String: (generation: UInt64, cursor: UInt64)] = [:]
         // Saved after the loop, so that it includes what these actions change (a generation
         // started, a step's loss).
+        // (A generation's start is saved in its case below, before it is logged.)
         defer {
-            let touched = actions.compactMap { action -> String? in
+            var touched: [String] = []
+            var finished: Set<String> = []
+            for action in actions {
                 switch action {
-                case .persist(let job), .generationStarted(let job, _, _, _, _), .jobFinished(let job), .stepCommitted(let job, _, _):
-                    return job
-                default:
-                    return nil
+                case .persist(let job), .stepCommitted(let job, _, _): touched.append(job)
+                case .jobFinished(let job):
+                    touched.append(job)
+                    finished.insert(job)
+                default: break
                 }
             }
-            self.saveProgress(of: touched, force: !cursorOnly, engine: &engine, logger: logger)
+            self.saveProgress(of: touched, forcing: finished, engine: &engine, logger: logger)
         }
         for action in actions {
             switch action {
@@ -185,7 +190,7 @@ extension CoordinatorService {
                     }
                 )
                 // Saved before it is logged, so that whoever sees the log line finds it saved.
-                self.saveProgress(of: [job], force: true, engine: &engine, logger: logger)
+                self.saveProgress(of: [job], forcing: [job], engine: &engine, logger: logger)
                 if let rendezvous {
                     self.metrics.rendezvousSeconds.record(Double(rendezvous.components.seconds) + Double(rendezvous.components.attoseconds) / 1e18)
                 }
