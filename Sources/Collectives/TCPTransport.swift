@@ -361,6 +361,33 @@ public final class TCPTransport: Transport, @unchecked Sendable {
         return self.abortReason.map { CollectiveError(.aborted, operation: operation, peer: peer, bytesDone: done, $0) }
     }
 
+    /// Blocks until `sendFD` is writable (if `writable`), `receiveFD` readable (if `readable`),
+    /// the transport is aborted, or `remaining` (at most 1 s) passes; the caller then retries its
+    /// I/O and checks the deadline. Only the directions still pending are watched: a writable
+    /// socket with nothing left to send would wake poll at once, a busy spin.
+    func waitForIO(sendFD: Int32, writable: Bool, receiveFD: Int32, readable: Bool, remaining: Duration) {
+        let milliseconds = Int32(min(Socket.seconds(remaining) * 1000 + 1, 1000))
+        withUnsafeTemporaryAllocation(of: pollfd.self, capacity: 3) { fds in
+            var count = 0
+            if writable && readable && sendFD == receiveFD {
+                fds[count] = pollfd(fd: sendFD, events: Int16(POLLOUT | POLLIN), revents: 0)
+                count += 1
+            } else {
+                if writable {
+                    fds[count] = pollfd(fd: sendFD, events: Int16(POLLOUT), revents: 0)
+                    count += 1
+                }
+                if readable {
+                    fds[count] = pollfd(fd: receiveFD, events: Int16(POLLIN), revents: 0)
+                    count += 1
+                }
+            }
+            fds[count] = pollfd(fd: self.abortFD, events: Int16(POLLIN), revents: 0)
+            count += 1
+            _ = poll(fds.baseAddress, nfds_t(count), milliseconds)
+        }
+    }
+
     public func exchange(
         send: (peer: Int, bytes: UnsafeRawBufferPointer)?,
         receive: (peer: Int, bytes: UnsafeMutableRawBufferPointer)?,
@@ -374,7 +401,6 @@ public final class TCPTransport: Transport, @unchecked Sendable {
         let toReceive = receive?.bytes.count ?? 0
         let sendFD = send.map { self.sockets[$0.peer] } ?? -1
         let receiveFD = receive.map { self.sockets[$0.peer] } ?? -1
-        var fds = [pollfd](repeating: pollfd(), count: 3)
         while sent < toSend || got < toReceive {
             if let error = self.abortError(operation, peer: receive?.peer ?? send?.peer, done: sent + got) { throw error }
             // Try the I/O first; poll only when both directions would block.
@@ -405,27 +431,7 @@ public final class TCPTransport: Transport, @unchecked Sendable {
             if remaining <= .zero {
                 throw CollectiveError(.deadlineExceeded, operation: operation, peer: receive?.peer ?? send?.peer, bytesDone: sent + got, "the operation's deadline passed")
             }
-            var count = 0
-            if sendFD >= 0 && sendFD == receiveFD {
-                // One socket both ways: wait only for the directions still pending (a writable
-                // socket with nothing left to send would wake poll at once, a busy spin).
-                let events = (sent < toSend ? POLLOUT : 0) | (got < toReceive ? POLLIN : 0)
-                fds[count] = pollfd(fd: sendFD, events: Int16(events), revents: 0)
-                count += 1
-            } else {
-                if sent < toSend {
-                    fds[count] = pollfd(fd: sendFD, events: Int16(POLLOUT), revents: 0)
-                    count += 1
-                }
-                if got < toReceive {
-                    fds[count] = pollfd(fd: receiveFD, events: Int16(POLLIN), revents: 0)
-                    count += 1
-                }
-            }
-            fds[count] = pollfd(fd: self.abortFD, events: Int16(POLLIN), revents: 0)
-            count += 1
-            let milliseconds = Int32(min(Socket.seconds(remaining) * 1000 + 1, 1000))
-            _ = poll(&fds, nfds_t(count), milliseconds)
+            self.waitForIO(sendFD: sendFD, writable: sent < toSend, receiveFD: receiveFD, readable: got < toReceive, remaining: remaining)
         }
     }
 }
@@ -453,7 +459,6 @@ extension TCPTransport {
         var incoming = receivePiece(0)
         var got = 0  // in the current receive piece
         var done = 0  // bytes moved either way, for error messages
-        var fds = [pollfd](repeating: pollfd(), count: 3)
         while true {
             // Move past finished (and empty) pieces.
             while sendIndex < pieces && sent == outgoing.count {
@@ -507,25 +512,7 @@ extension TCPTransport {
             }
             // Wait only for what can go on: writability when there is something sendable (else
             // the send waits on the receive side), readability while pieces remain to fill.
-            var count = 0
-            if sendFD == receiveFD {
-                let events = (canSend ? POLLOUT : 0) | (receiving ? POLLIN : 0)
-                fds[count] = pollfd(fd: sendFD, events: Int16(events), revents: 0)
-                count += 1
-            } else {
-                if canSend {
-                    fds[count] = pollfd(fd: sendFD, events: Int16(POLLOUT), revents: 0)
-                    count += 1
-                }
-                if receiving {
-                    fds[count] = pollfd(fd: receiveFD, events: Int16(POLLIN), revents: 0)
-                    count += 1
-                }
-            }
-            fds[count] = pollfd(fd: self.abortFD, events: Int16(POLLIN), revents: 0)
-            count += 1
-            let milliseconds = Int32(min(Socket.seconds(remaining) * 1000 + 1, 1000))
-            _ = poll(&fds, nfds_t(count), milliseconds)
+            self.waitForIO(sendFD: sendFD, writable: canSend, receiveFD: receiveFD, readable: receiving, remaining: remaining)
         }
     }
 }

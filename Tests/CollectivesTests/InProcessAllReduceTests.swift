@@ -192,7 +192,7 @@ struct ReductionTests {
     /// addition rounded once by Swift's own conversion.
     @Test(arguments: [DataType.float16, .bfloat16], Self.kernels)
     func halfAddition_roundsLikeOneFloat32AdditionRoundedOnce(type: DataType, kernels: Reduction.Kernels) {
-        var generator = SplitMix(seed: 7)
+        var generator = SplitMix64(seed: 7)
         let count = 4096 + 13
         let pick: () -> UInt16 = {
             switch generator.next() % 8 {

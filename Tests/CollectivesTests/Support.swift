@@ -72,8 +72,9 @@ func decode(_ bytes: [UInt8], as type: DataType) -> [Float] {
     }
 }
 
-/// A small deterministic generator (SplitMix64), so failures reproduce.
-struct SplitMix: RandomNumberGenerator {
+/// A small deterministic generator, so failures reproduce (the same as RingmasterWireTests' own:
+/// test targets share no code).
+struct SplitMix64: RandomNumberGenerator {
     var state: UInt64
 
     init(seed: UInt64) {

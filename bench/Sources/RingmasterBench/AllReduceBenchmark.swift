@@ -218,22 +218,9 @@ public enum AllReduceBenchmark {
     /// One memory-to-memory copy stream on one thread, 64 MiB at a time, for about half a
     /// second: the in-process transport's ceiling. Returns 10^9 B/s.
     public static func copyCeiling() -> Double {
-        let bytes = 64 << 20
-        let source = UnsafeMutableRawBufferPointer.allocate(byteCount: bytes, alignment: 64)
-        let destination = UnsafeMutableRawBufferPointer.allocate(byteCount: bytes, alignment: 64)
-        defer {
-            source.deallocate()
-            destination.deallocate()
+        ReductionBenchmark.withBuffers(bytes: 64 << 20) { source, destination in
+            ReductionBenchmark.copyRate(source, destination, seconds: 0.5)
         }
-        source.initializeMemory(as: UInt8.self, repeating: 1)
-        destination.initializeMemory(as: UInt8.self, repeating: 0)
-        let start = ContinuousClock.now
-        var copied = 0
-        while Self.seconds(ContinuousClock.now - start) < 0.5 {
-            destination.baseAddress!.copyMemory(from: source.baseAddress!, byteCount: bytes)
-            copied += bytes
-        }
-        return Double(copied) / Self.seconds(ContinuousClock.now - start) / 1e9
     }
 
     /// One rank of the TCP benchmark: listens, reports its port, reads every rank's address,

@@ -20,27 +20,43 @@ public enum ReductionBenchmark {
     public static func run(types: [DataType], sizes: [Int], seconds: Double = 0.3) -> [Row] {
         var rows: [Row] = []
         for size in sizes {
-            let source = UnsafeMutableRawBufferPointer.allocate(byteCount: size, alignment: 64)
-            let destination = UnsafeMutableRawBufferPointer.allocate(byteCount: size, alignment: 64)
-            defer {
-                source.deallocate()
-                destination.deallocate()
-            }
-            source.initializeMemory(as: UInt8.self, repeating: 0)
-            destination.initializeMemory(as: UInt8.self, repeating: 0)
-            let copy = Self.rate(bytes: size, seconds: seconds) {
-                destination.baseAddress!.copyMemory(from: source.baseAddress!, byteCount: size)
-            }
-            for kernels in Reduction.available {
-                for type in types {
-                    let add = Self.rate(bytes: size, seconds: seconds) {
-                        Reduction.add(source.baseAddress!, into: destination.baseAddress!, count: size / type.size, type: type, kernels: kernels)
+            Self.withBuffers(bytes: size) { source, destination in
+                let copy = Self.copyRate(source, destination, seconds: seconds)
+                for kernels in Reduction.available {
+                    for type in types {
+                        let add = Self.rate(bytes: size, seconds: seconds) {
+                            Reduction.add(source.baseAddress!, into: destination.baseAddress!, count: size / type.size, type: type, kernels: kernels)
+                        }
+                        rows.append(Row(kernels: "\(kernels)", type: type.rawValue, bytes: size, addGBps: add, copyGBps: copy))
                     }
-                    rows.append(Row(kernels: "\(kernels)", type: type.rawValue, bytes: size, addGBps: add, copyGBps: copy))
                 }
             }
         }
         return rows
+    }
+
+    /// One thread's memory copy rate from `source` to `destination` (the same size), over about
+    /// `seconds`, in 10^9 B/s.
+    public static func copyRate(_ source: UnsafeMutableRawBufferPointer, _ destination: UnsafeMutableRawBufferPointer, seconds: Double) -> Double {
+        Self.rate(bytes: source.count, seconds: seconds) {
+            destination.baseAddress!.copyMemory(from: source.baseAddress!, byteCount: source.count)
+        }
+    }
+
+    /// Calls `body` with two zeroed 64-byte-aligned buffers of `bytes`, freed after.
+    public static func withBuffers<Result>(
+        bytes: Int,
+        _ body: (UnsafeMutableRawBufferPointer, UnsafeMutableRawBufferPointer) throws -> Result
+    ) rethrows -> Result {
+        let source = UnsafeMutableRawBufferPointer.allocate(byteCount: bytes, alignment: 64)
+        let destination = UnsafeMutableRawBufferPointer.allocate(byteCount: bytes, alignment: 64)
+        defer {
+            source.deallocate()
+            destination.deallocate()
+        }
+        source.initializeMemory(as: UInt8.self, repeating: 0)
+        destination.initializeMemory(as: UInt8.self, repeating: 0)
+        return try body(source, destination)
     }
 
     /// Runs `body` (which processes `bytes`) repeatedly for about `seconds`; returns 10^9 B/s.
