@@ -222,8 +222,10 @@ final class Trainer: @unchecked Sendable {
         do {
             state = try self.prepare(assignment)
         } catch {
+            // Told to the coordinator as such: this node stays available for other jobs, and the
+            // job's status shows why this node cannot run it.
             self.logger.error("cannot run the job's workload; leaving the job", metadata: self.metadata(assignment).merging([LogKey.reason: "\(error)"]) { $1 })
-            self.postLeave(assignment, reason: "cannot run the workload: \(error)")
+            self.postLeave(assignment, reason: "cannot run the workload: \(error)", cannotRun: true)
             return
         }
         let started = ContinuousClock.now
@@ -472,12 +474,13 @@ final class Trainer: @unchecked Sendable {
         self.outbox.post(envelope)
     }
 
-    func postLeave(_ assignment: Ringmaster_V1_Assignment, reason: String) {
+    func postLeave(_ assignment: Ringmaster_V1_Assignment, reason: String, cannotRun: Bool = false) {
         var envelope = Envelope()
         envelope.leave = .with {
             $0.jobID = assignment.jobID
             $0.generation = assignment.generation
             $0.reason = reason
+            $0.cannotRun = cannotRun
         }
         self.outbox.post(envelope)
     }

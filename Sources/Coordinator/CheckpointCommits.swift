@@ -13,7 +13,8 @@ extension CoordinatorService {
     func shardReported(_ shard: Ringmaster_V1_CheckpointShardReady, node: String, logger: Logger) {
         var commit: (CheckpointManifest, String, Int)?
         self.engine.withLock { engine in
-            guard let record = engine.machine.record(job: shard.jobID), record.phase == .running,
+            // A finished job's last checkpoint commits too: its shards come after the last step.
+            guard let record = engine.machine.record(job: shard.jobID), record.phase == .running || record.phase == .finished,
                 shard.generation == record.generation, record.members.contains(node)
             else {
                 logger.notice(
@@ -141,20 +142,12 @@ extension CoordinatorService {
         }
     }
 
-    /// `resumePoint` on a thread of its own: verifying reads every shard of the checkpoint
-    /// (gigabytes, for a large model), and the thread serving the submit's connection is one of
-    /// the few that serve every connection, heartbeats included, so it only waits here. Not a
-    /// Dispatch queue: on Linux those share their threads with Swift's cooperative pool, and a
-    /// few verifications would fill it (a status request then waited 6.9 s behind six of them).
+    /// `resumePoint` on a thread of its own (`onOwnThread`): verifying reads every shard of the
+    /// checkpoint (gigabytes, for a large model), which must not hold up the threads that serve
+    /// every connection.
     func resumePointAwaitingVerification(for spec: JobSpec, logger: Logger) async throws -> CoordinatorMachine.JobStart? {
         guard spec.resume != nil else { return nil }
-        return try await withCheckedThrowingContinuation { continuation in
-            let thread = Thread {
-                continuation.resume(with: Result { try self.resumePoint(for: spec, logger: logger) })
-            }
-            thread.name = "ringmaster-resume-verification"
-            thread.start()
-        }
+        return try await onOwnThread(named: "ringmaster-resume-verification") { try self.resumePoint(for: spec, logger: logger) }
     }
 
     /// Where a submitted job with `resume` starts: the newest committed checkpoint (at or before

@@ -4,6 +4,8 @@ public struct CoordinatorError: Error, Sendable, CustomStringConvertible {
     public enum Code: String, Sendable, Hashable {
         /// The SQLite state could not be read or written.
         case stateStore
+        /// The file system under the state directory is full: a change could not be saved.
+        case stateFull
         /// The configuration is not usable.
         case configuration
         /// The control listener could not start.

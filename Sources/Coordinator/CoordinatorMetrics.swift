@@ -26,6 +26,11 @@ public struct CoordinatorMetrics: Sendable {
     let checkpointsCommitted: CoreMetrics.Counter
     /// Checkpoint saves that failed (a shard or the manifest).
     let checkpointFailures: CoreMetrics.Counter
+    /// Connections refused at accept, by reason.
+    let connectionsRefused: [ConnectionBudget.Refusal: CoreMetrics.Counter]
+    /// Connections held, and those of them not yet authenticated.
+    let connections: CoreMetrics.Gauge
+    let unauthenticatedConnections: CoreMetrics.Gauge
 
     /// Makes the instruments in a fresh registry.
     public init() {
@@ -47,6 +52,13 @@ public struct CoordinatorMetrics: Sendable {
             nodes[state] = Gauge(label: "ringmaster_nodes", dimensions: [("state", state)], factory: factory)
         }
         self.nodes = nodes
+        var refused: [ConnectionBudget.Refusal: CoreMetrics.Counter] = [:]
+        for reason in [ConnectionBudget.Refusal.tooManyConnections, .tooManyUnauthenticated, .tooManyFromAddress] {
+            refused[reason] = Counter(label: "ringmaster_connections_refused_total", dimensions: [("reason", reason.rawValue)], factory: factory)
+        }
+        self.connectionsRefused = refused
+        self.connections = Gauge(label: "ringmaster_connections", factory: factory)
+        self.unauthenticatedConnections = Gauge(label: "ringmaster_unauthenticated_connections", factory: factory)
     }
 
     /// Sets the node gauges from counts by state.

@@ -19,12 +19,56 @@ extension CoordinatorService {
         }
     }
 
-    /// Applies an operator's command and carries out its actions; throws its refusal.
+    /// Applies an operator's command and carries out its actions; throws its refusal, or the
+    /// failure to save it. A command is acknowledged only once what it changed is durable: it is
+    /// applied to a copy of the machine, the records it changed are written in one fsynced
+    /// transaction, and only then does the copy replace the machine. When the write fails (a full
+    /// disk), the machine is left as the disk has it and nothing is pushed or acknowledged.
     func command(_ command: CoordinatorMachine.Command, logger: Logger) throws {
         try self.engine.withLock { engine in
-            let actions = try engine.machine.apply(command, now: self.elapsed)
-            self.perform(actions, engine: &engine, logger: logger)
+            var machine = engine.machine
+            let actions = try machine.apply(command, now: self.elapsed)
+            let jobs = Self.persisted(actions)
+            do {
+                try self.store.save(jobs: jobs.compactMap { machine.record(job: $0) }, durable: true)
+            } catch {
+                logger.error("could not save an operator's command; it was not carried out", metadata: [LogKey.error: "\(error)"])
+                throw error
+            }
+            engine.machine = machine
+            for job in jobs { self.markSaved(job, .record, engine: &engine, logger: logger) }
+            self.perform(actions, engine: &engine, logger: logger, recordsSaved: true)
         }
+    }
+
+    /// The jobs whose records `actions` ask to write, each once, in order.
+    static func persisted(_ actions: [CoordinatorMachine.Action]) -> [String] {
+        var seen: Set<String> = []
+        return actions.compactMap { action in
+            guard case .persist(let job) = action, seen.insert(job).inserted else { return nil }
+            return job
+        }
+    }
+
+    /// A job's record (or progress) was written: if that was what could not be saved, say it is
+    /// saved again. (Only the same kind of write clears it: near a full disk a small record may fit
+    /// where the progress beside it does not, and the log must not flip at every step.)
+    func markSaved(_ job: String, _ kind: JobProgress.Write, engine: inout Engine, logger: Logger) {
+        guard engine.progress[job]?.notSaved?.kind == kind else { return }
+        engine.progress[job]?.notSaved = nil
+        logger.notice("the job's state is being saved again", metadata: [LogKey.job: "\(job)"])
+    }
+
+    /// A write of a job's record (or progress) failed: the job goes on, and says (in `job status`
+    /// and, once, in the log) that what it does now is lost to a restart.
+    func markNotSaved(_ job: String, _ kind: JobProgress.Write, _ error: any Error, engine: inout Engine, logger: Logger) {
+        guard engine.progress[job]?.notSaved == nil else { return }
+        let reason = (error as? CoordinatorError)?.message ?? "\(error)"
+        engine.progress[job, default: JobProgress()].notSaved = (kind, self.now(), reason)
+        logger.error(
+            "the job's state is not being saved: it goes on, but its progress from now on is lost if the coordinator restarts",
+            metadata: [LogKey.job: "\(job)", LogKey.error: "\(error)"]
+        )
     }
 
     /// A member's step report: its training figures, then the step itself to the machine.
@@ -111,8 +155,9 @@ extension CoordinatorService {
         }
         do {
             try self.store.save(progress: encoded)
+            for job in encoded.keys { self.markSaved(job, .progress, engine: &engine, logger: logger) }
         } catch {
-            logger.error("could not save jobs' progress", metadata: [LogKey.error: "\(error)"])
+            for job in encoded.keys.sorted() { self.markNotSaved(job, .progress, error, engine: &engine, logger: logger) }
         }
     }
 
@@ -121,21 +166,25 @@ extension CoordinatorService {
     /// Durable records are written first, before any push or log line of the same event: what an
     /// agent has been told (a generation, a cursor) is on disk before it can hear it, so a crash
     /// never makes a restarted coordinator reissue a generation number or move a cursor back.
-    func perform(_ actions: [CoordinatorMachine.Action], engine: inout Engine, logger: Logger) {
-        // A step commit alone is written without an fsync (it happens hundreds of times a second);
-        // anything else that changes a job (a generation, a phase) is fsynced.
-        let cursorOnly = actions.allSatisfy {
-            switch $0 {
-            case .stepCommitted, .persist: return true
-            default: return false
+    /// (`recordsSaved`: the caller wrote them, as `command` does.) An event has happened whether or
+    /// not it can be saved, so a failed write does not stop the job: the job is marked as not
+    /// being saved (`markNotSaved`) until a write of it succeeds again.
+    func perform(_ actions: [CoordinatorMachine.Action], engine: inout Engine, logger: Logger, recordsSaved: Bool = false) {
+        if !recordsSaved {
+            // A step commit alone is written without an fsync (it happens hundreds of times a
+            // second); anything else that changes a job (a generation, a phase) is fsynced.
+            let cursorOnly = actions.allSatisfy {
+                switch $0 {
+                case .stepCommitted, .persist: return true
+                default: return false
+                }
             }
-        }
-        for case .persist(let job) in actions {
-            guard let record = engine.machine.record(job: job) else { continue }
+            let jobs = Self.persisted(actions)
             do {
-                try self.store.save(job: record, durable: !cursorOnly)
+                try self.store.save(jobs: jobs.compactMap { engine.machine.record(job: $0) }, durable: !cursorOnly)
+                for job in jobs { self.markSaved(job, .record, engine: &engine, logger: logger) }
             } catch {
-                logger.error("could not persist a job", metadata: [LogKey.job: "\(job)", LogKey.error: "\(error)"])
+                for job in jobs { self.markNotSaved(job, .record, error, engine: &engine, logger: logger) }
             }
         }
         var cursors: [String: (generation: UInt64, cursor: UInt64)] = [:]
@@ -148,7 +197,7 @@ extension CoordinatorService {
             for action in actions {
                 switch action {
                 case .persist(let job), .stepCommitted(let job, _, _): touched.append(job)
-                case .jobFinished(let job):
+                case .jobFinished(let job), .jobFailed(let job, _):
                     touched.append(job)
                     finished.insert(job)
                 default: break
@@ -205,6 +254,8 @@ extension CoordinatorService {
                 logger.warning("job waits for nodes", metadata: [LogKey.job: "\(job)", LogKey.reason: "\(reason)"])
             case .jobFinished(let job):
                 logger.info("job finished", metadata: [LogKey.job: "\(job)"])
+            case .jobFailed(let job, let reason):
+                logger.error("job failed", metadata: [LogKey.job: "\(job)", LogKey.reason: "\(reason)"])
             case .stepCommitted(let job, let generation, let step):
                 self.metrics.stepsCommitted.increment()
                 cursors[job] = (generation, step + 1)
@@ -260,6 +311,9 @@ extension CoordinatorService {
     func refreshGauges() {
         let counts = self.engine.withLock { $0.machine.nodeCounts }
         self.metrics.record(nodeCounts: counts)
+        let (connections, unauthenticated) = self.connections.withLock { ($0.connections, $0.unauthenticated) }
+        self.metrics.connections.record(connections)
+        self.metrics.unauthenticatedConnections.record(unauthenticated)
     }
 
     // MARK: - Sessions
@@ -409,7 +463,17 @@ extension CoordinatorService {
                         $0.lastCheckpointStep = training.lastCheckpointStep
                         $0.checkpointFailures = training.checkpointFailures
                         $0.lastCheckpointError = training.lastCheckpointError
+                        if let notSaved = training.notSaved {
+                            $0.notSaved = "since \(notSaved.since): \(notSaved.reason)"
+                        }
                     }
+                    $0.refusals = record.refusals.keys.sorted().map { node in
+                        .with {
+                            $0.nodeID = node
+                            $0.reason = record.refusals[node] ?? ""
+                        }
+                    }
+                    $0.failure = record.failure ?? ""
                 }
             }
         }

@@ -34,12 +34,20 @@ public struct CoordinatorConfiguration: Sendable {
     public var leaseMilliseconds: UInt32 = 2000
     /// Time a new connection has to finish its TLS handshake.
     public var handshakeTimeoutSeconds: Double = 10
+    /// Time a connection without a client certificate has, from its accept, to finish its join;
+    /// then it is closed.
+    public var joinTimeoutSeconds: Double = 5
+    /// Caps on connections (see `ConnectionBudget`); nil: derived from the descriptor limit, which
+    /// the service raises to the hard limit when it starts.
+    public var connectionLimits: ConnectionBudget.Limits?
     /// How long a job that could start below its target waits for more nodes.
     public var settleWindowMilliseconds: UInt32 = 1000
     /// After a restart, how long running jobs wait for their members to come back.
     public var recoveryWindowMilliseconds: UInt32 = 5000
     /// How long a drained node has to leave its job.
     public var drainGraceSeconds: UInt32 = 30
+    /// How long a job that nodes could not run waits for other nodes before it fails.
+    public var unrunnableJobMilliseconds: UInt32 = 60_000
     /// How often leases and windows are checked.
     public var tickMilliseconds: UInt32 = 100
     /// Where `/metrics` is served (host and port; port 0 picks one); nil: not served.
@@ -81,6 +89,14 @@ public final class CoordinatorService: Service, Sendable {
     public let metrics = CoordinatorMetrics()
     /// Writes checkpoint manifests (file I/O with fsync) one at a time, off the engine lock.
     let checkpointQueue = DispatchQueue(label: "ringmaster.checkpoint-commits")
+    /// The process's descriptor limit, raised at start.
+    let descriptorLimit: Int
+    /// The connections held, and which new ones are refused at accept.
+    let connections: Mutex<ConnectionBudget>
+    /// Refusals at accept not yet logged (they are logged in summary, at most every 5 s).
+    let refusalsToLog = Mutex<(count: Int, last: ConnectionBudget.Refusal?, address: String, loggedAt: ContinuousClock.Instant?)>(
+        (0, nil, "", nil)
+    )
 
     /// The machine and the live agent sessions, guarded together.
     struct Engine: ~Copyable {
@@ -110,6 +126,11 @@ public final class CoordinatorService: Service, Sendable {
         var lastCheckpointStep: UInt64 = 0
         var checkpointFailures: UInt64 = 0
         var lastCheckpointError = ""
+        /// Which write of the job failed, since when and why (nil: the job is saved).
+        var notSaved: (kind: Write, since: Date, reason: String)?
+
+        /// The two things saved of a job: its durable record, and this progress beside it.
+        enum Write { case record, progress }
 
         /// When the progress was last saved, and its milestones then.
         var savedAt: ContinuousClock.Instant?
@@ -189,6 +210,8 @@ public final class CoordinatorService: Service, Sendable {
         self.logger = logger
         self.now = now
         self.onListening = onListening
+        self.descriptorLimit = DescriptorLimit.raise()
+        self.connections = Mutex(ConnectionBudget(limits: configuration.connectionLimits ?? .forDescriptorLimit(self.descriptorLimit)))
         let current = now()
         self.authority = try CertificateAuthority.loadOrCreate(directory: configuration.stateDirectory, now: current)
         self.store = try StateStore(path: "\(configuration.stateDirectory)/state.sqlite")
@@ -209,7 +232,8 @@ public final class CoordinatorService: Service, Sendable {
             lease: .milliseconds(Int(configuration.leaseMilliseconds)),
             settleWindow: .milliseconds(Int(configuration.settleWindowMilliseconds)),
             recoveryWindow: .milliseconds(Int(configuration.recoveryWindowMilliseconds)),
-            drainGrace: .seconds(Int(configuration.drainGraceSeconds))
+            drainGrace: .seconds(Int(configuration.drainGraceSeconds)),
+            unrunnableTimeout: .milliseconds(Int(configuration.unrunnableJobMilliseconds))
         )
         let records = try self.store.jobs()
         var engine = Engine(machine: CoordinatorMachine(settings: settings, restoring: records, now: .zero))
@@ -253,8 +277,9 @@ public final class CoordinatorService: Service, Sendable {
             now: self.now
         )
         let maximumFrameBytes = self.configuration.maximumFrameBytes
+        let joinTimeout = TimeAmount.milliseconds(Int64(self.configuration.joinTimeoutSeconds * 1000))
         let logger = self.logger
-        let server: NIOAsyncChannel<(ControlPipeline.Connection, EventLoopFuture<NIOSSLCertificate?>), Never>
+        let server: NIOAsyncChannel<Admission, Never>
         do {
             server = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
                 .serverChannelOption(.backlog, value: 256)
@@ -262,6 +287,21 @@ public final class CoordinatorService: Service, Sendable {
                 .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
                 .bind(host: self.configuration.listenHost, port: self.configuration.listenPort) { channel in
                     channel.eventLoop.makeCompletedFuture {
+                        let address = channel.remoteAddress?.ipAddress ?? "unknown"
+                        let ticket: ConnectionBudget.Ticket
+                        switch self.connections.withLock({ $0.admit(from: address) }) {
+                        case .success(let admitted):
+                            ticket = admitted
+                        case .failure(let refusal):
+                            // Refused before any TLS work: no handler, no task, the descriptor freed now.
+                            self.refused(refusal, from: address)
+                            channel.close(promise: nil)
+                            return .refused
+                        }
+                        channel.closeFuture.whenComplete { _ in self.connections.withLock { $0.closed(ticket) } }
+                        // Unauthenticated connections are closed when the join deadline passes;
+                        // `serve` cancels this once a client certificate is shown.
+                        let deadline = channel.eventLoop.scheduleTask(in: joinTimeout) { channel.close(promise: nil) }
                         let peer = channel.remoteAddress?.description ?? "unknown"
                         let tls = NIOSSLServerHandler(
                             context: context,
@@ -273,7 +313,8 @@ public final class CoordinatorService: Service, Sendable {
                             }
                         )
                         try channel.pipeline.syncOperations.addHandler(tls)
-                        return try ControlPipeline.wrap(channel: channel, maximumFrameBytes: maximumFrameBytes)
+                        let (connection, handshake) = try ControlPipeline.wrap(channel: channel, maximumFrameBytes: maximumFrameBytes)
+                        return .admitted(connection, handshake: handshake, ticket: ticket, joinDeadline: deadline)
                     }
                 }
         } catch {
@@ -284,12 +325,17 @@ public final class CoordinatorService: Service, Sendable {
             )
         }
         let port = server.channel.localAddress?.port ?? self.configuration.listenPort
+        let limits = self.connections.withLock { $0.limits }
         self.logger.info(
             "coordinator listening",
             metadata: [
                 "address": "\(self.configuration.listenHost):\(port)",
                 "ca_pin": "\(self.caPin)",
                 "state_directory": "\(self.configuration.stateDirectory)",
+                "descriptor_limit": "\(self.descriptorLimit)",
+                "max_connections": "\(limits.maximumConnections)",
+                "max_unauthenticated": "\(limits.maximumUnauthenticated)",
+                "max_unauthenticated_per_address": "\(limits.maximumUnauthenticatedPerAddress)",
             ]
         )
         self.onListening(port)
@@ -307,8 +353,9 @@ public final class CoordinatorService: Service, Sendable {
                 try await withThrowingDiscardingTaskGroup { group in
                     group.addTask { try await self.tickUntilCancelled() }
                     try await server.executeThenClose { inbound in
-                        for try await (connection, handshake) in inbound {
-                            group.addTask { await self.serve(connection, handshake: handshake) }
+                        for try await admission in inbound {
+                            guard case .admitted(let connection, let handshake, let ticket, let deadline) = admission else { continue }
+                            group.addTask { await self.serve(connection, handshake: handshake, ticket: ticket, joinDeadline: deadline) }
                         }
                     }
                 }
@@ -320,9 +367,55 @@ public final class CoordinatorService: Service, Sendable {
         self.logger.info("coordinator stopped")
     }
 
+    // MARK: - Admission
+
+    /// A connection as the listener hands it over: admitted (with its slot and the deadline that
+    /// closes it unless it authenticates), or refused and already closed.
+    enum Admission: Sendable {
+        case admitted(
+            ControlPipeline.Connection,
+            handshake: EventLoopFuture<NIOSSLCertificate?>,
+            ticket: ConnectionBudget.Ticket,
+            joinDeadline: Scheduled<Void>
+        )
+        case refused
+    }
+
+    /// Counts a refusal at accept, and logs refusals in summary: a flood must not flood the log.
+    func refused(_ refusal: ConnectionBudget.Refusal, from address: String) {
+        self.metrics.connectionsRefused[refusal]?.increment()
+        let report = self.refusalsToLog.withLock { state -> (Int, ConnectionBudget.Refusal, String)? in
+            state.count += 1
+            state.last = refusal
+            state.address = address
+            let now = ContinuousClock.now
+            if let logged = state.loggedAt, now - logged < .seconds(5) { return nil }
+            defer {
+                state.count = 0
+                state.loggedAt = now
+            }
+            return (state.count, refusal, address)
+        }
+        if let (count, refusal, address) = report {
+            let held = self.connections.withLock { ($0.connections, $0.unauthenticated) }
+            self.logger.warning(
+                "refused connections at accept",
+                metadata: [
+                    "refused": "\(count)", LogKey.reason: "\(refusal.rawValue)", "last_from": "\(address)",
+                    "connections": "\(held.0)", "unauthenticated": "\(held.1)",
+                ]
+            )
+        }
+    }
+
     // MARK: - One connection
 
-    func serve(_ connection: ControlPipeline.Connection, handshake: EventLoopFuture<NIOSSLCertificate?>) async {
+    func serve(
+        _ connection: ControlPipeline.Connection,
+        handshake: EventLoopFuture<NIOSSLCertificate?>,
+        ticket: ConnectionBudget.Ticket,
+        joinDeadline: Scheduled<Void>
+    ) async {
         let channel = connection.channel
         var logger = self.logger
         logger[metadataKey: LogKey.peer] = "\(channel.remoteAddress?.description ?? "unknown")"
@@ -344,7 +437,11 @@ public final class CoordinatorService: Service, Sendable {
             return
         }
         let identity = peer?.identity
-        if let identity { logger[metadataKey: LogKey.identity] = "\(identity)" }
+        if let identity {
+            logger[metadataKey: LogKey.identity] = "\(identity)"
+            joinDeadline.cancel()
+            self.connections.withLock { $0.authenticated(ticket) }
+        }
         let context = ConnectionContext(
             sessionID: self.nextSessionID.wrappingAdd(1, ordering: .relaxed).oldValue,
             channel: channel,
@@ -438,6 +535,13 @@ public final class CoordinatorService: Service, Sendable {
             return Outcome(replies: [])
         case .leave(let leave):
             guard let node = identity?.name else { return Outcome(replies: [], close: true) }
+            if leave.cannotRun {
+                logger.warning("a node cannot run its job", metadata: [LogKey.job: "\(leave.jobID)", LogKey.reason: "\(leave.reason)"])
+                // Bounded: a reason is for job status and the log, not a channel for megabytes.
+                let reason = leave.reason.count > 500 ? "\(leave.reason.prefix(500))..." : leave.reason
+                self.feed(.cannotRun(node: node, job: leave.jobID, generation: leave.generation, reason: reason), logger: logger)
+                return Outcome(replies: [])
+            }
             logger.info("node leaves its job", metadata: [LogKey.job: "\(leave.jobID)", LogKey.reason: "\(leave.reason)"])
             self.feed(.left(node: node, job: leave.jobID, generation: leave.generation), logger: logger)
             return Outcome(replies: [])
@@ -582,10 +686,13 @@ public final class CoordinatorService: Service, Sendable {
             case .jobSubmit(let submit):
                 let spec: JobSpec
                 do {
-                    spec = try JobSpecParser.parse(yaml: submit.specYaml)
+                    // Off the connection's thread: a spec's parse is bounded (`JobSpecScreen`), but
+                    // still must not hold up the threads that serve every other request.
+                    let text = submit.specYaml
+                    spec = try await onOwnThread(named: "ringmaster-job-spec") { try JobSpecParser.parse(yaml: text) }
                 } catch {
                     logger.warning("refused a job spec", metadata: [LogKey.reason: "\(error)"])
-                    return Outcome(replies: [.error(.invalidRequest, error.description, requestID: requestID)])
+                    return Outcome(replies: [.error(.invalidRequest, "\(error)", requestID: requestID)])
                 }
                 let start: CoordinatorMachine.JobStart?
                 do {
@@ -617,6 +724,9 @@ public final class CoordinatorService: Service, Sendable {
         } catch let error as CoordinatorMachine.CommandError {
             logger.warning("refused an admin command", metadata: [LogKey.reason: "\(error.message)"])
             return Outcome(replies: [.error(.invalidRequest, error.message, requestID: requestID)])
+        } catch let error as CoordinatorError where error.code == .stateFull || error.code == .stateStore {
+            // Logged where the write failed; nothing was changed.
+            return Outcome(replies: [.error(.unavailable, error.message, requestID: requestID)])
         } catch {
             logger.error("an admin request failed", metadata: [LogKey.error: "\(error)"])
             return Outcome(replies: [.error(.internal, "\(error)", requestID: requestID)])

@@ -19,8 +19,10 @@ import Yams
 public enum JobSpecParser {
     static let topLevel: Set<String> = ["name", "workload", "dataset", "batch_size", "steps", "epochs", "seed", "nodes", "checkpoint", "resume"]
 
-    /// Parses and validates a spec.
+    /// Parses and validates a spec. The text passes `JobSpecScreen` first (size, anchors and
+    /// aliases, nesting, value count), so no spec costs more than bounded memory and time.
     public static func parse(yaml text: String) throws(JobSpecError) -> JobSpec {
+        try JobSpecScreen.check(text)
         let document: Any?
         do {
             document = try Yams.load(yaml: text)
@@ -105,7 +107,7 @@ public enum JobSpecParser {
             } else if let step = resume as? Int, step >= 0 {
                 spec.resume = .atOrBefore(UInt64(step))
             } else {
-                throw JobSpecError(field: "resume", reason: "must be `latest` or a step number, not \(resume)")
+                throw JobSpecError(field: "resume", reason: "must be `latest` or a step number, not \(self.describe(resume))")
             }
         }
         try spec.validate()
@@ -113,6 +115,12 @@ public enum JobSpecParser {
     }
 
     // MARK: - Fields
+
+    /// A value as an error message shows it: at most 80 characters of it.
+    static func describe(_ value: Any) -> String {
+        let text = "\(value)"
+        return text.count > 80 ? "\(text.prefix(80))..." : text
+    }
 
     static func path(_ key: String, _ parent: String?) -> String {
         parent.map { "\($0).\(key)" } ?? key
@@ -137,7 +145,7 @@ public enum JobSpecParser {
     static func string(_ mapping: [String: Any], _ key: String, in parent: String? = nil) throws(JobSpecError) -> String {
         let value = try self.value(mapping, key, in: parent)
         guard let text = value as? String else {
-            throw JobSpecError(field: self.path(key, parent), reason: "must be text, not \(value)")
+            throw JobSpecError(field: self.path(key, parent), reason: "must be text, not \(self.describe(value))")
         }
         return text
     }
@@ -145,7 +153,7 @@ public enum JobSpecParser {
     static func integer(_ mapping: [String: Any], _ key: String, in parent: String? = nil) throws(JobSpecError) -> Int {
         let value = try self.value(mapping, key, in: parent)
         guard let number = value as? Int else {
-            throw JobSpecError(field: self.path(key, parent), reason: "must be a whole number, not \(value)")
+            throw JobSpecError(field: self.path(key, parent), reason: "must be a whole number, not \(self.describe(value))")
         }
         return number
     }
@@ -153,7 +161,7 @@ public enum JobSpecParser {
     static func mapping(_ mapping: [String: Any], _ key: String, in parent: String? = nil) throws(JobSpecError) -> [String: Any] {
         let value = try self.value(mapping, key, in: parent)
         guard let nested = value as? [String: Any] else {
-            throw JobSpecError(field: self.path(key, parent), reason: "must be a mapping of fields, not \(value)")
+            throw JobSpecError(field: self.path(key, parent), reason: "must be a mapping of fields, not \(self.describe(value))")
         }
         return nested
     }

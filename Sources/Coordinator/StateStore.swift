@@ -9,6 +9,8 @@ import RingmasterSecurity
 /// crash leaves either the old or the new state.
 public final class StateStore: Sendable {
     let database: DatabaseQueue
+    /// The directory the database lives in, for error messages.
+    let directory: String
 
     /// A node the coordinator admitted.
     public struct NodeRecord: Sendable, Hashable {
@@ -22,6 +24,7 @@ public final class StateStore: Sendable {
 
     /// Opens (creating if needed) the store at `path`.
     public init(path: String) throws {
+        self.directory = (path as NSString).deletingLastPathComponent
         var configuration = Configuration()
         configuration.journalMode = .wal
         configuration.busyMode = .timeout(5)
@@ -174,20 +177,30 @@ public final class StateStore: Sendable {
 
     // MARK: - Jobs
 
-    /// Writes a job's durable record (JSON).
-    /// Saves a job's record; `durable: false` for a record whose cursor alone moved (see `write`).
+    /// Saves a job's durable record (JSON); `durable: false` for a record whose cursor alone moved
+    /// (see `write`).
     public func save(job record: CoordinatorMachine.JobRecord, durable: Bool = true) throws {
-        let data: Data
-        do {
-            data = try JSONEncoder().encode(record)
-        } catch {
-            throw CoordinatorError(.stateStore, "could not encode job \(record.spec.name)", underlying: error)
+        try self.save(jobs: [record], durable: durable)
+    }
+
+    /// Saves jobs' durable records in one transaction: all of them or, when it throws, none.
+    public func save(jobs records: [CoordinatorMachine.JobRecord], durable: Bool = true) throws {
+        guard !records.isEmpty else { return }
+        var encoded: [(String, Data)] = []
+        for record in records {
+            do {
+                encoded.append((record.spec.name, try JSONEncoder().encode(record)))
+            } catch {
+                throw CoordinatorError(.stateStore, "could not encode job \(record.spec.name)", underlying: error)
+            }
         }
         try self.write(durable: durable) { db in
-            try db.execute(
-                sql: "INSERT INTO job (name, record) VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET record = excluded.record",
-                arguments: [record.spec.name, data]
-            )
+            for (name, data) in encoded {
+                try db.execute(
+                    sql: "INSERT INTO job (name, record) VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET record = excluded.record",
+                    arguments: [name, data]
+                )
+            }
         }
     }
 
@@ -260,8 +273,28 @@ public final class StateStore: Sendable {
         } catch let error as SecurityError {
             throw error
         } catch {
-            throw CoordinatorError(.stateStore, "a state database write failed", underlying: error)
+            throw self.writeFailure(error)
         }
+    }
+
+    /// A failed write as the operator needs to read it: a full disk named as such, with the
+    /// directory to free space in. Nothing was changed on disk (the transaction rolled back).
+    func writeFailure(_ error: any Error) -> CoordinatorError {
+        var full = (error as? DatabaseError)?.resultCode == .SQLITE_FULL
+        if !full, (error as? DatabaseError)?.resultCode == .SQLITE_IOERR {
+            // A failed fsync or extension may come back as an I/O error: a disk with (almost) no
+            // room left is the likely cause.
+            var stats = statvfs()
+            full = statvfs(self.directory, &stats) == 0 && UInt64(stats.f_bavail) * UInt64(stats.f_frsize) < 1 << 20
+        }
+        if full {
+            return CoordinatorError(
+                .stateFull,
+                "no space left on device under \(self.directory): the change was not saved; free space there and try again",
+                underlying: error
+            )
+        }
+        return CoordinatorError(.stateStore, "a state database write under \(self.directory) failed: the change was not saved", underlying: error)
     }
 
     func read<T>(_ body: (Database) throws -> T) throws -> T {

@@ -38,18 +38,24 @@ public struct CoordinatorMachine: Sendable {
         public var recoveryWindow: Duration
         /// How long a drained node has to leave before it is removed anyway.
         public var drainGrace: Duration
+        /// How long a job that some node could not run waits while too few of the other online
+        /// nodes are left to run it, before it fails with their reasons.
+        public var unrunnableTimeout: Duration
 
-        /// Settings with the defaults: 2 s lease, 1 s settle window, 5 s recovery, 30 s drain grace.
+        /// Settings with the defaults: 2 s lease, 1 s settle window, 5 s recovery, 30 s drain grace,
+        /// 60 s before a job no node can run fails.
         public init(
             lease: Duration = .seconds(2),
             settleWindow: Duration = .seconds(1),
             recoveryWindow: Duration = .seconds(5),
-            drainGrace: Duration = .seconds(30)
+            drainGrace: Duration = .seconds(30),
+            unrunnableTimeout: Duration = .seconds(60)
         ) {
             self.lease = lease
             self.settleWindow = settleWindow
             self.recoveryWindow = recoveryWindow
             self.drainGrace = drainGrace
+            self.unrunnableTimeout = unrunnableTimeout
         }
     }
 
@@ -88,6 +94,8 @@ public struct CoordinatorMachine: Sendable {
         case resized
         /// The coordinator restarted.
         case coordinatorRestarted = "coordinator_restarted"
+        /// A member could not run the job's workload (its data set could not be opened, say).
+        case cannotRun = "cannot_run"
     }
 
     /// Where a job stands.
@@ -100,6 +108,8 @@ public struct CoordinatorMachine: Sendable {
         case finished
         /// Cancelled by an operator.
         case cancelled
+        /// No node could run it (`JobRecord.failure` says why).
+        case failed
     }
 
     /// The durable part of a job: what a restarted coordinator needs to continue it.
@@ -110,7 +120,8 @@ public struct CoordinatorMachine: Sendable {
         public var phase: Phase
         /// The current (or last) generation; 0 before the first start.
         public var generation: UInt64
-        /// The members of the current generation, index = rank.
+        /// The members of the current generation, index = rank (of the last generation, for a
+        /// finished job; none for a waiting or cancelled one).
         public var members: [String]
         /// The world size the job aims for (`max`, or the last resize).
         public var targetNodes: Int
@@ -126,6 +137,14 @@ public struct CoordinatorMachine: Sendable {
         public var samples: SampleAccounting?
         /// The checkpoint step the job was resumed from, if it was.
         public var resumedFrom: UInt64?
+        /// Nodes that could not run the job, with their reasons; it is not offered to them again.
+        /// (Optional so that records written before it existed still decode.)
+        public var cannotRun: [String: String]?
+        /// Why the job failed, when its phase is `failed`.
+        public var failure: String?
+
+        /// The nodes that could not run the job, with their reasons.
+        public var refusals: [String: String] { self.cannotRun ?? [:] }
     }
 
     /// Where a job resumed from a checkpoint starts: its data cursor and sample account.
@@ -181,6 +200,8 @@ public struct CoordinatorMachine: Sendable {
         case jobWaiting(job: String, reason: String)
         /// A job trained all its steps.
         case jobFinished(job: String)
+        /// No node could run a job: it failed, for `reason`.
+        case jobFailed(job: String, reason: String)
         /// Every member completed `step`: the cursor moved past it.
         case stepCommitted(job: String, generation: UInt64, step: UInt64)
         /// A message naming an old generation was refused.
@@ -203,6 +224,8 @@ public struct CoordinatorMachine: Sendable {
         case stepCompleted(node: String, job: String, generation: UInt64, step: UInt64, samples: [Int] = [])
         /// A node leaves a job (SIGTERM, or answering a drain).
         case left(node: String, job: String, generation: UInt64)
+        /// A member cannot run the job's workload, for `reason`; it stays available for other jobs.
+        case cannotRun(node: String, job: String, generation: UInt64, reason: String)
         /// Time passed: check leases, settle windows, recovery and drain deadlines.
         case tick
     }
@@ -275,6 +298,8 @@ public struct CoordinatorMachine: Sendable {
         var waitingSince: Duration?
         /// After a restart: members that have not come back by then are left out.
         var recoveryDeadline: Duration?
+        /// When a job that nodes refused fails unless enough other nodes come online.
+        var unrunnableDeadline: Duration?
     }
 
     // MARK: - State
@@ -337,17 +362,13 @@ public struct CoordinatorMachine: Sendable {
 
     /// Every node the machine knows, by id.
     public var nodeStatuses: [NodeStatus] {
-        var ranks: [String: Int] = [:]
-        for job in self.jobs.values {
-            for (rank, member) in job.record.members.enumerated() { ranks[member] = rank }
-        }
-        return self.nodes.keys.sorted().map { id in
+        self.nodes.keys.sorted().map { id in
             let node = self.nodes[id]!
             return NodeStatus(
                 node: id,
                 state: Self.state(of: node),
                 job: node.job,
-                rank: node.job == nil ? nil : ranks[id],
+                rank: node.job.flatMap { self.jobs[$0]?.record.members.firstIndex(of: id) },
                 dataPlaneAddresses: node.capabilities.dataPlaneAddresses
             )
         }
@@ -427,7 +448,7 @@ public struct CoordinatorMachine: Sendable {
             self.advanceCursor(jobID, now: now, into: &actions)
 
         case .left(let id, let jobID, let generation):
-            guard let job = self.jobs[jobID], job.record.members.contains(id) else {
+            guard let job = self.jobs[jobID], job.record.phase == .running, job.record.members.contains(id) else {
                 if let job = self.jobs[jobID], generation < job.record.generation {
                     actions.append(.staleRefused(node: id, job: jobID, generation: generation, current: job.record.generation))
                 }
@@ -437,6 +458,21 @@ public struct CoordinatorMachine: Sendable {
             // A node that leaves gets no new work until it opens a new session.
             self.nodes[id]?.draining = true
             self.memberLost(id, cause: cause, now: now, into: &actions)
+
+        case .cannotRun(let id, let jobID, let generation, let reason):
+            guard var job = self.jobs[jobID], job.record.phase == .running, job.record.generation == generation,
+                job.record.members.contains(id)
+            else {
+                if let job = self.jobs[jobID], generation < job.record.generation {
+                    actions.append(.staleRefused(node: id, job: jobID, generation: generation, current: job.record.generation))
+                }
+                break
+            }
+            // Not draining: the node is as free as before for any other job.
+            job.record.cannotRun = job.record.refusals.merging([id: reason]) { $1 }
+            self.jobs[jobID] = job
+            self.memberLost(id, cause: .cannotRun, now: now, into: &actions)
+            self.placeIdleNodes(now: now, into: &actions)
 
         case .tick:
             for id in self.nodes.keys.sorted() {
@@ -453,10 +489,44 @@ public struct CoordinatorMachine: Sendable {
                 if let deadline = self.jobs[jobID]?.recoveryDeadline, deadline <= now {
                     self.finishRecovery(jobID, now: now, into: &actions)
                 }
+                self.checkRunnable(jobID, now: now, into: &actions)
             }
             self.placeIdleNodes(now: now, into: &actions)
         }
         return actions
+    }
+
+    /// A waiting job that some node could not run: while fewer than `min` of the online nodes are
+    /// left that did not refuse it, a deadline runs; when it passes, the job fails with the
+    /// refusals as its reason. Enough nodes online again clears the deadline.
+    mutating func checkRunnable(_ jobID: String, now: Duration, into actions: inout [Action]) {
+        guard var job = self.jobs[jobID], job.record.phase == .waiting, !job.record.refusals.isEmpty else { return }
+        let refused = job.record.refusals
+        let candidates = self.nodes.filter { $0.value.online && refused[$0.key] == nil }.count
+        guard candidates < job.record.spec.minNodes else {
+            if job.unrunnableDeadline != nil {
+                job.unrunnableDeadline = nil
+                self.jobs[jobID] = job
+            }
+            return
+        }
+        guard let deadline = job.unrunnableDeadline else {
+            job.unrunnableDeadline = now + self.settings.unrunnableTimeout
+            self.jobs[jobID] = job
+            return
+        }
+        guard deadline <= now else { return }
+        let reasons = refused.keys.sorted().map { "\($0): \(refused[$0]!)" }.joined(separator: "; ")
+        let reason =
+            "no node can run it: \(refused.count) node(s) could not (\(reasons)), and \(candidates) other online node(s) are fewer than nodes.min (\(job.record.spec.minNodes)); fix the spec or the nodes and submit it again under a new name"
+        job.record.phase = .failed
+        job.record.failure = reason
+        job.record.members = []
+        job.settleDeadline = nil
+        job.unrunnableDeadline = nil
+        self.jobs[jobID] = job
+        actions.append(.jobFailed(job: jobID, reason: reason))
+        actions.append(.persist(job: jobID))
     }
 
     // MARK: - Commands
@@ -570,6 +640,11 @@ public struct CoordinatorMachine: Sendable {
         return node.online && !node.draining && node.job == nil
     }
 
+    /// A node that may get work in `job`: idle, and it did not say it cannot run it.
+    func isIdle(_ id: String, for job: Job) -> Bool {
+        self.isIdle(id) && job.record.refusals[id] == nil
+    }
+
     /// A member stopped being usable (failed, disconnected, left, drained).
     mutating func memberLost(_ id: String, cause: Cause, now: Duration, into actions: inout [Action]) {
         guard let jobID = self.nodes[id]?.job, let job = self.jobs[jobID], job.record.members.contains(id) else { return }
@@ -587,9 +662,9 @@ public struct CoordinatorMachine: Sendable {
             self.nodes[member]?.job = nil
             self.nodes[member]?.drainDeadline = nil
         }
-        let survivors = old.filter { self.isIdle($0) }
+        let survivors = old.filter { self.isIdle($0, for: job) }
         let oldSet = Set(old)
-        let newcomers = self.nodes.keys.filter { self.isIdle($0) && !oldSet.contains($0) }.sorted()
+        let newcomers = self.nodes.keys.filter { self.isIdle($0, for: job) && !oldSet.contains($0) }.sorted()
         let target = job.record.targetNodes
         let spec = job.record.spec
         job.recoveryDeadline = nil
@@ -675,7 +750,7 @@ public struct CoordinatorMachine: Sendable {
         for jobID in self.jobOrder() {
             guard var job = self.jobs[jobID] else { continue }
             guard job.record.phase == .waiting || job.record.phase == .running else { continue }
-            let unsorted = self.nodes.keys.filter { self.isIdle($0) }
+            let unsorted = self.nodes.keys.filter { self.isIdle($0, for: job) }
             if unsorted.isEmpty { continue }
             let idle = unsorted.sorted()
             switch job.record.phase {
@@ -707,7 +782,7 @@ public struct CoordinatorMachine: Sendable {
             case .running:
                 guard job.recoveryDeadline == nil, job.record.members.count < job.record.targetNodes, !idle.isEmpty else { continue }
                 self.regenerate(jobID, cause: growCause, now: now, into: &actions)
-            case .finished, .cancelled:
+            case .finished, .cancelled, .failed:
                 continue
             }
         }
@@ -743,8 +818,9 @@ public struct CoordinatorMachine: Sendable {
                 actions.append(.abort(node: member, job: jobID, generation: job.record.generation, reason: "finished"))
                 self.nodes[member]?.job = nil
             }
+            // The members stay in the record: the shards of the last step's checkpoint may still
+            // be on their way, and they are checked against the last generation's members.
             job.record.phase = .finished
-            job.record.members = []
             self.jobs[jobID] = job
             actions.append(.jobFinished(job: jobID))
             actions.append(.persist(job: jobID))

@@ -43,6 +43,9 @@ struct CoordinatorCommand: AsyncParsableCommand {
     @Option(help: "After a restart, how long running jobs wait for their members to reconnect, e.g. 5s.")
     var recoveryWindow: DurationArgument = DurationArgument(seconds: 5)
 
+    @Option(help: "How long a job that nodes could not run (a missing data set, say) waits for other nodes before it fails, e.g. 60s.")
+    var unrunnableJobTimeout: DurationArgument = DurationArgument(seconds: 60)
+
     @Option(help: "Serve Prometheus metrics at http://HOST:PORT/metrics (port 0 picks one).")
     var metricsListen: String?
 
@@ -68,6 +71,7 @@ struct CoordinatorCommand: AsyncParsableCommand {
         configuration.leaseMilliseconds = self.lease.milliseconds
         configuration.settleWindowMilliseconds = self.settleWindow.milliseconds
         configuration.recoveryWindowMilliseconds = self.recoveryWindow.milliseconds
+        configuration.unrunnableJobMilliseconds = self.unrunnableJobTimeout.milliseconds
         if let metrics = self.metricsListen {
             let address = try ControlAddress(parsing: metrics)
             configuration.metricsHost = address.host

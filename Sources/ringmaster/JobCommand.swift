@@ -46,6 +46,9 @@ struct JobCommand: AsyncParsableCommand {
                 "checkpoint_failures": job.checkpointFailures,
                 "last_checkpoint_error": job.lastCheckpointError,
                 "resumed_from_step": job.hasResumedFromStep ? job.resumedFromStep as Any : NSNull(),
+                "not_saved": job.notSaved,
+                "refusals": job.refusals.map { ["node": $0.nodeID, "reason": $0.reason] },
+                "failure": job.failure,
                 "samples": ["seen": job.samples.seen, "repeated": job.samples.repeated, "skipped": job.samples.skipped],
                 "history": job.history.map {
                     [
@@ -74,6 +77,11 @@ struct JobCommand: AsyncParsableCommand {
             if job.hasTestAccuracy { line += String(format: "; test accuracy %.2f%%", job.testAccuracy * 100) }
             if job.divergences > 0 { line += "; REPLICAS DIVERGED at \(job.divergences) check(s)" }
             print(line)
+        }
+        for job in status.jobs {
+            if !job.failure.isEmpty { print("\(job.jobID): FAILED: \(job.failure)") }
+            for refusal in job.refusals { print("\(job.jobID): node \(refusal.nodeID) cannot run it: \(refusal.reason)") }
+            if !job.notSaved.isEmpty { print("\(job.jobID): ITS STATE IS NOT BEING SAVED (progress is lost if the coordinator restarts) \(job.notSaved)") }
         }
         for job in status.jobs where job.lastCheckpointStep > 0 || job.checkpointFailures > 0 || job.hasResumedFromStep {
             var line = "\(job.jobID): "

@@ -110,6 +110,29 @@ struct TrainingTests {
         #expect(difference <= Self.tolerance, "resumed at \(saved) with 3 agents: parameters differ from the uninterrupted run's by up to \(difference)")
     }
 
+    /// The checkpoint of a job's last step commits like any other, although its shards arrive
+    /// after the job has finished: 600 steps with a checkpoint every 100 end with step 600's
+    /// checkpoint committed and verified (it used to be refused as "from another generation",
+    /// leaving step 500 the newest).
+    @Test func aJobWhoseLastStepIsACheckpointStep_endsWithThatCheckpointCommittedAndVerified() async throws {
+        let root = FileManager.default.temporaryDirectory.appendingPathComponent("ringmaster-last-\(UUID().uuidString.prefix(8))").path
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        let run = try await self.demo("last-checkpoint", ["--agents", "3", "--checkpoint-dir", root, "--checkpoint-interval", "100"])
+        self.expectExactAccounting(run, "last checkpoint")
+        #expect(run.count("last_checkpoint_step") == Self.steps, "\(run.json)")
+        #expect(run.count("checkpoint_failures") == 0)
+        let list = try ChildProcess(name: "checkpoint list", executable: try ringmasterExecutable(), arguments: ["checkpoint", "list", root, "--json"])
+        #expect(try await list.waitForExit(within: 30) == 0)
+        let rows = try #require(
+            try JSONSerialization.jsonObject(with: Data(list.standardOutput.lines.joined().utf8)) as? [[String: Any]],
+            "checkpoint list printed no JSON: \(list.output.lines)"
+        )
+        let newest = try #require(rows.first, "no checkpoint under \(root)")
+        #expect(newest["step"] as? Int == Self.steps, "\(rows)")
+        #expect(newest["committed"] as? Bool == true && newest["verified"] as? Bool == true, "\(newest)")
+        #expect(newest["world_size"] as? Int == 3)
+    }
+
     /// A real kill -9 at each point of the commit protocol, in the process that is there: the agents
     /// (after a shard's data, after its rename) or the coordinator (before the manifest, after its
     /// temporary write), at the save of step 200. The checkpoint at step 100 stays the latest

@@ -637,7 +637,7 @@ public nonisolated struct Ringmaster_V1_CursorUpdate: Sendable {
   public init() {}
 }
 
-/// The agent leaves on its own (SIGTERM, preemption).
+/// The agent leaves on its own (SIGTERM, preemption), or because it cannot run the job.
 public nonisolated struct Ringmaster_V1_Leave: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
@@ -648,6 +648,11 @@ public nonisolated struct Ringmaster_V1_Leave: Sendable {
   public var generation: UInt64 = 0
 
   public var reason: String = String()
+
+  /// The agent cannot run this job's workload here (its data set cannot be opened, its settings do
+  /// not fit this node); `reason` says why. The node stays available for other jobs, and the job
+  /// is not offered to it again.
+  public var cannotRun: Bool = false
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -958,7 +963,7 @@ public nonisolated struct Ringmaster_V1_JobStatus: @unchecked Sendable {
     set {_uniqueStorage()._jobID = newValue}
   }
 
-  /// waiting, running, finished or cancelled.
+  /// waiting, running, finished, cancelled or failed.
   public var phase: String {
     get {_storage._phase}
     set {_uniqueStorage()._phase = newValue}
@@ -1088,11 +1093,45 @@ public nonisolated struct Ringmaster_V1_JobStatus: @unchecked Sendable {
   /// Clears the value of `resumedFromStep`. Subsequent reads from it will return its default value.
   public mutating func clearResumedFromStep() {_uniqueStorage()._resumedFromStep = nil}
 
+  /// Empty while the job's state is saved; otherwise why it is not (for example no space left
+  /// under the state directory) and since when: progress made meanwhile is lost to a restart.
+  public var notSaved: String {
+    get {_storage._notSaved}
+    set {_uniqueStorage()._notSaved = newValue}
+  }
+
+  /// Nodes that could not run the job, each with its reason; the job is not offered to them again.
+  public var refusals: [Ringmaster_V1_NodeRefusal] {
+    get {_storage._refusals}
+    set {_uniqueStorage()._refusals = newValue}
+  }
+
+  /// Why a failed job failed (phase `failed`).
+  public var failure: String {
+    get {_storage._failure}
+    set {_uniqueStorage()._failure = newValue}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
 
   fileprivate var _storage = _StorageClass.defaultInstance
+}
+
+/// A node that could not run a job, and why.
+public nonisolated struct Ringmaster_V1_NodeRefusal: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var nodeID: String = String()
+
+  public var reason: String = String()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
 }
 
 /// Samples counted from the ids that members reported for committed steps.
@@ -1260,6 +1299,10 @@ public nonisolated struct Ringmaster_V1_Error: Sendable {
     /// This coordinator does not handle the request yet.
     case unsupported // = 5
     case `internal` // = 6
+
+    /// The coordinator cannot carry the request out now (its state cannot be saved, for example on
+    /// a full disk); nothing was changed. Try again once the cause named is fixed.
+    case unavailable // = 7
     case UNRECOGNIZED(Int)
 
     public init() {
@@ -1275,6 +1318,7 @@ public nonisolated struct Ringmaster_V1_Error: Sendable {
       case 4: self = .staleGeneration
       case 5: self = .unsupported
       case 6: self = .internal
+      case 7: self = .unavailable
       default: self = .UNRECOGNIZED(rawValue)
       }
     }
@@ -1288,6 +1332,7 @@ public nonisolated struct Ringmaster_V1_Error: Sendable {
       case .staleGeneration: return 4
       case .unsupported: return 5
       case .internal: return 6
+      case .unavailable: return 7
       case .UNRECOGNIZED(let i): return i
       }
     }
@@ -1301,6 +1346,7 @@ public nonisolated struct Ringmaster_V1_Error: Sendable {
       .staleGeneration,
       .unsupported,
       .internal,
+      .unavailable,
     ]
 
   }
@@ -2472,7 +2518,7 @@ nonisolated extension Ringmaster_V1_CursorUpdate: SwiftProtobuf.Message, SwiftPr
 
 nonisolated extension Ringmaster_V1_Leave: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Leave"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}job_id\0\u{1}generation\0\u{1}reason\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}job_id\0\u{1}generation\0\u{1}reason\0\u{3}cannot_run\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -2483,6 +2529,7 @@ nonisolated extension Ringmaster_V1_Leave: SwiftProtobuf.Message, SwiftProtobuf.
       case 1: try { try decoder.decodeSingularStringField(value: &self.jobID) }()
       case 2: try { try decoder.decodeSingularUInt64Field(value: &self.generation) }()
       case 3: try { try decoder.decodeSingularStringField(value: &self.reason) }()
+      case 4: try { try decoder.decodeSingularBoolField(value: &self.cannotRun) }()
       default: break
       }
     }
@@ -2498,6 +2545,9 @@ nonisolated extension Ringmaster_V1_Leave: SwiftProtobuf.Message, SwiftProtobuf.
     if !self.reason.isEmpty {
       try visitor.visitSingularStringField(value: self.reason, fieldNumber: 3)
     }
+    if self.cannotRun != false {
+      try visitor.visitSingularBoolField(value: self.cannotRun, fieldNumber: 4)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -2505,6 +2555,7 @@ nonisolated extension Ringmaster_V1_Leave: SwiftProtobuf.Message, SwiftProtobuf.
     if lhs.jobID != rhs.jobID {return false}
     if lhs.generation != rhs.generation {return false}
     if lhs.reason != rhs.reason {return false}
+    if lhs.cannotRun != rhs.cannotRun {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -3153,7 +3204,7 @@ nonisolated extension Ringmaster_V1_JobMember: SwiftProtobuf.Message, SwiftProto
 
 nonisolated extension Ringmaster_V1_JobStatus: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".JobStatus"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}job_id\0\u{1}phase\0\u{1}generation\0\u{1}members\0\u{3}min_nodes\0\u{3}max_nodes\0\u{3}target_nodes\0\u{3}cursor_step\0\u{3}cursor_epoch\0\u{3}total_steps\0\u{3}generations_started\0\u{3}last_cause\0\u{1}loss\0\u{3}test_accuracy\0\u{3}parameter_hash\0\u{3}parameter_hash_step\0\u{1}divergences\0\u{1}samples\0\u{1}history\0\u{3}last_checkpoint_step\0\u{3}checkpoint_failures\0\u{3}last_checkpoint_error\0\u{3}resumed_from_step\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}job_id\0\u{1}phase\0\u{1}generation\0\u{1}members\0\u{3}min_nodes\0\u{3}max_nodes\0\u{3}target_nodes\0\u{3}cursor_step\0\u{3}cursor_epoch\0\u{3}total_steps\0\u{3}generations_started\0\u{3}last_cause\0\u{1}loss\0\u{3}test_accuracy\0\u{3}parameter_hash\0\u{3}parameter_hash_step\0\u{1}divergences\0\u{1}samples\0\u{1}history\0\u{3}last_checkpoint_step\0\u{3}checkpoint_failures\0\u{3}last_checkpoint_error\0\u{3}resumed_from_step\0\u{3}not_saved\0\u{1}refusals\0\u{1}failure\0")
 
   fileprivate class _StorageClass {
     var _jobID: String = String()
@@ -3179,6 +3230,9 @@ nonisolated extension Ringmaster_V1_JobStatus: SwiftProtobuf.Message, SwiftProto
     var _checkpointFailures: UInt64 = 0
     var _lastCheckpointError: String = String()
     var _resumedFromStep: UInt64? = nil
+    var _notSaved: String = String()
+    var _refusals: [Ringmaster_V1_NodeRefusal] = []
+    var _failure: String = String()
 
       // This property is used as the initial default value for new instances of the type.
       // The type itself is protecting the reference to its storage via CoW semantics.
@@ -3212,6 +3266,9 @@ nonisolated extension Ringmaster_V1_JobStatus: SwiftProtobuf.Message, SwiftProto
       _checkpointFailures = source._checkpointFailures
       _lastCheckpointError = source._lastCheckpointError
       _resumedFromStep = source._resumedFromStep
+      _notSaved = source._notSaved
+      _refusals = source._refusals
+      _failure = source._failure
     }
   }
 
@@ -3253,6 +3310,9 @@ nonisolated extension Ringmaster_V1_JobStatus: SwiftProtobuf.Message, SwiftProto
         case 21: try { try decoder.decodeSingularUInt64Field(value: &_storage._checkpointFailures) }()
         case 22: try { try decoder.decodeSingularStringField(value: &_storage._lastCheckpointError) }()
         case 23: try { try decoder.decodeSingularUInt64Field(value: &_storage._resumedFromStep) }()
+        case 24: try { try decoder.decodeSingularStringField(value: &_storage._notSaved) }()
+        case 25: try { try decoder.decodeRepeatedMessageField(value: &_storage._refusals) }()
+        case 26: try { try decoder.decodeSingularStringField(value: &_storage._failure) }()
         default: break
         }
       }
@@ -3334,6 +3394,15 @@ nonisolated extension Ringmaster_V1_JobStatus: SwiftProtobuf.Message, SwiftProto
       try { if let v = _storage._resumedFromStep {
         try visitor.visitSingularUInt64Field(value: v, fieldNumber: 23)
       } }()
+      if !_storage._notSaved.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._notSaved, fieldNumber: 24)
+      }
+      if !_storage._refusals.isEmpty {
+        try visitor.visitRepeatedMessageField(value: _storage._refusals, fieldNumber: 25)
+      }
+      if !_storage._failure.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._failure, fieldNumber: 26)
+      }
     }
     try unknownFields.traverse(visitor: &visitor)
   }
@@ -3366,10 +3435,48 @@ nonisolated extension Ringmaster_V1_JobStatus: SwiftProtobuf.Message, SwiftProto
         if _storage._checkpointFailures != rhs_storage._checkpointFailures {return false}
         if _storage._lastCheckpointError != rhs_storage._lastCheckpointError {return false}
         if _storage._resumedFromStep != rhs_storage._resumedFromStep {return false}
+        if _storage._notSaved != rhs_storage._notSaved {return false}
+        if _storage._refusals != rhs_storage._refusals {return false}
+        if _storage._failure != rhs_storage._failure {return false}
         return true
       }
       if !storagesAreEqual {return false}
     }
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Ringmaster_V1_NodeRefusal: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".NodeRefusal"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}node_id\0\u{1}reason\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.nodeID) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.reason) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.nodeID.isEmpty {
+      try visitor.visitSingularStringField(value: self.nodeID, fieldNumber: 1)
+    }
+    if !self.reason.isEmpty {
+      try visitor.visitSingularStringField(value: self.reason, fieldNumber: 2)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Ringmaster_V1_NodeRefusal, rhs: Ringmaster_V1_NodeRefusal) -> Bool {
+    if lhs.nodeID != rhs.nodeID {return false}
+    if lhs.reason != rhs.reason {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -3720,5 +3827,5 @@ nonisolated extension Ringmaster_V1_Error: SwiftProtobuf.Message, SwiftProtobuf.
 }
 
 nonisolated extension Ringmaster_V1_Error.Code: SwiftProtobuf._ProtoNameProviding {
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0CODE_UNSPECIFIED\0\u{1}PERMISSION_DENIED\0\u{1}INVALID_TOKEN\0\u{1}INVALID_REQUEST\0\u{1}STALE_GENERATION\0\u{1}UNSUPPORTED\0\u{1}INTERNAL\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0CODE_UNSPECIFIED\0\u{1}PERMISSION_DENIED\0\u{1}INVALID_TOKEN\0\u{1}INVALID_REQUEST\0\u{1}STALE_GENERATION\0\u{1}UNSUPPORTED\0\u{1}INTERNAL\0\u{1}UNAVAILABLE\0")
 }

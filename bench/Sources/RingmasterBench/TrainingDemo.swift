@@ -167,12 +167,13 @@ public final class TrainingDemo: Sendable {
         say("submitted job demo: \(options.steps) steps of \(options.batchSize) samples")
 
         // One operator session for the whole run: polling opens no new TLS connection.
-        let (status, killedAt, addedAt, terminated, preempted) = try await admin.withConnection { session in
+        let (status, killedAt, addedAt, terminated, preempted, finishedAt) = try await admin.withConnection { session in
             var killedAt: Date?
             var addedAt: Date?
             var terminated: [String: ChildProcess] = [:]
             var rate = RateMeter()
             var status = Ringmaster_V1_JobStatus()
+            var finishedAt: Date?
             while true {
                 status = try await Cluster.request(session) { $0.jobStatus = .with { $0.jobID = "demo" } }.adminReply.jobStatus.jobs.first ?? .init()
                 rate.add(step: status.cursorStep, at: Date())
@@ -186,7 +187,19 @@ public final class TrainingDemo: Sendable {
                         samplesPerSecond: rate.stepsPerSecond * Double(options.batchSize)
                     )
                 )
-                if status.phase == "finished" || status.phase == "cancelled" { break }
+                if status.phase == "cancelled" { break }
+                if status.phase == "finished" {
+                    // The last step's checkpoint commits after the last step: wait for it (or its
+                    // failure) for up to 10 s, so that the run ends with it on disk.
+                    let at = finishedAt ?? Date()
+                    finishedAt = at
+                    let settled = status.lastCheckpointStep >= status.totalSteps || status.checkpointFailures > 0
+                    if options.checkpointDirectory == nil || settled { break }
+                    if Date().timeIntervalSince(at) > 10 {
+                        say("the checkpoint of the last step was not committed within 10 s of the job's end")
+                        break
+                    }
+                }
                 let agents = cluster.agents.withLock { Array($0.values) }
                 if !agents.isEmpty, agents.allSatisfy(\.hasExited) {
                     throw BenchmarkError("every agent has exited, at step \(status.cursorStep); their output follows")
@@ -194,7 +207,7 @@ public final class TrainingDemo: Sendable {
                 if let at = options.preemptAtStep, status.lastCheckpointStep >= at {
                     for child in cluster.children.withLock({ $0 }) { child.signal(SIGKILL) }
                     say("step \(status.cursorStep): checkpoint at step \(status.lastCheckpointStep) committed; kill -9 every process")
-                    return (status, killedAt, addedAt, terminated, true)
+                    return (status, killedAt, addedAt, terminated, true, finishedAt)
                 }
                 if let at = options.killAgentAtStep, killedAt == nil, status.cursorStep >= at {
                     let victim = try cluster.agent(index: options.agents - 1)
@@ -215,9 +228,10 @@ public final class TrainingDemo: Sendable {
                 }
                 try await Task.sleep(for: .milliseconds(50))
             }
-            return (status, killedAt, addedAt, terminated, false)
+            return (status, killedAt, addedAt, terminated, false, finishedAt)
         }
-        let seconds = Date().timeIntervalSince(started)
+        // Training time: up to the job's end, not the wait for its last checkpoint.
+        let seconds = (finishedAt ?? Date()).timeIntervalSince(started)
         var exits: [String: Int32] = [:]
         // (`status`, `killedAt`, `addedAt` and `terminated` come from the polling session above.)
         for (name, child) in terminated {

@@ -1,0 +1,111 @@
+/// How many control connections the coordinator holds, and which new ones it refuses at accept
+/// time. A value with no I/O; the service keeps one behind a lock.
+///
+/// A connection is *unauthenticated* from its accept until its TLS handshake shows a client
+/// certificate: the join path lets anyone who reaches the port get that far, so such connections
+/// are capped in all and per source address, and each is closed when it has not authenticated (or
+/// finished its join) within the join deadline. Every connection, authenticated or not, counts
+/// against `maximumConnections`, which stays below the process's descriptor limit so that the
+/// process always has descriptors left for its own files (and libdispatch, which traps when it
+/// cannot open one).
+public struct ConnectionBudget: Sendable {
+    /// Limits.
+    public struct Limits: Sendable, Hashable {
+        /// Connections of any kind.
+        public var maximumConnections: Int
+        /// Connections that have not authenticated, in all.
+        public var maximumUnauthenticated: Int
+        /// Connections that have not authenticated, from one source address.
+        public var maximumUnauthenticatedPerAddress: Int
+
+        /// Makes limits.
+        public init(maximumConnections: Int, maximumUnauthenticated: Int, maximumUnauthenticatedPerAddress: Int) {
+            self.maximumConnections = maximumConnections
+            self.maximumUnauthenticated = maximumUnauthenticated
+            self.maximumUnauthenticatedPerAddress = maximumUnauthenticatedPerAddress
+        }
+
+        /// Limits for a process allowed `descriptors` open files: a reserve of an eighth (at least
+        /// 64) is kept for the process itself; unauthenticated connections get at most 1,024 of
+        /// the rest, or half of it, and 64 of those per source address.
+        public static func forDescriptorLimit(_ descriptors: Int) -> Limits {
+            let connections = max(16, descriptors - max(64, descriptors / 8))
+            let unauthenticated = max(8, min(1024, connections / 2))
+            return Limits(
+                maximumConnections: connections,
+                maximumUnauthenticated: unauthenticated,
+                maximumUnauthenticatedPerAddress: max(4, min(64, unauthenticated / 4))
+            )
+        }
+    }
+
+    /// Why a connection was refused.
+    public enum Refusal: String, Error, Sendable, Hashable {
+        /// Every connection slot is taken.
+        case tooManyConnections = "too_many_connections"
+        /// The unauthenticated slots are taken.
+        case tooManyUnauthenticated = "too_many_unauthenticated"
+        /// The source address holds its share of unauthenticated slots.
+        case tooManyFromAddress = "too_many_from_address"
+    }
+
+    /// An admitted connection.
+    public struct Ticket: Sendable, Hashable {
+        let id: UInt64
+        /// Its source address.
+        public let address: String
+    }
+
+    /// The limits in force.
+    public let limits: Limits
+    /// Admitted connections still open, and whether each has authenticated.
+    var open: [UInt64: (address: String, authenticated: Bool)] = [:]
+    /// Unauthenticated connections held, by source address.
+    var unauthenticatedByAddress: [String: Int] = [:]
+    /// Unauthenticated connections held, in all.
+    public private(set) var unauthenticated = 0
+    var nextID: UInt64 = 0
+
+    /// Connections held.
+    public var connections: Int { self.open.count }
+
+    /// An empty budget.
+    public init(limits: Limits) {
+        self.limits = limits
+    }
+
+    /// A connection from `address` was accepted: an unauthenticated slot for it, or why not (the
+    /// caller closes it at once).
+    public mutating func admit(from address: String) -> Result<Ticket, Refusal> {
+        if self.open.count >= self.limits.maximumConnections { return .failure(.tooManyConnections) }
+        if self.unauthenticated >= self.limits.maximumUnauthenticated { return .failure(.tooManyUnauthenticated) }
+        if self.unauthenticatedByAddress[address, default: 0] >= self.limits.maximumUnauthenticatedPerAddress {
+            return .failure(.tooManyFromAddress)
+        }
+        self.nextID += 1
+        self.open[self.nextID] = (address, false)
+        self.unauthenticated += 1
+        self.unauthenticatedByAddress[address, default: 0] += 1
+        return .success(Ticket(id: self.nextID, address: address))
+    }
+
+    /// The connection presented a client certificate: it leaves the unauthenticated slots and
+    /// keeps its place among all connections. Nothing happens for one already closed.
+    public mutating func authenticated(_ ticket: Ticket) {
+        guard let entry = self.open[ticket.id], !entry.authenticated else { return }
+        self.open[ticket.id] = (entry.address, true)
+        self.releaseUnauthenticated(entry.address)
+    }
+
+    /// The connection closed: its slots are free.
+    public mutating func closed(_ ticket: Ticket) {
+        guard let entry = self.open.removeValue(forKey: ticket.id) else { return }
+        if !entry.authenticated { self.releaseUnauthenticated(entry.address) }
+    }
+
+    mutating func releaseUnauthenticated(_ address: String) {
+        self.unauthenticated -= 1
+        let left = self.unauthenticatedByAddress[address, default: 1] - 1
+        self.unauthenticatedByAddress[address] = left > 0 ? left : nil
+    }
+}
