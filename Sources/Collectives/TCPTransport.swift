@@ -41,177 +41,6 @@ enum DataPlaneHandshake {
     }
 }
 
-// MARK: - Listener
-
-/// The agent's data-plane listening socket. It lives as long as the agent (one port across
-/// generations) and authenticates each incoming connection on its own thread, then hands it to
-/// the transport of the generation it proved it belongs to.
-public final class DataPlaneListener: @unchecked Sendable {
-    // Safe because `secrets`, `ready` and `refused` are guarded by `lock`; `fd` is set once.
-    let fd: Int32
-    /// The bound port.
-    public let port: Int
-    let lock = NSCondition()
-    var secrets: [UInt64: (rank: Int, secret: [UInt8])] = [:]
-    var ready: [Key: Int32] = [:]
-    var closed = false
-    /// Connections refused by the handshake so far (wrong MAC, stranger, old generation).
-    public private(set) var refused = 0
-    /// Why the last refusal happened.
-    public private(set) var lastRefusal: String?
-
-    struct Key: Hashable {
-        let generation: UInt64
-        let from: Int
-    }
-
-    /// Binds `host:port` (an IPv4 or IPv6 address, `[v6]` too; port 0 picks one) and starts
-    /// accepting. `::` takes IPv4 connections as well, unless the system makes IPv6 sockets
-    /// IPv6-only.
-    public init(host: String = "127.0.0.1", port: Int = 0) throws {
-        var endpoint = try Socket.endpoint(host: host, port: port)
-        let fd = socket(endpoint.family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard fd >= 0 else { throw Socket.error("socket") }
-        var one: Int32 = 1
-        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
-        guard endpoint.withAddress({ bind(fd, $0, $1) }) == 0, listen(fd, 128) == 0 else {
-            let error = Socket.error("bind \(host):\(port)")
-            Glibc.close(fd)
-            throw error
-        }
-        _ = endpoint.withMutableAddress { getsockname(fd, $0, $1) }
-        self.fd = fd
-        self.port = endpoint.port
-        let thread = Thread { [self] in self.acceptLoop() }
-        thread.name = "ringmaster-dataplane-accept"
-        thread.start()
-    }
-
-    /// Stops accepting and closes connections not yet claimed.
-    public func close() {
-        self.lock.lock()
-        self.closed = true
-        for fd in self.ready.values { Glibc.close(fd) }
-        self.ready = [:]
-        self.lock.broadcast()
-        self.lock.unlock()
-        shutdown(self.fd, Int32(SHUT_RDWR))
-        Glibc.close(self.fd)
-    }
-
-    /// Accepts connections for `generation`, as rank `rank`, proved with `secret`.
-    func expect(generation: UInt64, rank: Int, secret: [UInt8]) {
-        self.lock.lock()
-        self.secrets[generation] = (rank, secret)
-        // Older generations are over: their connections will never be claimed.
-        for key in self.ready.keys where key.generation < generation {
-            Glibc.close(self.ready.removeValue(forKey: key)!)
-        }
-        self.secrets = self.secrets.filter { $0.key >= generation }
-        self.lock.broadcast()
-        self.lock.unlock()
-    }
-
-    /// Waits for the authenticated connection from `from` in `generation`.
-    func claim(
-        generation: UInt64,
-        from: Int,
-        deadline: ContinuousClock.Instant,
-        isCancelled: @Sendable () -> Bool = { false }
-    ) throws -> Int32 {
-        self.lock.lock()
-        defer { self.lock.unlock() }
-        while true {
-            if let fd = self.ready.removeValue(forKey: Key(generation: generation, from: from)) { return fd }
-            if self.closed { throw CollectiveError(.io, operation: "connect", peer: from, "the data-plane listener is closed") }
-            if isCancelled() { throw CollectiveError(.aborted, operation: "connect", peer: from, "connecting was cancelled") }
-            let remaining = deadline - ContinuousClock.now
-            if remaining <= .zero {
-                throw CollectiveError(.deadlineExceeded, operation: "connect", peer: from, "rank \(from) did not connect to this rank's data port in time")
-            }
-            _ = self.lock.wait(until: Date().addingTimeInterval(min(Socket.seconds(remaining), 0.02)))
-        }
-    }
-
-    func acceptLoop() {
-        while true {
-            let client = accept(self.fd, nil, nil)
-            if client < 0 {
-                if errno == EINTR || errno == ECONNABORTED { continue }
-                return  // closed
-            }
-            _ = fcntl(client, F_SETFD, FD_CLOEXEC)
-            let thread = Thread { [self] in self.authenticate(client) }
-            thread.name = "ringmaster-dataplane-handshake"
-            thread.start()
-        }
-    }
-
-    /// Runs the acceptor's side of the handshake (at most 5 s), then files the connection.
-    func authenticate(_ fd: Int32) {
-        let deadline = ContinuousClock.now + .seconds(5)
-        do {
-            let acceptorNonce = DataPlaneHandshake.nonce()
-            try Socket.writeAll(fd, acceptorNonce, deadline: deadline)
-            let hello = try Socket.readExactly(fd, DataPlaneHandshake.helloBytes, deadline: deadline)
-            guard Array(hello[0..<4]) == DataPlaneHandshake.magic, hello[4] == DataPlaneHandshake.version else {
-                throw CollectiveError(.handshakeRefused, operation: "accept", "not a ringmaster data-plane connection")
-            }
-            let generation = hello[5..<13].reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
-            let from = Int(hello[13..<17].reduce(UInt32(0)) { $0 << 8 | UInt32($1) })
-            let to = Int(hello[17..<21].reduce(UInt32(0)) { $0 << 8 | UInt32($1) })
-            let connectorNonce = Array(hello[21..<53])
-            let mac = Array(hello[53..<85])
-            // The generation's secret may be registered a moment after a fast peer connects.
-            let expected = try self.secret(for: generation, deadline: deadline)
-            guard expected.rank == to else {
-                throw CollectiveError(.handshakeRefused, operation: "accept", peer: from, "addressed to rank \(to), but this is rank \(expected.rank)")
-            }
-            let valid = HMAC<SHA256>.isValidAuthenticationCode(
-                mac,
-                authenticating: Self.connectMessage(acceptorNonce, connectorNonce, generation, from, to),
-                using: SymmetricKey(data: expected.secret)
-            )
-            guard valid else {
-                throw CollectiveError(.handshakeRefused, operation: "accept", peer: from, "the connection's proof does not match this generation's secret")
-            }
-            let answer = DataPlaneHandshake.mac("accept", secret: expected.secret, acceptorNonce: acceptorNonce, connectorNonce: connectorNonce, generation: generation, from: from, to: to)
-            try Socket.writeAll(fd, answer, deadline: deadline)
-            self.lock.lock()
-            if let old = self.ready.updateValue(fd, forKey: Key(generation: generation, from: from)) { Glibc.close(old) }
-            self.lock.broadcast()
-            self.lock.unlock()
-        } catch {
-            self.lock.lock()
-            self.refused += 1
-            self.lastRefusal = "\(error)"
-            self.lock.unlock()
-            Glibc.close(fd)
-        }
-    }
-
-    static func connectMessage(_ acceptorNonce: [UInt8], _ connectorNonce: [UInt8], _ generation: UInt64, _ from: Int, _ to: Int) -> [UInt8] {
-        var message = Array("ringmaster data plane connect v1".utf8)
-        message += acceptorNonce + connectorNonce
-        withUnsafeBytes(of: generation.bigEndian) { message += $0 }
-        withUnsafeBytes(of: UInt32(from).bigEndian) { message += $0 }
-        withUnsafeBytes(of: UInt32(to).bigEndian) { message += $0 }
-        return message
-    }
-
-    func secret(for generation: UInt64, deadline: ContinuousClock.Instant) throws -> (rank: Int, secret: [UInt8]) {
-        self.lock.lock()
-        defer { self.lock.unlock() }
-        while true {
-            if let entry = self.secrets[generation] { return entry }
-            if self.secrets.keys.contains(where: { $0 > generation }) || ContinuousClock.now >= deadline || self.closed {
-                throw CollectiveError(.handshakeRefused, operation: "accept", "generation \(generation) is not one this rank is joining")
-            }
-            _ = self.lock.wait(until: Date().addingTimeInterval(0.05))
-        }
-    }
-}
-
 // MARK: - Transport
 
 /// The TCP transport of one generation: one connection per peer (rank i dials every lower rank
@@ -595,6 +424,12 @@ enum Socket {
         var size: Int32 = 1 << 20
         setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &size, socklen_t(MemoryLayout<Int32>.size))
         setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &size, socklen_t(MemoryLayout<Int32>.size))
+    }
+
+    /// O_NONBLOCK and FD_CLOEXEC on `fd`.
+    static func makeNonBlockingAndCloseOnExec(_ fd: Int32) {
+        _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
+        _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
     }
 
     static func writeAll(_ fd: Int32, _ bytes: [UInt8], deadline: ContinuousClock.Instant) throws {
