@@ -106,8 +106,13 @@ public final class AgentService: Service, Sendable {
             do {
                 return try await self.join(token: token, pin: pin)
             } catch let error as ControlClientError {
-                // Only an unreachable coordinator is retried; a refusal would be refused again.
-                guard case .connect = error else { throw error }
+                // An unreachable coordinator, or a connection closed before the join's reply (a
+                // busy coordinator drops the oldest unfinished joins under a flood), is retried;
+                // a refusal would be refused again.
+                switch error {
+                case .connect, .closed: break
+                case .refused: throw error
+                }
                 self.logger.warning(
                     "could not reach the coordinator to join; retrying",
                     metadata: [LogKey.reason: "\(error)", "retry_in_seconds": "\(delay)"]

@@ -3,11 +3,18 @@
 ///
 /// A connection is *unauthenticated* from its accept until its TLS handshake shows a client
 /// certificate: the join path lets anyone who reaches the port get that far, so such connections
-/// are capped in all and per source address, and each is closed when it has not authenticated (or
-/// finished its join) within the join deadline. Every connection, authenticated or not, counts
-/// against `maximumConnections`, which stays below the process's descriptor limit so that the
-/// process always has descriptors left for its own files (and libdispatch, which traps when it
-/// cannot open one).
+/// are capped, and each is closed when it has not authenticated (or finished its join) within the
+/// join deadline.
+///
+/// - From one source address, a new unauthenticated connection over its share is refused.
+/// - In all, a new one that finds every unauthenticated slot taken (a flood from many addresses)
+///   takes the slot of the oldest unauthenticated connection, which is closed: an agent proves
+///   itself within a round trip or two of its connect, so it loses its slot only to as many
+///   newer connections as there are slots, while an idle attacker's connection is the first to go.
+/// - Every connection, authenticated or not, counts against `maximumConnections`, which stays
+///   below the process's descriptor limit so that the process always has descriptors left for its
+///   own files (and for libdispatch, which traps when it cannot open one). Over it, a new
+///   connection is refused.
 public struct ConnectionBudget: Sendable {
     /// Limits.
     public struct Limits: Sendable, Hashable {
@@ -43,10 +50,18 @@ public struct ConnectionBudget: Sendable {
     public enum Refusal: String, Error, Sendable, Hashable {
         /// Every connection slot is taken.
         case tooManyConnections = "too_many_connections"
-        /// The unauthenticated slots are taken.
-        case tooManyUnauthenticated = "too_many_unauthenticated"
         /// The source address holds its share of unauthenticated slots.
         case tooManyFromAddress = "too_many_from_address"
+        /// The connection was the oldest unauthenticated one when a new one needed its slot.
+        case displaced
+    }
+
+    /// A connection let in, and the older one it displaced, if any (the caller closes that one).
+    public struct Admission: Sendable, Hashable {
+        /// The new connection's slot.
+        public var ticket: Ticket
+        /// The oldest unauthenticated connection, whose slot the new one took.
+        public var displaced: Ticket?
     }
 
     /// An admitted connection.
@@ -74,19 +89,26 @@ public struct ConnectionBudget: Sendable {
         self.limits = limits
     }
 
-    /// A connection from `address` was accepted: an unauthenticated slot for it, or why not (the
-    /// caller closes it at once).
-    public mutating func admit(from address: String) -> Result<Ticket, Refusal> {
-        if self.open.count >= self.limits.maximumConnections { return .failure(.tooManyConnections) }
-        if self.unauthenticated >= self.limits.maximumUnauthenticated { return .failure(.tooManyUnauthenticated) }
+    /// A connection from `address` was accepted: an unauthenticated slot for it (perhaps the
+    /// oldest one's), or why not (the caller closes it at once).
+    public mutating func admit(from address: String) -> Result<Admission, Refusal> {
         if self.unauthenticatedByAddress[address, default: 0] >= self.limits.maximumUnauthenticatedPerAddress {
             return .failure(.tooManyFromAddress)
         }
+        var displaced: Ticket?
+        if self.unauthenticated >= self.limits.maximumUnauthenticated,
+            let oldest = self.open.filter({ !$0.value.authenticated }).keys.min()
+        {
+            let ticket = Ticket(id: oldest, address: self.open[oldest]!.address)
+            self.closed(ticket)
+            displaced = ticket
+        }
+        if self.open.count >= self.limits.maximumConnections { return .failure(.tooManyConnections) }
         self.nextID += 1
         self.open[self.nextID] = (address, false)
         self.unauthenticated += 1
         self.unauthenticatedByAddress[address, default: 0] += 1
-        return .success(Ticket(id: self.nextID, address: address))
+        return .success(Admission(ticket: Ticket(id: self.nextID, address: address), displaced: displaced))
     }
 
     /// The connection presented a client certificate: it leaves the unauthenticated slots and

@@ -93,6 +93,8 @@ public final class CoordinatorService: Service, Sendable {
     let descriptorLimit: Int
     /// The connections held, and which new ones are refused at accept.
     let connections: Mutex<ConnectionBudget>
+    /// The unauthenticated connections' channels, to close one a newcomer displaces.
+    let unauthenticatedChannels = Mutex<[ConnectionBudget.Ticket: any Channel]>([:])
     /// Refusals at accept not yet logged (they are logged in summary, at most every 5 s).
     let refusalsToLog = Mutex<(count: Int, last: ConnectionBudget.Refusal?, address: String, loggedAt: ContinuousClock.Instant?)>(
         (0, nil, "", nil)
@@ -290,15 +292,23 @@ public final class CoordinatorService: Service, Sendable {
                         let address = channel.remoteAddress?.ipAddress ?? "unknown"
                         let ticket: ConnectionBudget.Ticket
                         switch self.connections.withLock({ $0.admit(from: address) }) {
-                        case .success(let admitted):
-                            ticket = admitted
+                        case .success(let admission):
+                            ticket = admission.ticket
+                            if let displaced = admission.displaced {
+                                self.refused(.displaced, from: displaced.address)
+                                self.unauthenticatedChannels.withLock { $0.removeValue(forKey: displaced) }?.close(promise: nil)
+                            }
                         case .failure(let refusal):
                             // Refused before any TLS work: no handler, no task, the descriptor freed now.
                             self.refused(refusal, from: address)
                             channel.close(promise: nil)
                             return .refused
                         }
-                        channel.closeFuture.whenComplete { _ in self.connections.withLock { $0.closed(ticket) } }
+                        self.unauthenticatedChannels.withLock { $0[ticket] = channel }
+                        channel.closeFuture.whenComplete { _ in
+                            self.connections.withLock { $0.closed(ticket) }
+                            self.unauthenticatedChannels.withLock { $0[ticket] = nil }
+                        }
                         // Unauthenticated connections are closed when the join deadline passes;
                         // `serve` cancels this once a client certificate is shown.
                         let deadline = channel.eventLoop.scheduleTask(in: joinTimeout) { channel.close(promise: nil) }
@@ -441,6 +451,7 @@ public final class CoordinatorService: Service, Sendable {
             logger[metadataKey: LogKey.identity] = "\(identity)"
             joinDeadline.cancel()
             self.connections.withLock { $0.authenticated(ticket) }
+            self.unauthenticatedChannels.withLock { $0[ticket] = nil }
         }
         let context = ConnectionContext(
             sessionID: self.nextSessionID.wrappingAdd(1, ordering: .relaxed).oldValue,

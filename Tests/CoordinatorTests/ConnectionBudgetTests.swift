@@ -7,7 +7,9 @@ struct ConnectionBudgetTests {
     static let limits = ConnectionBudget.Limits(maximumConnections: 6, maximumUnauthenticated: 4, maximumUnauthenticatedPerAddress: 2)
 
     func admitted(_ budget: inout ConnectionBudget, _ address: String) throws -> ConnectionBudget.Ticket {
-        try budget.admit(from: address).get()
+        let admission = try budget.admit(from: address).get()
+        #expect(admission.displaced == nil)
+        return admission.ticket
     }
 
     @Test func oneAddress_getsItsShareOfUnauthenticatedSlots_andOthersStillGetIn() throws {
@@ -17,8 +19,25 @@ struct ConnectionBudgetTests {
         #expect(throws: ConnectionBudget.Refusal.tooManyFromAddress) { try budget.admit(from: "10.0.0.9").get() }
         _ = try self.admitted(&budget, "10.0.0.1")
         _ = try self.admitted(&budget, "10.0.0.2")
-        #expect(throws: ConnectionBudget.Refusal.tooManyUnauthenticated) { try budget.admit(from: "10.0.0.3").get() }
         #expect(budget.unauthenticated == 4 && budget.connections == 4)
+    }
+
+    @Test func aFloodFromManyAddresses_displacesTheOldestUnauthenticated_notTheNewcomer() throws {
+        var budget = ConnectionBudget(limits: Self.limits)
+        let first = try self.admitted(&budget, "10.0.0.1")
+        let second = try self.admitted(&budget, "10.0.0.2")
+        _ = try self.admitted(&budget, "10.0.0.3")
+        let authenticated = try self.admitted(&budget, "10.0.0.4")
+        budget.authenticated(authenticated)
+        _ = try self.admitted(&budget, "10.0.0.5")
+        // Every unauthenticated slot is taken: a newcomer takes the oldest one's.
+        let newcomer = try budget.admit(from: "10.0.0.6").get()
+        #expect(newcomer.displaced == first)
+        #expect(try budget.admit(from: "10.0.0.7").get().displaced == second)
+        #expect(budget.unauthenticated == 4, "the cap holds")
+        // The displaced one's close, when it comes, changes nothing more.
+        budget.closed(first)
+        #expect(budget.unauthenticated == 4 && budget.connections == 5)
     }
 
     @Test func anAuthenticatedConnection_freesItsUnauthenticatedSlot_butCountsUntilItCloses() throws {

@@ -3,6 +3,7 @@ import Foundation
 import LocalCluster
 import NIOConcurrencyHelpers
 import RingmasterSecurity
+import RingmasterWire
 import Testing
 
 /// The `ringmaster` executable built next to this test bundle (or `RINGMASTER_BINARY`).
@@ -22,25 +23,77 @@ final class ProcessCluster: Sendable {
     let executable: String
     let port: Int
     let coordinator: NIOLockedBox<ChildProcess>
+    /// The coordinator's state directory.
+    let stateDirectory: String
+    /// Extra arguments the coordinator starts with (every time).
+    let coordinatorArguments: [String]
+    /// The soft limit on open files the coordinator starts under, if not the inherited one.
+    let softDescriptorLimit: Int?
 
-    init() async throws {
+    init(stateDirectory: String? = nil, coordinatorArguments: [String] = [], softDescriptorLimit: Int? = nil) async throws {
         self.directory = try TestDirectory()
         self.executable = try ringmasterExecutable()
-        let first = try ChildProcess(
-            name: "coordinator",
-            executable: self.executable,
-            arguments: ["coordinator", "--state-dir", "\(self.directory.path)/coordinator", "--listen", "127.0.0.1:0"]
+        self.stateDirectory = stateDirectory ?? "\(self.directory.path)/coordinator"
+        self.coordinatorArguments = coordinatorArguments
+        self.softDescriptorLimit = softDescriptorLimit
+        let first = try Self.startCoordinator(
+            name: "coordinator", executable: self.executable, stateDirectory: self.stateDirectory, listen: "127.0.0.1:0",
+            arguments: coordinatorArguments, softDescriptorLimit: softDescriptorLimit
         )
         let line = try await first.standardOutput.waitForLine(within: 30, "its listening address") { $0.hasPrefix("listening ") }
         self.port = try ControlAddress(parsing: String(line.dropFirst("listening ".count))).port
         self.coordinator = NIOLockedBox(first)
         try await self.run(
-            ["cert", "issue", "--role", "operator", "--name", "tester", "--state-dir", "\(self.directory.path)/coordinator",
+            ["cert", "issue", "--role", "operator", "--name", "tester", "--state-dir", self.stateDirectory,
              "--out", "\(self.directory.path)/operator"]
         )
     }
 
+    /// Starts a coordinator process, under a lower soft limit on open files when one is given
+    /// (as a systemd service without `LimitNOFILE` starts: 1,024, with a higher hard limit).
+    static func startCoordinator(
+        name: String,
+        executable: String,
+        stateDirectory: String,
+        listen: String,
+        arguments: [String],
+        softDescriptorLimit: Int?
+    ) throws -> ChildProcess {
+        let command = [executable, "coordinator", "--state-dir", stateDirectory, "--listen", listen] + arguments
+        guard let limit = softDescriptorLimit else {
+            return try ChildProcess(name: name, executable: executable, arguments: Array(command.dropFirst()))
+        }
+        return try ChildProcess(name: name, executable: "/bin/bash", arguments: ["-c", "ulimit -Sn \(limit) && exec \"$@\"", "bash"] + command)
+    }
+
     var address: String { "127.0.0.1:\(self.port)" }
+
+    /// The operator's credentials, for admin requests made from the test itself.
+    func operatorCredentials() throws -> Credentials {
+        guard let credentials = try Credentials.load(directory: "\(self.directory.path)/operator") else {
+            throw CommandError("no operator credentials in \(self.directory.path)/operator")
+        }
+        return credentials
+    }
+
+    /// One admin request over a mutual-TLS session of its own, from the test process.
+    func admin(_ fill: (inout Ringmaster_V1_AdminRequest) -> Void) async throws -> Envelope {
+        var envelope = Envelope()
+        fill(&envelope.adminRequest)
+        let request = envelope
+        return try await ControlClient(address: ControlAddress(host: "127.0.0.1", port: self.port), credentials: try self.operatorCredentials())
+            .withConnection { session in try await session.request(request) }
+    }
+
+    /// A CLI command's exit status and everything it printed.
+    func attempt(_ arguments: [String], within seconds: Double = 60) async throws -> (status: Int32, lines: [String]) {
+        let process = try ChildProcess(name: "ringmaster \(arguments.prefix(2).joined(separator: " "))", executable: self.executable, arguments: arguments)
+        let status = try await process.waitForExit(within: seconds)
+        return (status, process.output.lines)
+    }
+
+    /// The operator's identity options for the CLI.
+    var operatorOptions: [String] { ["--coordinator", self.address, "--identity", "\(self.directory.path)/operator"] }
 
     /// Runs a CLI command to completion and returns its standard output; throws on a non-zero exit.
     @discardableResult
@@ -93,10 +146,9 @@ final class ProcessCluster: Sendable {
         let old = self.coordinator.value
         old.signal(SIGKILL)
         _ = try await old.waitForExit(within: 10)
-        let next = try ChildProcess(
-            name: "coordinator (restarted)",
-            executable: self.executable,
-            arguments: ["coordinator", "--state-dir", "\(self.directory.path)/coordinator", "--listen", self.address]
+        let next = try Self.startCoordinator(
+            name: "coordinator (restarted)", executable: self.executable, stateDirectory: self.stateDirectory, listen: self.address,
+            arguments: self.coordinatorArguments, softDescriptorLimit: self.softDescriptorLimit
         )
         try await next.standardOutput.waitForLine(within: 30, "its listening address") { $0.hasPrefix("listening ") }
         self.coordinator.value = next
