@@ -167,6 +167,7 @@ let package = Package(
                 "Checkpointing",
                 "Collectives",
                 "ControlPlane",
+                "Coordinator",
                 "CoordinatorCore",
                 "LocalCluster",
                 "RingmasterSecurity",

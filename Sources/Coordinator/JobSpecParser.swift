@@ -25,7 +25,9 @@ public enum JobSpecParser {
         try JobSpecScreen.check(text)
         let document: Any?
         do {
-            document = try Yams.load(yaml: text)
+            document = try Yams.compose(yaml: text).map { try self.value(of: $0) }
+        } catch let error as JobSpecError {
+            throw error
         } catch {
             throw JobSpecError(field: "(document)", reason: "is not valid YAML: \(error)")
         }
@@ -112,6 +114,38 @@ public enum JobSpecParser {
         }
         try spec.validate()
         return spec
+    }
+
+    // MARK: - Values
+
+    /// The value a composed node stands for: a mapping as `[String: Any]`, a sequence as `[Any]`, a
+    /// scalar as Yams resolves it (`Int`, `Double`, `Bool`, `NSNull`, `String`...). Built here
+    /// rather than by `Yams.load`, whose constructor traps on a mapping key that is not text (a
+    /// crash of the coordinator from one line of YAML, found by `ringmaster bench spec-fuzz`).
+    static func value(of node: Node) throws(JobSpecError) -> Any {
+        switch node {
+        case .scalar:
+            return Constructor.default.any(from: node)
+        case .sequence(let sequence):
+            var values: [Any] = []
+            for item in sequence { values.append(try self.value(of: item)) }
+            return values
+        case .mapping(let mapping):
+            var values: [String: Any] = [:]
+            for (key, value) in mapping {
+                guard case .scalar(let scalar) = key else {
+                    throw JobSpecError(
+                        field: "(document)",
+                        reason: "has a key that is not text (line \((key.mark?.line).map(String.init) ?? "?")); every key of a job spec is a field name"
+                    )
+                }
+                values[scalar.string] = try self.value(of: value)
+            }
+            return values
+        case .alias:
+            // `JobSpecScreen` refuses aliases before anything is composed.
+            throw JobSpecError(field: "(document)", reason: "uses an alias; anchors and aliases are not allowed in job specs")
+        }
     }
 
     // MARK: - Fields

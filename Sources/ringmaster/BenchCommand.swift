@@ -7,7 +7,7 @@ struct BenchCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bench",
         abstract: "Benchmarks (figures recorded in bench/README.md).",
-        subcommands: [AllReduce.self, AllReduceWorker.self, Reduce.self, Machine.self, Rendezvous.self, Recovery.self, Checkpoint.self]
+        subcommands: [AllReduce.self, AllReduceWorker.self, Reduce.self, Machine.self, Rendezvous.self, Recovery.self, Checkpoint.self, SpecFuzz.self]
     )
 
     struct Machine: AsyncParsableCommand {
@@ -304,6 +304,54 @@ struct BenchCommand: AsyncParsableCommand {
                 for row in rows {
                     print(String(format: "%10d B: busbw %.3f GB/s = %.1f%% of the %@", row.bytes, row.busGBps, 100 * row.busGBps / ceiling, ceilingName))
                 }
+            }
+        }
+    }
+
+    struct SpecFuzz: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "spec-fuzz",
+            abstract: "Random and mutated job specs through the coordinator's parser: no crash, bounded time and memory.",
+            discussion: """
+                Exits 1 if any spec took longer than --max-parse-seconds or resident memory grew by
+                more than --max-growth-mib; a crash ends the process. Seeded: the same seed gives the
+                same inputs.
+                """
+        )
+
+        @Option(help: "Specs to parse.")
+        var iterations: Int = 100_000
+
+        @Option(help: "Seed of the inputs.")
+        var seed: UInt64 = 1
+
+        @Option(help: "Longest one spec may take.")
+        var maxParseSeconds: Double = 1
+
+        @Option(help: "Most resident memory may grow, in MiB.")
+        var maxGrowthMib: Int = 256
+
+        @Flag(help: "Print JSON.")
+        var json = false
+
+        func run() throws {
+            let result = SpecFuzzBenchmark.run(iterations: self.iterations, seed: self.seed, maximumParseSeconds: self.maxParseSeconds)
+            let growth = max(0, result.peakRSS - result.startRSS)
+            if self.json {
+                let object: [String: Any] = [
+                    "iterations": result.iterations, "accepted": result.accepted, "refused": result.refused, "seconds": result.seconds,
+                    "slowest_seconds": result.slowestSeconds, "slowest_kind": result.slowestKind, "over_time": result.overTime,
+                    "start_rss_bytes": result.startRSS, "peak_rss_bytes": result.peakRSS, "bytes_parsed": result.bytesParsed,
+                ]
+                print(String(decoding: try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys]), as: UTF8.self))
+            } else {
+                print(String(format: "%d specs (%d accepted, %d refused, %.1f MB) in %.1f s; slowest %.1f ms (%@); resident memory %d MiB, at most %d MiB",
+                             result.iterations, result.accepted, result.refused, Double(result.bytesParsed) / 1e6, result.seconds,
+                             result.slowestSeconds * 1000, result.slowestKind, result.startRSS >> 20, result.peakRSS >> 20))
+            }
+            if result.overTime > 0 || growth > self.maxGrowthMib << 20 {
+                FileHandle.standardError.write(Data("spec-fuzz: \(result.overTime) spec(s) over \(self.maxParseSeconds) s; memory grew by \(growth >> 20) MiB (limit \(self.maxGrowthMib))\n".utf8))
+                throw ExitCode(1)
             }
         }
     }

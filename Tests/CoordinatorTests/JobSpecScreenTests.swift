@@ -84,6 +84,14 @@ struct JobSpecScreenTests {
         #expect(spec.datasetPath == "/data/r&d/*digits*.csv.gz")
     }
 
+    /// Yams' own constructor traps on these (a force unwrap of the key as text): one line of YAML
+    /// would have ended the coordinator. They are refused, naming the problem.
+    @Test(arguments: ["[a]: 1\n", "name: x\n{a: 1}: 2\n", "? [x]\n: 1\n", "name: !!set {? [x]}\n", "nodes: {? {min: 1} : 2}\n"])
+    func aKeyThatIsNotText_isRefused_notACrash(yaml: String) throws {
+        let error = try #require(self.refusal(yaml))
+        #expect(error.reason.contains("key that is not text"), "\(error)")
+    }
+
     @Test func aHugeValue_inAnError_isShortened() throws {
         let error = try #require(self.refusal(JobSpecParserTests.valid.replacingOccurrences(of: "batch_size: 64", with: "batch_size: [" + Array(repeating: "7", count: 5000).joined(separator: ",") + "]")))
         #expect(error.field == "batch_size")
