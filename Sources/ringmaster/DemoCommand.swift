@@ -61,6 +61,12 @@ struct DemoCommand: AsyncParsableCommand {
     @Option(help: "Seconds the whole run may take.")
     var timeout: Double = 600
 
+    @Option(help: "Hold this many connections to each agent's data-plane port through the job (half sending garbage), as a port scan would.")
+    var floodDataPlane: Int?
+
+    @Option(help: "Hold this many TLS connections without a client certificate to the coordinator through the job (from 127.0.0.2).")
+    var floodControl: Int?
+
     @Flag(help: "Print one JSON object instead of text.")
     var json = false
 
@@ -103,6 +109,8 @@ struct DemoCommand: AsyncParsableCommand {
         options.resume = self.resume
         options.preemptAtStep = self.preemptAtStep
         options.timeoutSeconds = self.timeout
+        options.floodDataPlane = self.floodDataPlane
+        options.floodControl = self.floodControl
         if self.optimizer == "adam" {
             options.workload = "{kind: mlp, hidden: [128], optimizer: adam, learning_rate: 0.001}"
         }
@@ -163,6 +171,10 @@ struct DemoCommand: AsyncParsableCommand {
                 "checkpoint_failures": result.checkpointFailures,
                 "resumed_from_step": result.resumedFromStep.map { $0 as Any } ?? NSNull(),
                 "preempted": result.preempted,
+                "peak_threads": result.peakThreads,
+                "peak_rss_bytes": result.peakRSSBytes,
+                "flood_opened": result.floodOpened,
+                "flood_closed_by_peer": result.floodClosedByPeer,
             ]
             let data = try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])
             print(String(decoding: data, as: UTF8.self))
@@ -190,6 +202,11 @@ struct DemoCommand: AsyncParsableCommand {
             print("\(name) stopped with SIGTERM and exited with status \(status)")
         }
         if let path = result.modelPath { print("model: \(path)") }
+        let peaks = result.peakThreads.keys.sorted().map { "\($0) \(result.peakThreads[$0]!) threads, \((result.peakRSSBytes[$0] ?? 0) >> 20) MiB" }
+        print("peaks: \(peaks.joined(separator: "; "))")
+        if result.floodOpened > 0 {
+            print("floods: \(result.floodOpened) connection(s) opened, \(result.floodClosedByPeer) closed by the other side")
+        }
     }
 }
 

@@ -41,6 +41,12 @@ public final class TrainingDemo: Sendable {
         public var executable: String
         /// Longest the whole run may take.
         public var timeoutSeconds: Double = 300
+        /// Hold this many connections to every agent's data-plane port through the job (half of
+        /// them sending garbage, each reopened when closed), as a port scan would.
+        public var floodDataPlane: Int?
+        /// Hold this many TLS connections without a client certificate to the coordinator through
+        /// the job (from 127.0.0.2), as anyone who reaches its port could.
+        public var floodControl: Int?
 
         public init(executable: String) {
             self.executable = executable
@@ -81,6 +87,13 @@ public final class TrainingDemo: Sendable {
         public var resumedFromStep: UInt64?
         /// Whether the run was cut short by `preemptAtStep`.
         public var preempted: Bool
+        /// The most threads and resident memory (bytes) each process reached during the job, by
+        /// process name.
+        public var peakThreads: [String: Int]
+        public var peakRSSBytes: [String: Int]
+        /// Connections the floods opened (reopened ones included) and the other side closed.
+        public var floodOpened: Int
+        public var floodClosedByPeer: Int
     }
 
     /// Progress, for a bar.
@@ -162,6 +175,16 @@ public final class TrainingDemo: Sendable {
             nodes: {min: 1, max: \(options.agents + growth)}
             """ + (options.checkpointDirectory.map { "\ncheckpoint: {directory: \($0), interval_steps: \(options.checkpointInterval), keep: 3}" } ?? "")
             + (options.resume.map { "\nresume: \($0)" } ?? "")
+        let processes = cluster.children.withLock { $0 }
+        let sampler = ProcessSampler(pids: processes.map(\.pid), interval: .milliseconds(50))
+        let floods = try await self.startFloods(cluster, admin: admin)
+        defer {
+            for flood in floods.dataPlane { flood.stop() }
+            floods.control?.stop()
+        }
+        if !floods.dataPlane.isEmpty || floods.control != nil {
+            say("flooding: \(options.floodDataPlane ?? 0) connection(s) to each agent's data-plane port, \(options.floodControl ?? 0) certificate-less TLS connection(s) to the coordinator")
+        }
         _ = try await Cluster.admin(admin) { $0.jobSubmit = .with { $0.specYaml = spec } }
         let started = Date()
         say("submitted job demo: \(options.steps) steps of \(options.batchSize) samples")
@@ -258,6 +281,16 @@ public final class TrainingDemo: Sendable {
                 )
             )
         }
+        let peaks = sampler.stop()
+        var peakThreads: [String: Int] = [:]
+        var peakRSS: [String: Int] = [:]
+        for process in processes {
+            guard let peak = peaks[process.pid] else { continue }
+            peakThreads[process.name] = peak.threads
+            peakRSS[process.name] = peak.rss
+        }
+        let floodCounts = floods.dataPlane.map(\.statistics).reduce((0, 0)) { ($0.0 + $1.opened, $0.1 + $1.closedByPeer) }
+        let controlCounts = floods.control.map { ($0.statistics.attempts, $0.statistics.closedByPeer) } ?? (0, 0)
         let modelPath = (0...(options.agents + growth)).lazy
             .map { "\(cluster.directory)/agent-\($0)/models/demo.f32" }
             .first { FileManager.default.fileExists(atPath: $0) }
@@ -279,8 +312,30 @@ public final class TrainingDemo: Sendable {
             lastCheckpointStep: status.lastCheckpointStep,
             checkpointFailures: status.checkpointFailures,
             resumedFromStep: status.hasResumedFromStep ? status.resumedFromStep : nil,
-            preempted: preempted
+            preempted: preempted,
+            peakThreads: peakThreads,
+            peakRSSBytes: peakRSS,
+            floodOpened: floodCounts.0 + controlCounts.0,
+            floodClosedByPeer: floodCounts.1 + controlCounts.1
         )
+    }
+
+    /// The floods `options` asks for, started against the running processes.
+    func startFloods(_ cluster: Cluster, admin: ControlClient) async throws -> (dataPlane: [ConnectionFlood], control: TLSFlood?) {
+        var dataPlane: [ConnectionFlood] = []
+        if let count = self.options.floodDataPlane, count > 0 {
+            let nodes = try await Cluster.admin(admin) { $0.nodeList = .init() }.adminReply.nodeList.nodes
+            for node in nodes {
+                guard let address = node.dataPlaneAddresses.first else { continue }
+                let parsed = try ControlAddress(parsing: address)
+                dataPlane.append(ConnectionFlood(host: parsed.host, port: parsed.port, connections: count))
+            }
+        }
+        var control: TLSFlood?
+        if let count = self.options.floodControl, count > 0, let address = cluster.address {
+            control = try TLSFlood(host: address.host, port: address.port, sources: ["127.0.0.2"], connections: count)
+        }
+        return (dataPlane, control)
     }
 
     static func makeTemporaryDirectory() throws -> String {
