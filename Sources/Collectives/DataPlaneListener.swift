@@ -244,20 +244,14 @@ public final class DataPlaneListener: @unchecked Sendable {
         self.lock.unlock()
     }
 
+    /// Counts a refusal, then closes the connection (in that order, so that whoever sees the close
+    /// finds it counted).
     func refuse(_ fd: Int32, _ reason: String) {
-        Glibc.close(fd)
         self.lock.withLock {
             self.refused += 1
             self.lastRefusal = reason
         }
-    }
-}
-
-extension NSCondition {
-    func withLock<T>(_ body: () throws -> T) rethrows -> T {
-        self.lock()
-        defer { self.unlock() }
-        return try body()
+        Glibc.close(fd)
     }
 }
 

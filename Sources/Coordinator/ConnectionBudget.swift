@@ -77,9 +77,13 @@ public struct ConnectionBudget: Sendable {
     var open: [UInt64: (address: String, authenticated: Bool)] = [:]
     /// Unauthenticated connections held, by source address.
     var unauthenticatedByAddress: [String: Int] = [:]
-    /// Unauthenticated connections held, in all.
-    public private(set) var unauthenticated = 0
+    /// The unauthenticated connections' ids, oldest first (ids only grow, so appending keeps the
+    /// order; at most `maximumUnauthenticated` of them).
+    var unauthenticatedIDs: [UInt64] = []
     var nextID: UInt64 = 0
+
+    /// Unauthenticated connections held, in all.
+    public var unauthenticated: Int { self.unauthenticatedIDs.count }
 
     /// Connections held.
     public var connections: Int { self.open.count }
@@ -96,9 +100,7 @@ public struct ConnectionBudget: Sendable {
             return .failure(.tooManyFromAddress)
         }
         var displaced: Ticket?
-        if self.unauthenticated >= self.limits.maximumUnauthenticated,
-            let oldest = self.open.filter({ !$0.value.authenticated }).keys.min()
-        {
+        if self.unauthenticated >= self.limits.maximumUnauthenticated, let oldest = self.unauthenticatedIDs.first {
             let ticket = Ticket(id: oldest, address: self.open[oldest]!.address)
             self.closed(ticket)
             displaced = ticket
@@ -106,7 +108,7 @@ public struct ConnectionBudget: Sendable {
         if self.open.count >= self.limits.maximumConnections { return .failure(.tooManyConnections) }
         self.nextID += 1
         self.open[self.nextID] = (address, false)
-        self.unauthenticated += 1
+        self.unauthenticatedIDs.append(self.nextID)
         self.unauthenticatedByAddress[address, default: 0] += 1
         return .success(Admission(ticket: Ticket(id: self.nextID, address: address), displaced: displaced))
     }
@@ -116,17 +118,24 @@ public struct ConnectionBudget: Sendable {
     public mutating func authenticated(_ ticket: Ticket) {
         guard let entry = self.open[ticket.id], !entry.authenticated else { return }
         self.open[ticket.id] = (entry.address, true)
-        self.releaseUnauthenticated(entry.address)
+        self.releaseUnauthenticated(ticket.id, entry.address)
     }
 
     /// The connection closed: its slots are free.
     public mutating func closed(_ ticket: Ticket) {
         guard let entry = self.open.removeValue(forKey: ticket.id) else { return }
-        if !entry.authenticated { self.releaseUnauthenticated(entry.address) }
+        if !entry.authenticated { self.releaseUnauthenticated(ticket.id, entry.address) }
     }
 
-    mutating func releaseUnauthenticated(_ address: String) {
-        self.unauthenticated -= 1
+    mutating func releaseUnauthenticated(_ id: UInt64, _ address: String) {
+        // Binary search: the ids are in ascending order.
+        var low = 0
+        var high = self.unauthenticatedIDs.count
+        while low < high {
+            let middle = (low + high) / 2
+            if self.unauthenticatedIDs[middle] < id { low = middle + 1 } else { high = middle }
+        }
+        if low < self.unauthenticatedIDs.count, self.unauthenticatedIDs[low] == id { self.unauthenticatedIDs.remove(at: low) }
         let left = self.unauthenticatedByAddress[address, default: 1] - 1
         self.unauthenticatedByAddress[address] = left > 0 ? left : nil
     }
