@@ -96,9 +96,7 @@ public final class CoordinatorService: Service, Sendable {
     /// The unauthenticated connections' channels, to close one a newcomer displaces.
     let unauthenticatedChannels = Mutex<[ConnectionBudget.Ticket: any Channel]>([:])
     /// Refusals at accept not yet logged (they are logged in summary, at most every 5 s).
-    let refusalsToLog = Mutex<(count: Int, last: ConnectionBudget.Refusal?, address: String, loggedAt: ContinuousClock.Instant?)>(
-        (0, nil, "", nil)
-    )
+    let refusalsToLog = Mutex<(count: Int, loggedAt: ContinuousClock.Instant?)>((0, nil))
 
     /// The machine and the live agent sessions, guarded together.
     struct Engine: ~Copyable {
@@ -289,29 +287,7 @@ public final class CoordinatorService: Service, Sendable {
                 .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
                 .bind(host: self.configuration.listenHost, port: self.configuration.listenPort) { channel in
                     channel.eventLoop.makeCompletedFuture {
-                        let address = channel.remoteAddress?.ipAddress ?? "unknown"
-                        let ticket: ConnectionBudget.Ticket
-                        switch self.connections.withLock({ $0.admit(from: address) }) {
-                        case .success(let admission):
-                            ticket = admission.ticket
-                            if let displaced = admission.displaced {
-                                self.refused(.displaced, from: displaced.address)
-                                self.unauthenticatedChannels.withLock { $0.removeValue(forKey: displaced) }?.close(promise: nil)
-                            }
-                        case .failure(let refusal):
-                            // Refused before any TLS work: no handler, no task, the descriptor freed now.
-                            self.refused(refusal, from: address)
-                            channel.close(promise: nil)
-                            return .refused
-                        }
-                        self.unauthenticatedChannels.withLock { $0[ticket] = channel }
-                        channel.closeFuture.whenComplete { _ in
-                            self.connections.withLock { $0.closed(ticket) }
-                            self.unauthenticatedChannels.withLock { $0[ticket] = nil }
-                        }
-                        // Unauthenticated connections are closed when the join deadline passes;
-                        // `serve` cancels this once a client certificate is shown.
-                        let deadline = channel.eventLoop.scheduleTask(in: joinTimeout) { channel.close(promise: nil) }
+                        guard let (ticket, deadline) = self.admit(channel, joinTimeout: joinTimeout) else { return .refused }
                         let peer = channel.remoteAddress?.description ?? "unknown"
                         let tls = NIOSSLServerHandler(
                             context: context,
@@ -391,22 +367,48 @@ public final class CoordinatorService: Service, Sendable {
         case refused
     }
 
+    /// Takes a slot in the connection budget for a connection just accepted, and arms its join
+    /// deadline (`serve` cancels it once a client certificate is shown); nil when the budget
+    /// refuses it, closed before any TLS work (no handler, no task, its descriptor freed now). A
+    /// displaced older connection is closed.
+    func admit(_ channel: any Channel, joinTimeout: TimeAmount) -> (ConnectionBudget.Ticket, Scheduled<Void>)? {
+        let address = channel.remoteAddress?.ipAddress ?? "unknown"
+        let admission: ConnectionBudget.Admission
+        switch self.connections.withLock({ $0.admit(from: address) }) {
+        case .success(let admitted):
+            admission = admitted
+        case .failure(let refusal):
+            self.refused(refusal, from: address)
+            channel.close(promise: nil)
+            return nil
+        }
+        if let displaced = admission.displaced {
+            self.refused(.displaced, from: displaced.address)
+            self.unauthenticatedChannels.withLock { $0.removeValue(forKey: displaced) }?.close(promise: nil)
+        }
+        let ticket = admission.ticket
+        self.unauthenticatedChannels.withLock { $0[ticket] = channel }
+        channel.closeFuture.whenComplete { _ in
+            self.connections.withLock { $0.closed(ticket) }
+            self.unauthenticatedChannels.withLock { $0[ticket] = nil }
+        }
+        return (ticket, channel.eventLoop.scheduleTask(in: joinTimeout) { channel.close(promise: nil) })
+    }
+
     /// Counts a refusal at accept, and logs refusals in summary: a flood must not flood the log.
     func refused(_ refusal: ConnectionBudget.Refusal, from address: String) {
         self.metrics.connectionsRefused[refusal]?.increment()
-        let report = self.refusalsToLog.withLock { state -> (Int, ConnectionBudget.Refusal, String)? in
+        let count = self.refusalsToLog.withLock { state -> Int? in
             state.count += 1
-            state.last = refusal
-            state.address = address
             let now = ContinuousClock.now
             if let logged = state.loggedAt, now - logged < .seconds(5) { return nil }
             defer {
                 state.count = 0
                 state.loggedAt = now
             }
-            return (state.count, refusal, address)
+            return state.count
         }
-        if let (count, refusal, address) = report {
+        if let count {
             let held = self.connections.withLock { ($0.connections, $0.unauthenticated) }
             self.logger.warning(
                 "refused connections at accept",
