@@ -23,6 +23,11 @@ public struct ControlClient: Sendable {
     public var maximumFrameBytes: Int
     /// Time allowed to connect and finish the TLS handshake.
     public var connectTimeoutSeconds: Double
+    /// How many times to try connecting and handshaking before giving up. A busy coordinator
+    /// closes some unauthenticated connections under a flood (see the coordinator's
+    /// `ConnectionBudget`); nothing has been sent yet then, so trying again is always safe. A
+    /// coordinator this client does not trust is not tried again.
+    public var connectAttempts: Int = 3
 
     /// Makes a client.
     public init(
@@ -51,11 +56,32 @@ public struct ControlClient: Sendable {
         )
     }
 
-    /// Connects and completes the TLS handshake, then runs `body` with the connection and closes it.
+    /// Connects and completes the TLS handshake (trying up to `connectAttempts` times, 100 ms then
+    /// 200 ms apart), then runs `body` with the connection and closes it.
     public func withConnection<Result: Sendable>(
         on group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
         _ body: @escaping @Sendable (ControlSession) async throws -> Result
     ) async throws -> Result {
+        var attempt = 1
+        while true {
+            let connection: ControlPipeline.Connection
+            do {
+                connection = try await self.connect(on: group)
+            } catch is ControlClientError where attempt < self.connectAttempts {
+                try await Task.sleep(for: .milliseconds(100 << (attempt - 1)))
+                attempt += 1
+                continue
+            }
+            return try await connection.executeThenClose { inbound, outbound in
+                let session = ControlSession(inbound: inbound, outbound: outbound, peer: "\(self.host):\(self.port)")
+                return try await body(session)
+            }
+        }
+    }
+
+    /// One attempt to connect and complete the TLS handshake. A coordinator the verifier refuses
+    /// throws the verifier's error (not retried); anything else, `ControlClientError.connect`.
+    func connect(on group: any EventLoopGroup) async throws -> ControlPipeline.Connection {
         let refusal = NIOLockedValueBox<SecurityError?>(nil)
         let verifier = PeerVerifier(trust: self.serverTrust, allowedRoles: [.coordinator])
         let context = try ControlTLS.clientContext(credentials: self.credentials)
@@ -96,10 +122,7 @@ public struct ControlClient: Sendable {
             if let refused = refusal.withLockedValue({ $0 }) { throw refused }
             throw ControlClientError.connect(host: self.host, port: self.port, underlying: error)
         }
-        return try await connection.executeThenClose { inbound, outbound in
-            let session = ControlSession(inbound: inbound, outbound: outbound, peer: "\(self.host):\(self.port)")
-            return try await body(session)
-        }
+        return connection
     }
 }
 

@@ -8,9 +8,12 @@
 ///
 /// - From one source address, a new unauthenticated connection over its share is refused.
 /// - In all, a new one that finds every unauthenticated slot taken (a flood from many addresses)
-///   takes the slot of the oldest unauthenticated connection, which is closed: an agent proves
-///   itself within a round trip or two of its connect, so it loses its slot only to as many
-///   newer connections as there are slots, while an idle attacker's connection is the first to go.
+///   takes the slot of an older unauthenticated connection, which is closed. The first to go is
+///   the oldest that finished its TLS handshake without a certificate and has not begun a join
+///   (what a flood holds, idle); then the oldest still in its handshake; a join under way last. An
+///   agent or operator with a certificate leaves the unauthenticated slots as soon as its
+///   handshake ends, and a joining agent is past the idle ones, so under a flood they lose their
+///   slot only when nothing idle is left to take.
 /// - Every connection, authenticated or not, counts against `maximumConnections`, which stays
 ///   below the process's descriptor limit so that the process always has descriptors left for its
 ///   own files (and for libdispatch, which traps when it cannot open one). Over it, a new
@@ -71,10 +74,22 @@ public struct ConnectionBudget: Sendable {
         public let address: String
     }
 
+    /// Where an admitted connection is, for the order in which unauthenticated ones are displaced.
+    enum Stage: Int, Sendable, Hashable {
+        /// Finished its TLS handshake without a certificate and has not begun a join: displaced first.
+        case idle
+        /// In its TLS handshake.
+        case handshaking
+        /// Began a join: displaced last.
+        case joining
+        /// Showed a client certificate: no longer unauthenticated, never displaced.
+        case authenticated
+    }
+
     /// The limits in force.
     public let limits: Limits
-    /// Admitted connections still open, and whether each has authenticated.
-    var open: [UInt64: (address: String, authenticated: Bool)] = [:]
+    /// Admitted connections still open: their source address and stage.
+    var open: [UInt64: (address: String, stage: Stage)] = [:]
     /// Unauthenticated connections held, by source address.
     var unauthenticatedByAddress: [String: Int] = [:]
     /// The unauthenticated connections' ids, oldest first (ids only grow, so appending keeps the
@@ -100,31 +115,54 @@ public struct ConnectionBudget: Sendable {
             return .failure(.tooManyFromAddress)
         }
         var displaced: Ticket?
-        if self.unauthenticated >= self.limits.maximumUnauthenticated, let oldest = self.unauthenticatedIDs.first {
-            let ticket = Ticket(id: oldest, address: self.open[oldest]!.address)
+        if self.unauthenticated >= self.limits.maximumUnauthenticated, let victim = self.displaceable() {
+            let ticket = Ticket(id: victim, address: self.open[victim]!.address)
             self.closed(ticket)
             displaced = ticket
         }
         if self.open.count >= self.limits.maximumConnections { return .failure(.tooManyConnections) }
         self.nextID += 1
-        self.open[self.nextID] = (address, false)
+        self.open[self.nextID] = (address, .handshaking)
         self.unauthenticatedIDs.append(self.nextID)
         self.unauthenticatedByAddress[address, default: 0] += 1
         return .success(Admission(ticket: Ticket(id: self.nextID, address: address), displaced: displaced))
     }
 
+    /// The oldest unauthenticated connection of the first stage that has one, in displacement order.
+    func displaceable() -> UInt64? {
+        var oldest: [Stage: UInt64] = [:]
+        for id in self.unauthenticatedIDs {
+            guard let stage = self.open[id]?.stage, oldest[stage] == nil else { continue }
+            if stage == .idle { return id }
+            oldest[stage] = id
+        }
+        return oldest[.handshaking] ?? oldest[.joining]
+    }
+
+    /// The connection finished its TLS handshake without a client certificate.
+    public mutating func handshakeCompletedWithoutCertificate(_ ticket: Ticket) {
+        guard self.open[ticket.id]?.stage == .handshaking else { return }
+        self.open[ticket.id]?.stage = .idle
+    }
+
+    /// The connection began a join.
+    public mutating func joining(_ ticket: Ticket) {
+        guard self.open[ticket.id]?.stage == .idle else { return }
+        self.open[ticket.id]?.stage = .joining
+    }
+
     /// The connection presented a client certificate: it leaves the unauthenticated slots and
     /// keeps its place among all connections. Nothing happens for one already closed.
     public mutating func authenticated(_ ticket: Ticket) {
-        guard let entry = self.open[ticket.id], !entry.authenticated else { return }
-        self.open[ticket.id] = (entry.address, true)
+        guard let entry = self.open[ticket.id], entry.stage != .authenticated else { return }
+        self.open[ticket.id]?.stage = .authenticated
         self.releaseUnauthenticated(ticket.id, entry.address)
     }
 
     /// The connection closed: its slots are free.
     public mutating func closed(_ ticket: Ticket) {
         guard let entry = self.open.removeValue(forKey: ticket.id) else { return }
-        if !entry.authenticated { self.releaseUnauthenticated(ticket.id, entry.address) }
+        if entry.stage != .authenticated { self.releaseUnauthenticated(ticket.id, entry.address) }
     }
 
     mutating func releaseUnauthenticated(_ id: UInt64, _ address: String) {

@@ -300,7 +300,18 @@ public final class CoordinatorService: Service, Sendable {
                         )
                         try channel.pipeline.syncOperations.addHandler(tls)
                         let (connection, handshake) = try ControlPipeline.wrap(channel: channel, maximumFrameBytes: maximumFrameBytes)
-                        return .admitted(connection, handshake: handshake, ticket: ticket, joinDeadline: deadline)
+                        // On the event loop, at the handshake's end, not when `serve` gets to it:
+                        // meanwhile a flood could displace a connection that has authenticated.
+                        handshake.whenSuccess { certificate in
+                            if certificate == nil {
+                                self.connections.withLock { $0.handshakeCompletedWithoutCertificate(ticket) }
+                            } else {
+                                deadline.cancel()
+                                self.connections.withLock { $0.authenticated(ticket) }
+                                self.unauthenticatedChannels.withLock { $0[ticket] = nil }
+                            }
+                        }
+                        return .admitted(connection, handshake: handshake, ticket: ticket)
                     }
                 }
         } catch {
@@ -340,8 +351,8 @@ public final class CoordinatorService: Service, Sendable {
                     group.addTask { try await self.tickUntilCancelled() }
                     try await server.executeThenClose { inbound in
                         for try await admission in inbound {
-                            guard case .admitted(let connection, let handshake, let ticket, let deadline) = admission else { continue }
-                            group.addTask { await self.serve(connection, handshake: handshake, ticket: ticket, joinDeadline: deadline) }
+                            guard case .admitted(let connection, let handshake, let ticket) = admission else { continue }
+                            group.addTask { await self.serve(connection, handshake: handshake, ticket: ticket) }
                         }
                     }
                 }
@@ -355,20 +366,15 @@ public final class CoordinatorService: Service, Sendable {
 
     // MARK: - Admission
 
-    /// A connection as the listener hands it over: admitted (with its slot and the deadline that
-    /// closes it unless it authenticates), or refused and already closed.
+    /// A connection as the listener hands it over: admitted (with its slot in the budget), or
+    /// refused and already closed.
     enum Admission: Sendable {
-        case admitted(
-            ControlPipeline.Connection,
-            handshake: EventLoopFuture<NIOSSLCertificate?>,
-            ticket: ConnectionBudget.Ticket,
-            joinDeadline: Scheduled<Void>
-        )
+        case admitted(ControlPipeline.Connection, handshake: EventLoopFuture<NIOSSLCertificate?>, ticket: ConnectionBudget.Ticket)
         case refused
     }
 
     /// Takes a slot in the connection budget for a connection just accepted, and arms its join
-    /// deadline (`serve` cancels it once a client certificate is shown); nil when the budget
+    /// deadline (cancelled once a client certificate is shown); nil when the budget
     /// refuses it, closed before any TLS work (no handler, no task, its descriptor freed now). A
     /// displaced older connection is closed.
     func admit(_ channel: any Channel, joinTimeout: TimeAmount) -> (ConnectionBudget.Ticket, Scheduled<Void>)? {
@@ -422,12 +428,7 @@ public final class CoordinatorService: Service, Sendable {
 
     // MARK: - One connection
 
-    func serve(
-        _ connection: ControlPipeline.Connection,
-        handshake: EventLoopFuture<NIOSSLCertificate?>,
-        ticket: ConnectionBudget.Ticket,
-        joinDeadline: Scheduled<Void>
-    ) async {
+    func serve(_ connection: ControlPipeline.Connection, handshake: EventLoopFuture<NIOSSLCertificate?>, ticket: ConnectionBudget.Ticket) async {
         let channel = connection.channel
         var logger = self.logger
         logger[metadataKey: LogKey.peer] = "\(channel.remoteAddress?.description ?? "unknown")"
@@ -449,12 +450,7 @@ public final class CoordinatorService: Service, Sendable {
             return
         }
         let identity = peer?.identity
-        if let identity {
-            logger[metadataKey: LogKey.identity] = "\(identity)"
-            joinDeadline.cancel()
-            self.connections.withLock { $0.authenticated(ticket) }
-            self.unauthenticatedChannels.withLock { $0[ticket] = nil }
-        }
+        if let identity { logger[metadataKey: LogKey.identity] = "\(identity)" }
         let context = ConnectionContext(
             sessionID: self.nextSessionID.wrappingAdd(1, ordering: .relaxed).oldValue,
             channel: channel,
@@ -471,6 +467,9 @@ public final class CoordinatorService: Service, Sendable {
                 // before it went (a last step report, a Leave) is still read and acted on.
                 var replying = true
                 for try await envelope in inbound {
+                    if identity == nil, case .joinBegin = envelope.body {
+                        self.connections.withLock { $0.joining(ticket) }
+                    }
                     if case .refuse(let reason) = AccessPolicy.decide(role: identity?.role, envelope: envelope) {
                         logger.warning(
                             "refused a control message",

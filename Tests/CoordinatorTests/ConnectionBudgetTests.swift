@@ -22,6 +22,25 @@ struct ConnectionBudgetTests {
         #expect(budget.unauthenticated == 4 && budget.connections == 4)
     }
 
+    @Test func idleConnectionsGoFirst_thenHandshakes_andJoinsUnderWayLast() throws {
+        var budget = ConnectionBudget(limits: Self.limits)
+        let joiner = try self.admitted(&budget, "10.0.0.1")
+        budget.handshakeCompletedWithoutCertificate(joiner)
+        budget.joining(joiner)
+        let handshaking = try self.admitted(&budget, "10.0.0.2")
+        let idle = try self.admitted(&budget, "10.0.0.3")
+        budget.handshakeCompletedWithoutCertificate(idle)
+        _ = try self.admitted(&budget, "10.0.0.4")
+        // Full: the idle one goes first, although two are older.
+        #expect(try budget.admit(from: "10.0.0.5").get().displaced == idle)
+        // No idle one left: the oldest handshake, then the next, before the join under way.
+        #expect(try budget.admit(from: "10.0.0.6").get().displaced == handshaking)
+        _ = try budget.admit(from: "10.0.0.7").get()
+        _ = try budget.admit(from: "10.0.0.8").get()
+        #expect(budget.unauthenticated == 4)
+        #expect(budget.open[joiner.id] != nil, "the join under way is still there")
+    }
+
     @Test func aFloodFromManyAddresses_displacesTheOldestUnauthenticated_notTheNewcomer() throws {
         var budget = ConnectionBudget(limits: Self.limits)
         let first = try self.admitted(&budget, "10.0.0.1")
