@@ -2,7 +2,12 @@
 # Builds everything, tests included, then runs the whole test suite. The build and the test run
 # are separate steps so that compiler output and test output do not interleave.
 #
-# Extra arguments go to `swift test`, e.g.:
+# Without arguments the suite runs in two parts: the unit tests, in parallel; then the integration
+# tests (IntegrationTests: real coordinators and agents, floods, full disks), one at a time, so
+# that each has the machine to itself: on two cores, a dozen training processes from other tests
+# beside one that measures how fast a refusal comes back make the figure meaningless.
+#
+# Extra arguments go to one `swift test` run instead, e.g.:
 #   scripts/test.sh --filter RingmasterSecurityTests
 # Exits non-zero if the build or any test fails.
 set -euo pipefail
@@ -11,5 +16,14 @@ cd "$(dirname "$0")/.."
 echo "test: swift build --build-tests"
 swift build --build-tests
 
-echo "test: swift test --skip-build --disable-xctest $*"
-swift test --skip-build --disable-xctest "$@"
+if [ "$#" -gt 0 ]; then
+    echo "test: swift test --skip-build --disable-xctest $*"
+    swift test --skip-build --disable-xctest "$@"
+    exit 0
+fi
+
+echo "test: unit tests, in parallel"
+swift test --skip-build --disable-xctest --skip '^IntegrationTests\.'
+
+echo "test: integration tests, one at a time"
+swift test --skip-build --disable-xctest --no-parallel --filter '^IntegrationTests\.'
