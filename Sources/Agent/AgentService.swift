@@ -183,7 +183,13 @@ public final class AgentService: Service, Sendable {
             let address = try ControlAddress(parsing: listen)
             let plane = try DataPlane(host: address.host, port: address.port)
             self.dataPlane.withLock { $0 = plane }
-            self.logger.info("data plane listening", metadata: ["address": "\(plane.address)"])
+            self.logger.info(
+                "data plane listening",
+                metadata: [
+                    "address": "\(plane.address)", "descriptor_limit": "\(DescriptorLimit.raise())",
+                    "max_pending_handshakes": "\(plane.listener.maximumPending)",
+                ]
+            )
             let trainer = Trainer(
                 settings: .init(
                     collectiveTimeout: .milliseconds(Int(self.configuration.collectiveTimeoutSeconds * 1000)),
