@@ -35,9 +35,13 @@ enum DataPlaneHandshake {
         return Array(HMAC<SHA256>.authenticationCode(for: message, using: SymmetricKey(data: secret)))
     }
 
+    /// A fresh random nonce: four draws of 64 bits (one system call each), not one per byte.
     static func nonce() -> [UInt8] {
         var generator = SystemRandomNumberGenerator()
-        return (0..<nonceBytes).map { _ in UInt8.random(in: .min ... .max, using: &generator) }
+        var bytes: [UInt8] = []
+        bytes.reserveCapacity(nonceBytes)
+        for _ in 0..<(nonceBytes / 8) { withUnsafeBytes(of: generator.next()) { bytes += $0 } }
+        return bytes
     }
 }
 

@@ -15,6 +15,10 @@ public final class ProcessSampler: Sendable {
         public var highWaterMark: Int
         /// The most threads sampled.
         public var threads: Int
+        /// CPU time (user and system) the process used since sampling started, at the last sample.
+        public var cpuSeconds: Double = 0
+        /// CPU time when sampling started.
+        var startCPUSeconds: Double = 0
 
         /// Resident memory gained since sampling started, at its peak, in bytes.
         public var rssGrowth: Int { max(0, self.rss - self.startRSS) }
@@ -33,7 +37,9 @@ public final class ProcessSampler: Sendable {
         var initial: [Int32: Peak] = [:]
         for pid in pids {
             if let status = Self.status(of: pid) {
-                initial[pid] = Peak(startRSS: status.rss, rss: status.rss, highWaterMark: status.hwm, threads: status.threads)
+                var peak = Peak(startRSS: status.rss, rss: status.rss, highWaterMark: status.hwm, threads: status.threads)
+                peak.startCPUSeconds = Self.cpuSeconds(of: pid) ?? 0
+                initial[pid] = peak
             }
         }
         let peaks = NIOLockedValueBox(initial)
@@ -44,8 +50,10 @@ public final class ProcessSampler: Sendable {
             while stopping.wait(timeout: .now() + seconds) == .timedOut {
                 for pid in pids {
                     guard let status = Self.status(of: pid) else { continue }
+                    let cpu = Self.cpuSeconds(of: pid)
                     peaks.withLockedValue { peaks in
                         guard var peak = peaks[pid] else { return }
+                        if let cpu { peak.cpuSeconds = cpu - peak.startCPUSeconds }
                         peak.rss = max(peak.rss, status.rss)
                         peak.highWaterMark = max(peak.highWaterMark, status.hwm)
                         peak.threads = max(peak.threads, status.threads)
@@ -67,6 +75,17 @@ public final class ProcessSampler: Sendable {
         self.stopping.signal()
         _ = self.finished.wait(timeout: .now() + 5)
         return self.current
+    }
+
+    /// User and system CPU time of `pid` (all its threads), from /proc/PID/stat; nil once it has exited.
+    public static func cpuSeconds(of pid: Int32) -> Double? {
+        guard let text = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+            let end = text.lastIndex(of: ")")
+        else { return nil }
+        // After the command name (in parentheses, and it may hold spaces): state is field 3, utime 14, stime 15.
+        let fields = text[text.index(after: end)...].split(separator: " ")
+        guard fields.count > 12, let user = Double(fields[11]), let system = Double(fields[12]) else { return nil }
+        return (user + system) / Double(sysconf(Int32(_SC_CLK_TCK)))
     }
 
     /// VmRSS, VmHWM (bytes) and Threads of `pid`, from /proc/PID/status; nil once it has exited.

@@ -173,6 +173,7 @@ struct DemoCommand: AsyncParsableCommand {
                 "preempted": result.preempted,
                 "peak_threads": result.peakThreads,
                 "peak_rss_bytes": result.peakRSSBytes,
+                "cpu_seconds": result.cpuSeconds,
                 "flood_opened": result.floodOpened,
                 "flood_closed_by_peer": result.floodClosedByPeer,
             ]

@@ -91,6 +91,8 @@ public final class TrainingDemo: Sendable {
         /// process name.
         public var peakThreads: [String: Int]
         public var peakRSSBytes: [String: Int]
+        /// CPU time each process used from the job's submission to its end, by process name.
+        public var cpuSeconds: [String: Double]
         /// Connections the floods opened (reopened ones included) and the other side closed.
         public var floodOpened: Int
         public var floodClosedByPeer: Int
@@ -284,10 +286,12 @@ public final class TrainingDemo: Sendable {
         let peaks = sampler.stop()
         var peakThreads: [String: Int] = [:]
         var peakRSS: [String: Int] = [:]
+        var cpu: [String: Double] = [:]
         for process in processes {
             guard let peak = peaks[process.pid] else { continue }
             peakThreads[process.name] = peak.threads
             peakRSS[process.name] = peak.rss
+            cpu[process.name] = peak.cpuSeconds
         }
         let floodCounts = floods.dataPlane.map(\.statistics).reduce((0, 0)) { ($0.0 + $1.opened, $0.1 + $1.closedByPeer) }
         let controlCounts = floods.control.map { ($0.statistics.attempts, $0.statistics.closedByPeer) } ?? (0, 0)
@@ -315,6 +319,7 @@ public final class TrainingDemo: Sendable {
             preempted: preempted,
             peakThreads: peakThreads,
             peakRSSBytes: peakRSS,
+            cpuSeconds: cpu,
             floodOpened: floodCounts.0 + controlCounts.0,
             floodClosedByPeer: floodCounts.1 + controlCounts.1
         )
