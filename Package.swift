@@ -252,6 +252,7 @@ let package = Package(
             name: "IntegrationTests",
             dependencies: [
                 "Checkpointing",
+                "RingmasterBench",
                 "RingmasterWire",
                 "RingmasterSecurity",
                 "ControlPlane",

@@ -1,6 +1,7 @@
 import ControlPlane
 import Foundation
 import LocalCluster
+import RingmasterBench
 import RingmasterWire
 import Testing
 
@@ -82,19 +83,6 @@ struct HostileInputTests {
 
     // MARK: - Job specs
 
-    /// `levels` levels of aliases, each `fanOut` aliases of the level below: fanOut^levels values.
-    static func aliasBomb(levels: Int, fanOut: Int, asKeys: Bool = false) -> String {
-        var lines = ["l0: &l0 [" + Array(repeating: "\"lol\"", count: fanOut).joined(separator: ",") + "]"]
-        for level in 1...levels {
-            let below = "*l\(level - 1)"
-            let body = asKeys
-                ? "{" + (0..<fanOut).map { "? [\(String(repeating: "[", count: $0))\(below)\(String(repeating: "]", count: $0))] : \($0)" }.joined(separator: ", ") + "}"
-                : "[" + Array(repeating: below, count: fanOut).joined(separator: ",") + "]"
-            lines.append("l\(level): &l\(level) \(body)")
-        }
-        return "name: bomb\n" + lines.joined(separator: "\n") + "\n"
-    }
-
     /// The 618-byte bomb of the report, its variant with aliases as mapping keys (whose duplicate
     /// check hashes whole subtrees), a nesting 100,000 deep and a spec over 1 MiB, all submitted at
     /// once over their own sessions while `job status` is asked again and again in another: each
@@ -108,8 +96,8 @@ struct HostileInputTests {
         defer { coordinator.signal(SIGKILL) }
         _ = try await cluster.admin { $0.jobStatus = .init() }  // the coordinator is up and warm
         let bombs: [(String, String, String)] = [
-            ("alias bomb", Self.aliasBomb(levels: 9, fanOut: 9), "anchors and aliases are not allowed"),
-            ("aliases as keys", Self.aliasBomb(levels: 12, fanOut: 3, asKeys: true), "anchors and aliases are not allowed"),
+            ("alias bomb", SpecFuzzBenchmark.aliasBomb(levels: 9, fanOut: 9), "anchors and aliases are not allowed"),
+            ("aliases as keys", SpecFuzzBenchmark.aliasBomb(levels: 12, fanOut: 3, asKeys: true), "anchors and aliases are not allowed"),
             ("deep nesting", "name: " + String(repeating: "[", count: 100_000) + String(repeating: "]", count: 100_000), "deep"),
             // Just over the limit: a debug build's TLS moves a few MB/s, and that is not what is measured.
             ("over 1 MiB", "name: big\nnote: \"" + String(repeating: "x", count: (1 << 20) + 1024) + "\"\n", "at most 1048576 bytes"),
@@ -217,17 +205,9 @@ struct HostileInputTests {
     /// goes on and says it is not being saved, submits work again once space is freed, and after
     /// a restart every acknowledged job is there and no refused one is.
     @Test func aFullStateDisk_refusesSubmitsWithTheCause_andEveryAcknowledgedOneSurvivesARestart() async throws {
-        let mount = FileManager.default.temporaryDirectory.appendingPathComponent("ringmaster-state-full-\(UUID().uuidString.prefix(8))").path
-        try FileManager.default.createDirectory(atPath: mount, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(atPath: mount) }
-        let mounted = try ChildProcess(name: "mount", executable: "/bin/mount", arguments: ["-t", "tmpfs", "-o", "size=2m", "tmpfs", mount])
-        try #require(try await mounted.waitForExit(within: 10) == 0, "could not mount a tmpfs (tests run as root): \(mounted.output.lines)")
-        defer {
-            let unmount = Process()
-            unmount.executableURL = URL(fileURLWithPath: "/bin/umount")
-            unmount.arguments = ["-l", mount]
-            if (try? unmount.run()) != nil { unmount.waitUntilExit() }
-        }
+        let tmpfs = try await Tmpfs(label: "state-full", size: "2m")
+        defer { tmpfs.unmount() }
+        let mount = tmpfs.path
         let state = "\(mount)/state"
         let cluster = try await ProcessCluster(stateDirectory: state)
         let agents = try await self.startAgents(cluster, ["node-a"])

@@ -158,6 +158,31 @@ final class TestDirectory: Sendable {
     }
 }
 
+/// A small tmpfs mounted on a fresh temporary directory, for tests of full disks (needs root; the
+/// tests run as root, and say so when the mount fails).
+final class Tmpfs: Sendable {
+    let path: String
+
+    init(label: String, size: String) async throws {
+        self.path = FileManager.default.temporaryDirectory.appendingPathComponent("ringmaster-\(label)-\(UUID().uuidString.prefix(8))").path
+        try FileManager.default.createDirectory(atPath: self.path, withIntermediateDirectories: true)
+        let mounted = try ChildProcess(name: "mount", executable: "/bin/mount", arguments: ["-t", "tmpfs", "-o", "size=\(size)", "tmpfs", self.path])
+        guard try await mounted.waitForExit(within: 10) == 0 else {
+            try? FileManager.default.removeItem(atPath: self.path)
+            throw CommandError("could not mount a tmpfs (tests run as root): \(mounted.output.lines)")
+        }
+    }
+
+    /// Unmounts it (lazily, should a process still hold a file there) and removes the directory.
+    func unmount() {
+        let unmount = Process()
+        unmount.executableURL = URL(fileURLWithPath: "/bin/umount")
+        unmount.arguments = ["-l", self.path]
+        if (try? unmount.run()) != nil { unmount.waitUntilExit() }
+        try? FileManager.default.removeItem(atPath: self.path)
+    }
+}
+
 struct CommandError: Error, CustomStringConvertible {
     var description: String
     init(_ description: String) { self.description = description }

@@ -166,18 +166,10 @@ struct TrainingTests {
     /// Checkpoints to a file system that fills up: the saves that do not fit fail cleanly, training
     /// goes on to the end, and the last checkpoint that fitted still resumes.
     @Test func checkpointsOnAFullDisk_failCleanly_andTrainingGoesOn() async throws {
-        let mount = FileManager.default.temporaryDirectory.appendingPathComponent("ringmaster-full-\(UUID().uuidString.prefix(8))").path
-        try FileManager.default.createDirectory(atPath: mount, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(atPath: mount) }
         // Room for about three checkpoints of the perceptron (4 shards of 19 KB and a manifest each).
-        let mounted = try ChildProcess(name: "mount", executable: "/bin/mount", arguments: ["-t", "tmpfs", "-o", "size=256k", "tmpfs", mount])
-        try #require(try await mounted.waitForExit(within: 10) == 0, "could not mount a tmpfs (tests run as root): \(mounted.output.lines)")
-        defer {
-            let unmount = Process()
-            unmount.executableURL = URL(fileURLWithPath: "/bin/umount")
-            unmount.arguments = [mount]
-            if (try? unmount.run()) != nil { unmount.waitUntilExit() }
-        }
+        let tmpfs = try await Tmpfs(label: "full", size: "256k")
+        defer { tmpfs.unmount() }
+        let mount = tmpfs.path
         let full = try await self.demo("disk-full", ["--agents", "4", "--checkpoint-dir", mount, "--checkpoint-interval", "50"])
         self.expectExactAccounting(full, "disk full")
         #expect(full.count("checkpoint_failures") > 0, "the small file system never filled up: \(full.json)")

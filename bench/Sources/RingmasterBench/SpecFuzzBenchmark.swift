@@ -191,8 +191,14 @@ public enum SpecFuzzBenchmark {
     static func bomb(_ generator: inout SplitMix64) -> String {
         let levels = 3 + Int(generator.next() % 12)
         let fanOut = 2 + Int(generator.next() % 9)
-        let asKeys = generator.next() % 2 == 0
-        var lines = ["l0: &l0 [" + Array(repeating: "lol", count: fanOut).joined(separator: ",") + "]"]
+        return self.aliasBomb(levels: levels, fanOut: fanOut, asKeys: generator.next() % 2 == 0)
+    }
+
+    /// A job spec of `levels` levels of aliases, each `fanOut` aliases of the level below
+    /// (fanOut^levels values once expanded), as sequence items or, with `asKeys`, as mapping keys
+    /// (which a YAML library hashes whole to find duplicates).
+    public static func aliasBomb(levels: Int, fanOut: Int, asKeys: Bool = false) -> String {
+        var lines = ["name: bomb", "l0: &l0 [" + Array(repeating: "\"lol\"", count: fanOut).joined(separator: ",") + "]"]
         for level in 1...levels {
             let below = "*l\(level - 1)"
             let body = asKeys
@@ -200,6 +206,6 @@ public enum SpecFuzzBenchmark {
                 : "[" + Array(repeating: below, count: fanOut).joined(separator: ",") + "]"
             lines.append("l\(level): &l\(level) \(body)")
         }
-        return lines.joined(separator: "\n")
+        return lines.joined(separator: "\n") + "\n"
     }
 }
