@@ -70,7 +70,7 @@ let package = Package(
         ),
         .target(
             name: "Workload",
-            dependencies: ["CZlib", "CoordinatorCore", .product(name: "Yams", package: "Yams")],
+            dependencies: ["CZlib", "JobModel", .product(name: "Yams", package: "Yams")],
             resources: [.copy("Resources/digits.csv.gz")],
             // Optimised in debug builds too: the tests train real models in real processes.
             swiftSettings: strictSwift6 + [
@@ -81,13 +81,18 @@ let package = Package(
         .target(
             name: "Checkpointing",
             dependencies: [
-                "CoordinatorCore",
+                "JobModel",
                 .product(name: "Crypto", package: "swift-crypto"),
             ],
             swiftSettings: strictSwift6
         ),
         .target(
+            name: "JobModel",
+            swiftSettings: strictSwift6
+        ),
+        .target(
             name: "CoordinatorCore",
+            dependencies: ["JobModel"],
             swiftSettings: strictSwift6
         ),
         .target(
@@ -109,6 +114,7 @@ let package = Package(
             dependencies: [
                 "Checkpointing",
                 "CoordinatorCore",
+                "JobModel",
                 "Workload",
                 "RingmasterWire",
                 "RingmasterSecurity",
@@ -133,7 +139,7 @@ let package = Package(
             dependencies: [
                 "Checkpointing",
                 "Collectives",
-                "CoordinatorCore",
+                "JobModel",
                 "Workload",
                 .product(name: "Yams", package: "Yams"),
                 "RingmasterWire",
@@ -169,6 +175,7 @@ let package = Package(
                 "ControlPlane",
                 "Coordinator",
                 "CoordinatorCore",
+                "JobModel",
                 "LocalCluster",
                 "RingmasterSecurity",
                 "RingmasterWire",
@@ -230,22 +237,27 @@ let package = Package(
         ),
         .testTarget(
             name: "CheckpointingTests",
-            dependencies: ["Checkpointing", "CoordinatorCore", "LocalCluster"],
+            dependencies: ["Checkpointing", "JobModel", "LocalCluster"],
             swiftSettings: strictSwift6
         ),
         .testTarget(
             name: "WorkloadTests",
-            dependencies: ["Workload", "CoordinatorCore"],
+            dependencies: ["Workload", "JobModel"],
+            swiftSettings: strictSwift6
+        ),
+        .testTarget(
+            name: "JobModelTests",
+            dependencies: ["JobModel"],
             swiftSettings: strictSwift6
         ),
         .testTarget(
             name: "CoordinatorCoreTests",
-            dependencies: ["CoordinatorCore"],
+            dependencies: ["CoordinatorCore", "JobModel"],
             swiftSettings: strictSwift6
         ),
         .testTarget(
             name: "CoordinatorTests",
-            dependencies: ["Coordinator", "CoordinatorCore", "RingmasterWire", "RingmasterSecurity"],
+            dependencies: ["Coordinator", "CoordinatorCore", "JobModel", "RingmasterWire", "RingmasterSecurity"],
             swiftSettings: strictSwift6
         ),
         .testTarget(

@@ -1,8 +1,8 @@
+import Checkpointing
 import Collectives
 import ControlPlane
-import CoordinatorCore
-import Checkpointing
 import Foundation
+import JobModel
 import Logging
 import RingmasterSecurity
 import RingmasterWire

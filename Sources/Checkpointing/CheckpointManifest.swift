@@ -1,4 +1,4 @@
-import CoordinatorCore
+import JobModel
 
 /// One rank's shard as recorded in a manifest: where it is, what it holds, and how to verify it.
 public struct ShardRecord: Codable, Sendable, Hashable {

@@ -2,6 +2,7 @@ import Checkpointing
 import ControlPlane
 import CoordinatorCore
 import Foundation
+import JobModel
 import Logging
 import RingmasterWire
 

@@ -2,6 +2,7 @@ import ControlPlane
 import CoordinatorCore
 import Crypto
 import Foundation
+import JobModel
 import Logging
 import NIOCore
 import RingmasterSecurity

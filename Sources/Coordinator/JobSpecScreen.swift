@@ -1,5 +1,5 @@
 import CYaml
-import CoordinatorCore
+import JobModel
 
 /// The checks a job spec's text passes before anything is built from it, so that no spec can
 /// cost the coordinator more than a bounded amount of memory and time.

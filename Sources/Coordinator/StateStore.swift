@@ -1,6 +1,7 @@
 import CoordinatorCore
 import Foundation
 import GRDB
+import JobModel
 import RingmasterSecurity
 
 /// The coordinator's durable state in SQLite (`state.sqlite` in the state directory, 0600):

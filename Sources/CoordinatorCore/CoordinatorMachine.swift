@@ -1,3 +1,5 @@
+import JobModel
+
 /// The coordinator's decisions: rendezvous, ranks, leases, generations and the data cursor.
 ///
 /// ## Algorithm

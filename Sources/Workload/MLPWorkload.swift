@@ -1,5 +1,5 @@
-import CoordinatorCore
 import Foundation
+import JobModel
 
 /// A multilayer perceptron on the digits data set: `64 -> hidden... -> 10`, ReLU between layers,
 /// softmax cross-entropy loss, trained with SGD (momentum) or Adam.

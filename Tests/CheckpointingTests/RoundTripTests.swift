@@ -1,6 +1,6 @@
 import Checkpointing
-import CoordinatorCore
 import Foundation
+import JobModel
 import Testing
 
 @Suite("Writing and loading a checkpoint")

@@ -1,5 +1,5 @@
-import CoordinatorCore
 import Foundation
+import JobModel
 import Testing
 
 @testable import Coordinator

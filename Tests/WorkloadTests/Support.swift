@@ -1,4 +1,4 @@
-import CoordinatorCore
+import JobModel
 import Workload
 
 /// Shared fixtures and a small in-process "trainer" that plays the part of the distributed one.

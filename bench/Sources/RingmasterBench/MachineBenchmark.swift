@@ -1,5 +1,6 @@
 import CoordinatorCore
 import Foundation
+import JobModel
 
 /// The coordinator's state machine alone: a job on `nodes` simulated nodes, then generation
 /// changes (a member fails, or one joins back), each timed from the event to the machine's

@@ -1,6 +1,6 @@
 import Coordinator
-import CoordinatorCore
 import Foundation
+import JobModel
 import LocalCluster
 
 /// Random and mutated job specs through the coordinator's parser (`JobSpecParser.parse`, the

@@ -1,6 +1,6 @@
 import Testing
 
-@testable import CoordinatorCore
+@testable import JobModel
 
 @Suite("Data order")
 struct DataOrderTests {

@@ -1,6 +1,6 @@
 import Testing
 
-@testable import CoordinatorCore
+@testable import JobModel
 
 /// The account counts what reports say, so a repeat or a skip in them shows up.
 @Suite("Sample accounting")
