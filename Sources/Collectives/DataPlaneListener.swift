@@ -1,7 +1,6 @@
 #if canImport(Glibc)
 import Glibc
 #endif
-import Crypto
 import Foundation
 
 /// The agent's data-plane listening socket. It lives as long as the agent (one port across
@@ -138,15 +137,6 @@ public final class DataPlaneListener: @unchecked Sendable {
         }
     }
 
-    static func connectMessage(_ acceptorNonce: [UInt8], _ connectorNonce: [UInt8], _ generation: UInt64, _ from: Int, _ to: Int) -> [UInt8] {
-        var message = Array("ringmaster data plane connect v1".utf8)
-        message += acceptorNonce + connectorNonce
-        withUnsafeBytes(of: generation.bigEndian) { message += $0 }
-        withUnsafeBytes(of: UInt32(from).bigEndian) { message += $0 }
-        withUnsafeBytes(of: UInt32(to).bigEndian) { message += $0 }
-        return message
-    }
-
     // MARK: - The listener's thread
 
     func wake() {
@@ -266,12 +256,13 @@ struct PendingHandshake {
     let deadline: ContinuousClock.Instant
     let nonce = DataPlaneHandshake.nonce()
     var phase = Phase.sendingNonce(sent: 0)
+    /// The hello's bytes as they arrive.
     var hello: [UInt8] = []
 
     enum Phase {
         case sendingNonce(sent: Int)
         case readingHello
-        case awaitingSecret
+        case awaitingSecret(DataPlaneHello)
         case sendingAnswer(answer: [UInt8], sent: Int, key: DataPlaneListener.Key)
     }
 
@@ -311,7 +302,7 @@ struct PendingHandshake {
                 }
             case .readingHello:
                 guard readable else { return self.expired(now) }
-                var buffer = [UInt8](repeating: 0, count: DataPlaneHandshake.helloBytes - self.hello.count)
+                var buffer = [UInt8](repeating: 0, count: DataPlaneHello.byteCount - self.hello.count)
                 let count = buffer.withUnsafeMutableBytes { recv(self.fd, $0.baseAddress!, $0.count, Int32(MSG_DONTWAIT)) }
                 if count == 0 { return .refused("the peer closed the connection during the handshake") }
                 if count < 0 {
@@ -320,18 +311,12 @@ struct PendingHandshake {
                 }
                 self.hello += buffer[0..<count]
                 // Garbage is refused at its first wrong byte, not after a full hello or the deadline.
-                let prefix = DataPlaneHandshake.magic + [DataPlaneHandshake.version]
-                let checked = min(self.hello.count, prefix.count)
-                guard Array(self.hello[0..<checked]) == Array(prefix[0..<checked]) else {
-                    return .refused("not a ringmaster data-plane connection")
-                }
-                guard self.hello.count == DataPlaneHandshake.helloBytes else { return self.expired(now) }
-                self.phase = .awaitingSecret
-            case .awaitingSecret:
-                let hello = self.hello
-                let generation = hello[5..<13].reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
-                let from = Int(hello[13..<17].reduce(UInt32(0)) { $0 << 8 | UInt32($1) })
-                let to = Int(hello[17..<21].reduce(UInt32(0)) { $0 << 8 | UInt32($1) })
+                guard DataPlaneHello.couldStart(self.hello) else { return .refused("not a ringmaster data-plane connection") }
+                guard self.hello.count == DataPlaneHello.byteCount else { return self.expired(now) }
+                guard let hello = DataPlaneHello(decoding: self.hello) else { return .refused("not a ringmaster data-plane connection") }
+                self.phase = .awaitingSecret(hello)
+            case .awaitingSecret(let hello):
+                let generation = hello.generation
                 guard let expected = secrets[generation] else {
                     // The generation's secret may be registered a moment after a fast peer connects.
                     if secrets.keys.contains(where: { $0 > generation }) {
@@ -340,19 +325,12 @@ struct PendingHandshake {
                     if now >= self.deadline { return .refused("generation \(generation) is not one this rank is joining") }
                     return .waiting
                 }
-                guard expected.rank == to else { return .refused("addressed to rank \(to), but this is rank \(expected.rank)") }
-                let connectorNonce = Array(hello[21..<53])
-                let valid = HMAC<SHA256>.isValidAuthenticationCode(
-                    Array(hello[53..<85]),
-                    authenticating: DataPlaneListener.connectMessage(self.nonce, connectorNonce, generation, from, to),
-                    using: SymmetricKey(data: expected.secret)
-                )
-                guard valid else { return .refused("the connection's proof does not match generation \(generation)'s secret") }
-                let answer = DataPlaneHandshake.mac(
-                    "accept", secret: expected.secret, acceptorNonce: self.nonce, connectorNonce: connectorNonce,
-                    generation: generation, from: from, to: to
-                )
-                self.phase = .sendingAnswer(answer: answer, sent: 0, key: .init(generation: generation, from: from))
+                guard expected.rank == hello.to else { return .refused("addressed to rank \(hello.to), but this is rank \(expected.rank)") }
+                guard hello.isValid(secret: expected.secret, acceptorNonce: self.nonce) else {
+                    return .refused("the connection's proof does not match generation \(generation)'s secret")
+                }
+                let answer = hello.answer(secret: expected.secret, acceptorNonce: self.nonce)
+                self.phase = .sendingAnswer(answer: answer, sent: 0, key: .init(generation: generation, from: hello.from))
             case .sendingAnswer(let answer, let sent, let key):
                 switch self.send(answer, from: sent) {
                 case .failure(let refusal): return .refused(refusal.reason)
