@@ -501,7 +501,6 @@ public final class AgentService: Service, Sendable {
             heartbeat.heartbeat = .with {
                 $0.jobID = held?.jobID ?? ""
                 $0.generation = held?.generation ?? 0
-                $0.step = held?.resumeStep ?? 0
             }
             try await session.send(heartbeat)
             try await Task.sleep(for: interval)

@@ -8,12 +8,12 @@
 ///
 /// - From one source address, a new unauthenticated connection over its share is refused.
 /// - In all, a new one that finds every unauthenticated slot taken (a flood from many addresses)
-///   takes the slot of an older unauthenticated connection, which is closed. The first to go is
-///   the oldest that finished its TLS handshake without a certificate and has not begun a join
-///   (what a flood holds, idle); then the oldest still in its handshake; a join under way last. An
-///   agent or operator with a certificate leaves the unauthenticated slots as soon as its
-///   handshake ends, and a joining agent is past the idle ones, so under a flood they lose their
-///   slot only when nothing idle is left to take.
+///   takes the slot of the oldest connection that finished its TLS handshake without a certificate
+///   and has not begun a join (what a flood holds, idle), which is closed. When none is idle, the
+///   newcomer is refused instead: a handshake or a join under way is never cut short (in TLS 1.3
+///   a client may already count its handshake done while the server does not, so cutting it
+///   would break a request, not a connect that can be tried again), and a refusal at accept is one
+///   a client can retry.
 /// - Every connection, authenticated or not, counts against `maximumConnections`, which stays
 ///   below the process's descriptor limit so that the process always has descriptors left for its
 ///   own files (and for libdispatch, which traps when it cannot open one). Over it, a new
@@ -55,7 +55,9 @@ public struct ConnectionBudget: Sendable {
         case tooManyConnections = "too_many_connections"
         /// The source address holds its share of unauthenticated slots.
         case tooManyFromAddress = "too_many_from_address"
-        /// The connection was the oldest unauthenticated one when a new one needed its slot.
+        /// Every unauthenticated slot is taken by a handshake or a join under way.
+        case tooManyUnauthenticated = "too_many_unauthenticated"
+        /// The connection was the oldest idle unauthenticated one when a new one needed its slot.
         case displaced
     }
 
@@ -76,11 +78,12 @@ public struct ConnectionBudget: Sendable {
 
     /// Where an admitted connection is, for the order in which unauthenticated ones are displaced.
     enum Stage: Int, Sendable, Hashable {
-        /// Finished its TLS handshake without a certificate and has not begun a join: displaced first.
+        /// Finished its TLS handshake without a certificate and has not begun a join: the only
+        /// stage that is displaced.
         case idle
         /// In its TLS handshake.
         case handshaking
-        /// Began a join: displaced last.
+        /// Began a join.
         case joining
         /// Showed a client certificate: no longer unauthenticated, never displaced.
         case authenticated
@@ -115,7 +118,10 @@ public struct ConnectionBudget: Sendable {
             return .failure(.tooManyFromAddress)
         }
         var displaced: Ticket?
-        if self.unauthenticated >= self.limits.maximumUnauthenticated, let victim = self.displaceable() {
+        if self.unauthenticated >= self.limits.maximumUnauthenticated {
+            guard let victim = self.unauthenticatedIDs.first(where: { self.open[$0]?.stage == .idle }) else {
+                return .failure(.tooManyUnauthenticated)
+            }
             let ticket = Ticket(id: victim, address: self.open[victim]!.address)
             self.closed(ticket)
             displaced = ticket
@@ -126,17 +132,6 @@ public struct ConnectionBudget: Sendable {
         self.unauthenticatedIDs.append(self.nextID)
         self.unauthenticatedByAddress[address, default: 0] += 1
         return .success(Admission(ticket: Ticket(id: self.nextID, address: address), displaced: displaced))
-    }
-
-    /// The oldest unauthenticated connection of the first stage that has one, in displacement order.
-    func displaceable() -> UInt64? {
-        var oldest: [Stage: UInt64] = [:]
-        for id in self.unauthenticatedIDs {
-            guard let stage = self.open[id]?.stage, oldest[stage] == nil else { continue }
-            if stage == .idle { return id }
-            oldest[stage] = id
-        }
-        return oldest[.handshaking] ?? oldest[.joining]
     }
 
     /// The connection finished its TLS handshake without a client certificate.

@@ -53,7 +53,7 @@ public struct CoordinatorMetrics: Sendable {
         }
         self.nodes = nodes
         var refused: [ConnectionBudget.Refusal: CoreMetrics.Counter] = [:]
-        for reason in [ConnectionBudget.Refusal.tooManyConnections, .tooManyFromAddress, .displaced] {
+        for reason in [ConnectionBudget.Refusal.tooManyConnections, .tooManyFromAddress, .tooManyUnauthenticated, .displaced] {
             refused[reason] = Counter(label: "ringmaster_connections_refused_total", dimensions: [("reason", reason.rawValue)], factory: factory)
         }
         self.connectionsRefused = refused

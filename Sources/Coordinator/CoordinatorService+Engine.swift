@@ -380,8 +380,6 @@ extension CoordinatorService {
 
     func envelope(assigning assignment: CoordinatorMachine.Assignment, to node: String) -> Envelope {
         let spec = assignment.spec
-        let order = spec.order
-        let batch = order.batchRange(ofStep: assignment.resumeStep).count
         var envelope = Envelope()
         envelope.assignment = .with {
             $0.jobID = assignment.job
@@ -389,19 +387,13 @@ extension CoordinatorService {
             $0.rank = UInt32(assignment.members.first { $0.node == node }?.rank ?? 0)
             $0.worldSize = UInt32(assignment.worldSize)
             $0.members = assignment.members.map { member in
-                let slice = DataOrder.slice(batchSize: batch, rank: member.rank, worldSize: assignment.worldSize)
-                return .with {
+                .with {
                     $0.nodeID = member.node
                     $0.rank = UInt32(member.rank)
                     $0.dataPlaneAddresses = member.dataPlaneAddresses
-                    $0.slice = .with {
-                        $0.offset = UInt32(slice.offset)
-                        $0.count = UInt32(slice.count)
-                    }
                 }
             }
             $0.dataPlaneSecret = Data(self.dataPlaneSecret(job: assignment.job, generation: assignment.generation))
-            $0.resumeEpoch = order.epoch(ofStep: assignment.resumeStep)
             $0.resumeStep = assignment.resumeStep
             $0.permutationSeed = spec.seed
             $0.globalBatchSize = UInt32(spec.globalBatchSize)
@@ -412,7 +404,6 @@ extension CoordinatorService {
             $0.totalSteps = spec.steps
             $0.checkpointDirectory = spec.checkpointDirectory ?? ""
             $0.checkpointIntervalSteps = spec.checkpointDirectory == nil ? 0 : spec.checkpointIntervalSteps
-            $0.resumeFromCheckpoint = spec.checkpointDirectory != nil && spec.resume != nil
         }
         return envelope
     }

@@ -35,8 +35,8 @@ public struct CoordinatorConfiguration: Sendable {
     public var leaseMilliseconds: UInt32 = 2000
     /// Time a new connection has to finish its TLS handshake.
     public var handshakeTimeoutSeconds: Double = 10
-    /// Time a connection without a client certificate has, from its accept, to finish its join;
-    /// then it is closed.
+    /// Time a connection without a client certificate has, from the end of its TLS handshake, to
+    /// finish its join; then it is closed.
     public var joinTimeoutSeconds: Double = 5
     /// Caps on connections (see `ConnectionBudget`); nil: derived from the descriptor limit, which
     /// the service raises to the hard limit when it starts.
@@ -279,6 +279,7 @@ public final class CoordinatorService: Service, Sendable {
         )
         let maximumFrameBytes = self.configuration.maximumFrameBytes
         let joinTimeout = TimeAmount.milliseconds(Int64(self.configuration.joinTimeoutSeconds * 1000))
+        let handshakeTimeout = TimeAmount.milliseconds(Int64(self.configuration.handshakeTimeoutSeconds * 1000))
         let logger = self.logger
         let server: NIOAsyncChannel<Admission, Never>
         do {
@@ -288,7 +289,7 @@ public final class CoordinatorService: Service, Sendable {
                 .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
                 .bind(host: self.configuration.listenHost, port: self.configuration.listenPort) { channel in
                     channel.eventLoop.makeCompletedFuture {
-                        guard let (ticket, deadline) = self.admit(channel, joinTimeout: joinTimeout) else { return .refused }
+                        guard let (ticket, deadline) = self.admit(channel, handshakeTimeout: handshakeTimeout) else { return .refused }
                         let peer = channel.remoteAddress?.description ?? "unknown"
                         let tls = NIOSSLServerHandler(
                             context: context,
@@ -304,10 +305,12 @@ public final class CoordinatorService: Service, Sendable {
                         // On the event loop, at the handshake's end, not when `serve` gets to it:
                         // meanwhile a flood could displace a connection that has authenticated.
                         handshake.whenSuccess { certificate in
+                            deadline.cancel()
                             if certificate == nil {
+                                // Without a certificate, the join must be done within the join deadline.
                                 self.connections.withLock { $0.handshakeCompletedWithoutCertificate(ticket) }
+                                channel.eventLoop.scheduleTask(in: joinTimeout) { channel.close(promise: nil) }
                             } else {
-                                deadline.cancel()
                                 self.connections.withLock { $0.authenticated(ticket) }
                                 self.unauthenticatedChannels.withLock { $0[ticket] = nil }
                             }
@@ -374,11 +377,12 @@ public final class CoordinatorService: Service, Sendable {
         case refused
     }
 
-    /// Takes a slot in the connection budget for a connection just accepted, and arms its join
-    /// deadline (cancelled once a client certificate is shown); nil when the budget
+    /// Takes a slot in the connection budget for a connection just accepted, and arms its handshake
+    /// deadline (cancelled when the handshake ends; a connection without a certificate then has the
+    /// join deadline to finish its join); nil when the budget
     /// refuses it, closed before any TLS work (no handler, no task, its descriptor freed now). A
     /// displaced older connection is closed.
-    func admit(_ channel: any Channel, joinTimeout: TimeAmount) -> (ConnectionBudget.Ticket, Scheduled<Void>)? {
+    func admit(_ channel: any Channel, handshakeTimeout: TimeAmount) -> (ConnectionBudget.Ticket, Scheduled<Void>)? {
         let address = channel.remoteAddress?.ipAddress ?? "unknown"
         let admission: ConnectionBudget.Admission
         switch self.connections.withLock({ $0.admit(from: address) }) {
@@ -399,7 +403,7 @@ public final class CoordinatorService: Service, Sendable {
             self.connections.withLock { $0.closed(ticket) }
             self.unauthenticatedChannels.withLock { $0[ticket] = nil }
         }
-        return (ticket, channel.eventLoop.scheduleTask(in: joinTimeout) { channel.close(promise: nil) })
+        return (ticket, channel.eventLoop.scheduleTask(in: handshakeTimeout) { channel.close(promise: nil) })
     }
 
     /// Counts a refusal at accept, and logs refusals in summary: a flood must not flood the log.

@@ -22,7 +22,7 @@ struct ConnectionBudgetTests {
         #expect(budget.unauthenticated == 4 && budget.connections == 4)
     }
 
-    @Test func idleConnectionsGoFirst_thenHandshakes_andJoinsUnderWayLast() throws {
+    @Test func onlyIdleConnectionsAreDisplaced_andWithNoneIdleTheNewcomerIsRefused() throws {
         var budget = ConnectionBudget(limits: Self.limits)
         let joiner = try self.admitted(&budget, "10.0.0.1")
         budget.handshakeCompletedWithoutCertificate(joiner)
@@ -31,24 +31,23 @@ struct ConnectionBudgetTests {
         let idle = try self.admitted(&budget, "10.0.0.3")
         budget.handshakeCompletedWithoutCertificate(idle)
         _ = try self.admitted(&budget, "10.0.0.4")
-        // Full: the idle one goes first, although two are older.
+        // Full: the idle one goes, although two are older.
         #expect(try budget.admit(from: "10.0.0.5").get().displaced == idle)
-        // No idle one left: the oldest handshake, then the next, before the join under way.
-        #expect(try budget.admit(from: "10.0.0.6").get().displaced == handshaking)
-        _ = try budget.admit(from: "10.0.0.7").get()
-        _ = try budget.admit(from: "10.0.0.8").get()
+        // None idle now: a handshake or a join under way is never cut short; the newcomer is refused.
+        #expect(throws: ConnectionBudget.Refusal.tooManyUnauthenticated) { try budget.admit(from: "10.0.0.6").get() }
         #expect(budget.unauthenticated == 4)
-        #expect(budget.open[joiner.id] != nil, "the join under way is still there")
+        #expect(budget.open[joiner.id] != nil && budget.open[handshaking.id] != nil)
     }
 
     @Test func aFloodFromManyAddresses_displacesTheOldestUnauthenticated_notTheNewcomer() throws {
         var budget = ConnectionBudget(limits: Self.limits)
         let first = try self.admitted(&budget, "10.0.0.1")
         let second = try self.admitted(&budget, "10.0.0.2")
-        _ = try self.admitted(&budget, "10.0.0.3")
+        let third = try self.admitted(&budget, "10.0.0.3")
         let authenticated = try self.admitted(&budget, "10.0.0.4")
         budget.authenticated(authenticated)
-        _ = try self.admitted(&budget, "10.0.0.5")
+        let fifth = try self.admitted(&budget, "10.0.0.5")
+        for ticket in [first, second, third, fifth] { budget.handshakeCompletedWithoutCertificate(ticket) }
         // Every unauthenticated slot is taken: a newcomer takes the oldest one's.
         let newcomer = try budget.admit(from: "10.0.0.6").get()
         #expect(newcomer.displaced == first)

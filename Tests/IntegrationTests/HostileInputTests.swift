@@ -321,14 +321,17 @@ struct HostileInputTests {
         #expect(!coordinator.hasExited, "the coordinator is alive")
         #expect(statistics.attempts > 2000, "the flood reopened what was closed: \(statistics)")
         #expect(statistics.handshakes > 0 && statistics.closedByPeer > 0, "\(statistics)")
-        // The caps were what refused them: one address's share, and displacement from the rest.
+        // The caps were what refused them: one address's share, and the cap on all of them.
         let metrics = try await MetricsTests().get(port: metricsPort, path: "/metrics")
         func refused(_ reason: String) -> Double {
             let line = metrics.split(separator: "\n").first { $0.hasPrefix("ringmaster_connections_refused_total{reason=\"\(reason)\"}") }
             return line.flatMap { Double($0.split(separator: " ").last ?? "") } ?? 0
         }
         #expect(refused("too_many_from_address") > 1000, "\(metrics)")
-        #expect(refused("displaced") > 0, "\(metrics)")
+        // Over the cap on all unauthenticated connections, idle ones were displaced, or newcomers
+        // refused while every slot held a handshake under way (which, on a debug build's slow TLS,
+        // is most of the time).
+        #expect(refused("displaced") + refused("too_many_unauthenticated") > 0, "\(metrics)")
         #expect(coordinator.output.lines.contains { $0.contains("refused connections at accept") })
         // Started under a soft limit of 1,024, it raised its own to the hard limit.
         var limit = rlimit()

@@ -254,4 +254,25 @@ struct RefusalTests {
         }
         #expect(try coordinator.service.state.tokens().isEmpty)
     }
+
+    /// A connection without a client certificate that finishes its TLS handshake and then says
+    /// nothing holds an unauthenticated slot only until the join deadline; one with a certificate
+    /// is not closed by it.
+    @Test func anIdleConnectionWithoutACertificate_isClosedAtTheJoinDeadline_andAnAuthenticatedOneIsNot() async throws {
+        let coordinator = try await TestCoordinator { $0.joinTimeoutSeconds = 0.5 }
+        defer { Task { await coordinator.stop() } }
+        let trust = PeerVerifier.Trust.certificate(coordinator.authority.certificate)
+        let anonymous = try await RawTLSClient(port: coordinator.port, credentials: nil, trust: trust)
+        let started = ContinuousClock.now
+        try await anonymous.waitUntilClosed(within: 5)
+        #expect(ContinuousClock.now - started >= .milliseconds(400), "closed at the deadline, not at once")
+        // An operator's session outlives the join deadline: a second anonymous connection, opened
+        // after it, is closed at its deadline, and the session is still answered.
+        let reply = try await ControlClient(address: coordinator.address, credentials: coordinator.operatorCredentials).withConnection { session in
+            let later = try await RawTLSClient(port: coordinator.port, credentials: nil, trust: trust)
+            try await later.waitUntilClosed(within: 5)
+            return try await session.request(tokenCreateRequest())
+        }
+        #expect(!reply.adminReply.tokenCreate.token.isEmpty)
+    }
 }

@@ -35,7 +35,6 @@ struct FrameDecoderTests {
         heartbeat.heartbeat = .with {
             $0.jobID = "job-1"
             $0.generation = 7
-            $0.step = 123_456
         }
         return [hello, assignment, error, heartbeat]
     }
@@ -219,7 +218,7 @@ struct FrameDecoderTests {
 
     @Test func encoder_writesBigEndianLengthThenPayload() throws {
         var heartbeat = Envelope()
-        heartbeat.heartbeat = .with { $0.step = 1 }
+        heartbeat.heartbeat = .with { $0.generation = 1 }
         var buffer = ByteBuffer()
         try FrameEncoder.write(heartbeat, into: &buffer)
         let payload: [UInt8] = try heartbeat.serializedBytes()
