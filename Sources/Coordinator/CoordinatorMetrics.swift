@@ -1,3 +1,4 @@
+import CoordinatorCore
 import CoreMetrics
 import Prometheus
 
@@ -17,7 +18,7 @@ public struct CoordinatorMetrics: Sendable {
     /// From a job's waiting for nodes to its generation starting.
     let rendezvousSeconds: CoreMetrics.Recorder
     /// Nodes by state.
-    let nodes: [String: CoreMetrics.Gauge]
+    let nodes: [CoordinatorMachine.NodeState: CoreMetrics.Gauge]
     /// Steps committed (completed by every member).
     let stepsCommitted: CoreMetrics.Counter
     /// Steps at which members reported different parameter hashes.
@@ -47,9 +48,9 @@ public struct CoordinatorMetrics: Sendable {
         self.checkpointsCommitted = Counter(label: "ringmaster_checkpoints_committed_total", factory: factory)
         self.checkpointFailures = Counter(label: "ringmaster_checkpoint_failures_total", factory: factory)
         self.rendezvousSeconds = Recorder(label: "ringmaster_rendezvous_duration_seconds", factory: factory)
-        var nodes: [String: CoreMetrics.Gauge] = [:]
-        for state in ["idle", "busy", "draining", "offline"] {
-            nodes[state] = Gauge(label: "ringmaster_nodes", dimensions: [("state", state)], factory: factory)
+        var nodes: [CoordinatorMachine.NodeState: CoreMetrics.Gauge] = [:]
+        for state in CoordinatorMachine.NodeState.allCases {
+            nodes[state] = Gauge(label: "ringmaster_nodes", dimensions: [("state", state.rawValue)], factory: factory)
         }
         self.nodes = nodes
         var refused: [ConnectionBudget.Refusal: CoreMetrics.Counter] = [:]
@@ -62,7 +63,7 @@ public struct CoordinatorMetrics: Sendable {
     }
 
     /// Sets the node gauges from counts by state.
-    func record(nodeCounts: [String: Int]) {
+    func record(nodeCounts: [CoordinatorMachine.NodeState: Int]) {
         for (state, gauge) in self.nodes {
             gauge.record(nodeCounts[state] ?? 0)
         }

@@ -479,8 +479,8 @@ extension CoordinatorService {
                 let status = live[node.id]
                 return .with {
                     $0.nodeID = node.id
-                    $0.state = status?.state ?? "offline"
-                    $0.connected = status.map { $0.state != "offline" } ?? false
+                    $0.state = (status?.state ?? .offline).rawValue
+                    $0.connected = status.map { $0.state != .offline } ?? false
                     $0.joinedUnix = Int64(node.joined.timeIntervalSince1970)
                     $0.certificateNotAfterUnix = Int64(node.certificateNotAfter.timeIntervalSince1970)
                     $0.dataPlaneAddresses = status?.dataPlaneAddresses ?? []

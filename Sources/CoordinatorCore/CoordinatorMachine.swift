@@ -348,12 +348,24 @@ public struct CoordinatorMachine: Sendable {
         self.jobs[job]?.record
     }
 
+    /// Where a node stands, as operators and metrics see it.
+    public enum NodeState: String, Sendable, Hashable, CaseIterable {
+        /// Online, taking work, in no job.
+        case idle
+        /// Online, a member of a job.
+        case busy
+        /// Online, taking no new work (drained, or it left its job) until its next session.
+        case draining
+        /// Its session ended or its lease ran out.
+        case offline
+    }
+
     /// A node as the operator sees it.
     public struct NodeStatus: Sendable, Hashable {
         /// The node id.
         public var node: String
-        /// online, offline or draining.
-        public var state: String
+        /// Where it stands.
+        public var state: NodeState
         /// The job it is a member of.
         public var job: String?
         /// Its rank there.
@@ -376,15 +388,15 @@ public struct CoordinatorMachine: Sendable {
         }
     }
 
-    /// Counts of nodes by state (`idle`, `busy`, `draining`, `offline`).
-    public var nodeCounts: [String: Int] {
-        var counts = ["idle": 0, "busy": 0, "draining": 0, "offline": 0]
+    /// Counts of nodes by state, every state present.
+    public var nodeCounts: [NodeState: Int] {
+        var counts = Dictionary(uniqueKeysWithValues: NodeState.allCases.map { ($0, 0) })
         for node in self.nodes.values { counts[Self.state(of: node), default: 0] += 1 }
         return counts
     }
 
-    static func state(of node: Node) -> String {
-        !node.online ? "offline" : node.draining ? "draining" : node.job == nil ? "idle" : "busy"
+    static func state(of node: Node) -> NodeState {
+        !node.online ? .offline : node.draining ? .draining : node.job == nil ? .idle : .busy
     }
 
     // MARK: - Events

@@ -20,7 +20,7 @@ struct CannotRunTests {
         #expect(sim.members() == ["a", "c"])
         #expect(sim.causes().last == .cannotRun)
         #expect(sim.record().refusals == ["b": "no data set at /data/set"])
-        #expect(sim.machine.nodeStatuses.first { $0.node == "b" }?.state == "idle", "not draining: free for other jobs")
+        #expect(sim.machine.nodeStatuses.first { $0.node == "b" }?.state == .idle, "not draining: free for other jobs")
         // Another job gets b at once.
         try sim.command(.submit(Simulation.spec("other", min: 1, max: 1)))
         #expect(sim.members("other") == ["b"])
@@ -98,7 +98,7 @@ struct CannotRunTests {
         #expect(sim.record().phase == .finished)
         #expect(sim.members() == ["a", "b"], "the last generation's members, whose last shards may still arrive")
         sim.send(.left(node: "a", job: "job", generation: 1))
-        #expect(sim.machine.nodeStatuses.map(\.state) == ["idle", "idle"])
+        #expect(sim.machine.nodeStatuses.map(\.state) == [.idle, .idle])
         #expect(sim.machine.nodeStatuses.allSatisfy { $0.rank == nil && $0.job == nil })
     }
 }

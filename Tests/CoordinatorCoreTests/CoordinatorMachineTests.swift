@@ -50,7 +50,7 @@ struct RendezvousTests {
         sim.online("a", "b", "c", "d", "e")
         try sim.command(.submit(Simulation.spec(min: 1, max: 4)))
         #expect(sim.members() == ["a", "b", "c", "d"])
-        #expect(sim.machine.nodeStatuses.first { $0.node == "e" }?.state == "idle")
+        #expect(sim.machine.nodeStatuses.first { $0.node == "e" }?.state == .idle)
     }
 
     @Test func twoJobs_takeNodesInSubmissionOrder() throws {
@@ -120,7 +120,7 @@ struct GenerationTests {
         sim.send(.left(node: "b", job: "job", generation: 1))
         #expect(sim.members() == ["a", "c"])
         #expect(sim.causes().last == .drained)
-        #expect(sim.machine.nodeStatuses.first { $0.node == "b" }?.state == "draining")
+        #expect(sim.machine.nodeStatuses.first { $0.node == "b" }?.state == .draining)
         sim.advance(by: .seconds(5), heartbeating: ["a", "b", "c"])
         #expect(sim.members() == ["a", "c"], "a drained node gets no new work")
     }
@@ -151,7 +151,7 @@ struct GenerationTests {
         var sim = try self.running(min: 1, max: 3)
         try sim.command(.resize(job: "job", nodes: 2))
         #expect(sim.members() == ["a", "b"])
-        #expect(sim.machine.nodeStatuses.first { $0.node == "c" }?.state == "idle")
+        #expect(sim.machine.nodeStatuses.first { $0.node == "c" }?.state == .idle)
         try sim.command(.resize(job: "job", nodes: 3))
         #expect(sim.members() == ["a", "b", "c"])
         #expect(sim.causes() == [.start, .resized, .resized])
@@ -181,7 +181,7 @@ struct GenerationTests {
         sim.completeStep()
         #expect(sim.record().phase == .finished)
         #expect(sim.log.contains(.jobFinished(job: "job")))
-        #expect(sim.machine.nodeStatuses.allSatisfy { $0.state == "idle" })
+        #expect(sim.machine.nodeStatuses.allSatisfy { $0.state == .idle })
     }
 }
 

@@ -1,4 +1,5 @@
 import ControlPlane
+import CoordinatorCore
 import Foundation
 import LocalCluster
 import RingmasterSecurity
@@ -212,8 +213,9 @@ public final class TrainingDemo: Sendable {
                         samplesPerSecond: rate.stepsPerSecond * Double(options.batchSize)
                     )
                 )
-                if status.phase == "cancelled" { break }
-                if status.phase == "finished" {
+                let phase = CoordinatorMachine.Phase(rawValue: status.phase)
+                if phase == .cancelled || phase == .failed { break }
+                if phase == .finished {
                     // The last step's checkpoint commits after the last step: wait for it (or its
                     // failure) for up to 10 s, so that the run ends with it on disk.
                     let at = finishedAt ?? Date()
@@ -262,7 +264,7 @@ public final class TrainingDemo: Sendable {
         for (name, child) in terminated {
             exits[name] = try await child.waitForExit(within: 40)
         }
-        guard status.phase == "finished" || preempted else {
+        guard CoordinatorMachine.Phase(rawValue: status.phase) == .finished || preempted else {
             throw BenchmarkError("the demo job ended \(status.phase), not finished")
         }
 
