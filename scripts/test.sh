@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Builds everything, tests included, then runs the whole test suite. The build and the test run
-# are separate steps so that compiler output and test output do not interleave.
+# Checks the formatting, builds everything, tests included, then runs the whole test suite. The
+# build and the test run are separate steps so that compiler output and test output do not
+# interleave.
 #
 # Without arguments the suite runs in two parts: the unit tests, in parallel; then the integration
 # tests (IntegrationTests: real coordinators and agents, floods, full disks), one at a time, so
@@ -12,6 +13,9 @@
 # Exits non-zero if the build or any test fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+echo "test: formatting (scripts/format.sh --check; scripts/format.sh fixes it)"
+scripts/format.sh --check
 
 echo "test: swift build --build-tests"
 swift build --build-tests

@@ -338,14 +338,20 @@ public final class AgentService: Service, Sendable {
                 let lease = Duration.milliseconds(max(Int(helloReply.leaseMs), 100))
                 try await withThrowingTaskGroup(of: Void.self) { group in
                     group.addTask { try await self.read(session, progress: progress, credentials: credentials) }
-                    group.addTask { try await self.heartbeat(session, progress: progress, credentials: credentials, interval: interval, lease: lease) }
+                    group.addTask {
+                        try await self.heartbeat(
+                            session, progress: progress, credentials: credentials, interval: interval, lease: lease)
+                    }
                     group.addTask { try await self.forward(session) }
                     // Either ending ends the session.
                     _ = try await group.next()
                     group.cancelAll()
                 }
             }
-            return self.end(progress, reason: ControlClientError.closed(peer: "\(self.configuration.coordinator)", waitingFor: "the next message"))
+            return self.end(
+                progress,
+                reason: ControlClientError.closed(
+                    peer: "\(self.configuration.coordinator)", waitingFor: "the next message"))
         } catch {
             return self.end(progress, reason: error)
         }
@@ -367,7 +373,8 @@ public final class AgentService: Service, Sendable {
                 if let trainer = self.trainer.withLock({ $0 }) {
                     trainer.assign(assignment)
                 } else {
-                    self.logger.warning("assigned to a job, but this agent has no data plane (--data-plane-listen); it cannot train")
+                    self.logger.warning(
+                        "assigned to a job, but this agent has no data plane (--data-plane-listen); it cannot train")
                 }
                 self.logger.info(
                     "holding an assignment",
@@ -378,18 +385,24 @@ public final class AgentService: Service, Sendable {
                     ]
                 )
             case .cursorUpdate(let update):
-                self.trainer.withLock { $0 }?.cursorMoved(job: update.jobID, generation: update.generation, cursor: update.cursor)
+                self.trainer.withLock { $0 }?.cursorMoved(
+                    job: update.jobID, generation: update.generation, cursor: update.cursor)
             case .abort(let abort):
                 let dropped = progress.state.withLock { state -> Bool in
-                    guard state.assignment?.jobID == abort.jobID, state.assignment?.generation == abort.generation else { return false }
+                    guard state.assignment?.jobID == abort.jobID, state.assignment?.generation == abort.generation
+                    else { return false }
                     state.assignment = nil
                     return true
                 }
-                self.trainer.withLock { $0 }?.abort(job: abort.jobID, generation: abort.generation, reason: abort.reason)
+                self.trainer.withLock { $0 }?.abort(
+                    job: abort.jobID, generation: abort.generation, reason: abort.reason)
                 if dropped {
                     self.logger.info(
                         "aborted a generation",
-                        metadata: [LogKey.job: "\(abort.jobID)", LogKey.generation: "\(abort.generation)", LogKey.reason: "\(abort.reason)"]
+                        metadata: [
+                            LogKey.job: "\(abort.jobID)", LogKey.generation: "\(abort.generation)",
+                            LogKey.reason: "\(abort.reason)",
+                        ]
                     )
                 }
             case .drain(let drain):
@@ -446,7 +459,12 @@ public final class AgentService: Service, Sendable {
                     throw error
                 }
                 if case .leave(let leave) = envelope.body {
-                    self.logger.notice("left the job", metadata: [LogKey.job: "\(leave.jobID)", LogKey.generation: "\(leave.generation)", LogKey.reason: "\(leave.reason)"])
+                    self.logger.notice(
+                        "left the job",
+                        metadata: [
+                            LogKey.job: "\(leave.jobID)", LogKey.generation: "\(leave.generation)",
+                            LogKey.reason: "\(leave.reason)",
+                        ])
                     if self.isLeaving {
                         self.outbox.putBack(Array(envelopes[(index + 1)...]))
                         throw AgentError(.leaving, "the agent is shutting down")
@@ -488,7 +506,9 @@ public final class AgentService: Service, Sendable {
                 }
             }
             guard ContinuousClock.now - lastAck <= lease + interval else {
-                throw AgentError(.protocolViolation, "the coordinator has not acknowledged a heartbeat for \(ContinuousClock.now - lastAck)")
+                throw AgentError(
+                    .protocolViolation,
+                    "the coordinator has not acknowledged a heartbeat for \(ContinuousClock.now - lastAck)")
             }
             if !renewing && current.renewalDue(now: self.now()) {
                 let request = try KeyAndRequest.make(name: self.configuration.nodeName)

@@ -108,7 +108,10 @@ final class CheckpointSaver: @unchecked Sendable {
             envelope.shardReady.sha256 = Data(hex: record.sha256)
             self.logger.debug(
                 "checkpoint shard durable",
-                metadata: [LogKey.job: "\(assignment.jobID)", "step": "\(save.step)", "bytes": "\(record.bytes)", "milliseconds": "\((ContinuousClock.now - started).milliseconds)"]
+                metadata: [
+                    LogKey.job: "\(assignment.jobID)", "step": "\(save.step)", "bytes": "\(record.bytes)",
+                    "milliseconds": "\((ContinuousClock.now - started).milliseconds)",
+                ]
             )
         } catch {
             envelope.shardReady.error = "\(error)"

@@ -30,7 +30,8 @@ final class DataPlane: Sendable {
     ) throws -> Communicator {
         let addresses = assignment.members.sorted { $0.rank < $1.rank }.map { $0.dataPlaneAddresses.first ?? "" }
         guard !addresses.contains(""), addresses.count == Int(assignment.worldSize) else {
-            throw AgentError(.protocolViolation, "a member of generation \(assignment.generation) announced no data-plane address")
+            throw AgentError(
+                .protocolViolation, "a member of generation \(assignment.generation) announced no data-plane address")
         }
         let transport = try TCPTransport.establish(
             rank: Int(assignment.rank),

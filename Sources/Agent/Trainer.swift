@@ -124,7 +124,9 @@ final class Trainer: @unchecked Sendable {
     func waitForWindow(step: UInt64, window: UInt64, _ assignment: Ringmaster_V1_Assignment) -> Bool {
         self.locked {
             while step >= self.cursor + window {
-                if self.stopped || self.latestAborted || self.latest?.generation != assignment.generation || self.stopRequest != nil {
+                if self.stopped || self.latestAborted || self.latest?.generation != assignment.generation
+                    || self.stopRequest != nil
+                {
                     return false
                 }
                 _ = self.condition.wait(until: Date().addingTimeInterval(0.5))
@@ -224,22 +226,30 @@ final class Trainer: @unchecked Sendable {
         } catch {
             // Told to the coordinator as such: this node stays available for other jobs, and the
             // job's status shows why this node cannot run it.
-            self.logger.error("cannot run the job's workload; leaving the job", metadata: self.metadata(assignment).merging([LogKey.reason: "\(error)"]) { $1 })
+            self.logger.error(
+                "cannot run the job's workload; leaving the job",
+                metadata: self.metadata(assignment).merging([LogKey.reason: "\(error)"]) { $1 })
             self.postLeave(assignment, reason: "cannot run the workload: \(error)", cannotRun: true)
             return
         }
         let started = ContinuousClock.now
         let communicator: Communicator
         do {
-            communicator = try self.dataPlane.connect(assignment, timeout: self.settings.connectTimeout) { [self] in self.isStale(assignment) }
+            communicator = try self.dataPlane.connect(assignment, timeout: self.settings.connectTimeout) { [self] in
+                self.isStale(assignment)
+            }
         } catch {
             if !self.isStale(assignment) {
-                self.logger.warning("data plane not connected", metadata: self.metadata(assignment).merging([LogKey.reason: "\(error)"]) { $1 })
+                self.logger.warning(
+                    "data plane not connected",
+                    metadata: self.metadata(assignment).merging([LogKey.reason: "\(error)"]) { $1 })
             }
             return
         }
         let current = self.locked { () -> Bool in
-            guard !self.stopped, !self.latestAborted, self.latest?.generation == assignment.generation else { return false }
+            guard !self.stopped, !self.latestAborted, self.latest?.generation == assignment.generation else {
+                return false
+            }
             self.communicator = communicator
             return true
         }
@@ -261,10 +271,13 @@ final class Trainer: @unchecked Sendable {
             if self.isStale(assignment) {
                 self.logger.info(
                     "generation ended; rolling back to the coordinator's cursor in the next",
-                    metadata: self.metadata(assignment).merging(["boundary": "\(state.boundary)", LogKey.reason: "\(error)"]) { $1 }
+                    metadata: self.metadata(assignment).merging([
+                        "boundary": "\(state.boundary)", LogKey.reason: "\(error)",
+                    ]) { $1 }
                 )
             } else {
-                self.logger.warning("training stopped", metadata: self.metadata(assignment).merging([LogKey.reason: "\(error)"]) { $1 })
+                self.logger.warning(
+                    "training stopped", metadata: self.metadata(assignment).merging([LogKey.reason: "\(error)"]) { $1 })
             }
         }
         self.fulfilStopRequest()
@@ -287,7 +300,9 @@ final class Trainer: @unchecked Sendable {
             )
         }
         let stateBytes = max(1, workload.stateCount * MemoryLayout<Float>.size)
-        let kept = min(self.settings.maximumSnapshots, max(self.settings.minimumSnapshots, self.settings.snapshotBudgetBytes / stateBytes))
+        let kept = min(
+            self.settings.maximumSnapshots,
+            max(self.settings.minimumSnapshots, self.settings.snapshotBudgetBytes / stateBytes))
         let state = JobState(assignment: assignment, workload: workload, snapshotsKept: kept)
         self.job = state
         self.logger.info(
@@ -311,7 +326,8 @@ final class Trainer: @unchecked Sendable {
         var all = [UInt64](repeating: 0, count: 2 * world)
         try mine.withUnsafeMutableBytes { input in
             try all.withUnsafeMutableBytes { output in
-                try communicator.allGather(UnsafeRawBufferPointer(input), into: output, timeout: self.settings.collectiveTimeout)
+                try communicator.allGather(
+                    UnsafeRawBufferPointer(input), into: output, timeout: self.settings.collectiveTimeout)
             }
         }
         let holders = (0..<world).filter { all[2 * $0] == 1 }
@@ -344,7 +360,8 @@ final class Trainer: @unchecked Sendable {
     /// No member holds the state at the resume step (the job was resumed from a checkpoint, or all
     /// its agents restarted): rank 0 loads the committed checkpoint at that step, verifying every
     /// shard's checksum, and broadcasts it; a checkpoint that fails verification is never used.
-    func loadCheckpoint(_ state: JobState, _ assignment: Ringmaster_V1_Assignment, _ communicator: Communicator) throws {
+    func loadCheckpoint(_ state: JobState, _ assignment: Ringmaster_V1_Assignment, _ communicator: Communicator) throws
+    {
         let resume = assignment.resumeStep
         let expected = state.workload.stateCount
         var buffer = [Float](repeating: 0, count: expected)
@@ -355,7 +372,8 @@ final class Trainer: @unchecked Sendable {
                 if loaded.state.count == expected {
                     buffer = loaded.state
                 } else {
-                    failure = "the checkpoint at step \(resume) holds \(loaded.state.count) values, but this workload's state has \(expected)"
+                    failure =
+                        "the checkpoint at step \(resume) holds \(loaded.state.count) values, but this workload's state has \(expected)"
                 }
             } catch {
                 failure = "\(error)"
@@ -363,12 +381,15 @@ final class Trainer: @unchecked Sendable {
         }
         var ok: [UInt64] = [failure == nil ? 1 : 0]
         if Int(assignment.worldSize) > 1 {
-            try ok.withUnsafeMutableBytes { try communicator.broadcast($0, root: 0, timeout: self.settings.collectiveTimeout) }
+            try ok.withUnsafeMutableBytes {
+                try communicator.broadcast($0, root: 0, timeout: self.settings.collectiveTimeout)
+            }
         }
         guard ok[0] == 1 else {
             throw AgentError(
                 .protocolViolation,
-                failure ?? "rank 0 could not load the checkpoint at step \(resume) from \(assignment.checkpointDirectory) (its log says why)"
+                failure
+                    ?? "rank 0 could not load the checkpoint at step \(resume) from \(assignment.checkpointDirectory) (its log says why)"
             )
         }
         if Int(assignment.worldSize) > 1 {
@@ -379,7 +400,9 @@ final class Trainer: @unchecked Sendable {
         state.restore(step: resume, generation: assignment.generation, state: buffer)
         self.logger.notice(
             "training state loaded from a checkpoint",
-            metadata: self.metadata(assignment).merging(["resume_step": "\(resume)", "directory": "\(assignment.checkpointDirectory)"]) { $1 }
+            metadata: self.metadata(assignment).merging([
+                "resume_step": "\(resume)", "directory": "\(assignment.checkpointDirectory)",
+            ]) { $1 }
         )
     }
 
@@ -398,7 +421,9 @@ final class Trainer: @unchecked Sendable {
         while step < total {
             if self.locked({ self.stopRequest != nil }) { return }
             guard self.waitForWindow(step: step, window: window, assignment) else {
-                if self.isStale(assignment) { throw AgentError(.protocolViolation, "generation \(assignment.generation) ended") }
+                if self.isStale(assignment) {
+                    throw AgentError(.protocolViolation, "generation \(assignment.generation) ended")
+                }
                 return
             }
             let ids = state.samples(step: step, rank: rank, worldSize: world)
@@ -406,7 +431,9 @@ final class Trainer: @unchecked Sendable {
             let lossSum = try state.gradients.withUnsafeMutableBufferPointer { buffer -> Double in
                 let base = UnsafeMutableRawBufferPointer(buffer)
                 var submitted = 0
-                let loss = workload.accumulateGradients(samples: ids, into: UnsafeMutableBufferPointer(rebasing: buffer[0..<parameters])) { bucket in
+                let loss = workload.accumulateGradients(
+                    samples: ids, into: UnsafeMutableBufferPointer(rebasing: buffer[0..<parameters])
+                ) { bucket in
                     // Buckets are all-reduced in order; the workload finishes them in that order.
                     while submitted <= bucket {
                         reducer.submit(base, range: workload.buckets[submitted])
@@ -433,20 +460,24 @@ final class Trainer: @unchecked Sendable {
                 step: step - 1,
                 loss: lossSum / Double(batch),
                 samples: ids,
-                hash: (last || step % self.settings.hashIntervalSteps == 0) ? parameterHash(workload.parameters()) : nil,
+                hash: (last || step % self.settings.hashIntervalSteps == 0)
+                    ? parameterHash(workload.parameters()) : nil,
                 testAccuracy: last && rank == 0 ? workload.evaluate().accuracy : nil
             )
             if step % 500 == 0 || last {
                 self.logger.info(
                     "trained",
-                    metadata: self.metadata(assignment).merging(["step": "\(step)", "loss": "\(lossSum / Double(batch))"]) { $1 }
+                    metadata: self.metadata(assignment).merging([
+                        "step": "\(step)", "loss": "\(lossSum / Double(batch))",
+                    ]) { $1 }
                 )
             }
             if !assignment.checkpointDirectory.isEmpty, assignment.checkpointIntervalSteps > 0,
                 step % assignment.checkpointIntervalSteps == 0 || last, let saved = state.snapshots[step]
             {
                 // The copy just kept is handed over as is: no extra copy on the step's path.
-                self.checkpoints.offer(.init(assignment: assignment, step: step, state: saved.state, parameterCount: parameters))
+                self.checkpoints.offer(
+                    .init(assignment: assignment, step: step, state: saved.state, parameterCount: parameters))
             }
             if last { self.saveModel(state, assignment) }
         }
@@ -492,7 +523,9 @@ final class Trainer: @unchecked Sendable {
             return (request, self.latestAborted ? nil : self.latest)
         }
         guard let (request, held) = request else { return }
-        self.logger.notice("stopped at a step boundary", metadata: [LogKey.reason: "\(request.reason)", "boundary": "\(self.job?.boundary ?? 0)"])
+        self.logger.notice(
+            "stopped at a step boundary",
+            metadata: [LogKey.reason: "\(request.reason)", "boundary": "\(self.job?.boundary ?? 0)"])
         request.then(held)
     }
 
@@ -511,9 +544,13 @@ final class Trainer: @unchecked Sendable {
             ]
             let json = try JSONSerialization.data(withJSONObject: description, options: [.prettyPrinted, .sortedKeys])
             try SecureFile.write(Array(json), to: "\(directory)/\(assignment.jobID).json", mode: 0o644)
-            self.logger.info("saved the trained model", metadata: [LogKey.job: "\(assignment.jobID)", "path": "\(directory)/\(assignment.jobID).f32"])
+            self.logger.info(
+                "saved the trained model",
+                metadata: [LogKey.job: "\(assignment.jobID)", "path": "\(directory)/\(assignment.jobID).f32"])
         } catch {
-            self.logger.error("could not save the trained model", metadata: [LogKey.job: "\(assignment.jobID)", LogKey.error: "\(error)"])
+            self.logger.error(
+                "could not save the trained model",
+                metadata: [LogKey.job: "\(assignment.jobID)", LogKey.error: "\(error)"])
         }
     }
 }
@@ -661,7 +698,8 @@ final class BucketReducer: @unchecked Sendable {
                     let bytes = UnsafeMutableRawBufferPointer(
                         rebasing: item.base[(item.range.lowerBound * 4)..<(item.range.upperBound * 4)]
                     )
-                    try self.communicator.allReduce(bytes, count: item.range.count, type: .float32, operation: .sum, timeout: self.timeout)
+                    try self.communicator.allReduce(
+                        bytes, count: item.range.count, type: .float32, operation: .sum, timeout: self.timeout)
                 } catch {
                     failure = error
                 }

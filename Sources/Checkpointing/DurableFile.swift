@@ -214,7 +214,9 @@ enum DurableFile {
 
     /// Durably replaces `path` with `bytes`: temporary name, fsync, (crash point), rename, fsync
     /// of the directory. The temporary file is removed on failure.
-    static func replace(_ path: String, with bytes: [UInt8], crashAfterTemporary: (point: CrashPoint, step: UInt64)? = nil) throws {
+    static func replace(
+        _ path: String, with bytes: [UInt8], crashAfterTemporary: (point: CrashPoint, step: UInt64)? = nil
+    ) throws {
         let directory = Self.parent(of: path)
         let temporary = Self.temporaryName(for: path)
         do {

@@ -84,7 +84,9 @@ public final class Communicator: @unchecked Sendable {
         timeout: Duration = .seconds(30)
     ) throws {
         guard buffer.count >= count * type.size else {
-            throw CollectiveError(.invalidArgument, operation: "allReduce", "the buffer holds \(buffer.count) bytes, fewer than \(count) \(type.rawValue) elements")
+            throw CollectiveError(
+                .invalidArgument, operation: "allReduce",
+                "the buffer holds \(buffer.count) bytes, fewer than \(count) \(type.rawValue) elements")
         }
         let deadline = ContinuousClock.now + timeout
         let n = self.worldSize
@@ -122,7 +124,9 @@ public final class Communicator: @unchecked Sendable {
     /// ready and consecutive steps overlap instead of waiting for each other. A reduce-scatter
     /// chunk lands in one small scratch area, reused chunk after chunk, which stays in cache
     /// between the receive and the addition.
-    func ringAllReduce(_ base: UnsafeMutableRawPointer, count: Int, type: DataType, deadline: ContinuousClock.Instant) throws {
+    func ringAllReduce(_ base: UnsafeMutableRawPointer, count: Int, type: DataType, deadline: ContinuousClock.Instant)
+        throws
+    {
         let n = self.worldSize
         let rank = self.rank
         let size = type.size
@@ -134,14 +138,16 @@ public final class Communicator: @unchecked Sendable {
         func bytes(_ segment: Int, _ chunk: Int) -> UnsafeMutableRawBufferPointer {
             let whole = Self.segment((segment % n + n) % n, of: n, count: count)
             let part = Self.segment(chunk, of: chunks, count: whole.count)
-            return UnsafeMutableRawBufferPointer(start: base + (whole.lowerBound + part.lowerBound) * size, count: part.count * size)
+            return UnsafeMutableRawBufferPointer(
+                start: base + (whole.lowerBound + part.lowerBound) * size, count: part.count * size)
         }
         // Steps 0..<n-1 are the reduce-scatter: after step s, segment (rank - s - 1) holds s + 2
         // ranks' contributions. Steps n-1..<2(n-1) are the all-gather: the finished segments
         // pass around and land in place.
         func outgoing(_ piece: Int) -> UnsafeRawBufferPointer {
             let step = piece / chunks
-            return UnsafeRawBufferPointer(step < n - 1 ? bytes(rank - step, piece % chunks) : bytes(rank + 1 - (step - n + 1), piece % chunks))
+            return UnsafeRawBufferPointer(
+                step < n - 1 ? bytes(rank - step, piece % chunks) : bytes(rank + 1 - (step - n + 1), piece % chunks))
         }
         func target(_ piece: Int) -> UnsafeMutableRawBufferPointer {
             let step = piece / chunks
@@ -160,7 +166,8 @@ public final class Communicator: @unchecked Sendable {
             operation: "allReduce",
             sendPiece: outgoing,
             receivePiece: { piece in
-                piece < (n - 1) * chunks ? UnsafeMutableRawBufferPointer(start: scratch, count: target(piece).count) : target(piece)
+                piece < (n - 1) * chunks
+                    ? UnsafeMutableRawBufferPointer(start: scratch, count: target(piece).count) : target(piece)
             },
             sendable: { piece in
                 let source = piece - chunks  // the receive piece this one forwards
@@ -171,7 +178,11 @@ public final class Communicator: @unchecked Sendable {
                 current = piece
                 if piece < (n - 1) * chunks {
                     if adder?.piece != piece {
-                        adder = (piece, ArrivalAdder(scratch: scratch, destination: target(piece).baseAddress ?? scratch, type: type))
+                        adder = (
+                            piece,
+                            ArrivalAdder(
+                                scratch: scratch, destination: target(piece).baseAddress ?? scratch, type: type)
+                        )
                     }
                     adder!.adder.received(got)
                     ready = adder!.adder.added * size
@@ -182,7 +193,9 @@ public final class Communicator: @unchecked Sendable {
         )
     }
 
-    func recursiveDoublingAllReduce(_ base: UnsafeMutableRawPointer, count: Int, type: DataType, deadline: ContinuousClock.Instant) throws {
+    func recursiveDoublingAllReduce(
+        _ base: UnsafeMutableRawPointer, count: Int, type: DataType, deadline: ContinuousClock.Instant
+    ) throws {
         let n = self.worldSize
         let rank = self.rank
         let bytes = count * type.size
@@ -195,12 +208,17 @@ public final class Communicator: @unchecked Sendable {
         if rank >= powerOfTwo {
             // An extra rank: fold into its partner, then take the result back.
             let partner = rank - powerOfTwo
-            try self.transport.exchange(send: (partner, UnsafeRawBufferPointer(whole)), receive: nil, deadline: deadline, operation: "allReduce") { _ in }
-            try self.transport.exchange(send: nil, receive: (partner, whole), deadline: deadline, operation: "allReduce") { _ in }
+            try self.transport.exchange(
+                send: (partner, UnsafeRawBufferPointer(whole)), receive: nil, deadline: deadline, operation: "allReduce"
+            ) { _ in }
+            try self.transport.exchange(
+                send: nil, receive: (partner, whole), deadline: deadline, operation: "allReduce"
+            ) { _ in }
             return
         }
         if rank < extra {
-            try self.receiveAndAdd(from: rank + powerOfTwo, into: base, scratch: scratch, count: count, type: type, deadline: deadline)
+            try self.receiveAndAdd(
+                from: rank + powerOfTwo, into: base, scratch: scratch, count: count, type: type, deadline: deadline)
         }
         var mask = 1
         while mask < powerOfTwo {
@@ -216,7 +234,10 @@ public final class Communicator: @unchecked Sendable {
             mask *= 2
         }
         if rank < extra {
-            try self.transport.exchange(send: (rank + powerOfTwo, UnsafeRawBufferPointer(whole)), receive: nil, deadline: deadline, operation: "allReduce") { _ in }
+            try self.transport.exchange(
+                send: (rank + powerOfTwo, UnsafeRawBufferPointer(whole)), receive: nil, deadline: deadline,
+                operation: "allReduce"
+            ) { _ in }
         }
     }
 
@@ -250,7 +271,8 @@ public final class Communicator: @unchecked Sendable {
             let complete = bytes / self.type.size
             guard complete > self.added else { return }
             let offset = self.added * self.type.size
-            Reduction.add(self.scratch + offset, into: self.destination + offset, count: complete - self.added, type: self.type)
+            Reduction.add(
+                self.scratch + offset, into: self.destination + offset, count: complete - self.added, type: self.type)
             self.added = complete
         }
     }
@@ -261,7 +283,8 @@ public final class Communicator: @unchecked Sendable {
     public func broadcast(_ buffer: UnsafeMutableRawBufferPointer, root: Int, timeout: Duration = .seconds(30)) throws {
         let n = self.worldSize
         guard (0..<n).contains(root) else {
-            throw CollectiveError(.invalidArgument, operation: "broadcast", "root \(root) is not a rank of a world of \(n)")
+            throw CollectiveError(
+                .invalidArgument, operation: "broadcast", "root \(root) is not a rank of a world of \(n)")
         }
         guard n > 1, buffer.count > 0 else { return }
         let deadline = ContinuousClock.now + timeout
@@ -271,7 +294,9 @@ public final class Communicator: @unchecked Sendable {
         while mask < n {
             if relative & mask != 0 {
                 let parent = (relative - mask + root) % n
-                try self.transport.exchange(send: nil, receive: (parent, buffer), deadline: deadline, operation: "broadcast") { _ in }
+                try self.transport.exchange(
+                    send: nil, receive: (parent, buffer), deadline: deadline, operation: "broadcast"
+                ) { _ in }
                 break
             }
             mask <<= 1
@@ -281,7 +306,10 @@ public final class Communicator: @unchecked Sendable {
         while mask > 0 {
             if relative + mask < n {
                 let child = (relative + mask + root) % n
-                try self.transport.exchange(send: (child, UnsafeRawBufferPointer(buffer)), receive: nil, deadline: deadline, operation: "broadcast") { _ in }
+                try self.transport.exchange(
+                    send: (child, UnsafeRawBufferPointer(buffer)), receive: nil, deadline: deadline,
+                    operation: "broadcast"
+                ) { _ in }
             }
             mask >>= 1
         }
@@ -299,11 +327,15 @@ public final class Communicator: @unchecked Sendable {
     }
 
     /// Concatenates every rank's `input` (all the same size) into `output`, in rank order, by a ring.
-    public func allGather(_ input: UnsafeRawBufferPointer, into output: UnsafeMutableRawBufferPointer, timeout: Duration = .seconds(30)) throws {
+    public func allGather(
+        _ input: UnsafeRawBufferPointer, into output: UnsafeMutableRawBufferPointer, timeout: Duration = .seconds(30)
+    ) throws {
         let n = self.worldSize
         let block = input.count
         guard output.count >= block * n else {
-            throw CollectiveError(.invalidArgument, operation: "allGather", "the output holds \(output.count) bytes, fewer than \(n) x \(block)")
+            throw CollectiveError(
+                .invalidArgument, operation: "allGather",
+                "the output holds \(output.count) bytes, fewer than \(n) x \(block)")
         }
         let rank = self.rank
         if block > 0 {
@@ -318,7 +350,9 @@ public final class Communicator: @unchecked Sendable {
             let receiving = (rank - step - 1 + n) % n
             try self.transport.exchange(
                 send: (right, UnsafeRawBufferPointer(start: output.baseAddress! + sending * block, count: block)),
-                receive: (left, UnsafeMutableRawBufferPointer(start: output.baseAddress! + receiving * block, count: block)),
+                receive: (
+                    left, UnsafeMutableRawBufferPointer(start: output.baseAddress! + receiving * block, count: block)
+                ),
                 deadline: deadline,
                 operation: "allGather",
                 received: { _ in }

@@ -27,7 +27,9 @@ enum DataPlaneHandshake {
 
     /// The one place a handshake MAC's message is built: the proof's label, both nonces, the
     /// generation and both ranks.
-    static func message(_ proof: Proof, acceptorNonce: [UInt8], connectorNonce: [UInt8], generation: UInt64, from: Int, to: Int) -> [UInt8] {
+    static func message(
+        _ proof: Proof, acceptorNonce: [UInt8], connectorNonce: [UInt8], generation: UInt64, from: Int, to: Int
+    ) -> [UInt8] {
         var message = Array("ringmaster data plane \(proof.rawValue) v1".utf8)
         message += acceptorNonce + connectorNonce
         withUnsafeBytes(of: generation.bigEndian) { message += $0 }
@@ -36,14 +38,24 @@ enum DataPlaneHandshake {
         return message
     }
 
-    static func mac(_ proof: Proof, secret: [UInt8], acceptorNonce: [UInt8], connectorNonce: [UInt8], generation: UInt64, from: Int, to: Int) -> [UInt8] {
-        let message = self.message(proof, acceptorNonce: acceptorNonce, connectorNonce: connectorNonce, generation: generation, from: from, to: to)
+    static func mac(
+        _ proof: Proof, secret: [UInt8], acceptorNonce: [UInt8], connectorNonce: [UInt8], generation: UInt64, from: Int,
+        to: Int
+    ) -> [UInt8] {
+        let message = self.message(
+            proof, acceptorNonce: acceptorNonce, connectorNonce: connectorNonce, generation: generation, from: from,
+            to: to)
         return Array(HMAC<SHA256>.authenticationCode(for: message, using: SymmetricKey(data: secret)))
     }
 
     /// Whether `mac` is the proof of `secret` (compared in constant time).
-    static func isValid(_ mac: [UInt8], _ proof: Proof, secret: [UInt8], acceptorNonce: [UInt8], connectorNonce: [UInt8], generation: UInt64, from: Int, to: Int) -> Bool {
-        let message = self.message(proof, acceptorNonce: acceptorNonce, connectorNonce: connectorNonce, generation: generation, from: from, to: to)
+    static func isValid(
+        _ mac: [UInt8], _ proof: Proof, secret: [UInt8], acceptorNonce: [UInt8], connectorNonce: [UInt8],
+        generation: UInt64, from: Int, to: Int
+    ) -> Bool {
+        let message = self.message(
+            proof, acceptorNonce: acceptorNonce, connectorNonce: connectorNonce, generation: generation, from: from,
+            to: to)
         return HMAC<SHA256>.isValidAuthenticationCode(mac, authenticating: message, using: SymmetricKey(data: secret))
     }
 
@@ -71,11 +83,15 @@ struct DataPlaneHello: Equatable {
     var mac: [UInt8]
 
     /// The hello that proves `secret` for the acceptor's nonce, with a fresh connector nonce.
-    static func proving(secret: [UInt8], acceptorNonce: [UInt8], generation: UInt64, from: Int, to: Int) -> DataPlaneHello {
+    static func proving(secret: [UInt8], acceptorNonce: [UInt8], generation: UInt64, from: Int, to: Int)
+        -> DataPlaneHello
+    {
         let nonce = DataPlaneHandshake.nonce()
         return DataPlaneHello(
             generation: generation, from: from, to: to, connectorNonce: nonce,
-            mac: DataPlaneHandshake.mac(.connect, secret: secret, acceptorNonce: acceptorNonce, connectorNonce: nonce, generation: generation, from: from, to: to)
+            mac: DataPlaneHandshake.mac(
+                .connect, secret: secret, acceptorNonce: acceptorNonce, connectorNonce: nonce, generation: generation,
+                from: from, to: to)
         )
     }
 

@@ -1,7 +1,8 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import Foundation
+
+#if canImport(Glibc)
+    import Glibc
+#endif
 
 /// The agent's data-plane listening socket. It lives as long as the agent (one port across
 /// generations), runs the acceptor's side of every handshake (`DataPlaneHandshake`) on one thread
@@ -51,9 +52,13 @@ public final class DataPlaneListener: @unchecked Sendable {
     /// Binds `host:port` (an IPv4 or IPv6 address, `[v6]` too; port 0 picks one) and starts
     /// accepting. `::` takes IPv4 connections as well, unless the system makes IPv6 sockets
     /// IPv6-only.
-    public init(host: String = "127.0.0.1", port: Int = 0, maximumPending: Int = 64, handshakeTimeout: Duration = .seconds(2)) throws {
+    public init(
+        host: String = "127.0.0.1", port: Int = 0, maximumPending: Int = 64, handshakeTimeout: Duration = .seconds(2)
+    ) throws {
         var endpoint = try Socket.endpoint(host: host, port: port)
-        let fd = socket(endpoint.family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0)
+        let fd = socket(
+            endpoint.family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue),
+            0)
         guard fd >= 0 else { throw Socket.error("socket") }
         var one: Int32 = 1
         setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
@@ -127,11 +132,17 @@ public final class DataPlaneListener: @unchecked Sendable {
         defer { self.lock.unlock() }
         while true {
             if let fd = self.ready.removeValue(forKey: Key(generation: generation, from: from)) { return fd }
-            if self.closed { throw CollectiveError(.io, operation: "connect", peer: from, "the data-plane listener is closed") }
-            if isCancelled() { throw CollectiveError(.aborted, operation: "connect", peer: from, "connecting was cancelled") }
+            if self.closed {
+                throw CollectiveError(.io, operation: "connect", peer: from, "the data-plane listener is closed")
+            }
+            if isCancelled() {
+                throw CollectiveError(.aborted, operation: "connect", peer: from, "connecting was cancelled")
+            }
             let remaining = deadline - ContinuousClock.now
             if remaining <= .zero {
-                throw CollectiveError(.deadlineExceeded, operation: "connect", peer: from, "rank \(from) did not connect to this rank's data port in time")
+                throw CollectiveError(
+                    .deadlineExceeded, operation: "connect", peer: from,
+                    "rank \(from) did not connect to this rank's data port in time")
             }
             _ = self.lock.wait(until: Date().addingTimeInterval(min(Socket.seconds(remaining), 0.02)))
         }
@@ -163,7 +174,9 @@ public final class DataPlaneListener: @unchecked Sendable {
             descriptors.removeAll(keepingCapacity: true)
             descriptors.append(pollfd(fd: self.fd, events: Int16(POLLIN), revents: 0))
             descriptors.append(pollfd(fd: self.wakeRead, events: Int16(POLLIN), revents: 0))
-            for handshake in pending { descriptors.append(pollfd(fd: handshake.fd, events: handshake.events, revents: 0)) }
+            for handshake in pending {
+                descriptors.append(pollfd(fd: handshake.fd, events: handshake.events, revents: 0))
+            }
             let now = ContinuousClock.now
             let nearest = pending.map(\.deadline).min().map { max(.zero, $0 - now) } ?? .seconds(1)
             _ = poll(&descriptors, nfds_t(descriptors.count), Int32(min(Socket.seconds(nearest) * 1000 + 1, 1000)))
@@ -175,7 +188,10 @@ public final class DataPlaneListener: @unchecked Sendable {
             while index < pending.count {
                 let events = descriptors[position].revents
                 position += 1
-                switch pending[index].advance(readable: events & Int16(POLLIN | POLLHUP | POLLERR) != 0, writable: events & Int16(POLLOUT) != 0, secrets: secrets, now: ContinuousClock.now) {
+                switch pending[index].advance(
+                    readable: events & Int16(POLLIN | POLLHUP | POLLERR) != 0, writable: events & Int16(POLLOUT) != 0,
+                    secrets: secrets, now: ContinuousClock.now)
+                {
                 case .waiting:
                     index += 1
                 case .proved(let key):
@@ -215,7 +231,9 @@ public final class DataPlaneListener: @unchecked Sendable {
             var handshake = PendingHandshake(fd: client, deadline: .now + self.handshakeTimeout)
             // The nonce goes out at once (it fits any socket buffer): most handshakes need no
             // write readiness at all.
-            if case .refused(let reason) = handshake.advance(readable: false, writable: true, secrets: [:], now: ContinuousClock.now) {
+            if case .refused(let reason) = handshake.advance(
+                readable: false, writable: true, secrets: [:], now: ContinuousClock.now)
+            {
                 self.refuse(client, reason)
                 continue
             }
@@ -303,7 +321,9 @@ struct PendingHandshake {
             case .readingHello:
                 guard readable else { return self.expired(now) }
                 var buffer = [UInt8](repeating: 0, count: DataPlaneHello.byteCount - self.hello.count)
-                let count = buffer.withUnsafeMutableBytes { recv(self.fd, $0.baseAddress!, $0.count, Int32(MSG_DONTWAIT)) }
+                let count = buffer.withUnsafeMutableBytes {
+                    recv(self.fd, $0.baseAddress!, $0.count, Int32(MSG_DONTWAIT))
+                }
                 if count == 0 { return .refused("the peer closed the connection during the handshake") }
                 if count < 0 {
                     if errno == EAGAIN || errno == EINTR { return self.expired(now) }
@@ -311,9 +331,13 @@ struct PendingHandshake {
                 }
                 self.hello += buffer[0..<count]
                 // Garbage is refused at its first wrong byte, not after a full hello or the deadline.
-                guard DataPlaneHello.couldStart(self.hello) else { return .refused("not a ringmaster data-plane connection") }
+                guard DataPlaneHello.couldStart(self.hello) else {
+                    return .refused("not a ringmaster data-plane connection")
+                }
                 guard self.hello.count == DataPlaneHello.byteCount else { return self.expired(now) }
-                guard let hello = DataPlaneHello(decoding: self.hello) else { return .refused("not a ringmaster data-plane connection") }
+                guard let hello = DataPlaneHello(decoding: self.hello) else {
+                    return .refused("not a ringmaster data-plane connection")
+                }
                 self.phase = .awaitingSecret(hello)
             case .awaitingSecret(let hello):
                 let generation = hello.generation
@@ -322,15 +346,20 @@ struct PendingHandshake {
                     if secrets.keys.contains(where: { $0 > generation }) {
                         return .refused("generation \(generation) is not one this rank is joining")
                     }
-                    if now >= self.deadline { return .refused("generation \(generation) is not one this rank is joining") }
+                    if now >= self.deadline {
+                        return .refused("generation \(generation) is not one this rank is joining")
+                    }
                     return .waiting
                 }
-                guard expected.rank == hello.to else { return .refused("addressed to rank \(hello.to), but this is rank \(expected.rank)") }
+                guard expected.rank == hello.to else {
+                    return .refused("addressed to rank \(hello.to), but this is rank \(expected.rank)")
+                }
                 guard hello.isValid(secret: expected.secret, acceptorNonce: self.nonce) else {
                     return .refused("the connection's proof does not match generation \(generation)'s secret")
                 }
                 let answer = hello.answer(secret: expected.secret, acceptorNonce: self.nonce)
-                self.phase = .sendingAnswer(answer: answer, sent: 0, key: .init(generation: generation, from: hello.from))
+                self.phase = .sendingAnswer(
+                    answer: answer, sent: 0, key: .init(generation: generation, from: hello.from))
             case .sendingAnswer(let answer, let sent, let key):
                 switch self.send(answer, from: sent) {
                 case .failure(let refusal): return .refused(refusal.reason)
@@ -353,7 +382,9 @@ struct PendingHandshake {
     func send(_ bytes: [UInt8], from start: Int) -> Result<Int, HandshakeRefusal> {
         var done = start
         while done < bytes.count {
-            let count = bytes.withUnsafeBytes { Glibc.send(self.fd, $0.baseAddress! + done, bytes.count - done, Int32(MSG_DONTWAIT | MSG_NOSIGNAL)) }
+            let count = bytes.withUnsafeBytes {
+                Glibc.send(self.fd, $0.baseAddress! + done, bytes.count - done, Int32(MSG_DONTWAIT | MSG_NOSIGNAL))
+            }
             if count > 0 {
                 done += count
             } else if errno == EAGAIN || errno == EINTR {

@@ -1,5 +1,5 @@
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// Connects `worldSize` in-process ranks through byte queues, one per ordered pair, so that
@@ -50,7 +50,8 @@ public final class InProcessTransport: Transport {
         received: (Int) throws -> Void
     ) throws {
         if let send {
-            try self.fabric.mailbox(from: self.rank, to: send.peer).put(send.bytes, operation: operation, peer: send.peer)
+            try self.fabric.mailbox(from: self.rank, to: send.peer).put(
+                send.bytes, operation: operation, peer: send.peer)
         }
         if let receive {
             try self.fabric.mailbox(from: receive.peer, to: self.rank).take(
@@ -120,7 +121,9 @@ final class Mailbox: @unchecked Sendable {
                 let remaining = deadline - ContinuousClock.now
                 if remaining <= .zero {
                     pthread_mutex_unlock(&self.mutex)
-                    throw CollectiveError(.deadlineExceeded, operation: operation, peer: peer, bytesDone: done, "no data from rank \(peer) before the deadline")
+                    throw CollectiveError(
+                        .deadlineExceeded, operation: operation, peer: peer, bytesDone: done,
+                        "no data from rank \(peer) before the deadline")
                 }
                 var now = timespec()
                 clock_gettime(CLOCK_MONOTONIC, &now)
@@ -141,7 +144,8 @@ final class Mailbox: @unchecked Sendable {
             }
             let count = min(self.bytes.count - self.readIndex, destination.count - done)
             self.bytes.withUnsafeBytes { source in
-                (destination.baseAddress! + done).copyMemory(from: source.baseAddress! + self.readIndex, byteCount: count)
+                (destination.baseAddress! + done).copyMemory(
+                    from: source.baseAddress! + self.readIndex, byteCount: count)
             }
             self.readIndex += count
             if self.readIndex == self.bytes.count {

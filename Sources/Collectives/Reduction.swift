@@ -60,7 +60,10 @@ public enum Reduction {
     }
 
     /// `buffer[i] *= factor` for `count` elements of `type`.
-    public static func scale(_ buffer: UnsafeMutableRawPointer, count: Int, type: DataType, by factor: Float, kernels: Kernels = Reduction.best) {
+    public static func scale(
+        _ buffer: UnsafeMutableRawPointer, count: Int, type: DataType, by factor: Float,
+        kernels: Kernels = Reduction.best
+    ) {
         rm_scale(type.code, min(kernels, Self.best).rawValue, buffer, count, factor)
     }
 }

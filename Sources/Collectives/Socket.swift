@@ -1,7 +1,8 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import Foundation
+
+#if canImport(Glibc)
+    import Glibc
+#endif
 
 // MARK: - Sockets
 
@@ -28,9 +29,13 @@ struct Endpoint {
     }
 
     /// Calls `body` with room for an address and its length, which it fills (getsockname).
-    mutating func withMutableAddress<Result>(_ body: (UnsafeMutablePointer<sockaddr>, UnsafeMutablePointer<socklen_t>) -> Result) -> Result {
+    mutating func withMutableAddress<Result>(
+        _ body: (UnsafeMutablePointer<sockaddr>, UnsafeMutablePointer<socklen_t>) -> Result
+    ) -> Result {
         var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
-        let result = withUnsafeMutableBytes(of: &self.storage) { body($0.baseAddress!.assumingMemoryBound(to: sockaddr.self), &length) }
+        let result = withUnsafeMutableBytes(of: &self.storage) {
+            body($0.baseAddress!.assumingMemoryBound(to: sockaddr.self), &length)
+        }
         self.length = length
         return result
     }
@@ -58,12 +63,16 @@ enum Socket {
         if inet_pton(AF_INET, text, &v4.sin_addr) == 1 {
             v4.sin_family = sa_family_t(AF_INET)
             v4.sin_port = in_port_t(UInt16(truncatingIfNeeded: port).bigEndian)
-            withUnsafeBytes(of: v4) { source in withUnsafeMutableBytes(of: &endpoint.storage) { $0.copyMemory(from: source) } }
+            withUnsafeBytes(of: v4) { source in
+                withUnsafeMutableBytes(of: &endpoint.storage) { $0.copyMemory(from: source) }
+            }
             endpoint.length = socklen_t(MemoryLayout<sockaddr_in>.size)
         } else if inet_pton(AF_INET6, text, &v6.sin6_addr) == 1 {
             v6.sin6_family = sa_family_t(AF_INET6)
             v6.sin6_port = in_port_t(UInt16(truncatingIfNeeded: port).bigEndian)
-            withUnsafeBytes(of: v6) { source in withUnsafeMutableBytes(of: &endpoint.storage) { $0.copyMemory(from: source) } }
+            withUnsafeBytes(of: v6) { source in
+                withUnsafeMutableBytes(of: &endpoint.storage) { $0.copyMemory(from: source) }
+            }
             endpoint.length = socklen_t(MemoryLayout<sockaddr_in6>.size)
         } else {
             throw CollectiveError(.invalidArgument, operation: "socket", "\"\(host)\" is not an IPv4 or IPv6 address")
@@ -92,8 +101,13 @@ enum Socket {
     static func writeAll(_ fd: Int32, _ bytes: [UInt8], deadline: ContinuousClock.Instant) throws {
         var done = 0
         while done < bytes.count {
-            let count = bytes.withUnsafeBytes { Glibc.send(fd, $0.baseAddress! + done, bytes.count - done, Int32(MSG_DONTWAIT | MSG_NOSIGNAL)) }
-            if count > 0 { done += count; continue }
+            let count = bytes.withUnsafeBytes {
+                Glibc.send(fd, $0.baseAddress! + done, bytes.count - done, Int32(MSG_DONTWAIT | MSG_NOSIGNAL))
+            }
+            if count > 0 {
+                done += count
+                continue
+            }
             if count < 0 && errno != EAGAIN && errno != EINTR {
                 throw CollectiveError(.handshakeRefused, operation: "handshake", "the peer closed the connection")
             }
@@ -106,9 +120,13 @@ enum Socket {
         var done = 0
         while done < count {
             let n = bytes.withUnsafeMutableBytes { recv(fd, $0.baseAddress! + done, count - done, Int32(MSG_DONTWAIT)) }
-            if n > 0 { done += n; continue }
+            if n > 0 {
+                done += n
+                continue
+            }
             if n == 0 || (errno != EAGAIN && errno != EINTR) {
-                throw CollectiveError(.handshakeRefused, operation: "handshake", "the peer closed the connection during the handshake")
+                throw CollectiveError(
+                    .handshakeRefused, operation: "handshake", "the peer closed the connection during the handshake")
             }
             try self.wait(fd, events: Int16(POLLIN), deadline: deadline)
         }

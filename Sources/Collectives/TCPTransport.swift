@@ -1,9 +1,10 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import Crypto
 import Foundation
 import Synchronization
+
+#if canImport(Glibc)
+    import Glibc
+#endif
 
 // MARK: - Transport
 
@@ -45,11 +46,13 @@ public final class TCPTransport: Transport, @unchecked Sendable {
         do {
             for peer in 0..<rank {
                 sockets[peer] = try Self.dial(
-                    addresses[peer], from: rank, to: peer, generation: generation, secret: secret, deadline: deadline, isCancelled: isCancelled
+                    addresses[peer], from: rank, to: peer, generation: generation, secret: secret, deadline: deadline,
+                    isCancelled: isCancelled
                 )
             }
             for peer in (rank + 1)..<max(rank + 1, worldSize) {
-                sockets[peer] = try listener.claim(generation: generation, from: peer, deadline: deadline, isCancelled: isCancelled)
+                sockets[peer] = try listener.claim(
+                    generation: generation, from: peer, deadline: deadline, isCancelled: isCancelled)
             }
         } catch {
             for fd in sockets where fd >= 0 { Glibc.close(fd) }
@@ -85,28 +88,36 @@ public final class TCPTransport: Transport, @unchecked Sendable {
         isCancelled: @Sendable () -> Bool = { false }
     ) throws -> Int32 {
         guard let colon = address.lastIndex(of: ":"), let port = Int(address[address.index(after: colon)...]) else {
-            throw CollectiveError(.invalidArgument, operation: "connect", peer: to, "\"\(address)\" is not HOST:PORT (or [IPV6]:PORT)")
+            throw CollectiveError(
+                .invalidArgument, operation: "connect", peer: to, "\"\(address)\" is not HOST:PORT (or [IPV6]:PORT)")
         }
         let target = try Socket.endpoint(host: String(address[..<colon]), port: port)
         var lastError: CollectiveError?
         while ContinuousClock.now < deadline {
-            if isCancelled() { throw CollectiveError(.aborted, operation: "connect", peer: to, "connecting was cancelled") }
+            if isCancelled() {
+                throw CollectiveError(.aborted, operation: "connect", peer: to, "connecting was cancelled")
+            }
             let fd = socket(target.family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
             guard fd >= 0 else { throw Socket.error("socket") }
             let connected = target.withAddress { connect(fd, $0, $1) }
             if connected != 0 {
-                lastError = CollectiveError(.io, operation: "connect", peer: to, "connecting to \(address): \(String(cString: strerror(errno)))")
+                lastError = CollectiveError(
+                    .io, operation: "connect", peer: to, "connecting to \(address): \(String(cString: strerror(errno)))"
+                )
                 Glibc.close(fd)
                 usleep(20_000)
                 continue
             }
             do {
                 let acceptorNonce = try Socket.readExactly(fd, DataPlaneHandshake.nonceBytes, deadline: deadline)
-                let hello = DataPlaneHello.proving(secret: secret, acceptorNonce: acceptorNonce, generation: generation, from: from, to: to)
+                let hello = DataPlaneHello.proving(
+                    secret: secret, acceptorNonce: acceptorNonce, generation: generation, from: from, to: to)
                 try Socket.writeAll(fd, hello.encoded(), deadline: deadline)
                 let answer = try Socket.readExactly(fd, DataPlaneHandshake.macBytes, deadline: deadline)
                 guard hello.isValidAnswer(answer, secret: secret, acceptorNonce: acceptorNonce) else {
-                    throw CollectiveError(.handshakeRefused, operation: "connect", peer: to, "rank \(to) did not prove this generation's secret")
+                    throw CollectiveError(
+                        .handshakeRefused, operation: "connect", peer: to,
+                        "rank \(to) did not prove this generation's secret")
                 }
                 return fd
             } catch let error as CollectiveError {
@@ -116,7 +127,10 @@ public final class TCPTransport: Transport, @unchecked Sendable {
                 usleep(20_000)
             }
         }
-        throw lastError ?? CollectiveError(.deadlineExceeded, operation: "connect", peer: to, "could not connect to rank \(to) at \(address) in time")
+        throw lastError
+            ?? CollectiveError(
+                .deadlineExceeded, operation: "connect", peer: to,
+                "could not connect to rank \(to) at \(address) in time")
     }
 
     public func abort(reason: String) {
@@ -183,16 +197,21 @@ public final class TCPTransport: Transport, @unchecked Sendable {
         let sendFD = send.map { self.sockets[$0.peer] } ?? -1
         let receiveFD = receive.map { self.sockets[$0.peer] } ?? -1
         while sent < toSend || got < toReceive {
-            if let error = self.abortError(operation, peer: receive?.peer ?? send?.peer, done: sent + got) { throw error }
+            if let error = self.abortError(operation, peer: receive?.peer ?? send?.peer, done: sent + got) {
+                throw error
+            }
             // Try the I/O first; poll only when both directions would block.
             var progressed = false
             if sent < toSend {
-                let count = Glibc.send(sendFD, send!.bytes.baseAddress! + sent, toSend - sent, Int32(MSG_DONTWAIT | MSG_NOSIGNAL))
+                let count = Glibc.send(
+                    sendFD, send!.bytes.baseAddress! + sent, toSend - sent, Int32(MSG_DONTWAIT | MSG_NOSIGNAL))
                 if count > 0 {
                     sent += count
                     progressed = true
                 } else if count < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR {
-                    throw CollectiveError(.peerClosed, operation: operation, peer: send!.peer, bytesDone: sent + got, "sending to rank \(send!.peer): \(String(cString: strerror(errno)))")
+                    throw CollectiveError(
+                        .peerClosed, operation: operation, peer: send!.peer, bytesDone: sent + got,
+                        "sending to rank \(send!.peer): \(String(cString: strerror(errno)))")
                 }
             }
             if got < toReceive {
@@ -202,17 +221,25 @@ public final class TCPTransport: Transport, @unchecked Sendable {
                     progressed = true
                     try received(got)
                 } else if count == 0 {
-                    throw CollectiveError(.peerClosed, operation: operation, peer: receive!.peer, bytesDone: sent + got, "rank \(receive!.peer) closed its connection")
+                    throw CollectiveError(
+                        .peerClosed, operation: operation, peer: receive!.peer, bytesDone: sent + got,
+                        "rank \(receive!.peer) closed its connection")
                 } else if errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR {
-                    throw CollectiveError(.peerClosed, operation: operation, peer: receive!.peer, bytesDone: sent + got, "receiving from rank \(receive!.peer): \(String(cString: strerror(errno)))")
+                    throw CollectiveError(
+                        .peerClosed, operation: operation, peer: receive!.peer, bytesDone: sent + got,
+                        "receiving from rank \(receive!.peer): \(String(cString: strerror(errno)))")
                 }
             }
             if progressed { continue }
             let remaining = deadline - ContinuousClock.now
             if remaining <= .zero {
-                throw CollectiveError(.deadlineExceeded, operation: operation, peer: receive?.peer ?? send?.peer, bytesDone: sent + got, "the operation's deadline passed")
+                throw CollectiveError(
+                    .deadlineExceeded, operation: operation, peer: receive?.peer ?? send?.peer, bytesDone: sent + got,
+                    "the operation's deadline passed")
             }
-            self.waitForIO(sendFD: sendFD, writable: sent < toSend, receiveFD: receiveFD, readable: got < toReceive, remaining: remaining)
+            self.waitForIO(
+                sendFD: sendFD, writable: sent < toSend, receiveFD: receiveFD, readable: got < toReceive,
+                remaining: remaining)
         }
     }
 }
@@ -256,20 +283,25 @@ extension TCPTransport {
             let sending = sendIndex < pieces
             let receiving = receiveIndex < pieces
             if !sending && !receiving { return }
-            if let error = self.abortError(operation, peer: receiving ? receivePeer : sendPeer, done: done) { throw error }
+            if let error = self.abortError(operation, peer: receiving ? receivePeer : sendPeer, done: done) {
+                throw error
+            }
             var progressed = false
             var canSend = false
             if sending {
                 let limit = min(outgoing.count, sendable(sendIndex))
                 if sent < limit {
                     canSend = true
-                    let count = Glibc.send(sendFD, outgoing.baseAddress! + sent, limit - sent, Int32(MSG_DONTWAIT | MSG_NOSIGNAL))
+                    let count = Glibc.send(
+                        sendFD, outgoing.baseAddress! + sent, limit - sent, Int32(MSG_DONTWAIT | MSG_NOSIGNAL))
                     if count > 0 {
                         sent += count
                         done += count
                         progressed = true
                     } else if count < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR {
-                        throw CollectiveError(.peerClosed, operation: operation, peer: sendPeer, bytesDone: done, "sending to rank \(sendPeer): \(String(cString: strerror(errno)))")
+                        throw CollectiveError(
+                            .peerClosed, operation: operation, peer: sendPeer, bytesDone: done,
+                            "sending to rank \(sendPeer): \(String(cString: strerror(errno)))")
                     }
                 }
             }
@@ -281,19 +313,26 @@ extension TCPTransport {
                     progressed = true
                     try received(receiveIndex, got)
                 } else if count == 0 {
-                    throw CollectiveError(.peerClosed, operation: operation, peer: receivePeer, bytesDone: done, "rank \(receivePeer) closed its connection")
+                    throw CollectiveError(
+                        .peerClosed, operation: operation, peer: receivePeer, bytesDone: done,
+                        "rank \(receivePeer) closed its connection")
                 } else if errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR {
-                    throw CollectiveError(.peerClosed, operation: operation, peer: receivePeer, bytesDone: done, "receiving from rank \(receivePeer): \(String(cString: strerror(errno)))")
+                    throw CollectiveError(
+                        .peerClosed, operation: operation, peer: receivePeer, bytesDone: done,
+                        "receiving from rank \(receivePeer): \(String(cString: strerror(errno)))")
                 }
             }
             if progressed { continue }
             let remaining = deadline - ContinuousClock.now
             if remaining <= .zero {
-                throw CollectiveError(.deadlineExceeded, operation: operation, peer: receiving ? receivePeer : sendPeer, bytesDone: done, "the operation's deadline passed")
+                throw CollectiveError(
+                    .deadlineExceeded, operation: operation, peer: receiving ? receivePeer : sendPeer, bytesDone: done,
+                    "the operation's deadline passed")
             }
             // Wait only for what can go on: writability when there is something sendable (else
             // the send waits on the receive side), readability while pieces remain to fill.
-            self.waitForIO(sendFD: sendFD, writable: canSend, receiveFD: receiveFD, readable: receiving, remaining: remaining)
+            self.waitForIO(
+                sendFD: sendFD, writable: canSend, receiveFD: receiveFD, readable: receiving, remaining: remaining)
         }
     }
 }

@@ -134,7 +134,9 @@ public final class ControlSession: Sendable {
     public let peer: String
     let nextRequestID = NIOLockedValueBox<UInt64>(1)
 
-    init(inbound: NIOAsyncChannelInboundStream<Envelope>, outbound: NIOAsyncChannelOutboundWriter<Envelope>, peer: String) {
+    init(
+        inbound: NIOAsyncChannelInboundStream<Envelope>, outbound: NIOAsyncChannelOutboundWriter<Envelope>, peer: String
+    ) {
         self.outbound = outbound
         self.iterator = IteratorBox(inbound.makeAsyncIterator())
         self.peer = peer
@@ -246,7 +248,9 @@ public struct ControlAddress: Sendable, Hashable, CustomStringConvertible {
         self.port = port
     }
 
-    public var description: String { self.host.contains(":") ? "[\(self.host)]:\(self.port)" : "\(self.host):\(self.port)" }
+    public var description: String {
+        self.host.contains(":") ? "[\(self.host)]:\(self.port)" : "\(self.host):\(self.port)"
+    }
 }
 
 /// A malformed `host:port`.

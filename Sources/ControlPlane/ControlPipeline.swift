@@ -140,7 +140,8 @@ final class DeadlineRace<Result: Sendable>: Sendable {
     }
 
     func finish(_ result: Swift.Result<Result, any Error>) {
-        let (continuation, tasks) = self.state.withLockedValue { state -> (CheckedContinuation<Result, any Error>?, [Task<Void, Never>]) in
+        let (continuation, tasks) = self.state.withLockedValue {
+            state -> (CheckedContinuation<Result, any Error>?, [Task<Void, Never>]) in
             guard state.early == nil else { return (nil, []) }
             state.early = result
             defer {

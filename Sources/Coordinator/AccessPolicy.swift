@@ -29,7 +29,8 @@ public enum AccessPolicy {
             allowed = [.agent]
         case .adminRequest:
             allowed = [.operator]
-        case .joinChallenge, .joinReply, .helloReply, .renewReply, .heartbeatAck, .assignment, .drain, .abort, .cursorUpdate,
+        case .joinChallenge, .joinReply, .helloReply, .renewReply, .heartbeatAck, .assignment, .drain, .abort,
+            .cursorUpdate,
             .checkpointCommitted, .adminReply, .error:
             allowed = []
         }

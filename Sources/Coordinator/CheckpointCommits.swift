@@ -15,12 +15,16 @@ extension CoordinatorService {
         var commit: (CheckpointManifest, String, Int)?
         self.engine.withLock { engine in
             // A finished job's last checkpoint commits too: its shards come after the last step.
-            guard let record = engine.machine.record(job: shard.jobID), record.phase == .running || record.phase == .finished,
+            guard let record = engine.machine.record(job: shard.jobID),
+                record.phase == .running || record.phase == .finished,
                 shard.generation == record.generation, record.members.contains(node)
             else {
                 logger.notice(
                     "refused a checkpoint shard from another generation",
-                    metadata: [LogKey.job: "\(shard.jobID)", LogKey.generation: "\(shard.generation)", "step": "\(shard.step)", LogKey.node: "\(node)"]
+                    metadata: [
+                        LogKey.job: "\(shard.jobID)", LogKey.generation: "\(shard.generation)", "step": "\(shard.step)",
+                        LogKey.node: "\(node)",
+                    ]
                 )
                 return
             }
@@ -33,7 +37,10 @@ extension CoordinatorService {
                 self.metrics.checkpointFailures.increment()
                 logger.error(
                     "a checkpoint shard could not be saved; the previous checkpoint stays the latest",
-                    metadata: [LogKey.job: "\(shard.jobID)", "step": "\(shard.step)", LogKey.node: "\(node)", LogKey.reason: "\(shard.error)"]
+                    metadata: [
+                        LogKey.job: "\(shard.jobID)", "step": "\(shard.step)", LogKey.node: "\(node)",
+                        LogKey.reason: "\(shard.error)",
+                    ]
                 )
                 return
             }
@@ -41,9 +48,13 @@ extension CoordinatorService {
                 progress.shards[shard.step] = (shard.generation, [:])
             }
             progress.shards[shard.step]!.byRank[Int(shard.rank)] = shard
-            commit = self.readyCheckpoint(record, &progress, step: shard.step, samples: engine.machine.samples(job: shard.jobID, atCheckpoint: shard.step))
+            commit = self.readyCheckpoint(
+                record, &progress, step: shard.step,
+                samples: engine.machine.samples(job: shard.jobID, atCheckpoint: shard.step))
         }
-        if let (manifest, root, keep) = commit { self.commitCheckpoint(manifest, root: root, keep: keep, logger: logger) }
+        if let (manifest, root, keep) = commit {
+            self.commitCheckpoint(manifest, root: root, keep: keep, logger: logger)
+        }
     }
 
     /// The manifest of the checkpoint at `step`, when every member's shard is in and the step is
@@ -91,7 +102,10 @@ extension CoordinatorService {
     func checkpointsReady(job: String, engine: inout Engine) -> [(CheckpointManifest, String, Int)] {
         guard let record = engine.machine.record(job: job), var progress = engine.progress[job] else { return [] }
         let steps = progress.shards.keys.filter { $0 <= record.cursor }.sorted()
-        let ready = steps.compactMap { self.readyCheckpoint(record, &progress, step: $0, samples: engine.machine.samples(job: job, atCheckpoint: $0)) }
+        let ready = steps.compactMap {
+            self.readyCheckpoint(
+                record, &progress, step: $0, samples: engine.machine.samples(job: job, atCheckpoint: $0))
+        }
         engine.progress[job] = progress
         return ready
     }
@@ -123,15 +137,18 @@ extension CoordinatorService {
                 logger.info(
                     "checkpoint committed",
                     metadata: [
-                        LogKey.job: "\(manifest.job)", LogKey.generation: "\(manifest.generation)", "step": "\(manifest.step)",
-                        "world_size": "\(manifest.worldSize)", "directory": "\(CheckpointLayout.stepDirectory(root: root, step: manifest.step))",
+                        LogKey.job: "\(manifest.job)", LogKey.generation: "\(manifest.generation)",
+                        "step": "\(manifest.step)",
+                        "world_size": "\(manifest.worldSize)",
+                        "directory": "\(CheckpointLayout.stepDirectory(root: root, step: manifest.step))",
                         "pruned": "\(pruned.count)",
                     ]
                 )
             } catch {
                 self.engine.withLock { engine in
                     engine.progress[manifest.job, default: JobProgress()].checkpointFailures += 1
-                    engine.progress[manifest.job, default: JobProgress()].lastCheckpointError = "step \(manifest.step), manifest: \(error)"
+                    engine.progress[manifest.job, default: JobProgress()].lastCheckpointError =
+                        "step \(manifest.step), manifest: \(error)"
                     self.saveProgress(of: [manifest.job], engine: &engine, logger: logger)
                 }
                 self.metrics.checkpointFailures.increment()
@@ -146,9 +163,12 @@ extension CoordinatorService {
     /// `resumePoint` on a thread of its own (`onOwnThread`): verifying reads every shard of the
     /// checkpoint (gigabytes, for a large model), which must not hold up the threads that serve
     /// every connection.
-    func resumePointAwaitingVerification(for spec: JobSpec, logger: Logger) async throws -> CoordinatorMachine.JobStart? {
+    func resumePointAwaitingVerification(for spec: JobSpec, logger: Logger) async throws -> CoordinatorMachine.JobStart?
+    {
         guard spec.resume != nil else { return nil }
-        return try await onOwnThread(named: "ringmaster-resume-verification") { try self.resumePoint(for: spec, logger: logger) }
+        return try await onOwnThread(named: "ringmaster-resume-verification") {
+            try self.resumePoint(for: spec, logger: logger)
+        }
     }
 
     /// Where a submitted job with `resume` starts: the newest committed checkpoint (at or before
@@ -180,7 +200,8 @@ extension CoordinatorService {
                 "the checkpoint at step \(manifest.step) in \(root) is of workload \(manifest.workloadKind) with other settings; resume with the same workload settings it was saved with"
             )
         }
-        guard manifest.permutationSeed == spec.seed, spec.order.epoch(ofStep: manifest.step) == manifest.cursorEpoch else {
+        guard manifest.permutationSeed == spec.seed, spec.order.epoch(ofStep: manifest.step) == manifest.cursorEpoch
+        else {
             throw CoordinatorError(
                 .invalidRequest,
                 "the checkpoint at step \(manifest.step) was saved with another data order (seed \(manifest.permutationSeed), epoch \(manifest.cursorEpoch)); resume with the same seed, data set and batch size"
@@ -188,7 +209,10 @@ extension CoordinatorService {
         }
         logger.notice(
             "resuming from a checkpoint",
-            metadata: [LogKey.job: "\(spec.name)", "step": "\(manifest.step)", "saved_world_size": "\(manifest.worldSize)", "skipped_newer": "\(found.skipped.count)"]
+            metadata: [
+                LogKey.job: "\(spec.name)", "step": "\(manifest.step)", "saved_world_size": "\(manifest.worldSize)",
+                "skipped_newer": "\(found.skipped.count)",
+            ]
         )
         return CoordinatorMachine.JobStart(step: manifest.step, samples: manifest.samples)
     }

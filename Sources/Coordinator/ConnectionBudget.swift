@@ -168,7 +168,9 @@ public struct ConnectionBudget: Sendable {
             let middle = (low + high) / 2
             if self.unauthenticatedIDs[middle] < id { low = middle + 1 } else { high = middle }
         }
-        if low < self.unauthenticatedIDs.count, self.unauthenticatedIDs[low] == id { self.unauthenticatedIDs.remove(at: low) }
+        if low < self.unauthenticatedIDs.count, self.unauthenticatedIDs[low] == id {
+            self.unauthenticatedIDs.remove(at: low)
+        }
         let left = self.unauthenticatedByAddress[address, default: 1] - 1
         self.unauthenticatedByAddress[address] = left > 0 ? left : nil
     }

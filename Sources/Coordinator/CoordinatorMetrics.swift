@@ -54,8 +54,12 @@ public struct CoordinatorMetrics: Sendable {
         }
         self.nodes = nodes
         var refused: [ConnectionBudget.Refusal: CoreMetrics.Counter] = [:]
-        for reason in [ConnectionBudget.Refusal.tooManyConnections, .tooManyFromAddress, .tooManyUnauthenticated, .displaced] {
-            refused[reason] = Counter(label: "ringmaster_connections_refused_total", dimensions: [("reason", reason.rawValue)], factory: factory)
+        for reason in [
+            ConnectionBudget.Refusal.tooManyConnections, .tooManyFromAddress, .tooManyUnauthenticated, .displaced,
+        ] {
+            refused[reason] = Counter(
+                label: "ringmaster_connections_refused_total", dimensions: [("reason", reason.rawValue)],
+                factory: factory)
         }
         self.connectionsRefused = refused
         self.connections = Gauge(label: "ringmaster_connections", factory: factory)

@@ -33,7 +33,9 @@ extension CoordinatorService {
             do {
                 try self.store.save(jobs: jobs.compactMap { machine.record(job: $0) }, durable: true)
             } catch {
-                logger.error("could not save an operator's command; it was not carried out", metadata: [LogKey.error: "\(error)"])
+                logger.error(
+                    "could not save an operator's command; it was not carried out", metadata: [LogKey.error: "\(error)"]
+                )
                 throw error
             }
             engine.machine = machine
@@ -62,7 +64,9 @@ extension CoordinatorService {
 
     /// A write of a job's record (or progress) failed: the job goes on, and says (in `job status`
     /// and, once, in the log) that what it does now is lost to a restart.
-    func markNotSaved(_ job: String, _ kind: JobProgress.Write, _ error: any Error, engine: inout Engine, logger: Logger) {
+    func markNotSaved(
+        _ job: String, _ kind: JobProgress.Write, _ error: any Error, engine: inout Engine, logger: Logger
+    ) {
         guard engine.progress[job]?.notSaved == nil else { return }
         let reason = (error as? CoordinatorError)?.message ?? "\(error)"
         engine.progress[job, default: JobProgress()].notSaved = (kind, self.now(), reason)
@@ -97,8 +101,10 @@ extension CoordinatorService {
                         logger.error(
                             "replicas diverged: members report different parameters for the same step",
                             metadata: [
-                                LogKey.job: "\(report.jobID)", LogKey.generation: "\(report.generation)", "step": "\(report.step)",
-                                "hashes": "\(reported.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value.hexPrefix)" }.joined(separator: ","))",
+                                LogKey.job: "\(report.jobID)", LogKey.generation: "\(report.generation)",
+                                "step": "\(report.step)",
+                                "hashes":
+                                    "\(reported.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value.hexPrefix)" }.joined(separator: ","))",
                             ]
                         )
                     }
@@ -143,11 +149,16 @@ extension CoordinatorService {
         for job in Set(jobs) {
             guard var progress = engine.progress[job] else { continue }
             let milestones = progress.milestones
-            if !forcing.contains(job), progress.savedMilestones == milestones, let saved = progress.savedAt, now - saved < .seconds(1) { continue }
+            if !forcing.contains(job), progress.savedMilestones == milestones, let saved = progress.savedAt,
+                now - saved < .seconds(1)
+            {
+                continue
+            }
             do {
                 encoded[job] = try progress.encoded()
             } catch {
-                logger.error("could not encode a job's progress", metadata: [LogKey.job: "\(job)", LogKey.error: "\(error)"])
+                logger.error(
+                    "could not encode a job's progress", metadata: [LogKey.job: "\(job)", LogKey.error: "\(error)"])
                 continue
             }
             progress.savedMilestones = milestones
@@ -158,7 +169,9 @@ extension CoordinatorService {
             try self.store.save(progress: encoded)
             for job in encoded.keys { self.markSaved(job, .progress, engine: &engine, logger: logger) }
         } catch {
-            for job in encoded.keys.sorted() { self.markNotSaved(job, .progress, error, engine: &engine, logger: logger) }
+            for job in encoded.keys.sorted() {
+                self.markNotSaved(job, .progress, error, engine: &engine, logger: logger)
+            }
         }
     }
 
@@ -170,7 +183,9 @@ extension CoordinatorService {
     /// (`recordsSaved`: the caller wrote them, as `command` does.) An event has happened whether or
     /// not it can be saved, so a failed write does not stop the job: the job is marked as not
     /// being saved (`markNotSaved`) until a write of it succeeds again.
-    func perform(_ actions: [CoordinatorMachine.Action], engine: inout Engine, logger: Logger, recordsSaved: Bool = false) {
+    func perform(
+        _ actions: [CoordinatorMachine.Action], engine: inout Engine, logger: Logger, recordsSaved: Bool = false
+    ) {
         if !recordsSaved {
             // A step commit alone is written without an fsync (it happens hundreds of times a
             // second); anything else that changes a job (a generation, a phase) is fsynced.
@@ -209,7 +224,8 @@ extension CoordinatorService {
         for action in actions {
             switch action {
             case .assign(let node, let assignment):
-                engine.sessions[node]?.channel.writeAndFlush(self.envelope(assigning: assignment, to: node), promise: nil)
+                engine.sessions[node]?.channel.writeAndFlush(
+                    self.envelope(assigning: assignment, to: node), promise: nil)
             case .abort(let node, let job, let generation, let reason):
                 var envelope = Envelope()
                 envelope.abort = .with {
@@ -242,7 +258,8 @@ extension CoordinatorService {
                 // Saved before it is logged, so that whoever sees the log line finds it saved.
                 self.saveProgress(of: [job], forcing: [job], engine: &engine, logger: logger)
                 if let rendezvous {
-                    self.metrics.rendezvousSeconds.record(Double(rendezvous.components.seconds) + Double(rendezvous.components.attoseconds) / 1e18)
+                    self.metrics.rendezvousSeconds.record(
+                        Double(rendezvous.components.seconds) + Double(rendezvous.components.attoseconds) / 1e18)
                 }
                 logger.info(
                     "generation started",
@@ -265,7 +282,8 @@ extension CoordinatorService {
                     if let last = progress.history.indices.last, progress.history[last].generation == generation,
                         progress.history[last].firstStepUnixMs == 0
                     {
-                        progress.history[last].firstStepUnixMs = Int64((self.now().timeIntervalSince1970 * 1000).rounded())
+                        progress.history[last].firstStepUnixMs = Int64(
+                            (self.now().timeIntervalSince1970 * 1000).rounded())
                     }
                     engine.progress[job] = progress
                 }
@@ -275,7 +293,10 @@ extension CoordinatorService {
                 self.metrics.staleRefused.increment()
                 logger.debug(
                     "refused a message from an older generation",
-                    metadata: [LogKey.node: "\(node)", LogKey.job: "\(job)", LogKey.generation: "\(generation)", "current": "\(current)"]
+                    metadata: [
+                        LogKey.node: "\(node)", LogKey.job: "\(job)", LogKey.generation: "\(generation)",
+                        "current": "\(current)",
+                    ]
                 )
             case .leaseExpired(let node):
                 self.metrics.leaseExpiries.increment()
@@ -414,7 +435,8 @@ extension CoordinatorService {
         let (records, progress) = self.engine.withLock { ($0.machine.records, $0.progress) }
         let selected = job.map { name in records.filter { $0.spec.name == name } } ?? records
         if let job, selected.isEmpty {
-            throw CoordinatorMachine.CommandError(code: .unknownJob, message: "no job is named \(job); `ringmaster job status` lists the jobs")
+            throw CoordinatorMachine.CommandError(
+                code: .unknownJob, message: "no job is named \(job); `ringmaster job status` lists the jobs")
         }
         return .with {
             $0.jobs = selected.map { record in
@@ -473,7 +495,8 @@ extension CoordinatorService {
 
     func nodeList() throws -> Ringmaster_V1_NodeListReply {
         let admitted = try self.store.nodes()
-        let live = Dictionary(uniqueKeysWithValues: self.engine.withLock { $0.machine.nodeStatuses }.map { ($0.node, $0) })
+        let live = Dictionary(
+            uniqueKeysWithValues: self.engine.withLock { $0.machine.nodeStatuses }.map { ($0.node, $0) })
         return .with {
             $0.nodes = admitted.map { node in
                 let status = live[node.id]

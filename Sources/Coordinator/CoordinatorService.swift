@@ -149,7 +149,8 @@ public final class CoordinatorService: Service, Sendable {
         var milestones: Milestones {
             Milestones(
                 generations: self.history.count, lastCheckpointStep: self.lastCheckpointStep,
-                checkpointFailures: self.checkpointFailures, divergences: self.divergences, testAccuracy: self.testAccuracy
+                checkpointFailures: self.checkpointFailures, divergences: self.divergences,
+                testAccuracy: self.testAccuracy
             )
         }
 
@@ -212,7 +213,8 @@ public final class CoordinatorService: Service, Sendable {
         self.now = now
         self.onListening = onListening
         self.descriptorLimit = DescriptorLimit.raise()
-        self.connections = Mutex(ConnectionBudget(limits: configuration.connectionLimits ?? .forDescriptorLimit(self.descriptorLimit)))
+        self.connections = Mutex(
+            ConnectionBudget(limits: configuration.connectionLimits ?? .forDescriptorLimit(self.descriptorLimit)))
         let current = now()
         self.authority = try CertificateAuthority.loadOrCreate(directory: configuration.stateDirectory, now: current)
         self.store = try StateStore(path: "\(configuration.stateDirectory)/state.sqlite")
@@ -226,7 +228,8 @@ public final class CoordinatorService: Service, Sendable {
             ipAddresses: configuration.serverIPAddresses
         )
         self.serverContext = try ControlTLS.serverContext(
-            credentials: try Credentials(privateKey: key, certificate: certificate, caCertificate: self.authority.certificate)
+            credentials: try Credentials(
+                privateKey: key, certificate: certificate, caCertificate: self.authority.certificate)
         )
         self.dataPlaneKey = SymmetricKey(data: try self.store.secret(named: "data-plane"))
         let settings = CoordinatorMachine.Settings(
@@ -240,10 +243,13 @@ public final class CoordinatorService: Service, Sendable {
         var engine = Engine(machine: CoordinatorMachine(settings: settings, restoring: records, now: .zero))
         for (job, data) in try self.store.progress() {
             do {
-                engine.progress[job] = try JobProgress(restoring: JSONDecoder().decode(JobProgress.Saved.self, from: data))
+                engine.progress[job] = try JobProgress(
+                    restoring: JSONDecoder().decode(JobProgress.Saved.self, from: data))
             } catch {
                 // Only what status shows is lost; the job itself is in its record.
-                logger.error("could not restore a job's progress; its status starts afresh", metadata: [LogKey.job: "\(job)", LogKey.error: "\(error)"])
+                logger.error(
+                    "could not restore a job's progress; its status starts afresh",
+                    metadata: [LogKey.job: "\(job)", LogKey.error: "\(error)"])
             }
         }
         self.engine = Mutex(engine)
@@ -289,7 +295,9 @@ public final class CoordinatorService: Service, Sendable {
                 .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
                 .bind(host: self.configuration.listenHost, port: self.configuration.listenPort) { channel in
                     channel.eventLoop.makeCompletedFuture {
-                        guard let (ticket, deadline) = self.admit(channel, handshakeTimeout: handshakeTimeout) else { return .refused }
+                        guard let (ticket, deadline) = self.admit(channel, handshakeTimeout: handshakeTimeout) else {
+                            return .refused
+                        }
                         let peer = channel.remoteAddress?.description ?? "unknown"
                         let tls = NIOSSLServerHandler(
                             context: context,
@@ -301,7 +309,8 @@ public final class CoordinatorService: Service, Sendable {
                             }
                         )
                         try channel.pipeline.syncOperations.addHandler(tls)
-                        let (connection, handshake) = try ControlPipeline.wrap(channel: channel, maximumFrameBytes: maximumFrameBytes)
+                        let (connection, handshake) = try ControlPipeline.wrap(
+                            channel: channel, maximumFrameBytes: maximumFrameBytes)
                         // On the event loop, at the handshake's end, not when `serve` gets to it:
                         // meanwhile a flood could displace a connection that has authenticated.
                         handshake.whenSuccess { certificate in
@@ -342,10 +351,13 @@ public final class CoordinatorService: Service, Sendable {
         self.onListening(port)
         var metricsChannel: (any Channel)?
         if let host = self.configuration.metricsHost {
-            let channel = try await MetricsEndpoint.bind(host: host, port: self.configuration.metricsPort, metrics: self.metrics) {
+            let channel = try await MetricsEndpoint.bind(
+                host: host, port: self.configuration.metricsPort, metrics: self.metrics
+            ) {
                 [weak self] in self?.refreshGauges()
             }
-            self.logger.info("serving metrics", metadata: ["address": "http://\(host):\(channel.localAddress?.port ?? 0)/metrics"])
+            self.logger.info(
+                "serving metrics", metadata: ["address": "http://\(host):\(channel.localAddress?.port ?? 0)/metrics"])
             metricsChannel = channel
         }
         do {
@@ -355,7 +367,9 @@ public final class CoordinatorService: Service, Sendable {
                     group.addTask { try await self.tickUntilCancelled() }
                     try await server.executeThenClose { inbound in
                         for try await admission in inbound {
-                            guard case .admitted(let connection, let handshake, let ticket) = admission else { continue }
+                            guard case .admitted(let connection, let handshake, let ticket) = admission else {
+                                continue
+                            }
                             group.addTask { await self.serve(connection, handshake: handshake, ticket: ticket) }
                         }
                     }
@@ -373,7 +387,8 @@ public final class CoordinatorService: Service, Sendable {
     /// A connection as the listener hands it over: admitted (with its slot in the budget), or
     /// refused and already closed.
     enum Admission: Sendable {
-        case admitted(ControlPipeline.Connection, handshake: EventLoopFuture<NIOSSLCertificate?>, ticket: ConnectionBudget.Ticket)
+        case admitted(
+            ControlPipeline.Connection, handshake: EventLoopFuture<NIOSSLCertificate?>, ticket: ConnectionBudget.Ticket)
         case refused
     }
 
@@ -433,7 +448,10 @@ public final class CoordinatorService: Service, Sendable {
 
     // MARK: - One connection
 
-    func serve(_ connection: ControlPipeline.Connection, handshake: EventLoopFuture<NIOSSLCertificate?>, ticket: ConnectionBudget.Ticket) async {
+    func serve(
+        _ connection: ControlPipeline.Connection, handshake: EventLoopFuture<NIOSSLCertificate?>,
+        ticket: ConnectionBudget.Ticket
+    ) async {
         let channel = connection.channel
         var logger = self.logger
         logger[metadataKey: LogKey.peer] = "\(channel.remoteAddress?.description ?? "unknown")"
@@ -450,7 +468,8 @@ public final class CoordinatorService: Service, Sendable {
                 return (try PeerIdentity(certificate: parsed), parsed)
             }
         } catch {
-            logger.warning("closed a connection before its TLS handshake completed", metadata: [LogKey.reason: "\(error)"])
+            logger.warning(
+                "closed a connection before its TLS handshake completed", metadata: [LogKey.reason: "\(error)"])
             try? await channel.close()
             return
         }
@@ -489,7 +508,9 @@ public final class CoordinatorService: Service, Sendable {
                             try await outbound.write(reply)
                         } catch {
                             replying = false
-                            logger.debug("could not reply; reading what the peer sent before it went", metadata: [LogKey.reason: "\(error)"])
+                            logger.debug(
+                                "could not reply; reading what the peer sent before it went",
+                                metadata: [LogKey.reason: "\(error)"])
                         }
                     }
                     if outcome.close { return }
@@ -536,7 +557,8 @@ public final class CoordinatorService: Service, Sendable {
         case .heartbeat(let heartbeat):
             guard let node = identity?.name else { return Outcome(replies: [], close: true) }
             self.feed(
-                .heartbeat(node: node, job: heartbeat.jobID.isEmpty ? nil : heartbeat.jobID, generation: heartbeat.generation),
+                .heartbeat(
+                    node: node, job: heartbeat.jobID.isEmpty ? nil : heartbeat.jobID, generation: heartbeat.generation),
                 logger: logger
             )
             var reply = Envelope()
@@ -553,13 +575,18 @@ public final class CoordinatorService: Service, Sendable {
         case .leave(let leave):
             guard let node = identity?.name else { return Outcome(replies: [], close: true) }
             if leave.cannotRun {
-                logger.warning("a node cannot run its job", metadata: [LogKey.job: "\(leave.jobID)", LogKey.reason: "\(leave.reason)"])
+                logger.warning(
+                    "a node cannot run its job",
+                    metadata: [LogKey.job: "\(leave.jobID)", LogKey.reason: "\(leave.reason)"])
                 // Bounded: a reason is for job status and the log, not a channel for megabytes.
                 let reason = leave.reason.count > 500 ? "\(leave.reason.prefix(500))..." : leave.reason
-                self.feed(.cannotRun(node: node, job: leave.jobID, generation: leave.generation, reason: reason), logger: logger)
+                self.feed(
+                    .cannotRun(node: node, job: leave.jobID, generation: leave.generation, reason: reason),
+                    logger: logger)
                 return Outcome(replies: [])
             }
-            logger.info("node leaves its job", metadata: [LogKey.job: "\(leave.jobID)", LogKey.reason: "\(leave.reason)"])
+            logger.info(
+                "node leaves its job", metadata: [LogKey.job: "\(leave.jobID)", LogKey.reason: "\(leave.reason)"])
             self.feed(.left(node: node, job: leave.jobID, generation: leave.generation), logger: logger)
             return Outcome(replies: [])
         case .renewRequest(let renew):
@@ -571,14 +598,17 @@ public final class CoordinatorService: Service, Sendable {
             guard let node = identity?.name else { return Outcome(replies: [], close: true) }
             self.shardReported(shard, node: node, logger: logger)
             return Outcome(replies: [])
-        case .joinChallenge, .joinReply, .helloReply, .renewReply, .heartbeatAck, .assignment, .drain, .abort, .cursorUpdate,
+        case .joinChallenge, .joinReply, .helloReply, .renewReply, .heartbeatAck, .assignment, .drain, .abort,
+            .cursorUpdate,
             .checkpointCommitted, .adminReply, .error, .none:
             // The access policy refuses these before they get here.
             return Outcome(replies: [], close: true)
         }
     }
 
-    func joinBegin(_ begin: Ringmaster_V1_JoinBegin, requestID: UInt64, join: inout JoinExchange, logger: Logger) -> Outcome {
+    func joinBegin(_ begin: Ringmaster_V1_JoinBegin, requestID: UInt64, join: inout JoinExchange, logger: Logger)
+        -> Outcome
+    {
         var logger = logger
         logger[metadataKey: LogKey.tokenID] = "\(begin.tokenID)"
         logger[metadataKey: LogKey.node] = "\(begin.nodeName)"
@@ -599,7 +629,9 @@ public final class CoordinatorService: Service, Sendable {
         }
     }
 
-    func joinRequest(_ request: Ringmaster_V1_JoinRequest, requestID: UInt64, join: inout JoinExchange, logger: Logger) -> Outcome {
+    func joinRequest(_ request: Ringmaster_V1_JoinRequest, requestID: UInt64, join: inout JoinExchange, logger: Logger)
+        -> Outcome
+    {
         var logger = logger
         logger[metadataKey: LogKey.tokenID] = "\(request.tokenID)"
         logger[metadataKey: LogKey.node] = "\(request.nodeName)"
@@ -660,7 +692,9 @@ public final class CoordinatorService: Service, Sendable {
         return Outcome(replies: [.error(.invalidToken, message, requestID: requestID)], close: true)
     }
 
-    func renew(_ renew: Ringmaster_V1_RenewRequest, identity: PeerIdentity, requestID: UInt64, logger: Logger) -> Outcome {
+    func renew(_ renew: Ringmaster_V1_RenewRequest, identity: PeerIdentity, requestID: UInt64, logger: Logger)
+        -> Outcome
+    {
         let now = self.now()
         do {
             let certificate = try self.authority.issue(
@@ -670,7 +704,8 @@ public final class CoordinatorService: Service, Sendable {
                 notAfter: now.addingTimeInterval(self.configuration.agentCertificateLifetimeSeconds)
             )
             try self.store.renewed(node: identity.name, certificateNotAfter: certificate.notValidAfter, now: now)
-            logger.info("renewed an agent certificate", metadata: ["certificate_not_after": "\(certificate.notValidAfter)"])
+            logger.info(
+                "renewed an agent certificate", metadata: ["certificate_not_after": "\(certificate.notValidAfter)"])
             var reply = Envelope()
             reply.requestID = requestID
             reply.renewReply = .with { $0.certificateDer = Data((try? PEM.der(certificate)) ?? []) }
@@ -715,11 +750,14 @@ public final class CoordinatorService: Service, Sendable {
                 do {
                     start = try await self.resumePointAwaitingVerification(for: spec, logger: logger)
                 } catch {
-                    logger.error("refused to resume a job", metadata: [LogKey.job: "\(spec.name)", LogKey.reason: "\(error)"])
+                    logger.error(
+                        "refused to resume a job", metadata: [LogKey.job: "\(spec.name)", LogKey.reason: "\(error)"])
                     return Outcome(replies: [.error(.invalidRequest, "\(error)", requestID: requestID)])
                 }
                 try self.command(.submit(spec, start: start), logger: logger)
-                logger.info("job submitted", metadata: [LogKey.job: "\(spec.name)", "nodes": "\(spec.minNodes)..\(spec.maxNodes)"])
+                logger.info(
+                    "job submitted",
+                    metadata: [LogKey.job: "\(spec.name)", "nodes": "\(spec.minNodes)..\(spec.maxNodes)"])
                 reply.adminReply.jobStatus = try self.jobStatus(spec.name)
             case .jobStatus(let request):
                 reply.adminReply.jobStatus = try self.jobStatus(request.jobID.isEmpty ? nil : request.jobID)
@@ -736,7 +774,9 @@ public final class CoordinatorService: Service, Sendable {
                 logger.info("node drained", metadata: [LogKey.node: "\(drain.nodeID)"])
                 reply.adminReply.nodeList = try self.nodeList()
             case .none:
-                return Outcome(replies: [.error(.invalidRequest, "an admin request with no request in it", requestID: requestID)])
+                return Outcome(replies: [
+                    .error(.invalidRequest, "an admin request with no request in it", requestID: requestID)
+                ])
             }
         } catch let error as CoordinatorMachine.CommandError {
             logger.warning("refused an admin command", metadata: [LogKey.reason: "\(error.message)"])

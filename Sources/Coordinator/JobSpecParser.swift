@@ -17,7 +17,9 @@ import Yams
 /// resume: latest                  # or a step: start from the newest committed checkpoint at or before it
 /// ```
 public enum JobSpecParser {
-    static let topLevel: Set<String> = ["name", "workload", "dataset", "batch_size", "steps", "epochs", "seed", "nodes", "checkpoint", "resume"]
+    static let topLevel: Set<String> = [
+        "name", "workload", "dataset", "batch_size", "steps", "epochs", "seed", "nodes", "checkpoint", "resume",
+    ]
 
     /// Parses and validates a spec. The text passes `JobSpecScreen` first (size, anchors and
     /// aliases, nesting, value count), so no spec costs more than bounded memory and time.
@@ -32,7 +34,8 @@ public enum JobSpecParser {
             throw JobSpecError(field: "(document)", reason: "is not valid YAML: \(error)")
         }
         guard let root = document as? [String: Any] else {
-            throw JobSpecError(field: "(document)", reason: "must be a YAML mapping of fields (name, workload, dataset, ...)")
+            throw JobSpecError(
+                field: "(document)", reason: "must be a YAML mapping of fields (name, workload, dataset, ...)")
         }
         try self.refuseUnknown(root, known: self.topLevel, in: nil)
 
@@ -69,7 +72,10 @@ public enum JobSpecParser {
         case (.none, .some):
             let epochs = try self.integer(root, "epochs")
             guard epochs > 0 else { throw JobSpecError(field: "epochs", reason: "must be positive") }
-            guard samples > 0, batch > 0 else { steps = 0; break }
+            guard samples > 0, batch > 0 else {
+                steps = 0
+                break
+            }
             steps = UInt64(epochs) * UInt64((samples + batch - 1) / batch)
         case (.none, .none):
             throw JobSpecError(field: "steps", reason: "is missing: give `steps` (global steps) or `epochs`")
@@ -98,8 +104,12 @@ public enum JobSpecParser {
             let checkpoint = try self.mapping(root, "checkpoint")
             try self.refuseUnknown(checkpoint, known: ["directory", "interval_steps", "keep"], in: "checkpoint")
             spec.checkpointDirectory = try self.string(checkpoint, "directory", in: "checkpoint")
-            let interval = checkpoint["interval_steps"] == nil ? 100 : try self.integer(checkpoint, "interval_steps", in: "checkpoint")
-            guard interval > 0 else { throw JobSpecError(field: "checkpoint.interval_steps", reason: "must be positive") }
+            let interval =
+                checkpoint["interval_steps"] == nil
+                ? 100 : try self.integer(checkpoint, "interval_steps", in: "checkpoint")
+            guard interval > 0 else {
+                throw JobSpecError(field: "checkpoint.interval_steps", reason: "must be positive")
+            }
             spec.checkpointIntervalSteps = UInt64(interval)
             spec.checkpointKeep = checkpoint["keep"] == nil ? 3 : try self.integer(checkpoint, "keep", in: "checkpoint")
         }
@@ -109,7 +119,8 @@ public enum JobSpecParser {
             } else if let step = resume as? Int, step >= 0 {
                 spec.resume = .atOrBefore(UInt64(step))
             } else {
-                throw JobSpecError(field: "resume", reason: "must be `latest` or a step number, not \(self.describe(resume))")
+                throw JobSpecError(
+                    field: "resume", reason: "must be `latest` or a step number, not \(self.describe(resume))")
             }
         }
         try spec.validate()
@@ -136,7 +147,8 @@ public enum JobSpecParser {
                 guard case .scalar(let scalar) = key else {
                     throw JobSpecError(
                         field: "(document)",
-                        reason: "has a key that is not text (line \((key.mark?.line).map(String.init) ?? "?")); every key of a job spec is a field name"
+                        reason:
+                            "has a key that is not text (line \((key.mark?.line).map(String.init) ?? "?")); every key of a job spec is a field name"
                     )
                 }
                 values[scalar.string] = try self.value(of: value)
@@ -144,7 +156,8 @@ public enum JobSpecParser {
             return values
         case .alias:
             // `JobSpecScreen` refuses aliases before anything is composed.
-            throw JobSpecError(field: "(document)", reason: "uses an alias; anchors and aliases are not allowed in job specs")
+            throw JobSpecError(
+                field: "(document)", reason: "uses an alias; anchors and aliases are not allowed in job specs")
         }
     }
 
@@ -176,7 +189,8 @@ public enum JobSpecParser {
         return value
     }
 
-    static func string(_ mapping: [String: Any], _ key: String, in parent: String? = nil) throws(JobSpecError) -> String {
+    static func string(_ mapping: [String: Any], _ key: String, in parent: String? = nil) throws(JobSpecError) -> String
+    {
         let value = try self.value(mapping, key, in: parent)
         guard let text = value as? String else {
             throw JobSpecError(field: self.path(key, parent), reason: "must be text, not \(self.describe(value))")
@@ -187,15 +201,19 @@ public enum JobSpecParser {
     static func integer(_ mapping: [String: Any], _ key: String, in parent: String? = nil) throws(JobSpecError) -> Int {
         let value = try self.value(mapping, key, in: parent)
         guard let number = value as? Int else {
-            throw JobSpecError(field: self.path(key, parent), reason: "must be a whole number, not \(self.describe(value))")
+            throw JobSpecError(
+                field: self.path(key, parent), reason: "must be a whole number, not \(self.describe(value))")
         }
         return number
     }
 
-    static func mapping(_ mapping: [String: Any], _ key: String, in parent: String? = nil) throws(JobSpecError) -> [String: Any] {
+    static func mapping(_ mapping: [String: Any], _ key: String, in parent: String? = nil) throws(JobSpecError)
+        -> [String: Any]
+    {
         let value = try self.value(mapping, key, in: parent)
         guard let nested = value as? [String: Any] else {
-            throw JobSpecError(field: self.path(key, parent), reason: "must be a mapping of fields, not \(self.describe(value))")
+            throw JobSpecError(
+                field: self.path(key, parent), reason: "must be a mapping of fields, not \(self.describe(value))")
         }
         return nested
     }

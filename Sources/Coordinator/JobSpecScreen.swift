@@ -45,7 +45,8 @@ public enum JobSpecScreen {
     static func walk(_ bytes: UnsafeBufferPointer<UInt8>) -> JobSpecError? {
         var parser = yaml_parser_t()
         guard yaml_parser_initialize(&parser) == 1 else {
-            return JobSpecError(field: "(document)", reason: "could not be read: the YAML parser could not start (out of memory?)")
+            return JobSpecError(
+                field: "(document)", reason: "could not be read: the YAML parser could not start (out of memory?)")
         }
         defer { yaml_parser_delete(&parser) }
         yaml_parser_set_encoding(&parser, YAML_UTF8_ENCODING)
@@ -61,7 +62,8 @@ public enum JobSpecScreen {
                 if problem.contains("nesting level") {
                     return JobSpecError(
                         field: "(document)",
-                        reason: "nests mappings and lists more than \(Self.maximumDepth) deep (line \(Int(parser.problem_mark.line) + 1)); a job spec needs three levels"
+                        reason:
+                            "nests mappings and lists more than \(Self.maximumDepth) deep (line \(Int(parser.problem_mark.line) + 1)); a job spec needs three levels"
                     )
                 }
                 return nil  // a syntax error: Yams reports it, with its position
@@ -75,7 +77,8 @@ public enum JobSpecScreen {
             case YAML_ALIAS_EVENT:
                 return JobSpecError(
                     field: "(document)",
-                    reason: "uses an alias (*\(Self.name(event.data.alias.anchor))) on line \(line); anchors and aliases are not allowed in job specs: write each value out"
+                    reason:
+                        "uses an alias (*\(Self.name(event.data.alias.anchor))) on line \(line); anchors and aliases are not allowed in job specs: write each value out"
                 )
             case YAML_SCALAR_EVENT:
                 anchor = event.data.scalar.anchor
@@ -97,19 +100,22 @@ public enum JobSpecScreen {
             if let anchor {
                 return JobSpecError(
                     field: "(document)",
-                    reason: "defines an anchor (&\(Self.name(anchor))) on line \(line); anchors and aliases are not allowed in job specs: write each value out"
+                    reason:
+                        "defines an anchor (&\(Self.name(anchor))) on line \(line); anchors and aliases are not allowed in job specs: write each value out"
                 )
             }
             if depth > Self.maximumDepth {
                 return JobSpecError(
                     field: "(document)",
-                    reason: "nests mappings and lists more than \(Self.maximumDepth) deep (line \(line)); a job spec needs three levels"
+                    reason:
+                        "nests mappings and lists more than \(Self.maximumDepth) deep (line \(line)); a job spec needs three levels"
                 )
             }
             if nodes > Self.maximumNodes {
                 return JobSpecError(
                     field: "(document)",
-                    reason: "holds more than \(Self.maximumNodes) values (at line \(line)); a job spec needs a few dozen"
+                    reason:
+                        "holds more than \(Self.maximumNodes) values (at line \(line)); a job spec needs a few dozen"
                 )
             }
         }

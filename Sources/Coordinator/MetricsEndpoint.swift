@@ -18,7 +18,8 @@ enum MetricsEndpoint {
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.configureHTTPServerPipeline()
-                    try channel.pipeline.syncOperations.addHandler(ScrapeHandler(metrics: metrics, beforeScrape: beforeScrape))
+                    try channel.pipeline.syncOperations.addHandler(
+                        ScrapeHandler(metrics: metrics, beforeScrape: beforeScrape))
                 }
             }
             .bind(host: host, port: port)

@@ -139,7 +139,8 @@ public final class StateStore: Sendable {
     public func tokens() throws -> [TokenRecord] {
         try self.read { db in
             try Row.fetchAll(db, sql: "SELECT id, expires, redeemed_by FROM token ORDER BY created, id").map { row in
-                TokenRecord(id: row["id"], expires: Date(timeIntervalSince1970: row["expires"]), redeemedBy: row["redeemed_by"])
+                TokenRecord(
+                    id: row["id"], expires: Date(timeIntervalSince1970: row["expires"]), redeemedBy: row["redeemed_by"])
             }
         }
     }
@@ -198,7 +199,8 @@ public final class StateStore: Sendable {
         try self.write(durable: durable) { db in
             for (name, data) in encoded {
                 try db.execute(
-                    sql: "INSERT INTO job (name, record) VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET record = excluded.record",
+                    sql:
+                        "INSERT INTO job (name, record) VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET record = excluded.record",
                     arguments: [name, data]
                 )
             }
@@ -213,7 +215,8 @@ public final class StateStore: Sendable {
         try self.write(durable: false) { db in
             for (name, data) in progress {
                 try db.execute(
-                    sql: "INSERT INTO job_progress (name, progress) VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET progress = excluded.progress",
+                    sql:
+                        "INSERT INTO job_progress (name, progress) VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET progress = excluded.progress",
                     arguments: [name, data]
                 )
             }
@@ -235,7 +238,8 @@ public final class StateStore: Sendable {
                 return try JSONDecoder().decode(CoordinatorMachine.JobRecord.self, from: data)
             } catch {
                 let name: String = row["name"]
-                throw CoordinatorError(.stateStore, "the stored record of job \(name) does not decode", underlying: error)
+                throw CoordinatorError(
+                    .stateStore, "the stored record of job \(name) does not decode", underlying: error)
             }
         }
     }
@@ -295,7 +299,9 @@ public final class StateStore: Sendable {
                 underlying: error
             )
         }
-        return CoordinatorError(.stateStore, "a state database write under \(self.directory) failed: the change was not saved", underlying: error)
+        return CoordinatorError(
+            .stateStore, "a state database write under \(self.directory) failed: the change was not saved",
+            underlying: error)
     }
 
     func read<T>(_ body: (Database) throws -> T) throws -> T {

@@ -444,18 +444,22 @@ public struct CoordinatorMachine: Sendable {
             node.leaseDeadline = now + self.settings.lease
             self.nodes[id] = node
             if let jobID, let job = self.jobs[jobID], generation < job.record.generation {
-                actions.append(.staleRefused(node: id, job: jobID, generation: generation, current: job.record.generation))
+                actions.append(
+                    .staleRefused(node: id, job: jobID, generation: generation, current: job.record.generation))
             }
 
         case .stepCompleted(let id, let jobID, let generation, let step, let samples):
             guard var job = self.jobs[jobID], job.record.phase == .running else { break }
             guard generation == job.record.generation else {
                 if generation < job.record.generation {
-                    actions.append(.staleRefused(node: id, job: jobID, generation: generation, current: job.record.generation))
+                    actions.append(
+                        .staleRefused(node: id, job: jobID, generation: generation, current: job.record.generation))
                 }
                 break
             }
-            guard job.record.members.contains(id), step >= job.record.cursor, step < job.record.spec.steps else { break }
+            guard job.record.members.contains(id), step >= job.record.cursor, step < job.record.spec.steps else {
+                break
+            }
             job.completed[id] = max(job.completed[id] ?? 0, step)
             job.pendingSamples[step, default: [:]][id] = samples
             self.jobs[jobID] = job
@@ -464,7 +468,8 @@ public struct CoordinatorMachine: Sendable {
         case .left(let id, let jobID, let generation):
             guard let job = self.jobs[jobID], job.record.phase == .running, job.record.members.contains(id) else {
                 if let job = self.jobs[jobID], generation < job.record.generation {
-                    actions.append(.staleRefused(node: id, job: jobID, generation: generation, current: job.record.generation))
+                    actions.append(
+                        .staleRefused(node: id, job: jobID, generation: generation, current: job.record.generation))
                 }
                 break
             }
@@ -478,7 +483,8 @@ public struct CoordinatorMachine: Sendable {
                 job.record.members.contains(id)
             else {
                 if let job = self.jobs[jobID], generation < job.record.generation {
-                    actions.append(.staleRefused(node: id, job: jobID, generation: generation, current: job.record.generation))
+                    actions.append(
+                        .staleRefused(node: id, job: jobID, generation: generation, current: job.record.generation))
                 }
                 break
             }
@@ -556,12 +562,14 @@ public struct CoordinatorMachine: Sendable {
                 throw CommandError(code: .invalidSpec, message: error.description)
             }
             guard self.jobs[spec.name] == nil else {
-                throw CommandError(code: .duplicateJob, message: "a job named \(spec.name) already exists; choose another name")
+                throw CommandError(
+                    code: .duplicateJob, message: "a job named \(spec.name) already exists; choose another name")
             }
             if let start, start.step >= spec.steps {
                 throw CommandError(
                     code: .invalidSpec,
-                    message: "the checkpoint to resume from is at step \(start.step), not before the job's last step (steps: \(spec.steps)); raise steps"
+                    message:
+                        "the checkpoint to resume from is at step \(start.step), not before the job's last step (steps: \(spec.steps)); raise steps"
                 )
             }
             let record = JobRecord(
@@ -588,11 +596,13 @@ public struct CoordinatorMachine: Sendable {
             guard (spec.minNodes...spec.maxNodes).contains(count) else {
                 throw CommandError(
                     code: .invalidSize,
-                    message: "job \(jobID) runs with \(spec.minNodes) to \(spec.maxNodes) nodes (its spec's nodes.min..nodes.max); \(count) is outside that"
+                    message:
+                        "job \(jobID) runs with \(spec.minNodes) to \(spec.maxNodes) nodes (its spec's nodes.min..nodes.max); \(count) is outside that"
                 )
             }
             guard job.record.phase == .running || job.record.phase == .waiting else {
-                throw CommandError(code: .notRunning, message: "job \(jobID) is \(job.record.phase.rawValue); it cannot be resized")
+                throw CommandError(
+                    code: .notRunning, message: "job \(jobID) is \(job.record.phase.rawValue); it cannot be resized")
             }
             job.record.targetNodes = count
             self.jobs[jobID] = job
@@ -608,7 +618,9 @@ public struct CoordinatorMachine: Sendable {
                 throw CommandError(code: .notRunning, message: "job \(jobID) is already \(job.record.phase.rawValue)")
             }
             for member in job.record.members {
-                actions.append(.abort(node: member, job: jobID, generation: job.record.generation, reason: "the job was cancelled"))
+                actions.append(
+                    .abort(node: member, job: jobID, generation: job.record.generation, reason: "the job was cancelled")
+                )
                 self.nodes[member]?.job = nil
             }
             job.record.phase = .cancelled
@@ -621,7 +633,8 @@ public struct CoordinatorMachine: Sendable {
 
         case .drain(let id):
             guard var node = self.nodes[id] else {
-                throw CommandError(code: .unknownNode, message: "no node has id \(id); `ringmaster node list` shows the known nodes")
+                throw CommandError(
+                    code: .unknownNode, message: "no node has id \(id); `ringmaster node list` shows the known nodes")
             }
             guard !node.draining else { break }
             node.draining = true
@@ -629,7 +642,9 @@ public struct CoordinatorMachine: Sendable {
                 let grace = self.settings.drainGrace
                 node.drainDeadline = now + grace
                 actions.append(
-                    .drain(node: id, job: jobID, generation: job.record.generation, graceSeconds: UInt32(grace.components.seconds))
+                    .drain(
+                        node: id, job: jobID, generation: job.record.generation,
+                        graceSeconds: UInt32(grace.components.seconds))
                 )
             }
             self.nodes[id] = node
@@ -661,7 +676,9 @@ public struct CoordinatorMachine: Sendable {
 
     /// A member stopped being usable (failed, disconnected, left, drained).
     mutating func memberLost(_ id: String, cause: Cause, now: Duration, into actions: inout [Action]) {
-        guard let jobID = self.nodes[id]?.job, let job = self.jobs[jobID], job.record.members.contains(id) else { return }
+        guard let jobID = self.nodes[id]?.job, let job = self.jobs[jobID], job.record.members.contains(id) else {
+            return
+        }
         if job.recoveryDeadline != nil { return }  // recovery decides when it ends
         self.regenerate(jobID, cause: cause, now: now, into: &actions)
     }
@@ -693,13 +710,16 @@ public struct CoordinatorMachine: Sendable {
             actions.append(
                 .jobWaiting(
                     job: jobID,
-                    reason: "\(survivors.count + newcomers.count) usable node(s) after \(cause.rawValue); it needs at least \(spec.minNodes)"
+                    reason:
+                        "\(survivors.count + newcomers.count) usable node(s) after \(cause.rawValue); it needs at least \(spec.minNodes)"
                 )
             )
             actions.append(.persist(job: jobID))
             return
         }
-        let members = Self.rank(previous: old, survivors: survivors, newcomers: newcomers, worldSize: min(target, survivors.count + newcomers.count))
+        let members = Self.rank(
+            previous: old, survivors: survivors, newcomers: newcomers,
+            worldSize: min(target, survivors.count + newcomers.count))
         self.jobs[jobID] = job
         self.start(jobID, members: members, cause: cause, now: now, into: &actions)
     }
@@ -724,13 +744,15 @@ public struct CoordinatorMachine: Sendable {
             job: jobID,
             generation: job.record.generation,
             members: members.enumerated().map { rank, node in
-                Member(node: node, rank: rank, dataPlaneAddresses: self.nodes[node]?.capabilities.dataPlaneAddresses ?? [])
+                Member(
+                    node: node, rank: rank, dataPlaneAddresses: self.nodes[node]?.capabilities.dataPlaneAddresses ?? [])
             },
             resumeStep: job.record.cursor,
             spec: job.record.spec
         )
         actions.append(
-            .generationStarted(job: jobID, generation: job.record.generation, cause: cause, members: members, rendezvous: rendezvous)
+            .generationStarted(
+                job: jobID, generation: job.record.generation, cause: cause, members: members, rendezvous: rendezvous)
         )
         for member in members {
             actions.append(.assign(node: member, assignment))
@@ -794,7 +816,8 @@ public struct CoordinatorMachine: Sendable {
                 )
                 self.start(jobID, members: members, cause: .start, now: now, into: &actions)
             case .running:
-                guard job.recoveryDeadline == nil, job.record.members.count < job.record.targetNodes, !idle.isEmpty else { continue }
+                guard job.recoveryDeadline == nil, job.record.members.count < job.record.targetNodes, !idle.isEmpty
+                else { continue }
                 self.regenerate(jobID, cause: growCause, now: now, into: &actions)
             case .finished, .cancelled, .failed:
                 continue
@@ -813,7 +836,9 @@ public struct CoordinatorMachine: Sendable {
             actions.append(.stepCommitted(job: jobID, generation: job.record.generation, step: job.record.cursor))
             var samples = job.record.samples ?? SampleAccounting()
             let reported = job.pendingSamples.removeValue(forKey: job.record.cursor) ?? [:]
-            samples.record(step: job.record.cursor, ids: job.record.members.flatMap { reported[$0] ?? [] }, order: job.record.spec.order)
+            samples.record(
+                step: job.record.cursor, ids: job.record.members.flatMap { reported[$0] ?? [] },
+                order: job.record.spec.order)
             job.record.samples = samples
             job.record.cursor += 1
             let spec = job.record.spec

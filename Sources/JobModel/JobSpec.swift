@@ -81,41 +81,51 @@ public struct JobSpec: Sendable, Hashable, Codable {
     /// Checks every constraint, throwing for the first field that breaks one.
     public func validate() throws(JobSpecError) {
         guard Self.isLabel(self.name) else {
-            throw JobSpecError(field: "name", reason: "\"\(self.name.prefix(80))\" is not a valid name: use 1 to 63 lowercase letters, digits and '-'")
+            throw JobSpecError(
+                field: "name",
+                reason: "\"\(self.name.prefix(80))\" is not a valid name: use 1 to 63 lowercase letters, digits and '-'"
+            )
         }
         guard !self.workloadKind.isEmpty else { throw JobSpecError(field: "workload.kind", reason: "is missing") }
         guard !self.datasetPath.isEmpty else {
             throw JobSpecError(field: "dataset.path", reason: "is missing: say where agents find the data set")
         }
         guard self.datasetSamples > 0 else {
-            throw JobSpecError(field: "dataset.samples", reason: "must be a positive number of samples, not \(self.datasetSamples)")
+            throw JobSpecError(
+                field: "dataset.samples", reason: "must be a positive number of samples, not \(self.datasetSamples)")
         }
         guard self.globalBatchSize > 0 else {
-            throw JobSpecError(field: "batch_size", reason: "must be a positive number of samples per global step, not \(self.globalBatchSize)")
+            throw JobSpecError(
+                field: "batch_size",
+                reason: "must be a positive number of samples per global step, not \(self.globalBatchSize)")
         }
         guard self.steps > 0 else { throw JobSpecError(field: "steps", reason: "must be positive") }
         guard self.minNodes >= 1 else {
             throw JobSpecError(field: "nodes.min", reason: "must be at least 1, not \(self.minNodes)")
         }
         guard self.maxNodes >= self.minNodes else {
-            throw JobSpecError(field: "nodes.max", reason: "must be at least nodes.min (\(self.minNodes)), not \(self.maxNodes)")
+            throw JobSpecError(
+                field: "nodes.max", reason: "must be at least nodes.min (\(self.minNodes)), not \(self.maxNodes)")
         }
         guard self.maxNodes <= self.globalBatchSize else {
             throw JobSpecError(
                 field: "nodes.max",
-                reason: "\(self.maxNodes) nodes cannot share a global batch of \(self.globalBatchSize) samples; raise batch_size or lower nodes.max"
+                reason:
+                    "\(self.maxNodes) nodes cannot share a global batch of \(self.globalBatchSize) samples; raise batch_size or lower nodes.max"
             )
         }
         if let directory = self.checkpointDirectory {
             guard directory.hasPrefix("/") else {
-                throw JobSpecError(field: "checkpoint.directory", reason: "must be an absolute path, not \"\(directory)\"")
+                throw JobSpecError(
+                    field: "checkpoint.directory", reason: "must be an absolute path, not \"\(directory)\"")
             }
             guard self.checkpointKeep >= 1 else {
                 throw JobSpecError(field: "checkpoint.keep", reason: "must keep at least 1 checkpoint")
             }
         }
         if self.resume != nil && self.checkpointDirectory == nil {
-            throw JobSpecError(field: "resume", reason: "needs checkpoint.directory: say where the checkpoints to resume from are")
+            throw JobSpecError(
+                field: "resume", reason: "needs checkpoint.directory: say where the checkpoints to resume from are")
         }
     }
 

@@ -3,7 +3,7 @@ import Foundation
 import NIOConcurrencyHelpers
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// A child process whose output is captured line by line (standard output and standard error
@@ -53,7 +53,9 @@ public final class ChildProcess: Sendable {
         let err = Pipe()
         // Close-on-exec for our ends, so that a process another thread spawns meanwhile does not
         // inherit them (an inherited write end would hold the pipe open after this child exits).
-        for handle in [out.fileHandleForReading, out.fileHandleForWriting, err.fileHandleForReading, err.fileHandleForWriting] {
+        for handle in [
+            out.fileHandleForReading, out.fileHandleForWriting, err.fileHandleForReading, err.fileHandleForWriting,
+        ] {
             _ = fcntl(handle.fileDescriptor, F_SETFD, FD_CLOEXEC)
         }
         process.standardOutput = out

@@ -2,7 +2,7 @@ import Foundation
 import NIOConcurrencyHelpers
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// A flood of plain TCP connections to one port, as a port scan or a misconfigured peer makes:
@@ -50,7 +50,9 @@ public final class ConnectionFlood: Sendable {
             for index in slots.indices where slots[index].fd < 0 && slots[index].reopenAt <= now {
                 let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
                 let connected = withUnsafePointer(to: &address) {
-                    $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+                    $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                        connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+                    }
                 }
                 guard fd >= 0, connected == 0 else {
                     if fd >= 0 { Glibc.close(fd) }
@@ -58,7 +60,11 @@ public final class ConnectionFlood: Sendable {
                     self.counts.withLockedValue { $0.failed += 1 }
                     continue
                 }
-                if index % 2 == 1 { _ = garbage.withUnsafeBytes { Glibc.send(fd, $0.baseAddress!, $0.count, Int32(MSG_NOSIGNAL | MSG_DONTWAIT)) } }
+                if index % 2 == 1 {
+                    _ = garbage.withUnsafeBytes {
+                        Glibc.send(fd, $0.baseAddress!, $0.count, Int32(MSG_NOSIGNAL | MSG_DONTWAIT))
+                    }
+                }
                 slots[index].fd = fd
                 self.counts.withLockedValue { $0.opened += 1 }
             }

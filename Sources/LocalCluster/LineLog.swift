@@ -76,7 +76,10 @@ public final class LineLog: Sendable {
                             } else if let reason = state.closedReason {
                                 continuation.resume(throwing: reason)
                             } else {
-                                state.waiters.append(Waiter(id: id, occurrence: occurrence, predicate: predicate, continuation: continuation))
+                                state.waiters.append(
+                                    Waiter(
+                                        id: id, occurrence: occurrence, predicate: predicate, continuation: continuation
+                                    ))
                             }
                         }
                     }

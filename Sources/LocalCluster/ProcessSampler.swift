@@ -37,7 +37,8 @@ public final class ProcessSampler: Sendable {
         var initial: [Int32: Peak] = [:]
         for pid in pids {
             if let status = Self.status(of: pid) {
-                var peak = Peak(startRSS: status.rss, rss: status.rss, highWaterMark: status.hwm, threads: status.threads)
+                var peak = Peak(
+                    startRSS: status.rss, rss: status.rss, highWaterMark: status.hwm, threads: status.threads)
                 peak.startCPUSeconds = Self.cpuSeconds(of: pid) ?? 0
                 initial[pid] = peak
             }

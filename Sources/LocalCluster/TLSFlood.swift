@@ -41,7 +41,9 @@ public final class TLSFlood: Sendable {
     /// Starts `connections` connections to `host:port` from `sources` in turn (loopback addresses
     /// of their own, such as 127.0.0.2, so that the flood comes from other addresses than the
     /// agents').
-    public init(host: String, port: Int, sources: [String], connections: Int, reopenAfter: Duration = .seconds(1)) throws {
+    public init(host: String, port: Int, sources: [String], connections: Int, reopenAfter: Duration = .seconds(1))
+        throws
+    {
         var configuration = TLSConfiguration.makeClientConfiguration()
         configuration.minimumTLSVersion = .tlsv13
         // An attacker checks nothing.
@@ -50,12 +52,17 @@ public final class TLSFlood: Sendable {
         self.host = host
         self.port = port
         self.sources = sources
-        self.reopenAfter = .nanoseconds(Int64(reopenAfter.components.seconds) * 1_000_000_000 + reopenAfter.components.attoseconds / 1_000_000_000)
+        self.reopenAfter = .nanoseconds(
+            Int64(reopenAfter.components.seconds) * 1_000_000_000 + reopenAfter.components.attoseconds / 1_000_000_000)
         for slot in 0..<connections { self.open(from: sources[slot % sources.count]) }
     }
 
     public var statistics: Statistics {
-        self.state.withLockedValue { Statistics(attempts: $0.attempts, handshakes: $0.handshakes, closedByPeer: $0.closedByPeer, held: $0.handshook.count, mostHeld: $0.mostHeld) }
+        self.state.withLockedValue {
+            Statistics(
+                attempts: $0.attempts, handshakes: $0.handshakes, closedByPeer: $0.closedByPeer,
+                held: $0.handshook.count, mostHeld: $0.mostHeld)
+        }
     }
 
     /// Closes every connection and opens no more.
@@ -68,10 +75,12 @@ public final class TLSFlood: Sendable {
     }
 
     func open(from source: String) {
-        guard !self.state.withLockedValue({ state in
-            if !state.stopped { state.attempts += 1 }
-            return state.stopped
-        }) else { return }
+        guard
+            !self.state.withLockedValue({ state in
+                if !state.stopped { state.attempts += 1 }
+                return state.stopped
+            })
+        else { return }
         let context = self.context
         let bootstrap: ClientBootstrap
         do {

@@ -74,7 +74,8 @@ public struct CertificateAuthority: Sendable {
         let certificate = try PEM.certificate(certificateBytes, path: "\(directory)/\(self.certificateFile)")
         let privateKey = try PEM.privateKey(keyBytes, path: "\(directory)/\(self.keyFile)")
         guard privateKey.publicKey == certificate.publicKey else {
-            throw SecurityError(.missingCredentials, "\(directory)/\(self.keyFile) is not the key of \(self.certificateFile)")
+            throw SecurityError(
+                .missingCredentials, "\(directory)/\(self.keyFile) is not the key of \(self.certificateFile)")
         }
         return CertificateAuthority(certificate: certificate, privateKey: privateKey)
     }
@@ -119,14 +120,16 @@ public struct CertificateAuthority: Sendable {
                     Critical(KeyUsage(digitalSignature: true))
                     try ExtendedKeyUsage([usage])
                     SubjectAlternativeNames(alternativeNames)
-                    AuthorityKeyIdentifier(keyIdentifier: try self.certificate.extensions.subjectKeyIdentifier?.keyIdentifier)
+                    AuthorityKeyIdentifier(
+                        keyIdentifier: try self.certificate.extensions.subjectKeyIdentifier?.keyIdentifier)
                 },
                 issuerPrivateKey: self.privateKey
             )
         } catch let error as SecurityError {
             throw error
         } catch {
-            throw SecurityError(.certificateEncoding, "could not issue a certificate for \(identity)", underlying: error)
+            throw SecurityError(
+                .certificateEncoding, "could not issue a certificate for \(identity)", underlying: error)
         }
     }
 
@@ -143,7 +146,8 @@ public struct CertificateAuthority: Sendable {
         do {
             csr = try CertificateSigningRequest(derEncoded: csrDER)
         } catch {
-            throw SecurityError(.invalidCSR, "the certificate signing request does not parse as PKCS#10 DER", underlying: error)
+            throw SecurityError(
+                .invalidCSR, "the certificate signing request does not parse as PKCS#10 DER", underlying: error)
         }
         guard csr.publicKey.isValidSignature(csr.signature, for: csr) else {
             throw SecurityError(.invalidCSR, "the certificate signing request's signature does not match its key")

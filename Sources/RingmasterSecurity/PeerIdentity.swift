@@ -40,7 +40,8 @@ public struct PeerIdentity: Hashable, Sendable, CustomStringConvertible {
         do {
             names = try certificate.extensions.subjectAlternativeNames
         } catch {
-            throw SecurityError(.invalidIdentity, "the certificate's subject alternative names do not parse", underlying: error)
+            throw SecurityError(
+                .invalidIdentity, "the certificate's subject alternative names do not parse", underlying: error)
         }
         for name in names ?? SubjectAlternativeNames() {
             guard case .uniformResourceIdentifier(let uri) = name, let identity = Self(uri: uri) else { continue }
@@ -69,7 +70,8 @@ public struct PeerIdentity: Hashable, Sendable, CustomStringConvertible {
     public static func validate(name: String) throws {
         let bytes = Array(name.utf8)
         func isAlnum(_ byte: UInt8) -> Bool {
-            (UInt8(ascii: "a")...UInt8(ascii: "z")).contains(byte) || (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(byte)
+            (UInt8(ascii: "a")...UInt8(ascii: "z")).contains(byte)
+                || (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(byte)
         }
         guard (1...63).contains(bytes.count),
             bytes.allSatisfy({ isAlnum($0) || $0 == UInt8(ascii: "-") }),

@@ -63,8 +63,11 @@ public struct DigitsDataset: Sendable {
     public static func bundledURL() throws -> URL {
         let name = "digits.csv.gz"
         var directories: [String] = []
-        if let share = ProcessInfo.processInfo.environment["RINGMASTER_SHARE_DIR"], !share.isEmpty { directories.append(share) }
-        let executable = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
+        if let share = ProcessInfo.processInfo.environment["RINGMASTER_SHARE_DIR"], !share.isEmpty {
+            directories.append(share)
+        }
+        let executable =
+            (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
         let beside = URL(fileURLWithPath: executable).deletingLastPathComponent()
         directories.append(beside.appendingPathComponent("Ringmaster_Workload.resources").path)
         directories.append(beside.deletingLastPathComponent().appendingPathComponent("share/ringmaster").path)

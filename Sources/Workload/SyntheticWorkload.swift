@@ -1,4 +1,5 @@
 import JobModel
+
 /// A workload with as many parameters as asked for and almost no computation, for exercising the
 /// all-reduce and checkpointing with a big model.
 ///

@@ -28,18 +28,22 @@ public enum WorkloadCatalog {
         switch kind {
         case "mlp":
             let settings = try MLPSettings(parameters: parameters, seed: seed)
-            let dataset = datasetPath == Self.bundledDigits ? try DigitsDataset.bundled() : try DigitsDataset(path: datasetPath)
+            let dataset =
+                datasetPath == Self.bundledDigits ? try DigitsDataset.bundled() : try DigitsDataset(path: datasetPath)
             return MLPWorkload(dataset: dataset, settings: settings)
         case "synthetic":
             let shape = try Self.syntheticShape(parameters, datasetPath: datasetPath)
-            return SyntheticWorkload(parameterCount: shape.parameters, buckets: shape.buckets, trainingSamples: datasetSamples, seed: seed)
+            return SyntheticWorkload(
+                parameterCount: shape.parameters, buckets: shape.buckets, trainingSamples: datasetSamples, seed: seed)
         default:
             throw Self.unknownKind(kind)
         }
     }
 
     /// Checks a job's workload settings without loading any data (for refusing a bad spec at submit).
-    public static func validate(kind: String, parameters: [String: String], datasetPath: String, datasetSamples: Int) throws {
+    public static func validate(kind: String, parameters: [String: String], datasetPath: String, datasetSamples: Int)
+        throws
+    {
         switch kind {
         case "mlp":
             _ = try MLPSettings(parameters: parameters, seed: 0)
@@ -57,21 +61,32 @@ public enum WorkloadCatalog {
     }
 
     static func unknownKind(_ kind: String) -> WorkloadError {
-        WorkloadError(.invalidSetting, "unknown workload kind `\(kind)`; the kinds are \(Self.kinds.joined(separator: ", "))")
+        WorkloadError(
+            .invalidSetting, "unknown workload kind `\(kind)`; the kinds are \(Self.kinds.joined(separator: ", "))")
     }
 
-    static func syntheticShape(_ parameters: [String: String], datasetPath: String) throws -> (parameters: Int, buckets: Int) {
+    static func syntheticShape(_ parameters: [String: String], datasetPath: String) throws -> (
+        parameters: Int, buckets: Int
+    ) {
         let accepted = ["parameters", "buckets"]
         for key in parameters.keys.sorted() where !accepted.contains(key) {
-            throw WorkloadError(.invalidSetting, "unknown workload setting `\(key)` for kind synthetic; the accepted keys are \(accepted.joined(separator: ", "))")
+            throw WorkloadError(
+                .invalidSetting,
+                "unknown workload setting `\(key)` for kind synthetic; the accepted keys are \(accepted.joined(separator: ", "))"
+            )
         }
         guard datasetPath == "synthetic" else {
-            throw WorkloadError(.invalidSetting, "the synthetic workload makes its own data: set dataset.path to `synthetic`, not `\(datasetPath)`")
+            throw WorkloadError(
+                .invalidSetting,
+                "the synthetic workload makes its own data: set dataset.path to `synthetic`, not `\(datasetPath)`")
         }
         func integer(_ key: String, default value: Int, range: ClosedRange<Int>) throws -> Int {
             guard let text = parameters[key] else { return value }
             guard let number = Int(text.replacingOccurrences(of: "_", with: "")), range.contains(number) else {
-                throw WorkloadError(.invalidSetting, "workload setting `\(key)` is `\(text)`; give a whole number from \(range.lowerBound) to \(range.upperBound)")
+                throw WorkloadError(
+                    .invalidSetting,
+                    "workload setting `\(key)` is `\(text)`; give a whole number from \(range.lowerBound) to \(range.upperBound)"
+                )
             }
             return number
         }
@@ -102,7 +117,8 @@ public enum WorkloadCatalog {
             } else if let scalar = value.scalar {
                 result[name] = scalar.string
             } else {
-                throw WorkloadError(.invalidSetting, "workload setting `\(name)` must be a value or a list, not a mapping")
+                throw WorkloadError(
+                    .invalidSetting, "workload setting `\(name)` must be a value or a list, not a mapping")
             }
         }
         return result

@@ -36,7 +36,10 @@ struct AgentCommand: AsyncParsableCommand {
         @Option(help: "Open the data-plane listener at HOST:PORT (port 0 picks one); needed to train.")
         var dataPlaneListen: String?
 
-        @Option(help: "On SIGTERM, how long the step in flight may take before it is abandoned, e.g. 30s (a drain has the coordinator's 30 s).")
+        @Option(
+            help:
+                "On SIGTERM, how long the step in flight may take before it is abandoned, e.g. 30s (a drain has the coordinator's 30 s)."
+        )
         var gracePeriod: DurationArgument = DurationArgument(seconds: 30)
 
         @Option(help: "Longest wait for one collective operation, e.g. 60s (a dead peer fails it at once).")
@@ -105,7 +108,9 @@ struct AgentCommand: AsyncParsableCommand {
             let logger = self.options.logging.bootstrap(label: "ringmaster.agent")
             let service = try self.options.makeService(logger: logger)
             let credentials = try await service.credentials()
-            print("joined as \(try credentials.identity.name); certificate valid until \(credentials.certificate.notValidAfter)")
+            print(
+                "joined as \(try credentials.identity.name); certificate valid until \(credentials.certificate.notValidAfter)"
+            )
         }
     }
 }

@@ -7,7 +7,10 @@ struct BenchCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bench",
         abstract: "Benchmarks (figures recorded in bench/README.md).",
-        subcommands: [AllReduce.self, AllReduceWorker.self, Reduce.self, Machine.self, Rendezvous.self, Recovery.self, Checkpoint.self, SpecFuzz.self]
+        subcommands: [
+            AllReduce.self, AllReduceWorker.self, Reduce.self, Machine.self, Rendezvous.self, Recovery.self,
+            Checkpoint.self, SpecFuzz.self,
+        ]
     )
 
     struct Machine: AsyncParsableCommand {
@@ -30,21 +33,31 @@ struct BenchCommand: AsyncParsableCommand {
             if self.json {
                 let object: [String: Any] = [
                     "nodes": result.nodes, "changes": result.changes, "median_ms": result.medianMilliseconds,
-                    "p99_ms": result.p99Milliseconds, "max_ms": result.maxMilliseconds, "actions_per_change": result.actionsPerChange,
+                    "p99_ms": result.p99Milliseconds, "max_ms": result.maxMilliseconds,
+                    "actions_per_change": result.actionsPerChange,
                 ]
-                print(String(decoding: try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys]), as: UTF8.self))
+                print(
+                    String(
+                        decoding: try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys]),
+                        as: UTF8.self))
                 return
             }
-            print(String(format: "state machine, %d nodes, %d generation changes (setup %.1f s):", result.nodes, result.changes, result.setupSeconds))
-            print(String(format: "  median %.2f ms, p99 %.2f ms, max %.2f ms per change (%d actions each)",
-                         result.medianMilliseconds, result.p99Milliseconds, result.maxMilliseconds, result.actionsPerChange))
+            print(
+                String(
+                    format: "state machine, %d nodes, %d generation changes (setup %.1f s):", result.nodes,
+                    result.changes, result.setupSeconds))
+            print(
+                String(
+                    format: "  median %.2f ms, p99 %.2f ms, max %.2f ms per change (%d actions each)",
+                    result.medianMilliseconds, result.p99Milliseconds, result.maxMilliseconds, result.actionsPerChange))
         }
     }
 
     struct Checkpoint: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
             commandName: "checkpoint",
-            abstract: "Checkpoint saves: sharded write throughput against dd, and the step-time cost of saving while training.",
+            abstract:
+                "Checkpoint saves: sharded write throughput against dd, and the step-time cost of saving while training.",
             discussion: """
                 Throughput: RANKS writers save their shards of one state at once (temporary name, fsync,
                 rename, directory fsync), then the manifest is committed; compared with one
@@ -80,11 +93,14 @@ struct BenchCommand: AsyncParsableCommand {
                 ranks: self.ranks, megabytes: self.megabytes, directory: self.directory, rounds: self.rounds
             ) { print($0) }
             let megabytes = Double(result.bytes) / 1e6
-            print(String(
-                format: "sharded save, %d ranks, %.0f MB: median %.3f s (%.0f MB/s); dd conv=fsync: median %.3f s (%.0f MB/s); ratio %.2fx",
-                self.ranks, megabytes, result.shardedMedian, megabytes / result.shardedMedian,
-                result.sequentialMedian, megabytes / result.sequentialMedian, result.sequentialMedian / result.shardedMedian
-            ))
+            print(
+                String(
+                    format:
+                        "sharded save, %d ranks, %.0f MB: median %.3f s (%.0f MB/s); dd conv=fsync: median %.3f s (%.0f MB/s); ratio %.2fx",
+                    self.ranks, megabytes, result.shardedMedian, megabytes / result.shardedMedian,
+                    result.sequentialMedian, megabytes / result.sequentialMedian,
+                    result.sequentialMedian / result.shardedMedian
+                ))
             guard self.interval > 0 else { return }
             let executable = try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")
             var seconds: [Bool: Double] = [:]
@@ -103,11 +119,15 @@ struct BenchCommand: AsyncParsableCommand {
                 }
                 let run = try await TrainingDemo(options: options).run(progress: { _ in }, say: { _ in })
                 seconds[saving] = run.seconds
-                print(String(
-                    format: "%@: %llu steps in %.2f s (%.1f ms/step)%@", saving ? "checkpoint every \(self.interval) steps" : "no checkpoints",
-                    run.steps, run.seconds, run.seconds * 1000 / Double(run.steps),
-                    saving ? ", \(run.lastCheckpointStep / self.interval) committed, \(run.checkpointFailures) failed" : ""
-                ))
+                print(
+                    String(
+                        format: "%@: %llu steps in %.2f s (%.1f ms/step)%@",
+                        saving ? "checkpoint every \(self.interval) steps" : "no checkpoints",
+                        run.steps, run.seconds, run.seconds * 1000 / Double(run.steps),
+                        saving
+                            ? ", \(run.lastCheckpointStep / self.interval) committed, \(run.checkpointFailures) failed"
+                            : ""
+                    ))
             }
             if let without = seconds[false], let with = seconds[true] {
                 print(String(format: "step-time overhead of saving: %.1f%%", (with / without - 1) * 100))
@@ -140,7 +160,9 @@ struct BenchCommand: AsyncParsableCommand {
 
         func validate() throws {
             guard self.trials >= 1 else { throw ValidationError("--trials must be at least 1") }
-            guard self.agents >= 2 else { throw ValidationError("--agents must be at least 2, so that one is left after the kill") }
+            guard self.agents >= 2 else {
+                throw ValidationError("--agents must be at least 2, so that one is left after the kill")
+            }
             guard self.steps >= 100 else { throw ValidationError("--steps must be at least 100") }
         }
 
@@ -153,24 +175,45 @@ struct BenchCommand: AsyncParsableCommand {
                 options.steps = self.steps
                 options.killAgentAtStep = UInt64.random(in: (self.steps / 10)...(self.steps / 2))
                 let result = try await TrainingDemo(options: options).run(progress: { _ in }, say: { _ in })
-                guard let recovery = result.recoveries.first(where: { $0.cause == "disconnected" }), recovery.seconds >= 0 else {
-                    throw CommandFailure(description: "trial \(trial): no recovery from the kill was recorded (\(result.recoveries))")
+                guard let recovery = result.recoveries.first(where: { $0.cause == "disconnected" }),
+                    recovery.seconds >= 0
+                else {
+                    throw CommandFailure(
+                        description: "trial \(trial): no recovery from the kill was recorded (\(result.recoveries))")
                 }
                 guard result.samplesRepeated == 0, result.samplesSkipped == 0 else {
-                    throw CommandFailure(description: "trial \(trial): \(result.samplesRepeated) samples repeated, \(result.samplesSkipped) skipped")
+                    throw CommandFailure(
+                        description:
+                            "trial \(trial): \(result.samplesRepeated) samples repeated, \(result.samplesSkipped) skipped"
+                    )
                 }
                 seconds.append(recovery.seconds)
                 if !self.json {
-                    print(String(format: "trial %d: kill at step %llu, training resumed after %.3f s", trial, options.killAgentAtStep!, recovery.seconds))
+                    print(
+                        String(
+                            format: "trial %d: kill at step %llu, training resumed after %.3f s", trial,
+                            options.killAgentAtStep!, recovery.seconds))
                 }
             }
             let sorted = seconds.sorted()
-            let median = sorted.count % 2 == 1 ? sorted[sorted.count / 2] : (sorted[sorted.count / 2 - 1] + sorted[sorted.count / 2]) / 2
+            let median =
+                sorted.count % 2 == 1
+                ? sorted[sorted.count / 2] : (sorted[sorted.count / 2 - 1] + sorted[sorted.count / 2]) / 2
             if self.json {
-                let object: [String: Any] = ["trials": self.trials, "agents": self.agents, "seconds": seconds, "median_s": median, "max_s": sorted.last!]
-                print(String(decoding: try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys]), as: UTF8.self))
+                let object: [String: Any] = [
+                    "trials": self.trials, "agents": self.agents, "seconds": seconds, "median_s": median,
+                    "max_s": sorted.last!,
+                ]
+                print(
+                    String(
+                        decoding: try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys]),
+                        as: UTF8.self))
             } else {
-                print(String(format: "kill -9 to the first step after it: median %.3f s, min %.3f s, max %.3f s over %d trials", median, sorted.first!, sorted.last!, self.trials))
+                print(
+                    String(
+                        format:
+                            "kill -9 to the first step after it: median %.3f s, min %.3f s, max %.3f s over %d trials",
+                        median, sorted.first!, sorted.last!, self.trials))
             }
         }
     }
@@ -193,26 +236,36 @@ struct BenchCommand: AsyncParsableCommand {
         func run() async throws {
             let executable = try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")
             let json = self.json
-            let result = try await RendezvousBenchmark.run(agents: self.agents, rounds: self.rounds, executable: executable) { line in
+            let result = try await RendezvousBenchmark.run(
+                agents: self.agents, rounds: self.rounds, executable: executable
+            ) { line in
                 if !json { print(line) }
             }
             if json {
                 let object: [String: Any] = [
-                    "agents": result.agents, "rounds_ms": result.roundsMilliseconds, "median_ms": result.medianMilliseconds,
+                    "agents": result.agents, "rounds_ms": result.roundsMilliseconds,
+                    "median_ms": result.medianMilliseconds,
                     "start_to_assigned_ms": result.totalMilliseconds,
                 ]
-                print(String(decoding: try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys]), as: UTF8.self))
+                print(
+                    String(
+                        decoding: try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys]),
+                        as: UTF8.self))
                 return
             }
-            print(String(format: "median over %d rounds: %.1f ms from the last join to all %d agents holding their assignment",
-                         result.roundsMilliseconds.count, result.medianMilliseconds, result.agents))
+            print(
+                String(
+                    format:
+                        "median over %d rounds: %.1f ms from the last join to all %d agents holding their assignment",
+                    result.roundsMilliseconds.count, result.medianMilliseconds, result.agents))
         }
     }
 
     struct AllReduce: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
             commandName: "allreduce",
-            abstract: "All-reduce between N local processes over loopback TCP (or N threads in process), as nccl-tests reports it."
+            abstract:
+                "All-reduce between N local processes over loopback TCP (or N threads in process), as nccl-tests reports it."
         )
 
         @Option(help: "Ranks (processes over tcp, threads in process).")
@@ -254,7 +307,9 @@ struct BenchCommand: AsyncParsableCommand {
             let type = DataType(rawValue: self.type) ?? .float32
             let sizes = try AllReduceBenchmark.parseSizes(self.sizes)
             if let uneven = sizes.first(where: { $0 % type.size != 0 }) {
-                throw ValidationError("--sizes: \(uneven) bytes is not a whole number of \(type.rawValue) elements (\(type.size) bytes each)")
+                throw ValidationError(
+                    "--sizes: \(uneven) bytes is not a whole number of \(type.rawValue) elements (\(type.size) bytes each)"
+                )
             }
             var chunk: Int?
             if let text = self.ringChunk {
@@ -264,7 +319,8 @@ struct BenchCommand: AsyncParsableCommand {
                 chunk = value
             }
             return AllReduceBenchmark.Settings(
-                sizes: sizes, type: type, algorithm: Communicator.Algorithm(rawValue: self.algorithm) ?? .automatic, ringChunkBytes: chunk
+                sizes: sizes, type: type, algorithm: Communicator.Algorithm(rawValue: self.algorithm) ?? .automatic,
+                ringChunkBytes: chunk
             )
         }
 
@@ -275,7 +331,10 @@ struct BenchCommand: AsyncParsableCommand {
             let ceilingName = inProcess ? "memory copy ceiling (one thread)" : "loopback TCP ceiling (one stream)"
             let json = self.json
             if !json {
-                print(String(format: "%@: %.2f GB/s; %d ranks, %@, %@ sum", ceilingName, ceiling, self.ranks, self.transport, self.type))
+                print(
+                    String(
+                        format: "%@: %.2f GB/s; %d ranks, %@, %@ sum", ceilingName, ceiling, self.ranks, self.transport,
+                        self.type))
             }
             let rows: [AllReduceBenchmark.Row]
             if inProcess {
@@ -284,7 +343,8 @@ struct BenchCommand: AsyncParsableCommand {
                 }
             } else {
                 let executable = try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")
-                rows = try await AllReduceBenchmark.run(executable: executable, ranks: self.ranks, settings: settings) { line in
+                rows = try await AllReduceBenchmark.run(executable: executable, ranks: self.ranks, settings: settings) {
+                    line in
                     if !json { print(line) }
                 }
             }
@@ -293,16 +353,24 @@ struct BenchCommand: AsyncParsableCommand {
                     "ranks": self.ranks, "transport": self.transport, "type": self.type, "ceiling_gbps": ceiling,
                     "rows": rows.map { row in
                         [
-                            "bytes": row.bytes, "iterations": row.iterations, "p50_us": row.p50Microseconds, "p99_us": row.p99Microseconds,
-                            "algbw_gbps": row.algorithmGBps, "busbw_gbps": row.busGBps, "busbw_of_ceiling": row.busGBps / ceiling,
+                            "bytes": row.bytes, "iterations": row.iterations, "p50_us": row.p50Microseconds,
+                            "p99_us": row.p99Microseconds,
+                            "algbw_gbps": row.algorithmGBps, "busbw_gbps": row.busGBps,
+                            "busbw_of_ceiling": row.busGBps / ceiling,
                             "cpu_us_per_op": row.cpuMicrosecondsPerOperation, "algorithm": row.algorithm,
                         ] as [String: Any]
                     },
                 ]
-                print(String(decoding: try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys]), as: UTF8.self))
+                print(
+                    String(
+                        decoding: try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys]),
+                        as: UTF8.self))
             } else {
                 for row in rows {
-                    print(String(format: "%10d B: busbw %.3f GB/s = %.1f%% of the %@", row.bytes, row.busGBps, 100 * row.busGBps / ceiling, ceilingName))
+                    print(
+                        String(
+                            format: "%10d B: busbw %.3f GB/s = %.1f%% of the %@", row.bytes, row.busGBps,
+                            100 * row.busGBps / ceiling, ceilingName))
                 }
             }
         }
@@ -311,7 +379,8 @@ struct BenchCommand: AsyncParsableCommand {
     struct SpecFuzz: ParsableCommand {
         static let configuration = CommandConfiguration(
             commandName: "spec-fuzz",
-            abstract: "Random and mutated job specs through the coordinator's parser: no crash, bounded time and memory.",
+            abstract:
+                "Random and mutated job specs through the coordinator's parser: no crash, bounded time and memory.",
             discussion: """
                 Exits 1 if any spec took longer than --max-parse-seconds or resident memory grew by
                 more than --max-growth-mib; a crash ends the process. Seeded: the same seed gives the
@@ -335,22 +404,36 @@ struct BenchCommand: AsyncParsableCommand {
         var json = false
 
         func run() throws {
-            let result = SpecFuzzBenchmark.run(iterations: self.iterations, seed: self.seed, maximumParseSeconds: self.maxParseSeconds)
+            let result = SpecFuzzBenchmark.run(
+                iterations: self.iterations, seed: self.seed, maximumParseSeconds: self.maxParseSeconds)
             let growth = max(0, result.peakRSS - result.startRSS)
             if self.json {
                 let object: [String: Any] = [
-                    "iterations": result.iterations, "accepted": result.accepted, "refused": result.refused, "seconds": result.seconds,
-                    "slowest_seconds": result.slowestSeconds, "slowest_kind": result.slowestKind, "over_time": result.overTime,
-                    "start_rss_bytes": result.startRSS, "peak_rss_bytes": result.peakRSS, "bytes_parsed": result.bytesParsed,
+                    "iterations": result.iterations, "accepted": result.accepted, "refused": result.refused,
+                    "seconds": result.seconds,
+                    "slowest_seconds": result.slowestSeconds, "slowest_kind": result.slowestKind,
+                    "over_time": result.overTime,
+                    "start_rss_bytes": result.startRSS, "peak_rss_bytes": result.peakRSS,
+                    "bytes_parsed": result.bytesParsed,
                 ]
-                print(String(decoding: try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys]), as: UTF8.self))
+                print(
+                    String(
+                        decoding: try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys]),
+                        as: UTF8.self))
             } else {
-                print(String(format: "%d specs (%d accepted, %d refused, %.1f MB) in %.1f s; slowest %.1f ms (%@); resident memory %d MiB, at most %d MiB",
-                             result.iterations, result.accepted, result.refused, Double(result.bytesParsed) / 1e6, result.seconds,
-                             result.slowestSeconds * 1000, result.slowestKind, result.startRSS >> 20, result.peakRSS >> 20))
+                print(
+                    String(
+                        format:
+                            "%d specs (%d accepted, %d refused, %.1f MB) in %.1f s; slowest %.1f ms (%@); resident memory %d MiB, at most %d MiB",
+                        result.iterations, result.accepted, result.refused, Double(result.bytesParsed) / 1e6,
+                        result.seconds,
+                        result.slowestSeconds * 1000, result.slowestKind, result.startRSS >> 20, result.peakRSS >> 20))
             }
             if result.overTime > 0 || growth > self.maxGrowthMib << 20 {
-                FileHandle.standardError.write(Data("spec-fuzz: \(result.overTime) spec(s) over \(self.maxParseSeconds) s; memory grew by \(growth >> 20) MiB (limit \(self.maxGrowthMib))\n".utf8))
+                FileHandle.standardError.write(
+                    Data(
+                        "spec-fuzz: \(result.overTime) spec(s) over \(self.maxParseSeconds) s; memory grew by \(growth >> 20) MiB (limit \(self.maxGrowthMib))\n"
+                            .utf8))
                 throw ExitCode(1)
             }
         }
@@ -359,7 +442,8 @@ struct BenchCommand: AsyncParsableCommand {
     struct Reduce: ParsableCommand {
         static let configuration = CommandConfiguration(
             commandName: "reduce",
-            abstract: "The reduction kernels alone (destination += source, one thread) against a memory copy, per element type."
+            abstract:
+                "The reduction kernels alone (destination += source, one thread) against a memory copy, per element type."
         )
 
         @Option(help: "Buffer sizes in bytes (K, M, G suffixes): one in cache and one not, by default.")
@@ -375,12 +459,23 @@ struct BenchCommand: AsyncParsableCommand {
             }
             let rows = ReductionBenchmark.run(types: DataType.allCases, sizes: sizes)
             if self.json {
-                let object = rows.map { ["kernels": $0.kernels, "type": $0.type, "bytes": $0.bytes, "add_gbps": $0.addGBps, "copy_gbps": $0.copyGBps] as [String: Any] }
-                print(String(decoding: try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys]), as: UTF8.self))
+                let object = rows.map {
+                    [
+                        "kernels": $0.kernels, "type": $0.type, "bytes": $0.bytes, "add_gbps": $0.addGBps,
+                        "copy_gbps": $0.copyGBps,
+                    ] as [String: Any]
+                }
+                print(
+                    String(
+                        decoding: try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys]),
+                        as: UTF8.self))
                 return
             }
             for row in rows {
-                print(String(format: "%-8@ %-9@ %10d B  add %6.2f GB/s  copy %6.2f GB/s  add/copy %.2f", row.kernels, row.type, row.bytes, row.addGBps, row.copyGBps, row.addGBps / row.copyGBps))
+                print(
+                    String(
+                        format: "%-8@ %-9@ %10d B  add %6.2f GB/s  copy %6.2f GB/s  add/copy %.2f", row.kernels,
+                        row.type, row.bytes, row.addGBps, row.copyGBps, row.addGBps / row.copyGBps))
             }
         }
     }

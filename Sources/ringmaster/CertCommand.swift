@@ -40,7 +40,8 @@ struct CertCommand: AsyncParsableCommand {
 
         func run() async throws {
             guard let authority = try CertificateAuthority.load(directory: self.stateDir) else {
-                throw ValidationError("\(self.stateDir) holds no CA: start the coordinator with --state-dir \(self.stateDir) once first")
+                throw ValidationError(
+                    "\(self.stateDir) holds no CA: start the coordinator with --state-dir \(self.stateDir) once first")
             }
             let identity = try PeerIdentity(role: .operator, name: self.name)
             let key = KeyAndRequest.makeKey()
@@ -51,7 +52,8 @@ struct CertCommand: AsyncParsableCommand {
                 notBefore: now.addingTimeInterval(-60),
                 notAfter: now.addingTimeInterval(self.ttl.seconds)
             )
-            let credentials = try Credentials(privateKey: key, certificate: certificate, caCertificate: authority.certificate)
+            let credentials = try Credentials(
+                privateKey: key, certificate: certificate, caCertificate: authority.certificate)
             try credentials.save(directory: self.out)
             print("issued \(identity) certificate valid until \(certificate.notValidAfter) into \(self.out)")
         }

@@ -1,6 +1,6 @@
 import ArgumentParser
-import Coordinator
 import ControlPlane
+import Coordinator
 import Foundation
 import Logging
 import ServiceLifecycle
@@ -18,7 +18,8 @@ struct CoordinatorCommand: AsyncParsableCommand {
     var listen: String = "127.0.0.1:7600"
 
     @Option(
-        help: "DNS name in the coordinator's certificate, for tools that check host names (repeatable). Ringmaster's own clients check the CA and the coordinator role instead."
+        help:
+            "DNS name in the coordinator's certificate, for tools that check host names (repeatable). Ringmaster's own clients check the CA and the coordinator role instead."
     )
     var serverName: [String] = ["localhost"]
 
@@ -43,7 +44,10 @@ struct CoordinatorCommand: AsyncParsableCommand {
     @Option(help: "After a restart, how long running jobs wait for their members to reconnect, e.g. 5s.")
     var recoveryWindow: DurationArgument = DurationArgument(seconds: 5)
 
-    @Option(help: "How long a job that nodes could not run (a missing data set, say) waits for other nodes before it fails, e.g. 60s.")
+    @Option(
+        help:
+            "How long a job that nodes could not run (a missing data set, say) waits for other nodes before it fails, e.g. 60s."
+    )
     var unrunnableJobTimeout: DurationArgument = DurationArgument(seconds: 60)
 
     @Option(help: "Serve Prometheus metrics at http://HOST:PORT/metrics (port 0 picks one).")
@@ -53,7 +57,9 @@ struct CoordinatorCommand: AsyncParsableCommand {
 
     func validate() throws {
         guard self.lease.seconds > self.heartbeatInterval.seconds else {
-            throw ValidationError("--lease (\(self.lease.seconds) s) must be longer than --heartbeat-interval (\(self.heartbeatInterval.seconds) s)")
+            throw ValidationError(
+                "--lease (\(self.lease.seconds) s) must be longer than --heartbeat-interval (\(self.heartbeatInterval.seconds) s)"
+            )
         }
     }
 
@@ -78,10 +84,12 @@ struct CoordinatorCommand: AsyncParsableCommand {
             configuration.metricsPort = address.port
         }
         let host = address.host
-        let service = try CoordinatorService(configuration: configuration, logger: logger, onListening: { port in
-            // The one line on standard output: scripts and tests read the bound port from it.
-            FileHandle.standardOutput.write(Data("listening \(ControlAddress(host: host, port: port))\n".utf8))
-        })
+        let service = try CoordinatorService(
+            configuration: configuration, logger: logger,
+            onListening: { port in
+                // The one line on standard output: scripts and tests read the bound port from it.
+                FileHandle.standardOutput.write(Data("listening \(ControlAddress(host: host, port: port))\n".utf8))
+            })
         try await runUntilSignalled(service, logger: logger)
     }
 }

@@ -37,7 +37,10 @@ struct DemoCommand: AsyncParsableCommand {
     @Option(help: "Optimizer: sgd (momentum 0.9, learning rate 0.1) or adam (learning rate 0.001).")
     var optimizer: String = "sgd"
 
-    @Option(help: "Model: digits (the perceptron) or synthetic (a large model with a made-up gradient, to exercise the all-reduce).")
+    @Option(
+        help:
+            "Model: digits (the perceptron) or synthetic (a large model with a made-up gradient, to exercise the all-reduce)."
+    )
     var model: String = "digits"
 
     @Option(help: "Parameters of the synthetic model.")
@@ -52,7 +55,9 @@ struct DemoCommand: AsyncParsableCommand {
     @Option(help: "Resume from the checkpoints under --checkpoint-dir: `latest`, or the newest at or before a step.")
     var resume: String?
 
-    @Option(help: "Kill -9 every process once a checkpoint at or after this step is committed (resume later with --resume).")
+    @Option(
+        help: "Kill -9 every process once a checkpoint at or after this step is committed (resume later with --resume)."
+    )
     var preemptAtStep: UInt64?
 
     @Option(help: "Keep the run's files (certificates, coordinator state, the trained model) in this directory.")
@@ -61,10 +66,16 @@ struct DemoCommand: AsyncParsableCommand {
     @Option(help: "Seconds the whole run may take.")
     var timeout: Double = 600
 
-    @Option(help: "Hold this many connections to each agent's data-plane port through the job (half sending garbage), as a port scan would.")
+    @Option(
+        help:
+            "Hold this many connections to each agent's data-plane port through the job (half sending garbage), as a port scan would."
+    )
     var floodDataPlane: Int?
 
-    @Option(help: "Hold this many TLS connections without a client certificate to the coordinator through the job (from 127.0.0.2).")
+    @Option(
+        help:
+            "Hold this many TLS connections without a client certificate to the coordinator through the job (from 127.0.0.2)."
+    )
     var floodControl: Int?
 
     @Flag(help: "Print one JSON object instead of text.")
@@ -74,7 +85,9 @@ struct DemoCommand: AsyncParsableCommand {
         guard (1...16).contains(self.agents) else { throw ValidationError("--agents must be between 1 and 16") }
         guard self.steps > 0 else { throw ValidationError("--steps must be positive") }
         guard ["sgd", "adam"].contains(self.optimizer) else { throw ValidationError("--optimizer must be sgd or adam") }
-        guard ["digits", "synthetic"].contains(self.model) else { throw ValidationError("--model must be digits or synthetic") }
+        guard ["digits", "synthetic"].contains(self.model) else {
+            throw ValidationError("--model must be digits or synthetic")
+        }
         guard self.parameters >= 1 else { throw ValidationError("--parameters must be positive") }
         if (self.resume != nil || self.preemptAtStep != nil) && self.checkpointDir == nil {
             throw ValidationError("--resume and --preempt-at-step need --checkpoint-dir")
@@ -86,10 +99,14 @@ struct DemoCommand: AsyncParsableCommand {
         if self.killAgentAtStep != nil || self.terminateAgentAtStep != nil {
             let stopped = (self.killAgentAtStep == nil ? 0 : 1) + (self.terminateAgentAtStep == nil ? 0 : 1)
             guard self.agents > stopped else {
-                throw ValidationError("--agents must be more than the agents killed or stopped, or nobody is left to train")
+                throw ValidationError(
+                    "--agents must be more than the agents killed or stopped, or nobody is left to train")
             }
         }
-        for (flag, step) in [("--kill-agent-at-step", self.killAgentAtStep), ("--add-agent-at-step", self.addAgentAtStep), ("--terminate-agent-at-step", self.terminateAgentAtStep)] {
+        for (flag, step) in [
+            ("--kill-agent-at-step", self.killAgentAtStep), ("--add-agent-at-step", self.addAgentAtStep),
+            ("--terminate-agent-at-step", self.terminateAgentAtStep),
+        ] {
             if let step, step >= self.steps {
                 throw ValidationError("\(flag) \(step) is not before the last step (--steps \(self.steps))")
             }
@@ -97,7 +114,8 @@ struct DemoCommand: AsyncParsableCommand {
     }
 
     func run() async throws {
-        var options = TrainingDemo.Options(executable: try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe"))
+        var options = TrainingDemo.Options(
+            executable: try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe"))
         options.agents = self.agents
         options.steps = self.steps
         options.killAgentAtStep = self.killAgentAtStep
@@ -122,9 +140,13 @@ struct DemoCommand: AsyncParsableCommand {
         let bar = ProgressBar(enabled: !json)
         if !json {
             if self.model == "synthetic" {
-                print("ringmaster demo: \(self.agents) agent(s) on loopback, training a synthetic model of \(self.parameters) parameters")
+                print(
+                    "ringmaster demo: \(self.agents) agent(s) on loopback, training a synthetic model of \(self.parameters) parameters"
+                )
             } else {
-                print("ringmaster demo: \(self.agents) agent(s) on loopback, training a 64-128-10 perceptron on the digits data set (\(self.optimizer))")
+                print(
+                    "ringmaster demo: \(self.agents) agent(s) on loopback, training a 64-128-10 perceptron on the digits data set (\(self.optimizer))"
+                )
             }
         }
         let demo = TrainingDemo(options: options)
@@ -157,7 +179,9 @@ struct DemoCommand: AsyncParsableCommand {
                 "final_loss": result.finalLoss,
                 "steps": result.steps,
                 "generations": result.generations,
-                "recoveries": result.recoveries.map { ["generation": $0.generation, "cause": $0.cause, "world_size": $0.worldSize, "seconds": $0.seconds] },
+                "recoveries": result.recoveries.map {
+                    ["generation": $0.generation, "cause": $0.cause, "world_size": $0.worldSize, "seconds": $0.seconds]
+                },
                 "samples_seen": result.samplesSeen,
                 "samples_repeated": result.samplesRepeated,
                 "samples_skipped": result.samplesSkipped,
@@ -183,30 +207,47 @@ struct DemoCommand: AsyncParsableCommand {
         }
         print("")
         if result.preempted {
-            print("preempted at step \(result.steps) with the checkpoint at step \(result.lastCheckpointStep) committed; resume with --resume latest")
+            print(
+                "preempted at step \(result.steps) with the checkpoint at step \(result.lastCheckpointStep) committed; resume with --resume latest"
+            )
             return
         }
         if let resumed = result.resumedFromStep { print("resumed from the checkpoint at step \(resumed)") }
-        print(String(format: "trained %llu steps in %.1f s (%.0f samples/s)", result.steps, result.seconds, result.samplesPerSecond))
+        print(
+            String(
+                format: "trained %llu steps in %.1f s (%.0f samples/s)", result.steps, result.seconds,
+                result.samplesPerSecond))
         if self.model == "digits" {
-            print(String(format: "test accuracy %.2f%% on the held-out fifth; final loss %.4f", result.testAccuracy * 100, result.finalLoss))
+            print(
+                String(
+                    format: "test accuracy %.2f%% on the held-out fifth; final loss %.4f", result.testAccuracy * 100,
+                    result.finalLoss))
         } else {
             print(String(format: "final loss %.4f", result.finalLoss))
         }
         print("generations: \(result.generations)")
         for recovery in result.recoveries {
-            print(String(format: "  generation %llu (%@, %d agents): training resumed %.3f s after the event", recovery.generation, recovery.cause, recovery.worldSize, recovery.seconds))
+            print(
+                String(
+                    format: "  generation %llu (%@, %d agents): training resumed %.3f s after the event",
+                    recovery.generation, recovery.cause, recovery.worldSize, recovery.seconds))
         }
-        print("samples: \(result.samplesSeen) seen, \(result.samplesRepeated) repeated, \(result.samplesSkipped) skipped (counted from sample ids)")
+        print(
+            "samples: \(result.samplesSeen) seen, \(result.samplesRepeated) repeated, \(result.samplesSkipped) skipped (counted from sample ids)"
+        )
         print("parameters: hash \(result.paramHash), replicas diverged at \(result.divergences) check(s)")
         for (name, status) in result.terminatedExitStatus.sorted(by: { $0.key < $1.key }) {
             print("\(name) stopped with SIGTERM and exited with status \(status)")
         }
         if let path = result.modelPath { print("model: \(path)") }
-        let peaks = result.peakThreads.keys.sorted().map { "\($0) \(result.peakThreads[$0]!) threads, \((result.peakRSSBytes[$0] ?? 0) >> 20) MiB" }
+        let peaks = result.peakThreads.keys.sorted().map {
+            "\($0) \(result.peakThreads[$0]!) threads, \((result.peakRSSBytes[$0] ?? 0) >> 20) MiB"
+        }
         print("peaks: \(peaks.joined(separator: "; "))")
         if result.floodOpened > 0 {
-            print("floods: \(result.floodOpened) connection(s) opened, \(result.floodClosedByPeer) closed by the other side")
+            print(
+                "floods: \(result.floodOpened) connection(s) opened, \(result.floodClosedByPeer) closed by the other side"
+            )
         }
     }
 }
@@ -229,7 +270,8 @@ final class ProgressBar: Sendable {
         let text = String(
             format: "[%@%@] step %llu/%llu  loss %.4f  world %d  gen %llu  %.0f samples/s",
             String(repeating: "#", count: filled), String(repeating: ".", count: width - filled),
-            progress.step, progress.totalSteps, progress.loss, progress.worldSize, progress.generation, progress.samplesPerSecond
+            progress.step, progress.totalSteps, progress.loss, progress.worldSize, progress.generation,
+            progress.samplesPerSecond
         )
         if self.terminal {
             FileHandle.standardOutput.write(Data("\r\u{1B}[K\(text)".utf8))
@@ -247,7 +289,9 @@ final class ProgressBar: Sendable {
 
     func say(_ text: String) {
         guard self.enabled else { return }
-        if self.terminal && self.state.withLock({ $0.drawn }) { FileHandle.standardOutput.write(Data("\r\u{1B}[K".utf8)) }
+        if self.terminal && self.state.withLock({ $0.drawn }) {
+            FileHandle.standardOutput.write(Data("\r\u{1B}[K".utf8))
+        }
         print(text)
     }
 

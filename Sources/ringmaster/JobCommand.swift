@@ -49,10 +49,13 @@ struct JobCommand: AsyncParsableCommand {
                 "not_saved": job.notSaved,
                 "refusals": job.refusals.map { ["node": $0.nodeID, "reason": $0.reason] },
                 "failure": job.failure,
-                "samples": ["seen": job.samples.seen, "repeated": job.samples.repeated, "skipped": job.samples.skipped],
+                "samples": [
+                    "seen": job.samples.seen, "repeated": job.samples.repeated, "skipped": job.samples.skipped,
+                ],
                 "history": job.history.map {
                     [
-                        "generation": $0.generation, "cause": $0.cause, "world_size": $0.worldSize, "resume_step": $0.resumeStep,
+                        "generation": $0.generation, "cause": $0.cause, "world_size": $0.worldSize,
+                        "resume_step": $0.resumeStep,
                         "started_unix_ms": $0.startedUnixMs, "first_step_unix_ms": $0.firstStepUnixMs,
                     ] as [String: Any]
                 },
@@ -64,30 +67,46 @@ struct JobCommand: AsyncParsableCommand {
 
     static func printTable(_ status: Ringmaster_V1_JobStatusReply) {
         func pad(_ text: String, _ width: Int) -> String { text.padding(toLength: width, withPad: " ", startingAt: 0) }
-        print(pad("JOB", 20) + pad("PHASE", 10) + pad("GEN", 6) + pad("NODES", 10) + pad("STEP", 16) + pad("LOSS", 10) + "MEMBERS")
+        print(
+            pad("JOB", 20) + pad("PHASE", 10) + pad("GEN", 6) + pad("NODES", 10) + pad("STEP", 16) + pad("LOSS", 10)
+                + "MEMBERS")
         for job in status.jobs {
             let nodes = "\(job.members.count)/\(job.targetNodes)"
             let step = "\(job.cursorStep)/\(job.totalSteps)"
             let loss = job.cursorStep == 0 ? "-" : String(format: "%.4f", job.loss)
             let members = job.members.map { "\($0.rank):\($0.nodeID)" }.joined(separator: " ")
-            print(pad(job.jobID, 20) + pad(job.phase, 10) + pad("\(job.generation)", 6) + pad(nodes, 10) + pad(step, 16) + pad(loss, 10) + members)
+            print(
+                pad(job.jobID, 20) + pad(job.phase, 10) + pad("\(job.generation)", 6) + pad(nodes, 10) + pad(step, 16)
+                    + pad(loss, 10) + members)
         }
         for job in status.jobs where job.samples.seen > 0 {
-            var line = "\(job.jobID): samples \(job.samples.seen) seen, \(job.samples.repeated) repeated, \(job.samples.skipped) skipped"
+            var line =
+                "\(job.jobID): samples \(job.samples.seen) seen, \(job.samples.repeated) repeated, \(job.samples.skipped) skipped"
             if job.hasTestAccuracy { line += String(format: "; test accuracy %.2f%%", job.testAccuracy * 100) }
             if job.divergences > 0 { line += "; REPLICAS DIVERGED at \(job.divergences) check(s)" }
             print(line)
         }
         for job in status.jobs {
             if !job.failure.isEmpty { print("\(job.jobID): FAILED: \(job.failure)") }
-            for refusal in job.refusals { print("\(job.jobID): node \(refusal.nodeID) cannot run it: \(refusal.reason)") }
-            if !job.notSaved.isEmpty { print("\(job.jobID): ITS STATE IS NOT BEING SAVED (progress is lost if the coordinator restarts) \(job.notSaved)") }
+            for refusal in job.refusals {
+                print("\(job.jobID): node \(refusal.nodeID) cannot run it: \(refusal.reason)")
+            }
+            if !job.notSaved.isEmpty {
+                print(
+                    "\(job.jobID): ITS STATE IS NOT BEING SAVED (progress is lost if the coordinator restarts) \(job.notSaved)"
+                )
+            }
         }
-        for job in status.jobs where job.lastCheckpointStep > 0 || job.checkpointFailures > 0 || job.hasResumedFromStep {
+        for job in status.jobs where job.lastCheckpointStep > 0 || job.checkpointFailures > 0 || job.hasResumedFromStep
+        {
             var line = "\(job.jobID): "
             if job.hasResumedFromStep { line += "resumed from the checkpoint at step \(job.resumedFromStep); " }
-            line += job.lastCheckpointStep > 0 ? "latest checkpoint at step \(job.lastCheckpointStep)" : "no checkpoint committed yet"
-            if job.checkpointFailures > 0 { line += "; \(job.checkpointFailures) save(s) failed, the last: \(job.lastCheckpointError)" }
+            line +=
+                job.lastCheckpointStep > 0
+                ? "latest checkpoint at step \(job.lastCheckpointStep)" : "no checkpoint committed yet"
+            if job.checkpointFailures > 0 {
+                line += "; \(job.checkpointFailures) save(s) failed, the last: \(job.lastCheckpointError)"
+            }
             print(line)
         }
     }
@@ -132,7 +151,8 @@ struct JobCommand: AsyncParsableCommand {
     }
 
     struct Resize: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(commandName: "resize", abstract: "Change a running job's node count in place.")
+        static let configuration = CommandConfiguration(
+            commandName: "resize", abstract: "Change a running job's node count in place.")
 
         @Argument(help: "The job.")
         var job: String

@@ -29,8 +29,11 @@ struct NodeCommand: AsyncParsableCommand {
             }
             if self.json {
                 let nodes: [[String: Any]] = list.nodes.map {
-                    ["node": $0.nodeID, "state": $0.state, "connected": $0.connected, "job": $0.jobID,
-                     "rank": $0.jobID.isEmpty ? -1 : Int($0.rank), "certificate_not_after": $0.certificateNotAfterUnix]
+                    [
+                        "node": $0.nodeID, "state": $0.state, "connected": $0.connected, "job": $0.jobID,
+                        "rank": $0.jobID.isEmpty ? -1 : Int($0.rank),
+                        "certificate_not_after": $0.certificateNotAfterUnix,
+                    ]
                 }
                 let data = try JSONSerialization.data(withJSONObject: ["nodes": nodes], options: [.sortedKeys])
                 print(String(decoding: data, as: UTF8.self))
@@ -53,7 +56,8 @@ struct NodeCommand: AsyncParsableCommand {
     struct Drain: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
             commandName: "drain",
-            abstract: "Take a node out of service: it leaves its job gracefully and gets no new work until it reconnects."
+            abstract:
+                "Take a node out of service: it leaves its job gracefully and gets no new work until it reconnects."
         )
 
         @Argument(help: "The node id.")

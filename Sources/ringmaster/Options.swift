@@ -9,7 +9,16 @@ import ServiceLifecycle
 
 /// Logging options shared by the long-running subcommands.
 struct LoggingOptions: ParsableArguments {
-    @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
+    @Option(
+        help: "Log level: trace, debug, info, notice, warning, error, critical.",
+        transform: { text in
+            guard let level = Logger.Level(rawValue: text) else {
+                throw ValidationError(
+                    "--log-level must be one of trace, debug, info, notice, warning, error, critical, not \(text)")
+            }
+            return level
+        }
+    )
     var logLevel: Logger.Level = .info
 
     /// Sends logs to standard error (standard output stays for results) and returns a logger.
@@ -23,8 +32,6 @@ struct LoggingOptions: ParsableArguments {
         return Logger(label: label)
     }
 }
-
-extension Logger.Level: @retroactive ExpressibleByArgument {}
 
 /// Where the CLI finds the coordinator and its operator identity.
 struct OperatorOptions: ParsableArguments {

@@ -43,7 +43,8 @@ struct TokenCommand: AsyncParsableCommand {
             let expires = Date(timeIntervalSince1970: TimeInterval(created.expiresUnix))
             if self.json {
                 let object: [String: Any] = [
-                    "token": created.token, "ca_pin": created.caPin, "expires": ISO8601DateFormatter().string(from: expires),
+                    "token": created.token, "ca_pin": created.caPin,
+                    "expires": ISO8601DateFormatter().string(from: expires),
                 ]
                 let data = try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])
                 print(String(decoding: data, as: UTF8.self))

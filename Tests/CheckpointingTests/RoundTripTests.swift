@@ -17,7 +17,9 @@ struct RoundTripTests {
         let written = try writeCheckpoint(root: root, step: 300, world: world, state: state) { $0.samples = samples }
 
         let (manifest, loaded) = try CheckpointReader.load(root: root, step: 300)
-        #expect(try CheckpointReader.verify(root: root, step: 300) == manifest, "verifying gives the manifest that loading does")
+        #expect(
+            try CheckpointReader.verify(root: root, step: 300) == manifest,
+            "verifying gives the manifest that loading does")
         #expect(bits(loaded) == bits(state))
         #expect(manifest == written)
         #expect(manifest.permutationSeed == 0xFEDC_BA98_7654_3210, "a seed above Int64.max survives JSON exactly")

@@ -11,7 +11,8 @@ struct DataPlaneHelloTests {
     @Test(arguments: [(UInt64(0), 0, 1), (1, 3, 0), (UInt64.max, Int(UInt32.max), 7)])
     func aHello_roundTripsThroughItsWireForm(generation: UInt64, from: Int, to: Int) throws {
         let acceptorNonce = DataPlaneHandshake.nonce()
-        let hello = DataPlaneHello.proving(secret: Self.secret, acceptorNonce: acceptorNonce, generation: generation, from: from, to: to)
+        let hello = DataPlaneHello.proving(
+            secret: Self.secret, acceptorNonce: acceptorNonce, generation: generation, from: from, to: to)
         let bytes = hello.encoded()
         #expect(bytes.count == DataPlaneHello.byteCount)
         let decoded = try #require(DataPlaneHello(decoding: bytes))
@@ -23,7 +24,8 @@ struct DataPlaneHelloTests {
 
     @Test func aProof_failsForAnotherSecret_nonce_generationOrRank() throws {
         let acceptorNonce = DataPlaneHandshake.nonce()
-        let hello = DataPlaneHello.proving(secret: Self.secret, acceptorNonce: acceptorNonce, generation: 4, from: 2, to: 1)
+        let hello = DataPlaneHello.proving(
+            secret: Self.secret, acceptorNonce: acceptorNonce, generation: 4, from: 2, to: 1)
         #expect(!hello.isValid(secret: Array(repeating: 9, count: 32), acceptorNonce: acceptorNonce))
         #expect(!hello.isValid(secret: Self.secret, acceptorNonce: DataPlaneHandshake.nonce()))
         var older = hello
@@ -35,7 +37,9 @@ struct DataPlaneHelloTests {
         // The answer proves the secret back, and only for this hello.
         let answer = hello.answer(secret: Self.secret, acceptorNonce: acceptorNonce)
         #expect(hello.isValidAnswer(answer, secret: Self.secret, acceptorNonce: acceptorNonce))
-        #expect(!hello.isValidAnswer(hello.mac, secret: Self.secret, acceptorNonce: acceptorNonce), "a connect proof is not an accept proof")
+        #expect(
+            !hello.isValidAnswer(hello.mac, secret: Self.secret, acceptorNonce: acceptorNonce),
+            "a connect proof is not an accept proof")
     }
 
     @Test func garbage_isRefusedAtItsFirstWrongByte() {

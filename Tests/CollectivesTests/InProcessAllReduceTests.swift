@@ -1,9 +1,9 @@
+import CReduction
 import Foundation
 import Synchronization
 import Testing
 
 @testable import Collectives
-import CReduction
 
 @Suite("All-reduce over the in-process transport")
 struct InProcessAllReduceTests {
@@ -24,7 +24,8 @@ struct InProcessAllReduceTests {
             communicator.algorithm = algorithm
             var bytes = encode(input(rank: rank, count: count), as: type)
             try bytes.withUnsafeMutableBytes { buffer in
-                try communicator.allReduce(buffer, count: count, type: type, operation: operation, timeout: .seconds(20))
+                try communicator.allReduce(
+                    buffer, count: count, type: type, operation: operation, timeout: .seconds(20))
             }
             let values = decode(bytes, as: type)
             results.withLock { $0[rank] = values }
@@ -36,7 +37,8 @@ struct InProcessAllReduceTests {
     func float32Sums_areExact_onEveryRank(worldSize: Int, algorithm: Communicator.Algorithm) throws {
         for count in Self.counts {
             let reference = referenceSum(worldSize: worldSize, count: count)
-            let results = try Self.allReduce(worldSize: worldSize, count: count, type: .float32, operation: .sum, algorithm: algorithm)
+            let results = try Self.allReduce(
+                worldSize: worldSize, count: count, type: .float32, operation: .sum, algorithm: algorithm)
             for (rank, result) in results.enumerated() {
                 #expect(result == reference, "world \(worldSize), \(count) elements, rank \(rank)")
             }
@@ -47,7 +49,8 @@ struct InProcessAllReduceTests {
     func oneMebiElement_float32Sum_isExact(worldSize: Int) throws {
         let count = 1 << 20
         let reference = referenceSum(worldSize: worldSize, count: count)
-        let results = try Self.allReduce(worldSize: worldSize, count: count, type: .float32, operation: .sum, algorithm: .automatic)
+        let results = try Self.allReduce(
+            worldSize: worldSize, count: count, type: .float32, operation: .sum, algorithm: .automatic)
         for result in results { #expect(result == reference) }
     }
 
@@ -60,13 +63,16 @@ struct InProcessAllReduceTests {
         for count in [0, 1, 31, 1009, 4096] {
             let reference = referenceSum(worldSize: worldSize, count: count)
             for operation in [ReduceOperation.sum, .average] {
-                let results = try Self.allReduce(worldSize: worldSize, count: count, type: type, operation: operation, algorithm: .automatic)
+                let results = try Self.allReduce(
+                    worldSize: worldSize, count: count, type: type, operation: operation, algorithm: .automatic)
                 let expected = operation == .sum ? reference : reference.map { $0 / Float(worldSize) }
                 let tolerance: Float = type == .float16 ? (operation == .sum ? 0 : 0.001) : 0.004 * Float(worldSize)
                 for (rank, result) in results.enumerated() {
                     #expect(result.count == count)
                     let worst = zip(result, expected).map { abs($0 - $1) / max(1, abs($1)) }.max() ?? 0
-                    #expect(worst <= tolerance, "\(type) \(operation) world \(worldSize) count \(count) rank \(rank): relative error \(worst)")
+                    #expect(
+                        worst <= tolerance,
+                        "\(type) \(operation) world \(worldSize) count \(count) rank \(rank): relative error \(worst)")
                     #expect(result == results[0], "every rank ends with the same bits")
                 }
             }
@@ -77,7 +83,8 @@ struct InProcessAllReduceTests {
     func average_isTheSumDividedByTheWorldSize(worldSize: Int) throws {
         let count = 1013
         let reference = referenceSum(worldSize: worldSize, count: count).map { $0 / Float(worldSize) }
-        let results = try Self.allReduce(worldSize: worldSize, count: count, type: .float32, operation: .average, algorithm: .automatic)
+        let results = try Self.allReduce(
+            worldSize: worldSize, count: count, type: .float32, operation: .average, algorithm: .automatic)
         for result in results {
             #expect(zip(result, reference).allSatisfy { abs($0 - $1) <= 1e-6 * max(1, abs($1)) })
         }
@@ -94,7 +101,9 @@ struct InProcessCollectiveTests {
             try runRanks(worldSize) { rank in
                 let communicator = Communicator(transport: fabric.transport(rank: rank))
                 var bytes = [UInt8](repeating: rank == root ? 0 : 0xEE, count: 1001)
-                if rank == root { for index in bytes.indices { bytes[index] = UInt8(truncatingIfNeeded: index &* 31 &+ root) } }
+                if rank == root {
+                    for index in bytes.indices { bytes[index] = UInt8(truncatingIfNeeded: index &* 31 &+ root) }
+                }
                 try bytes.withUnsafeMutableBytes { try communicator.broadcast($0, root: root, timeout: .seconds(10)) }
                 results.withLock { $0[rank] = bytes }
             }
@@ -112,7 +121,9 @@ struct InProcessCollectiveTests {
             let input = [UInt8](repeating: UInt8(rank + 1), count: 37)
             var output = [UInt8](repeating: 0, count: 37 * worldSize)
             try input.withUnsafeBytes { source in
-                try output.withUnsafeMutableBytes { try communicator.allGather(source, into: $0, timeout: .seconds(10)) }
+                try output.withUnsafeMutableBytes {
+                    try communicator.allGather(source, into: $0, timeout: .seconds(10))
+                }
             }
             try communicator.barrier(timeout: .seconds(10))
             results.withLock { $0[rank] = output }
@@ -130,7 +141,9 @@ struct InProcessCollectiveTests {
             var bytes = [Float](repeating: 1, count: 1000)
             let start = ContinuousClock.now
             do {
-                try bytes.withUnsafeMutableBytes { try communicator.allReduce($0, count: 1000, type: .float32, timeout: .seconds(30)) }
+                try bytes.withUnsafeMutableBytes {
+                    try communicator.allReduce($0, count: 1000, type: .float32, timeout: .seconds(30))
+                }
             } catch let error as CollectiveError {
                 failed.withLock { $0 = (error, ContinuousClock.now - start) }
             } catch {}
@@ -154,7 +167,9 @@ struct InProcessCollectiveTests {
         let communicator = Communicator(transport: fabric.transport(rank: 0))
         var bytes = [Float](repeating: 1, count: 10)
         #expect {
-            try bytes.withUnsafeMutableBytes { try communicator.allReduce($0, count: 10, type: .float32, timeout: .milliseconds(200)) }
+            try bytes.withUnsafeMutableBytes {
+                try communicator.allReduce($0, count: 10, type: .float32, timeout: .milliseconds(200))
+            }
         } throws: { error in
             guard let error = error as? CollectiveError else { return false }
             return error.code == .deadlineExceeded && error.peer == 1 && error.operation == "allReduce"
@@ -177,13 +192,16 @@ struct ReductionTests {
             source.withUnsafeBytes { s in
                 destination.withUnsafeMutableBytes { d in
                     Reduction.add(
-                        s.baseAddress ?? UnsafeRawPointer(bitPattern: 1)!, into: d.baseAddress ?? UnsafeMutableRawPointer(bitPattern: 1)!,
+                        s.baseAddress ?? UnsafeRawPointer(bitPattern: 1)!,
+                        into: d.baseAddress ?? UnsafeMutableRawPointer(bitPattern: 1)!,
                         count: count, type: type, kernels: kernels
                     )
                 }
             }
             let expected = zip(decode(encode(a, as: type), as: type), decode(source, as: type)).map { $0 + $1 }
-            #expect(decode(destination, as: type) == decode(encode(expected, as: type), as: type), "\(type) \(kernels) count \(count)")
+            #expect(
+                decode(destination, as: type) == decode(encode(expected, as: type), as: type),
+                "\(type) \(kernels) count \(count)")
         }
     }
 
@@ -214,8 +232,12 @@ struct ReductionTests {
                 Reduction.add(s.baseAddress!, into: d.baseAddress!, count: count, type: type, kernels: kernels)
             }
         }
-        let wrong = (0..<count).filter { destination[$0] != expected[$0] && !(widen(destination[$0]).isNaN && widen(expected[$0]).isNaN) }
-        let shown = wrong.prefix(5).map { "element \($0): 0x\(String(destination[$0], radix: 16)), expected 0x\(String(expected[$0], radix: 16))" }
+        let wrong = (0..<count).filter {
+            destination[$0] != expected[$0] && !(widen(destination[$0]).isNaN && widen(expected[$0]).isNaN)
+        }
+        let shown = wrong.prefix(5).map {
+            "element \($0): 0x\(String(destination[$0], radix: 16)), expected 0x\(String(expected[$0], radix: 16))"
+        }
         #expect(wrong.isEmpty, "\(type) \(kernels): \(wrong.count) wrong, e.g. \(shown)")
     }
 
@@ -224,7 +246,9 @@ struct ReductionTests {
         let count = 1000 + 7
         let values = (0..<count).map { Float($0) * 0.37 - 100 }
         var buffer = encode(values, as: type)
-        buffer.withUnsafeMutableBytes { Reduction.scale($0.baseAddress!, count: count, type: type, by: 1 / 3, kernels: kernels) }
+        buffer.withUnsafeMutableBytes {
+            Reduction.scale($0.baseAddress!, count: count, type: type, by: 1 / 3, kernels: kernels)
+        }
         let expected = decode(encode(values, as: type), as: type).map { $0 * (1 / 3) }
         #expect(decode(buffer, as: type) == decode(encode(expected, as: type), as: type), "\(type) \(kernels)")
     }
@@ -239,7 +263,9 @@ struct ReductionTests {
             let got = rm_float_to_half(value)
             let expected = Float16(value).bitPattern
             if got != expected && !(value.isNaN && Float16(bitPattern: got).isNaN) && mismatches.count < 10 {
-                mismatches.append("narrowing \(value) (0x\(String(value.bitPattern, radix: 16))): 0x\(String(got, radix: 16)), expected 0x\(String(expected, radix: 16))")
+                mismatches.append(
+                    "narrowing \(value) (0x\(String(value.bitPattern, radix: 16))): 0x\(String(got, radix: 16)), expected 0x\(String(expected, radix: 16))"
+                )
             }
         }
         for bits in 0...UInt16.max {

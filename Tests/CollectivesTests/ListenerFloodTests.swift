@@ -6,7 +6,7 @@ import Testing
 @testable import Collectives
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// The data-plane listener under a flood of connections that are not the job's: idle ones that
@@ -29,7 +29,9 @@ struct ListenerFloodTests {
             let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
             guard fd >= 0 else { throw TestFailure("socket: \(String(cString: strerror(errno)))") }
             let connected = try Socket.endpoint(host: "127.0.0.1", port: port).withAddress { connect(fd, $0, $1) }
-            guard connected == 0 else { throw TestFailure("flood connect \(index): \(String(cString: strerror(errno)))") }
+            guard connected == 0 else {
+                throw TestFailure("flood connect \(index): \(String(cString: strerror(errno)))")
+            }
             if index % 2 == 1 { _ = Glibc.send(fd, "GARBAGE GARBAGE GARBAGE", 23, Int32(MSG_NOSIGNAL | MSG_DONTWAIT)) }
             descriptors.append(fd)
         }
@@ -37,7 +39,9 @@ struct ListenerFloodTests {
     }
 
     @Test func aThousandStrangers_costNoThreads_andTheJobConnectsThroughThem_generationAfterGeneration() throws {
-        let listeners = try (0..<3).map { _ in try DataPlaneListener(host: "127.0.0.1", port: 0, maximumPending: 64, handshakeTimeout: .seconds(2)) }
+        let listeners = try (0..<3).map { _ in
+            try DataPlaneListener(host: "127.0.0.1", port: 0, maximumPending: 64, handshakeTimeout: .seconds(2))
+        }
         defer { for listener in listeners { listener.close() } }
         let addresses = listeners.map { "127.0.0.1:\($0.port)" }
         let before = Self.threads()
@@ -46,7 +50,9 @@ struct ListenerFloodTests {
         defer { for fd in flood { Glibc.close(fd) } }
         for listener in listeners { flood += try Self.flood(port: listener.port, count: 1000) }
         let during = Self.threads()
-        #expect(during - before <= 2, "threads grew from \(before) to \(during) under the flood")
+        // Other suites run beside this one, and their threads come and go (dozens at most); a
+        // thread per pending handshake would be 3,000 here.
+        #expect(during - before < 100, "threads grew from \(before) to \(during) under the flood")
 
         // Three generations connect and all-reduce while the flood's connections are held, and a
         // second flood arrives between them.
@@ -54,16 +60,20 @@ struct ListenerFloodTests {
         for generation in UInt64(1)...3 {
             try runRanks(3, within: 30) { rank in
                 let transport = try TCPTransport.establish(
-                    rank: rank, addresses: addresses, generation: generation, secret: Self.secret, listener: listeners[rank], timeout: .seconds(20)
+                    rank: rank, addresses: addresses, generation: generation, secret: Self.secret,
+                    listener: listeners[rank], timeout: .seconds(20)
                 )
                 defer { transport.close() }
                 var bytes = input(rank: rank, count: 10_007)
-                try bytes.withUnsafeMutableBytes { try Communicator(transport: transport).allReduce($0, count: 10_007, type: .float32, timeout: .seconds(20)) }
+                try bytes.withUnsafeMutableBytes {
+                    try Communicator(transport: transport).allReduce(
+                        $0, count: 10_007, type: .float32, timeout: .seconds(20))
+                }
                 if bytes != reference { throw TestFailure("generation \(generation), rank \(rank): wrong sum") }
             }
             for listener in listeners { flood += try Self.flood(port: listener.port, count: 200) }
         }
-        #expect(Self.threads() - before <= 2)
+        #expect(Self.threads() - before < 100)
         for listener in listeners {
             // Garbage is refused at its first bytes; idle ones are dropped for newer connections
             // or time out; at most `maximumPending` are left pending.
@@ -73,7 +83,8 @@ struct ListenerFloodTests {
     }
 
     @Test func anIdleConnection_isClosedAtTheHandshakeDeadline() throws {
-        let listener = try DataPlaneListener(host: "127.0.0.1", port: 0, maximumPending: 4, handshakeTimeout: .milliseconds(300))
+        let listener = try DataPlaneListener(
+            host: "127.0.0.1", port: 0, maximumPending: 4, handshakeTimeout: .milliseconds(300))
         defer { listener.close() }
         let fd = try Self.flood(port: listener.port, count: 1)[0]
         defer { Glibc.close(fd) }

@@ -6,7 +6,7 @@ import Testing
 @testable import Collectives
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// Real loopback TCP: every rank has its own data-plane listener and connections.
@@ -45,7 +45,10 @@ struct TCPTransportTests {
             var mine: [[Float]] = []
             for count in counts {
                 var bytes = encode(input(rank: rank, count: count), as: type)
-                try bytes.withUnsafeMutableBytes { try communicator.allReduce($0, count: count, type: type, operation: operation, timeout: .seconds(30)) }
+                try bytes.withUnsafeMutableBytes {
+                    try communicator.allReduce(
+                        $0, count: count, type: type, operation: operation, timeout: .seconds(30))
+                }
                 mine.append(decode(bytes, as: type))
             }
             results.withLock { $0[rank] = mine }
@@ -60,7 +63,8 @@ struct TCPTransportTests {
         let results = try Self.run(worldSize: 3, counts: counts, type: .float32, host: "[::1]")
         for (index, count) in counts.enumerated() {
             for rank in 0..<3 {
-                #expect(results[rank][index] == referenceSum(worldSize: 3, count: count), "\(count) elements, rank \(rank)")
+                #expect(
+                    results[rank][index] == referenceSum(worldSize: 3, count: count), "\(count) elements, rank \(rank)")
             }
         }
         let any = try DataPlaneListener(host: "::", port: 0)
@@ -107,7 +111,9 @@ struct TCPTransportTests {
         let stranger = Thread {
             started.wait()
             // Knows the port, the generation and the protocol, but not the secret.
-            _ = try? TCPTransport.dial(addresses[0], from: 1, to: 0, generation: 1, secret: Array(repeating: 7, count: 32), deadline: .now + .milliseconds(300))
+            _ = try? TCPTransport.dial(
+                addresses[0], from: 1, to: 0, generation: 1, secret: Array(repeating: 7, count: 32),
+                deadline: .now + .milliseconds(300))
             // And one that speaks no protocol at all.
             let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
             _ = try! Socket.endpoint(host: "127.0.0.1", port: listeners[0].port).withAddress { connect(fd, $0, $1) }
@@ -117,7 +123,8 @@ struct TCPTransportTests {
         stranger.start()
         let reference = referenceSum(worldSize: 2, count: 100_000)
         try runRanks(2) { rank in
-            let transport = try TCPTransport.establish(rank: rank, addresses: addresses, generation: 1, secret: Self.secret, listener: listeners[rank])
+            let transport = try TCPTransport.establish(
+                rank: rank, addresses: addresses, generation: 1, secret: Self.secret, listener: listeners[rank])
             let communicator = Communicator(transport: transport)
             if rank == 0 { started.signal() }
             // The job keeps all-reducing until rank 0 has seen both strangers refused (at most
@@ -145,7 +152,8 @@ struct TCPTransportTests {
         defer { for listener in listeners { listener.close() } }
         let transports = Mutex<[TCPTransport?]>([nil, nil])
         try runRanks(2) { rank in
-            let transport = try TCPTransport.establish(rank: rank, addresses: addresses, generation: 1, secret: Self.secret, listener: listeners[rank])
+            let transport = try TCPTransport.establish(
+                rank: rank, addresses: addresses, generation: 1, secret: Self.secret, listener: listeners[rank])
             transports.withLock { $0[rank] = transport }
         }
         let rank0 = transports.withLock { $0[0]! }
@@ -155,7 +163,9 @@ struct TCPTransportTests {
         let thread = Thread {
             var bytes = [Float](repeating: 1, count: 1 << 20)
             do {
-                try bytes.withUnsafeMutableBytes { try communicator.allReduce($0, count: 1 << 20, type: .float32, timeout: .seconds(30)) }
+                try bytes.withUnsafeMutableBytes {
+                    try communicator.allReduce($0, count: 1 << 20, type: .float32, timeout: .seconds(30))
+                }
             } catch let error as CollectiveError {
                 outcome.withLock { $0 = error }
             } catch {}
@@ -178,7 +188,8 @@ struct TCPTransportTests {
         let errors = Mutex<[Int: CollectiveError]>([:])
         let start = ContinuousClock.now
         try runRanks(3) { rank in
-            let transport = try TCPTransport.establish(rank: rank, addresses: addresses, generation: 1, secret: Self.secret, listener: listeners[rank])
+            let transport = try TCPTransport.establish(
+                rank: rank, addresses: addresses, generation: 1, secret: Self.secret, listener: listeners[rank])
             let communicator = Communicator(transport: transport)
             if rank == 2 {
                 transport.close()  // as a killed process's sockets close
@@ -186,7 +197,9 @@ struct TCPTransportTests {
             }
             var bytes = [Float](repeating: 1, count: 1 << 20)
             do {
-                try bytes.withUnsafeMutableBytes { try communicator.allReduce($0, count: 1 << 20, type: .float32, timeout: .seconds(30)) }
+                try bytes.withUnsafeMutableBytes {
+                    try communicator.allReduce($0, count: 1 << 20, type: .float32, timeout: .seconds(30))
+                }
             } catch let error as CollectiveError {
                 errors.withLock { $0[rank] = error }
             }

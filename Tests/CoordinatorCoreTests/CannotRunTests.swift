@@ -55,7 +55,8 @@ struct CannotRunTests {
         let record = sim.record()
         #expect(record.phase == .failed)
         let failure = try #require(record.failure)
-        #expect(failure.contains("a: no file /data/set") && failure.contains("b: no file /data/set either"), "\(failure)")
+        #expect(
+            failure.contains("a: no file /data/set") && failure.contains("b: no file /data/set either"), "\(failure)")
         #expect(sim.log.contains { if case .jobFailed("job", _) = $0 { return true } else { return false } })
         #expect(sim.log.last == .persist(job: "job") || sim.log.contains(.persist(job: "job")))
         // Both nodes are free for the next job.

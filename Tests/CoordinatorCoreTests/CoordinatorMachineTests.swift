@@ -5,7 +5,9 @@ import Testing
 
 @Suite("Rendezvous")
 struct RendezvousTests {
-    static let orders = [["a", "b", "c"], ["a", "c", "b"], ["b", "a", "c"], ["b", "c", "a"], ["c", "a", "b"], ["c", "b", "a"]]
+    static let orders = [
+        ["a", "b", "c"], ["a", "c", "b"], ["b", "a", "c"], ["b", "c", "a"], ["c", "a", "b"], ["c", "b", "a"],
+    ]
 
     @Test(arguments: orders)
     func everyJoinOrder_givesTheSameRanks_inOneGeneration(order: [String]) throws {
@@ -257,7 +259,9 @@ struct BadCommandTests {
     }
 
     /// Applies `command`, expects a refusal with `code`, and checks that nothing changed.
-    func expectRefused(_ command: CoordinatorMachine.Command, _ code: CoordinatorMachine.CommandError.Code, mentioning text: String) throws {
+    func expectRefused(
+        _ command: CoordinatorMachine.Command, _ code: CoordinatorMachine.CommandError.Code, mentioning text: String
+    ) throws {
         var sim = try self.running()
         let records = sim.machine.records
         let nodes = sim.machine.nodeStatuses

@@ -35,7 +35,9 @@ struct PropertyTests {
                 online.remove(node)
                 sim.advance(by: .seconds(3), heartbeating: Array(online).sorted())
             case 25..<28:
-                if let held = sim.assignments[node] { sim.send(.left(node: node, job: held.job, generation: held.generation)) }
+                if let held = sim.assignments[node] {
+                    sim.send(.left(node: node, job: held.job, generation: held.generation))
+                }
             case 28..<30:
                 _ = try? sim.command(.drain(node: node))
             case 30..<33:
@@ -49,8 +51,12 @@ struct PropertyTests {
                 // cursor wrongly, and the report repeated when the step completes counts once.
                 if let held = sim.assignments[node], let rank = held.members.first(where: { $0.node == node })?.rank {
                     let step = sim.record().cursor
-                    let ids = order.samples(step: step, rank: rank, worldSize: held.members.count, permutation: order.permutation(epoch: order.epoch(ofStep: step)))
-                    sim.send(.stepCompleted(node: node, job: held.job, generation: held.generation, step: step, samples: Array(ids)))
+                    let ids = order.samples(
+                        step: step, rank: rank, worldSize: held.members.count,
+                        permutation: order.permutation(epoch: order.epoch(ofStep: step)))
+                    sim.send(
+                        .stepCompleted(
+                            node: node, job: held.job, generation: held.generation, step: step, samples: Array(ids)))
                 }
             case 40..<55:
                 sim.advance(by: .milliseconds(700), heartbeating: Array(online).sorted())
@@ -83,7 +89,9 @@ struct PropertyTests {
                 #expect(ids.sorted() == Array(0..<97), "epoch \(epoch) skipped samples (seed \(seed))")
             }
         }
-        #expect(sim.log.contains { if case .stepCommitted = $0 { return true } else { return false } }, "the sequence made progress")
+        #expect(
+            sim.log.contains { if case .stepCommitted = $0 { return true } else { return false } },
+            "the sequence made progress")
         // The machine's own account, from the ids in reports, agrees with the count above.
         let account = sim.record().samples ?? SampleAccounting()
         #expect(account.seen == UInt64(consumed.values.reduce(0) { $0 + $1.count }), "seed \(seed)")

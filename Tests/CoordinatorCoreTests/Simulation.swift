@@ -81,8 +81,11 @@ struct Simulation {
         let order = record.spec.order
         let permutation = order.permutation(epoch: order.epoch(ofStep: record.cursor))
         for (rank, member) in record.members.enumerated() {
-            let ids = order.samples(step: record.cursor, rank: rank, worldSize: record.members.count, permutation: permutation)
-            self.send(.stepCompleted(node: member, job: job, generation: record.generation, step: record.cursor, samples: Array(ids)))
+            let ids = order.samples(
+                step: record.cursor, rank: rank, worldSize: record.members.count, permutation: permutation)
+            self.send(
+                .stepCompleted(
+                    node: member, job: job, generation: record.generation, step: record.cursor, samples: Array(ids)))
         }
     }
 

@@ -51,7 +51,9 @@ struct AccessPolicyTests {
 
     @Test(arguments: [PeerIdentity.Role?.none, .agent, .operator, .coordinator])
     func coordinatorOnlyMessages_andEmptyEnvelopes_areRefusedFromEveryone(role: PeerIdentity.Role?) {
-        #expect(AccessPolicy.decide(role: role, envelope: Self.assignment) == .refuse("assignment is sent only by the coordinator"))
+        #expect(
+            AccessPolicy.decide(role: role, envelope: Self.assignment)
+                == .refuse("assignment is sent only by the coordinator"))
         #expect(AccessPolicy.decide(role: role, envelope: Envelope()) != .allow)
     }
 }

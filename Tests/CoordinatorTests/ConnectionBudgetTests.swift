@@ -4,7 +4,8 @@ import Testing
 
 @Suite("Connection budget")
 struct ConnectionBudgetTests {
-    static let limits = ConnectionBudget.Limits(maximumConnections: 6, maximumUnauthenticated: 4, maximumUnauthenticatedPerAddress: 2)
+    static let limits = ConnectionBudget.Limits(
+        maximumConnections: 6, maximumUnauthenticated: 4, maximumUnauthenticatedPerAddress: 2)
 
     func admitted(_ budget: inout ConnectionBudget, _ address: String) throws -> ConnectionBudget.Ticket {
         let admission = try budget.admit(from: address).get()
@@ -91,6 +92,8 @@ struct ConnectionBudgetTests {
         #expect(limits.maximumConnections < descriptors)
         #expect(descriptors - limits.maximumConnections >= min(64, descriptors / 2))
         #expect(limits.maximumUnauthenticated <= 1024 && limits.maximumUnauthenticated <= limits.maximumConnections)
-        #expect(limits.maximumUnauthenticatedPerAddress <= 64 && limits.maximumUnauthenticatedPerAddress <= limits.maximumUnauthenticated)
+        #expect(
+            limits.maximumUnauthenticatedPerAddress <= 64
+                && limits.maximumUnauthenticatedPerAddress <= limits.maximumUnauthenticated)
     }
 }

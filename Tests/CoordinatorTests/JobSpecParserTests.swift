@@ -21,7 +21,8 @@ struct JobSpecParserTests {
         """
 
     @Test func theExampleSpec_parses() throws {
-        let url = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        let url = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent()
             .appendingPathComponent("coordinator/examples/digits.yaml")
         let spec = try JobSpecParser.parse(yaml: try String(contentsOf: url, encoding: .utf8))
         #expect(spec.name == "digits" && spec.minNodes == 2 && spec.maxNodes == 4)
@@ -35,7 +36,9 @@ struct JobSpecParserTests {
         #expect(spec.workloadParameters.contains("hidden") && !spec.workloadParameters.contains("kind"))
         #expect(spec.datasetPath == "data/digits.csv.gz" && spec.datasetSamples == 1437)
         #expect(spec.globalBatchSize == 64 && spec.steps == 1500 && spec.seed == 42)
-        #expect(spec.checkpointDirectory == "/mnt/ckpt/digits" && spec.checkpointIntervalSteps == 100 && spec.checkpointKeep == 3)
+        #expect(
+            spec.checkpointDirectory == "/mnt/ckpt/digits" && spec.checkpointIntervalSteps == 100
+                && spec.checkpointKeep == 3)
     }
 
     @Test func epochs_becomeSteps_includingTheLastPartialBatch() throws {
@@ -54,7 +57,10 @@ struct JobSpecParserTests {
         ("seed: 42", "seed: 42\nbatchsize: 3", "batchsize"),
         ("steps: 1500", "", "steps"),
         ("steps: 1500", "steps: 1500\nepochs: 3", "steps"),
-        ("checkpoint: {directory: /mnt/ckpt/digits, interval_steps: 100, keep: 3}", "checkpoint: {directory: relative/dir}", "checkpoint.directory"),
+        (
+            "checkpoint: {directory: /mnt/ckpt/digits, interval_steps: 100, keep: 3}",
+            "checkpoint: {directory: relative/dir}", "checkpoint.directory"
+        ),
     ])
     func badFields_areRefusedByName(original: String, replacement: String, field: String) {
         let yaml = Self.valid.replacingOccurrences(of: original, with: replacement)

@@ -14,7 +14,9 @@ struct JobSpecScreenTests {
         let letters = Array("abcdefghi")
         for index in 1..<letters.count {
             let previous = letters[index - 1]
-            lines.append("\(letters[index]): &\(letters[index]) [" + Array(repeating: "*\(previous)", count: 9).joined(separator: ",") + "]")
+            lines.append(
+                "\(letters[index]): &\(letters[index]) ["
+                    + Array(repeating: "*\(previous)", count: 9).joined(separator: ",") + "]")
         }
         return lines.joined(separator: "\n") + "\n"
     }()
@@ -25,7 +27,9 @@ struct JobSpecScreenTests {
         let letters = Array("abcdefghij")
         for index in 1..<letters.count {
             let previous = letters[index - 1]
-            lines.append("\(letters[index]): &\(letters[index]) {? *\(previous) : 1, ? [*\(previous)] : 2, ? [[*\(previous)]] : 3}")
+            lines.append(
+                "\(letters[index]): &\(letters[index]) {? *\(previous) : 1, ? [*\(previous)] : 2, ? [[*\(previous)]] : 3}"
+            )
         }
         return lines.joined(separator: "\n") + "\n"
     }()
@@ -53,7 +57,8 @@ struct JobSpecScreenTests {
 
     @Test func anAliasToAnUndefinedAnchor_andAnAnchorAlone_areRefused() throws {
         #expect(try #require(self.refusal("name: *nowhere\n")).reason.contains("alias (*nowhere) on line 1"))
-        #expect(try #require(self.refusal("name: x\nworkload: &w {kind: mlp}\n")).reason.contains("anchor (&w) on line 2"))
+        #expect(
+            try #require(self.refusal("name: x\nworkload: &w {kind: mlp}\n")).reason.contains("anchor (&w) on line 2"))
     }
 
     @Test func deepNesting_isRefused_beforeAnythingIsBuilt() throws {
@@ -71,7 +76,9 @@ struct JobSpecScreenTests {
     }
 
     @Test func tooManyValues_areRefused() throws {
-        let many = "name: x\nlist: [" + Array(repeating: "1", count: JobSpecScreen.maximumNodes + 1).joined(separator: ",") + "]\n"
+        let many =
+            "name: x\nlist: [" + Array(repeating: "1", count: JobSpecScreen.maximumNodes + 1).joined(separator: ",")
+            + "]\n"
         #expect(try #require(self.refusal(many)).reason.contains("more than \(JobSpecScreen.maximumNodes) values"))
     }
 
@@ -86,14 +93,20 @@ struct JobSpecScreenTests {
 
     /// Yams' own constructor traps on these (a force unwrap of the key as text): one line of YAML
     /// would have ended the coordinator. They are refused, naming the problem.
-    @Test(arguments: ["[a]: 1\n", "name: x\n{a: 1}: 2\n", "? [x]\n: 1\n", "name: !!set {? [x]}\n", "nodes: {? {min: 1} : 2}\n"])
+    @Test(arguments: [
+        "[a]: 1\n", "name: x\n{a: 1}: 2\n", "? [x]\n: 1\n", "name: !!set {? [x]}\n", "nodes: {? {min: 1} : 2}\n",
+    ])
     func aKeyThatIsNotText_isRefused_notACrash(yaml: String) throws {
         let error = try #require(self.refusal(yaml))
         #expect(error.reason.contains("key that is not text"), "\(error)")
     }
 
     @Test func aHugeValue_inAnError_isShortened() throws {
-        let error = try #require(self.refusal(JobSpecParserTests.valid.replacingOccurrences(of: "batch_size: 64", with: "batch_size: [" + Array(repeating: "7", count: 5000).joined(separator: ",") + "]")))
+        let error = try #require(
+            self.refusal(
+                JobSpecParserTests.valid.replacingOccurrences(
+                    of: "batch_size: 64",
+                    with: "batch_size: [" + Array(repeating: "7", count: 5000).joined(separator: ",") + "]")))
         #expect(error.field == "batch_size")
         #expect(error.description.count < 300, "\(error.description.count) characters")
     }

@@ -22,7 +22,9 @@ struct CollectiveProcessTests {
         defer { for worker in workers { worker.signal(SIGKILL) } }
         var ports: [String] = []
         for worker in workers {
-            let line = try await worker.standardOutput.waitForLine(within: 30, "its data port") { $0.hasPrefix("port ") }
+            let line = try await worker.standardOutput.waitForLine(within: 30, "its data port") {
+                $0.hasPrefix("port ")
+            }
             ports.append("127.0.0.1:" + line.dropFirst(5))
         }
         for worker in workers { worker.send(line: ports.joined(separator: ",")) }

@@ -9,12 +9,15 @@ import Testing
 
 @Suite("Drain and resize over the admin API", .timeLimit(.minutes(1)))
 struct DrainResizeTests {
-    func admin(_ coordinator: TestCoordinator, _ build: @escaping @Sendable (inout Ringmaster_V1_AdminRequest) -> Void) async throws -> Envelope {
-        try await ControlClient(address: coordinator.address, credentials: coordinator.operatorCredentials).withConnection { session in
-            var envelope = Envelope()
-            build(&envelope.adminRequest)
-            return try await session.request(envelope)
-        }
+    func admin(_ coordinator: TestCoordinator, _ build: @escaping @Sendable (inout Ringmaster_V1_AdminRequest) -> Void)
+        async throws -> Envelope
+    {
+        try await ControlClient(address: coordinator.address, credentials: coordinator.operatorCredentials)
+            .withConnection { session in
+                var envelope = Envelope()
+                build(&envelope.adminRequest)
+                return try await session.request(envelope)
+            }
     }
 
     func members(_ coordinator: TestCoordinator) async throws -> [String] {
@@ -30,7 +33,9 @@ struct DrainResizeTests {
         defer { for task in tasks { task.cancel() } }
         for name in ["node-a", "node-b", "node-c"] {
             let (token, pin) = try await coordinator.createToken()
-            var configuration = AgentConfiguration(coordinator: coordinator.address, dataDirectory: "\(coordinator.directory.path)/\(name)", nodeName: name)
+            var configuration = AgentConfiguration(
+                coordinator: coordinator.address, dataDirectory: "\(coordinator.directory.path)/\(name)", nodeName: name
+            )
             configuration.joinToken = token
             configuration.caPin = pin
             let log = LineLog(name: "\(name) log")
@@ -41,10 +46,13 @@ struct DrainResizeTests {
         }
         _ = try await self.admin(coordinator) {
             $0.jobSubmit = .with {
-                $0.specYaml = "name: job\nworkload: {kind: mlp}\ndataset: {path: /d, samples: 100}\nbatch_size: 12\nsteps: 100\nnodes: {min: 1, max: 3}\n"
+                $0.specYaml =
+                    "name: job\nworkload: {kind: mlp}\ndataset: {path: /d, samples: 100}\nbatch_size: 12\nsteps: 100\nnodes: {min: 1, max: 3}\n"
             }
         }
-        try await coordinator.log.waitForLine(within: 10, "generation 1") { $0.contains("generation started") && $0.contains("world_size=3") }
+        try await coordinator.log.waitForLine(within: 10, "generation 1") {
+            $0.contains("generation started") && $0.contains("world_size=3")
+        }
         #expect(try await self.members(coordinator) == ["node-a", "node-b", "node-c"])
 
         // Drain node-b: it is told, leaves, and the job continues without it.
@@ -55,11 +63,27 @@ struct DrainResizeTests {
         }
 
         // Shrink to 1 in place, then grow back to 2: node-b stays drained, so only node-c can return.
-        _ = try await self.admin(coordinator) { $0.jobResize = .with { $0.jobID = "job"; $0.nodes = 1 } }
-        try await coordinator.log.waitForLine(within: 10, "the shrink") { $0.contains("cause=resized") && $0.contains("members=node-a ") }
-        _ = try await self.admin(coordinator) { $0.jobResize = .with { $0.jobID = "job"; $0.nodes = 3 } }
-        try await coordinator.log.waitForLine(within: 10, "the growth") { $0.contains("cause=resized") && $0.contains("members=node-a,node-c ") }
+        _ = try await self.admin(coordinator) {
+            $0.jobResize = .with {
+                $0.jobID = "job"
+                $0.nodes = 1
+            }
+        }
+        try await coordinator.log.waitForLine(within: 10, "the shrink") {
+            $0.contains("cause=resized") && $0.contains("members=node-a ")
+        }
+        _ = try await self.admin(coordinator) {
+            $0.jobResize = .with {
+                $0.jobID = "job"
+                $0.nodes = 3
+            }
+        }
+        try await coordinator.log.waitForLine(within: 10, "the growth") {
+            $0.contains("cause=resized") && $0.contains("members=node-a,node-c ")
+        }
         #expect(try await self.members(coordinator) == ["node-a", "node-c"])
-        try await logs["node-c"]!.waitForLine(within: 10, "its newest assignment") { $0.contains("holding an assignment") && $0.contains("generation=4") }
+        try await logs["node-c"]!.waitForLine(within: 10, "its newest assignment") {
+            $0.contains("holding an assignment") && $0.contains("generation=4")
+        }
     }
 }

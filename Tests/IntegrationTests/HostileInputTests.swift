@@ -6,7 +6,7 @@ import RingmasterWire
 import Testing
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// Bad input, hostile clients and full disks against the real processes: none of them costs the
@@ -35,7 +35,8 @@ struct HostileInputTests {
     }
 
     func submit(_ cluster: ProcessCluster, _ yaml: String) async throws -> Ringmaster_V1_JobStatus {
-        try await cluster.admin { $0.jobSubmit = .with { $0.specYaml = yaml } }.adminReply.jobStatus.jobs.first ?? .init()
+        try await cluster.admin { $0.jobSubmit = .with { $0.specYaml = yaml } }.adminReply.jobStatus.jobs.first
+            ?? .init()
     }
 
     /// The refusal a submit gets, or nil when it was accepted.
@@ -49,13 +50,20 @@ struct HostileInputTests {
     }
 
     /// Runs `body` in one operator session (connected and handshaken before `body` starts).
-    func withSession<T: Sendable>(_ cluster: ProcessCluster, _ body: @escaping @Sendable (ControlSession) async throws -> T) async throws -> T {
-        try await ControlClient(address: ControlAddress(host: "127.0.0.1", port: cluster.port), credentials: try cluster.operatorCredentials())
-            .withConnection(body)
+    func withSession<T: Sendable>(
+        _ cluster: ProcessCluster, _ body: @escaping @Sendable (ControlSession) async throws -> T
+    ) async throws -> T {
+        try await ControlClient(
+            address: ControlAddress(host: "127.0.0.1", port: cluster.port),
+            credentials: try cluster.operatorCredentials()
+        )
+        .withConnection(body)
     }
 
     /// One admin request in `session`, and how long its answer took (a refusal is an answer).
-    func timed(_ session: ControlSession, _ fill: @escaping @Sendable (inout Ringmaster_V1_AdminRequest) -> Void) async throws -> (reply: Envelope?, refusal: String?, seconds: Double) {
+    func timed(_ session: ControlSession, _ fill: @escaping @Sendable (inout Ringmaster_V1_AdminRequest) -> Void)
+        async throws -> (reply: Envelope?, refusal: String?, seconds: Double)
+    {
         var envelope = Envelope()
         fill(&envelope.adminRequest)
         let begun = ContinuousClock.now
@@ -97,10 +105,19 @@ struct HostileInputTests {
         _ = try await cluster.admin { $0.jobStatus = .init() }  // the coordinator is up and warm
         let bombs: [(String, String, String)] = [
             ("alias bomb", SpecFuzzBenchmark.aliasBomb(levels: 9, fanOut: 9), "anchors and aliases are not allowed"),
-            ("aliases as keys", SpecFuzzBenchmark.aliasBomb(levels: 12, fanOut: 3, asKeys: true), "anchors and aliases are not allowed"),
-            ("deep nesting", "name: " + String(repeating: "[", count: 100_000) + String(repeating: "]", count: 100_000), "deep"),
+            (
+                "aliases as keys", SpecFuzzBenchmark.aliasBomb(levels: 12, fanOut: 3, asKeys: true),
+                "anchors and aliases are not allowed"
+            ),
+            (
+                "deep nesting",
+                "name: " + String(repeating: "[", count: 100_000) + String(repeating: "]", count: 100_000), "deep"
+            ),
             // Just over the limit: a debug build's TLS moves a few MB/s, and that is not what is measured.
-            ("over 1 MiB", "name: big\nnote: \"" + String(repeating: "x", count: (1 << 20) + 1024) + "\"\n", "at most 1048576 bytes"),
+            (
+                "over 1 MiB", "name: big\nnote: \"" + String(repeating: "x", count: (1 << 20) + 1024) + "\"\n",
+                "at most 1048576 bytes"
+            ),
         ]
         #expect(bombs[0].1.utf8.count < 700, "the alias bomb is as small as the reported one")
         let sampler = ProcessSampler(pids: [coordinator.pid])
@@ -110,7 +127,9 @@ struct HostileInputTests {
                 group.addTask {
                     try await withDeadline(seconds: 30, waitingFor: "the coordinator to answer the \(label) submit") {
                         try await self.withSession(cluster) { session in
-                            let (_, refusal, seconds) = try await self.timed(session) { $0.jobSubmit = .with { $0.specYaml = yaml } }
+                            let (_, refusal, seconds) = try await self.timed(session) {
+                                $0.jobSubmit = .with { $0.specYaml = yaml }
+                            }
                             return (label, refusal, seconds, expected)
                         }
                     }
@@ -122,7 +141,9 @@ struct HostileInputTests {
                     var slowest = 0.0
                     var answered = 0
                     while answered < 20 || self.seconds(since: started) < 2 {
-                        let (_, _, seconds) = try await withDeadline(seconds: 10, waitingFor: "a job status answer during the bombs") {
+                        let (_, _, seconds) = try await withDeadline(
+                            seconds: 10, waitingFor: "a job status answer during the bombs"
+                        ) {
                             try await self.timed(session) { $0.jobStatus = .init() }
                         }
                         slowest = max(slowest, seconds)
@@ -147,8 +168,11 @@ struct HostileInputTests {
         }
         #expect(peak.rssGrowth < 64 << 20, "the coordinator grew by \(peak.rssGrowth >> 20) MiB")
         #expect(!coordinator.hasExited)
-        #expect(try await cluster.admin { $0.jobStatus = .init() }.adminReply.jobStatus.jobs.isEmpty, "no job was created")
-        print("spec bombs: coordinator \(peak); " + outcomes.map { "\($0.0) \(String(format: "%.3f", $0.2)) s" }.joined(separator: ", "))
+        #expect(
+            try await cluster.admin { $0.jobStatus = .init() }.adminReply.jobStatus.jobs.isEmpty, "no job was created")
+        print(
+            "spec bombs: coordinator \(peak); "
+                + outcomes.map { "\($0.0) \(String(format: "%.3f", $0.2)) s" }.joined(separator: ", "))
     }
 
     // MARK: - A data set the nodes do not have
@@ -190,7 +214,9 @@ struct HostileInputTests {
         #expect(lines.contains { $0.contains("FAILED") })
 
         _ = try await self.submit(cluster, Self.trial)
-        try await coordinator.waitForLine(within: 120, "the good job to finish") { $0.contains("job finished") && $0.contains("trial") }
+        try await coordinator.waitForLine(within: 120, "the good job to finish") {
+            $0.contains("job finished") && $0.contains("trial")
+        }
         let finished = try await self.status(cluster, "trial")
         #expect(finished.phase == "finished")
         #expect(finished.members.map(\.nodeID) == ["node-a", "node-b"])
@@ -225,7 +251,12 @@ struct HostileInputTests {
 
         // Fill the file system.
         let filler = "\(mount)/filler"
-        let fillerHandle = try #require(FileHandle(forWritingAtPath: { FileManager.default.createFile(atPath: filler, contents: nil); return filler }()))
+        let fillerHandle = try #require(
+            FileHandle(
+                forWritingAtPath: {
+                    FileManager.default.createFile(atPath: filler, contents: nil)
+                    return filler
+                }()))
         let chunk = Data(count: 16 << 10)
         while (try? fillerHandle.write(contentsOf: chunk)) != nil {}
         try? fillerHandle.close()
@@ -234,7 +265,9 @@ struct HostileInputTests {
         var refused: [String: String] = [:]
         for index in 0..<200 where refused.count < 3 {
             let name = "job-\(index)"
-            if let message = try await self.refusal(submitting: Self.trial.replacingOccurrences(of: "name: trial", with: "name: \(name)"), to: cluster) {
+            if let message = try await self.refusal(
+                submitting: Self.trial.replacingOccurrences(of: "name: trial", with: "name: \(name)"), to: cluster)
+            {
                 refused[name] = message
             } else {
                 acknowledged.append(name)
@@ -253,12 +286,15 @@ struct HostileInputTests {
         #expect(unsaved.notSaved.contains("no space left on device under \(state)"), "\(unsaved.notSaved)")
         let beyond = Int(unsaved.cursorStep) + 500
         try await agents[0].waitForLine(within: 60, "the runner to train past step \(beyond)") { line in
-            guard line.contains("trained"), let step = line.split(separator: "step=").last?.prefix(while: \.isNumber) else { return false }
+            guard line.contains("trained"), let step = line.split(separator: "step=").last?.prefix(while: \.isNumber)
+            else { return false }
             return (Int(step) ?? 0) > beyond
         }
         #expect(try await self.status(cluster, "runner").cursorStep > unsaved.cursorStep, "the runner goes on")
         for name in refused.keys {
-            await #expect(throws: (any Error).self, "\(name) was refused but exists") { _ = try await self.status(cluster, name) }
+            await #expect(throws: (any Error).self, "\(name) was refused but exists") {
+                _ = try await self.status(cluster, name)
+            }
         }
 
         // Space freed: submits work again.
@@ -275,7 +311,9 @@ struct HostileInputTests {
         for name in refused.keys {
             #expect(!jobs.contains(name), "\(name) was refused but exists after the restart")
         }
-        print("full state disk: \(acknowledged.count) submits acknowledged (all kept), \(refused.count) refused with the cause")
+        print(
+            "full state disk: \(acknowledged.count) submits acknowledged (all kept), \(refused.count) refused with the cause"
+        )
     }
 
     // MARK: - Floods
@@ -286,17 +324,22 @@ struct HostileInputTests {
     /// files: an agent joins during the flood and a job of two trains 2,000 steps with exact
     /// accounting; the coordinator stays up, refuses the excess at accept, and says so.
     @Test func twoThousandCertificatelessConnections_whileAnAgentJoinsAndAJobTrains() async throws {
-        let cluster = try await ProcessCluster(coordinatorArguments: ["--metrics-listen", "127.0.0.1:0"], softDescriptorLimit: 1024)
+        let cluster = try await ProcessCluster(
+            coordinatorArguments: ["--metrics-listen", "127.0.0.1:0"], softDescriptorLimit: 1024)
         let coordinator = cluster.coordinator.value
         defer { coordinator.signal(SIGKILL) }
-        let metricsLine = try await coordinator.waitForLine(within: 10, "the metrics address") { $0.contains("serving metrics") }
-        let metricsPort = try #require(metricsLine.split(separator: ":").last.flatMap { Int($0.prefix { $0.isNumber }) })
+        let metricsLine = try await coordinator.waitForLine(within: 10, "the metrics address") {
+            $0.contains("serving metrics")
+        }
+        let metricsPort = try #require(
+            metricsLine.split(separator: ":").last.flatMap { Int($0.prefix { $0.isNumber }) })
         let first = try await self.startAgents(cluster, ["node-a"])
         let sampler = ProcessSampler(pids: [coordinator.pid])
         let flood = try TLSFlood(host: "127.0.0.1", port: cluster.port, sources: ["127.0.0.2"], connections: 2000)
         // And a second one from 40 addresses, 28 each: under each address's share, over the cap
         // on all unauthenticated connections (1,024 at most).
-        let spread = try TLSFlood(host: "127.0.0.1", port: cluster.port, sources: (1...40).map { "127.0.1.\($0)" }, connections: 1120)
+        let spread = try TLSFlood(
+            host: "127.0.0.1", port: cluster.port, sources: (1...40).map { "127.0.1.\($0)" }, connections: 1120)
         defer {
             flood.stop()
             spread.stop()
@@ -309,7 +352,9 @@ struct HostileInputTests {
         let agents = first + second
         defer { for agent in agents { agent.signal(SIGKILL) } }
         _ = try await self.submit(cluster, Self.trial.replacingOccurrences(of: "steps: 300", with: "steps: 2000"))
-        try await coordinator.waitForLine(within: 240, "the job to finish during the flood") { $0.contains("job finished") && $0.contains("trial") }
+        try await coordinator.waitForLine(within: 240, "the job to finish during the flood") {
+            $0.contains("job finished") && $0.contains("trial")
+        }
         let statistics = flood.statistics
         let spreadStatistics = spread.statistics
         flood.stop()
@@ -324,7 +369,9 @@ struct HostileInputTests {
         // The caps were what refused them: one address's share, and the cap on all of them.
         let metrics = try await MetricsTests().get(port: metricsPort, path: "/metrics")
         func refused(_ reason: String) -> Double {
-            let line = metrics.split(separator: "\n").first { $0.hasPrefix("ringmaster_connections_refused_total{reason=\"\(reason)\"}") }
+            let line = metrics.split(separator: "\n").first {
+                $0.hasPrefix("ringmaster_connections_refused_total{reason=\"\(reason)\"}")
+            }
             return line.flatMap { Double($0.split(separator: " ").last ?? "") } ?? 0
         }
         #expect(refused("too_many_from_address") > 1000, "\(metrics)")
@@ -338,7 +385,8 @@ struct HostileInputTests {
         getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit)
         let listening = coordinator.output.lines.first { $0.contains("coordinator listening") } ?? ""
         #expect(listening.contains("descriptor_limit=\(min(limit.rlim_max, 1 << 20))"), "\(listening)")
-        print("certificate-less flood: coordinator \(peak); from one address \(statistics); from 40 \(spreadStatistics)")
+        print(
+            "certificate-less flood: coordinator \(peak); from one address \(statistics); from 40 \(spreadStatistics)")
     }
 
     /// 1,000 connections to each of three agents' data-plane ports (half sending garbage, all
@@ -362,24 +410,46 @@ struct HostileInputTests {
         defer { for flood in floods { flood.stop() } }
         _ = try await self.submit(
             cluster,
-            Self.trial.replacingOccurrences(of: "steps: 300", with: "steps: 2000").replacingOccurrences(of: "nodes: {min: 2, max: 2}", with: "nodes: {min: 2, max: 3}")
+            Self.trial.replacingOccurrences(of: "steps: 300", with: "steps: 2000").replacingOccurrences(
+                of: "nodes: {min: 2, max: 2}", with: "nodes: {min: 2, max: 3}")
         )
         let generation: (Int, Int) -> @Sendable (String) -> Bool = { number, size in
-            { $0.contains("generation started") && $0.contains("generation=\(number) ") && $0.contains("world_size=\(size)") }
+            {
+                $0.contains("generation started") && $0.contains("generation=\(number) ")
+                    && $0.contains("world_size=\(size)")
+            }
         }
         try await coordinator.waitForLine(within: 30, "generation 1 of 3", where: generation(1, 3))
-        try await agents[0].waitForLine(within: 30, "generation 1's data plane through the flood") { $0.contains("data plane ready") && $0.contains("generation=1 ") }
-        _ = try await cluster.admin { $0.jobResize = .with { $0.jobID = "trial"; $0.nodes = 2 } }
+        try await agents[0].waitForLine(within: 30, "generation 1's data plane through the flood") {
+            $0.contains("data plane ready") && $0.contains("generation=1 ")
+        }
+        _ = try await cluster.admin {
+            $0.jobResize = .with {
+                $0.jobID = "trial"
+                $0.nodes = 2
+            }
+        }
         try await coordinator.waitForLine(within: 30, "generation 2 of 2", where: generation(2, 2))
-        try await agents[0].waitForLine(within: 30, "generation 2's data plane through the flood") { $0.contains("data plane ready") && $0.contains("generation=2 ") }
-        _ = try await cluster.admin { $0.jobResize = .with { $0.jobID = "trial"; $0.nodes = 3 } }
+        try await agents[0].waitForLine(within: 30, "generation 2's data plane through the flood") {
+            $0.contains("data plane ready") && $0.contains("generation=2 ")
+        }
+        _ = try await cluster.admin {
+            $0.jobResize = .with {
+                $0.jobID = "trial"
+                $0.nodes = 3
+            }
+        }
         try await coordinator.waitForLine(within: 30, "generation 3 of 3", where: generation(3, 3))
-        try await coordinator.waitForLine(within: 300, "the job to finish during the flood") { $0.contains("job finished") && $0.contains("trial") }
+        try await coordinator.waitForLine(within: 300, "the job to finish during the flood") {
+            $0.contains("job finished") && $0.contains("trial")
+        }
         let statistics = floods.map(\.statistics)
         for flood in floods { flood.stop() }
         let peaks = sampler.stop()
         let finished = try await self.status(cluster, "trial")
-        #expect(finished.history.map(\.cause) == ["start", "resized", "resized"], "generation changes: \(finished.history.map(\.cause))")
+        #expect(
+            finished.history.map(\.cause) == ["start", "resized", "resized"],
+            "generation changes: \(finished.history.map(\.cause))")
         #expect(finished.samples.seen == UInt64(Self.expectedSamples(steps: 2000)))
         #expect(finished.samples.repeated == 0 && finished.samples.skipped == 0)
         #expect(finished.divergences == 0)
@@ -390,7 +460,10 @@ struct HostileInputTests {
         for flood in statistics {
             #expect(flood.opened >= 1000 && flood.closedByPeer > 0, "\(flood)")
         }
-        print("data-plane flood: " + agents.map { "\($0.name) \(peaks[$0.pid].map(\.description) ?? "?")" }.joined(separator: "; ") + "; floods \(statistics)")
+        print(
+            "data-plane flood: "
+                + agents.map { "\($0.name) \(peaks[$0.pid].map(\.description) ?? "?")" }.joined(separator: "; ")
+                + "; floods \(statistics)")
     }
 }
 
@@ -405,7 +478,10 @@ struct SpecFuzzTests {
         let fuzz = try ChildProcess(
             name: "spec-fuzz seed \(seed)",
             executable: try ringmasterExecutable(),
-            arguments: ["bench", "spec-fuzz", "--iterations", "10000", "--seed", "\(seed)", "--max-parse-seconds", "1", "--max-growth-mib", "128"]
+            arguments: [
+                "bench", "spec-fuzz", "--iterations", "10000", "--seed", "\(seed)", "--max-parse-seconds", "1",
+                "--max-growth-mib", "128",
+            ]
         )
         let status = try await fuzz.waitForExit(within: 240)
         #expect(status == 0, "seed \(seed): \(fuzz.output.lines.suffix(40).joined(separator: "\n"))")

@@ -35,26 +35,31 @@ struct MetricsTests {
             $0.metricsPort = 0
         }
         defer { Task { await coordinator.stop() } }
-        let line = try await coordinator.log.waitForLine(within: 10, "the metrics address") { $0.contains("serving metrics") }
+        let line = try await coordinator.log.waitForLine(within: 10, "the metrics address") {
+            $0.contains("serving metrics")
+        }
         let port = try #require(line.split(separator: ":").last.flatMap { Int($0.prefix { $0.isNumber }) })
 
         let (token, pin) = try await coordinator.createToken()
         let log = LineLog(name: "agent log")
-        var configuration = AgentConfiguration(coordinator: coordinator.address, dataDirectory: "\(coordinator.directory.path)/a", nodeName: "node-a")
+        var configuration = AgentConfiguration(
+            coordinator: coordinator.address, dataDirectory: "\(coordinator.directory.path)/a", nodeName: "node-a")
         configuration.joinToken = token
         configuration.caPin = pin
         let agent = Task { try await AgentService(configuration: configuration, logger: log.logger(label: "a")).run() }
         defer { agent.cancel() }
         try await log.waitForLine(within: 10, "a session") { $0.contains("connected to the coordinator") }
-        _ = try await ControlClient(address: coordinator.address, credentials: coordinator.operatorCredentials).withConnection { session in
-            var envelope = Envelope()
-            envelope.adminRequest = .with {
-                $0.jobSubmit = .with {
-                    $0.specYaml = "name: m\nworkload: {kind: mlp}\ndataset: {path: /d, samples: 10}\nbatch_size: 2\nsteps: 5\nnodes: {min: 1, max: 1}\n"
+        _ = try await ControlClient(address: coordinator.address, credentials: coordinator.operatorCredentials)
+            .withConnection { session in
+                var envelope = Envelope()
+                envelope.adminRequest = .with {
+                    $0.jobSubmit = .with {
+                        $0.specYaml =
+                            "name: m\nworkload: {kind: mlp}\ndataset: {path: /d, samples: 10}\nbatch_size: 2\nsteps: 5\nnodes: {min: 1, max: 1}\n"
+                    }
                 }
+                return try await session.request(envelope)
             }
-            return try await session.request(envelope)
-        }
         try await log.waitForLine(within: 10, "an assignment") { $0.contains("holding an assignment") }
 
         let response = try await self.get(port: port, path: "/metrics")

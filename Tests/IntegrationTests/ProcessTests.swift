@@ -30,22 +30,29 @@ final class ProcessCluster: Sendable {
     /// The soft limit on open files the coordinator starts under, if not the inherited one.
     let softDescriptorLimit: Int?
 
-    init(stateDirectory: String? = nil, coordinatorArguments: [String] = [], softDescriptorLimit: Int? = nil) async throws {
+    init(stateDirectory: String? = nil, coordinatorArguments: [String] = [], softDescriptorLimit: Int? = nil)
+        async throws
+    {
         self.directory = try TestDirectory()
         self.executable = try ringmasterExecutable()
         self.stateDirectory = stateDirectory ?? "\(self.directory.path)/coordinator"
         self.coordinatorArguments = coordinatorArguments
         self.softDescriptorLimit = softDescriptorLimit
         let first = try Self.startCoordinator(
-            name: "coordinator", executable: self.executable, stateDirectory: self.stateDirectory, listen: "127.0.0.1:0",
+            name: "coordinator", executable: self.executable, stateDirectory: self.stateDirectory,
+            listen: "127.0.0.1:0",
             arguments: coordinatorArguments, softDescriptorLimit: softDescriptorLimit
         )
-        let line = try await first.standardOutput.waitForLine(within: 30, "its listening address") { $0.hasPrefix("listening ") }
+        let line = try await first.standardOutput.waitForLine(within: 30, "its listening address") {
+            $0.hasPrefix("listening ")
+        }
         self.port = try ControlAddress(parsing: String(line.dropFirst("listening ".count))).port
         self.coordinator = NIOLockedBox(first)
         try await self.run(
-            ["cert", "issue", "--role", "operator", "--name", "tester", "--state-dir", self.stateDirectory,
-             "--out", "\(self.directory.path)/operator"]
+            [
+                "cert", "issue", "--role", "operator", "--name", "tester", "--state-dir", self.stateDirectory,
+                "--out", "\(self.directory.path)/operator",
+            ]
         )
     }
 
@@ -63,7 +70,9 @@ final class ProcessCluster: Sendable {
         guard let limit = softDescriptorLimit else {
             return try ChildProcess(name: name, executable: executable, arguments: Array(command.dropFirst()))
         }
-        return try ChildProcess(name: name, executable: "/bin/bash", arguments: ["-c", "ulimit -Sn \(limit) && exec \"$@\"", "bash"] + command)
+        return try ChildProcess(
+            name: name, executable: "/bin/bash",
+            arguments: ["-c", "ulimit -Sn \(limit) && exec \"$@\"", "bash"] + command)
     }
 
     var address: String { "127.0.0.1:\(self.port)" }
@@ -81,13 +90,17 @@ final class ProcessCluster: Sendable {
         var envelope = Envelope()
         fill(&envelope.adminRequest)
         let request = envelope
-        return try await ControlClient(address: ControlAddress(host: "127.0.0.1", port: self.port), credentials: try self.operatorCredentials())
-            .withConnection { session in try await session.request(request) }
+        return try await ControlClient(
+            address: ControlAddress(host: "127.0.0.1", port: self.port), credentials: try self.operatorCredentials()
+        )
+        .withConnection { session in try await session.request(request) }
     }
 
     /// A CLI command's exit status and everything it printed.
     func attempt(_ arguments: [String], within seconds: Double = 60) async throws -> (status: Int32, lines: [String]) {
-        let process = try ChildProcess(name: "ringmaster \(arguments.prefix(2).joined(separator: " "))", executable: self.executable, arguments: arguments)
+        let process = try ChildProcess(
+            name: "ringmaster \(arguments.prefix(2).joined(separator: " "))", executable: self.executable,
+            arguments: arguments)
         let status = try await process.waitForExit(within: seconds)
         return (status, process.output.lines)
     }
@@ -98,10 +111,13 @@ final class ProcessCluster: Sendable {
     /// Runs a CLI command to completion and returns its standard output; throws on a non-zero exit.
     @discardableResult
     func run(_ arguments: [String]) async throws -> [String] {
-        let process = try ChildProcess(name: "ringmaster \(arguments.prefix(2).joined(separator: " "))", executable: self.executable, arguments: arguments)
+        let process = try ChildProcess(
+            name: "ringmaster \(arguments.prefix(2).joined(separator: " "))", executable: self.executable,
+            arguments: arguments)
         let status = try await process.waitForExit(within: 60)
         guard status == 0 else {
-            throw CommandError("`ringmaster \(arguments.joined(separator: " "))` exited \(status): \(process.output.lines.suffix(5))")
+            throw CommandError(
+                "`ringmaster \(arguments.joined(separator: " "))` exited \(status): \(process.output.lines.suffix(5))")
         }
         return process.standardOutput.lines
     }
@@ -109,7 +125,10 @@ final class ProcessCluster: Sendable {
     /// Creates a token through the CLI, as an operator would.
     func createToken() async throws -> (token: String, pin: String) {
         let output = try await self.run(
-            ["token", "create", "--ttl", "10m", "--json", "--coordinator", self.address, "--identity", "\(self.directory.path)/operator"]
+            [
+                "token", "create", "--ttl", "10m", "--json", "--coordinator", self.address, "--identity",
+                "\(self.directory.path)/operator",
+            ]
         )
         let object = try JSONSerialization.jsonObject(with: Data(output.joined().utf8)) as? [String: Any]
         guard let token = object?["token"] as? String, let pin = object?["ca_pin"] as? String else {
@@ -125,7 +144,8 @@ final class ProcessCluster: Sendable {
         )
         let object = try JSONSerialization.jsonObject(with: Data(output.joined().utf8)) as? [String: Any]
         let nodes = object?["nodes"] as? [[String: Any]] ?? []
-        return Dictionary(uniqueKeysWithValues: nodes.map { ($0["node"] as? String ?? "?", $0["connected"] as? Bool ?? false) })
+        return Dictionary(
+            uniqueKeysWithValues: nodes.map { ($0["node"] as? String ?? "?", $0["connected"] as? Bool ?? false) })
     }
 
     func startAgent(_ name: String, token: (token: String, pin: String)?) throws -> ChildProcess {
@@ -147,7 +167,8 @@ final class ProcessCluster: Sendable {
         old.signal(SIGKILL)
         _ = try await old.waitForExit(within: 10)
         let next = try Self.startCoordinator(
-            name: "coordinator (restarted)", executable: self.executable, stateDirectory: self.stateDirectory, listen: self.address,
+            name: "coordinator (restarted)", executable: self.executable, stateDirectory: self.stateDirectory,
+            listen: self.address,
             arguments: self.coordinatorArguments, softDescriptorLimit: self.softDescriptorLimit
         )
         try await next.standardOutput.waitForLine(within: 30, "its listening address") { $0.hasPrefix("listening ") }
@@ -194,9 +215,12 @@ struct ProcessTests {
         // The coordinator crashes and comes back: both agents reconnect with their certificates.
         let restarted = try await cluster.restartCoordinator()
         for agent in [agentA, agentB] {
-            try await agent.waitForLine(within: 30, "a session with the restarted coordinator", occurrence: 2, where: Self.connected)
+            try await agent.waitForLine(
+                within: 30, "a session with the restarted coordinator", occurrence: 2, where: Self.connected)
         }
-        try await restarted.waitForLine(within: 10, "node-a's session") { $0.contains("agent session started") && $0.contains("node-a") }
+        try await restarted.waitForLine(within: 10, "node-a's session") {
+            $0.contains("agent session started") && $0.contains("node-a")
+        }
         #expect(try await cluster.nodes() == ["node-a": true, "node-b": true])
 
         // An agent restarts without a token: it uses its stored certificate, and joins nothing new.

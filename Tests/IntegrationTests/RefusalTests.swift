@@ -13,7 +13,9 @@ import Testing
 @Suite("Control channel refusals", .timeLimit(.minutes(2)))
 struct RefusalTests {
     /// An agent (not running, just joining) whose data directory lives in the coordinator's test directory.
-    func agent(_ coordinator: TestCoordinator, _ name: String, log: LineLog = LineLog(name: "agent log")) -> AgentService {
+    func agent(_ coordinator: TestCoordinator, _ name: String, log: LineLog = LineLog(name: "agent log"))
+        -> AgentService
+    {
         var configuration = AgentConfiguration(
             coordinator: coordinator.address,
             dataDirectory: "\(coordinator.directory.path)/\(name)",
@@ -109,7 +111,8 @@ struct RefusalTests {
         defer { Task { await coordinator.stop() } }
         let elsewhere = try TestDirectory()
         let otherCA = try CertificateAuthority.loadOrCreate(directory: elsewhere.path, now: Date())
-        var credentials = try TestCoordinator.credentials(from: otherCA, role: .operator, name: "mallory", clock: coordinator.clock)
+        var credentials = try TestCoordinator.credentials(
+            from: otherCA, role: .operator, name: "mallory", clock: coordinator.clock)
         credentials.caCertificate = coordinator.authority.certificate  // it trusts the real coordinator
 
         await #expect(throws: (any Error).self) {
@@ -169,7 +172,8 @@ struct RefusalTests {
             }
         }
         try await coordinator.log.waitForLine(within: 5, "the refused anonymous admin request") {
-            $0.contains("refused a control message") && $0.contains("admin_request") && $0.contains("needs a client certificate")
+            $0.contains("refused a control message") && $0.contains("admin_request")
+                && $0.contains("needs a client certificate")
         }
         try await coordinator.log.waitForLine(within: 5, "the refused anonymous heartbeat") {
             $0.contains("refused a control message") && $0.contains("heartbeat")
@@ -191,7 +195,8 @@ struct RefusalTests {
             self.refusal(error).contains("needs an operator certificate")
         }
         try await coordinator.log.waitForLine(within: 5, "the refused admin request from an agent") {
-            $0.contains("refused a control message") && $0.contains("agent node-a") && $0.contains("operator certificate")
+            $0.contains("refused a control message") && $0.contains("agent node-a")
+                && $0.contains("operator certificate")
         }
         #expect(try coordinator.service.state.tokens().count == 1, "only the token the agent joined with")
     }
@@ -268,11 +273,12 @@ struct RefusalTests {
         #expect(ContinuousClock.now - started >= .milliseconds(400), "closed at the deadline, not at once")
         // An operator's session outlives the join deadline: a second anonymous connection, opened
         // after it, is closed at its deadline, and the session is still answered.
-        let reply = try await ControlClient(address: coordinator.address, credentials: coordinator.operatorCredentials).withConnection { session in
-            let later = try await RawTLSClient(port: coordinator.port, credentials: nil, trust: trust)
-            try await later.waitUntilClosed(within: 5)
-            return try await session.request(tokenCreateRequest())
-        }
+        let reply = try await ControlClient(address: coordinator.address, credentials: coordinator.operatorCredentials)
+            .withConnection { session in
+                let later = try await RawTLSClient(port: coordinator.port, credentials: nil, trust: trust)
+                try await later.waitUntilClosed(within: 5)
+                return try await session.request(tokenCreateRequest())
+            }
         #expect(!reply.adminReply.tokenCreate.token.isEmpty)
     }
 }

@@ -1,8 +1,8 @@
 import Checkpointing
 import ControlPlane
 import Foundation
-import Synchronization
 import RingmasterWire
+import Synchronization
 import Testing
 
 /// A submit that resumes verifies every shard of the checkpoint, which takes seconds for a large
@@ -42,12 +42,15 @@ struct ResumeVerificationTests {
         try CheckpointWriter.commit(manifest, root: root)
     }
 
-    func request(_ coordinator: TestCoordinator, _ build: @escaping @Sendable (inout Envelope) -> Void) async throws -> Envelope {
-        try await ControlClient(address: coordinator.address, credentials: coordinator.operatorCredentials).withConnection { session in
-            var envelope = Envelope()
-            build(&envelope)
-            return try await session.request(envelope)
-        }
+    func request(_ coordinator: TestCoordinator, _ build: @escaping @Sendable (inout Envelope) -> Void) async throws
+        -> Envelope
+    {
+        try await ControlClient(address: coordinator.address, credentials: coordinator.operatorCredentials)
+            .withConnection { session in
+                var envelope = Envelope()
+                build(&envelope)
+                return try await session.request(envelope)
+            }
     }
 
     @Test func statusRequests_areAnswered_whileSeveralSubmitsVerifyALargeCheckpoint() async throws {
@@ -64,10 +67,13 @@ struct ResumeVerificationTests {
         async let submitted: [Duration] = withThrowingTaskGroup(of: Duration.self) { group in
             for index in 0..<submits {
                 group.addTask {
-                    let yaml = "name: resumed-\(index)\nworkload: {kind: mlp}\ndataset: {path: builtin:digits, samples: 1437}\nbatch_size: 64\nsteps: 200\nnodes: {min: 1, max: 1}\ncheckpoint: {directory: \(root)}\nresume: latest\n"
+                    let yaml =
+                        "name: resumed-\(index)\nworkload: {kind: mlp}\ndataset: {path: builtin:digits, samples: 1437}\nbatch_size: 64\nsteps: 200\nnodes: {min: 1, max: 1}\ncheckpoint: {directory: \(root)}\nresume: latest\n"
                     // Accepted or refused (this checkpoint is of another workload), the answer
                     // comes only after the verification.
-                    _ = try? await self.request(coordinator) { $0.adminRequest.jobSubmit = .with { $0.specYaml = yaml } }
+                    _ = try? await self.request(coordinator) {
+                        $0.adminRequest.jobSubmit = .with { $0.specYaml = yaml }
+                    }
                     firstAnswered.set()
                     return ContinuousClock.now - started
                 }

@@ -43,7 +43,8 @@ struct SessionTests {
             (error as? AgentError)?.code == .certificateExpired && "\(error)".contains("join again with a new token")
         }
         let (second, _) = try await coordinator.createToken()
-        let rejoined = try await self.agent(coordinator, "node-a", log: log, token: second, pin: pin, now: twoDaysLater).credentials()
+        let rejoined = try await self.agent(coordinator, "node-a", log: log, token: second, pin: pin, now: twoDaysLater)
+            .credentials()
         #expect(rejoined.certificate.serialNumber != original.certificate.serialNumber)
         #expect(try coordinator.service.state.nodes().map(\.id) == ["node-a"])
         #expect(try coordinator.service.state.tokens().map(\.redeemedBy) == ["node-a", "node-a"])
@@ -75,7 +76,9 @@ struct SessionTests {
         #expect(try renewed.identity == (try PeerIdentity(role: .agent, name: "node-a")))
         // The session goes on past the first certificate's expiry on renewed certificates.
         let expiry = first.certificate.notValidAfter.timeIntervalSinceNow
-        try await log.waitForLine(within: 15, "a third certificate", occurrence: 2) { $0.contains("renewed the agent certificate") }
+        try await log.waitForLine(within: 15, "a third certificate", occurrence: 2) {
+            $0.contains("renewed the agent certificate")
+        }
         #expect(expiry < 3.5)
         #expect(try coordinator.service.state.nodes().map(\.id) == ["node-a"])
     }

@@ -128,7 +128,8 @@ final class TestCoordinator: Sendable {
 
     /// Creates a join token through the admin API, as `ringmaster token create` does.
     func createToken(ttlSeconds: UInt32 = 600) async throws -> (token: JoinToken, pin: CAPin) {
-        let reply = try await ControlClient(address: self.address, credentials: self.operatorCredentials).withConnection { session in
+        let reply = try await ControlClient(address: self.address, credentials: self.operatorCredentials).withConnection
+        { session in
             var envelope = Envelope()
             envelope.adminRequest = .with { $0.tokenCreate = .with { $0.ttlSeconds = ttlSeconds } }
             return try await session.request(envelope)
@@ -164,9 +165,14 @@ final class Tmpfs: Sendable {
     let path: String
 
     init(label: String, size: String) async throws {
-        self.path = FileManager.default.temporaryDirectory.appendingPathComponent("ringmaster-\(label)-\(UUID().uuidString.prefix(8))").path
+        self.path =
+            FileManager.default.temporaryDirectory.appendingPathComponent(
+                "ringmaster-\(label)-\(UUID().uuidString.prefix(8))"
+            ).path
         try FileManager.default.createDirectory(atPath: self.path, withIntermediateDirectories: true)
-        let mounted = try ChildProcess(name: "mount", executable: "/bin/mount", arguments: ["-t", "tmpfs", "-o", "size=\(size)", "tmpfs", self.path])
+        let mounted = try ChildProcess(
+            name: "mount", executable: "/bin/mount",
+            arguments: ["-t", "tmpfs", "-o", "size=\(size)", "tmpfs", self.path])
         guard try await mounted.waitForExit(within: 10) == 0 else {
             try? FileManager.default.removeItem(atPath: self.path)
             throw CommandError("could not mount a tmpfs (tests run as root): \(mounted.output.lines)")
@@ -214,7 +220,9 @@ final class RawTLSClient: Sendable {
                 }
             }
         self.channel = channel
-        _ = try await withDeadline(seconds: 10, waitingFor: "the raw client's TLS handshake") { try await handshake.get() }
+        _ = try await withDeadline(seconds: 10, waitingFor: "the raw client's TLS handshake") {
+            try await handshake.get()
+        }
     }
 
     func write(_ bytes: [UInt8]) async throws {

@@ -24,13 +24,18 @@ struct TrainingTests {
     }
 
     /// Runs the demo and reads the model an agent wrote.
-    func demo(_ label: String, _ arguments: [String], environment: [String: String] = [:], expectFailure: Bool = false) async throws -> Run {
-        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("ringmaster-training-\(label)-\(UUID().uuidString.prefix(8))").path
+    func demo(_ label: String, _ arguments: [String], environment: [String: String] = [:], expectFailure: Bool = false)
+        async throws -> Run
+    {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent(
+            "ringmaster-training-\(label)-\(UUID().uuidString.prefix(8))"
+        ).path
         defer { try? FileManager.default.removeItem(atPath: directory) }
         let demo = try ChildProcess(
             name: "demo \(label)",
             executable: try ringmasterExecutable(),
-            arguments: ["demo", "--json", "--steps", "\(Self.steps)", "--directory", directory, "--timeout", "240"] + arguments,
+            arguments: ["demo", "--json", "--steps", "\(Self.steps)", "--directory", directory, "--timeout", "240"]
+                + arguments,
             environment: environment
         )
         let status = try await demo.waitForExit(within: 300)
@@ -40,7 +45,9 @@ struct TrainingTests {
         }
         try #require(status == 0, "demo \(label) failed: \(demo.output.lines.suffix(30).joined(separator: "\n"))")
         let text = demo.standardOutput.lines.last { $0.hasPrefix("{") } ?? ""
-        let json = try #require(try JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any], "demo \(label) printed no JSON: \(text)")
+        let json = try #require(
+            try JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any],
+            "demo \(label) printed no JSON: \(text)")
         guard json["preempted"] as? Bool != true else { return Run(json: json, parameters: []) }
         let path = try #require(json["model_path"] as? String, "demo \(label) names no model file")
         let bytes = try Data(contentsOf: URL(fileURLWithPath: path))
@@ -80,13 +87,18 @@ struct TrainingTests {
     }
 
     @Test func aWholeClusterLost_resumesFromItsCheckpointWithThreeAgents_andEndsWithTheSameModel() async throws {
-        let checkpoints = FileManager.default.temporaryDirectory.appendingPathComponent("ringmaster-checkpoints-\(UUID().uuidString.prefix(8))").path
+        let checkpoints = FileManager.default.temporaryDirectory.appendingPathComponent(
+            "ringmaster-checkpoints-\(UUID().uuidString.prefix(8))"
+        ).path
         defer { try? FileManager.default.removeItem(atPath: checkpoints) }
         let reference = try await self.referenceParameters()
         // 4 agents checkpoint every 100 steps; once step 300's is committed, every process is killed.
         let lost = try await self.demo(
             "preempted",
-            ["--agents", "4", "--checkpoint-dir", checkpoints, "--checkpoint-interval", "100", "--preempt-at-step", "300"]
+            [
+                "--agents", "4", "--checkpoint-dir", checkpoints, "--checkpoint-interval", "100", "--preempt-at-step",
+                "300",
+            ]
         )
         #expect(lost.json["preempted"] as? Bool == true)
         let saved = lost.count("last_checkpoint_step")
@@ -102,12 +114,15 @@ struct TrainingTests {
         try handle.write(contentsOf: Data([byte ^ 0x01]))
         try handle.close()
         // A new coordinator and 3 new agents resume from the older checkpoint and finish.
-        let resumed = try await self.demo("resumed", ["--agents", "3", "--checkpoint-dir", checkpoints, "--resume", "latest"])
+        let resumed = try await self.demo(
+            "resumed", ["--agents", "3", "--checkpoint-dir", checkpoints, "--resume", "latest"])
         #expect(resumed.count("resumed_from_step") == saved - 100, "the damaged checkpoint at \(saved) must be skipped")
         self.expectExactAccounting(resumed, "resumed")
         #expect(resumed.accuracy >= 0.95)
         let difference = self.maximumDifference(resumed.parameters, reference)
-        #expect(difference <= Self.tolerance, "resumed at \(saved) with 3 agents: parameters differ from the uninterrupted run's by up to \(difference)")
+        #expect(
+            difference <= Self.tolerance,
+            "resumed at \(saved) with 3 agents: parameters differ from the uninterrupted run's by up to \(difference)")
     }
 
     /// The checkpoint of a job's last step commits like any other, although its shards arrive
@@ -115,13 +130,18 @@ struct TrainingTests {
     /// checkpoint committed and verified (it used to be refused as "from another generation",
     /// leaving step 500 the newest).
     @Test func aJobWhoseLastStepIsACheckpointStep_endsWithThatCheckpointCommittedAndVerified() async throws {
-        let root = FileManager.default.temporaryDirectory.appendingPathComponent("ringmaster-last-\(UUID().uuidString.prefix(8))").path
+        let root = FileManager.default.temporaryDirectory.appendingPathComponent(
+            "ringmaster-last-\(UUID().uuidString.prefix(8))"
+        ).path
         defer { try? FileManager.default.removeItem(atPath: root) }
-        let run = try await self.demo("last-checkpoint", ["--agents", "3", "--checkpoint-dir", root, "--checkpoint-interval", "100"])
+        let run = try await self.demo(
+            "last-checkpoint", ["--agents", "3", "--checkpoint-dir", root, "--checkpoint-interval", "100"])
         self.expectExactAccounting(run, "last checkpoint")
         #expect(run.count("last_checkpoint_step") == Self.steps, "\(run.json)")
         #expect(run.count("checkpoint_failures") == 0)
-        let list = try ChildProcess(name: "checkpoint list", executable: try ringmasterExecutable(), arguments: ["checkpoint", "list", root, "--json"])
+        let list = try ChildProcess(
+            name: "checkpoint list", executable: try ringmasterExecutable(),
+            arguments: ["checkpoint", "list", root, "--json"])
         #expect(try await list.waitForExit(within: 30) == 0)
         let rows = try #require(
             try JSONSerialization.jsonObject(with: Data(list.standardOutput.lines.joined().utf8)) as? [[String: Any]],
@@ -140,7 +160,9 @@ struct TrainingTests {
     /// same model and exact sample accounting.
     @Test(arguments: ["after-shard-data", "after-shard-rename", "before-manifest", "after-manifest-temp"])
     func aCrashDuringASave_leavesThePreviousCheckpointTheLatest(point: String) async throws {
-        let root = FileManager.default.temporaryDirectory.appendingPathComponent("ringmaster-crash-\(point)-\(UUID().uuidString.prefix(8))").path
+        let root = FileManager.default.temporaryDirectory.appendingPathComponent(
+            "ringmaster-crash-\(point)-\(UUID().uuidString.prefix(8))"
+        ).path
         defer { try? FileManager.default.removeItem(atPath: root) }
         _ = try await self.demo(
             "crash-\(point)",
@@ -148,7 +170,9 @@ struct TrainingTests {
             environment: ["RINGMASTER_CRASH_AT": "\(point)@200"],
             expectFailure: true
         )
-        let list = try ChildProcess(name: "checkpoint list", executable: try ringmasterExecutable(), arguments: ["checkpoint", "list", root, "--json"])
+        let list = try ChildProcess(
+            name: "checkpoint list", executable: try ringmasterExecutable(),
+            arguments: ["checkpoint", "list", root, "--json"])
         #expect(try await list.waitForExit(within: 30) == 0)
         let rows = try #require(
             try JSONSerialization.jsonObject(with: Data(list.standardOutput.lines.joined().utf8)) as? [[String: Any]],
@@ -157,10 +181,13 @@ struct TrainingTests {
         let committed = rows.filter { $0["committed"] as? Bool == true }.compactMap { $0["step"] as? Int }
         #expect(committed == [100], "\(point): committed steps \(committed) in \(rows)")
         #expect(rows.filter { $0["committed"] as? Bool == true }.allSatisfy { $0["verified"] as? Bool == true })
-        let resumed = try await self.demo("after-crash-\(point)", ["--agents", "2", "--checkpoint-dir", root, "--resume", "latest"])
+        let resumed = try await self.demo(
+            "after-crash-\(point)", ["--agents", "2", "--checkpoint-dir", root, "--resume", "latest"])
         #expect(resumed.count("resumed_from_step") == 100, "\(point)")
         self.expectExactAccounting(resumed, "resumed after a crash at \(point)")
-        #expect(self.maximumDifference(resumed.parameters, try await self.referenceParameters()) <= Self.tolerance, "\(point)")
+        #expect(
+            self.maximumDifference(resumed.parameters, try await self.referenceParameters()) <= Self.tolerance,
+            "\(point)")
     }
 
     /// Checkpoints to a file system that fills up: the saves that do not fit fail cleanly, training
@@ -170,14 +197,17 @@ struct TrainingTests {
         let tmpfs = try await Tmpfs(label: "full", size: "256k")
         defer { tmpfs.unmount() }
         let mount = tmpfs.path
-        let full = try await self.demo("disk-full", ["--agents", "4", "--checkpoint-dir", mount, "--checkpoint-interval", "50"])
+        let full = try await self.demo(
+            "disk-full", ["--agents", "4", "--checkpoint-dir", mount, "--checkpoint-interval", "50"])
         self.expectExactAccounting(full, "disk full")
         #expect(full.count("checkpoint_failures") > 0, "the small file system never filled up: \(full.json)")
         let last = full.count("last_checkpoint_step")
         #expect(last >= 50, "no checkpoint fitted at all")
         #expect(self.maximumDifference(full.parameters, try await self.referenceParameters()) <= Self.tolerance)
         // What remains is whole: a resume from it verifies and finishes the job again.
-        let resumed = try await self.demo("after-full", ["--agents", "2", "--checkpoint-dir", mount, "--checkpoint-interval", "100000", "--resume", "latest"])
+        let resumed = try await self.demo(
+            "after-full",
+            ["--agents", "2", "--checkpoint-dir", mount, "--checkpoint-interval", "100000", "--resume", "latest"])
         #expect(resumed.count("resumed_from_step") > 0)
         self.expectExactAccounting(resumed, "resumed after disk full")
     }
@@ -195,7 +225,9 @@ struct TrainingTests {
             #expect(run.accuracy >= 0.95, "\(agents) agents: test accuracy \(run.accuracy)")
             self.expectExactAccounting(run, "\(agents) agents")
             let difference = self.maximumDifference(run.parameters, one.parameters)
-            #expect(difference <= Self.tolerance, "\(agents) agents: parameters differ from 1 agent's by up to \(difference)")
+            #expect(
+                difference <= Self.tolerance,
+                "\(agents) agents: parameters differ from 1 agent's by up to \(difference)")
         }
 
         // kill -9 of one agent at a random step: the survivors roll back in memory and go on.
@@ -203,14 +235,18 @@ struct TrainingTests {
         let killed = try await self.demo("kill", ["--agents", "3", "--kill-agent-at-step", "\(killStep)"])
         self.expectExactAccounting(killed, "kill at \(killStep)")
         let recoveries = killed.json["recoveries"] as? [[String: Any]] ?? []
-        #expect(recoveries.contains { $0["cause"] as? String == "disconnected" }, "kill at \(killStep): no recovery from the kill in \(recoveries)")
+        #expect(
+            recoveries.contains { $0["cause"] as? String == "disconnected" },
+            "kill at \(killStep): no recovery from the kill in \(recoveries)")
         #expect(self.maximumDifference(killed.parameters, one.parameters) <= Self.tolerance, "kill at \(killStep)")
 
         // A join mid-run: the newcomer gets the state by broadcast and starts at a step boundary.
         let joined = try await self.demo("join", ["--agents", "2", "--add-agent-at-step", "100"])
         self.expectExactAccounting(joined, "join")
         let joins = joined.json["recoveries"] as? [[String: Any]] ?? []
-        #expect(joins.contains { $0["cause"] as? String == "joined" && $0["world_size"] as? Int == 3 }, "no growth to 3 in \(joins)")
+        #expect(
+            joins.contains { $0["cause"] as? String == "joined" && $0["world_size"] as? Int == 3 },
+            "no growth to 3 in \(joins)")
         #expect(self.maximumDifference(joined.parameters, one.parameters) <= Self.tolerance, "join")
 
         // SIGTERM: the agent finishes its step, leaves, exits 0; the job goes on with the rest.
@@ -219,7 +255,9 @@ struct TrainingTests {
         let exits = left.json["terminated_exit_status"] as? [String: Int] ?? [:]
         #expect(exits == ["agent-2": 0], "SIGTERM exit statuses \(exits)")
         let leaves = left.json["recoveries"] as? [[String: Any]] ?? []
-        #expect(leaves.contains { $0["cause"] as? String == "left" && $0["world_size"] as? Int == 2 }, "no generation of 2 after the leave in \(leaves)")
+        #expect(
+            leaves.contains { $0["cause"] as? String == "left" && $0["world_size"] as? Int == 2 },
+            "no generation of 2 after the leave in \(leaves)")
         #expect(self.maximumDifference(left.parameters, one.parameters) <= Self.tolerance, "sigterm")
     }
 }

@@ -52,7 +52,9 @@ struct DataOrderTests {
         for step in UInt64(0)..<UInt64(order.stepsPerEpoch) {
             let reference = Set(order.samples(step: step, rank: 0, worldSize: 1, permutation: permutation))
             for world in [2, 3, 4, 7] {
-                let union = (0..<world).flatMap { order.samples(step: step, rank: $0, worldSize: world, permutation: permutation) }
+                let union = (0..<world).flatMap {
+                    order.samples(step: step, rank: $0, worldSize: world, permutation: permutation)
+                }
                 #expect(Set(union) == reference && union.count == reference.count)
             }
         }

@@ -8,7 +8,10 @@ struct SampleAccountingTests {
     let order = DataOrder(datasetSize: 10, globalBatchSize: 4, seed: 3)  // steps of 4, 4, 2 per epoch
 
     func ids(_ step: UInt64) -> [Int] {
-        Array(self.order.samples(step: step, rank: 0, worldSize: 1, permutation: self.order.permutation(epoch: self.order.epoch(ofStep: step))))
+        Array(
+            self.order.samples(
+                step: step, rank: 0, worldSize: 1,
+                permutation: self.order.permutation(epoch: self.order.epoch(ofStep: step))))
     }
 
     @Test func faithfulReports_countEverySampleOnce() {

@@ -38,7 +38,8 @@ struct JoinTokenTests {
     }
 
     @Test(arguments: [
-        "", "rmj1", "rmj1.abc.def", "rmj2.0123456789abcdef.AAAA", "rmj1.0123456789abcdeg.\(String(repeating: "A", count: 43))",
+        "", "rmj1", "rmj1.abc.def", "rmj2.0123456789abcdef.AAAA",
+        "rmj1.0123456789abcdeg.\(String(repeating: "A", count: 43))",
         "rmj1.0123456789abcdef.short", "rmj1.0123456789abcdef.\(String(repeating: "*", count: 43))",
     ])
     func malformedTokens_areRefusedWithAHint(text: String) {
@@ -56,8 +57,12 @@ struct JoinTokenTests {
         let csr: [UInt8] = Array("csr bytes".utf8)
         let proof = JoinProof.compute(secret: token.secret, nonce: nonce, nodeName: "node-a", csrDER: csr)
         #expect(JoinProof.isValid(proof, secret: token.secret, nonce: nonce, nodeName: "node-a", csrDER: csr))
-        #expect(!JoinProof.isValid(proof, secret: JoinToken.generate().secret, nonce: nonce, nodeName: "node-a", csrDER: csr))
-        #expect(!JoinProof.isValid(proof, secret: token.secret, nonce: JoinProof.makeNonce(), nodeName: "node-a", csrDER: csr))
+        #expect(
+            !JoinProof.isValid(
+                proof, secret: JoinToken.generate().secret, nonce: nonce, nodeName: "node-a", csrDER: csr))
+        #expect(
+            !JoinProof.isValid(
+                proof, secret: token.secret, nonce: JoinProof.makeNonce(), nodeName: "node-a", csrDER: csr))
         #expect(!JoinProof.isValid(proof, secret: token.secret, nonce: nonce, nodeName: "node-b", csrDER: csr))
         #expect(!JoinProof.isValid(proof, secret: token.secret, nonce: nonce, nodeName: "node-a", csrDER: csr + [0]))
         // The proof is a MAC, not the secret.
@@ -126,7 +131,9 @@ struct CertificateAuthorityTests {
         var der = try KeyAndRequest.make(name: "node").csrDER
         der[der.count - 5] ^= 0x01  // inside the signature
         #expect {
-            try ca.issue(csrDER: der, identity: try PeerIdentity(role: .agent, name: "node"), notBefore: self.now, notAfter: self.now + 60)
+            try ca.issue(
+                csrDER: der, identity: try PeerIdentity(role: .agent, name: "node"), notBefore: self.now,
+                notAfter: self.now + 60)
         } throws: { error in
             (error as? SecurityError)?.code == .invalidCSR
         }
@@ -151,7 +158,9 @@ struct PeerVerifierTests {
         try CertificateAuthority.loadOrCreate(directory: "\(directory.path)/\(name)", now: self.now)
     }
 
-    func leaf(_ ca: CertificateAuthority, _ role: PeerIdentity.Role, _ name: String, from: Date? = nil, to: Date? = nil) throws -> Certificate {
+    func leaf(_ ca: CertificateAuthority, _ role: PeerIdentity.Role, _ name: String, from: Date? = nil, to: Date? = nil)
+        throws -> Certificate
+    {
         try ca.issue(
             publicKey: KeyAndRequest.makeKey().publicKey,
             identity: try PeerIdentity(role: role, name: name),
@@ -178,7 +187,9 @@ struct PeerVerifierTests {
         let ca = try self.makeCA(directory)
         let other = try self.makeCA(directory, "other")
         await #expect {
-            try await self.verifier(.certificate(ca.certificate), [.agent]).verify(chain: [try self.leaf(other, .agent, "node-1")])
+            try await self.verifier(.certificate(ca.certificate), [.agent]).verify(chain: [
+                try self.leaf(other, .agent, "node-1")
+            ])
         } throws: { error in
             "\(error)".contains("not issued by this coordinator's CA")
         }
@@ -199,7 +210,9 @@ struct PeerVerifierTests {
         let directory = try TemporaryDirectory()
         let ca = try self.makeCA(directory)
         await #expect {
-            try await self.verifier(.certificate(ca.certificate), [.coordinator]).verify(chain: [try self.leaf(ca, .agent, "node-1")])
+            try await self.verifier(.certificate(ca.certificate), [.coordinator]).verify(chain: [
+                try self.leaf(ca, .agent, "node-1")
+            ])
         } throws: { error in
             "\(error)".contains("only coordinator may connect")
         }
@@ -288,7 +301,8 @@ struct CredentialsTests {
             notAfter: self.now + 60
         )
         #expect(throws: SecurityError.self) {
-            try Credentials(privateKey: KeyAndRequest.makeKey(), certificate: certificate, caCertificate: ca.certificate)
+            try Credentials(
+                privateKey: KeyAndRequest.makeKey(), certificate: certificate, caCertificate: ca.certificate)
         }
     }
 }

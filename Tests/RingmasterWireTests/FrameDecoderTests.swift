@@ -252,15 +252,42 @@ struct SchemaTests {
         // Fencing depends on it: a message that belongs to a job names the job and generation.
         // Read the text format of each message with its fields set, so the names are the proto's.
         let jobMessages: [any SwiftProtobuf.Message] = [
-            Ringmaster_V1_Heartbeat.with { $0.jobID = "j"; $0.generation = 1 },
-            Ringmaster_V1_HeartbeatAck.with { $0.jobID = "j"; $0.generation = 1 },
-            Ringmaster_V1_Assignment.with { $0.jobID = "j"; $0.generation = 1 },
-            Ringmaster_V1_StepReport.with { $0.jobID = "j"; $0.generation = 1 },
-            Ringmaster_V1_Leave.with { $0.jobID = "j"; $0.generation = 1 },
-            Ringmaster_V1_Drain.with { $0.jobID = "j"; $0.generation = 1 },
-            Ringmaster_V1_Abort.with { $0.jobID = "j"; $0.generation = 1 },
-            Ringmaster_V1_CheckpointShardReady.with { $0.jobID = "j"; $0.generation = 1 },
-            Ringmaster_V1_CheckpointCommitted.with { $0.jobID = "j"; $0.generation = 1 },
+            Ringmaster_V1_Heartbeat.with {
+                $0.jobID = "j"
+                $0.generation = 1
+            },
+            Ringmaster_V1_HeartbeatAck.with {
+                $0.jobID = "j"
+                $0.generation = 1
+            },
+            Ringmaster_V1_Assignment.with {
+                $0.jobID = "j"
+                $0.generation = 1
+            },
+            Ringmaster_V1_StepReport.with {
+                $0.jobID = "j"
+                $0.generation = 1
+            },
+            Ringmaster_V1_Leave.with {
+                $0.jobID = "j"
+                $0.generation = 1
+            },
+            Ringmaster_V1_Drain.with {
+                $0.jobID = "j"
+                $0.generation = 1
+            },
+            Ringmaster_V1_Abort.with {
+                $0.jobID = "j"
+                $0.generation = 1
+            },
+            Ringmaster_V1_CheckpointShardReady.with {
+                $0.jobID = "j"
+                $0.generation = 1
+            },
+            Ringmaster_V1_CheckpointCommitted.with {
+                $0.jobID = "j"
+                $0.generation = 1
+            },
         ]
         var options = JSONEncodingOptions()
         options.preserveProtoFieldNames = true

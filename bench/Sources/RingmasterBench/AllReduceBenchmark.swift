@@ -4,7 +4,7 @@ import LocalCluster
 import Synchronization
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// All-reduce over real loopback TCP between separate processes (or, with the in-process
@@ -38,7 +38,10 @@ public enum AllReduceBenchmark {
         /// Overrides `Communicator.ringChunkBytes` when set.
         public var ringChunkBytes: Int?
 
-        public init(sizes: [Int], type: DataType = .float32, algorithm: Communicator.Algorithm = .automatic, ringChunkBytes: Int? = nil) {
+        public init(
+            sizes: [Int], type: DataType = .float32, algorithm: Communicator.Algorithm = .automatic,
+            ringChunkBytes: Int? = nil
+        ) {
             self.sizes = sizes
             self.type = type
             self.algorithm = algorithm
@@ -47,7 +50,10 @@ public enum AllReduceBenchmark {
 
         /// The worker's command-line arguments for these settings.
         var arguments: [String] {
-            var arguments = ["--sizes", self.sizes.map(String.init).joined(separator: ","), "--algorithm", self.algorithm.rawValue, "--type", self.type.rawValue]
+            var arguments = [
+                "--sizes", self.sizes.map(String.init).joined(separator: ","), "--algorithm", self.algorithm.rawValue,
+                "--type", self.type.rawValue,
+            ]
             if let chunk = self.ringChunkBytes { arguments += ["--ring-chunk", "\(chunk)"] }
             return arguments
         }
@@ -58,7 +64,9 @@ public enum AllReduceBenchmark {
         try text.split(separator: ",").map { part in
             let units: [Character: Int] = ["K": 1 << 10, "M": 1 << 20, "G": 1 << 30]
             let trimmed = part.trimmingCharacters(in: .whitespaces).uppercased()
-            if let unit = trimmed.last, let scale = units[unit], let value = Int(trimmed.dropLast()) { return value * scale }
+            if let unit = trimmed.last, let scale = units[unit], let value = Int(trimmed.dropLast()) {
+                return value * scale
+            }
             if let value = Int(trimmed) { return value }
             throw BenchmarkError("\"\(part)\" is not a size: use bytes or K, M, G, e.g. 4K,64K,1M")
         }
@@ -83,7 +91,8 @@ public enum AllReduceBenchmark {
                 try ChildProcess(
                     name: "rank \(rank)",
                     executable: executable,
-                    arguments: ["bench", "allreduce-worker", "--rank", "\(rank)", "--world", "\(ranks)"] + settings.arguments,
+                    arguments: ["bench", "allreduce-worker", "--rank", "\(rank)", "--world", "\(ranks)"]
+                        + settings.arguments,
                     environment: ["RINGMASTER_BENCH_SECRET": secret],
                     standardInput: true
                 )
@@ -91,13 +100,17 @@ public enum AllReduceBenchmark {
         }
         var ports: [String] = []
         for worker in workers {
-            let line = try await worker.standardOutput.waitForLine(within: 30, "its data port") { $0.hasPrefix("port ") }
+            let line = try await worker.standardOutput.waitForLine(within: 30, "its data port") {
+                $0.hasPrefix("port ")
+            }
             ports.append("127.0.0.1:" + line.dropFirst(5))
         }
         for worker in workers { worker.send(line: ports.joined(separator: ",")) }
         var rows: [Row] = []
         for (index, size) in sizes.enumerated() {
-            let line = try await workers[0].standardOutput.waitForLine(within: 600, "the result for \(size) bytes", occurrence: index + 1) {
+            let line = try await workers[0].standardOutput.waitForLine(
+                within: 600, "the result for \(size) bytes", occurrence: index + 1
+            ) {
                 $0.hasPrefix("{")
             }
             let row = try JSONDecoder().decode(Row.self, from: Data(line.utf8))
@@ -106,7 +119,9 @@ public enum AllReduceBenchmark {
         }
         for worker in workers {
             let status = try await worker.waitForExit(within: 30)
-            guard status == 0 else { throw BenchmarkError("\(worker.name) exited \(status): \(worker.output.lines.suffix(3))") }
+            guard status == 0 else {
+                throw BenchmarkError("\(worker.name) exited \(status): \(worker.output.lines.suffix(3))")
+            }
         }
         return rows
     }
@@ -130,7 +145,9 @@ public enum AllReduceBenchmark {
         inet_pton(AF_INET, "127.0.0.1", &bindAddress.sin_addr)
         var length = socklen_t(MemoryLayout<sockaddr_in>.size)
         let bound = withUnsafeMutablePointer(to: &bindAddress) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(listenFD, $0, length) == 0 && listen(listenFD, 1) == 0 && getsockname(listenFD, $0, &length) == 0 }
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                bind(listenFD, $0, length) == 0 && listen(listenFD, 1) == 0 && getsockname(listenFD, $0, &length) == 0
+            }
         }
         guard bound else { throw BenchmarkError("could not listen on loopback for the ceiling test") }
         let listener = (fd: listenFD, port: Int(UInt16(bigEndian: bindAddress.sin_port)))
@@ -143,7 +160,9 @@ public enum AllReduceBenchmark {
             address.sin_port = in_port_t(UInt16(listener.port).bigEndian)
             inet_pton(AF_INET, "127.0.0.1", &address.sin_addr)
             _ = withUnsafePointer(to: &address) {
-                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                    connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+                }
             }
             var size: Int32 = 4 << 20
             setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &size, socklen_t(MemoryLayout<Int32>.size))
@@ -172,7 +191,9 @@ public enum AllReduceBenchmark {
             if count <= 0 { break }
             received += count
         }
-        let seconds = Double((ContinuousClock.now - start).components.attoseconds) / 1e18 + Double((ContinuousClock.now - start).components.seconds)
+        let seconds =
+            Double((ContinuousClock.now - start).components.attoseconds) / 1e18
+            + Double((ContinuousClock.now - start).components.seconds)
         return Double(received) / seconds / 1e9
     }
 
@@ -181,7 +202,9 @@ public enum AllReduceBenchmark {
     /// Runs `ranks` ranks as threads of this process over the in-process transport (no
     /// sockets: the algorithms, the reduction and the copies alone) and returns rank 0's rows.
     /// CPU time is each rank thread's own.
-    public static func runInProcess(ranks: Int, settings: Settings, progress: @escaping @Sendable (String) -> Void) throws -> [Row] {
+    public static func runInProcess(ranks: Int, settings: Settings, progress: @escaping @Sendable (String) -> Void)
+        throws -> [Row]
+    {
         let fabric = InProcessFabric(worldSize: ranks)
         let results = Mutex<(rows: [Row], errors: [String], finished: Int)>(([], [], 0))
         let done = DispatchSemaphore(value: 0)
@@ -189,7 +212,8 @@ public enum AllReduceBenchmark {
             let thread = Thread {
                 let communicator = Communicator(transport: fabric.transport(rank: rank))
                 do {
-                    try Self.measure(communicator, settings: settings, cpuSeconds: { Self.cpuSeconds(thread: true) }) { row in
+                    try Self.measure(communicator, settings: settings, cpuSeconds: { Self.cpuSeconds(thread: true) }) {
+                        row in
                         results.withLock { $0.rows.append(row) }
                         progress(Self.format(row, ceiling: nil))
                     }
@@ -231,18 +255,26 @@ public enum AllReduceBenchmark {
         FileHandle.standardOutput.write(Data("port \(listener.port)\n".utf8))
         guard let line = readLine() else { throw BenchmarkError("no address list on standard input") }
         let addresses = line.split(separator: ",").map(String.init)
-        let transport = try TCPTransport.establish(rank: rank, addresses: addresses, generation: 1, secret: secret, listener: listener)
+        let transport = try TCPTransport.establish(
+            rank: rank, addresses: addresses, generation: 1, secret: secret, listener: listener)
         defer { transport.close() }
         let communicator = Communicator(transport: transport)
-        try Self.measure(communicator, settings: settings, cpuSeconds: { Self.cpuSeconds(thread: false) }) { row in
-            FileHandle.standardOutput.write((try? JSONEncoder().encode(row)) ?? Data())
-            FileHandle.standardOutput.write(Data("\n".utf8))
-        }
+        try Self.measure(
+            communicator,
+            settings: settings,
+            cpuSeconds: { Self.cpuSeconds(thread: false) },
+            emit: { row in
+                FileHandle.standardOutput.write((try? JSONEncoder().encode(row)) ?? Data())
+                FileHandle.standardOutput.write(Data("\n".utf8))
+            }
+        )
     }
 
     /// Measures every size on one rank; on rank 0, `emit` gets each size's row. `cpuSeconds`
     /// reads this rank's CPU time so far.
-    static func measure(_ communicator: Communicator, settings: Settings, cpuSeconds: () -> Double, emit: (Row) -> Void) throws {
+    static func measure(_ communicator: Communicator, settings: Settings, cpuSeconds: () -> Double, emit: (Row) -> Void)
+        throws
+    {
         communicator.algorithm = settings.algorithm
         if let chunk = settings.ringChunkBytes { communicator.ringChunkBytes = chunk }
         let world = communicator.worldSize
@@ -280,7 +312,9 @@ public enum AllReduceBenchmark {
                 try cpuTotal.withUnsafeMutableBytes { try communicator.allGather(source, into: $0) }
             }
             if rank == 0 {
-                let slowest = (0..<iterations).map { iteration in (0..<world).map { all[$0 * iterations + iteration] }.max()! }.sorted()
+                let slowest = (0..<iterations).map { iteration in
+                    (0..<world).map { all[$0 * iterations + iteration] }.max()!
+                }.sorted()
                 let p50 = slowest[slowest.count / 2]
                 let p99 = slowest[min(slowest.count - 1, Int(Double(slowest.count) * 0.99))]
                 let algbw = Double(size) / p50 / 1e9
@@ -294,7 +328,8 @@ public enum AllReduceBenchmark {
                         busGBps: algbw * 2 * Double(world - 1) / Double(world),
                         cpuMicrosecondsPerOperation: cpuTotal.reduce(0, +) / Double(iterations) * 1e6,
                         algorithm: communicator.algorithm == .automatic
-                            ? (size > communicator.smallMessageBytes ? "ring" : "recursive-doubling") : communicator.algorithm.rawValue
+                            ? (size > communicator.smallMessageBytes ? "ring" : "recursive-doubling")
+                            : communicator.algorithm.rawValue
                     )
                 )
             }
@@ -311,6 +346,7 @@ public enum AllReduceBenchmark {
         var usage = rusage()
         // RUSAGE_THREAD (1, Linux) is not imported from Glibc's headers.
         getrusage(thread ? __rusage_who_t(1) : RUSAGE_SELF.rawValue, &usage)
-        return Double(usage.ru_utime.tv_sec + usage.ru_stime.tv_sec) + Double(usage.ru_utime.tv_usec + usage.ru_stime.tv_usec) / 1e6
+        return Double(usage.ru_utime.tv_sec + usage.ru_stime.tv_sec) + Double(
+            usage.ru_utime.tv_usec + usage.ru_stime.tv_usec) / 1e6
     }
 }

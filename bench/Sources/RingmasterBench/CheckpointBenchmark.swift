@@ -19,7 +19,9 @@ public enum CheckpointBenchmark {
         }
     }
 
-    public static func run(ranks: Int, megabytes: Int, directory: String, rounds: Int, progress: (String) -> Void) throws -> Result {
+    public static func run(ranks: Int, megabytes: Int, directory: String, rounds: Int, progress: (String) -> Void)
+        throws -> Result
+    {
         let elements = megabytes * (1 << 20) / 4
         let state = (0..<elements).map { Float($0 % 4099) * 0.25 }
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
@@ -30,8 +32,10 @@ public enum CheckpointBenchmark {
             let started = ContinuousClock.now
             let records = try Self.writeShards(state: state, ranks: ranks, root: root, step: UInt64(round + 1))
             let manifest = CheckpointManifest(
-                job: "bench", generation: 1, step: UInt64(round + 1), cursorEpoch: 0, permutationSeed: 0, worldSize: ranks,
-                stateCount: elements, parameterCount: elements, workloadKind: "bench", workloadSpec: "", shards: records,
+                job: "bench", generation: 1, step: UInt64(round + 1), cursorEpoch: 0, permutationSeed: 0,
+                worldSize: ranks,
+                stateCount: elements, parameterCount: elements, workloadKind: "bench", workloadSpec: "",
+                shards: records,
                 samples: nil, committedUnixMilliseconds: 0
             )
             try CheckpointWriter.commit(manifest, root: root)
@@ -46,10 +50,15 @@ public enum CheckpointBenchmark {
             let ddStarted = ContinuousClock.now
             try dd.run()
             dd.waitUntilExit()
-            guard dd.terminationStatus == 0 else { throw BenchmarkError("dd failed with status \(dd.terminationStatus)") }
+            guard dd.terminationStatus == 0 else {
+                throw BenchmarkError("dd failed with status \(dd.terminationStatus)")
+            }
             result.sequentialSeconds.append(MachineBenchmark.seconds(ContinuousClock.now - ddStarted))
             try? FileManager.default.removeItem(atPath: file)
-            progress(String(format: "round %d: sharded %.3f s, dd %.3f s", round + 1, result.shardedSeconds.last!, result.sequentialSeconds.last!))
+            progress(
+                String(
+                    format: "round %d: sharded %.3f s, dd %.3f s", round + 1, result.shardedSeconds.last!,
+                    result.sequentialSeconds.last!))
         }
         return result
     }

@@ -40,7 +40,10 @@ public enum MachineBenchmark {
         )
         // Nodes first, then the job: the job starts once with all of them.
         for index in 0..<nodes {
-            _ = machine.on(.nodeOnline(node: "node-\(index)", .init(dataPlaneAddresses: ["10.0.\(index / 256).\(index % 256):7700"])), now: .zero)
+            _ = machine.on(
+                .nodeOnline(
+                    node: "node-\(index)", .init(dataPlaneAddresses: ["10.0.\(index / 256).\(index % 256):7700"])),
+                now: .zero)
         }
         _ = try machine.apply(.submit(spec), now: .zero)
         guard machine.record(job: "bench")?.members.count == nodes else {

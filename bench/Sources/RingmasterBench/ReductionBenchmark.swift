@@ -25,9 +25,12 @@ public enum ReductionBenchmark {
                 for kernels in Reduction.available {
                     for type in types {
                         let add = Self.rate(bytes: size, seconds: seconds) {
-                            Reduction.add(source.baseAddress!, into: destination.baseAddress!, count: size / type.size, type: type, kernels: kernels)
+                            Reduction.add(
+                                source.baseAddress!, into: destination.baseAddress!, count: size / type.size,
+                                type: type, kernels: kernels)
                         }
-                        rows.append(Row(kernels: "\(kernels)", type: type.rawValue, bytes: size, addGBps: add, copyGBps: copy))
+                        rows.append(
+                            Row(kernels: "\(kernels)", type: type.rawValue, bytes: size, addGBps: add, copyGBps: copy))
                     }
                 }
             }
@@ -37,7 +40,9 @@ public enum ReductionBenchmark {
 
     /// One thread's memory copy rate from `source` to `destination` (the same size), over about
     /// `seconds`, in 10^9 B/s.
-    public static func copyRate(_ source: UnsafeMutableRawBufferPointer, _ destination: UnsafeMutableRawBufferPointer, seconds: Double) -> Double {
+    public static func copyRate(
+        _ source: UnsafeMutableRawBufferPointer, _ destination: UnsafeMutableRawBufferPointer, seconds: Double
+    ) -> Double {
         Self.rate(bytes: source.count, seconds: seconds) {
             destination.baseAddress!.copyMemory(from: source.baseAddress!, byteCount: source.count)
         }

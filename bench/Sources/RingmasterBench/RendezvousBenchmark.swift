@@ -48,7 +48,10 @@ public enum RendezvousBenchmark {
             set { self.metadata[key] = newValue }
         }
 
-        func log(level: Logger.Level, message: Logger.Message, metadata: Logger.Metadata?, source: String, file: String, function: String, line: UInt) {
+        func log(
+            level: Logger.Level, message: Logger.Message, metadata: Logger.Metadata?, source: String, file: String,
+            function: String, line: UInt
+        ) {
             let now = ContinuousClock.now
             switch message.description {
             case "connected to the coordinator":
@@ -71,7 +74,9 @@ public enum RendezvousBenchmark {
     }
 
     /// Runs `rounds` rounds with `agents` agents against the `ringmaster` at `executable`.
-    public static func run(agents: Int, rounds: Int, executable: String, progress: (String) -> Void) async throws -> Result {
+    public static func run(agents: Int, rounds: Int, executable: String, progress: (String) -> Void) async throws
+        -> Result
+    {
         let directory = NSTemporaryDirectory() + "/ringmaster-bench-\(getpid())"
         try? FileManager.default.removeItem(atPath: directory)
         defer { try? FileManager.default.removeItem(atPath: directory) }
@@ -90,7 +95,8 @@ public enum RendezvousBenchmark {
                 return try await session.request(envelope).adminReply.tokenCreate
             }
             let name = "agent-\(index)"
-            var configuration = AgentConfiguration(coordinator: address, dataDirectory: "\(directory)/\(name)", nodeName: name)
+            var configuration = AgentConfiguration(
+                coordinator: address, dataDirectory: "\(directory)/\(name)", nodeName: name)
             configuration.joinToken = try JoinToken(parsing: token.token)
             configuration.caPin = try CAPin(parsing: token.caPin)
             configuration.dataPlaneAddresses = ["127.0.0.1:\(20000 + index)"]
@@ -132,13 +138,18 @@ public enum RendezvousBenchmark {
             let figure = MachineBenchmark.seconds(lastAssigned - lastJoin) * 1000
             result.roundsMilliseconds.append(figure)
             result.totalMilliseconds.append(MachineBenchmark.seconds(lastAssigned - started) * 1000)
-            progress(String(format: "round %d: last join -> all %d assigned %.1f ms (start -> all assigned %.1f ms)", round + 1, agents, figure, result.totalMilliseconds.last!))
+            progress(
+                String(
+                    format: "round %d: last join -> all %d assigned %.1f ms (start -> all assigned %.1f ms)", round + 1,
+                    agents, figure, result.totalMilliseconds.last!))
             try await Self.admin(admin) { $0.jobCancel = .with { $0.jobID = job } }
         }
         return result
     }
 
-    static func admin(_ client: ControlClient, _ build: @escaping @Sendable (inout Ringmaster_V1_AdminRequest) -> Void) async throws {
+    static func admin(_ client: ControlClient, _ build: @escaping @Sendable (inout Ringmaster_V1_AdminRequest) -> Void)
+        async throws
+    {
         _ = try await client.withConnection { session in
             var envelope = Envelope()
             build(&envelope.adminRequest)

@@ -55,9 +55,12 @@ public enum SpecFuzzBenchmark {
         """
 
     static let tokens = [
-        "&a ", "*a", "&b ", "*b", "<<: *a\n", "!!binary ", "!!str ", "!!int ", "!!map ", "!!seq ", "!custom ", "? ", ": ", "- ",
-        "[", "]", "{", "}", ",", "|\n  ", ">\n  ", "\"", "'", "#", "\t", "\n", "\n  ", "---\n", "...\n", "%YAML 1.1\n", "%TAG ! tag:x,2000:\n",
-        "99999999999999999999999999", "-1", "0x7fffffffffffffff", "1e309", ".nan", "~", "null", "true", "\u{0}", "\u{FEFF}", "é", "\\u0000",
+        "&a ", "*a", "&b ", "*b", "<<: *a\n", "!!binary ", "!!str ", "!!int ", "!!map ", "!!seq ", "!custom ", "? ",
+        ": ", "- ",
+        "[", "]", "{", "}", ",", "|\n  ", ">\n  ", "\"", "'", "#", "\t", "\n", "\n  ", "---\n", "...\n", "%YAML 1.1\n",
+        "%TAG ! tag:x,2000:\n",
+        "99999999999999999999999999", "-1", "0x7fffffffffffffff", "1e309", ".nan", "~", "null", "true", "\u{0}",
+        "\u{FEFF}", "é", "\\u0000",
     ]
 
     /// Runs `iterations` inputs from `seed`.
@@ -112,7 +115,10 @@ public enum SpecFuzzBenchmark {
         case 8: return ("mutated tree", self.mutate(Array(self.tree(&generator).utf8), &generator))
         default:
             let count = Int(generator.next() % 2048)
-            return ("random bytes", String(decoding: (0..<count).map { _ in UInt8(truncatingIfNeeded: generator.next()) }, as: UTF8.self))
+            return (
+                "random bytes",
+                String(decoding: (0..<count).map { _ in UInt8(truncatingIfNeeded: generator.next()) }, as: UTF8.self)
+            )
         }
     }
 
@@ -133,7 +139,8 @@ public enum SpecFuzzBenchmark {
                 let end = min(bytes.count, position + Int(generator.next() % 128))
                 let copies = generator.next() % 4 == 0 ? Int(generator.next() % 200) : 1
                 let target = Int(generator.next() % UInt64(bytes.count))
-                bytes.insert(contentsOf: Array(repeating: Array(bytes[position..<end]), count: copies).joined(), at: target)
+                bytes.insert(
+                    contentsOf: Array(repeating: Array(bytes[position..<end]), count: copies).joined(), at: target)
             default:
                 let token = self.tokens[Int(generator.next() % UInt64(self.tokens.count))]
                 bytes.insert(contentsOf: Array(token.utf8), at: position)
@@ -164,7 +171,9 @@ public enum SpecFuzzBenchmark {
                 if !anchors.isEmpty && generator.next() % 3 == 0 {
                     text += "*\(anchors[Int(generator.next() % UInt64(anchors.count))])"
                 } else {
-                    text += anchor + ["x", "42", "-7", "3.5", "\"q\"", "true", "~", "builtin:digits"][Int(generator.next() % 8)]
+                    text +=
+                        anchor
+                        + ["x", "42", "-7", "3.5", "\"q\"", "true", "~", "builtin:digits"][Int(generator.next() % 8)]
                 }
             case 2, 3:
                 text += anchor + "["
@@ -177,7 +186,9 @@ public enum SpecFuzzBenchmark {
                 text += anchor + "{"
                 for index in 0..<Int(generator.next() % 6) {
                     if index > 0 { text += ", " }
-                    text += ["name", "workload", "kind", "nodes", "min", "max", "steps", "k\(index)"][Int(generator.next() % 8)] + ": "
+                    text +=
+                        ["name", "workload", "kind", "nodes", "min", "max", "steps", "k\(index)"][
+                            Int(generator.next() % 8)] + ": "
                     node(depth + 1, &generator)
                 }
                 text += "}"
@@ -198,11 +209,17 @@ public enum SpecFuzzBenchmark {
     /// (fanOut^levels values once expanded), as sequence items or, with `asKeys`, as mapping keys
     /// (which a YAML library hashes whole to find duplicates).
     public static func aliasBomb(levels: Int, fanOut: Int, asKeys: Bool = false) -> String {
-        var lines = ["name: bomb", "l0: &l0 [" + Array(repeating: "\"lol\"", count: fanOut).joined(separator: ",") + "]"]
+        var lines = [
+            "name: bomb", "l0: &l0 [" + Array(repeating: "\"lol\"", count: fanOut).joined(separator: ",") + "]",
+        ]
         for level in 1...levels {
             let below = "*l\(level - 1)"
-            let body = asKeys
-                ? "{" + (0..<fanOut).map { "? [\(String(repeating: "[", count: $0))\(below)\(String(repeating: "]", count: $0))] : \($0)" }.joined(separator: ", ") + "}"
+            let body =
+                asKeys
+                ? "{"
+                    + (0..<fanOut).map {
+                        "? [\(String(repeating: "[", count: $0))\(below)\(String(repeating: "]", count: $0))] : \($0)"
+                    }.joined(separator: ", ") + "}"
                 : "[" + Array(repeating: below, count: fanOut).joined(separator: ",") + "]"
             lines.append("l\(level): &l\(level) \(body)")
         }

@@ -124,7 +124,9 @@ public final class TrainingDemo: Sendable {
     }
 
     /// Runs the job to its end; `progress` is called about every 100 ms, `say` with events.
-    public func run(progress: @escaping @Sendable (Progress) -> Void, say: @escaping @Sendable (String) -> Void) async throws -> Result {
+    public func run(progress: @escaping @Sendable (Progress) -> Void, say: @escaping @Sendable (String) -> Void)
+        async throws -> Result
+    {
         let options = self.options
         let kept = options.directory != nil
         let directory = try options.directory ?? Self.makeTemporaryDirectory()
@@ -141,7 +143,10 @@ public final class TrainingDemo: Sendable {
         } catch {
             await cluster.stopAll()
             for child in cluster.children.withLock({ $0 }) {
-                FileHandle.standardError.write(Data("--- \(child.name) output (last lines) ---\n\(child.output.lines.suffix(15).joined(separator: "\n"))\n".utf8))
+                FileHandle.standardError.write(
+                    Data(
+                        "--- \(child.name) output (last lines) ---\n\(child.output.lines.suffix(15).joined(separator: "\n"))\n"
+                            .utf8))
             }
             throw error
         }
@@ -163,7 +168,8 @@ public final class TrainingDemo: Sendable {
         say("\(options.agents) agent(s) joined with single-use tokens")
         if options.addAgentAtStep != nil {
             // The extra agent joins now (key, CSR, certificate) and starts mid-run with them.
-            let token = try await Cluster.admin(admin) { $0.tokenCreate = .with { $0.ttlSeconds = 600 } }.adminReply.tokenCreate
+            let token = try await Cluster.admin(admin) { $0.tokenCreate = .with { $0.ttlSeconds = 600 } }.adminReply
+                .tokenCreate
             try await cluster.joinAgent(index: options.agents, token: token)
         }
 
@@ -176,7 +182,10 @@ public final class TrainingDemo: Sendable {
             steps: \(options.steps)
             seed: \(options.seed)
             nodes: {min: 1, max: \(options.agents + growth)}
-            """ + (options.checkpointDirectory.map { "\ncheckpoint: {directory: \($0), interval_steps: \(options.checkpointInterval), keep: 3}" } ?? "")
+            """
+            + (options.checkpointDirectory.map {
+                "\ncheckpoint: {directory: \($0), interval_steps: \(options.checkpointInterval), keep: 3}"
+            } ?? "")
             + (options.resume.map { "\nresume: \($0)" } ?? "")
         let processes = cluster.children.withLock { $0 }
         let sampler = ProcessSampler(pids: processes.map(\.pid), interval: .milliseconds(50))
@@ -186,7 +195,9 @@ public final class TrainingDemo: Sendable {
             floods.control?.stop()
         }
         if !floods.dataPlane.isEmpty || floods.control != nil {
-            say("flooding: \(options.floodDataPlane ?? 0) connection(s) to each agent's data-plane port, \(options.floodControl ?? 0) certificate-less TLS connection(s) to the coordinator")
+            say(
+                "flooding: \(options.floodDataPlane ?? 0) connection(s) to each agent's data-plane port, \(options.floodControl ?? 0) certificate-less TLS connection(s) to the coordinator"
+            )
         }
         _ = try await Cluster.admin(admin) { $0.jobSubmit = .with { $0.specYaml = spec } }
         let started = Date()
@@ -201,7 +212,9 @@ public final class TrainingDemo: Sendable {
             var status = Ringmaster_V1_JobStatus()
             var finishedAt: Date?
             while true {
-                status = try await Cluster.request(session) { $0.jobStatus = .with { $0.jobID = "demo" } }.adminReply.jobStatus.jobs.first ?? .init()
+                status =
+                    try await Cluster.request(session) { $0.jobStatus = .with { $0.jobID = "demo" } }.adminReply
+                    .jobStatus.jobs.first ?? .init()
                 rate.add(step: status.cursorStep, at: Date())
                 progress(
                     Progress(
@@ -233,7 +246,9 @@ public final class TrainingDemo: Sendable {
                 }
                 if let at = options.preemptAtStep, status.lastCheckpointStep >= at {
                     for child in cluster.children.withLock({ $0 }) { child.signal(SIGKILL) }
-                    say("step \(status.cursorStep): checkpoint at step \(status.lastCheckpointStep) committed; kill -9 every process")
+                    say(
+                        "step \(status.cursorStep): checkpoint at step \(status.lastCheckpointStep) committed; kill -9 every process"
+                    )
                     return (status, killedAt, addedAt, terminated, true, finishedAt)
                 }
                 if let at = options.killAgentAtStep, killedAt == nil, status.cursorStep >= at {
@@ -275,7 +290,8 @@ public final class TrainingDemo: Sendable {
             var event = Date(timeIntervalSince1970: Double(record.startedUnixMs) / 1000)
             if record.cause == "disconnected", let killedAt, killedAt <= event { event = killedAt }
             if record.cause == "joined", let addedAt, addedAt <= event { event = addedAt }
-            let end = record.firstStepUnixMs == 0 ? nil : Date(timeIntervalSince1970: Double(record.firstStepUnixMs) / 1000)
+            let end =
+                record.firstStepUnixMs == 0 ? nil : Date(timeIntervalSince1970: Double(record.firstStepUnixMs) / 1000)
             recoveries.append(
                 Recovery(
                     generation: record.generation,
@@ -295,7 +311,9 @@ public final class TrainingDemo: Sendable {
             peakRSS[process.name] = peak.rss
             cpu[process.name] = peak.cpuSeconds
         }
-        let floodCounts = floods.dataPlane.map(\.statistics).reduce((0, 0)) { ($0.0 + $1.opened, $0.1 + $1.closedByPeer) }
+        let floodCounts = floods.dataPlane.map(\.statistics).reduce((0, 0)) {
+            ($0.0 + $1.opened, $0.1 + $1.closedByPeer)
+        }
         let controlCounts = floods.control.map { ($0.statistics.attempts, $0.statistics.closedByPeer) } ?? (0, 0)
         let modelPath = (0...(options.agents + growth)).lazy
             .map { "\(cluster.directory)/agent-\($0)/models/demo.f32" }
@@ -328,7 +346,9 @@ public final class TrainingDemo: Sendable {
     }
 
     /// The floods `options` asks for, started against the running processes.
-    func startFloods(_ cluster: Cluster, admin: ControlClient) async throws -> (dataPlane: [ConnectionFlood], control: TLSFlood?) {
+    func startFloods(_ cluster: Cluster, admin: ControlClient) async throws -> (
+        dataPlane: [ConnectionFlood], control: TLSFlood?
+    ) {
         var dataPlane: [ConnectionFlood] = []
         if let count = self.options.floodDataPlane, count > 0 {
             let nodes = try await Cluster.admin(admin) { $0.nodeList = .init() }.adminReply.nodeList.nodes
@@ -395,7 +415,9 @@ final class Cluster: Sendable {
             ]
         )
         self.children.withLock { $0.append(coordinator) }
-        let line = try await coordinator.waitForLine(within: 30, "the coordinator's listening address") { $0.hasPrefix("listening ") }
+        let line = try await coordinator.waitForLine(within: 30, "the coordinator's listening address") {
+            $0.hasPrefix("listening ")
+        }
         let address = try ControlAddress(parsing: String(line.dropFirst("listening ".count)))
         self.addressBox.withLock { $0 = address }
         // An operator identity, as `ringmaster cert issue --role operator` makes on the coordinator host.
@@ -420,7 +442,8 @@ final class Cluster: Sendable {
 
     /// Starts `agent-INDEX` with a fresh single-use token (passed in the environment, never argv).
     func startAgent(index: Int, admin: ControlClient) async throws {
-        let token = try await Self.admin(admin) { $0.tokenCreate = .with { $0.ttlSeconds = 600 } }.adminReply.tokenCreate
+        let token = try await Self.admin(admin) { $0.tokenCreate = .with { $0.ttlSeconds = 600 } }.adminReply
+            .tokenCreate
         try self.startAgent(index: index, token: token)
     }
 
@@ -432,7 +455,8 @@ final class Cluster: Sendable {
             name: "\(name) join",
             executable: self.executable,
             arguments: [
-                "agent", "join", "--coordinator", "\(address)", "--data-dir", "\(self.directory)/\(name)", "--name", name,
+                "agent", "join", "--coordinator", "\(address)", "--data-dir", "\(self.directory)/\(name)", "--name",
+                name,
                 "--ca-pin", token.caPin,
             ],
             environment: ["RINGMASTER_TOKEN": token.token]
@@ -463,7 +487,9 @@ final class Cluster: Sendable {
     }
 
     func agent(index: Int) throws -> ChildProcess {
-        guard let agent = self.agents.withLock({ $0[index] }) else { throw BenchmarkError("no agent-\(index) was started") }
+        guard let agent = self.agents.withLock({ $0[index] }) else {
+            throw BenchmarkError("no agent-\(index) was started")
+        }
         return agent
     }
 
@@ -483,11 +509,15 @@ final class Cluster: Sendable {
         }
     }
 
-    static func admin(_ client: ControlClient, _ build: @escaping @Sendable (inout Ringmaster_V1_AdminRequest) -> Void) async throws -> Envelope {
+    static func admin(_ client: ControlClient, _ build: @escaping @Sendable (inout Ringmaster_V1_AdminRequest) -> Void)
+        async throws -> Envelope
+    {
         try await client.withConnection { session in try await Self.request(session, build) }
     }
 
-    static func request(_ session: ControlSession, _ build: (inout Ringmaster_V1_AdminRequest) -> Void) async throws -> Envelope {
+    static func request(_ session: ControlSession, _ build: (inout Ringmaster_V1_AdminRequest) -> Void) async throws
+        -> Envelope
+    {
         var envelope = Envelope()
         build(&envelope.adminRequest)
         let reply = try await session.request(envelope)
