@@ -419,27 +419,24 @@ struct HostileInputTests {
                     && $0.contains("world_size=\(size)")
             }
         }
-        try await coordinator.waitForLine(within: 30, "generation 1 of 3", where: generation(1, 3))
-        try await agents[0].waitForLine(within: 30, "generation 1's data plane through the flood") {
-            $0.contains("data plane ready") && $0.contains("generation=1 ")
-        }
-        _ = try await cluster.admin {
-            $0.jobResize = .with {
-                $0.jobID = "trial"
-                $0.nodes = 2
+        // Generation `number` of `size` starts, and the first agent's data plane connects through the flood.
+        let connected: (Int, Int) async throws -> Void = { number, size in
+            try await coordinator.waitForLine(
+                within: 30, "generation \(number) of \(size)", where: generation(number, size))
+            try await agents[0].waitForLine(within: 30, "generation \(number)'s data plane through the flood") {
+                $0.contains("data plane ready") && $0.contains("generation=\(number) ")
             }
         }
-        try await coordinator.waitForLine(within: 30, "generation 2 of 2", where: generation(2, 2))
-        try await agents[0].waitForLine(within: 30, "generation 2's data plane through the flood") {
-            $0.contains("data plane ready") && $0.contains("generation=2 ")
-        }
-        _ = try await cluster.admin {
-            $0.jobResize = .with {
-                $0.jobID = "trial"
-                $0.nodes = 3
+        try await connected(1, 3)
+        for (number, size) in [(2, 2), (3, 3)] {
+            _ = try await cluster.admin {
+                $0.jobResize = .with {
+                    $0.jobID = "trial"
+                    $0.nodes = UInt32(size)
+                }
             }
+            try await connected(number, size)
         }
-        try await coordinator.waitForLine(within: 30, "generation 3 of 3", where: generation(3, 3))
         try await coordinator.waitForLine(within: 300, "the job to finish during the flood") {
             $0.contains("job finished") && $0.contains("trial")
         }

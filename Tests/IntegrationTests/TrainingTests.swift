@@ -55,6 +55,18 @@ struct TrainingTests {
         return Run(json: json, parameters: parameters)
     }
 
+    /// What `ringmaster checkpoint list DIR --json` reports, one row per step directory.
+    func checkpointList(_ root: String) async throws -> [[String: Any]] {
+        let list = try ChildProcess(
+            name: "checkpoint list", executable: try ringmasterExecutable(),
+            arguments: ["checkpoint", "list", root, "--json"])
+        #expect(try await list.waitForExit(within: 30) == 0)
+        return try #require(
+            try JSONSerialization.jsonObject(with: Data(list.standardOutput.lines.joined().utf8)) as? [[String: Any]],
+            "checkpoint list printed no JSON: \(list.output.lines)"
+        )
+    }
+
     func maximumDifference(_ a: [Float], _ b: [Float]) -> Float {
         guard a.count == b.count else { return .infinity }
         return zip(a, b).map { abs($0 - $1) }.max() ?? 0
@@ -139,14 +151,7 @@ struct TrainingTests {
         self.expectExactAccounting(run, "last checkpoint")
         #expect(run.count("last_checkpoint_step") == Self.steps, "\(run.json)")
         #expect(run.count("checkpoint_failures") == 0)
-        let list = try ChildProcess(
-            name: "checkpoint list", executable: try ringmasterExecutable(),
-            arguments: ["checkpoint", "list", root, "--json"])
-        #expect(try await list.waitForExit(within: 30) == 0)
-        let rows = try #require(
-            try JSONSerialization.jsonObject(with: Data(list.standardOutput.lines.joined().utf8)) as? [[String: Any]],
-            "checkpoint list printed no JSON: \(list.output.lines)"
-        )
+        let rows = try await self.checkpointList(root)
         let newest = try #require(rows.first, "no checkpoint under \(root)")
         #expect(newest["step"] as? Int == Self.steps, "\(rows)")
         #expect(newest["committed"] as? Bool == true && newest["verified"] as? Bool == true, "\(newest)")
@@ -170,14 +175,7 @@ struct TrainingTests {
             environment: ["RINGMASTER_CRASH_AT": "\(point)@200"],
             expectFailure: true
         )
-        let list = try ChildProcess(
-            name: "checkpoint list", executable: try ringmasterExecutable(),
-            arguments: ["checkpoint", "list", root, "--json"])
-        #expect(try await list.waitForExit(within: 30) == 0)
-        let rows = try #require(
-            try JSONSerialization.jsonObject(with: Data(list.standardOutput.lines.joined().utf8)) as? [[String: Any]],
-            "checkpoint list printed no JSON: \(list.output.lines)"
-        )
+        let rows = try await self.checkpointList(root)
         let committed = rows.filter { $0["committed"] as? Bool == true }.compactMap { $0["step"] as? Int }
         #expect(committed == [100], "\(point): committed steps \(committed) in \(rows)")
         #expect(rows.filter { $0["committed"] as? Bool == true }.allSatisfy { $0["verified"] as? Bool == true })
