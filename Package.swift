@@ -30,6 +30,7 @@ let package = Package(
         .target(
             name: "RingmasterWire",
             dependencies: [
+                "JobModel",
                 .product(name: "SwiftProtobuf", package: "swift-protobuf"),
                 .product(name: "NIOCore", package: "swift-nio"),
             ],
@@ -91,6 +92,11 @@ let package = Package(
             swiftSettings: strictSwift6
         ),
         .target(
+            name: "AgentCore",
+            dependencies: ["JobModel"],
+            swiftSettings: strictSwift6
+        ),
+        .target(
             name: "CoordinatorCore",
             dependencies: ["JobModel"],
             swiftSettings: strictSwift6
@@ -137,6 +143,7 @@ let package = Package(
         .target(
             name: "Agent",
             dependencies: [
+                "AgentCore",
                 "Checkpointing",
                 "Collectives",
                 "JobModel",
@@ -248,6 +255,16 @@ let package = Package(
         .testTarget(
             name: "JobModelTests",
             dependencies: ["JobModel"],
+            swiftSettings: strictSwift6
+        ),
+        .testTarget(
+            name: "AgentCoreTests",
+            dependencies: ["AgentCore", "JobModel"],
+            swiftSettings: strictSwift6
+        ),
+        .testTarget(
+            name: "AgentTests",
+            dependencies: ["Agent", "AgentCore", "Collectives", "CoordinatorCore", "JobModel", "Workload"],
             swiftSettings: strictSwift6
         ),
         .testTarget(

@@ -1,11 +1,14 @@
+import Checkpointing
 import ControlPlane
 import Foundation
+import JobModel
 import Logging
 import NIOCore
 import RingmasterSecurity
 import RingmasterWire
 import ServiceLifecycle
 import Synchronization
+import Workload
 import X509
 
 /// Settings of a node agent.
@@ -54,9 +57,10 @@ public final class AgentService: Service, Sendable {
     let now: @Sendable () -> Date
     let dataPlane = Mutex<DataPlane?>(nil)
     let trainer = Mutex<Trainer?>(nil)
+    let checkpoints = Mutex<CheckpointSaver?>(nil)
     let outbox = Outbox()
-    /// Set on graceful shutdown; `leaveReady` once the trainer stopped at a step boundary (with
-    /// the assignment it held, whose job the agent then leaves).
+    /// Set on graceful shutdown; `leaveReady` once the trainer stopped at a step boundary and
+    /// queued its leave.
     let leaving = Mutex(false)
     let leaveReady = Mutex<(ready: Bool, deadline: ContinuousClock.Instant?)>((false, nil))
 
@@ -190,12 +194,35 @@ public final class AgentService: Service, Sendable {
                     "max_pending_handshakes": "\(plane.listener.maximumPending)",
                 ]
             )
+            let checkpoints = CheckpointSaver(outbox: self.outbox, logger: self.logger)
+            self.checkpoints.withLock { $0 = checkpoints }
+            let models = ModelWriter(directory: "\(self.configuration.dataDirectory)/models", logger: self.logger)
+            let connectTimeout = Duration.seconds(30)
             let trainer = Trainer(
                 settings: .init(
                     collectiveTimeout: .milliseconds(Int(self.configuration.collectiveTimeoutSeconds * 1000)),
-                    modelDirectory: "\(self.configuration.dataDirectory)/models"
+                    connectTimeout: connectTimeout
                 ),
-                dataPlane: plane,
+                environment: TrainingEnvironment(
+                    makeWorkload: { plan in
+                        try WorkloadCatalog.make(
+                            kind: plan.workloadKind,
+                            parameters: try WorkloadCatalog.parameters(fromYAML: plan.workloadParameters),
+                            datasetPath: plan.datasetPath,
+                            datasetSamples: plan.datasetSamples,
+                            seed: plan.seed
+                        )
+                    },
+                    connect: { assignment, isCancelled in
+                        try plane.connect(assignment, timeout: connectTimeout, isCancelled: isCancelled)
+                    },
+                    loadCheckpoint: { directory, step in try CheckpointReader.load(root: directory, step: step).state },
+                    offerCheckpoint: { assignment, step, state, parameterCount in
+                        checkpoints.offer(
+                            .init(assignment: assignment, step: step, state: state, parameterCount: parameterCount))
+                    },
+                    saveModel: { assignment, workload in models.save(assignment, workload) }
+                ),
                 outbox: self.outbox,
                 logger: self.logger
             )
@@ -204,6 +231,7 @@ public final class AgentService: Service, Sendable {
         }
         defer {
             self.trainer.withLock { $0 }?.shutdown()
+            self.checkpoints.withLock { $0 }?.close()
             self.dataPlane.withLock { $0 }?.close()
         }
         do {
@@ -248,7 +276,7 @@ public final class AgentService: Service, Sendable {
                 "shutting down: finishing the step in flight, leaving the job, then stopping",
                 metadata: ["grace_seconds": "\(self.configuration.gracePeriodSeconds)"]
             )
-            self.stopTraining(reason: "the agent is shutting down") { [self] in
+            self.stopTraining(reason: "the agent is shutting down", grace: grace) { [self] in
                 self.leaveReady.withLock { $0.ready = true }
             }
         }
@@ -257,17 +285,14 @@ public final class AgentService: Service, Sendable {
     /// Whether graceful shutdown has begun.
     var isLeaving: Bool { self.leaving.withLock { $0 } }
 
-    /// Stops training at the next step boundary, then queues a leave for the job held (after the
-    /// last step report, through the same outbox) and calls `then`.
-    func stopTraining(reason: String, then: @escaping @Sendable () -> Void) {
-        let post: @Sendable (Ringmaster_V1_Assignment?) -> Void = { [self] held in
-            if let held { self.postLeave(job: held.jobID, generation: held.generation, reason: reason) }
-            then()
-        }
+    /// Stops training at the next step boundary (abandoning the step in flight after `grace`); the
+    /// trainer queues a leave for the job held (after the last step report, through the same
+    /// outbox), then `then` is called.
+    func stopTraining(reason: String, grace: Duration?, then: @escaping @Sendable () -> Void) {
         if let trainer = self.trainer.withLock({ $0 }) {
-            trainer.stopAtStepBoundary(reason: reason, then: post)
+            trainer.stopAtStepBoundary(reason: reason, grace: grace, then: then)
         } else {
-            post(nil)
+            then()
         }
     }
 
@@ -303,7 +328,7 @@ public final class AgentService: Service, Sendable {
             var connected = false
             var credentials: Credentials?
             var lastAck = ContinuousClock.now
-            var assignment: Ringmaster_V1_Assignment?
+            var assignment: Assignment?
             var pendingRenewal: KeyAndRequest?
         }
 
@@ -368,7 +393,14 @@ public final class AgentService: Service, Sendable {
             switch envelope.body {
             case .heartbeatAck:
                 progress.state.withLock { $0.lastAck = .now }
-            case .assignment(let assignment):
+            case .assignment(let wire):
+                let assignment: Assignment
+                do {
+                    assignment = try Assignment(wire: wire)
+                } catch {
+                    self.logger.error("refused an assignment", metadata: [LogKey.reason: "\(error)"])
+                    continue
+                }
                 progress.state.withLock { $0.assignment = assignment }
                 if let trainer = self.trainer.withLock({ $0 }) {
                     trainer.assign(assignment)
@@ -379,7 +411,7 @@ public final class AgentService: Service, Sendable {
                 self.logger.info(
                     "holding an assignment",
                     metadata: [
-                        LogKey.job: "\(assignment.jobID)", LogKey.generation: "\(assignment.generation)",
+                        LogKey.job: "\(assignment.job)", LogKey.generation: "\(assignment.generation)",
                         LogKey.rank: "\(assignment.rank)", "world_size": "\(assignment.worldSize)",
                         "resume_step": "\(assignment.resumeStep)",
                     ]
@@ -389,7 +421,7 @@ public final class AgentService: Service, Sendable {
                     job: update.jobID, generation: update.generation, cursor: update.cursor)
             case .abort(let abort):
                 let dropped = progress.state.withLock { state -> Bool in
-                    guard state.assignment?.jobID == abort.jobID, state.assignment?.generation == abort.generation
+                    guard state.assignment?.job == abort.jobID, state.assignment?.generation == abort.generation
                     else { return false }
                     state.assignment = nil
                     return true
@@ -413,14 +445,9 @@ public final class AgentService: Service, Sendable {
                 if self.trainer.withLock({ $0 }) == nil {
                     self.postLeave(job: drain.jobID, generation: drain.generation, reason: "drained")
                 } else {
-                    self.stopTraining(reason: "drained") {}
-                }
-                if drain.graceSeconds > 0, let trainer = self.trainer.withLock({ $0 }) {
                     // Past the grace period the step in flight is abandoned, and the leave follows.
-                    Task {
-                        try await Task.sleep(for: .seconds(Int(drain.graceSeconds)))
-                        trainer.abandon(reason: "the drain's grace period ran out")
-                    }
+                    let grace = drain.graceSeconds > 0 ? Duration.seconds(Int(drain.graceSeconds)) : nil
+                    self.stopTraining(reason: "drained", grace: grace) {}
                 }
             case .renewReply(let renewal):
                 guard let pending = progress.state.withLock({ $0.pendingRenewal }) else { continue }
@@ -488,21 +515,17 @@ public final class AgentService: Service, Sendable {
             }
             if self.isLeaving {
                 // The leave goes out through the outbox once the trainer stopped at a step
-                // boundary (`forward` then ends the session); past the grace period the step in
-                // flight is abandoned so that it stops.
+                // boundary (`forward` then ends the session); past the grace period the trainer
+                // abandons the step in flight itself.
                 let (ready, deadline) = self.leaveReady.withLock { ($0.ready, $0.deadline) }
                 let late = deadline.map { ContinuousClock.now >= $0 } ?? false
                 if self.trainer.withLock({ $0 }) == nil {
                     // Nothing trains here: leave the job held at once.
                     guard let held else { throw AgentError(.leaving, "the agent is shutting down") }
-                    self.postLeave(job: held.jobID, generation: held.generation, reason: "the agent is shutting down")
+                    self.postLeave(job: held.job, generation: held.generation, reason: "the agent is shutting down")
                     progress.state.withLock { $0.assignment = nil }
                 } else if ready && (held == nil || late) {
                     throw AgentError(.leaving, "the agent is shutting down")
-                }
-                if !ready && late {
-                    self.logger.warning("the step in flight did not finish within the grace period; abandoning it")
-                    self.trainer.withLock { $0 }?.abandon(reason: "the agent's grace period ran out")
                 }
             }
             guard ContinuousClock.now - lastAck <= lease + interval else {
@@ -519,7 +542,7 @@ public final class AgentService: Service, Sendable {
             }
             var heartbeat = Envelope()
             heartbeat.heartbeat = .with {
-                $0.jobID = held?.jobID ?? ""
+                $0.jobID = held?.job ?? ""
                 $0.generation = held?.generation ?? 0
             }
             try await session.send(heartbeat)

@@ -1,6 +1,7 @@
 import Checkpointing
 import ControlPlane
 import Foundation
+import JobModel
 import Logging
 import RingmasterWire
 
@@ -11,7 +12,7 @@ import RingmasterWire
 final class CheckpointSaver: @unchecked Sendable {
     // Safe because `pending` and `busy` are guarded by `condition`.
     struct Save {
-        var assignment: Ringmaster_V1_Assignment
+        var assignment: Assignment
         var step: UInt64
         var state: [Float]
         var parameterCount: Int
@@ -40,7 +41,7 @@ final class CheckpointSaver: @unchecked Sendable {
         guard !self.busy && self.pending == nil else {
             self.logger.warning(
                 "skipped a checkpoint: the previous save is still being written",
-                metadata: [LogKey.job: "\(save.assignment.jobID)", "step": "\(save.step)"]
+                metadata: [LogKey.job: "\(save.assignment.job)", "step": "\(save.step)"]
             )
             return false
         }
@@ -76,12 +77,12 @@ final class CheckpointSaver: @unchecked Sendable {
 
     func write(_ save: Save) {
         let assignment = save.assignment
-        let rank = Int(assignment.rank)
-        let world = Int(assignment.worldSize)
+        let rank = assignment.rank
+        let world = assignment.worldSize
         let slice = CheckpointLayout.slice(elements: save.state.count, rank: rank, worldSize: world)
         var envelope = Envelope()
         envelope.shardReady = .with {
-            $0.jobID = assignment.jobID
+            $0.jobID = assignment.job
             $0.generation = assignment.generation
             $0.step = save.step
             $0.rank = UInt32(rank)
@@ -95,7 +96,7 @@ final class CheckpointSaver: @unchecked Sendable {
         do {
             let record = try save.state.withUnsafeBufferPointer { buffer in
                 try CheckpointWriter.writeShard(
-                    root: assignment.checkpointDirectory,
+                    root: assignment.training.checkpointDirectory ?? "",
                     step: save.step,
                     rank: rank,
                     worldSize: world,
@@ -109,7 +110,7 @@ final class CheckpointSaver: @unchecked Sendable {
             self.logger.debug(
                 "checkpoint shard durable",
                 metadata: [
-                    LogKey.job: "\(assignment.jobID)", "step": "\(save.step)", "bytes": "\(record.bytes)",
+                    LogKey.job: "\(assignment.job)", "step": "\(save.step)", "bytes": "\(record.bytes)",
                     "milliseconds": "\((ContinuousClock.now - started).milliseconds)",
                 ]
             )
@@ -117,7 +118,7 @@ final class CheckpointSaver: @unchecked Sendable {
             envelope.shardReady.error = "\(error)"
             self.logger.error(
                 "could not save a checkpoint shard; training goes on",
-                metadata: [LogKey.job: "\(assignment.jobID)", "step": "\(save.step)", LogKey.reason: "\(error)"]
+                metadata: [LogKey.job: "\(assignment.job)", "step": "\(save.step)", LogKey.reason: "\(error)"]
             )
         }
         self.outbox.post(envelope)

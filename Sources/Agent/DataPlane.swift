@@ -1,7 +1,7 @@
 import Collectives
 import ControlPlane
 import Foundation
-import RingmasterWire
+import JobModel
 
 /// The agent's data plane: one listener for the agent's life, and a connection per generation.
 ///
@@ -24,20 +24,20 @@ final class DataPlane: Sendable {
     /// Connects this rank of `assignment`'s generation to every other member, giving up when
     /// `timeout` passes or `isCancelled` turns true (a newer generation, an abort).
     func connect(
-        _ assignment: Ringmaster_V1_Assignment,
+        _ assignment: Assignment,
         timeout: Duration,
         isCancelled: @escaping @Sendable () -> Bool
     ) throws -> Communicator {
-        let addresses = assignment.members.sorted { $0.rank < $1.rank }.map { $0.dataPlaneAddresses.first ?? "" }
-        guard !addresses.contains(""), addresses.count == Int(assignment.worldSize) else {
+        let addresses = assignment.members.map { $0.dataPlaneAddresses.first ?? "" }
+        guard !addresses.contains("") else {
             throw AgentError(
                 .protocolViolation, "a member of generation \(assignment.generation) announced no data-plane address")
         }
         let transport = try TCPTransport.establish(
-            rank: Int(assignment.rank),
+            rank: assignment.rank,
             addresses: addresses,
             generation: assignment.generation,
-            secret: Array(assignment.dataPlaneSecret),
+            secret: assignment.dataPlaneSecret,
             listener: self.listener,
             timeout: timeout,
             isCancelled: isCancelled

@@ -224,8 +224,9 @@ extension CoordinatorService {
         for action in actions {
             switch action {
             case .assign(let node, let assignment):
-                engine.sessions[node]?.channel.writeAndFlush(
-                    self.envelope(assigning: assignment, to: node), promise: nil)
+                if let envelope = self.envelope(assigning: assignment, to: node) {
+                    engine.sessions[node]?.channel.writeAndFlush(envelope, promise: nil)
+                }
             case .abort(let node, let job, let generation, let reason):
                 var envelope = Envelope()
                 envelope.abort = .with {
@@ -399,33 +400,11 @@ extension CoordinatorService {
         return Array(HMAC<SHA256>.authenticationCode(for: message, using: self.dataPlaneKey))
     }
 
-    func envelope(assigning assignment: CoordinatorMachine.Assignment, to node: String) -> Envelope {
-        let spec = assignment.spec
+    func envelope(assigning assignment: CoordinatorMachine.Assignment, to node: String) -> Envelope? {
+        let secret = self.dataPlaneSecret(job: assignment.job, generation: assignment.generation)
+        guard let member = assignment.assignment(for: node, dataPlaneSecret: secret) else { return nil }
         var envelope = Envelope()
-        envelope.assignment = .with {
-            $0.jobID = assignment.job
-            $0.generation = assignment.generation
-            $0.rank = UInt32(assignment.members.first { $0.node == node }?.rank ?? 0)
-            $0.worldSize = UInt32(assignment.worldSize)
-            $0.members = assignment.members.map { member in
-                .with {
-                    $0.nodeID = member.node
-                    $0.rank = UInt32(member.rank)
-                    $0.dataPlaneAddresses = member.dataPlaneAddresses
-                }
-            }
-            $0.dataPlaneSecret = Data(self.dataPlaneSecret(job: assignment.job, generation: assignment.generation))
-            $0.resumeStep = assignment.resumeStep
-            $0.permutationSeed = spec.seed
-            $0.globalBatchSize = UInt32(spec.globalBatchSize)
-            $0.workloadKind = spec.workloadKind
-            $0.workloadSpec = spec.workloadParameters
-            $0.datasetPath = spec.datasetPath
-            $0.datasetSamples = UInt32(spec.datasetSamples)
-            $0.totalSteps = spec.steps
-            $0.checkpointDirectory = spec.checkpointDirectory ?? ""
-            $0.checkpointIntervalSteps = spec.checkpointDirectory == nil ? 0 : spec.checkpointIntervalSteps
-        }
+        envelope.assignment = Ringmaster_V1_Assignment(member)
         return envelope
     }
 

@@ -161,14 +161,7 @@ public struct CoordinatorMachine: Sendable {
     }
 
     /// One member of a generation, as every member's assignment lists it.
-    public struct Member: Sendable, Hashable {
-        /// The node.
-        public var node: String
-        /// Its rank.
-        public var rank: Int
-        /// Where its data plane listens.
-        public var dataPlaneAddresses: [String]
-    }
+    public typealias Member = JobModel.Member
 
     /// A generation's assignment, the same for every member (each finds its own rank in it).
     public struct Assignment: Sendable, Hashable {
@@ -185,6 +178,21 @@ public struct CoordinatorMachine: Sendable {
 
         /// The world size.
         public var worldSize: Int { self.members.count }
+
+        /// What `node` is told: its own rank in this generation, with the data-plane `secret`;
+        /// nil when it is not a member.
+        public func assignment(for node: String, dataPlaneSecret secret: [UInt8]) -> JobModel.Assignment? {
+            guard let rank = self.members.first(where: { $0.node == node })?.rank else { return nil }
+            return JobModel.Assignment(
+                job: self.job,
+                generation: self.generation,
+                rank: rank,
+                members: self.members,
+                resumeStep: self.resumeStep,
+                training: self.spec.training,
+                dataPlaneSecret: secret
+            )
+        }
     }
 
     /// What the shell must do.

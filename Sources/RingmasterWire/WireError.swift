@@ -15,6 +15,9 @@ public struct WireError: Error, Sendable, Hashable, CustomStringConvertible {
         case undecodableFrame
         /// A message could not be serialized (for example, it exceeds the frame limit).
         case unencodableMessage
+        /// A decoded message breaks a rule of the protocol (for example, an assignment whose
+        /// ranks do not match its world size).
+        case invalidMessage
     }
 
     /// The stable code.

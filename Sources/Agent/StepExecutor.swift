@@ -1,0 +1,397 @@
+import AgentCore
+import Checkpointing
+import Collectives
+import ControlPlane
+import Foundation
+import JobModel
+import Logging
+import Synchronization
+import Workload
+
+/// What the executor reaches outside itself: the workload catalog, the data plane, checkpoint
+/// storage and the model directory. The agent passes the real ones; the in-process cluster of the
+/// tests passes in-process ones.
+struct TrainingEnvironment: Sendable {
+    /// Builds the plan's workload.
+    var makeWorkload: @Sendable (TrainingPlan) throws -> any TrainingWorkload
+    /// Connects this rank of the assignment's generation to every other member, giving up when the
+    /// closure turns true.
+    var connect: @Sendable (Assignment, _ isCancelled: @escaping @Sendable () -> Bool) throws -> Communicator
+    /// Loads and verifies the committed checkpoint at `step` under `directory`.
+    var loadCheckpoint: @Sendable (_ directory: String, _ step: UInt64) throws -> [Float]
+    /// Hands the state at step boundary `step` to the checkpoint writer (which never blocks the step).
+    var offerCheckpoint: @Sendable (Assignment, _ step: UInt64, _ state: [Float], _ parameterCount: Int) -> Void
+    /// Writes the trained model.
+    var saveModel: @Sendable (Assignment, any TrainingWorkload) -> Void
+}
+
+/// Carries out the agent core's blocking work (`AgentMachine.Work`) on the trainer's thread: it
+/// holds the job's workload, the copies of its training state at recent step boundaries, and the
+/// generation's communicator, and answers each piece of work with the event that ends it.
+///
+/// ## One step
+/// Each rank takes its slice of the global batch (the core hands it the sample ids), sums the
+/// gradient over it, and hands each layer's bucket to a communication thread that all-reduces it
+/// while backward goes on with the next layer. The global sums are scaled by 1 / global batch, so
+/// the update does not depend on how many agents share the batch.
+final class StepExecutor: @unchecked Sendable {
+    // Safe because `job` is touched only by the trainer's thread (one piece of work at a time);
+    // `link`, which other threads abort, is a Mutex.
+
+    /// Settings of the work.
+    struct Settings: Sendable {
+        /// Longest wait for one collective (a dead peer fails it at once; a hung one is aborted
+        /// by the coordinator when its lease expires).
+        var collectiveTimeout: Duration = .seconds(60)
+        /// Longest wait for the members of a generation to connect.
+        var connectTimeout: Duration = .seconds(30)
+        /// Memory for copies of the training state at recent step boundaries, kept for rolling
+        /// back. The coordinator's cursor trails the agents by the time step reports take to
+        /// arrive, a few steps when steps take milliseconds; between `minimumSnapshots` and
+        /// `maximumSnapshots` copies are kept, as many as fit.
+        var snapshotBudgetBytes = 512 << 20
+        var minimumSnapshots = 4
+        var maximumSnapshots = 64
+    }
+
+    let settings: Settings
+    let environment: TrainingEnvironment
+    let logger: Logger
+    /// The generation's communicator, once connected.
+    let link = Mutex<(generation: UInt64, communicator: Communicator)?>(nil)
+    var job: JobState?
+
+    init(settings: Settings, environment: TrainingEnvironment, logger: Logger) {
+        self.settings = settings
+        self.environment = environment
+        self.logger = logger
+    }
+
+    /// The workload of the job held, for tests that compare replicas.
+    var workload: (any TrainingWorkload)? { self.job?.workload }
+
+    /// Does `work` and returns the event that ends it. `isCancelled` turns true when the core
+    /// abandons the work (the collectives in flight are aborted beside it).
+    func perform(_ work: AgentMachine.Work, isCancelled: @escaping @Sendable () -> Bool) -> AgentMachine.Event {
+        let generation = work.generation
+        if isCancelled() {
+            return .failed(generation: generation, reason: "abandoned before it started")
+        }
+        do {
+            switch work {
+            case .prepare(let assignment):
+                do {
+                    let kept = try self.prepare(assignment)
+                    return .prepared(generation: generation, snapshotsKept: kept)
+                } catch {
+                    return .cannotRun(generation: generation, reason: "\(error)")
+                }
+            case .connect(let assignment):
+                try self.connect(assignment, isCancelled: isCancelled)
+                return .connected(generation: generation)
+            case .gather(_, _, let held):
+                return .gathered(generation: generation, holders: try self.gather(held: held))
+            case .broadcast(_, let step, let root, let source):
+                try self.broadcast(step: step, root: root, sourceGeneration: source, generation: generation)
+                return .synchronised(generation: generation, step: step)
+            case .loadCheckpoint(_, let step, let directory):
+                try self.loadCheckpoint(step: step, directory: directory, generation: generation)
+                return .synchronised(generation: generation, step: step)
+            case .train(_, let step, let samples, let batch, let hash, let evaluate, let evicting):
+                let (loss, hashValue, accuracy) = try self.train(
+                    step: step, samples: samples, batch: batch, hash: hash, evaluate: evaluate, evicting: evicting)
+                return .stepDone(
+                    generation: generation, step: step, loss: loss, hash: hashValue, testAccuracy: accuracy)
+            case .saveModel:
+                if let job = self.job, let assignment = job.assignment {
+                    self.environment.saveModel(assignment, job.workload)
+                }
+                return .modelSaved(generation: generation)
+            }
+        } catch {
+            return .failed(generation: generation, reason: "\(error)")
+        }
+    }
+
+    /// Fails the collectives of `generation` at once.
+    func abandon(generation: UInt64, reason: String) {
+        let communicator = self.link.withLock { $0?.generation == generation ? $0?.communicator : nil }
+        communicator?.abort(reason: reason)
+    }
+
+    /// Closes `generation`'s data plane.
+    func disconnect(generation: UInt64) {
+        let communicator = self.link.withLock { link -> Communicator? in
+            guard let current = link, current.generation == generation else { return nil }
+            link = nil
+            return current.communicator
+        }
+        communicator?.transport.close()
+    }
+
+    /// Fails whatever is in flight and closes the data plane (the agent is stopping).
+    func close(reason: String) {
+        let communicator = self.link.withLock { link -> Communicator? in
+            defer { link = nil }
+            return link?.communicator
+        }
+        communicator?.abort(reason: reason)
+        communicator?.transport.close()
+    }
+
+    /// Hands the copy at step boundary `step` to the checkpoint writer, as is: no extra copy on the
+    /// step's path.
+    func offerCheckpoint(step: UInt64) {
+        guard let job = self.job, let assignment = job.assignment, let saved = job.snapshots[step] else { return }
+        self.environment.offerCheckpoint(assignment, step, saved, job.workload.parameterCount)
+    }
+
+    // MARK: - The work
+
+    func metadata(_ assignment: Assignment?) -> Logger.Metadata {
+        guard let assignment else { return [:] }
+        return [
+            LogKey.job: "\(assignment.job)", LogKey.generation: "\(assignment.generation)",
+            LogKey.rank: "\(assignment.rank)", "world_size": "\(assignment.worldSize)",
+        ]
+    }
+
+    /// Builds the job's workload; returns how many copies of its state are kept.
+    func prepare(_ assignment: Assignment) throws -> Int {
+        let plan = assignment.training
+        let workload = try self.environment.makeWorkload(plan)
+        guard workload.trainingSamples == plan.datasetSamples else {
+            throw AgentError(
+                .protocolViolation,
+                "the job says its data set has \(plan.datasetSamples) samples, but \(plan.datasetPath) has \(workload.trainingSamples) training samples here; fix dataset.samples in the job spec"
+            )
+        }
+        let stateBytes = max(1, workload.stateCount * MemoryLayout<Float>.size)
+        let kept = max(
+            2,
+            min(
+                self.settings.maximumSnapshots,
+                max(self.settings.minimumSnapshots, self.settings.snapshotBudgetBytes / stateBytes)))
+        self.job = JobState(workload: workload)
+        self.job?.assignment = assignment
+        self.logger.info(
+            "workload ready",
+            metadata: [
+                LogKey.job: "\(assignment.job)", "kind": "\(plan.workloadKind)",
+                "parameters": "\(workload.parameterCount)", "buckets": "\(workload.buckets.count)",
+                "snapshots_kept": "\(kept)",
+            ]
+        )
+        return kept
+    }
+
+    func connect(_ assignment: Assignment, isCancelled: @escaping @Sendable () -> Bool) throws {
+        let started = ContinuousClock.now
+        self.job?.assignment = assignment
+        let communicator = try self.environment.connect(assignment, isCancelled)
+        self.link.withLock { $0 = (assignment.generation, communicator) }
+        if isCancelled() {
+            // Abandoned while connecting: the abort found no communicator yet.
+            communicator.abort(reason: "abandoned while connecting")
+        }
+        try communicator.barrier(timeout: self.settings.connectTimeout)
+        self.logger.info(
+            "data plane ready",
+            metadata: self.metadata(assignment).merging([
+                "milliseconds": "\((ContinuousClock.now - started).milliseconds)"
+            ]) { $1 }
+        )
+    }
+
+    /// The communicator of the generation connected.
+    func communicator() throws -> Communicator {
+        guard let communicator = self.link.withLock({ $0?.communicator }) else {
+            throw AgentError(.protocolViolation, "no data plane is connected")
+        }
+        return communicator
+    }
+
+    func heldJob() throws -> JobState {
+        guard let job = self.job else { throw AgentError(.protocolViolation, "no workload is prepared") }
+        return job
+    }
+
+    /// Every rank says whether it holds a copy at the resume step, and from which generation.
+    func gather(held: UInt64?) throws -> [UInt64?] {
+        let communicator = try self.communicator()
+        let world = communicator.worldSize
+        var mine: [UInt64] = [held == nil ? 0 : 1, held ?? 0]
+        var all = [UInt64](repeating: 0, count: 2 * world)
+        try mine.withUnsafeMutableBytes { input in
+            try all.withUnsafeMutableBytes { output in
+                try communicator.allGather(
+                    UnsafeRawBufferPointer(input), into: output, timeout: self.settings.collectiveTimeout)
+            }
+        }
+        return (0..<world).map { all[2 * $0] == 1 ? all[2 * $0 + 1] : nil }
+    }
+
+    /// The copy at `step` from `root` to every rank, loaded by each.
+    func broadcast(step: UInt64, root: Int, sourceGeneration: UInt64, generation: UInt64) throws {
+        let job = try self.heldJob()
+        let communicator = try self.communicator()
+        var buffer = job.snapshots[step] ?? [Float](repeating: 0, count: job.workload.stateCount)
+        if communicator.worldSize > 1 {
+            try buffer.withUnsafeMutableBytes { raw in
+                try communicator.broadcast(raw, root: root, timeout: self.settings.collectiveTimeout)
+            }
+        }
+        let rolledBack = job.boundary - min(job.boundary, step)
+        job.restore(step: step, state: buffer)
+        self.logger.info(
+            "training state agreed",
+            metadata: self.metadata(job.assignment).merging(
+                ["resume_step": "\(step)", "source_rank": "\(root)", "steps_rolled_back": "\(rolledBack)"]
+            ) { $1 }
+        )
+    }
+
+    /// No member holds the state at the resume step (the job was resumed from a checkpoint, or all
+    /// its agents restarted): rank 0 loads the committed checkpoint at that step, verifying every
+    /// shard's checksum, and broadcasts it; a checkpoint that fails verification is never used.
+    func loadCheckpoint(step: UInt64, directory: String, generation: UInt64) throws {
+        let job = try self.heldJob()
+        let communicator = try self.communicator()
+        let expected = job.workload.stateCount
+        var buffer = [Float](repeating: 0, count: expected)
+        var failure: String?
+        if communicator.rank == 0 {
+            do {
+                let loaded = try self.environment.loadCheckpoint(directory, step)
+                if loaded.count == expected {
+                    buffer = loaded
+                } else {
+                    failure =
+                        "the checkpoint at step \(step) holds \(loaded.count) values, but this workload's state has \(expected)"
+                }
+            } catch {
+                failure = "\(error)"
+            }
+        }
+        var ok: [UInt64] = [failure == nil ? 1 : 0]
+        if communicator.worldSize > 1 {
+            try ok.withUnsafeMutableBytes {
+                try communicator.broadcast($0, root: 0, timeout: self.settings.collectiveTimeout)
+            }
+        }
+        guard ok[0] == 1 else {
+            throw AgentError(
+                .protocolViolation,
+                failure ?? "rank 0 could not load the checkpoint at step \(step) from \(directory) (its log says why)"
+            )
+        }
+        if communicator.worldSize > 1 {
+            try buffer.withUnsafeMutableBytes { raw in
+                try communicator.broadcast(raw, root: 0, timeout: self.settings.collectiveTimeout)
+            }
+        }
+        job.restore(step: step, state: buffer)
+        self.logger.notice(
+            "training state loaded from a checkpoint",
+            metadata: self.metadata(job.assignment).merging([
+                "resume_step": "\(step)", "directory": "\(directory)",
+            ]) { $1 }
+        )
+    }
+
+    /// Trains one step; returns its mean loss, and the parameters' hash and the test accuracy when
+    /// asked for.
+    func train(
+        step: UInt64, samples: [Int], batch: Int, hash: Bool, evaluate: Bool, evicting: UInt64?
+    ) throws -> (Double, UInt64?, Double?) {
+        let job = try self.heldJob()
+        let communicator = try self.communicator()
+        let workload = job.workload
+        let parameters = workload.parameterCount
+        let reducer = BucketReducer(communicator: communicator, timeout: self.settings.collectiveTimeout)
+        defer { reducer.close() }
+        let lossSum = try job.gradients.withUnsafeMutableBufferPointer { buffer -> Double in
+            let base = UnsafeMutableRawBufferPointer(buffer)
+            var submitted = 0
+            let loss = workload.accumulateGradients(
+                samples: samples[...], into: UnsafeMutableBufferPointer(rebasing: buffer[0..<parameters])
+            ) { bucket in
+                // Buckets are all-reduced in order; the workload finishes them in that order.
+                while submitted <= bucket {
+                    reducer.submit(base, range: workload.buckets[submitted])
+                    submitted += 1
+                }
+            }
+            while submitted < workload.buckets.count {
+                reducer.submit(base, range: workload.buckets[submitted])
+                submitted += 1
+            }
+            buffer[parameters] = Float(loss)
+            reducer.submit(base, range: parameters..<(parameters + 1))
+            try reducer.finish()
+            return Double(buffer[parameters])
+        }
+        job.gradients.withUnsafeBufferPointer { buffer in
+            workload.applyGradients(UnsafeBufferPointer(rebasing: buffer[0..<parameters]), scale: 1 / Float(batch))
+        }
+        job.record(step: step + 1, evicting: evicting)
+        let loss = lossSum / Double(batch)
+        let total = job.assignment?.training.steps ?? 0
+        if (step + 1) % 500 == 0 || step + 1 == total {
+            self.logger.info(
+                "trained",
+                metadata: self.metadata(job.assignment).merging(["step": "\(step + 1)", "loss": "\(loss)"]) { $1 }
+            )
+        }
+        return (
+            loss, hash ? parameterHash(workload.parameters()) : nil,
+            evaluate ? workload.evaluate().accuracy : nil
+        )
+    }
+}
+
+// MARK: - Job state
+
+/// One job's model on this agent, with the training state at recent step boundaries (which
+/// boundaries are kept is the core's decision).
+final class JobState {
+    let workload: any TrainingWorkload
+    /// The assignment trained in.
+    var assignment: Assignment?
+    /// Steps applied to the workload's state.
+    var boundary: UInt64 = 0
+    /// Training state by step boundary.
+    var snapshots: [UInt64: [Float]] = [:]
+    /// The flat gradient buffer, with one more element for the loss.
+    var gradients: [Float]
+
+    init(workload: any TrainingWorkload) {
+        self.workload = workload
+        self.gradients = [Float](repeating: 0, count: workload.parameterCount + 1)
+        // The initial state (from the seed) is the state at step 0 on every agent.
+        var initial = [Float](repeating: 0, count: workload.stateCount)
+        initial.withUnsafeMutableBufferPointer { workload.saveState(into: $0) }
+        self.snapshots[0] = initial
+    }
+
+    /// Loads the agreed state at `step`; copies of later boundaries (steps being redone) are dropped.
+    func restore(step: UInt64, state: [Float]) {
+        state.withUnsafeBufferPointer { self.workload.loadState(from: $0) }
+        self.boundary = step
+        self.snapshots = self.snapshots.filter { $0.key < step }
+        self.snapshots[step] = state
+    }
+
+    /// Keeps a copy of the state after a step, reusing the storage of the copy at `evicting`.
+    func record(step: UInt64, evicting: UInt64?) {
+        self.boundary = step
+        var buffer: [Float]
+        if let evicting, let old = self.snapshots.removeValue(forKey: evicting) {
+            buffer = old
+        } else {
+            buffer = [Float](repeating: 0, count: self.workload.stateCount)
+        }
+        buffer.withUnsafeMutableBufferPointer { self.workload.saveState(into: $0) }
+        self.snapshots[step] = buffer
+    }
+}

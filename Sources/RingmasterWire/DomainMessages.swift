@@ -1,0 +1,100 @@
+import Foundation
+import JobModel
+
+// The wire forms of the domain messages, converted here once: past the session layer only the
+// domain types travel.
+
+extension Ringmaster_V1_Assignment {
+    /// The wire form of `assignment`.
+    public init(_ assignment: Assignment) {
+        self.init()
+        self.jobID = assignment.job
+        self.generation = assignment.generation
+        self.rank = UInt32(assignment.rank)
+        self.worldSize = UInt32(assignment.worldSize)
+        self.members = assignment.members.map { member in
+            .with {
+                $0.nodeID = member.node
+                $0.rank = UInt32(member.rank)
+                $0.dataPlaneAddresses = member.dataPlaneAddresses
+            }
+        }
+        self.dataPlaneSecret = Data(assignment.dataPlaneSecret)
+        self.resumeStep = assignment.resumeStep
+        let plan = assignment.training
+        self.permutationSeed = plan.seed
+        self.globalBatchSize = UInt32(plan.globalBatchSize)
+        self.workloadKind = plan.workloadKind
+        self.workloadSpec = plan.workloadParameters
+        self.datasetPath = plan.datasetPath
+        self.datasetSamples = UInt32(plan.datasetSamples)
+        self.totalSteps = plan.steps
+        self.checkpointDirectory = plan.checkpointDirectory ?? ""
+        self.checkpointIntervalSteps = plan.checkpointIntervalSteps
+    }
+}
+
+extension Assignment {
+    /// The assignment an agent received, checked: its members are ranked `0..<world_size` and it
+    /// holds one of those ranks.
+    public init(wire: Ringmaster_V1_Assignment) throws(WireError) {
+        let members = wire.members.sorted { $0.rank < $1.rank }
+        guard wire.worldSize > 0, members.count == Int(wire.worldSize),
+            members.enumerated().allSatisfy({ $0.offset == Int($0.element.rank) }), wire.rank < wire.worldSize
+        else {
+            throw WireError(
+                .invalidMessage,
+                "assignment for generation \(wire.generation) of \(wire.jobID) lists \(members.count) members for a world of \(wire.worldSize) with rank \(wire.rank); the coordinator and this agent disagree on the protocol"
+            )
+        }
+        self.init(
+            job: wire.jobID,
+            generation: wire.generation,
+            rank: Int(wire.rank),
+            members: members.map {
+                Member(node: $0.nodeID, rank: Int($0.rank), dataPlaneAddresses: $0.dataPlaneAddresses)
+            },
+            resumeStep: wire.resumeStep,
+            training: TrainingPlan(
+                workloadKind: wire.workloadKind,
+                workloadParameters: wire.workloadSpec,
+                datasetPath: wire.datasetPath,
+                datasetSamples: Int(wire.datasetSamples),
+                globalBatchSize: Int(wire.globalBatchSize),
+                steps: wire.totalSteps,
+                seed: wire.permutationSeed,
+                checkpointDirectory: wire.checkpointDirectory.isEmpty ? nil : wire.checkpointDirectory,
+                checkpointIntervalSteps: wire.checkpointIntervalSteps
+            ),
+            dataPlaneSecret: Array(wire.dataPlaneSecret)
+        )
+    }
+}
+
+extension Envelope {
+    /// An envelope carrying `report`.
+    public init(_ report: StepReport) {
+        self.init()
+        self.stepReport = .with {
+            $0.jobID = report.job
+            $0.generation = report.generation
+            $0.step = report.step
+            $0.loss = report.loss
+            $0.samples = UInt64(report.sampleIDs.count)
+            $0.sampleIds = report.sampleIDs.map { UInt32(truncatingIfNeeded: $0) }
+            if let hash = report.parameterHash { $0.parameterHash = withUnsafeBytes(of: hash.bigEndian) { Data($0) } }
+            if let accuracy = report.testAccuracy { $0.testAccuracy = accuracy }
+        }
+    }
+
+    /// An envelope carrying `leave`.
+    public init(_ leave: Leave) {
+        self.init()
+        self.leave = .with {
+            $0.jobID = leave.job
+            $0.generation = leave.generation
+            $0.reason = leave.reason
+            $0.cannotRun = leave.cannotRun
+        }
+    }
+}
