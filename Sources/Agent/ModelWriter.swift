@@ -27,9 +27,11 @@ struct ModelWriter: Sendable {
             ]
             let json = try JSONSerialization.data(withJSONObject: description, options: [.prettyPrinted, .sortedKeys])
             try SecureFile.write(Array(json), to: "\(directory)/\(job).json", mode: 0o644)
-            self.logger.info("saved the trained model", metadata: [LogKey.job: "\(job)", "path": "\(directory)/\(job).f32"])
+            self.logger.info(
+                "saved the trained model", metadata: [LogKey.job: "\(job)", "path": "\(directory)/\(job).f32"])
         } catch {
-            self.logger.error("could not save the trained model", metadata: [LogKey.job: "\(job)", LogKey.error: "\(error)"])
+            self.logger.error(
+                "could not save the trained model", metadata: [LogKey.job: "\(job)", LogKey.error: "\(error)"])
         }
     }
 }

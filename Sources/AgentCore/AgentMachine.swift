@@ -169,7 +169,10 @@ public struct AgentMachine: Sendable {
         case finished
         /// Left (stopped, drained) or refused (cannot run): trains no more in it.
         case left
-        /// Aborted by the coordinator, or failed: waits for the next generation.
+        /// Its work failed (a dead peer, an abandoned step, no state to resume from): waits for the
+        /// next generation; a stop still leaves it.
+        case failed
+        /// Aborted by the coordinator or replaced: waits for the next generation.
         case ended
     }
 
@@ -225,11 +228,15 @@ public struct AgentMachine: Sendable {
         var actions: [Action] = []
         switch event {
         case .assigned(let assignment):
-            if let current = self.assignment, current.job == assignment.job, current.generation >= assignment.generation {
+            if let current = self.assignment, current.job == assignment.job, current.generation >= assignment.generation
+            {
                 break  // an old or repeated assignment
             }
             let reason = "generation \(assignment.generation) replaces it"
-            if let work = self.inFlight { actions.append(.abandon(generation: work.generation, reason: reason)) }
+            if let work = self.inFlight, work != .saveModel(generation: work.generation) {
+                // The model of a finished job is still written.
+                actions.append(.abandon(generation: work.generation, reason: reason))
+            }
             self.endGeneration(superseded: true, reason: reason, &actions)
             self.assignment = assignment
             self.progress = .assigned
@@ -242,6 +249,8 @@ public struct AgentMachine: Sendable {
 
         case .aborted(let job, let generation, let reason):
             guard let current = self.assignment, current.job == job, current.generation == generation else { break }
+            // A finished job is aborted too: its members write their model, whatever comes.
+            if self.progress == .savingModel || self.progress == .finished { break }
             if self.inFlight != nil { actions.append(.abandon(generation: generation, reason: reason)) }
             self.endGeneration(superseded: true, reason: reason, &actions)
 
@@ -345,9 +354,9 @@ public struct AgentMachine: Sendable {
             guard self.take(generation: generation) != nil, self.isNewest(generation) else { break }
             switch self.progress {
             case .preparing, .connecting, .gathering, .synchronising, .training, .savingModel:
-                self.progress = .ended
+                self.progress = .failed
                 actions.append(.trainingStopped(generation: generation, reason: reason, superseded: false))
-            case .assigned, .prepared, .connected, .finished, .left, .ended:
+            case .assigned, .prepared, .connected, .finished, .left, .failed, .ended:
                 break
             }
         }
@@ -366,6 +375,7 @@ public struct AgentMachine: Sendable {
     /// Starts what comes next, when no work is in flight.
     mutating func proceed(_ actions: inout [Action]) {
         guard self.inFlight == nil else { return }
+        self.closeDataPlaneIfDone(&actions)
         if self.stop != nil { self.finishStop(&actions) }
         if let current = self.assignment {
             switch self.progress {
@@ -391,10 +401,15 @@ public struct AgentMachine: Sendable {
                 } else if next < self.cursor + self.window {
                     self.begin(self.trainStep(next, current), &actions)
                 }
-            case .preparing, .connecting, .gathering, .synchronising, .savingModel, .finished, .left, .ended:
+            case .preparing, .connecting, .gathering, .synchronising, .savingModel, .finished, .left, .failed, .ended:
                 break
             }
         }
+        self.closeDataPlaneIfDone(&actions)
+    }
+
+    /// Closes the open data plane when no work is in flight and its generation no longer trains.
+    mutating func closeDataPlaneIfDone(_ actions: inout [Action]) {
         if let open = self.connected, self.inFlight == nil, !self.needsDataPlane(generation: open) {
             actions.append(.disconnect(generation: open))
             self.connected = nil
@@ -404,7 +419,8 @@ public struct AgentMachine: Sendable {
     /// Chooses where the generation's training state comes from.
     mutating func synchronise(_ current: Assignment, holders: [UInt64?], _ actions: inout [Action]) {
         let step = current.resumeStep
-        let held = holders.enumerated().compactMap { rank, generation in generation.map { (rank: rank, generation: $0) } }
+        let held = holders.enumerated().compactMap { rank, generation in generation.map { (rank: rank, generation: $0) }
+        }
         // The newest copy; among equals, the lowest rank.
         if let newest = held.max(by: { ($0.generation, -$0.rank) < ($1.generation, -$1.rank) }) {
             self.progress = .synchronising
@@ -416,7 +432,7 @@ public struct AgentMachine: Sendable {
             self.progress = .synchronising
             self.begin(.loadCheckpoint(generation: current.generation, step: step, directory: directory), &actions)
         } else {
-            self.progress = .ended
+            self.progress = .failed
             actions.append(
                 .trainingStopped(
                     generation: current.generation,
@@ -470,10 +486,10 @@ public struct AgentMachine: Sendable {
     mutating func endGeneration(superseded: Bool, reason: String, _ actions: inout [Action]) {
         guard let current = self.assignment else { return }
         switch self.progress {
-        case .preparing, .connecting, .connected, .gathering, .synchronising, .training, .savingModel:
+        case .preparing, .connecting, .connected, .gathering, .synchronising, .training:
             actions.append(.trainingStopped(generation: current.generation, reason: reason, superseded: superseded))
             self.progress = .ended
-        case .assigned, .prepared:
+        case .assigned, .prepared, .savingModel, .failed:
             self.progress = .ended
         case .finished, .left, .ended:
             break
@@ -487,7 +503,7 @@ public struct AgentMachine: Sendable {
         if let current = self.assignment {
             switch self.progress {
             case .assigned, .preparing, .prepared, .connecting, .connected, .gathering, .synchronising, .training,
-                .savingModel, .finished:
+                .savingModel, .finished, .failed:
                 actions.append(.leave(Leave(job: current.job, generation: current.generation, reason: stop.reason)))
                 self.progress = .left
             case .left, .ended:
@@ -503,7 +519,7 @@ public struct AgentMachine: Sendable {
         guard self.isNewest(generation) else { return false }
         switch self.progress {
         case .connecting, .connected, .gathering, .synchronising, .training, .savingModel: return true
-        case .assigned, .preparing, .prepared, .finished, .left, .ended: return false
+        case .assigned, .preparing, .prepared, .finished, .left, .failed, .ended: return false
         }
     }
 }

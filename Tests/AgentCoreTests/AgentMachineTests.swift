@@ -133,7 +133,8 @@ extension [AgentMachine.Action] {
         let order = plan.order
         var hashes: [Bool] = []
         for step in UInt64(0)..<3 {
-            guard case .train(_, let trained, let samples, let batch, let hash, let evaluate, _) = driver.machine.inFlight
+            guard
+                case .train(_, let trained, let samples, let batch, let hash, let evaluate, _) = driver.machine.inFlight
             else {
                 Issue.record("step \(step) not in flight")
                 return
@@ -233,7 +234,8 @@ extension [AgentMachine.Action] {
         var driver = Driver()
         driver.startTraining(Driver.assignment(generation: 1), kept: 8)
         driver.now = .seconds(10)
-        #expect(driver.send(.stopRequested(reason: "shutting down", grace: .seconds(30))) == [.armTimer(at: .seconds(40))])
+        #expect(
+            driver.send(.stopRequested(reason: "shutting down", grace: .seconds(30))) == [.armTimer(at: .seconds(40))])
         driver.now = .seconds(39)
         #expect(driver.send(.tick).isEmpty)
         driver.now = .seconds(40)
@@ -323,5 +325,17 @@ extension [AgentMachine.Action] {
         }
         #expect(evicted == [nil, nil, 0, 1])
         #expect(driver.machine.snapshots.keys.sorted() == [2, 3, 4])
+    }
+}
+
+@Suite struct FinishingTests {
+    @Test func theAbortThatFollowsTheLastStep_doesNotAbandonWritingTheModel() {
+        var driver = Driver()
+        driver.startTraining(Driver.assignment(generation: 1, plan: Driver.plan(steps: 1)), kept: 4)
+        driver.completeStep()
+        #expect(driver.machine.inFlight == .saveModel(generation: 1))
+        #expect(driver.send(.aborted(job: "job", generation: 1, reason: "finished")).isEmpty)
+        #expect(driver.send(.modelSaved(generation: 1)) == [.disconnect(generation: 1)])
+        #expect(driver.machine.progress == .finished)
     }
 }

@@ -93,7 +93,8 @@ final class InProcessCluster {
                 state.offered[key, default: [:]][assignment.rank] = copy
                 guard let shards = state.offered[key], shards.count == assignment.worldSize else { return }
                 if Set(shards.values.map { parameterHash($0) }).count != 1 {
-                    state.unequal.append("the ranks' copies at step \(step) of generation \(assignment.generation) differ")
+                    state.unequal.append(
+                        "the ranks' copies at step \(step) of generation \(assignment.generation) differ")
                 }
                 state.committed[step] = shards[0]
             }
@@ -179,7 +180,8 @@ final class InProcessCluster {
                     return Communicator(transport: fabric.transport(rank: assignment.rank))
                 },
                 loadCheckpoint: { _, step in try checkpoints.load(step: step) },
-                offerCheckpoint: { assignment, step, state, _ in checkpoints.offer(assignment, step: step, state: state) },
+                offerCheckpoint: { assignment, step, state, _ in checkpoints.offer(assignment, step: step, state: state)
+                },
                 saveModel: { _, _ in }
             ),
             logger: logger
@@ -195,7 +197,7 @@ final class InProcessCluster {
     /// which it aborts for everyone; otherwise at once. Its held reports die with it.
     func kill(_ name: String, midCollective: Bool = false) {
         guard let node = self.nodes[name] else { return }
-        if midCollective, node.work != nil, node.machine.assignment != nil {
+        if midCollective, let work = node.work, Self.isCollective(work), node.machine.assignment != nil {
             node.dying = true
             return
         }
@@ -249,7 +251,8 @@ final class InProcessCluster {
 
     /// The coordinator restarts from its durable records; every agent's session reconnects.
     func restartCoordinator() {
-        self.coordinator = CoordinatorMachine(settings: self.settings, restoring: self.coordinator.records, now: self.now)
+        self.coordinator = CoordinatorMachine(
+            settings: self.settings, restoring: self.coordinator.records, now: self.now)
         self.trace.append("\(self.now): coordinator restarted")
         for name in self.nodes.keys.sorted() {
             self.queue.append(.toCoordinator(.nodeOnline(node: name, .init(dataPlaneAddresses: ["\(name):7700"]))))
@@ -277,16 +280,14 @@ final class InProcessCluster {
         }
     }
 
-    /// Rounds until `job` has a running generation `generation` or later whose members all train.
+    /// Rounds until a generation of `job` after `generation` started and all its members
+    /// synchronised (they train in it from then on).
     func runUntilTraining(_ job: String = "job", after generation: UInt64 = 0) throws {
         try self.run(until: "\(job) to train in a generation after \(generation)") { cluster in
-            guard let record = cluster.coordinator.record(job: job), record.phase == .running,
-                record.generation > generation
-            else { return false }
-            return record.members.allSatisfy { member in
-                guard let node = cluster.nodes[member] else { return false }
-                if case .training = node.machine.progress { return node.machine.assignment?.generation == record.generation }
-                return false
+            cluster.generations.contains { started in
+                started.job == job && started.generation > generation
+                    && Set(cluster.synchronised[job]?[started.generation]?.keys.map { $0 } ?? [])
+                        == Set(started.members)
             }
         }
     }
@@ -512,7 +513,8 @@ final class InProcessCluster {
         }
         for (generation, steps) in self.reportedHashes[job] ?? [:] {
             for (step, hashes) in steps where hashes.count > 1 {
-                broken.append("members of generation \(generation) reported \(hashes.count) different hashes at step \(step)")
+                broken.append(
+                    "members of generation \(generation) reported \(hashes.count) different hashes at step \(step)")
             }
         }
         if let record = self.record(job), let samples = record.samples {
@@ -530,7 +532,9 @@ final class InProcessCluster {
     func parameterHashes(_ names: [String]) -> [String: UInt64] {
         var hashes: [String: UInt64] = [:]
         for name in names {
-            if let workload = self.nodes[name]?.executor.workload { hashes[name] = parameterHash(workload.parameters()) }
+            if let workload = self.nodes[name]?.executor.workload {
+                hashes[name] = parameterHash(workload.parameters())
+            }
         }
         return hashes
     }
