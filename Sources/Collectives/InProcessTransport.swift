@@ -71,7 +71,13 @@ public final class InProcessTransport: Transport {
         }
     }
 
-    public func close() {}
+    /// Closes this rank's queues to its peers: their receives from it fail, as they would when a
+    /// TCP peer closes its sockets.
+    public func close() {
+        for peer in 0..<self.worldSize where peer != self.rank {
+            self.fabric.mailbox(from: self.rank, to: peer).abort("rank \(self.rank) closed its connections")
+        }
+    }
 }
 
 /// A byte queue with a condition variable.

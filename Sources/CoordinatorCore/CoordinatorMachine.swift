@@ -19,7 +19,10 @@ import JobModel
 ///   that name an older generation are refused (and reported so they can be counted).
 /// - **Ranks.** A survivor keeps its rank when that rank still exists in the new world; the ranks
 ///   that free up go to the remaining survivors (by old rank) and then to new nodes (by id). So
-///   rank 0 stays put unless its node leaves.
+///   rank 0 stays put unless its node leaves. When a generation has fewer places than nodes (a
+///   shrink), the nodes known to hold the training state at the cursor (those that committed the
+///   step before it) are kept first: a newcomer that has not trained yet holds nothing, and
+///   keeping it instead would lose the state.
 /// - **Data cursor.** The job's cursor is the first global step not yet completed by every member.
 ///   A generation resumes at the cursor, so a step in flight when membership changes is redone
 ///   whole by the new generation: no sample is skipped, and none counts twice, because a step
@@ -297,6 +300,10 @@ public struct CoordinatorMachine: Sendable {
         var record: JobRecord
         /// Last step each member completed in this generation.
         var completed: [String: UInt64] = [:]
+        /// Nodes known to hold the training state at the cursor: the members that committed the
+        /// step before it. A newcomer holds it only once it completed a step; when a generation
+        /// must leave nodes out, these are kept first, so that the state is not lost with them.
+        var holders: Set<String> = []
         /// The sample account at recent checkpoint boundaries (for the checkpoints' manifests).
         var samplesAtCheckpoint: [UInt64: SampleAccounting] = [:]
         /// Sample ids members reported for steps not yet committed in this generation, by step
@@ -330,6 +337,8 @@ public struct CoordinatorMachine: Sendable {
         self.settings = settings
         for record in records {
             var job = Job(record: record)
+            // Not saved: the last members are the best guess of who holds the state.
+            job.holders = Set(record.members)
             if record.phase == .running {
                 job.recoveryDeadline = now + settings.recoveryWindow
             }
@@ -725,9 +734,14 @@ public struct CoordinatorMachine: Sendable {
             actions.append(.persist(job: jobID))
             return
         }
+        // Fewer places than nodes: those holding the state go first, then the other survivors,
+        // then newcomers (at cursor 0 every node holds the initial state).
+        let worldSize = min(target, survivors.count + newcomers.count)
+        let holds = { (node: String) in job.record.cursor == 0 || job.holders.contains(node) }
+        let chosen = Set((survivors.filter(holds) + survivors.filter { !holds($0) } + newcomers).prefix(worldSize))
         let members = Self.rank(
-            previous: old, survivors: survivors, newcomers: newcomers,
-            worldSize: min(target, survivors.count + newcomers.count))
+            previous: old, survivors: survivors.filter(chosen.contains), newcomers: newcomers.filter(chosen.contains),
+            worldSize: worldSize)
         self.jobs[jobID] = job
         self.start(jobID, members: members, cause: cause, now: now, into: &actions)
     }
@@ -849,6 +863,7 @@ public struct CoordinatorMachine: Sendable {
                 order: job.record.spec.order)
             job.record.samples = samples
             job.record.cursor += 1
+            job.holders = Set(job.record.members)
             let spec = job.record.spec
             if spec.checkpointDirectory != nil, spec.checkpointIntervalSteps > 0,
                 job.record.cursor % spec.checkpointIntervalSteps == 0 || job.record.cursor == spec.steps

@@ -123,6 +123,8 @@ final class InProcessCluster {
     let parameters: Int
     var trace: [String] = []
     var rounds = 0
+    /// Members that rolled back (their boundary was past the resume step they synchronised at).
+    var rollbacks = 0
 
     // MARK: What the checks read
     /// The cursor of each job after every delivery, in order.
@@ -272,7 +274,7 @@ final class InProcessCluster {
             guard count < limit else {
                 throw HarnessError(
                     description:
-                        "waited \(limit) rounds (\(self.now) of manual time) for \(what); last events: \(self.trace.suffix(12).joined(separator: "; "))"
+                        "waited \(limit) rounds (\(self.now) of manual time) for \(what); last events: \(self.trace.suffix(40).joined(separator: "; "))"
                 )
             }
             try self.round()
@@ -326,7 +328,13 @@ final class InProcessCluster {
                 chosen.append((node, work, node.abandoned))
             }
         }
+        // Abandoned work fails at once and its data plane closes before the peers' next
+        // collective runs, as it would on a real clock: it runs in a round of its own.
+        if chosen.contains(where: { $0.2 }) { chosen = chosen.filter { $0.2 } }
         guard !chosen.isEmpty else { return }
+        for (node, work, abandoned) in chosen {
+            self.trace.append("\(self.now): \(node.name) runs \(Self.describe(work))\(abandoned ? " (abandoned)" : "")")
+        }
         let results = Mutex<[String: AgentMachine.Event]>([:])
         let group = DispatchGroup()
         for (node, work, abandoned) in chosen {
@@ -349,7 +357,7 @@ final class InProcessCluster {
                 results.withLock { $0[name] = event }
             }
         }
-        guard group.wait(timeout: .now() + 20) == .success else {
+        guard group.wait(timeout: .now() + 30) == .success else {
             throw HarnessError(
                 description:
                     "work did not finish within 20 s: \(chosen.map { "\($0.0.name): \($0.1)" }); a collective waited for a member that never took part"
@@ -357,15 +365,33 @@ final class InProcessCluster {
         }
         for (node, _, _) in chosen where node.dying { self.remove(node) }
         for (name, event) in results.withLock({ $0 }).sorted(by: { $0.key < $1.key }) {
-            if case .synchronised(let generation, _) = event, let node = self.nodes[name],
+            if case .synchronised(let generation, let step) = event, let node = self.nodes[name],
                 let job = node.machine.assignment?.job, let workload = node.executor.workload
             {
+                if node.machine.boundary > step { self.rollbacks += 1 }
                 self.synchronised[job, default: [:]][generation, default: [:]][name] = parameterHash(
                     workload.parameters())
             }
             self.queue.append(.toNode(name, event))
         }
         self.settle()
+    }
+
+    static func describe(_ work: AgentMachine.Work) -> String {
+        switch work {
+        case .prepare(let assignment): return "prepare \(assignment.generation)"
+        case .connect(let assignment): return "connect \(assignment.generation)"
+        case .gather(let generation, let step, _): return "gather \(generation) at \(step)"
+        case .broadcast(let generation, let step, let root, _): return "broadcast \(generation) at \(step) from \(root)"
+        case .loadCheckpoint(let generation, let step, _): return "load \(generation) at \(step)"
+        case .train(let generation, let step, _, _, _, _, _): return "train \(generation) step \(step)"
+        case .saveModel(let generation): return "save \(generation)"
+        }
+    }
+
+    /// The kind of work, for matching members' collectives (the real ones wait for each other).
+    static func kind(_ work: AgentMachine.Work) -> String {
+        Self.describe(work).prefix { $0 != " " }.description
     }
 
     static func isCollective(_ work: AgentMachine.Work) -> Bool {
@@ -375,12 +401,13 @@ final class InProcessCluster {
         }
     }
 
-    /// Whether every member of `work`'s generation has its work of that generation ready.
+    /// Whether every member of `work`'s generation has the same collective of that generation ready.
     func allMembersReady(_ node: Node, _ work: AgentMachine.Work) -> Bool {
         guard let assignment = node.machine.assignment, assignment.generation == work.generation else { return false }
         return assignment.members.allSatisfy { member in
             guard let peer = self.nodes[member.node], let theirs = peer.work else { return false }
             return peer.machine.assignment?.job == assignment.job && theirs.generation == work.generation
+                && Self.kind(theirs) == Self.kind(work)
         }
     }
 

@@ -305,3 +305,23 @@ struct BadCommandTests {
         try self.expectRefused(.submit(inverted), .invalidSpec, mentioning: "`nodes.max`")
     }
 }
+
+@Suite struct ShrinkTests {
+    @Test func aShrink_keepsTheNodeThatHoldsTheState_beforeANewcomerThatHasNotTrained() throws {
+        var sim = Simulation(settings: .init(settleWindow: .zero))
+        sim.online("a", "h")
+        try sim.command(.submit(Simulation.spec(min: 1, max: 2)))
+        sim.advance(by: .milliseconds(500), heartbeating: ["a", "h"])
+        #expect(sim.members() == ["a", "h"])
+        sim.completeStep()
+        sim.completeStep()
+        // n waits idle (the job is full); a fails, and n takes a's rank 0 beside h at rank 1.
+        sim.online("n")
+        sim.send(.nodeOffline(node: "a"))
+        #expect(sim.members() == ["n", "h"])
+        // Shrinking to one keeps h, the only member that trained, not n at rank 0.
+        try sim.command(.resize(job: "job", nodes: 1))
+        #expect(sim.members() == ["h"])
+        #expect(sim.record().cursor == 2)
+    }
+}
