@@ -127,6 +127,40 @@ public enum JobSpecParser {
         return spec
     }
 
+    /// The YAML document of `spec`, as an operator would write it: `parse(yaml:)` reads it back
+    /// to an equal spec (a spec given in `epochs` comes back in `steps`).
+    public static func yaml(_ spec: JobSpec) -> String {
+        var workload: [String: Any] = [:]
+        if !spec.workloadParameters.isEmpty,
+            let parameters = (try? Yams.load(yaml: spec.workloadParameters)) as? [String: Any]
+        {
+            workload = parameters
+        }
+        workload["kind"] = spec.workloadKind
+        var document: [String: Any] = [
+            "name": spec.name,
+            "workload": workload,
+            "dataset": ["path": spec.datasetPath, "samples": spec.datasetSamples],
+            "batch_size": spec.globalBatchSize,
+            "steps": Int(clamping: spec.steps),
+            "seed": Int(clamping: spec.seed),
+            "nodes": ["min": spec.minNodes, "max": spec.maxNodes],
+        ]
+        if let directory = spec.checkpointDirectory {
+            document["checkpoint"] = [
+                "directory": directory, "interval_steps": Int(clamping: spec.checkpointIntervalSteps),
+                "keep": spec.checkpointKeep,
+            ]
+        }
+        switch spec.resume {
+        case .latest: document["resume"] = "latest"
+        case .atOrBefore(let step): document["resume"] = Int(clamping: step)
+        case nil: break
+        }
+        // Every value above is text, a number or a mapping of them: dumping cannot fail.
+        return (try? Yams.dump(object: document, sortKeys: true)) ?? ""
+    }
+
     // MARK: - Values
 
     /// The value a composed node stands for: a mapping as `[String: Any]`, a sequence as `[Any]`, a

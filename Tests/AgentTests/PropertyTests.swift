@@ -40,7 +40,8 @@ import Testing
             let cursor = cluster.record()?.cursor ?? 0
             let holders = members.filter {
                 guard let node = cluster.nodes[$0] else { return false }
-                return node.machine.snapshots[cursor] != nil && !node.dying && !node.terminating && !drained.contains($0)
+                return node.machine.snapshots[cursor] != nil && !node.dying && !node.terminating
+                    && !drained.contains($0)
             }
             let removable = members.filter { member in holders.contains { $0 != member } }
             switch random.next() % 9 {

@@ -126,7 +126,8 @@ import Testing
         cluster.join("d")
         let samples = try #require(cluster.coordinator.samples(job: "first", atCheckpoint: 8))
         try cluster.submit(
-            InProcessCluster.spec("second", max: 3, steps: 20, checkpoints: true), start: .init(step: 8, samples: samples))
+            InProcessCluster.spec("second", max: 3, steps: 20, checkpoints: true),
+            start: .init(step: 8, samples: samples))
         _ = try cluster.command(.resize(job: "second", nodes: 2))
         try cluster.run(until: "c to start loading the checkpoint") { cluster in
             if case .loadCheckpoint = cluster.nodes["c"]?.work { return true }
@@ -140,7 +141,8 @@ import Testing
         try cluster.runUntilTraining("second", after: loading)
         #expect(cluster.record("second")?.members == ["c", "d", "e"])
         #expect(cluster.record("second")?.resumedFrom == 8)
-        #expect(cluster.nodes["e"]!.machine.snapshots[8] != nil, "e holds the state at step 8, loaded from the checkpoint")
+        #expect(
+            cluster.nodes["e"]!.machine.snapshots[8] != nil, "e holds the state at step 8, loaded from the checkpoint")
         try self.runToTheEnd(cluster, "second")
     }
 

@@ -77,3 +77,26 @@ struct JobSpecParserTests {
         #expect(throws: JobSpecError.self) { try JobSpecParser.parse(yaml: "- a\n- b") }
     }
 }
+
+@Suite("Job spec writer")
+struct JobSpecWriterTests {
+    @Test(arguments: [
+        JobSpec(
+            name: "digits", workloadKind: "mlp",
+            workloadParameters: "hidden:\n- 128\nlearning_rate: 0.1\noptimizer: sgd\n", datasetPath: "builtin:digits",
+            datasetSamples: 1437, globalBatchSize: 64, steps: 1500, seed: 42, minNodes: 1, maxNodes: 4,
+            checkpointDirectory: "/mnt/ckpt", checkpointIntervalSteps: 100, checkpointKeep: 3, resume: .latest),
+        JobSpec(
+            name: "big", workloadKind: "synthetic", workloadParameters: "buckets: 8\nparameters: 1000\n",
+            datasetPath: "synthetic", datasetSamples: 100_000, globalBatchSize: 64, steps: 20, seed: 0, minNodes: 2,
+            maxNodes: 2, resume: nil),
+        JobSpec(
+            name: "again", workloadKind: "mlp", datasetPath: "builtin:digits", datasetSamples: 1437,
+            globalBatchSize: 64, steps: 10, minNodes: 1, maxNodes: 1, checkpointDirectory: "/c",
+            checkpointIntervalSteps: 5, resume: .atOrBefore(300)),
+    ])
+    func aWrittenSpec_parsesBackToTheSameSpec(spec: JobSpec) throws {
+        let text = JobSpecParser.yaml(spec)
+        #expect(try JobSpecParser.parse(yaml: text) == spec, "\(text)")
+    }
+}
