@@ -165,6 +165,12 @@ let package = Package(
             name: "LocalCluster",
             dependencies: [
                 "ControlPlane",
+                "Coordinator",
+                "CoordinatorCore",
+                "JobModel",
+                "RingmasterSecurity",
+                "RingmasterWire",
+                .product(name: "Yams", package: "Yams"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Collectives
 import Foundation
+import LocalCluster
 import RingmasterBench
 
 struct BenchCommand: AsyncParsableCommand {
@@ -111,8 +112,7 @@ struct BenchCommand: AsyncParsableCommand {
                 var options = TrainingDemo.Options(executable: executable)
                 options.agents = self.ranks
                 options.steps = self.steps
-                options.workload = "{kind: synthetic, parameters: \(self.parameters), buckets: 8}"
-                options.dataset = "{path: synthetic, samples: 100000}"
+                options.model = .synthetic(parameters: self.parameters)
                 if saving {
                     options.checkpointDirectory = root
                     options.checkpointInterval = self.interval

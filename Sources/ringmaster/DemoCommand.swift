@@ -1,6 +1,6 @@
 import ArgumentParser
 import Foundation
-import RingmasterBench
+import LocalCluster
 import Synchronization
 
 /// The main job in one command: a coordinator and agents as separate processes on loopback
@@ -124,18 +124,15 @@ struct DemoCommand: AsyncParsableCommand {
         options.directory = self.directory.map { URL(fileURLWithPath: $0).standardizedFileURL.path }
         options.checkpointDirectory = self.checkpointDir.map { URL(fileURLWithPath: $0).standardizedFileURL.path }
         options.checkpointInterval = self.checkpointInterval
-        options.resume = self.resume
+        options.resume = self.resume.map { $0 == "latest" ? .latest : UInt64($0).map { .atOrBefore($0) } ?? .latest }
         options.preemptAtStep = self.preemptAtStep
         options.timeoutSeconds = self.timeout
         options.floodDataPlane = self.floodDataPlane
         options.floodControl = self.floodControl
-        if self.optimizer == "adam" {
-            options.workload = "{kind: mlp, hidden: [128], optimizer: adam, learning_rate: 0.001}"
-        }
-        if self.model == "synthetic" {
-            options.workload = "{kind: synthetic, parameters: \(self.parameters), buckets: 8}"
-            options.dataset = "{path: synthetic, samples: 100000}"
-        }
+        options.model =
+            self.model == "synthetic"
+            ? .synthetic(parameters: self.parameters)
+            : .digits(optimizer: TrainingDemo.Optimizer(rawValue: self.optimizer) ?? .sgd)
         let json = self.json
         let bar = ProgressBar(enabled: !json)
         if !json {

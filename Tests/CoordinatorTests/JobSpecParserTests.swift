@@ -81,21 +81,28 @@ struct JobSpecParserTests {
 @Suite("Job spec writer")
 struct JobSpecWriterTests {
     @Test(arguments: [
-        JobSpec(
-            name: "digits", workloadKind: "mlp",
-            workloadParameters: "hidden:\n- 128\nlearning_rate: 0.1\noptimizer: sgd\n", datasetPath: "builtin:digits",
-            datasetSamples: 1437, globalBatchSize: 64, steps: 1500, seed: 42, minNodes: 1, maxNodes: 4,
-            checkpointDirectory: "/mnt/ckpt", checkpointIntervalSteps: 100, checkpointKeep: 3, resume: .latest),
-        JobSpec(
-            name: "big", workloadKind: "synthetic", workloadParameters: "buckets: 8\nparameters: 1000\n",
-            datasetPath: "synthetic", datasetSamples: 100_000, globalBatchSize: 64, steps: 20, seed: 0, minNodes: 2,
-            maxNodes: 2, resume: nil),
-        JobSpec(
-            name: "again", workloadKind: "mlp", datasetPath: "builtin:digits", datasetSamples: 1437,
-            globalBatchSize: 64, steps: 10, minNodes: 1, maxNodes: 1, checkpointDirectory: "/c",
-            checkpointIntervalSteps: 5, resume: .atOrBefore(300)),
+        JobSpecParserTests.valid + "\nresume: latest",
+        """
+        name: big
+        workload: {kind: synthetic, parameters: 1000, buckets: 8}
+        dataset: {path: synthetic, samples: 100000}
+        batch_size: 64
+        epochs: 2
+        nodes: {min: 2}
+        """,
+        """
+        name: again
+        workload: {kind: mlp, hidden: [16, 8], optimizer: adam, learning_rate: 0.001}
+        dataset: {path: builtin:digits, samples: 1437}
+        batch_size: 64
+        steps: 10
+        nodes: {min: 1, max: 1}
+        checkpoint: {directory: /c, interval_steps: 5}
+        resume: 300
+        """,
     ])
-    func aWrittenSpec_parsesBackToTheSameSpec(spec: JobSpec) throws {
+    func aWrittenSpec_parsesBackToTheSameSpec(document: String) throws {
+        let spec = try JobSpecParser.parse(yaml: document)
         let text = JobSpecParser.yaml(spec)
         #expect(try JobSpecParser.parse(yaml: text) == spec, "\(text)")
     }

@@ -1,10 +1,12 @@
 import ControlPlane
+import Coordinator
 import CoordinatorCore
 import Foundation
-import LocalCluster
+import JobModel
 import RingmasterSecurity
 import RingmasterWire
 import Synchronization
+import Yams
 
 /// The main job on one machine: a coordinator and agents as separate processes on loopback, each
 /// agent joining with its own single-use token, training the reference model on the digits data
@@ -23,16 +25,14 @@ public final class TrainingDemo: Sendable {
         public var addAgentAtStep: UInt64?
         /// SIGTERM one agent at this step (it finishes its step, leaves, and exits 0).
         public var terminateAgentAtStep: UInt64?
-        /// The workload settings (the `workload` mapping of the job spec, as YAML flow text).
-        public var workload = "{kind: mlp, hidden: [128], optimizer: sgd, learning_rate: 0.1, momentum: 0.9}"
-        /// The `dataset` mapping of the job spec.
-        public var dataset = "{path: builtin:digits, samples: 1437}"
+        /// The model trained.
+        public var model = Model.digits(optimizer: .sgd)
         public var batchSize = 64
         public var seed: UInt64 = 42
         /// Checkpoints: where (nil: none), every how many steps, and `latest` or a step to resume from.
         public var checkpointDirectory: String?
         public var checkpointInterval: UInt64 = 100
-        public var resume: String?
+        public var resume: JobSpec.Resume?
         /// Kill -9 every process (coordinator and agents) once a checkpoint at or after this step
         /// is committed: a whole cluster lost, to resume from the checkpoint.
         public var preemptAtStep: UInt64?
@@ -52,6 +52,22 @@ public final class TrainingDemo: Sendable {
         public init(executable: String) {
             self.executable = executable
         }
+    }
+
+    /// The models the demo trains.
+    public enum Model: Sendable, Hashable {
+        /// The 64-128-10 perceptron on the bundled digits data set.
+        case digits(optimizer: Optimizer)
+        /// A synthetic model of `parameters` parameters, to exercise the all-reduce.
+        case synthetic(parameters: Int)
+    }
+
+    /// The perceptron's optimizer.
+    public enum Optimizer: String, Sendable, Hashable, CaseIterable {
+        /// SGD, momentum 0.9, learning rate 0.1.
+        case sgd
+        /// Adam, learning rate 0.001.
+        case adam
     }
 
     /// One generation change and how long training stopped for it.
@@ -173,20 +189,7 @@ public final class TrainingDemo: Sendable {
             try await cluster.joinAgent(index: options.agents, token: token)
         }
 
-        let growth = options.addAgentAtStep == nil ? 0 : 1
-        let spec = """
-            name: demo
-            workload: \(options.workload)
-            dataset: \(options.dataset)
-            batch_size: \(options.batchSize)
-            steps: \(options.steps)
-            seed: \(options.seed)
-            nodes: {min: 1, max: \(options.agents + growth)}
-            """
-            + (options.checkpointDirectory.map {
-                "\ncheckpoint: {directory: \($0), interval_steps: \(options.checkpointInterval), keep: 3}"
-            } ?? "")
-            + (options.resume.map { "\nresume: \($0)" } ?? "")
+        let spec = options.spec()
         let processes = cluster.children.withLock { $0 }
         let sampler = ProcessSampler(pids: processes.map(\.pid), interval: .milliseconds(50))
         let floods = try await self.startFloods(cluster, admin: admin)
@@ -199,7 +202,8 @@ public final class TrainingDemo: Sendable {
                 "flooding: \(options.floodDataPlane ?? 0) connection(s) to each agent's data-plane port, \(options.floodControl ?? 0) certificate-less TLS connection(s) to the coordinator"
             )
         }
-        _ = try await Cluster.admin(admin) { $0.jobSubmit = .with { $0.specYaml = spec } }
+        let document = JobSpecParser.yaml(spec)
+        _ = try await Cluster.admin(admin) { $0.jobSubmit = .with { $0.specYaml = document } }
         let started = Date()
         say("submitted job demo: \(options.steps) steps of \(options.batchSize) samples")
 
@@ -242,7 +246,8 @@ public final class TrainingDemo: Sendable {
                 }
                 let agents = cluster.agents.withLock { Array($0.values) }
                 if !agents.isEmpty, agents.allSatisfy(\.hasExited) {
-                    throw BenchmarkError("every agent has exited, at step \(status.cursorStep); their output follows")
+                    throw LocalClusterError(
+                        "every agent has exited, at step \(status.cursorStep); their output follows")
                 }
                 if let at = options.preemptAtStep, status.lastCheckpointStep >= at {
                     for child in cluster.children.withLock({ $0 }) { child.signal(SIGKILL) }
@@ -280,7 +285,7 @@ public final class TrainingDemo: Sendable {
             exits[name] = try await child.waitForExit(within: 40)
         }
         guard CoordinatorMachine.Phase(rawValue: status.phase) == .finished || preempted else {
-            throw BenchmarkError("the demo job ended \(status.phase), not finished")
+            throw LocalClusterError("the demo job ended \(status.phase), not finished")
         }
 
         // Recovery: from the event to the first step committed after it. A kill and a new agent
@@ -315,7 +320,7 @@ public final class TrainingDemo: Sendable {
             ($0.0 + $1.opened, $0.1 + $1.closedByPeer)
         }
         let controlCounts = floods.control.map { ($0.statistics.attempts, $0.statistics.closedByPeer) } ?? (0, 0)
-        let modelPath = (0...(options.agents + growth)).lazy
+        let modelPath = (0...spec.maxNodes).lazy
             .map { "\(cluster.directory)/agent-\($0)/models/demo.f32" }
             .first { FileManager.default.fileExists(atPath: $0) }
         return Result(
@@ -368,160 +373,53 @@ public final class TrainingDemo: Sendable {
     static func makeTemporaryDirectory() throws -> String {
         var template = Array("\(NSTemporaryDirectory())/ringmaster-demo-XXXXXX".utf8CString)
         guard let result = mkdtemp(&template) else {
-            throw BenchmarkError("could not create a temporary directory: \(String(cString: strerror(errno)))")
+            throw LocalClusterError("could not create a temporary directory: \(String(cString: strerror(errno)))")
         }
         return String(cString: result)
     }
 }
 
-/// Steps per second over the last few seconds.
-struct RateMeter {
-    var samples: [(step: UInt64, at: Date)] = []
-
-    mutating func add(step: UInt64, at: Date) {
-        self.samples.append((step, at))
-        self.samples.removeAll { at.timeIntervalSince($0.at) > 2 }
-    }
-
-    var stepsPerSecond: Double {
-        guard let first = self.samples.first, let last = self.samples.last, last.at > first.at else { return 0 }
-        return Double(last.step - min(last.step, first.step)) / last.at.timeIntervalSince(first.at)
+extension TrainingDemo.Options {
+    /// The demo's job, as a value.
+    public func spec() -> JobSpec {
+        let workload: (kind: String, parameters: [String: Any], path: String, samples: Int)
+        switch self.model {
+        case .digits(.sgd):
+            workload = (
+                "mlp", ["hidden": [128], "optimizer": "sgd", "learning_rate": 0.1, "momentum": 0.9], "builtin:digits",
+                1437
+            )
+        case .digits(.adam):
+            workload = ("mlp", ["hidden": [128], "optimizer": "adam", "learning_rate": 0.001], "builtin:digits", 1437)
+        case .synthetic(let parameters):
+            workload = ("synthetic", ["parameters": parameters, "buckets": 8], "synthetic", 100_000)
+        }
+        return JobSpec(
+            name: "demo",
+            workloadKind: workload.kind,
+            // Numbers, text and lists of them: dumping cannot fail.
+            workloadParameters: (try? Yams.dump(object: workload.parameters, sortKeys: true)) ?? "",
+            datasetPath: workload.path,
+            datasetSamples: workload.samples,
+            globalBatchSize: self.batchSize,
+            steps: self.steps,
+            seed: self.seed,
+            minNodes: 1,
+            maxNodes: self.agents + (self.addAgentAtStep == nil ? 0 : 1),
+            checkpointDirectory: self.checkpointDirectory,
+            checkpointIntervalSteps: self.checkpointDirectory == nil ? 0 : self.checkpointInterval,
+            checkpointKeep: 3,
+            resume: self.resume
+        )
     }
 }
 
-/// The processes of a local run.
-final class Cluster: Sendable {
-    let directory: String
-    let executable: String
-    let children = Mutex<[ChildProcess]>([])
-    let agents = Mutex<[Int: ChildProcess]>([:])
-    let addressBox = Mutex<ControlAddress?>(nil)
+/// An error from running a local cluster, saying what it waited for or what failed.
+public struct LocalClusterError: Error, CustomStringConvertible {
+    public var description: String
 
-    init(directory: String, executable: String) {
-        self.directory = directory
-        self.executable = executable
-    }
-
-    var address: ControlAddress? { self.addressBox.withLock { $0 } }
-
-    /// Starts the coordinator and returns an operator's client for it.
-    func startCoordinator() async throws -> ControlClient {
-        let coordinator = try ChildProcess(
-            name: "coordinator",
-            executable: self.executable,
-            arguments: [
-                "coordinator", "--state-dir", "\(self.directory)/coordinator", "--listen", "127.0.0.1:0",
-                "--settle-window", "200ms",
-            ]
-        )
-        self.children.withLock { $0.append(coordinator) }
-        let line = try await coordinator.waitForLine(within: 30, "the coordinator's listening address") {
-            $0.hasPrefix("listening ")
-        }
-        let address = try ControlAddress(parsing: String(line.dropFirst("listening ".count)))
-        self.addressBox.withLock { $0 = address }
-        // An operator identity, as `ringmaster cert issue --role operator` makes on the coordinator host.
-        guard let authority = try CertificateAuthority.load(directory: "\(self.directory)/coordinator") else {
-            throw BenchmarkError("the coordinator did not create its CA")
-        }
-        let key = KeyAndRequest.makeKey()
-        return ControlClient(
-            address: address,
-            credentials: try Credentials(
-                privateKey: key,
-                certificate: try authority.issue(
-                    publicKey: key.publicKey,
-                    identity: try PeerIdentity(role: .operator, name: "demo"),
-                    notBefore: Date().addingTimeInterval(-60),
-                    notAfter: Date().addingTimeInterval(3600)
-                ),
-                caCertificate: authority.certificate
-            )
-        )
-    }
-
-    /// Starts `agent-INDEX` with a fresh single-use token (passed in the environment, never argv).
-    func startAgent(index: Int, admin: ControlClient) async throws {
-        let token = try await Self.admin(admin) { $0.tokenCreate = .with { $0.ttlSeconds = 600 } }.adminReply
-            .tokenCreate
-        try self.startAgent(index: index, token: token)
-    }
-
-    /// Joins `agent-INDEX` (key, CSR, certificate in its data directory) without starting it.
-    func joinAgent(index: Int, token: Ringmaster_V1_TokenCreateReply) async throws {
-        guard let address = self.address else { throw BenchmarkError("the coordinator is not running") }
-        let name = "agent-\(index)"
-        let join = try ChildProcess(
-            name: "\(name) join",
-            executable: self.executable,
-            arguments: [
-                "agent", "join", "--coordinator", "\(address)", "--data-dir", "\(self.directory)/\(name)", "--name",
-                name,
-                "--ca-pin", token.caPin,
-            ],
-            environment: ["RINGMASTER_TOKEN": token.token]
-        )
-        let status = try await join.waitForExit(within: 60)
-        guard status == 0 else {
-            throw BenchmarkError("\(name) could not join: \(join.output.lines.suffix(5).joined(separator: "\n"))")
-        }
-    }
-
-    /// Starts `agent-INDEX`, with a single-use token to join with, or with the credentials it has.
-    func startAgent(index: Int, token: Ringmaster_V1_TokenCreateReply?) throws {
-        guard let address = self.address else { throw BenchmarkError("the coordinator is not running") }
-        let name = "agent-\(index)"
-        var arguments = [
-            "agent", "--coordinator", "\(address)", "--data-dir", "\(self.directory)/\(name)", "--name", name,
-            "--data-plane-listen", "127.0.0.1:0",
-        ]
-        if let token { arguments += ["--ca-pin", token.caPin] }
-        let agent = try ChildProcess(
-            name: name,
-            executable: self.executable,
-            arguments: arguments,
-            environment: token.map { ["RINGMASTER_TOKEN": $0.token] } ?? [:]
-        )
-        self.children.withLock { $0.append(agent) }
-        self.agents.withLock { $0[index] = agent }
-    }
-
-    func agent(index: Int) throws -> ChildProcess {
-        guard let agent = self.agents.withLock({ $0[index] }) else {
-            throw BenchmarkError("no agent-\(index) was started")
-        }
-        return agent
-    }
-
-    func waitForConnected(admin: ControlClient, count: Int, within seconds: Double) async throws {
-        try await withDeadline(seconds: seconds, waitingFor: "\(count) agent(s) to connect") {
-            while true {
-                let nodes = try await Self.admin(admin) { $0.nodeList = .init() }.adminReply.nodeList.nodes
-                if nodes.filter(\.connected).count >= count { return }
-                try await Task.sleep(for: .milliseconds(50))
-            }
-        }
-    }
-
-    func stopAll() async {
-        for child in self.children.withLock({ $0 }).reversed() {
-            _ = await child.stop(grace: 10)
-        }
-    }
-
-    static func admin(_ client: ControlClient, _ build: @escaping @Sendable (inout Ringmaster_V1_AdminRequest) -> Void)
-        async throws -> Envelope
-    {
-        try await client.withConnection { session in try await Self.request(session, build) }
-    }
-
-    static func request(_ session: ControlSession, _ build: (inout Ringmaster_V1_AdminRequest) -> Void) async throws
-        -> Envelope
-    {
-        var envelope = Envelope()
-        build(&envelope.adminRequest)
-        let reply = try await session.request(envelope)
-        if case .error(let error) = reply.body { throw BenchmarkError("the coordinator refused: \(error.message)") }
-        return reply
+    /// Makes an error.
+    public init(_ description: String) {
+        self.description = description
     }
 }
