@@ -10,109 +10,56 @@ import RingmasterWire
 /// every member's shard of that step is durable and the step itself is committed, prunes old
 /// checkpoints, and finds the checkpoint a resubmitted job resumes from.
 extension CoordinatorService {
-    /// A member's shard is durable, or its save failed.
+    /// A member's shard is durable, or its save failed: to the machine, which decides when the
+    /// checkpoint is due.
     func shardReported(_ shard: Ringmaster_V1_CheckpointShardReady, node: String, logger: Logger) {
-        var commit: (CheckpointManifest, String, Int)?
-        self.engine.withLock { engine in
-            // A finished job's last checkpoint commits too: its shards come after the last step.
-            guard let record = engine.machine.record(job: shard.jobID),
-                record.phase == .running || record.phase == .finished,
-                shard.generation == record.generation, record.members.contains(node)
-            else {
-                logger.notice(
-                    "refused a checkpoint shard from another generation",
-                    metadata: [
-                        LogKey.job: "\(shard.jobID)", LogKey.generation: "\(shard.generation)", "step": "\(shard.step)",
-                        LogKey.node: "\(node)",
-                    ]
-                )
-                return
-            }
-            var progress = engine.progress[shard.jobID, default: JobProgress()]
-            defer { engine.progress[shard.jobID] = progress }
-            if !shard.error.isEmpty {
-                progress.checkpointFailures += 1
-                progress.lastCheckpointError = "step \(shard.step), \(node): \(shard.error)"
-                progress.shards[shard.step] = nil
-                self.metrics.checkpointFailures.increment()
-                logger.error(
-                    "a checkpoint shard could not be saved; the previous checkpoint stays the latest",
-                    metadata: [
-                        LogKey.job: "\(shard.jobID)", "step": "\(shard.step)", LogKey.node: "\(node)",
-                        LogKey.reason: "\(shard.error)",
-                    ]
-                )
-                return
-            }
-            if progress.shards[shard.step]?.generation != shard.generation {
-                progress.shards[shard.step] = (shard.generation, [:])
-            }
-            progress.shards[shard.step]!.byRank[Int(shard.rank)] = shard
-            commit = self.readyCheckpoint(
-                record, &progress, step: shard.step,
-                samples: engine.machine.samples(job: shard.jobID, atCheckpoint: shard.step))
-        }
-        if let (manifest, root, keep) = commit {
-            self.commitCheckpoint(manifest, root: root, keep: keep, logger: logger)
-        }
+        let report = ShardReport(
+            step: shard.step,
+            rank: Int(shard.rank),
+            worldSize: Int(shard.worldSize),
+            stateCount: Int(shard.stateCount),
+            parameterCount: Int(shard.parameterCount),
+            firstElement: Int(shard.firstElement),
+            elements: Int(shard.elements),
+            path: shard.path,
+            bytes: Int(shard.sizeBytes),
+            sha256: shard.sha256.map { String(format: "%02x", $0) }.joined(),
+            error: shard.error.isEmpty ? nil : shard.error
+        )
+        self.feed(.shardReported(node: node, job: shard.jobID, generation: shard.generation, report), logger: logger)
     }
 
-    /// The manifest of the checkpoint at `step`, when every member's shard is in and the step is
-    /// committed (a checkpoint of a step that may still be redone would be wrong); nil otherwise.
-    func readyCheckpoint(
-        _ record: CoordinatorMachine.JobRecord,
-        _ progress: inout JobProgress,
-        step: UInt64,
-        samples: SampleAccounting?
-    ) -> (CheckpointManifest, String, Int)? {
-        guard let root = record.spec.checkpointDirectory, let pending = progress.shards[step],
-            pending.generation == record.generation, pending.byRank.count == record.members.count, record.cursor >= step
-        else { return nil }
-        progress.shards[step] = nil
-        let shards = pending.byRank.values.sorted { $0.rank < $1.rank }
-        let first = shards[0]
-        let manifest = CheckpointManifest(
-            job: record.spec.name,
-            generation: record.generation,
-            step: step,
-            cursorEpoch: record.spec.order.epoch(ofStep: step),
-            permutationSeed: record.spec.seed,
-            worldSize: shards.count,
-            stateCount: Int(first.stateCount),
-            parameterCount: Int(first.parameterCount),
-            workloadKind: record.spec.workloadKind,
-            workloadSpec: record.spec.workloadParameters,
-            shards: shards.map {
+    /// The manifest that commits `commit`.
+    func manifest(_ commit: CoordinatorMachine.CheckpointCommit) -> CheckpointManifest {
+        let spec = commit.spec
+        let first = commit.shards[0]
+        return CheckpointManifest(
+            job: spec.name,
+            generation: commit.generation,
+            step: commit.step,
+            cursorEpoch: spec.order.epoch(ofStep: commit.step),
+            permutationSeed: spec.seed,
+            worldSize: commit.shards.count,
+            stateCount: first.stateCount,
+            parameterCount: first.parameterCount,
+            workloadKind: spec.workloadKind,
+            workloadSpec: spec.workloadParameters,
+            shards: commit.shards.map {
                 ShardRecord(
-                    rank: Int($0.rank),
-                    file: $0.path,
-                    firstElement: Int($0.firstElement),
-                    elements: Int($0.elements),
-                    bytes: Int($0.sizeBytes),
-                    sha256: $0.sha256.map { String(format: "%02x", $0) }.joined()
-                )
+                    rank: $0.rank, file: $0.path, firstElement: $0.firstElement, elements: $0.elements,
+                    bytes: $0.bytes, sha256: $0.sha256)
             },
-            samples: samples,
+            samples: commit.samples,
             committedUnixMilliseconds: Int64((self.now().timeIntervalSince1970 * 1000).rounded())
         )
-        return (manifest, root, record.spec.checkpointKeep)
-    }
-
-    /// Checkpoints whose shards were all in before their step was committed, now committed.
-    func checkpointsReady(job: String, engine: inout Engine) -> [(CheckpointManifest, String, Int)] {
-        guard let record = engine.machine.record(job: job), var progress = engine.progress[job] else { return [] }
-        let steps = progress.shards.keys.filter { $0 <= record.cursor }.sorted()
-        let ready = steps.compactMap {
-            self.readyCheckpoint(
-                record, &progress, step: $0, samples: engine.machine.samples(job: job, atCheckpoint: $0))
-        }
-        engine.progress[job] = progress
-        return ready
     }
 
     /// Writes the manifest (temporary name, fsync, rename, directory fsync) off the engine lock,
     /// on a queue of its own, then prunes old checkpoints.
-    func commitCheckpoint(_ manifest: CheckpointManifest, root: String, keep: Int, logger: Logger) {
+    func commitCheckpoint(_ commit: CoordinatorMachine.CheckpointCommit, logger: Logger) {
+        guard let root = commit.spec.checkpointDirectory, !commit.shards.isEmpty else { return }
+        let manifest = self.manifest(commit)
+        let keep = commit.spec.checkpointKeep
         self.checkpointQueue.async {
             do {
                 try CheckpointWriter.commit(manifest, root: root)

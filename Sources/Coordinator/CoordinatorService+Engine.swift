@@ -91,28 +91,6 @@ extension CoordinatorService {
             var progress = engine.progress[report.jobID, default: JobProgress()]
             progress.pendingLoss[report.step] = report.loss
             if report.hasTestAccuracy { progress.testAccuracy = report.testAccuracy }
-            if !report.parameterHash.isEmpty {
-                progress.hashes[report.step, default: [:]][node] = report.parameterHash
-                if let reported = progress.hashes[report.step], reported.count == record.members.count {
-                    progress.hashes[report.step] = nil
-                    if Set(reported.values).count > 1 {
-                        progress.divergences += 1
-                        self.metrics.divergences.increment()
-                        logger.error(
-                            "replicas diverged: members report different parameters for the same step",
-                            metadata: [
-                                LogKey.job: "\(report.jobID)", LogKey.generation: "\(report.generation)",
-                                "step": "\(report.step)",
-                                "hashes":
-                                    "\(reported.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value.hexPrefix)" }.joined(separator: ","))",
-                            ]
-                        )
-                    }
-                    progress.lastHash = (report.step, report.parameterHash)
-                }
-                // A member that never reports (it died) must not make the map grow without end.
-                if progress.hashes.count > 64, let oldest = progress.hashes.keys.min() { progress.hashes[oldest] = nil }
-            }
             engine.progress[report.jobID] = progress
             let actions = engine.machine.on(
                 .stepCompleted(
@@ -120,7 +98,10 @@ extension CoordinatorService {
                     job: report.jobID,
                     generation: report.generation,
                     step: report.step,
-                    samples: report.sampleIds.map { Int($0) }
+                    samples: report.sampleIds.map { Int($0) },
+                    // Agents send the 64-bit hash big-endian; shorter ones compare as numbers too.
+                    parameterHash: (1...8).contains(report.parameterHash.count)
+                        ? report.parameterHash.reduce(0) { $0 << 8 | UInt64($1) } : nil
                 ),
                 now: self.elapsed
             )
@@ -191,8 +172,11 @@ extension CoordinatorService {
             // second); anything else that changes a job (a generation, a phase) is fsynced.
             let cursorOnly = actions.allSatisfy {
                 switch $0 {
-                case .stepCommitted, .persist: return true
-                default: return false
+                case .stepCommitted, .persist, .replicasAgree, .replicasDiverged, .commitCheckpoint, .shardFailed,
+                    .shardRefused, .staleRefused:
+                    return true
+                case .assign, .abort, .drain, .generationStarted, .jobWaiting, .jobFinished, .jobFailed, .leaseExpired:
+                    return false
                 }
             }
             let jobs = Self.persisted(actions)
@@ -212,11 +196,15 @@ extension CoordinatorService {
             var finished: Set<String> = []
             for action in actions {
                 switch action {
-                case .persist(let job), .stepCommitted(let job, _, _): touched.append(job)
+                case .persist(let job), .stepCommitted(let job, _, _), .replicasAgree(let job, _, _),
+                    .replicasDiverged(let job, _, _, _), .shardFailed(_, let job, _, _):
+                    touched.append(job)
                 case .jobFinished(let job), .jobFailed(let job, _):
                     touched.append(job)
                     finished.insert(job)
-                default: break
+                case .assign, .abort, .drain, .generationStarted, .jobWaiting, .staleRefused, .leaseExpired,
+                    .commitCheckpoint, .shardRefused:
+                    break
                 }
             }
             self.saveProgress(of: touched, forcing: finished, engine: &engine, logger: logger)
@@ -246,7 +234,6 @@ extension CoordinatorService {
             case .generationStarted(let job, let generation, let cause, let members, let rendezvous):
                 self.metrics.generationsStarted.increment()
                 engine.progress[job, default: JobProgress()].pendingLoss = [:]
-                engine.progress[job, default: JobProgress()].hashes = [:]
                 engine.progress[job, default: JobProgress()].history.append(
                     .with {
                         $0.generation = generation
@@ -306,12 +293,41 @@ extension CoordinatorService {
                 engine.sessions.removeValue(forKey: node)?.channel.close(promise: nil)
             case .persist:
                 continue  // written above, before anything else
-            }
-        }
-        // Checkpoints whose shards were in before their step was committed.
-        for job in cursors.keys {
-            for (manifest, root, keep) in self.checkpointsReady(job: job, engine: &engine) {
-                self.commitCheckpoint(manifest, root: root, keep: keep, logger: logger)
+            case .replicasAgree(let job, let step, let hash):
+                engine.progress[job, default: JobProgress()].lastHash = (
+                    step, withUnsafeBytes(of: hash.bigEndian) { Data($0) }
+                )
+            case .replicasDiverged(let job, let generation, let step, let hashes):
+                engine.progress[job, default: JobProgress()].divergences += 1
+                self.metrics.divergences.increment()
+                logger.error(
+                    "replicas diverged: members report different parameters for the same step",
+                    metadata: [
+                        LogKey.job: "\(job)", LogKey.generation: "\(generation)", "step": "\(step)",
+                        "hashes":
+                            "\(hashes.sorted { $0.key < $1.key }.map { "\($0.key)=\(String(format: "%016llx", $0.value).prefix(8))" }.joined(separator: ","))",
+                    ]
+                )
+            case .commitCheckpoint(let commit):
+                self.commitCheckpoint(commit, logger: logger)
+            case .shardFailed(let node, let job, let step, let reason):
+                engine.progress[job, default: JobProgress()].checkpointFailures += 1
+                engine.progress[job, default: JobProgress()].lastCheckpointError = "step \(step), \(node): \(reason)"
+                self.metrics.checkpointFailures.increment()
+                logger.error(
+                    "a checkpoint shard could not be saved; the previous checkpoint stays the latest",
+                    metadata: [
+                        LogKey.job: "\(job)", "step": "\(step)", LogKey.node: "\(node)", LogKey.reason: "\(reason)",
+                    ]
+                )
+            case .shardRefused(let node, let job, let generation, let step):
+                logger.notice(
+                    "refused a checkpoint shard from another generation",
+                    metadata: [
+                        LogKey.job: "\(job)", LogKey.generation: "\(generation)", "step": "\(step)",
+                        LogKey.node: "\(node)",
+                    ]
+                )
             }
         }
         // The members' flow control: one update per job, with the newest cursor.

@@ -115,15 +115,10 @@ public final class CoordinatorService: Service, Sendable {
         /// Loss of the last committed step.
         var loss: Double = 0
         var testAccuracy: Double?
-        /// Parameter hashes reported in the current generation, by step and node (compared, then
-        /// dropped, when every member reported; reports interleave across steps).
-        var hashes: [UInt64: [String: Data]] = [:]
         var lastHash: (step: UInt64, hash: Data)?
         var divergences: UInt64 = 0
         /// Generations in the order they started.
         var history: [Ringmaster_V1_GenerationRecord] = []
-        /// Shards reported for checkpoints not yet committed, by step and rank.
-        var shards: [UInt64: (generation: UInt64, byRank: [Int: Ringmaster_V1_CheckpointShardReady])] = [:]
         var lastCheckpointStep: UInt64 = 0
         var checkpointFailures: UInt64 = 0
         var lastCheckpointError = ""

@@ -198,6 +198,21 @@ public struct CoordinatorMachine: Sendable {
         }
     }
 
+    /// A checkpoint ready to commit: its shards, by rank, and what its manifest records.
+    public struct CheckpointCommit: Sendable, Hashable {
+        /// The job, and the generation whose members saved the shards.
+        public var job: String
+        public var generation: UInt64
+        /// The step boundary the checkpoint holds.
+        public var step: UInt64
+        /// Every member's shard, by rank.
+        public var shards: [ShardReport]
+        /// The sample account at that step.
+        public var samples: SampleAccounting?
+        /// The job's spec (data order, workload, retention).
+        public var spec: JobSpec
+    }
+
     /// What the shell must do.
     public enum Action: Sendable, Hashable {
         /// Send `node` the assignment of a new generation.
@@ -223,6 +238,19 @@ public struct CoordinatorMachine: Sendable {
         case leaseExpired(node: String)
         /// The job's durable record changed: write it.
         case persist(job: String)
+        /// Every member of `generation` reported the same parameter hash for `step`.
+        case replicasAgree(job: String, step: UInt64, hash: UInt64)
+        /// Members of `generation` reported different parameter hashes for `step`: the replicas
+        /// diverged (a bug, or a broken node).
+        case replicasDiverged(job: String, generation: UInt64, step: UInt64, hashes: [String: UInt64])
+        /// Every member's shard of the checkpoint at `commit.step` is durable and the step is
+        /// committed: write its manifest, which commits it.
+        case commitCheckpoint(CheckpointCommit)
+        /// A member could not save its shard of the checkpoint at `step`: that checkpoint will not
+        /// be committed, and the previous one stays the latest.
+        case shardFailed(node: String, job: String, step: UInt64, reason: String)
+        /// A shard report from a node that is not a member of the job's current generation.
+        case shardRefused(node: String, job: String, generation: UInt64, step: UInt64)
     }
 
     /// Something that happened, reported by the shell.
@@ -234,7 +262,11 @@ public struct CoordinatorMachine: Sendable {
         /// A heartbeat, naming the generation the node holds (if any).
         case heartbeat(node: String, job: String?, generation: UInt64)
         /// A node completed a step in a generation.
-        case stepCompleted(node: String, job: String, generation: UInt64, step: UInt64, samples: [Int] = [])
+        case stepCompleted(
+            node: String, job: String, generation: UInt64, step: UInt64, samples: [Int] = [],
+            parameterHash: UInt64? = nil)
+        /// A member's shard of a checkpoint is durable, or its save failed.
+        case shardReported(node: String, job: String, generation: UInt64, ShardReport)
         /// A node leaves a job (SIGTERM, or answering a drain).
         case left(node: String, job: String, generation: UInt64)
         /// A member cannot run the job's workload, for `reason`; it stays available for other jobs.
@@ -296,6 +328,14 @@ public struct CoordinatorMachine: Sendable {
         var job: String?
     }
 
+    /// Shards of one checkpoint reported so far.
+    struct PendingCheckpoint: Sendable, Hashable {
+        /// The generation whose members saved them.
+        var generation: UInt64
+        /// Each rank's.
+        var byRank: [Int: ShardReport] = [:]
+    }
+
     struct Job: Sendable, Hashable {
         var record: JobRecord
         /// Last step each member completed in this generation.
@@ -304,6 +344,12 @@ public struct CoordinatorMachine: Sendable {
         /// step before it. A newcomer holds it only once it completed a step; when a generation
         /// must leave nodes out, these are kept first, so that the state is not lost with them.
         var holders: Set<String> = []
+        /// Parameter hashes reported in this generation, by step and member (compared, then
+        /// dropped, once every member reported; at most 64 steps are kept, for members that die).
+        var hashes: [UInt64: [String: UInt64]] = [:]
+        /// Shards reported for checkpoints not yet committed, by step: the generation that saved
+        /// them and each rank's.
+        var shards: [UInt64: PendingCheckpoint] = [:]
         /// The sample account at recent checkpoint boundaries (for the checkpoints' manifests).
         var samplesAtCheckpoint: [UInt64: SampleAccounting] = [:]
         /// Sample ids members reported for steps not yet committed in this generation, by step
@@ -465,7 +511,7 @@ public struct CoordinatorMachine: Sendable {
                     .staleRefused(node: id, job: jobID, generation: generation, current: job.record.generation))
             }
 
-        case .stepCompleted(let id, let jobID, let generation, let step, let samples):
+        case .stepCompleted(let id, let jobID, let generation, let step, let samples, let hash):
             guard var job = self.jobs[jobID], job.record.phase == .running else { break }
             guard generation == job.record.generation else {
                 if generation < job.record.generation {
@@ -479,8 +525,29 @@ public struct CoordinatorMachine: Sendable {
             }
             job.completed[id] = max(job.completed[id] ?? 0, step)
             job.pendingSamples[step, default: [:]][id] = samples
+            if let hash { Self.compare(hash, of: id, step: step, in: &job, into: &actions) }
             self.jobs[jobID] = job
             self.advanceCursor(jobID, now: now, into: &actions)
+
+        case .shardReported(let id, let jobID, let generation, let shard):
+            // A finished job's last checkpoint commits too: its shards come after the last step.
+            guard var job = self.jobs[jobID], job.record.phase == .running || job.record.phase == .finished,
+                generation == job.record.generation, job.record.members.contains(id)
+            else {
+                actions.append(.shardRefused(node: id, job: jobID, generation: generation, step: shard.step))
+                break
+            }
+            if let error = shard.error {
+                job.shards[shard.step] = nil
+                actions.append(.shardFailed(node: id, job: jobID, step: shard.step, reason: error))
+            } else {
+                if job.shards[shard.step]?.generation != generation {
+                    job.shards[shard.step] = PendingCheckpoint(generation: generation)
+                }
+                job.shards[shard.step]!.byRank[shard.rank] = shard
+                Self.commitReadyCheckpoints(&job, into: &actions)
+            }
+            self.jobs[jobID] = job
 
         case .left(let id, let jobID, let generation):
             guard let job = self.jobs[jobID], job.record.phase == .running, job.record.members.contains(id) else {
@@ -718,6 +785,7 @@ public struct CoordinatorMachine: Sendable {
         job.recoveryDeadline = nil
         job.completed = [:]
         job.pendingSamples = [:]
+        job.hashes = [:]
         guard survivors.count + newcomers.count >= spec.minNodes else {
             job.record.phase = .waiting
             job.record.members = []
@@ -847,6 +915,44 @@ public struct CoordinatorMachine: Sendable {
         }
     }
 
+    // MARK: - Replicas and checkpoints
+
+    /// Records `node`'s parameter hash at `step`; once every member reported, compares them.
+    static func compare(_ hash: UInt64, of node: String, step: UInt64, in job: inout Job, into actions: inout [Action])
+    {
+        job.hashes[step, default: [:]][node] = hash
+        if let reported = job.hashes[step], reported.count == job.record.members.count {
+            job.hashes[step] = nil
+            if Set(reported.values).count == 1 {
+                actions.append(.replicasAgree(job: job.record.spec.name, step: step, hash: hash))
+            } else {
+                actions.append(
+                    .replicasDiverged(
+                        job: job.record.spec.name, generation: job.record.generation, step: step, hashes: reported))
+            }
+        }
+        // A member that never reports (it died) must not make the map grow without end.
+        if job.hashes.count > 64, let oldest = job.hashes.keys.min() { job.hashes[oldest] = nil }
+    }
+
+    /// Commits every checkpoint whose shards are all in, from the current generation's members,
+    /// at a committed step (a checkpoint of a step that may still be redone would be wrong).
+    static func commitReadyCheckpoints(_ job: inout Job, into actions: inout [Action]) {
+        guard job.record.spec.checkpointDirectory != nil else { return }
+        for step in job.shards.keys.sorted() where step <= job.record.cursor {
+            guard let pending = job.shards[step], pending.generation == job.record.generation,
+                pending.byRank.count == job.record.members.count
+            else { continue }
+            job.shards[step] = nil
+            actions.append(
+                .commitCheckpoint(
+                    CheckpointCommit(
+                        job: job.record.spec.name, generation: pending.generation, step: step,
+                        shards: pending.byRank.values.sorted { $0.rank < $1.rank },
+                        samples: job.samplesAtCheckpoint[step], spec: job.record.spec)))
+        }
+    }
+
     // MARK: - Progress
 
     /// Moves the cursor past every step all members completed; finishes the job at its last step.
@@ -874,6 +980,7 @@ public struct CoordinatorMachine: Sendable {
                 }
             }
         }
+        Self.commitReadyCheckpoints(&job, into: &actions)
         self.jobs[jobID] = job
         if job.record.cursor >= job.record.spec.steps {
             for member in job.record.members {

@@ -4,7 +4,6 @@ import RingmasterSecurity
 import RingmasterWire
 import Synchronization
 
-
 /// Steps per second over the last few seconds.
 struct RateMeter {
     var samples: [(step: UInt64, at: Date)] = []
@@ -140,13 +139,16 @@ public final class Cluster: Sendable {
         }
     }
 
-    public static func admin(_ client: ControlClient, _ build: @escaping @Sendable (inout Ringmaster_V1_AdminRequest) -> Void)
+    public static func admin(
+        _ client: ControlClient, _ build: @escaping @Sendable (inout Ringmaster_V1_AdminRequest) -> Void
+    )
         async throws -> Envelope
     {
         try await client.withConnection { session in try await Self.request(session, build) }
     }
 
-    public static func request(_ session: ControlSession, _ build: (inout Ringmaster_V1_AdminRequest) -> Void) async throws
+    public static func request(_ session: ControlSession, _ build: (inout Ringmaster_V1_AdminRequest) -> Void)
+        async throws
         -> Envelope
     {
         var envelope = Envelope()

@@ -76,8 +76,9 @@ final class InProcessCluster {
         }
     }
 
-    /// Checkpoints offered by the members: a step is committed once every rank of a generation
-    /// offered it (the harness keeps rank 0's copy and checks that all copies are equal).
+    /// Checkpoint shards offered by the members, committed when the coordinator's core says so
+    /// (every member's shard in, the step committed): the harness keeps rank 0's copy and checks
+    /// that all copies are equal.
     final class Checkpoints: Sendable {
         struct State {
             var offered: [String: [Int: [Float]]] = [:]
@@ -88,15 +89,21 @@ final class InProcessCluster {
         let state = Mutex(State())
 
         func offer(_ assignment: Assignment, step: UInt64, state copy: [Float]) {
+            self.state.withLock { $0.offered["\(assignment.generation)/\(step)", default: [:]][assignment.rank] = copy }
+        }
+
+        func commit(_ commit: CoordinatorMachine.CheckpointCommit) {
             self.state.withLock { state in
-                let key = "\(assignment.generation)/\(step)"
-                state.offered[key, default: [:]][assignment.rank] = copy
-                guard let shards = state.offered[key], shards.count == assignment.worldSize else { return }
+                let shards = state.offered.removeValue(forKey: "\(commit.generation)/\(commit.step)") ?? [:]
+                guard shards.count == commit.shards.count, let first = shards[0] else {
+                    state.unequal.append("the checkpoint at step \(commit.step) was committed without every shard")
+                    return
+                }
                 if Set(shards.values.map { parameterHash($0) }).count != 1 {
                     state.unequal.append(
-                        "the ranks' copies at step \(step) of generation \(assignment.generation) differ")
+                        "the ranks' copies at step \(commit.step) of generation \(commit.generation) differ")
                 }
-                state.committed[step] = shards[0]
+                state.committed[commit.step] = first
             }
         }
 
@@ -134,6 +141,8 @@ final class InProcessCluster {
     var synchronised: [String: [UInt64: [String: UInt64]]] = [:]
     /// By job, generation and step: the parameter hashes the members reported.
     var reportedHashes: [String: [UInt64: [UInt64: Set<UInt64>]]] = [:]
+    /// Divergences the coordinator's core found in the reported parameter hashes.
+    var diverged: [String] = []
     /// Every generation started, with its cause.
     var generations: [(job: String, generation: UInt64, cause: CoordinatorMachine.Cause, members: [String])] = []
 
@@ -456,7 +465,14 @@ final class InProcessCluster {
                 self.trace.append("\(self.now): \(job) finished")
             case .jobFailed(let job, let reason):
                 self.trace.append("\(self.now): \(job) failed: \(reason)")
-            case .staleRefused, .leaseExpired, .persist:
+            case .commitCheckpoint(let commit):
+                self.checkpoints.commit(commit)
+                self.trace.append("\(self.now): checkpoint at step \(commit.step) committed")
+            case .replicasDiverged(let job, let generation, let step, let hashes):
+                self.diverged.append("\(job) generation \(generation) step \(step): \(hashes)")
+            case .shardFailed(let node, _, let step, let reason):
+                self.trace.append("\(self.now): \(node)'s shard at step \(step) failed: \(reason)")
+            case .staleRefused, .leaseExpired, .persist, .replicasAgree, .shardRefused:
                 break
             }
         }
@@ -485,8 +501,17 @@ final class InProcessCluster {
                 } else {
                     self.send(report, from: node)
                 }
-            case .offerCheckpoint(_, let step):
+            case .offerCheckpoint(let generation, let step):
                 node.executor.offerCheckpoint(step: step)
+                guard let assignment = node.machine.assignment, let workload = node.executor.workload else { continue }
+                let shard = ShardReport(
+                    step: step, rank: assignment.rank, worldSize: assignment.worldSize,
+                    stateCount: workload.stateCount, parameterCount: workload.parameterCount, firstElement: 0,
+                    elements: workload.stateCount, path: "rank-\(assignment.rank)", bytes: 4 * workload.stateCount,
+                    sha256: "")
+                self.queue.append(
+                    .toCoordinator(
+                        .shardReported(node: node.name, job: assignment.job, generation: generation, shard)))
             case .leave(let leave):
                 self.trace.append("\(self.now): \(node.name) leaves \(leave.job) generation \(leave.generation)")
                 if leave.cannotRun {
@@ -523,7 +548,7 @@ final class InProcessCluster {
             .toCoordinator(
                 .stepCompleted(
                     node: node.name, job: report.job, generation: report.generation, step: report.step,
-                    samples: report.sampleIDs)))
+                    samples: report.sampleIDs, parameterHash: report.parameterHash)))
     }
 
     // MARK: - Checks
@@ -552,6 +577,7 @@ final class InProcessCluster {
             if samples.outOfRange > 0 { broken.append("\(samples.outOfRange) sample ids out of range") }
         }
         broken += self.checkpoints.state.withLock { $0.unequal }
+        broken += self.diverged.map { "the coordinator found replicas diverged: \($0)" }
         return broken
     }
 

@@ -100,7 +100,7 @@ import Testing
             guard let work = cluster.nodes["a"]?.work else { return false }
             switch work {
             case .gather, .broadcast: return cluster.record()?.members == ["a", "c"]
-            default: return false
+            case .prepare, .connect, .loadCheckpoint, .train, .saveModel: return false
             }
         }
         cluster.kill("c")

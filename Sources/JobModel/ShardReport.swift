@@ -1,0 +1,38 @@
+/// A member's report on its shard of a checkpoint: durable where it says, or failed.
+public struct ShardReport: Sendable, Hashable {
+    /// The step boundary the checkpoint holds.
+    public var step: UInt64
+    /// The member's rank, and the world size it saved with.
+    public var rank: Int
+    public var worldSize: Int
+    /// Floats in the whole training state, and among them the parameters.
+    public var stateCount: Int
+    public var parameterCount: Int
+    /// The slice of the state this shard holds.
+    public var firstElement: Int
+    public var elements: Int
+    /// The shard's file (relative to the checkpoint directory), its size and SHA-256 (hex).
+    public var path: String
+    public var bytes: Int
+    public var sha256: String
+    /// Why the save failed; nil when the shard is durable.
+    public var error: String?
+
+    /// Makes a report.
+    public init(
+        step: UInt64, rank: Int, worldSize: Int, stateCount: Int, parameterCount: Int, firstElement: Int,
+        elements: Int, path: String, bytes: Int, sha256: String, error: String? = nil
+    ) {
+        self.step = step
+        self.rank = rank
+        self.worldSize = worldSize
+        self.stateCount = stateCount
+        self.parameterCount = parameterCount
+        self.firstElement = firstElement
+        self.elements = elements
+        self.path = path
+        self.bytes = bytes
+        self.sha256 = sha256
+        self.error = error
+    }
+}
