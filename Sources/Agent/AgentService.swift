@@ -297,13 +297,7 @@ public final class AgentService: Service, Sendable {
     }
 
     func postLeave(job: String, generation: UInt64, reason: String) {
-        var leave = Envelope()
-        leave.leave = .with {
-            $0.jobID = job
-            $0.generation = generation
-            $0.reason = reason
-        }
-        self.outbox.post(leave)
+        self.outbox.post(Leave(job: job, generation: generation, reason: reason))
     }
 
     /// The data-plane addresses announced in hello: the configured ones, or the listener's.

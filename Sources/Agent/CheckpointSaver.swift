@@ -3,7 +3,6 @@ import ControlPlane
 import Foundation
 import JobModel
 import Logging
-import RingmasterWire
 
 /// Saves this rank's shard of a checkpoint on a thread of its own, so the step loop only hands
 /// over a copy of its state and goes on. One save at a time: when a save is due while the
@@ -80,18 +79,10 @@ final class CheckpointSaver: @unchecked Sendable {
         let rank = assignment.rank
         let world = assignment.worldSize
         let slice = CheckpointLayout.slice(elements: save.state.count, rank: rank, worldSize: world)
-        var envelope = Envelope()
-        envelope.shardReady = .with {
-            $0.jobID = assignment.job
-            $0.generation = assignment.generation
-            $0.step = save.step
-            $0.rank = UInt32(rank)
-            $0.worldSize = UInt32(world)
-            $0.stateCount = UInt64(save.state.count)
-            $0.parameterCount = UInt64(save.parameterCount)
-            $0.firstElement = UInt64(slice.lowerBound)
-            $0.elements = UInt64(slice.count)
-        }
+        var report = ShardReport(
+            step: save.step, rank: rank, worldSize: world, stateCount: save.state.count,
+            parameterCount: save.parameterCount, firstElement: slice.lowerBound, elements: slice.count, path: "",
+            bytes: 0, sha256: "")
         let started = ContinuousClock.now
         do {
             let record = try save.state.withUnsafeBufferPointer { buffer in
@@ -104,9 +95,9 @@ final class CheckpointSaver: @unchecked Sendable {
                     elements: UnsafeBufferPointer(rebasing: buffer[slice])
                 )
             }
-            envelope.shardReady.path = record.file
-            envelope.shardReady.sizeBytes = UInt64(record.bytes)
-            envelope.shardReady.sha256 = Data(hex: record.sha256)
+            report.path = record.file
+            report.bytes = record.bytes
+            report.sha256 = record.sha256
             self.logger.debug(
                 "checkpoint shard durable",
                 metadata: [
@@ -115,36 +106,12 @@ final class CheckpointSaver: @unchecked Sendable {
                 ]
             )
         } catch {
-            envelope.shardReady.error = "\(error)"
+            report.error = "\(error)"
             self.logger.error(
                 "could not save a checkpoint shard; training goes on",
                 metadata: [LogKey.job: "\(assignment.job)", "step": "\(save.step)", LogKey.reason: "\(error)"]
             )
         }
-        self.outbox.post(envelope)
-    }
-}
-
-extension Data {
-    /// Bytes from lowercase or uppercase hex text (pairs of digits; anything else is skipped).
-    init(hex: String) {
-        var bytes: [UInt8] = []
-        var high: UInt8?
-        for character in hex.utf8 {
-            let value: UInt8
-            switch character {
-            case 48...57: value = character - 48
-            case 97...102: value = character - 87
-            case 65...70: value = character - 55
-            default: continue
-            }
-            if let first = high {
-                bytes.append(first << 4 | value)
-                high = nil
-            } else {
-                high = value
-            }
-        }
-        self.init(bytes)
+        self.outbox.post(report, job: assignment.job, generation: assignment.generation)
     }
 }

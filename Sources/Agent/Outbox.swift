@@ -1,3 +1,4 @@
+import JobModel
 import RingmasterWire
 import Synchronization
 
@@ -56,6 +57,24 @@ final class Outbox: Sendable {
             }
             waiter?.resume(returning: [])
         }
+    }
+
+    // The domain messages the trainer and the checkpoint saver post, converted to their wire
+    // form here, at the session edge.
+
+    /// Queues a step report.
+    func post(_ report: StepReport) {
+        self.post(Envelope(report))
+    }
+
+    /// Queues a leave.
+    func post(_ leave: Leave) {
+        self.post(Envelope(leave))
+    }
+
+    /// Queues a shard report of `job`'s `generation`.
+    func post(_ shard: ShardReport, job: String, generation: UInt64) {
+        self.post(Envelope(shard, job: job, generation: generation))
     }
 
     /// Puts back envelopes a session could not send, ahead of newer ones.

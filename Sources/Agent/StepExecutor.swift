@@ -57,8 +57,9 @@ final class StepExecutor: @unchecked Sendable {
     let settings: Settings
     let environment: TrainingEnvironment
     let logger: Logger
-    /// The generation's communicator, once connected.
-    let link = Mutex<(generation: UInt64, communicator: Communicator)?>(nil)
+    /// The generation's communicator, once connected, with the reducer (and its thread) that
+    /// all-reduces its steps' buckets, made once per generation.
+    let link = Mutex<(generation: UInt64, communicator: Communicator, reducer: BucketReducer)?>(nil)
     var job: JobState?
 
     init(settings: Settings, environment: TrainingEnvironment, logger: Logger) {
@@ -121,22 +122,24 @@ final class StepExecutor: @unchecked Sendable {
 
     /// Closes `generation`'s data plane.
     func disconnect(generation: UInt64) {
-        let communicator = self.link.withLock { link -> Communicator? in
+        let closed = self.link.withLock { link -> (Communicator, BucketReducer)? in
             guard let current = link, current.generation == generation else { return nil }
             link = nil
-            return current.communicator
+            return (current.communicator, current.reducer)
         }
-        communicator?.transport.close()
+        closed?.1.close()
+        closed?.0.transport.close()
     }
 
     /// Fails whatever is in flight and closes the data plane (the agent is stopping).
     func close(reason: String) {
-        let communicator = self.link.withLock { link -> Communicator? in
+        let closed = self.link.withLock { link -> (Communicator, BucketReducer)? in
             defer { link = nil }
-            return link?.communicator
+            return link.map { ($0.communicator, $0.reducer) }
         }
-        communicator?.abort(reason: reason)
-        communicator?.transport.close()
+        closed?.0.abort(reason: reason)
+        closed?.1.close()
+        closed?.0.transport.close()
     }
 
     /// Hands the copy at step boundary `step` to the checkpoint writer, as is: no extra copy on the
@@ -189,7 +192,12 @@ final class StepExecutor: @unchecked Sendable {
         let started = ContinuousClock.now
         self.job?.assignment = assignment
         let communicator = try self.environment.connect(assignment, isCancelled)
-        self.link.withLock { $0 = (assignment.generation, communicator) }
+        let reducer = BucketReducer(communicator: communicator, timeout: self.settings.collectiveTimeout)
+        let replaced = self.link.withLock { link -> BucketReducer? in
+            defer { link = (assignment.generation, communicator, reducer) }
+            return link?.reducer
+        }
+        replaced?.close()
         if isCancelled() {
             // Abandoned while connecting: the abort found no communicator yet.
             communicator.abort(reason: "abandoned while connecting")
@@ -305,11 +313,11 @@ final class StepExecutor: @unchecked Sendable {
         step: UInt64, samples: [Int], batch: Int, hash: Bool, evaluate: Bool, evicting: UInt64?
     ) throws -> (Double, UInt64?, Double?) {
         let job = try self.heldJob()
-        let communicator = try self.communicator()
+        guard let reducer = self.link.withLock({ $0?.reducer }) else {
+            throw AgentError(.protocolViolation, "no data plane is connected")
+        }
         let workload = job.workload
         let parameters = workload.parameterCount
-        let reducer = BucketReducer(communicator: communicator, timeout: self.settings.collectiveTimeout)
-        defer { reducer.close() }
         let lossSum = try job.gradients.withUnsafeMutableBufferPointer { buffer -> Double in
             let base = UnsafeMutableRawBufferPointer(buffer)
             var submitted = 0

@@ -3,7 +3,6 @@ import ControlPlane
 import Foundation
 import JobModel
 import Logging
-import RingmasterWire
 import Synchronization
 
 /// The shell around the agent's core (`AgentMachine`): it feeds the core what the control session
@@ -126,9 +125,9 @@ final class Trainer: Sendable {
             case .abandon(let generation, let reason):
                 self.abandon(generation: generation, reason: reason)
             case .report(let report):
-                self.outbox.post(Envelope(report))
+                self.outbox.post(report)
             case .leave(let leave):
-                self.outbox.post(Envelope(leave))
+                self.outbox.post(leave)
                 if leave.cannotRun {
                     // Told to the coordinator as such: this node stays available for other jobs,
                     // and the job's status shows why this node cannot run it.

@@ -13,19 +13,7 @@ extension CoordinatorService {
     /// A member's shard is durable, or its save failed: to the machine, which decides when the
     /// checkpoint is due.
     func shardReported(_ shard: Ringmaster_V1_CheckpointShardReady, node: String, logger: Logger) {
-        let report = ShardReport(
-            step: shard.step,
-            rank: Int(shard.rank),
-            worldSize: Int(shard.worldSize),
-            stateCount: Int(shard.stateCount),
-            parameterCount: Int(shard.parameterCount),
-            firstElement: Int(shard.firstElement),
-            elements: Int(shard.elements),
-            path: shard.path,
-            bytes: Int(shard.sizeBytes),
-            sha256: shard.sha256.map { String(format: "%02x", $0) }.joined(),
-            error: shard.error.isEmpty ? nil : shard.error
-        )
+        let report = ShardReport(wire: shard)
         self.feed(.shardReported(node: node, job: shard.jobID, generation: shard.generation, report), logger: logger)
     }
 

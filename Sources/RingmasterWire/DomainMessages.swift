@@ -98,3 +98,68 @@ extension Envelope {
         }
     }
 }
+
+extension Envelope {
+    /// An envelope carrying `shard`, of `job`'s `generation`.
+    public init(_ shard: ShardReport, job: String, generation: UInt64) {
+        self.init()
+        self.shardReady = .with {
+            $0.jobID = job
+            $0.generation = generation
+            $0.step = shard.step
+            $0.rank = UInt32(shard.rank)
+            $0.worldSize = UInt32(shard.worldSize)
+            $0.stateCount = UInt64(shard.stateCount)
+            $0.parameterCount = UInt64(shard.parameterCount)
+            $0.firstElement = UInt64(shard.firstElement)
+            $0.elements = UInt64(shard.elements)
+            $0.path = shard.path
+            $0.sizeBytes = UInt64(shard.bytes)
+            $0.sha256 = Data(hex: shard.sha256)
+            $0.error = shard.error ?? ""
+        }
+    }
+}
+
+extension ShardReport {
+    /// The shard report a member sent.
+    public init(wire shard: Ringmaster_V1_CheckpointShardReady) {
+        self.init(
+            step: shard.step,
+            rank: Int(shard.rank),
+            worldSize: Int(shard.worldSize),
+            stateCount: Int(shard.stateCount),
+            parameterCount: Int(shard.parameterCount),
+            firstElement: Int(shard.firstElement),
+            elements: Int(shard.elements),
+            path: shard.path,
+            bytes: Int(shard.sizeBytes),
+            sha256: shard.sha256.map { String(format: "%02x", $0) }.joined(),
+            error: shard.error.isEmpty ? nil : shard.error
+        )
+    }
+}
+
+extension Data {
+    /// Bytes from lowercase or uppercase hex text (pairs of digits; anything else is skipped).
+    init(hex: String) {
+        var bytes: [UInt8] = []
+        var high: UInt8?
+        for character in hex.utf8 {
+            let value: UInt8
+            switch character {
+            case 48...57: value = character - 48
+            case 97...102: value = character - 87
+            case 65...70: value = character - 55
+            default: continue
+            }
+            if let first = high {
+                bytes.append(first << 4 | value)
+                high = nil
+            } else {
+                high = value
+            }
+        }
+        self.init(bytes)
+    }
+}

@@ -46,8 +46,12 @@ import Testing
         sim.completeStep()
         #expect(sim.record().cursor == 2)
         let generation = sim.record().generation
-        #expect(self.commits(sim.send(.shardReported(node: "b", job: "job", generation: generation, self.shard(sim, "b", step: 2)))).isEmpty)
-        let actions = sim.send(.shardReported(node: "a", job: "job", generation: generation, self.shard(sim, "a", step: 2)))
+        #expect(
+            self.commits(
+                sim.send(.shardReported(node: "b", job: "job", generation: generation, self.shard(sim, "b", step: 2)))
+            ).isEmpty)
+        let actions = sim.send(
+            .shardReported(node: "a", job: "job", generation: generation, self.shard(sim, "a", step: 2)))
         let commit = try #require(self.commits(actions).first)
         #expect(commit.step == 2 && commit.generation == generation)
         #expect(commit.shards.map(\.rank) == [0, 1])
@@ -61,7 +65,11 @@ import Testing
         // Step 1 is not committed: the checkpoint at boundary 2 holds a step that may be redone.
         let generation = sim.record().generation
         for node in ["a", "b"] {
-            #expect(self.commits(sim.send(.shardReported(node: node, job: "job", generation: generation, self.shard(sim, node, step: 2)))).isEmpty)
+            #expect(
+                self.commits(
+                    sim.send(
+                        .shardReported(node: node, job: "job", generation: generation, self.shard(sim, node, step: 2)))
+                ).isEmpty)
         }
         let committed = sim.record().cursor
         #expect(committed == 1)
@@ -76,9 +84,13 @@ import Testing
         sim.completeStep()
         let generation = sim.record().generation
         let failed = sim.send(
-            .shardReported(node: "a", job: "job", generation: generation, self.shard(sim, "a", step: 2, error: "disk full")))
+            .shardReported(
+                node: "a", job: "job", generation: generation, self.shard(sim, "a", step: 2, error: "disk full")))
         #expect(failed == [.shardFailed(node: "a", job: "job", step: 2, reason: "disk full")])
-        #expect(self.commits(sim.send(.shardReported(node: "b", job: "job", generation: generation, self.shard(sim, "b", step: 2)))).isEmpty)
+        #expect(
+            self.commits(
+                sim.send(.shardReported(node: "b", job: "job", generation: generation, self.shard(sim, "b", step: 2)))
+            ).isEmpty)
     }
 
     @Test func aShardFromAnotherGeneration_orANonMember_isRefused() throws {
@@ -98,7 +110,8 @@ import Testing
         sim.completeStep()
         sim.completeStep()
         #expect(sim.record().phase == .finished)
-        let actions = sim.send(.shardReported(node: "a", job: "job", generation: sim.record().generation, self.shard(sim, "a", step: 2)))
+        let actions = sim.send(
+            .shardReported(node: "a", job: "job", generation: sim.record().generation, self.shard(sim, "a", step: 2)))
         #expect(self.commits(actions).map(\.step) == [2])
     }
 
@@ -110,8 +123,10 @@ import Testing
         let agreed = sim.send(.stepCompleted(node: "b", job: "job", generation: generation, step: 0, parameterHash: 7))
         #expect(agreed.contains(.replicasAgree(job: "job", step: 0, hash: 7)))
         sim.send(.stepCompleted(node: "a", job: "job", generation: generation, step: 1, parameterHash: 7))
-        let diverged = sim.send(.stepCompleted(node: "b", job: "job", generation: generation, step: 1, parameterHash: 9))
-        #expect(diverged.contains(.replicasDiverged(job: "job", generation: generation, step: 1, hashes: ["a": 7, "b": 9])))
+        let diverged = sim.send(
+            .stepCompleted(node: "b", job: "job", generation: generation, step: 1, parameterHash: 9))
+        #expect(
+            diverged.contains(.replicasDiverged(job: "job", generation: generation, step: 1, hashes: ["a": 7, "b": 9])))
     }
 
     @Test func aGenerationChange_dropsTheHashesOfTheOldOne() throws {
