@@ -218,9 +218,6 @@ public struct AgentMachine: Sendable {
     /// the copy at the cursor is still kept when the step in flight completes.
     public var window: UInt64 { UInt64(max(1, self.snapshotsKept - 2)) }
 
-    /// Whether a stop was asked for and is not done yet.
-    public var stopping: Bool { self.stop != nil }
-
     // MARK: - Events
 
     /// Handles `event` at time `now`; returns what the shell must do, in order.
@@ -315,12 +312,13 @@ public struct AgentMachine: Sendable {
 
         case .synchronised(let generation, let step):
             // The shell loaded the state at `step`, whatever became of the generation since.
-            let source: UInt64
+            let source: UInt64?
             switch self.take(generation: generation) {
             case .broadcast(_, _, _, let sourceGeneration): source = sourceGeneration
             case .loadCheckpoint: source = generation
-            case .prepare, .connect, .gather, .train, .saveModel, nil: return self.finish(actions)
+            case .prepare, .connect, .gather, .train, .saveModel, nil: source = nil
             }
+            guard let source else { break }
             self.snapshots = self.snapshots.filter { $0.key < step }
             self.snapshots[step] = source
             self.boundary = step
@@ -360,12 +358,6 @@ public struct AgentMachine: Sendable {
                 break
             }
         }
-        return self.finish(actions)
-    }
-
-    /// Starts what comes next and returns every action.
-    mutating func finish(_ actions: [Action]) -> [Action] {
-        var actions = actions
         self.proceed(&actions)
         return actions
     }

@@ -129,7 +129,6 @@ final class InProcessCluster {
     let checkpoints = Checkpoints()
     let parameters: Int
     var trace: [String] = []
-    var rounds = 0
     /// Members that rolled back (their boundary was past the resume step they synchronised at).
     var rollbacks = 0
 
@@ -309,7 +308,6 @@ final class InProcessCluster {
 
     /// One round: deliver, run the work started, move time on.
     func round() throws {
-        self.rounds += 1
         self.settle()
         try self.runWork()
         self.now += self.tick
@@ -400,7 +398,15 @@ final class InProcessCluster {
 
     /// The kind of work, for matching members' collectives (the real ones wait for each other).
     static func kind(_ work: AgentMachine.Work) -> String {
-        Self.describe(work).prefix { $0 != " " }.description
+        switch work {
+        case .prepare: return "prepare"
+        case .connect: return "connect"
+        case .gather: return "gather"
+        case .broadcast: return "broadcast"
+        case .loadCheckpoint: return "load"
+        case .train: return "train"
+        case .saveModel: return "save"
+        }
     }
 
     static func isCollective(_ work: AgentMachine.Work) -> Bool {
