@@ -42,56 +42,47 @@ extension CoordinatorService {
         )
     }
 
-    /// Writes the manifest (temporary name, fsync, rename, directory fsync) off the engine lock,
-    /// on a queue of its own, then prunes old checkpoints.
-    func commitCheckpoint(_ commit: CoordinatorMachine.CheckpointCommit, logger: Logger) {
-        guard let root = commit.spec.checkpointDirectory, !commit.shards.isEmpty else { return }
-        let manifest = self.manifest(commit)
-        let keep = commit.spec.checkpointKeep
-        self.checkpointQueue.async {
-            do {
-                try CheckpointWriter.commit(manifest, root: root)
-                var pruned: [String] = []
-                do {
-                    pruned = try CheckpointRetention.prune(root: root, keep: keep)
-                } catch {
-                    logger.warning(
-                        "could not delete old checkpoints",
-                        metadata: [LogKey.job: "\(manifest.job)", "directory": "\(root)", LogKey.reason: "\(error)"]
+    /// How a checkpoint's manifest write ended (the writer wrote it, off the engine lock): into
+    /// the job's progress, which is saved at once, and then to the log.
+    func checkpointCommitted(_ outcome: StateWriter.ManifestOutcome, logger: Logger) {
+        self.engine.withLock { engine in
+            var batch = StateWriter.Batch()
+            switch outcome {
+            case .committed(let manifest, let root, let pruned):
+                if var progress = engine.progress[manifest.job] {
+                    progress.lastCheckpointStep = max(progress.lastCheckpointStep, manifest.step)
+                    engine.progress[manifest.job] = progress
+                }
+                // The last checkpoint may commit after the job's last step.
+                batch.progress = self.progressDue(of: [manifest.job], engine: &engine)
+                batch.then {
+                    self.metrics.checkpointsCommitted.increment()
+                    logger.info(
+                        "checkpoint committed",
+                        metadata: [
+                            LogKey.job: "\(manifest.job)", LogKey.generation: "\(manifest.generation)",
+                            "step": "\(manifest.step)", "world_size": "\(manifest.worldSize)",
+                            "directory": "\(CheckpointLayout.stepDirectory(root: root, step: manifest.step))",
+                            "pruned": "\(pruned)",
+                        ]
                     )
                 }
-                self.engine.withLock { engine in
-                    if var progress = engine.progress[manifest.job] {
-                        progress.lastCheckpointStep = max(progress.lastCheckpointStep, manifest.step)
-                        engine.progress[manifest.job] = progress
-                    }
-                    // The last checkpoint may commit after the job's last step.
-                    self.saveProgress(of: [manifest.job], engine: &engine, logger: logger)
+            case .failed(let manifest, let reason):
+                engine.progress[manifest.job, default: JobProgress()].checkpointFailures += 1
+                engine.progress[manifest.job, default: JobProgress()].lastCheckpointError =
+                    "step \(manifest.step), manifest: \(reason)"
+                batch.progress = self.progressDue(of: [manifest.job], engine: &engine)
+                batch.then {
+                    self.metrics.checkpointFailures.increment()
+                    logger.error(
+                        "could not commit a checkpoint; the previous checkpoint stays the latest",
+                        metadata: [
+                            LogKey.job: "\(manifest.job)", "step": "\(manifest.step)", LogKey.reason: "\(reason)",
+                        ]
+                    )
                 }
-                self.metrics.checkpointsCommitted.increment()
-                logger.info(
-                    "checkpoint committed",
-                    metadata: [
-                        LogKey.job: "\(manifest.job)", LogKey.generation: "\(manifest.generation)",
-                        "step": "\(manifest.step)",
-                        "world_size": "\(manifest.worldSize)",
-                        "directory": "\(CheckpointLayout.stepDirectory(root: root, step: manifest.step))",
-                        "pruned": "\(pruned.count)",
-                    ]
-                )
-            } catch {
-                self.engine.withLock { engine in
-                    engine.progress[manifest.job, default: JobProgress()].checkpointFailures += 1
-                    engine.progress[manifest.job, default: JobProgress()].lastCheckpointError =
-                        "step \(manifest.step), manifest: \(error)"
-                    self.saveProgress(of: [manifest.job], engine: &engine, logger: logger)
-                }
-                self.metrics.checkpointFailures.increment()
-                logger.error(
-                    "could not commit a checkpoint; the previous checkpoint stays the latest",
-                    metadata: [LogKey.job: "\(manifest.job)", "step": "\(manifest.step)", LogKey.reason: "\(error)"]
-                )
             }
+            self.writer.submit(batch)
         }
     }
 

@@ -23,15 +23,16 @@ extension CoordinatorService {
     /// Applies an operator's command and carries out its actions; throws its refusal, or the
     /// failure to save it. A command is acknowledged only once what it changed is durable: it is
     /// applied to a copy of the machine, the records it changed are written in one fsynced
-    /// transaction, and only then does the copy replace the machine. When the write fails (a full
-    /// disk), the machine is left as the disk has it and nothing is pushed or acknowledged.
+    /// transaction (by the writer, behind what is queued there), and only then does the copy
+    /// replace the machine. When the write fails (a full disk), the machine is left as the disk
+    /// has it and nothing is pushed or acknowledged. (So a command, unlike an event, holds the
+    /// engine lock while its records are written; commands are rare.)
     func command(_ command: CoordinatorMachine.Command, logger: Logger) throws {
         try self.engine.withLock { engine in
             var machine = engine.machine
             let actions = try machine.apply(command, now: self.elapsed)
-            let jobs = Self.persisted(actions)
             do {
-                try self.store.save(jobs: jobs.compactMap { machine.record(job: $0) }, durable: true)
+                try self.writer.write(records: Self.persisted(actions).compactMap { machine.record(job: $0) })
             } catch {
                 logger.error(
                     "could not save an operator's command; it was not carried out", metadata: [LogKey.error: "\(error)"]
@@ -39,7 +40,6 @@ extension CoordinatorService {
                 throw error
             }
             engine.machine = machine
-            for job in jobs { self.markSaved(job, .record, engine: &engine, logger: logger) }
             self.perform(actions, engine: &engine, logger: logger, recordsSaved: true)
         }
     }
@@ -51,29 +51,6 @@ extension CoordinatorService {
             guard case .persist(let job) = action, seen.insert(job).inserted else { return nil }
             return job
         }
-    }
-
-    /// A job's record (or progress) was written: if that was what could not be saved, say it is
-    /// saved again. (Only the same kind of write clears it: near a full disk a small record may fit
-    /// where the progress beside it does not, and the log must not flip at every step.)
-    func markSaved(_ job: String, _ kind: JobProgress.Write, engine: inout Engine, logger: Logger) {
-        guard engine.progress[job]?.notSaved?.kind == kind else { return }
-        engine.progress[job]?.notSaved = nil
-        logger.notice("the job's state is being saved again", metadata: [LogKey.job: "\(job)"])
-    }
-
-    /// A write of a job's record (or progress) failed: the job goes on, and says (in `job status`
-    /// and, once, in the log) that what it does now is lost to a restart.
-    func markNotSaved(
-        _ job: String, _ kind: JobProgress.Write, _ error: any Error, engine: inout Engine, logger: Logger
-    ) {
-        guard engine.progress[job]?.notSaved == nil else { return }
-        let reason = (error as? CoordinatorError)?.message ?? "\(error)"
-        engine.progress[job, default: JobProgress()].notSaved = (kind, self.now(), reason)
-        logger.error(
-            "the job's state is not being saved: it goes on, but its progress from now on is lost if the coordinator restarts",
-            metadata: [LogKey.job: "\(job)", LogKey.error: "\(error)"]
-        )
     }
 
     /// A member's step report: its training figures, then the step itself to the machine.
@@ -119,14 +96,16 @@ extension CoordinatorService {
         }
     }
 
-    /// Saves the progress of `jobs` (see `JobProgress.Saved`), under the engine lock. A job's
-    /// milestones (a generation, a checkpoint, a divergence, a test accuracy) are saved as they
-    /// happen; the loss alone at most once a second, since encoding and writing it at every step
-    /// cost the demo a fifth of its throughput. Jobs in `forcing` are saved regardless (a
-    /// generation's start, a job's end).
-    func saveProgress(of jobs: [String], forcing: Set<String> = [], engine: inout Engine, logger: Logger) {
+    /// The progress of `jobs` due to be saved now (see `JobProgress.Saved`), under the engine
+    /// lock; the writer encodes and writes it. A job's milestones (a generation, a checkpoint, a
+    /// divergence, a test accuracy) are saved as they happen; the loss alone at most once a second,
+    /// since writing it at every step cost the demo a fifth of its throughput. Jobs in `forcing`
+    /// are saved regardless (a generation's start, a job's end).
+    func progressDue(of jobs: [String], forcing: Set<String> = [], engine: inout Engine)
+        -> [String: JobProgress]
+    {
         let now = ContinuousClock.now
-        var encoded: [String: Data] = [:]
+        var due: [String: JobProgress] = [:]
         for job in Set(jobs) {
             guard var progress = engine.progress[job] else { continue }
             let milestones = progress.milestones
@@ -135,42 +114,32 @@ extension CoordinatorService {
             {
                 continue
             }
-            do {
-                encoded[job] = try progress.encoded()
-            } catch {
-                logger.error(
-                    "could not encode a job's progress", metadata: [LogKey.job: "\(job)", LogKey.error: "\(error)"])
-                continue
-            }
             progress.savedMilestones = milestones
             progress.savedAt = now
             engine.progress[job] = progress
+            due[job] = progress
         }
-        do {
-            try self.store.save(progress: encoded)
-            for job in encoded.keys { self.markSaved(job, .progress, engine: &engine, logger: logger) }
-        } catch {
-            for job in encoded.keys.sorted() {
-                self.markNotSaved(job, .progress, error, engine: &engine, logger: logger)
-            }
-        }
+        return due
     }
 
     /// Carries out actions. Runs under the engine lock: nothing here may block for long.
     ///
-    /// Durable records are written first, before any push or log line of the same event: what an
-    /// agent has been told (a generation, a cursor) is on disk before it can hear it, so a crash
-    /// never makes a restarted coordinator reissue a generation number or move a cursor back.
-    /// (`recordsSaved`: the caller wrote them, as `command` does.) An event has happened whether or
-    /// not it can be saved, so a failed write does not stop the job: the job is marked as not
-    /// being saved (`markNotSaved`) until a write of it succeeds again.
+    /// What the actions change is written by the writer, in event order (`StateWriter`): durable
+    /// records first, then progress, then manifests, and only then are the pushes and log lines of
+    /// the same event carried out. What an agent has been told (a generation, a cursor) is on disk
+    /// before it can hear it, so a crash never makes a restarted coordinator reissue a generation
+    /// number or move a cursor back. (`recordsSaved`: the caller wrote them, as `command` does.)
+    /// An event has happened whether or not it can be saved, so a failed write does not stop the
+    /// job: the job is marked as not being saved until a write of it succeeds again.
     func perform(
         _ actions: [CoordinatorMachine.Action], engine: inout Engine, logger: Logger, recordsSaved: Bool = false
     ) {
+        var batch = StateWriter.Batch()
         if !recordsSaved {
+            batch.records = Self.persisted(actions).compactMap { engine.machine.record(job: $0) }
             // A step commit alone is written without an fsync (it happens hundreds of times a
             // second); anything else that changes a job (a generation, a phase) is fsynced.
-            let cursorOnly = actions.allSatisfy {
+            batch.durable = !actions.allSatisfy {
                 switch $0 {
                 case .stepCommitted, .persist, .replicasAgree, .replicasDiverged, .commitCheckpoint, .shardFailed,
                     .shardRefused, .staleRefused:
@@ -179,41 +148,17 @@ extension CoordinatorService {
                     return false
                 }
             }
-            let jobs = Self.persisted(actions)
-            do {
-                try self.store.save(jobs: jobs.compactMap { engine.machine.record(job: $0) }, durable: !cursorOnly)
-                for job in jobs { self.markSaved(job, .record, engine: &engine, logger: logger) }
-            } catch {
-                for job in jobs { self.markNotSaved(job, .record, error, engine: &engine, logger: logger) }
-            }
         }
         var cursors: [String: (generation: UInt64, cursor: UInt64)] = [:]
-        // Saved after the loop, so that it includes what these actions change (a generation
-        // started, a step's loss).
-        // (A generation's start is saved in its case below, before it is logged.)
-        defer {
-            var touched: [String] = []
-            var finished: Set<String> = []
-            for action in actions {
-                switch action {
-                case .persist(let job), .stepCommitted(let job, _, _), .replicasAgree(let job, _, _),
-                    .replicasDiverged(let job, _, _, _), .shardFailed(_, let job, _, _):
-                    touched.append(job)
-                case .jobFinished(let job), .jobFailed(let job, _):
-                    touched.append(job)
-                    finished.insert(job)
-                case .assign, .abort, .drain, .generationStarted, .jobWaiting, .staleRefused, .leaseExpired,
-                    .commitCheckpoint, .shardRefused:
-                    break
-                }
-            }
-            self.saveProgress(of: touched, forcing: finished, engine: &engine, logger: logger)
-        }
+        // The progress the actions touched, saved once they have all changed it (a generation
+        // started, a step's loss); a generation's start and a job's end are saved regardless.
+        var touched: [String] = []
+        var forcing: Set<String> = []
         for action in actions {
             switch action {
             case .assign(let node, let assignment):
                 if let envelope = self.envelope(assigning: assignment, to: node) {
-                    engine.sessions[node]?.channel.writeAndFlush(envelope, promise: nil)
+                    batch.push(envelope, to: engine.sessions[node])
                 }
             case .abort(let node, let job, let generation, let reason):
                 var envelope = Envelope()
@@ -222,7 +167,7 @@ extension CoordinatorService {
                     $0.generation = generation
                     $0.reason = reason
                 }
-                engine.sessions[node]?.channel.writeAndFlush(envelope, promise: nil)
+                batch.push(envelope, to: engine.sessions[node])
             case .drain(let node, let job, let generation, let grace):
                 var envelope = Envelope()
                 envelope.drain = .with {
@@ -230,7 +175,7 @@ extension CoordinatorService {
                     $0.generation = generation
                     $0.graceSeconds = grace
                 }
-                engine.sessions[node]?.channel.writeAndFlush(envelope, promise: nil)
+                batch.push(envelope, to: engine.sessions[node])
             case .generationStarted(let job, let generation, let cause, let members, let rendezvous):
                 self.metrics.generationsStarted.increment()
                 engine.progress[job, default: JobProgress()].pendingLoss = [:]
@@ -244,26 +189,38 @@ extension CoordinatorService {
                     }
                 )
                 // Saved before it is logged, so that whoever sees the log line finds it saved.
-                self.saveProgress(of: [job], forcing: [job], engine: &engine, logger: logger)
+                touched.append(job)
+                forcing.insert(job)
                 if let rendezvous {
                     self.metrics.rendezvousSeconds.record(
                         Double(rendezvous.components.seconds) + Double(rendezvous.components.attoseconds) / 1e18)
                 }
-                logger.info(
-                    "generation started",
-                    metadata: [
-                        LogKey.job: "\(job)", LogKey.generation: "\(generation)", "cause": "\(cause.rawValue)",
-                        "world_size": "\(members.count)", "members": "\(members.joined(separator: ","))",
-                    ]
-                )
+                batch.then {
+                    logger.info(
+                        "generation started",
+                        metadata: [
+                            LogKey.job: "\(job)", LogKey.generation: "\(generation)", "cause": "\(cause.rawValue)",
+                            "world_size": "\(members.count)", "members": "\(members.joined(separator: ","))",
+                        ]
+                    )
+                }
             case .jobWaiting(let job, let reason):
-                logger.warning("job waits for nodes", metadata: [LogKey.job: "\(job)", LogKey.reason: "\(reason)"])
+                batch.then {
+                    logger.warning("job waits for nodes", metadata: [LogKey.job: "\(job)", LogKey.reason: "\(reason)"])
+                }
             case .jobFinished(let job):
-                logger.info("job finished", metadata: [LogKey.job: "\(job)"])
+                touched.append(job)
+                forcing.insert(job)
+                batch.then { logger.info("job finished", metadata: [LogKey.job: "\(job)"]) }
             case .jobFailed(let job, let reason):
-                logger.error("job failed", metadata: [LogKey.job: "\(job)", LogKey.reason: "\(reason)"])
+                touched.append(job)
+                forcing.insert(job)
+                batch.then {
+                    logger.error("job failed", metadata: [LogKey.job: "\(job)", LogKey.reason: "\(reason)"])
+                }
             case .stepCommitted(let job, let generation, let step):
                 self.metrics.stepsCommitted.increment()
+                touched.append(job)
                 cursors[job] = (generation, step + 1)
                 if var progress = engine.progress[job] {
                     if let loss = progress.pendingLoss.removeValue(forKey: step) { progress.loss = loss }
@@ -291,35 +248,47 @@ extension CoordinatorService {
                 logger.warning("lease expired", metadata: [LogKey.node: "\(node)"])
                 // Close its connection: if it is alive it reconnects and says hello anew.
                 engine.sessions.removeValue(forKey: node)?.channel.close(promise: nil)
-            case .persist:
-                continue  // written above, before anything else
+            case .persist(let job):
+                touched.append(job)  // the record itself is in the batch, written first
             case .replicasAgree(let job, let step, let hash):
+                touched.append(job)
                 engine.progress[job, default: JobProgress()].lastHash = (
                     step, withUnsafeBytes(of: hash.bigEndian) { Data($0) }
                 )
             case .replicasDiverged(let job, let generation, let step, let hashes):
+                touched.append(job)
                 engine.progress[job, default: JobProgress()].divergences += 1
                 self.metrics.divergences.increment()
-                logger.error(
-                    "replicas diverged: members report different parameters for the same step",
-                    metadata: [
-                        LogKey.job: "\(job)", LogKey.generation: "\(generation)", "step": "\(step)",
-                        "hashes":
-                            "\(hashes.sorted { $0.key < $1.key }.map { "\($0.key)=\(String(format: "%016llx", $0.value).prefix(8))" }.joined(separator: ","))",
-                    ]
-                )
+                batch.then {
+                    logger.error(
+                        "replicas diverged: members report different parameters for the same step",
+                        metadata: [
+                            LogKey.job: "\(job)", LogKey.generation: "\(generation)", "step": "\(step)",
+                            "hashes":
+                                "\(hashes.sorted { $0.key < $1.key }.map { "\($0.key)=\(String(format: "%016llx", $0.value).prefix(8))" }.joined(separator: ","))",
+                        ]
+                    )
+                }
             case .commitCheckpoint(let commit):
-                self.commitCheckpoint(commit, logger: logger)
+                if let root = commit.spec.checkpointDirectory, !commit.shards.isEmpty {
+                    batch.manifests.append(
+                        StateWriter.ManifestWrite(
+                            manifest: self.manifest(commit), root: root, keep: commit.spec.checkpointKeep
+                        ) { outcome in self.checkpointCommitted(outcome, logger: logger) })
+                }
             case .shardFailed(let node, let job, let step, let reason):
+                touched.append(job)
                 engine.progress[job, default: JobProgress()].checkpointFailures += 1
                 engine.progress[job, default: JobProgress()].lastCheckpointError = "step \(step), \(node): \(reason)"
                 self.metrics.checkpointFailures.increment()
-                logger.error(
-                    "a checkpoint shard could not be saved; the previous checkpoint stays the latest",
-                    metadata: [
-                        LogKey.job: "\(job)", "step": "\(step)", LogKey.node: "\(node)", LogKey.reason: "\(reason)",
-                    ]
-                )
+                batch.then {
+                    logger.error(
+                        "a checkpoint shard could not be saved; the previous checkpoint stays the latest",
+                        metadata: [
+                            LogKey.job: "\(job)", "step": "\(step)", LogKey.node: "\(node)", LogKey.reason: "\(reason)",
+                        ]
+                    )
+                }
             case .shardRefused(let node, let job, let generation, let step):
                 logger.notice(
                     "refused a checkpoint shard from another generation",
@@ -339,10 +308,10 @@ extension CoordinatorService {
                 $0.generation = moved.generation
                 $0.cursor = moved.cursor
             }
-            for member in record.members {
-                engine.sessions[member]?.channel.writeAndFlush(envelope, promise: nil)
-            }
+            for member in record.members { batch.push(envelope, to: engine.sessions[member]) }
         }
+        batch.progress = self.progressDue(of: touched, forcing: forcing, engine: &engine)
+        self.writer.submit(batch)
     }
 
     /// Brings the derived gauges (nodes by state) up to date; called when `/metrics` is scraped,
@@ -427,6 +396,8 @@ extension CoordinatorService {
     // MARK: - Status
 
     func jobStatus(_ job: String?) throws -> Ringmaster_V1_JobStatusReply {
+        // What happened before the request is shown once it is written, as it is pushed.
+        self.writer.drain()
         let (records, progress) = self.engine.withLock { ($0.machine.records, $0.progress) }
         let selected = job.map { name in records.filter { $0.spec.name == name } } ?? records
         if let job, selected.isEmpty {
@@ -472,9 +443,6 @@ extension CoordinatorService {
                         $0.lastCheckpointStep = training.lastCheckpointStep
                         $0.checkpointFailures = training.checkpointFailures
                         $0.lastCheckpointError = training.lastCheckpointError
-                        if let notSaved = training.notSaved {
-                            $0.notSaved = "since \(notSaved.since): \(notSaved.reason)"
-                        }
                     }
                     $0.refusals = record.refusals.keys.sorted().map { node in
                         .with {
@@ -483,6 +451,9 @@ extension CoordinatorService {
                         }
                     }
                     $0.failure = record.failure ?? ""
+                    if let notSaved = self.writer.notSaved(record.spec.name) {
+                        $0.notSaved = "since \(notSaved.since): \(notSaved.reason)"
+                    }
                 }
             }
         }
@@ -513,4 +484,12 @@ extension CoordinatorService {
 extension Data {
     /// The first 8 bytes in hex, for log lines.
     var hexPrefix: String { self.prefix(8).map { String(format: "%02x", $0) }.joined() }
+}
+
+extension StateWriter.Batch {
+    /// Sends `envelope` to a session once the batch is written (nothing when it has none).
+    mutating func push(_ envelope: Envelope, to session: CoordinatorService.Session?) {
+        guard let channel = session?.channel else { return }
+        self.then { channel.writeAndFlush(envelope, promise: nil) }
+    }
 }

@@ -71,9 +71,10 @@ public struct CoordinatorConfiguration: Sendable {
 /// logged with its reason and closes the connection without being acted on.
 ///
 /// Agent messages and operator commands become machine events and commands. The machine and
-/// the table of live agent sessions sit behind one lock; the actions an event produces are carried
-/// out before the lock is released (pushes are non-blocking channel writes, persistence is one
-/// SQLite transaction), so every agent receives its aborts and assignments in generation order.
+/// the table of live agent sessions sit behind one lock; the actions an event produces are handed,
+/// before the lock is released, to the one `StateWriter`, which writes what they changed and then
+/// pushes what they tell agents, in event order: every agent receives its aborts and assignments
+/// in generation order, each after it is durable, and no write holds up the lock.
 public final class CoordinatorService: Service, Sendable {
     let configuration: CoordinatorConfiguration
     let logger: Logger
@@ -88,8 +89,8 @@ public final class CoordinatorService: Service, Sendable {
     let nextSessionID = Atomic<UInt64>(1)
     /// The coordinator's metrics.
     public let metrics = CoordinatorMetrics()
-    /// Writes checkpoint manifests (file I/O with fsync) one at a time, off the engine lock.
-    let checkpointQueue = DispatchQueue(label: "ringmaster.checkpoint-commits")
+    /// Writes job records, progress and checkpoint manifests in event order, off the engine lock.
+    let writer: StateWriter
     /// The process's descriptor limit, raised at start.
     let descriptorLimit: Int
     /// The connections held, and which new ones are refused at accept.
@@ -122,12 +123,6 @@ public final class CoordinatorService: Service, Sendable {
         var lastCheckpointStep: UInt64 = 0
         var checkpointFailures: UInt64 = 0
         var lastCheckpointError = ""
-        /// Which write of the job failed, since when and why (nil: the job is saved).
-        var notSaved: (kind: Write, since: Date, reason: String)?
-
-        /// The two things saved of a job: its durable record, and this progress beside it.
-        enum Write { case record, progress }
-
         /// When the progress was last saved, and its milestones then.
         var savedAt: ContinuousClock.Instant?
         var savedMilestones: Milestones?
@@ -212,7 +207,9 @@ public final class CoordinatorService: Service, Sendable {
             ConnectionBudget(limits: configuration.connectionLimits ?? .forDescriptorLimit(self.descriptorLimit)))
         let current = now()
         self.authority = try CertificateAuthority.loadOrCreate(directory: configuration.stateDirectory, now: current)
-        self.store = try StateStore(path: "\(configuration.stateDirectory)/state.sqlite")
+        let store = try StateStore(path: "\(configuration.stateDirectory)/state.sqlite")
+        self.store = store
+        self.writer = StateWriter(store: store, logger: logger, now: now)
         let key = KeyAndRequest.makeKey()
         let certificate = try self.authority.issue(
             publicKey: key.publicKey,
@@ -374,6 +371,8 @@ public final class CoordinatorService: Service, Sendable {
             // The orderly way to stop.
         }
         try? await metricsChannel?.close()
+        // What the last events asked to write is written before the service says it stopped.
+        try await onOwnThread(named: "ringmaster-state-drain") { self.writer.drain() }
         self.logger.info("coordinator stopped")
     }
 
