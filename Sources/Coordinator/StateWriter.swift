@@ -17,6 +17,9 @@ import Synchronization
 /// it, as when the writes were made under the lock, but an fsync no longer holds up every other
 /// connection's events.
 ///
+/// Batches that queue while a write is in progress are written together, in one transaction
+/// (group commit): under load the writer falls behind by one write, not by one write per event.
+///
 /// The writer never takes the engine lock. Its own state (which jobs cannot be saved) sits behind
 /// its own lock, and what the engine must learn of a manifest write is handed to `outcomes`, a
 /// queue of its own, so an operator's command may wait for the writer (`write(records:)`) while it
@@ -69,40 +72,115 @@ final class StateWriter: Sendable {
     let store: StateStore
     let logger: Logger
     let now: @Sendable () -> Date
-    let queue = DispatchQueue(label: "ringmaster.state-writer")
+    /// Batches waiting for the writer's thread, and whether it was told to end.
+    let pending = Pending()
     /// Where manifest outcomes are delivered, one at a time, in order.
     let outcomes = DispatchQueue(label: "ringmaster.checkpoint-outcomes")
     let failing = Mutex<[String: NotSaved]>([:])
 
-    /// A writer to `store`.
+    /// The queue between the engine and the writer's thread: a list under a condition variable.
+    final class Pending: @unchecked Sendable {
+        // Safe because `batches` and `ended` are touched only with `condition` locked.
+        let condition = NSCondition()
+        var batches: [Queued] = []
+        var ended = false
+    }
+
+    /// A batch as queued: an event's, or a command's records (written on their own), with the
+    /// caller waiting for it (a command, a drain).
+    struct Queued {
+        var batch = Batch()
+        var command: [CoordinatorMachine.JobRecord]?
+        var waiting: Waiting?
+    }
+
+    /// A caller waiting for its place in the queue to be written.
+    final class Waiting: Sendable {
+        let done = DispatchSemaphore(value: 0)
+        /// Why a command's records could not be written.
+        let error = Mutex<(any Error)?>(nil)
+    }
+
+    /// A writer to `store`, with its thread started; `stop` ends it.
     init(store: StateStore, logger: Logger, now: @escaping @Sendable () -> Date) {
         self.store = store
         self.logger = logger
         self.now = now
+        let thread = Thread { [pending = self.pending, weak self] in
+            while let taken = Self.take(from: pending) {
+                guard let self else { return }
+                self.carryOut(taken)
+            }
+        }
+        thread.name = "ringmaster-state-writer"
+        thread.start()
     }
 
-    /// Queues `batch` behind every batch submitted before it.
+    deinit { self.stop() }
+
+    /// Ends the writer's thread once what is queued is written.
+    func stop() {
+        self.pending.condition.lock()
+        self.pending.ended = true
+        self.pending.condition.signal()
+        self.pending.condition.unlock()
+    }
+
+    /// Every batch queued, once there is one; nil once ended with nothing left.
+    static func take(from pending: Pending) -> [Queued]? {
+        pending.condition.lock()
+        defer { pending.condition.unlock() }
+        while pending.batches.isEmpty {
+            if pending.ended { return nil }
+            pending.condition.wait()
+        }
+        defer { pending.batches.removeAll(keepingCapacity: true) }
+        return pending.batches
+    }
+
+    func enqueue(_ queued: Queued) {
+        self.pending.condition.lock()
+        self.pending.batches.append(queued)
+        self.pending.condition.signal()
+        self.pending.condition.unlock()
+    }
+
+    /// Queues `batch` behind every batch submitted before it. An empty batch (an event that
+    /// changed nothing to save and told nobody anything) is not queued at all.
     func submit(_ batch: Batch) {
-        self.queue.async { self.carryOut(batch) }
+        guard !batch.records.isEmpty || !batch.progress.isEmpty || !batch.manifests.isEmpty || !batch.then.isEmpty
+        else { return }
+        self.enqueue(Queued(batch: batch))
     }
 
     /// Writes `records` durably once everything queued before them is written, and returns when
     /// they are (or throws, having written none of them). For operators' commands, which are
-    /// acknowledged only once durable.
-    func write(records: [CoordinatorMachine.JobRecord]) throws {
-        try self.queue.sync {
-            try self.store.save(jobs: records, durable: true)
-            for record in records { self.saved(record.spec.name, .record) }
+    /// acknowledged only once durable. Waits at most `timeout`: a state database that does not
+    /// answer in that long is reported as such (the write may still land later).
+    func write(records: [CoordinatorMachine.JobRecord], timeout: Duration = .seconds(120)) throws {
+        guard !records.isEmpty else { return }
+        let waiting = Waiting()
+        self.enqueue(Queued(command: records, waiting: waiting))
+        guard waiting.done.wait(timeout: .now() + .seconds(Int(timeout.components.seconds))) == .success else {
+            throw CoordinatorError(
+                .stateStore,
+                "the state database did not finish a write within \(timeout); the change may still be saved: check with `ringmaster job status`"
+            )
         }
+        if let failure = waiting.error.withLock({ $0 }) { throw failure }
     }
 
     /// Returns once everything submitted before the call is written and carried out, and the
-    /// manifest outcomes it caused are handled (and what they submitted is written too). Never
-    /// called under the engine lock, which the outcomes take.
-    func drain() {
-        self.queue.sync {}
-        self.outcomes.sync {}
-        self.queue.sync {}
+    /// manifest outcomes it caused are handled (and what they submitted is written too), or
+    /// after `timeout`. Never called under the engine lock, which the outcomes take.
+    func drain(timeout: Duration = .seconds(30)) {
+        let deadline = DispatchTime.now() + .seconds(Int(timeout.components.seconds))
+        for step in 0..<2 {
+            let waiting = Waiting()
+            self.enqueue(Queued(waiting: waiting))
+            guard waiting.done.wait(timeout: deadline) == .success else { return }
+            if step == 0 { self.outcomes.sync {} }
+        }
     }
 
     /// Why a job's state is not being saved, if it is not.
@@ -110,18 +188,56 @@ final class StateWriter: Sendable {
         self.failing.withLock { $0[job] }
     }
 
-    func carryOut(_ batch: Batch) {
-        if !batch.records.isEmpty {
+    /// Writes what `queued` asks, as few transactions as it takes: consecutive batches' records
+    /// in one transaction (the newest record of each job; fsynced if any batch asked), then the
+    /// progress likewise, then the manifests; then every batch's `then`, in order. A command's
+    /// records are written on their own, in their place, so that their failure is theirs alone.
+    func carryOut(_ queued: [Queued]) {
+        var start = 0
+        while start < queued.count {
+            if let records = queued[start].command {
+                do {
+                    try self.store.save(jobs: records, durable: true)
+                    for record in records { self.saved(record.spec.name, .record) }
+                } catch {
+                    queued[start].waiting?.error.withLock { $0 = error }
+                }
+                queued[start].waiting?.done.signal()
+                start += 1
+                continue
+            }
+            var end = start
+            while end < queued.count, queued[end].command == nil { end += 1 }
+            self.carryOut(batches: queued[start..<end].map(\.batch))
+            for waiting in queued[start..<end] { waiting.waiting?.done.signal() }
+            start = end
+        }
+    }
+
+    func carryOut(batches: [Batch]) {
+        var records: [String: CoordinatorMachine.JobRecord] = [:]
+        var order: [String] = []
+        var durable = false
+        var progress: [String: CoordinatorService.JobProgress] = [:]
+        for batch in batches {
+            for record in batch.records {
+                if records.updateValue(record, forKey: record.spec.name) == nil { order.append(record.spec.name) }
+            }
+            durable = durable || (batch.durable && !batch.records.isEmpty)
+            progress.merge(batch.progress) { $1 }
+        }
+        if !records.isEmpty {
+            let written = order.compactMap { records[$0] }
             do {
-                try self.store.save(jobs: batch.records, durable: batch.durable)
-                for record in batch.records { self.saved(record.spec.name, .record) }
+                try self.store.save(jobs: written, durable: durable)
+                for record in written { self.saved(record.spec.name, .record) }
             } catch {
-                for record in batch.records { self.failed(record.spec.name, .record, error) }
+                for record in written { self.failed(record.spec.name, .record, error) }
             }
         }
-        if !batch.progress.isEmpty {
+        if !progress.isEmpty {
             var encoded: [String: Data] = [:]
-            for (job, progress) in batch.progress {
+            for (job, progress) in progress {
                 do {
                     encoded[job] = try progress.encoded()
                 } catch {
@@ -136,11 +252,15 @@ final class StateWriter: Sendable {
                 for job in encoded.keys.sorted() { self.failed(job, .progress, error) }
             }
         }
-        for write in batch.manifests {
-            let outcome = Self.commit(write, logger: self.logger)
-            self.outcomes.async { write.outcome(outcome) }
+        for batch in batches {
+            for write in batch.manifests {
+                let outcome = Self.commit(write, logger: self.logger)
+                self.outcomes.async { write.outcome(outcome) }
+            }
         }
-        for body in batch.then { body() }
+        for batch in batches {
+            for body in batch.then { body() }
+        }
     }
 
     /// Writes a manifest (temporary name, fsync, rename, directory fsync), then prunes old
@@ -158,7 +278,9 @@ final class StateWriter: Sendable {
         } catch {
             logger.warning(
                 "could not delete old checkpoints",
-                metadata: [LogKey.job: "\(write.manifest.job)", "directory": "\(write.root)", LogKey.reason: "\(error)"]
+                metadata: [
+                    LogKey.job: "\(write.manifest.job)", "directory": "\(write.root)", LogKey.reason: "\(error)",
+                ]
             )
             return .committed(write.manifest, root: write.root, pruned: 0)
         }
