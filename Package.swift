@@ -170,6 +170,7 @@ let package = Package(
                 "JobModel",
                 "RingmasterSecurity",
                 "RingmasterWire",
+                "Workload",
                 .product(name: "Yams", package: "Yams"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "NIOCore", package: "swift-nio"),

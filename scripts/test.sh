@@ -8,6 +8,9 @@
 # that each has the machine to itself: on two cores, a dozen training processes from other tests
 # beside one that measures how fast a refusal comes back make the figure meaningless.
 #
+# Before them, the Python package's tests (pytest, in .venv: scripts/setup-python.sh makes it; the
+# torch integration tests use the same interpreter).
+#
 # Extra arguments go to one `swift test` run instead, e.g.:
 #   scripts/test.sh --filter RingmasterSecurityTests
 # Exits non-zero if the build or any test fails.
@@ -25,6 +28,13 @@ if [ "$#" -gt 0 ]; then
     swift test --skip-build --disable-xctest "$@"
     exit 0
 fi
+
+echo "test: the Python package's tests (python/tests, with .venv from scripts/setup-python.sh)"
+if [ ! -x .venv/bin/python ]; then
+    echo "test: no .venv: run scripts/setup-python.sh first (it installs torch and the ringmaster package)" >&2
+    exit 1
+fi
+.venv/bin/python -m pytest -q python/tests
 
 echo "test: unit tests, in parallel"
 swift test --skip-build --disable-xctest --skip '^IntegrationTests\.'

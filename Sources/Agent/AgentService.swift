@@ -204,8 +204,13 @@ public final class AgentService: Service, Sendable {
                     connectTimeout: connectTimeout
                 ),
                 environment: TrainingEnvironment(
-                    makeWorkload: { plan in
-                        try WorkloadCatalog.make(
+                    makeWorkload: {
+                        [logger = self.logger, workers = "\(self.configuration.dataDirectory)/workers"] job, plan in
+                        if plan.workloadKind == "torch" {
+                            return try TorchWorkload.start(
+                                job: job, plan: plan, directory: workers, logger: logger)
+                        }
+                        return try WorkloadCatalog.make(
                             kind: plan.workloadKind,
                             parameters: try WorkloadCatalog.parameters(fromYAML: plan.workloadParameters),
                             datasetPath: plan.datasetPath,

@@ -13,10 +13,10 @@ struct ModelWriter: Sendable {
     let logger: Logger
 
     func save(_ assignment: Assignment, _ workload: any TrainingWorkload) {
-        let parameters = workload.parameters()
         let directory = self.directory
         let job = assignment.job
         do {
+            let parameters = try workload.parameters()
             try SecureFile.createDirectory(directory, mode: 0o755)
             let bytes = parameters.withUnsafeBytes { Array($0) }
             try SecureFile.write(bytes, to: "\(directory)/\(job).f32", mode: 0o644)

@@ -12,8 +12,8 @@ import Workload
 /// storage and the model directory. The agent passes the real ones; the in-process cluster of the
 /// tests passes in-process ones.
 struct TrainingEnvironment: Sendable {
-    /// Builds the plan's workload.
-    var makeWorkload: @Sendable (TrainingPlan) throws -> any TrainingWorkload
+    /// Builds the workload of a job's plan (a PyTorch job's starts its worker process).
+    var makeWorkload: @Sendable (_ job: String, TrainingPlan) throws -> any TrainingWorkload
     /// Connects this rank of the assignment's generation to every other member, giving up when the
     /// closure turns true.
     var connect: @Sendable (Assignment, _ isCancelled: @escaping @Sendable () -> Bool) throws -> Communicator
@@ -142,6 +142,12 @@ final class StepExecutor: @unchecked Sendable {
         closed?.0.transport.close()
     }
 
+    /// Ends the held job's workload (its worker process, for a torch job): the agent is stopping.
+    func release() {
+        self.job?.workload.release()
+        self.job = nil
+    }
+
     /// Hands the copy at step boundary `step` to the checkpoint writer, as is: no extra copy on the
     /// step's path.
     func offerCheckpoint(step: UInt64) {
@@ -162,7 +168,7 @@ final class StepExecutor: @unchecked Sendable {
     /// Builds the job's workload; returns how many copies of its state are kept.
     func prepare(_ assignment: Assignment) throws -> Int {
         let plan = assignment.training
-        let workload = try self.environment.makeWorkload(plan)
+        let workload = try self.environment.makeWorkload(assignment.job, plan)
         guard workload.trainingSamples == plan.datasetSamples else {
             throw AgentError(
                 .protocolViolation,
@@ -175,7 +181,8 @@ final class StepExecutor: @unchecked Sendable {
             min(
                 self.settings.maximumSnapshots,
                 max(self.settings.minimumSnapshots, self.settings.snapshotBudgetBytes / stateBytes)))
-        self.job = JobState(workload: workload)
+        self.job?.workload.release()
+        self.job = try JobState(workload: workload)
         self.job?.assignment = assignment
         self.logger.info(
             "workload ready",
@@ -250,7 +257,7 @@ final class StepExecutor: @unchecked Sendable {
             }
         }
         let rolledBack = job.boundary - min(job.boundary, step)
-        job.restore(step: step, state: buffer)
+        try job.restore(step: step, state: buffer)
         self.logger.info(
             "training state agreed",
             metadata: self.metadata(job.assignment).merging(
@@ -298,7 +305,7 @@ final class StepExecutor: @unchecked Sendable {
                 try communicator.broadcast(raw, root: 0, timeout: self.settings.collectiveTimeout)
             }
         }
-        job.restore(step: step, state: buffer)
+        try job.restore(step: step, state: buffer)
         self.logger.notice(
             "training state loaded from a checkpoint",
             metadata: self.metadata(job.assignment).merging([
@@ -318,10 +325,11 @@ final class StepExecutor: @unchecked Sendable {
         }
         let workload = job.workload
         let parameters = workload.parameterCount
+        workload.beginStep(step)
         let lossSum = try job.gradients.withUnsafeMutableBufferPointer { buffer -> Double in
             let base = UnsafeMutableRawBufferPointer(buffer)
             var submitted = 0
-            let loss = workload.accumulateGradients(
+            let loss = try workload.accumulateGradients(
                 samples: samples[...], into: UnsafeMutableBufferPointer(rebasing: buffer[0..<parameters])
             ) { bucket in
                 // Buckets are all-reduced in order; the workload finishes them in that order.
@@ -339,10 +347,10 @@ final class StepExecutor: @unchecked Sendable {
             try reducer.finish()
             return Double(buffer[parameters])
         }
-        job.gradients.withUnsafeBufferPointer { buffer in
-            workload.applyGradients(UnsafeBufferPointer(rebasing: buffer[0..<parameters]), scale: 1 / Float(batch))
+        try job.gradients.withUnsafeBufferPointer { buffer in
+            try workload.applyGradients(UnsafeBufferPointer(rebasing: buffer[0..<parameters]), scale: 1 / Float(batch))
         }
-        job.record(step: step + 1, evicting: evicting)
+        try job.record(step: step + 1, evicting: evicting)
         let loss = lossSum / Double(batch)
         let total = job.assignment?.training.steps ?? 0
         if (step + 1) % 500 == 0 || step + 1 == total {
@@ -352,8 +360,8 @@ final class StepExecutor: @unchecked Sendable {
             )
         }
         return (
-            loss, hash ? parameterHash(workload.parameters()) : nil,
-            evaluate ? workload.evaluate().accuracy : nil
+            loss, hash ? parameterHash(try workload.parameters()) : nil,
+            evaluate ? try workload.evaluate().accuracy : nil
         )
     }
 }
@@ -373,25 +381,25 @@ final class JobState {
     /// The flat gradient buffer, with one more element for the loss.
     var gradients: [Float]
 
-    init(workload: any TrainingWorkload) {
+    init(workload: any TrainingWorkload) throws {
         self.workload = workload
         self.gradients = [Float](repeating: 0, count: workload.parameterCount + 1)
         // The initial state (from the seed) is the state at step 0 on every agent.
         var initial = [Float](repeating: 0, count: workload.stateCount)
-        initial.withUnsafeMutableBufferPointer { workload.saveState(into: $0) }
+        try initial.withUnsafeMutableBufferPointer { try workload.saveState(into: $0) }
         self.snapshots[0] = initial
     }
 
     /// Loads the agreed state at `step`; copies of later boundaries (steps being redone) are dropped.
-    func restore(step: UInt64, state: [Float]) {
-        state.withUnsafeBufferPointer { self.workload.loadState(from: $0) }
+    func restore(step: UInt64, state: [Float]) throws {
+        try state.withUnsafeBufferPointer { try self.workload.loadState(from: $0) }
         self.boundary = step
         self.snapshots = self.snapshots.filter { $0.key < step }
         self.snapshots[step] = state
     }
 
     /// Keeps a copy of the state after a step, reusing the storage of the copy at `evicting`.
-    func record(step: UInt64, evicting: UInt64?) {
+    func record(step: UInt64, evicting: UInt64?) throws {
         self.boundary = step
         var buffer: [Float]
         if let evicting, let old = self.snapshots.removeValue(forKey: evicting) {
@@ -399,7 +407,7 @@ final class JobState {
         } else {
             buffer = [Float](repeating: 0, count: self.workload.stateCount)
         }
-        buffer.withUnsafeMutableBufferPointer { self.workload.saveState(into: $0) }
+        try buffer.withUnsafeMutableBufferPointer { try self.workload.saveState(into: $0) }
         self.snapshots[step] = buffer
     }
 }

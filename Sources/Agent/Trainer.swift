@@ -42,6 +42,8 @@ final class Trainer: Sendable {
     let logger: Logger
     let state: Mutex<State>
     let wakeUp = NSCondition()
+    /// Signalled when the thread ends.
+    let finished = DispatchSemaphore(value: 0)
     let started = ContinuousClock.now
 
     init(
@@ -98,6 +100,10 @@ final class Trainer: Sendable {
         self.wakeUp.lock()
         self.wakeUp.broadcast()
         self.wakeUp.unlock()
+        // The thread releases the job's workload (a worker process ends cleanly) as it ends.
+        if self.finished.wait(timeout: .now() + .seconds(15)) == .timedOut {
+            self.logger.warning("the trainer's thread did not end within 15 s of the agent stopping")
+        }
     }
 
     // MARK: - Carrying out the core's actions
@@ -205,6 +211,10 @@ final class Trainer: Sendable {
     // MARK: - The trainer thread
 
     func run() {
+        defer {
+            self.executor.release()
+            self.finished.signal()
+        }
         while let chore = self.next() {
             switch chore {
             case .work(let work, _):

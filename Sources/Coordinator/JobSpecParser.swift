@@ -52,11 +52,7 @@ public enum JobSpecParser {
         let samples = try self.integer(dataset, "samples", in: "dataset")
         do {
             try WorkloadCatalog.validate(
-                kind: kind,
-                parameters: try WorkloadCatalog.parameters(fromYAML: parametersYAML),
-                datasetPath: path,
-                datasetSamples: samples
-            )
+                kind: kind, yaml: parametersYAML, datasetPath: path, datasetSamples: samples)
         } catch {
             let message = (error as? WorkloadError)?.message ?? "\(error)"
             throw JobSpecError(field: "workload", reason: "is not valid: \(message)")

@@ -6,6 +6,7 @@ import JobModel
 import RingmasterSecurity
 import RingmasterWire
 import Synchronization
+import Workload
 import Yams
 
 /// The main job on one machine: a coordinator and agents as separate processes on loopback, each
@@ -60,6 +61,9 @@ public final class TrainingDemo: Sendable {
         case digits(optimizer: Optimizer)
         /// A synthetic model of `parameters` parameters, to exercise the all-reduce.
         case synthetic(parameters: Int)
+        /// A PyTorch script (`examples/torch/digits/train.py`) on the digits data set, run by
+        /// each agent as its worker process with `python`.
+        case torchDigits(script: String, python: String)
     }
 
     /// The perceptron's optimizer.
@@ -107,6 +111,12 @@ public final class TrainingDemo: Sendable {
         /// The most threads and resident memory (bytes) each process reached during the job, by
         /// process name.
         public var peakThreads: [String: Int]
+        /// The worker processes (a torch workload's) each agent started, by agent, from its log:
+        /// one per agent however many generations it trained in, when workers survive changes.
+        public var workerProcesses: [String: [Int]]
+        /// How each agent's workers ended, by agent, from its "worker stopped" log lines (`0`, or
+        /// `signal 9`; none for an agent killed with its worker).
+        public var workerExits: [String: [String]]
         public var peakRSSBytes: [String: Int]
         /// CPU time each process used from the job's submission to its end, by process name.
         public var cpuSeconds: [String: Double]
@@ -343,11 +353,34 @@ public final class TrainingDemo: Sendable {
             resumedFromStep: status.hasResumedFromStep ? status.resumedFromStep : nil,
             preempted: preempted,
             peakThreads: peakThreads,
+            workerProcesses: Self.logged("worker started", "pid", in: cluster.agents.withLock { Array($0.values) })
+                .mapValues { $0.compactMap { Int($0) } },
+            workerExits: Self.logged("worker stopped", "status", in: cluster.agents.withLock { Array($0.values) }),
             peakRSSBytes: peakRSS,
             cpuSeconds: cpu,
             floodOpened: floodCounts.0 + controlCounts.0,
             floodClosedByPeer: floodCounts.1 + controlCounts.1
         )
+    }
+
+    /// The values of `key` in each agent's log lines that say `message`, by agent.
+    static func logged(_ message: String, _ key: String, in agents: [ChildProcess]) -> [String: [String]] {
+        var result: [String: [String]] = [:]
+        for agent in agents {
+            let values = agent.output.lines.filter { $0.contains("[Agent] \(message)") }.compactMap { line -> String? in
+                guard let range = line.range(of: " \(key)=") else { return nil }
+                let rest = line[range.upperBound...]
+                // Values are written unquoted up to the next " name=" or the message.
+                let end = rest.range(of: " [Agent]")?.lowerBound ?? rest.endIndex
+                let value = rest[..<end]
+                if let next = value.range(of: #" [a-z_]+="#, options: .regularExpression) {
+                    return String(value[..<next.lowerBound])
+                }
+                return String(value)
+            }
+            if !values.isEmpty { result[agent.name] = values }
+        }
+        return result
     }
 
     /// The floods `options` asks for, started against the running processes.
@@ -393,6 +426,13 @@ extension TrainingDemo.Options {
             workload = ("mlp", ["hidden": [128], "optimizer": "adam", "learning_rate": 0.001], "builtin:digits", 1437)
         case .synthetic(let parameters):
             workload = ("synthetic", ["parameters": parameters, "buckets": 8], "synthetic", 100_000)
+        case .torchDigits(let script, let python):
+            let data = (try? DigitsDataset.bundledURL().path) ?? "digits.csv.gz"
+            workload = (
+                "torch",
+                ["script": script, "python": python, "args": ["--data", data], "env": ["OMP_NUM_THREADS": "1"]],
+                data, WorkloadCatalog.bundledDigitsTrainingSamples
+            )
         }
         return JobSpec(
             name: "demo",

@@ -5,6 +5,9 @@
 /// slice of the global batch, all-reduces the gradient bucket by bucket as the buckets become
 /// ready, and then every rank calls ``applyGradients(_:scale:)`` with the same global sum, so the
 /// replicas stay bit-identical. A workload is used from one thread at a time.
+///
+/// The workloads written in Swift never throw; one that stands for another process (a PyTorch
+/// worker) throws when that process fails or stops answering.
 public protocol TrainingWorkload: AnyObject {
     /// Trainable parameters (one flat Float32 vector).
     var parameterCount: Int { get }
@@ -21,21 +24,34 @@ public protocol TrainingWorkload: AnyObject {
         samples: ArraySlice<Int>,
         into gradients: UnsafeMutableBufferPointer<Float>,
         bucketReady: (Int) -> Void
-    ) -> Double
+    ) throws -> Double
+    /// Says which global step the next ``accumulateGradients(samples:into:bucketReady:)`` is for
+    /// (a worker process shows it to the user's script; the Swift workloads need not know).
+    func beginStep(_ step: UInt64)
     /// One optimizer step with gradient = `gradients[i] * scale` (the trainer passes the global sum
     /// and scale = 1 / global batch size).
-    func applyGradients(_ gradients: UnsafeBufferPointer<Float>, scale: Float)
+    func applyGradients(_ gradients: UnsafeBufferPointer<Float>, scale: Float) throws
     /// Floats needed to hold the whole training state (parameters, optimizer moments, optimizer step counter).
     var stateCount: Int { get }
     /// Copies the whole training state out, bit for bit, into `state` (length ``stateCount``).
-    func saveState(into state: UnsafeMutableBufferPointer<Float>)
+    func saveState(into state: UnsafeMutableBufferPointer<Float>) throws
     /// Replaces the whole training state with `state` (length ``stateCount``), bit for bit: loading
     /// then saving gives identical bits, and training after a load continues exactly as it would have.
-    func loadState(from state: UnsafeBufferPointer<Float>)
+    func loadState(from state: UnsafeBufferPointer<Float>) throws
     /// A copy of the parameters (for comparing replicas and writing the trained model).
-    func parameters() -> [Float]
+    func parameters() throws -> [Float]
     /// Accuracy and mean loss on the held-out test set.
-    func evaluate() -> (accuracy: Double, loss: Double)
+    func evaluate() throws -> (accuracy: Double, loss: Double)
+    /// Ends what the workload holds outside this process (a worker process), once the job is over
+    /// on this agent or the agent stops.
+    func release()
+}
+
+extension TrainingWorkload {
+    /// Nothing to do for a workload that does not show step numbers.
+    public func beginStep(_ step: UInt64) {}
+    /// Nothing to release for a workload that lives in this process.
+    public func release() {}
 }
 
 // MARK: - Parameter hash

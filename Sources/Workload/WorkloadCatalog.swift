@@ -9,9 +9,12 @@ import Yams
 /// - `synthetic`: a large model with a cheap made-up gradient (``SyntheticWorkload``), to exercise
 ///   the all-reduce. `dataset.path` is `synthetic`; `dataset.samples` is any positive count.
 ///   Settings: `parameters` (default 10,000,000) and `buckets` (default 8).
+/// - `torch`: the user's own PyTorch script (``TorchSettings``), run by the agent as a worker
+///   process; `dataset.path` is the script's business (it is passed on, not read by Ringmaster)
+///   and `dataset.samples` the size of the training set its sample ids index.
 public enum WorkloadCatalog {
     /// The kinds a job spec may name.
-    public static let kinds = ["mlp", "synthetic"]
+    public static let kinds = ["mlp", "synthetic", "torch"]
     /// The path that names the bundled digits data set.
     public static let bundledDigits = "builtin:digits"
     /// Training samples in the bundled digits set (the other fifth is held out for testing).
@@ -35,12 +38,33 @@ public enum WorkloadCatalog {
             let shape = try Self.syntheticShape(parameters, datasetPath: datasetPath)
             return SyntheticWorkload(
                 parameterCount: shape.parameters, buckets: shape.buckets, trainingSamples: datasetSamples, seed: seed)
+        case "torch":
+            throw WorkloadError(
+                .invalidSetting, "a torch workload runs as a worker process that the agent starts, not in-process")
         default:
             throw Self.unknownKind(kind)
         }
     }
 
-    /// Checks a job's workload settings without loading any data (for refusing a bad spec at submit).
+    /// Checks a job's workload settings, as the YAML mapping the job spec gives under `workload`
+    /// (without `kind`), without loading any data (for refusing a bad spec at submit).
+    public static func validate(kind: String, yaml: String, datasetPath: String, datasetSamples: Int) throws {
+        if kind == "torch" {
+            _ = try TorchSettings(yaml: yaml)
+            guard datasetSamples > 0 else {
+                throw WorkloadError(
+                    .invalidSetting,
+                    "dataset.samples is \(datasetSamples); give the number of training samples the script's sample ids index"
+                )
+            }
+            return
+        }
+        try Self.validate(
+            kind: kind, parameters: try Self.parameters(fromYAML: yaml), datasetPath: datasetPath,
+            datasetSamples: datasetSamples)
+    }
+
+    /// Checks the flat settings of a workload written in Swift.
     public static func validate(kind: String, parameters: [String: String], datasetPath: String, datasetSamples: Int)
         throws
     {
@@ -55,6 +79,8 @@ public enum WorkloadCatalog {
             }
         case "synthetic":
             _ = try Self.syntheticShape(parameters, datasetPath: datasetPath)
+        case "torch":
+            throw WorkloadError(.invalidSetting, "a torch workload's settings are checked from its YAML")
         default:
             throw Self.unknownKind(kind)
         }

@@ -13,6 +13,9 @@ public struct WorkloadError: Error, Sendable, Hashable, CustomStringConvertible 
         case unreadableFile
         /// A workload setting has an unknown key or a value outside what is accepted.
         case invalidSetting
+        /// The process that runs the workload (a PyTorch worker) could not start, failed, exited
+        /// or stopped answering; the message says which, with its exit status and last lines.
+        case workerFailed
     }
 
     /// The stable code.

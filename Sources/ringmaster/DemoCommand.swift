@@ -38,10 +38,17 @@ struct DemoCommand: AsyncParsableCommand {
     var optimizer: String = "sgd"
 
     @Option(
+        name: [.customLong("model"), .customLong("workload")],
         help:
-            "Model: digits (the perceptron) or synthetic (a large model with a made-up gradient, to exercise the all-reduce)."
+            "Model: digits (the perceptron), synthetic (a large model with a made-up gradient, to exercise the all-reduce) or torch-digits (examples/torch/digits/train.py, a PyTorch script run by each agent as its worker)."
     )
     var model: String = "digits"
+
+    @Option(
+        help:
+            "The Python interpreter of the torch workloads (with torch and the ringmaster package installed); default: $RINGMASTER_PYTHON, else .venv/bin/python under the current directory if there is one, else python3."
+    )
+    var python: String?
 
     @Option(help: "Parameters of the synthetic model.")
     var parameters: Int = 10_000_000
@@ -85,8 +92,8 @@ struct DemoCommand: AsyncParsableCommand {
         guard (1...16).contains(self.agents) else { throw ValidationError("--agents must be between 1 and 16") }
         guard self.steps > 0 else { throw ValidationError("--steps must be positive") }
         guard ["sgd", "adam"].contains(self.optimizer) else { throw ValidationError("--optimizer must be sgd or adam") }
-        guard ["digits", "synthetic"].contains(self.model) else {
-            throw ValidationError("--model must be digits or synthetic")
+        guard ["digits", "synthetic", "torch-digits"].contains(self.model) else {
+            throw ValidationError("--model must be digits, synthetic or torch-digits")
         }
         guard self.parameters >= 1 else { throw ValidationError("--parameters must be positive") }
         if (self.resume != nil || self.preemptAtStep != nil) && self.checkpointDir == nil {
@@ -129,14 +136,21 @@ struct DemoCommand: AsyncParsableCommand {
         options.timeoutSeconds = self.timeout
         options.floodDataPlane = self.floodDataPlane
         options.floodControl = self.floodControl
-        options.model =
-            self.model == "synthetic"
-            ? .synthetic(parameters: self.parameters)
-            : .digits(optimizer: TrainingDemo.Optimizer(rawValue: self.optimizer) ?? .sgd)
+        switch self.model {
+        case "synthetic": options.model = .synthetic(parameters: self.parameters)
+        case "torch-digits":
+            options.model = .torchDigits(
+                script: try Self.example("digits/train.py"), python: Self.interpreter(self.python))
+        default: options.model = .digits(optimizer: TrainingDemo.Optimizer(rawValue: self.optimizer) ?? .sgd)
+        }
         let json = self.json
         let bar = ProgressBar(enabled: !json)
         if !json {
-            if self.model == "synthetic" {
+            if self.model == "torch-digits" {
+                print(
+                    "ringmaster demo: \(self.agents) agent(s) on loopback, each running examples/torch/digits/train.py (PyTorch) as its worker"
+                )
+            } else if self.model == "synthetic" {
                 print(
                     "ringmaster demo: \(self.agents) agent(s) on loopback, training a synthetic model of \(self.parameters) parameters"
                 )
@@ -194,6 +208,8 @@ struct DemoCommand: AsyncParsableCommand {
                 "preempted": result.preempted,
                 "peak_threads": result.peakThreads,
                 "peak_rss_bytes": result.peakRSSBytes,
+                "worker_processes": result.workerProcesses,
+                "worker_exits": result.workerExits,
                 "cpu_seconds": result.cpuSeconds,
                 "flood_opened": result.floodOpened,
                 "flood_closed_by_peer": result.floodClosedByPeer,
@@ -294,5 +310,40 @@ final class ProgressBar: Sendable {
 
     func finish() {
         if self.enabled && self.terminal && self.state.withLock({ $0.drawn }) { print("") }
+    }
+}
+
+extension DemoCommand {
+    /// An example script of `examples/torch`: under $RINGMASTER_EXAMPLES_DIR, else found from the
+    /// executable up (a build under .build/ of a checkout), else under the current directory.
+    static func example(_ relative: String) throws -> String {
+        var candidates: [String] = []
+        if let directory = ProcessInfo.processInfo.environment["RINGMASTER_EXAMPLES_DIR"], !directory.isEmpty {
+            candidates.append("\(directory)/torch/\(relative)")
+        }
+        var directory = URL(
+            fileURLWithPath: (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe"))
+                ?? CommandLine.arguments[0]
+        ).deletingLastPathComponent()
+        for _ in 0..<5 {
+            candidates.append(directory.appendingPathComponent("examples/torch/\(relative)").path)
+            directory = directory.deletingLastPathComponent()
+        }
+        candidates.append(FileManager.default.currentDirectoryPath + "/examples/torch/\(relative)")
+        guard let found = candidates.first(where: { FileManager.default.fileExists(atPath: $0) }) else {
+            throw ValidationError(
+                "could not find examples/torch/\(relative); run from a checkout of Ringmaster or set RINGMASTER_EXAMPLES_DIR to its examples directory"
+            )
+        }
+        return URL(fileURLWithPath: found).standardizedFileURL.path
+    }
+
+    /// The interpreter of torch workloads: `given`, else $RINGMASTER_PYTHON, else the checkout's
+    /// .venv, else python3.
+    static func interpreter(_ given: String?) -> String {
+        if let given, !given.isEmpty { return given }
+        if let python = ProcessInfo.processInfo.environment["RINGMASTER_PYTHON"], !python.isEmpty { return python }
+        let venv = FileManager.default.currentDirectoryPath + "/.venv/bin/python"
+        return FileManager.default.isExecutableFile(atPath: venv) ? venv : "python3"
     }
 }

@@ -180,7 +180,7 @@ final class InProcessCluster {
                 collectiveTimeout: .seconds(10), connectTimeout: .seconds(10), snapshotBudgetBytes: 0,
                 minimumSnapshots: 6, maximumSnapshots: 6),
             environment: TrainingEnvironment(
-                makeWorkload: { plan in
+                makeWorkload: { _, plan in
                     SyntheticWorkload(
                         parameterCount: parameters, buckets: 3, trainingSamples: plan.datasetSamples, seed: plan.seed)
                 },
@@ -377,7 +377,7 @@ final class InProcessCluster {
             {
                 if node.machine.boundary > step { self.rollbacks += 1 }
                 self.synchronised[job, default: [:]][generation, default: [:]][name] = parameterHash(
-                    workload.parameters())
+                    try workload.parameters())
             }
             self.queue.append(.toNode(name, event))
         }
@@ -588,11 +588,11 @@ final class InProcessCluster {
     }
 
     /// The members' parameter hashes (for comparing replicas).
-    func parameterHashes(_ names: [String]) -> [String: UInt64] {
+    func parameterHashes(_ names: [String]) throws -> [String: UInt64] {
         var hashes: [String: UInt64] = [:]
         for name in names {
             if let workload = self.nodes[name]?.executor.workload {
-                hashes[name] = parameterHash(workload.parameters())
+                hashes[name] = parameterHash(try workload.parameters())
             }
         }
         return hashes

@@ -158,14 +158,14 @@ struct MLPWorkloadTests {
     /// in different orders. Slicing changes only rounding, so the parameters may differ by a few
     /// Float32 ulps that training carries along (about 3e-7 measured); the tolerance is 1e-5 times the largest
     /// parameter magnitude. The unsliced run repeated is bit-identical.
-    @Test func test_dataParallel_slicesAndGroupings_trainTheSameModel() {
+    @Test func test_dataParallel_slicesAndGroupings_trainTheSameModel() throws {
         let steps = 0..<200
         let reference = Self.model()
-        Fixture.train(reference, steps: steps)
+        try Fixture.train(reference, steps: steps)
         let expected = reference.parameters()
 
         let again = Self.model()
-        Fixture.train(again, steps: steps)
+        try Fixture.train(again, steps: steps)
         #expect(Fixture.bits(again.parameters()) == Fixture.bits(expected))
         #expect(parameterHash(again.parameters()) == parameterHash(expected))
 
@@ -173,7 +173,7 @@ struct MLPWorkloadTests {
         var anyDifferent = false
         for (slices, grouping) in [(2, Fixture.Grouping.inOrder), (4, .inOrder), (4, .pairwise), (4, .reversed)] {
             let workload = Self.model()
-            Fixture.train(workload, steps: steps, slices: slices, grouping: grouping)
+            try Fixture.train(workload, steps: steps, slices: slices, grouping: grouping)
             let worst = zip(workload.parameters(), expected).map { abs($0 - $1) }.max() ?? .infinity
             #expect(worst <= 1e-5 * scale, "\(slices) slices \(grouping): largest difference \(worst)")
             anyDifferent = anyDifferent || worst > 0
@@ -190,13 +190,13 @@ struct MLPWorkloadTests {
         ("sgd", MLPSettings.Optimizer.sgd(learningRate: 0.1, momentum: 0.9)),
         ("adam", MLPSettings.Optimizer.adam(learningRate: 0.001)),
     ])
-    func test_training_reaches95PercentTestAccuracy(name: String, optimizer: MLPSettings.Optimizer) {
+    func test_training_reaches95PercentTestAccuracy(name: String, optimizer: MLPSettings.Optimizer) throws {
         let workload = Self.model(optimizer: optimizer, seed: 1)
         let before = workload.evaluate()
         var result = before
         var steps = 0
         while steps < 1500 {
-            Fixture.train(workload, steps: steps..<(steps + 50), seed: 11)
+            try Fixture.train(workload, steps: steps..<(steps + 50), seed: 11)
             steps += 50
             result = workload.evaluate()
             if result.accuracy >= 0.95 { break }
@@ -212,23 +212,23 @@ struct MLPWorkloadTests {
         MLPSettings.Optimizer.sgd(learningRate: 0.1, momentum: 0.9),
         .adam(learningRate: 0.001),
     ])
-    func test_state_saveThenLoad_continuesTrainingBitForBit(optimizer: MLPSettings.Optimizer) {
+    func test_state_saveThenLoad_continuesTrainingBitForBit(optimizer: MLPSettings.Optimizer) throws {
         let workload = Self.model(hidden: [32], optimizer: optimizer, weightDecay: 1e-4)
-        Fixture.train(workload, steps: 0..<10)
-        let saved = Fixture.state(workload)
+        try Fixture.train(workload, steps: 0..<10)
+        let saved = try Fixture.state(workload)
         #expect(saved.last?.bitPattern == 10)  // the optimizer's step counter
-        Fixture.train(workload, steps: 10..<15)
+        try Fixture.train(workload, steps: 10..<15)
         let continued = workload.parameters()
-        let continuedState = Fixture.state(workload)
+        let continuedState = try Fixture.state(workload)
         #expect(Fixture.bits(continued) != Fixture.bits(Array(saved[0..<workload.parameterCount])))
 
         // Into the same object, and into a fresh one built from another seed.
         for target in [workload, Self.model(hidden: [32], optimizer: optimizer, weightDecay: 1e-4, seed: 99)] {
             saved.withUnsafeBufferPointer { target.loadState(from: $0) }
-            #expect(Fixture.bits(Fixture.state(target)) == Fixture.bits(saved))
-            Fixture.train(target, steps: 10..<15)
+            #expect(Fixture.bits(try Fixture.state(target)) == Fixture.bits(saved))
+            try Fixture.train(target, steps: 10..<15)
             #expect(Fixture.bits(target.parameters()) == Fixture.bits(continued))
-            #expect(Fixture.bits(Fixture.state(target)) == Fixture.bits(continuedState))
+            #expect(Fixture.bits(try Fixture.state(target)) == Fixture.bits(continuedState))
         }
     }
 }

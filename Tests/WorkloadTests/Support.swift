@@ -51,7 +51,7 @@ enum Fixture {
         batch: ArraySlice<Int>,
         slices: Int,
         grouping: Grouping
-    ) -> (gradient: [Float], loss: Double) {
+    ) throws -> (gradient: [Float], loss: Double) {
         var parts: [[Float]] = []
         var loss = 0.0
         for rank in 0..<slices {
@@ -60,8 +60,8 @@ enum Fixture {
             let start = batch.startIndex + rank * base + min(rank, extra)
             let size = base + (rank < extra ? 1 : 0)
             var part = [Float](repeating: .nan, count: workload.parameterCount)
-            loss += part.withUnsafeMutableBufferPointer { buffer in
-                workload.accumulateGradients(
+            loss += try part.withUnsafeMutableBufferPointer { buffer in
+                try workload.accumulateGradients(
                     samples: batch[start..<(start + size)], into: buffer, bucketReady: { _ in })
             }
             parts.append(part)
@@ -101,7 +101,7 @@ enum Fixture {
         slices: Int = 1,
         grouping: Grouping = .inOrder,
         seed: UInt64 = 7
-    ) -> Double {
+    ) throws -> Double {
         let count = workload.trainingSamples
         let stepsPerEpoch = (count + batchSize - 1) / batchSize
         var lastLoss = 0.0
@@ -114,17 +114,17 @@ enum Fixture {
             }
             let start = (step % stepsPerEpoch) * batchSize
             let batch = order[start..<min(start + batchSize, count)]
-            let (gradient, loss) = Self.globalGradient(workload, batch: batch, slices: slices, grouping: grouping)
-            gradient.withUnsafeBufferPointer { workload.applyGradients($0, scale: 1 / Float(batch.count)) }
+            let (gradient, loss) = try Self.globalGradient(workload, batch: batch, slices: slices, grouping: grouping)
+            try gradient.withUnsafeBufferPointer { try workload.applyGradients($0, scale: 1 / Float(batch.count)) }
             lastLoss = loss / Double(batch.count)
         }
         return lastLoss
     }
 
     /// The workload's whole state.
-    static func state(_ workload: some TrainingWorkload) -> [Float] {
+    static func state(_ workload: some TrainingWorkload) throws -> [Float] {
         var state = [Float](repeating: .nan, count: workload.stateCount)
-        state.withUnsafeMutableBufferPointer { workload.saveState(into: $0) }
+        try state.withUnsafeMutableBufferPointer { try workload.saveState(into: $0) }
         return state
     }
 

@@ -59,33 +59,33 @@ struct SyntheticWorkloadTests {
         return total / 16
     }
 
-    @Test func test_slicedTraining_matchesUnsliced_andTheLossFalls() {
+    @Test func test_slicedTraining_matchesUnsliced_andTheLossFalls() throws {
         let make = { SyntheticWorkload(parameterCount: 4099, buckets: 5, trainingSamples: 300, seed: 8) }
         let whole = make()
         let before = whole.evaluate().loss
-        Fixture.train(whole, steps: 0..<30)
+        try Fixture.train(whole, steps: 0..<30)
         #expect(whole.evaluate().loss < before / 2)
         #expect(whole.evaluate().accuracy == 0)
         let again = make()
-        Fixture.train(again, steps: 0..<30)
+        try Fixture.train(again, steps: 0..<30)
         #expect(Fixture.bits(again.parameters()) == Fixture.bits(whole.parameters()))
         let sliced = make()
-        Fixture.train(sliced, steps: 0..<30, slices: 4, grouping: .pairwise)
+        try Fixture.train(sliced, steps: 0..<30, slices: 4, grouping: .pairwise)
         let worst = zip(sliced.parameters(), whole.parameters()).map { abs($0 - $1) }.max() ?? .infinity
         #expect(worst <= 1e-5, "largest difference \(worst)")
     }
 
-    @Test func test_state_roundTripsBitForBit() {
+    @Test func test_state_roundTripsBitForBit() throws {
         let workload = SyntheticWorkload(parameterCount: 100, buckets: 2, trainingSamples: 10, seed: 4)
-        Fixture.train(workload, steps: 0..<3, batchSize: 4)
-        let saved = Fixture.state(workload)
-        Fixture.train(workload, steps: 3..<6, batchSize: 4)
+        try Fixture.train(workload, steps: 0..<3, batchSize: 4)
+        let saved = try Fixture.state(workload)
+        try Fixture.train(workload, steps: 3..<6, batchSize: 4)
         let continued = workload.parameters()
         // The seed defines the task (targets and sample coefficients), so the fresh copy shares it.
         let fresh = SyntheticWorkload(parameterCount: 100, buckets: 2, trainingSamples: 10, seed: 4)
         saved.withUnsafeBufferPointer { fresh.loadState(from: $0) }
-        #expect(Fixture.bits(Fixture.state(fresh)) == Fixture.bits(saved))
-        Fixture.train(fresh, steps: 3..<6, batchSize: 4)
+        #expect(Fixture.bits(try Fixture.state(fresh)) == Fixture.bits(saved))
+        try Fixture.train(fresh, steps: 3..<6, batchSize: 4)
         #expect(Fixture.bits(fresh.parameters()) == Fixture.bits(continued))
     }
 }

@@ -1,0 +1,419 @@
+import Foundation
+import Logging
+import Workload
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// One PyTorch worker process: the user's script, started by the agent, connected over a Unix
+/// socket in the agent's data directory, sharing one region of memory with the agent for the bulk
+/// data (docs/worker-protocol.md). The worker lives as long as the job does on this agent, across
+/// generations: a change of membership does not restart it.
+final class TorchWorker {
+    /// How to start the worker, from the job spec.
+    struct Launch: Sendable {
+        /// The interpreter (a path, or a name looked up on `PATH`).
+        var python: String
+        /// The user's script (absolute, or relative to the agent's working directory).
+        var script: String
+        var arguments: [String]
+        var environment: [String: String]
+        /// The job's name (for file names and the worker's environment).
+        var job: String
+        /// The agent's directory for its workers' sockets and logs (created 0700).
+        var directory: String
+        /// How long the worker has to start, import torch and say hello.
+        var startTimeout: Duration = .seconds(120)
+    }
+
+    /// What the worker says first (docs/worker-protocol.md).
+    struct Hello: Decodable {
+        var type: String
+        var token: String?
+        var version: Int?
+        var parameters: Int?
+        var state: Int?
+        var buckets: [[Int]]?
+        var samples: Int?
+        var torch: String?
+        var device: String?
+        var parameterSlots: Int?
+
+        enum CodingKeys: String, CodingKey {
+            case type, token, parameters, state, buckets, samples, torch, device
+            case version = "protocol"
+            case parameterSlots = "parameter_slots"
+        }
+    }
+
+    /// Any later message from the worker.
+    struct Reply: Decodable {
+        var type: String
+        var index: Int?
+        var lossSum: Double?
+        var accuracy: Double?
+        var loss: Double?
+        var message: String?
+
+        enum CodingKeys: String, CodingKey {
+            case type, index, accuracy, loss, message
+            case lossSum = "loss_sum"
+        }
+    }
+
+    /// A request to the worker.
+    struct Request: Encodable {
+        var type: String
+        var path: String?
+        var bytes: Int?
+        var step: UInt64?
+        var samples: [Int]?
+        var scale: Float?
+    }
+
+    let process: Process
+    let channel: WorkerChannel
+    let memory: SharedMemory
+    let hello: Hello
+    let logPath: String
+    let logger: Logger
+    var stopped = false
+    /// The trainable parameters, the state's size and the buckets, as the worker declared them.
+    let parameterCount: Int
+    let stateCount: Int
+    let buckets: [Range<Int>]
+    /// The state's first slots that hold the parameters (trainable or not).
+    let parameterSlots: Int
+
+    /// Starts the worker and waits for it to say hello and map the shared memory.
+    init(_ launch: Launch, logger: Logger) throws {
+        self.logger = logger
+        try FileManager.default.createDirectory(
+            atPath: launch.directory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+        _ = chmod(launch.directory, 0o700)
+        let safeJob = String(launch.job.map { $0.isLetter || $0.isNumber || $0 == "-" ? $0 : "_" }.prefix(40))
+        let nonce = (0..<6).map { _ in String(format: "%02x", UInt8.random(in: 0...255)) }.joined()
+        let socketPath = "\(launch.directory)/\(safeJob)-\(nonce).sock"
+        self.logPath = "\(launch.directory)/\(safeJob).log"
+        let token = (0..<32).map { _ in String(format: "%02x", UInt8.random(in: 0...255)) }.joined()
+
+        let listener = try Self.listen(at: socketPath)
+        defer {
+            close(listener)
+            unlink(socketPath)
+        }
+        guard FileManager.default.createFile(atPath: self.logPath, contents: nil, attributes: [.posixPermissions: 0o600]),
+            let log = FileHandle(forWritingAtPath: self.logPath)
+        else {
+            throw WorkloadError(.workerFailed, "could not create the worker's log file \(self.logPath)")
+        }
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        process.arguments = [launch.python, launch.script] + launch.arguments
+        var environment = ProcessInfo.processInfo.environment.merging(launch.environment) { $1 }
+        environment["RINGMASTER_WORKER_SOCKET"] = socketPath
+        environment["RINGMASTER_WORKER_TOKEN"] = token
+        environment["RINGMASTER_JOB"] = launch.job
+        environment["PYTHONUNBUFFERED"] = "1"
+        process.environment = environment
+        let scriptDirectory = (launch.script as NSString).deletingLastPathComponent
+        if !scriptDirectory.isEmpty { process.currentDirectoryURL = URL(fileURLWithPath: scriptDirectory) }
+        process.standardInput = FileHandle.nullDevice
+        process.standardOutput = log
+        process.standardError = log
+        do {
+            try process.run()
+        } catch {
+            throw WorkloadError(
+                .workerFailed, "could not start the worker `\(launch.python) \(launch.script)`: \(error)")
+        }
+        try? log.close()
+        self.process = process
+        let logPath = self.logPath
+        let describe = { [process] in Self.describeExit(process, logPath: logPath) }
+        let deadline = ContinuousClock.now + launch.startTimeout
+        let connection: Int32
+        do {
+            connection = try Self.accept(listener, process: process, deadline: deadline, describe: describe)
+        } catch {
+            Self.end(process, grace: .seconds(2))
+            throw error
+        }
+        self.channel = WorkerChannel(descriptor: connection, describeLoss: describe)
+        do {
+            let hello = try self.channel.receive(Hello.self, deadline: deadline, waitingFor: "the worker's hello")
+            guard hello.type == "hello", let sent = hello.token,
+                Bool(
+                    Array(sent.utf8).withUnsafeBytes { a in
+                        Array(token.utf8).withUnsafeBytes { b in a.count == b.count && safeCompare(a, b) }
+                    })
+            else {
+                throw WorkloadError(
+                    .workerFailed, "the process on the worker socket did not prove it is the worker the agent started")
+            }
+            guard hello.version == 1 else {
+                throw WorkloadError(
+                    .workerFailed,
+                    "the worker speaks protocol \(hello.version.map(String.init) ?? "none"), the agent 1: install the ringmaster Python package of this release (pip install ./python)"
+                )
+            }
+            guard let parameters = hello.parameters, parameters > 0, let state = hello.state, state >= parameters,
+                let buckets = hello.buckets, !buckets.isEmpty
+            else {
+                throw WorkloadError(.workerFailed, "the worker's hello lacks its parameters, state or buckets")
+            }
+            var next = 0
+            var ranges: [Range<Int>] = []
+            for bucket in buckets {
+                guard bucket.count == 2, bucket[0] == next, bucket[1] > bucket[0] else {
+                    throw WorkloadError(
+                        .workerFailed, "the worker's buckets do not partition its \(parameters) parameters in order")
+                }
+                ranges.append(bucket[0]..<bucket[1])
+                next = bucket[1]
+            }
+            guard next == parameters else {
+                throw WorkloadError(
+                    .workerFailed, "the worker's buckets cover \(next) of its \(parameters) parameters")
+            }
+            self.hello = hello
+            self.parameterCount = parameters
+            self.stateCount = state
+            self.buckets = ranges
+            self.parameterSlots = min(state, max(parameters, hello.parameterSlots ?? parameters))
+            self.memory = try SharedMemory(floats: parameters + state)
+            try self.channel.send(
+                Request(type: "memory", path: self.memory.path, bytes: self.memory.bytes), deadline: deadline)
+            let ready = try self.channel.receive(Reply.self, deadline: deadline, waitingFor: "the worker to map memory")
+            self.memory.unlink()
+            guard ready.type == "ready" else {
+                throw WorkloadError(
+                    .workerFailed, "the worker answered `\(ready.type)` to the shared memory: \(ready.message ?? "")")
+            }
+        } catch {
+            Self.end(process, grace: .seconds(2))
+            throw error
+        }
+        logger.info(
+            "worker started",
+            metadata: [
+                "job": "\(launch.job)", "pid": "\(process.processIdentifier)", "parameters": "\(self.parameterCount)",
+                "state": "\(self.stateCount)", "buckets": "\(self.buckets.count)",
+                "torch": "\(self.hello.torch ?? "?")", "device": "\(self.hello.device ?? "?")", "log": "\(logPath)",
+            ]
+        )
+    }
+
+    deinit {
+        self.stop()
+    }
+
+    /// The worker's process id.
+    var processIdentifier: Int32 { self.process.processIdentifier }
+
+    /// Asks the worker to end (`stop`), then ends it if it does not within a few seconds.
+    func stop() {
+        guard !self.stopped else { return }
+        self.stopped = true
+        if self.process.isRunning {
+            try? self.channel.send(Request(type: "stop"), deadline: .now + .seconds(1))
+            Self.end(self.process, grace: .seconds(5))
+        }
+        self.logger.info(
+            "worker stopped",
+            metadata: [
+                "pid": "\(self.process.processIdentifier)",
+                "status": "\(self.process.isRunning ? "running" : "\(self.process.terminationReason == .uncaughtSignal ? "signal " : "")\(self.process.terminationStatus)")",
+            ])
+    }
+
+    /// Sends `request` and waits for the reply of type `expected`.
+    @discardableResult
+    func call(_ request: Request, expecting expected: String, timeout: Duration) throws -> Reply {
+        let deadline = ContinuousClock.now + timeout
+        try self.channel.send(request, deadline: deadline)
+        return try self.expect(expected, deadline: deadline, after: request.type)
+    }
+
+    /// The next reply, which must be of type `expected`.
+    func expect(_ expected: String, deadline: ContinuousClock.Instant, after request: String) throws -> Reply {
+        let reply = try self.channel.receive(
+            Reply.self, deadline: deadline, waitingFor: "the worker's answer to `\(request)`")
+        guard reply.type == expected else {
+            if reply.type == "error" {
+                throw WorkloadError(.workerFailed, "the worker refused `\(request)`: \(reply.message ?? "")")
+            }
+            throw WorkloadError(.workerFailed, "the worker answered `\(reply.type)` to `\(request)`")
+        }
+        return reply
+    }
+
+    // MARK: - Process
+
+    static func listen(at path: String) throws -> Int32 {
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { throw WorkloadError(.workerFailed, "could not make a Unix socket: \(errnoText())") }
+        _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
+        _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        let bytes = Array(path.utf8)
+        guard bytes.count < MemoryLayout.size(ofValue: address.sun_path) else {
+            close(fd)
+            throw WorkloadError(
+                .workerFailed,
+                "the worker socket's path \(path) is too long for a Unix socket; give the agent a shorter data directory")
+        }
+        withUnsafeMutableBytes(of: &address.sun_path) { raw in
+            raw.copyBytes(from: bytes)
+            raw[bytes.count] = 0
+        }
+        unlink(path)
+        let bound = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
+            }
+        }
+        guard bound == 0, Glibc.listen(fd, 1) == 0 else {
+            let text = errnoText()
+            close(fd)
+            throw WorkloadError(.workerFailed, "could not listen on the worker socket \(path): \(text)")
+        }
+        _ = chmod(path, 0o600)
+        return fd
+    }
+
+    /// Accepts the worker's connection, failing at once when the process exits first.
+    static func accept(
+        _ listener: Int32, process: Process, deadline: ContinuousClock.Instant, describe: () -> String
+    ) throws -> Int32 {
+        while true {
+            let fd = Glibc.accept(listener, nil, nil)
+            if fd >= 0 {
+                _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
+                _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
+                return fd
+            }
+            guard errno == EAGAIN || errno == EINTR else {
+                throw WorkloadError(.workerFailed, "could not accept the worker's connection: \(errnoText())")
+            }
+            guard process.isRunning else {
+                throw WorkloadError(.workerFailed, "the worker exited before it connected: \(describe())")
+            }
+            guard ContinuousClock.now < deadline else {
+                throw WorkloadError(
+                    .workerFailed,
+                    "the worker did not connect to the agent in time (does the script call ringmaster.torch.init?): \(describe())"
+                )
+            }
+            var descriptor = pollfd(fd: listener, events: Int16(POLLIN), revents: 0)
+            _ = poll(&descriptor, 1, 100)
+        }
+    }
+
+    /// Ends `process`: waits `grace` for it to exit, then SIGTERM, then SIGKILL.
+    static func end(_ process: Process, grace: Duration) {
+        let deadline = ContinuousClock.now + grace
+        if Self.waitForExit(process, until: deadline) { return }
+        process.terminate()
+        if Self.waitForExit(process, until: .now + .seconds(2)) { return }
+        kill(process.processIdentifier, SIGKILL)
+        _ = Self.waitForExit(process, until: .now + .seconds(5))
+    }
+
+    /// Whether the process exited by `deadline`.
+    static func waitForExit(_ process: Process, until deadline: ContinuousClock.Instant) -> Bool {
+        // `Process` reaps its child on a thread of its own; `isRunning` turns false then.
+        while process.isRunning {
+            guard ContinuousClock.now < deadline else { return false }
+            var descriptor = pollfd(fd: -1, events: 0, revents: 0)
+            _ = poll(&descriptor, 0, 20)
+        }
+        return true
+    }
+
+    /// How the worker ended (or that it is still running), with the last lines of its log.
+    static func describeExit(_ process: Process, logPath: String) -> String {
+        _ = Self.waitForExit(process, until: .now + .milliseconds(500))
+        let status: String
+        if process.isRunning {
+            status = "it is still running"
+        } else if process.terminationReason == .uncaughtSignal {
+            status = "it was killed by signal \(process.terminationStatus)"
+        } else {
+            status = "it exited with status \(process.terminationStatus)"
+        }
+        let tail = Self.lastLines(of: logPath, count: 12)
+        return tail.isEmpty ? status : "\(status); its last lines: \(tail.joined(separator: " | "))"
+    }
+
+    /// The last `count` lines of a file (at most its last 8 KiB).
+    static func lastLines(of path: String, count: Int) -> [String] {
+        guard let handle = FileHandle(forReadingAtPath: path) else { return [] }
+        defer { try? handle.close() }
+        let end = (try? handle.seekToEnd()) ?? 0
+        try? handle.seek(toOffset: end > 8192 ? end - 8192 : 0)
+        let data = (try? handle.readToEnd()) ?? Data()
+        let lines = String(decoding: data, as: UTF8.self).split(separator: "\n").map(String.init)
+        return Array(lines.suffix(count))
+    }
+}
+
+/// Whether two byte strings of equal length are equal, in time that does not depend on where they
+/// differ (the worker's token is a secret).
+func safeCompare(_ a: UnsafeRawBufferPointer, _ b: UnsafeRawBufferPointer) -> Bool {
+    var difference: UInt8 = 0
+    for index in 0..<a.count { difference |= a[index] ^ b[index] }
+    return difference == 0
+}
+
+func errnoText() -> String { String(cString: strerror(errno)) }
+
+/// A region of memory the agent shares with its worker: a file under /dev/shm (mode 0600, a
+/// random name), mapped by both, unlinked once the worker has mapped it.
+final class SharedMemory {
+    let path: String
+    let bytes: Int
+    let base: UnsafeMutableRawPointer
+    var linked = true
+
+    init(floats: Int) throws {
+        let name = (0..<16).map { _ in String(format: "%02x", UInt8.random(in: 0...255)) }.joined()
+        self.path = "/dev/shm/ringmaster-\(name)"
+        self.bytes = max(4, floats * MemoryLayout<Float>.size)
+        let fd = open(self.path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
+        guard fd >= 0 else {
+            throw WorkloadError(.workerFailed, "could not create shared memory at \(self.path): \(errnoText())")
+        }
+        defer { close(fd) }
+        guard ftruncate(fd, off_t(self.bytes)) == 0 else {
+            let text = errnoText()
+            Glibc.unlink(self.path)
+            throw WorkloadError(
+                .workerFailed, "could not size \(self.bytes) bytes of shared memory (is /dev/shm full?): \(text)")
+        }
+        guard let base = mmap(nil, self.bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0), base != MAP_FAILED else {
+            let text = errnoText()
+            Glibc.unlink(self.path)
+            throw WorkloadError(.workerFailed, "could not map shared memory: \(text)")
+        }
+        self.base = base
+    }
+
+    deinit {
+        self.unlink()
+        munmap(self.base, self.bytes)
+    }
+
+    func unlink() {
+        guard self.linked else { return }
+        self.linked = false
+        Glibc.unlink(self.path)
+    }
+
+    /// The floats from slot `offset` on.
+    func floats(at offset: Int, count: Int) -> UnsafeMutableBufferPointer<Float> {
+        UnsafeMutableBufferPointer(start: self.base.assumingMemoryBound(to: Float.self) + offset, count: count)
+    }
+}

@@ -1,0 +1,92 @@
+import Foundation
+import Workload
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// The agent's end of the Unix stream socket to its PyTorch worker: messages framed as a 4-byte
+/// little-endian length and one JSON object (docs/worker-protocol.md), each read and write with a
+/// deadline.
+final class WorkerChannel {
+    /// The largest message accepted (bulk data travels in shared memory, never here).
+    static let maximumMessageBytes = 64 << 20
+
+    let descriptor: Int32
+    /// Says what went wrong when the other end is gone (the worker's exit status, its last lines).
+    let describeLoss: () -> String
+
+    init(descriptor: Int32, describeLoss: @escaping () -> String) {
+        self.descriptor = descriptor
+        self.describeLoss = describeLoss
+    }
+
+    deinit { close(self.descriptor) }
+
+    /// Sends one message.
+    func send<Message: Encodable>(_ message: Message, deadline: ContinuousClock.Instant) throws {
+        let body = try JSONEncoder().encode(message)
+        var frame = withUnsafeBytes(of: UInt32(body.count).littleEndian) { Array($0) }
+        frame += body
+        var done = 0
+        while done < frame.count {
+            let count = frame.withUnsafeBytes {
+                Glibc.send(self.descriptor, $0.baseAddress! + done, frame.count - done, Int32(MSG_DONTWAIT | MSG_NOSIGNAL))
+            }
+            if count > 0 {
+                done += count
+            } else if count < 0 && (errno == EAGAIN || errno == EINTR) {
+                try self.wait(events: Int16(POLLOUT), deadline: deadline, doing: "sending to the worker")
+            } else {
+                throw WorkloadError(.workerFailed, "the worker closed its connection: \(self.describeLoss())")
+            }
+        }
+    }
+
+    /// Receives one message.
+    func receive<Message: Decodable>(
+        _ type: Message.Type, deadline: ContinuousClock.Instant, waitingFor what: String
+    ) throws -> Message {
+        let header = try self.read(4, deadline: deadline, waitingFor: what)
+        let length = Int(header.withUnsafeBytes { UInt32(littleEndian: $0.loadUnaligned(as: UInt32.self)) })
+        guard length <= Self.maximumMessageBytes else {
+            throw WorkloadError(
+                .workerFailed, "the worker sent a message of \(length) bytes (at most \(Self.maximumMessageBytes))")
+        }
+        let body = try self.read(length, deadline: deadline, waitingFor: what)
+        do {
+            return try JSONDecoder().decode(Message.self, from: Data(body))
+        } catch {
+            throw WorkloadError(.workerFailed, "the worker sent a message that does not decode (\(error))")
+        }
+    }
+
+    func read(_ count: Int, deadline: ContinuousClock.Instant, waitingFor what: String) throws -> [UInt8] {
+        var bytes = [UInt8](repeating: 0, count: count)
+        var done = 0
+        while done < count {
+            let n = bytes.withUnsafeMutableBytes {
+                recv(self.descriptor, $0.baseAddress! + done, count - done, Int32(MSG_DONTWAIT))
+            }
+            if n > 0 {
+                done += n
+            } else if n < 0 && (errno == EAGAIN || errno == EINTR) {
+                try self.wait(events: Int16(POLLIN), deadline: deadline, doing: what)
+            } else {
+                throw WorkloadError(
+                    .workerFailed, "the worker closed its connection while the agent waited for \(what): \(self.describeLoss())")
+            }
+        }
+        return bytes
+    }
+
+    func wait(events: Int16, deadline: ContinuousClock.Instant, doing what: String) throws {
+        let remaining = deadline - ContinuousClock.now
+        guard remaining > .zero else {
+            throw WorkloadError(.workerFailed, "the worker did not answer in time: the agent waited for \(what)")
+        }
+        var descriptor = pollfd(fd: self.descriptor, events: events, revents: 0)
+        let milliseconds = remaining.components.seconds * 1000 + remaining.components.attoseconds / 1_000_000_000_000_000
+        _ = poll(&descriptor, 1, Int32(min(milliseconds + 1, 1000)))
+    }
+}

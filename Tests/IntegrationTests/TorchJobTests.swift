@@ -1,0 +1,108 @@
+import Foundation
+import LocalCluster
+import Testing
+
+/// A PyTorch job end to end: `ringmaster demo --model torch-digits` runs the user's script
+/// (`examples/torch/digits/train.py`) as each agent's worker process, with real agents, a real
+/// coordinator and real PyTorch (the interpreter of `.venv`, made by scripts/setup-python.sh).
+///
+/// Tolerance: runs with different world sizes sum the same gradients in different orders, so
+/// their models differ by rounding carried through 300 steps of Adam; they must end within
+/// `accuracyTolerance` of each other's test accuracy and within `parameterTolerance` in the mean
+/// absolute difference of their parameters.
+@Suite("PyTorch workers on real processes", .serialized, .timeLimit(.minutes(10)))
+struct TorchJobTests {
+    static let steps = 300
+    static let accuracyTolerance = 0.03
+    static let parameterTolerance: Float = 0.02
+
+    struct Run {
+        let json: [String: Any]
+        let parameters: [Float]
+        let output: [String]
+
+        var accuracy: Double { self.json["test_accuracy"] as? Double ?? -1 }
+        func count(_ key: String) -> Int { (self.json[key] as? NSNumber)?.intValue ?? -1 }
+        var workers: [String: [Int]] { self.json["worker_processes"] as? [String: [Int]] ?? [:] }
+    }
+
+    /// The interpreter with torch and the ringmaster package, as scripts/setup-python.sh makes it.
+    static func python() throws -> String {
+        let path = FileManager.default.currentDirectoryPath + "/.venv/bin/python"
+        try #require(
+            FileManager.default.isExecutableFile(atPath: path),
+            "no \(path): run scripts/setup-python.sh (it installs torch and the ringmaster package into .venv)")
+        return path
+    }
+
+    func demo(_ label: String, _ arguments: [String]) async throws -> Run {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent(
+            "ringmaster-torch-\(label)-\(UUID().uuidString.prefix(8))"
+        ).path
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let demo = try ChildProcess(
+            name: "demo \(label)",
+            executable: try ringmasterExecutable(),
+            arguments: [
+                "demo", "--json", "--model", "torch-digits", "--python", try Self.python(), "--steps", "\(Self.steps)",
+                "--directory", directory, "--timeout", "240",
+            ] + arguments
+        )
+        let status = try await demo.waitForExit(within: 300)
+        try #require(status == 0, "demo \(label) failed: \(demo.output.lines.suffix(30).joined(separator: "\n"))")
+        let text = demo.standardOutput.lines.last { $0.hasPrefix("{") } ?? ""
+        let json = try #require(
+            try JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any],
+            "demo \(label) printed no JSON: \(text)")
+        let path = try #require(json["model_path"] as? String, "demo \(label) names no model file")
+        let bytes = try Data(contentsOf: URL(fileURLWithPath: path))
+        let parameters = bytes.withUnsafeBytes { Array($0.bindMemory(to: Float.self)) }
+        return Run(json: json, parameters: parameters, output: demo.output.lines)
+    }
+
+    static func meanDifference(_ a: [Float], _ b: [Float]) -> Float {
+        guard a.count == b.count, !a.isEmpty else { return .infinity }
+        return zip(a, b).map { abs($0 - $1) }.reduce(0, +) / Float(a.count)
+    }
+
+    @Test func test_killAndJoin_survivorsKeepTheirWorkers_everySampleOnce_modelAsUninterrupted() async throws {
+        let reference = try await self.demo("reference", ["--agents", "2"])
+        #expect(reference.accuracy > 0.9, "the uninterrupted run trains (test accuracy \(reference.accuracy))")
+        #expect(reference.count("generations") == 1)
+
+        let run = try await self.demo(
+            "kill-join", ["--agents", "3", "--kill-agent-at-step", "100", "--add-agent-at-step", "200"])
+        #expect(run.count("generations") == 3, "killed, then joined: \(run.json["recoveries"] ?? [])")
+        #expect(run.count("samples_repeated") == 0)
+        #expect(run.count("samples_skipped") == 0)
+        #expect(run.count("replica_divergences") == 0)
+        // The two survivors (agent-0, agent-1) trained in all three generations with the worker
+        // they started first: one worker process each. The killed agent-2 had one, the joiner one.
+        let workers = run.workers
+        #expect(workers["agent-0"]?.count == 1, "agent-0's workers: \(workers["agent-0"] ?? [])")
+        #expect(workers["agent-1"]?.count == 1, "agent-1's workers: \(workers["agent-1"] ?? [])")
+        #expect(workers["agent-3"]?.count == 1, "the joiner started one worker: \(workers)")
+        #expect(
+            abs(run.accuracy - reference.accuracy) <= Self.accuracyTolerance,
+            "test accuracy \(run.accuracy) against \(reference.accuracy) uninterrupted")
+        let difference = Self.meanDifference(run.parameters, reference.parameters)
+        #expect(
+            difference <= Self.parameterTolerance,
+            "mean absolute parameter difference \(difference) from the uninterrupted run")
+        print("torch kill-join: accuracy \(run.accuracy) (uninterrupted \(reference.accuracy)), mean |Δparameter| \(difference), recoveries \(run.json["recoveries"] ?? [])")
+    }
+
+    @Test func test_sigterm_finishesTheStep_leaves_andItsWorkerExitsCleanly() async throws {
+        let run = try await self.demo("sigterm", ["--agents", "3", "--terminate-agent-at-step", "100"])
+        #expect(run.count("samples_repeated") == 0)
+        #expect(run.count("samples_skipped") == 0)
+        let exits = run.json["terminated_exit_status"] as? [String: Int] ?? [:]
+        #expect(exits.values.allSatisfy { $0 == 0 } && exits.count == 1, "the stopped agent exits 0: \(exits)")
+        // Its worker was told to stop and exited with status 0 (the demo kills the others at the end).
+        let workerExits = run.json["worker_exits"] as? [String: [String]] ?? [:]
+        for name in exits.keys {
+            #expect(workerExits[name] == ["0"], "\(name)'s worker exits cleanly: \(workerExits)")
+        }
+        #expect(run.accuracy > 0.9)
+    }
+}

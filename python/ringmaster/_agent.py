@@ -1,0 +1,193 @@
+"""The one connection between a worker process and the Ringmaster agent that started it.
+
+The agent listens on a Unix stream socket and passes its path and a one-time token to the worker in
+the environment (``RINGMASTER_WORKER_SOCKET``, ``RINGMASTER_WORKER_TOKEN``). Both directions carry
+messages framed as a 4-byte little-endian length followed by that many bytes of one UTF-8 JSON
+object with a ``"type"`` field (``docs/worker-protocol.md``, "Framing").
+
+Reads never time out on the worker's side: the agent owns every deadline and ends a worker that
+takes too long. When the agent closes the connection (it stopped, or it gave up on this worker) the
+worker has nothing left to do, so it prints why on standard error and exits with status 0.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+import struct
+import sys
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Dict, Mapping, NoReturn, Optional
+
+from ._errors import RingmasterError
+
+#: Environment variable holding the path of the agent's Unix socket.
+SOCKET_VARIABLE = "RINGMASTER_WORKER_SOCKET"
+#: Environment variable holding the token the worker's first message carries (64 hex digits).
+TOKEN_VARIABLE = "RINGMASTER_WORKER_TOKEN"
+#: Environment variable holding the job's name (informative only).
+JOB_VARIABLE = "RINGMASTER_JOB"
+#: Environment variable holding the rank this worker had when it started (informative only).
+RANK_HINT_VARIABLE = "RINGMASTER_RANK_HINT"
+
+#: The protocol version the worker announces in its ``hello``.
+PROTOCOL_VERSION = 1
+#: A message whose body is longer than this is a protocol error, in both directions.
+MAXIMUM_MESSAGE_BYTES = 64 * 1024 * 1024
+
+#: What a user sees when the script is run by hand instead of by an agent.
+NOT_STARTED_BY_AGENT = (
+    "ringmaster: this process was not started by a Ringmaster agent; "
+    "run it with `ringmaster job submit` or `ringmaster demo`"
+)
+
+_LENGTH = struct.Struct("<I")
+
+
+@dataclass(frozen=True)
+class WorkerEnvironment:
+    """What the agent told this worker through its environment."""
+
+    #: Path of the agent's Unix stream socket.
+    socket_path: str
+    #: The token the ``hello`` carries; kept out of ``repr`` so that it never reaches a log.
+    token: str = field(repr=False)
+    #: The job's name, when the agent gave it.
+    job: Optional[str] = None
+    #: The rank at start, when the agent gave it; ranks change with generations, so only for logs.
+    rank_hint: Optional[str] = None
+
+    @staticmethod
+    def read(environ: Optional[Mapping[str, str]] = None) -> "WorkerEnvironment":
+        """Reads the variables; raises :class:`RingmasterError` when the socket or the token is missing."""
+        values = os.environ if environ is None else environ
+        socket_path = values.get(SOCKET_VARIABLE, "")
+        token = values.get(TOKEN_VARIABLE, "")
+        if not socket_path or not token:
+            raise RingmasterError(NOT_STARTED_BY_AGENT)
+        return WorkerEnvironment(
+            socket_path=socket_path,
+            token=token,
+            job=values.get(JOB_VARIABLE) or None,
+            rank_hint=values.get(RANK_HINT_VARIABLE) or None,
+        )
+
+
+class AgentConnection:
+    """A framed JSON connection to the local agent.
+
+    ``send`` may be called from the autograd engine's hooks as well as from the training loop, so it
+    takes a lock; ``receive`` is only called from the loop.
+    """
+
+    def __init__(self, connected: socket.socket) -> None:
+        self._socket = connected
+        self._socket.settimeout(None)
+        self._send_lock = threading.Lock()
+        self._closed = False
+
+    @staticmethod
+    def connect(environment: WorkerEnvironment) -> "AgentConnection":
+        """Connects to the agent's socket; raises :class:`RingmasterError` when it cannot be reached."""
+        connected = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            connected.connect(environment.socket_path)
+        except OSError as error:
+            connected.close()
+            raise RingmasterError(
+                f"ringmaster: cannot reach the agent at {environment.socket_path} ({error.strerror or error}); "
+                "the agent that started this worker is gone: run the script with `ringmaster job submit` "
+                "or `ringmaster demo`"
+            ) from error
+        return AgentConnection(connected)
+
+    # MARK: - Sending
+
+    def send(self, message: Dict[str, Any]) -> None:
+        """Sends one message; exits the process cleanly when the agent has gone."""
+        body = json.dumps(_finite(message), separators=(",", ":"), allow_nan=False).encode("utf-8")
+        if len(body) > MAXIMUM_MESSAGE_BYTES:
+            raise RingmasterError(
+                f"ringmaster: a {message.get('type')!r} message of {len(body)} bytes is over the protocol's "
+                f"limit of {MAXIMUM_MESSAGE_BYTES} bytes"
+            )
+        with self._send_lock:
+            try:
+                self._socket.sendall(_LENGTH.pack(len(body)) + body)
+            except (BrokenPipeError, ConnectionResetError):
+                self._agent_gone("while the worker was sending to it")
+
+    def send_error(self, text: str) -> None:
+        """Sends an ``error`` message if the connection still works; never raises."""
+        if self._closed:
+            return
+        body = json.dumps({"type": "error", "message": text}).encode("utf-8")
+        try:
+            with self._send_lock:
+                self._socket.sendall(_LENGTH.pack(len(body)) + body)
+        except OSError:
+            pass
+
+    # MARK: - Receiving
+
+    def receive(self) -> Dict[str, Any]:
+        """Waits, without a deadline, for the next message from the agent and decodes it."""
+        header = self._read_exactly(_LENGTH.size, at_boundary=True)
+        (length,) = _LENGTH.unpack(header)
+        if length > MAXIMUM_MESSAGE_BYTES:
+            raise RingmasterError(
+                f"ringmaster: the agent sent a message of {length} bytes, over the protocol's limit of "
+                f"{MAXIMUM_MESSAGE_BYTES}; the agent and the package do not speak the same protocol"
+            )
+        body = self._read_exactly(length, at_boundary=False)
+        try:
+            message = json.loads(body.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise RingmasterError(f"ringmaster: the agent sent a message that is not JSON ({error})") from error
+        if not isinstance(message, dict) or not isinstance(message.get("type"), str):
+            raise RingmasterError("ringmaster: the agent sent a message that is not a JSON object with a type")
+        return message
+
+    def close(self) -> None:
+        """Closes the connection; the agent reads end of file."""
+        if not self._closed:
+            self._closed = True
+            self._socket.close()
+
+    def _read_exactly(self, count: int, *, at_boundary: bool) -> bytes:
+        buffer = bytearray(count)
+        view = memoryview(buffer)
+        received = 0
+        while received < count:
+            try:
+                chunk = self._socket.recv_into(view[received:])
+            except ConnectionResetError:
+                chunk = 0
+            if chunk == 0:
+                self._agent_gone("" if at_boundary and received == 0 else "in the middle of a message")
+            received += chunk
+        return bytes(buffer)
+
+    def _agent_gone(self, detail: str) -> NoReturn:
+        self.close()
+        suffix = f" {detail}" if detail else ""
+        print(
+            f"ringmaster: the agent closed its connection to this worker{suffix}; the worker exits",
+            file=sys.stderr,
+            flush=True,
+        )
+        raise SystemExit(0)
+
+
+def _finite(value: Any) -> Any:
+    """The message with every non-finite float replaced by null: JSON has no NaN or infinity."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(item) for item in value]
+    return value
