@@ -205,10 +205,13 @@ public final class AgentService: Service, Sendable {
                 ),
                 environment: TrainingEnvironment(
                     makeWorkload: {
-                        [logger = self.logger, workers = "\(self.configuration.dataDirectory)/workers"] job, plan in
+                        [
+                            logger = self.logger, workers = "\(self.configuration.dataDirectory)/workers",
+                            node = self.configuration.nodeName
+                        ] job, plan in
                         if plan.workloadKind == "torch" {
                             return try TorchWorkload.start(
-                                job: job, plan: plan, directory: workers, logger: logger)
+                                job: job, node: node, plan: plan, directory: workers, logger: logger)
                         }
                         return try WorkloadCatalog.make(
                             kind: plan.workloadKind,

@@ -109,6 +109,10 @@ final class StepExecutor: @unchecked Sendable {
                 }
                 return .modelSaved(generation: generation)
             }
+        } catch let error as WorkloadError where error.code == .workerFailed {
+            // The worker is gone or unusable: end it (a hung one too) and drop its state.
+            self.release()
+            return .workloadFailed(generation: generation, reason: error.message)
         } catch {
             return .failed(generation: generation, reason: "\(error)")
         }

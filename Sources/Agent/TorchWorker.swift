@@ -103,7 +103,8 @@ final class TorchWorker {
             close(listener)
             unlink(socketPath)
         }
-        guard FileManager.default.createFile(atPath: self.logPath, contents: nil, attributes: [.posixPermissions: 0o600]),
+        guard
+            FileManager.default.createFile(atPath: self.logPath, contents: nil, attributes: [.posixPermissions: 0o600]),
             let log = FileHandle(forWritingAtPath: self.logPath)
         else {
             throw WorkloadError(.workerFailed, "could not create the worker's log file \(self.logPath)")
@@ -224,7 +225,8 @@ final class TorchWorker {
             "worker stopped",
             metadata: [
                 "pid": "\(self.process.processIdentifier)",
-                "status": "\(self.process.isRunning ? "running" : "\(self.process.terminationReason == .uncaughtSignal ? "signal " : "")\(self.process.terminationStatus)")",
+                "status":
+                    "\(self.process.isRunning ? "running" : "\(self.process.terminationReason == .uncaughtSignal ? "signal " : "")\(self.process.terminationStatus)")",
             ])
     }
 
@@ -242,11 +244,19 @@ final class TorchWorker {
             Reply.self, deadline: deadline, waitingFor: "the worker's answer to `\(request)`")
         guard reply.type == expected else {
             if reply.type == "error" {
-                throw WorkloadError(.workerFailed, "the worker refused `\(request)`: \(reply.message ?? "")")
+                throw self.failure("the worker refused `\(request)`: \(reply.message ?? "")")
             }
             throw WorkloadError(.workerFailed, "the worker answered `\(reply.type)` to `\(request)`")
         }
         return reply
+    }
+
+    /// A failure the worker reported: with how it ended, if it did, and its last lines, which
+    /// hold the script's own traceback.
+    func failure(_ what: String) -> WorkloadError {
+        // A script that raised is printing its traceback and tearing torch down: give it a moment.
+        _ = Self.waitForExit(self.process, until: .now + .seconds(3))
+        return WorkloadError(.workerFailed, "\(what); \(Self.describeExit(self.process, logPath: self.logPath))")
     }
 
     // MARK: - Process
@@ -263,7 +273,8 @@ final class TorchWorker {
             close(fd)
             throw WorkloadError(
                 .workerFailed,
-                "the worker socket's path \(path) is too long for a Unix socket; give the agent a shorter data directory")
+                "the worker socket's path \(path) is too long for a Unix socket; give the agent a shorter data directory"
+            )
         }
         withUnsafeMutableBytes(of: &address.sun_path) { raw in
             raw.copyBytes(from: bytes)
@@ -344,8 +355,14 @@ final class TorchWorker {
         } else {
             status = "it exited with status \(process.terminationStatus)"
         }
-        let tail = Self.lastLines(of: logPath, count: 12)
-        return tail.isEmpty ? status : "\(status); its last lines: \(tail.joined(separator: " | "))"
+        // The last line first (a Python traceback ends with the exception), then a few before it:
+        // the coordinator keeps the first 500 characters of a reason.
+        let tail = Self.lastLines(of: logPath, count: 6)
+        guard let last = tail.last else { return status }
+        let before = tail.dropLast()
+        return before.isEmpty
+            ? "\(status); its last line: \(last)"
+            : "\(status); its last line: \(last); before it: \(before.joined(separator: " | "))"
     }
 
     /// The last `count` lines of a file (at most its last 8 KiB).

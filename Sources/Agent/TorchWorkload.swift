@@ -26,10 +26,13 @@ final class TorchWorkload: TrainingWorkload {
     }
 
     /// Starts the worker of a job's plan, in `directory` (the agent's directory for workers).
-    static func start(job: String, plan: TrainingPlan, directory: String, logger: Logger) throws -> TorchWorkload {
+    static func start(
+        job: String, node: String, plan: TrainingPlan, directory: String, logger: Logger
+    ) throws -> TorchWorkload {
         let settings = try TorchSettings(yaml: plan.workloadParameters)
         var environment = settings.environment
         environment["RINGMASTER_DATASET"] = plan.datasetPath
+        environment["RINGMASTER_NODE"] = node
         let worker = try TorchWorker(
             .init(
                 python: settings.python, script: settings.script, arguments: settings.arguments,
@@ -77,7 +80,8 @@ final class TorchWorkload: TrainingWorkload {
                 guard let index = reply.index, index == next, index < self.buckets.count else {
                     throw WorkloadError(
                         .workerFailed,
-                        "the worker said bucket \(reply.index.map(String.init) ?? "none") is ready, expected bucket \(next)")
+                        "the worker said bucket \(reply.index.map(String.init) ?? "none") is ready, expected bucket \(next)"
+                    )
                 }
                 let range = self.buckets[index]
                 UnsafeMutableBufferPointer(rebasing: gradients[range]).update(
@@ -92,7 +96,7 @@ final class TorchWorkload: TrainingWorkload {
                 // JSON has no NaN: a loss that is not finite comes as null.
                 return reply.lossSum ?? .nan
             case "error":
-                throw WorkloadError(.workerFailed, "the worker failed its step: \(reply.message ?? "")")
+                throw self.worker.failure("the worker failed its step: \(reply.message ?? "")")
             default:
                 throw WorkloadError(.workerFailed, "the worker answered `\(reply.type)` during a step")
             }

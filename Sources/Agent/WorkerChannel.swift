@@ -31,7 +31,8 @@ final class WorkerChannel {
         var done = 0
         while done < frame.count {
             let count = frame.withUnsafeBytes {
-                Glibc.send(self.descriptor, $0.baseAddress! + done, frame.count - done, Int32(MSG_DONTWAIT | MSG_NOSIGNAL))
+                Glibc.send(
+                    self.descriptor, $0.baseAddress! + done, frame.count - done, Int32(MSG_DONTWAIT | MSG_NOSIGNAL))
             }
             if count > 0 {
                 done += count
@@ -74,7 +75,8 @@ final class WorkerChannel {
                 try self.wait(events: Int16(POLLIN), deadline: deadline, doing: what)
             } else {
                 throw WorkloadError(
-                    .workerFailed, "the worker closed its connection while the agent waited for \(what): \(self.describeLoss())")
+                    .workerFailed,
+                    "the worker closed its connection while the agent waited for \(what): \(self.describeLoss())")
             }
         }
         return bytes
@@ -86,7 +88,8 @@ final class WorkerChannel {
             throw WorkloadError(.workerFailed, "the worker did not answer in time: the agent waited for \(what)")
         }
         var descriptor = pollfd(fd: self.descriptor, events: events, revents: 0)
-        let milliseconds = remaining.components.seconds * 1000 + remaining.components.attoseconds / 1_000_000_000_000_000
+        let milliseconds =
+            remaining.components.seconds * 1000 + remaining.components.attoseconds / 1_000_000_000_000_000
         _ = poll(&descriptor, 1, Int32(min(milliseconds + 1, 1000)))
     }
 }

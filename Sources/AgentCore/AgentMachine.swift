@@ -143,6 +143,10 @@ public struct AgentMachine: Sendable {
         /// The work of `generation` failed (a dead peer, an abandoned collective, a checkpoint
         /// that does not verify...).
         case failed(generation: UInt64, reason: String)
+        /// The workload itself failed during the work of `generation` (a worker process raised,
+        /// was killed, exited or stopped answering), not the data plane: its state is gone. The
+        /// agent leaves the job, saying why, so that the others go on without it at once.
+        case workloadFailed(generation: UInt64, reason: String)
     }
 
     /// Where the newest generation stands on this agent.
@@ -347,6 +351,26 @@ public struct AgentMachine: Sendable {
         case .modelSaved(let generation):
             guard case .saveModel = self.take(generation: generation) else { break }
             if self.isNewest(generation), self.progress == .savingModel { self.progress = .finished }
+
+        case .workloadFailed(let generation, let reason):
+            guard let work = self.take(generation: generation) else { break }
+            // The workload and every copy of its state are gone: a later assignment prepares anew.
+            self.prepared = nil
+            self.snapshots = [:]
+            self.boundary = 0
+            guard self.isNewest(generation), let assignment = self.assignment else { break }
+            switch self.progress {
+            case .preparing, .connecting, .gathering, .synchronising, .training, .savingModel:
+                self.progress = .left
+                actions.append(.trainingStopped(generation: generation, reason: reason, superseded: false))
+                actions.append(
+                    .leave(
+                        Leave(
+                            job: assignment.job, generation: work.generation,
+                            reason: "the workload failed: \(reason)", cannotRun: true)))
+            case .assigned, .prepared, .connected, .finished, .left, .failed, .ended:
+                break
+            }
 
         case .failed(let generation, let reason):
             guard self.take(generation: generation) != nil, self.isNewest(generation) else { break }

@@ -63,7 +63,7 @@ public final class TrainingDemo: Sendable {
         case synthetic(parameters: Int)
         /// A PyTorch script (`examples/torch/digits/train.py`) on the digits data set, run by
         /// each agent as its worker process with `python`.
-        case torchDigits(script: String, python: String)
+        case torchDigits(script: String, python: String, stepTimeoutSeconds: Int = 60)
     }
 
     /// The perceptron's optimizer.
@@ -117,6 +117,9 @@ public final class TrainingDemo: Sendable {
         /// How each agent's workers ended, by agent, from its "worker stopped" log lines (`0`, or
         /// `signal 9`; none for an agent killed with its worker).
         public var workerExits: [String: [String]]
+        /// Nodes that could not run the job (or whose workload failed), with their reasons, as
+        /// `job status` shows them.
+        public var refusals: [String: String]
         public var peakRSSBytes: [String: Int]
         /// CPU time each process used from the job's submission to its end, by process name.
         public var cpuSeconds: [String: Double]
@@ -356,6 +359,7 @@ public final class TrainingDemo: Sendable {
             workerProcesses: Self.logged("worker started", "pid", in: cluster.agents.withLock { Array($0.values) })
                 .mapValues { $0.compactMap { Int($0) } },
             workerExits: Self.logged("worker stopped", "status", in: cluster.agents.withLock { Array($0.values) }),
+            refusals: Dictionary(status.refusals.map { ($0.nodeID, $0.reason) }, uniquingKeysWith: { $1 }),
             peakRSSBytes: peakRSS,
             cpuSeconds: cpu,
             floodOpened: floodCounts.0 + controlCounts.0,
@@ -426,11 +430,14 @@ extension TrainingDemo.Options {
             workload = ("mlp", ["hidden": [128], "optimizer": "adam", "learning_rate": 0.001], "builtin:digits", 1437)
         case .synthetic(let parameters):
             workload = ("synthetic", ["parameters": parameters, "buckets": 8], "synthetic", 100_000)
-        case .torchDigits(let script, let python):
+        case .torchDigits(let script, let python, let timeout):
             let data = (try? DigitsDataset.bundledURL().path) ?? "digits.csv.gz"
             workload = (
                 "torch",
-                ["script": script, "python": python, "args": ["--data", data], "env": ["OMP_NUM_THREADS": "1"]],
+                [
+                    "script": script, "python": python, "args": ["--data", data], "env": ["OMP_NUM_THREADS": "1"],
+                    "step_timeout_seconds": timeout,
+                ],
                 data, WorkloadCatalog.bundledDigitsTrainingSamples
             )
         }

@@ -10,7 +10,7 @@ import Yams
 ///   args: [--lr, "0.01"]           # optional
 ///   env: {OMP_NUM_THREADS: "1"}    # optional
 ///   python: /opt/venv/bin/python   # optional, default python3 (looked up on PATH)
-///   step_timeout_seconds: 120      # optional: longest wait for one answer of the worker
+///   step_timeout_seconds: 60       # optional: longest wait for one answer of the worker
 /// ```
 public struct TorchSettings: Sendable, Hashable {
     /// The user's script.
@@ -21,7 +21,8 @@ public struct TorchSettings: Sendable, Hashable {
     public var environment: [String: String]
     /// The interpreter.
     public var python: String
-    /// The longest wait for one answer of the worker (a step, an update, a save).
+    /// The longest wait for one answer of the worker (a step, an update, a save); default 60 s,
+    /// the agent's default collective timeout: a worker that hangs holds its peers up that long.
     public var stepTimeoutSeconds: Int
 
     /// The keys a torch workload accepts beside `kind`.
@@ -80,14 +81,16 @@ public struct TorchSettings: Sendable, Hashable {
                 }
                 guard !name.hasPrefix("RINGMASTER_") else {
                     throw WorkloadError(
-                        .invalidSetting, "workload setting `env` may not set \(name): the agent sets RINGMASTER_ variables")
+                        .invalidSetting,
+                        "workload setting `env` may not set \(name): the agent sets RINGMASTER_ variables")
                 }
                 self.environment[name] = scalar.string
             }
         }
         self.python = values["python"]?.string ?? "python3"
         guard !self.python.isEmpty else {
-            throw WorkloadError(.invalidSetting, "workload setting `python` is empty; name an interpreter or leave it out")
+            throw WorkloadError(
+                .invalidSetting, "workload setting `python` is empty; name an interpreter or leave it out")
         }
         if let timeout = values["step_timeout_seconds"] {
             guard let seconds = timeout.int, (1...86_400).contains(seconds) else {
@@ -96,7 +99,7 @@ public struct TorchSettings: Sendable, Hashable {
             }
             self.stepTimeoutSeconds = seconds
         } else {
-            self.stepTimeoutSeconds = 120
+            self.stepTimeoutSeconds = 60
         }
     }
 }

@@ -50,6 +50,15 @@ struct DemoCommand: AsyncParsableCommand {
     )
     var python: String?
 
+    @Option(
+        help:
+            "With --model torch-digits: run this script instead of examples/torch/digits/train.py (it gets --data and the digits data set's path)."
+    )
+    var script: String?
+
+    @Option(help: "With --model torch-digits: the longest wait for one answer of a worker, in seconds.")
+    var stepTimeout: Int = 60
+
     @Option(help: "Parameters of the synthetic model.")
     var parameters: Int = 10_000_000
 
@@ -96,6 +105,9 @@ struct DemoCommand: AsyncParsableCommand {
             throw ValidationError("--model must be digits, synthetic or torch-digits")
         }
         guard self.parameters >= 1 else { throw ValidationError("--parameters must be positive") }
+        guard (1...86_400).contains(self.stepTimeout) else {
+            throw ValidationError("--step-timeout must be from 1 to 86400 seconds")
+        }
         if (self.resume != nil || self.preemptAtStep != nil) && self.checkpointDir == nil {
             throw ValidationError("--resume and --preempt-at-step need --checkpoint-dir")
         }
@@ -140,7 +152,9 @@ struct DemoCommand: AsyncParsableCommand {
         case "synthetic": options.model = .synthetic(parameters: self.parameters)
         case "torch-digits":
             options.model = .torchDigits(
-                script: try Self.example("digits/train.py"), python: Self.interpreter(self.python))
+                script: try self.script.map { URL(fileURLWithPath: $0).standardizedFileURL.path }
+                    ?? Self.example("digits/train.py"),
+                python: Self.interpreter(self.python), stepTimeoutSeconds: self.stepTimeout)
         default: options.model = .digits(optimizer: TrainingDemo.Optimizer(rawValue: self.optimizer) ?? .sgd)
         }
         let json = self.json
@@ -210,6 +224,7 @@ struct DemoCommand: AsyncParsableCommand {
                 "peak_rss_bytes": result.peakRSSBytes,
                 "worker_processes": result.workerProcesses,
                 "worker_exits": result.workerExits,
+                "refusals": result.refusals,
                 "cpu_seconds": result.cpuSeconds,
                 "flood_opened": result.floodOpened,
                 "flood_closed_by_peer": result.floodClosedByPeer,

@@ -304,6 +304,25 @@ extension [AgentMachine.Action] {
         #expect(driver.machine.prepared == nil)
     }
 
+    @Test func aWorkloadThatFailsMidStep_leavesTheJobSayingWhy_andIsPreparedAnewNextTime() {
+        var driver = Driver()
+        driver.startTraining(Driver.assignment(generation: 1), kept: 4)
+        driver.completeStep()
+        let actions = driver.send(.workloadFailed(generation: 1, reason: "the worker exited with status 3"))
+        #expect(
+            actions.leaves == [
+                Leave(
+                    job: "job", generation: 1, reason: "the workload failed: the worker exited with status 3",
+                    cannotRun: true)
+            ])
+        #expect(driver.machine.prepared == nil, "its workload is gone")
+        #expect(driver.machine.snapshots.isEmpty, "and every copy of its state with it")
+        #expect(driver.machine.inFlight == nil, "nothing more is started in that generation")
+        // A later assignment (another generation, or another job) prepares the workload anew.
+        let next = driver.send(.assigned(Driver.assignment(generation: 2)))
+        #expect(next.contains(.start(.prepare(Driver.assignment(generation: 2)))))
+    }
+
     @Test func anOldOrRepeatedAssignment_isIgnored() {
         var driver = Driver()
         driver.startTraining(Driver.assignment(generation: 2), kept: 8)

@@ -35,7 +35,7 @@ struct TorchJobTests {
         return path
     }
 
-    func demo(_ label: String, _ arguments: [String]) async throws -> Run {
+    func demo(_ label: String, _ arguments: [String], environment: [String: String] = [:]) async throws -> Run {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent(
             "ringmaster-torch-\(label)-\(UUID().uuidString.prefix(8))"
         ).path
@@ -46,7 +46,8 @@ struct TorchJobTests {
             arguments: [
                 "demo", "--json", "--model", "torch-digits", "--python", try Self.python(), "--steps", "\(Self.steps)",
                 "--directory", directory, "--timeout", "240",
-            ] + arguments
+            ] + arguments,
+            environment: environment
         )
         let status = try await demo.waitForExit(within: 300)
         try #require(status == 0, "demo \(label) failed: \(demo.output.lines.suffix(30).joined(separator: "\n"))")
@@ -89,7 +90,9 @@ struct TorchJobTests {
         #expect(
             difference <= Self.parameterTolerance,
             "mean absolute parameter difference \(difference) from the uninterrupted run")
-        print("torch kill-join: accuracy \(run.accuracy) (uninterrupted \(reference.accuracy)), mean |Δparameter| \(difference), recoveries \(run.json["recoveries"] ?? [])")
+        print(
+            "torch kill-join: accuracy \(run.accuracy) (uninterrupted \(reference.accuracy)), mean |Δparameter| \(difference), recoveries \(run.json["recoveries"] ?? [])"
+        )
     }
 
     @Test func test_sigterm_finishesTheStep_leaves_andItsWorkerExitsCleanly() async throws {
@@ -104,5 +107,35 @@ struct TorchJobTests {
             #expect(workerExits[name] == ["0"], "\(name)'s worker exits cleanly: \(workerExits)")
         }
         #expect(run.accuracy > 0.9)
+    }
+
+    /// How the failing script fails (Fixtures/failing_train.py), and what the refusal must say.
+    static let failures: [(mode: String, says: String)] = [
+        ("raise", "injected failure at step 100"),
+        ("kill", "killed by signal 9"),
+        ("exit", "left the loop over job.steps()"),
+        ("hang", "did not answer in time"),
+    ]
+
+    @Test(arguments: Self.failures.map(\.mode))
+    func test_aFailingWorker_isReportedWithItsLastLines_itsNodeLeaves_andTheOthersGoOn(mode: String) async throws {
+        let script = FileManager.default.currentDirectoryPath + "/Tests/IntegrationTests/Fixtures/failing_train.py"
+        let run = try await self.demo(
+            "fail-\(mode)", ["--agents", "3", "--script", script, "--step-timeout", "10"],
+            environment: ["FAIL_NODE": "agent-2", "FAIL_STEP": "100", "FAIL_MODE": mode])
+        let refusals = run.json["refusals"] as? [String: String] ?? [:]
+        let says = try #require(Self.failures.first { $0.mode == mode }?.says)
+        #expect(refusals.keys.sorted() == ["agent-2"], "only the failing node left: \(refusals)")
+        #expect(
+            refusals["agent-2"]?.contains(says) == true, "job status says why (\(says)): \(refusals["agent-2"] ?? "")")
+        #expect(run.count("generations") == 2, "the others went on in a generation of their own")
+        #expect(run.count("samples_repeated") == 0)
+        #expect(run.count("samples_skipped") == 0)
+        #expect(run.count("steps") == Self.steps, "the job finished")
+        #expect(run.accuracy > 0.9)
+        // The survivors kept their workers; the failed one was not restarted in this job.
+        #expect(run.workers["agent-0"]?.count == 1 && run.workers["agent-1"]?.count == 1, "\(run.workers)")
+        #expect(run.workers["agent-2"]?.count == 1, "\(run.workers)")
+        print("torch worker failure \(mode): \(run.json["recoveries"] ?? []) refusal: \(refusals["agent-2"] ?? "")")
     }
 }
