@@ -281,7 +281,9 @@ let package = Package(
         ),
         .testTarget(
             name: "CoordinatorTests",
-            dependencies: ["Coordinator", "CoordinatorCore", "JobModel", "RingmasterWire", "RingmasterSecurity"],
+            dependencies: [
+                "Coordinator", "CoordinatorCore", "JobModel", "RingmasterWire", "RingmasterSecurity", "Workload",
+            ],
             swiftSettings: strictSwift6
         ),
         .testTarget(

@@ -35,6 +35,7 @@ final class Trainer: Sendable {
         case work(AgentMachine.Work, abandoned: Bool)
         case offerCheckpoint(step: UInt64)
         case disconnect(generation: UInt64)
+        case release
     }
 
     let executor: StepExecutor
@@ -160,6 +161,9 @@ final class Trainer: Sendable {
                 self.arm(at: at)
             case .cancelTimer:
                 self.state.withLock { $0.timer += 1 }
+            case .release:
+                self.state.withLock { $0.queue.append(.release) }
+                queued = true
             case .trainingStopped(let generation, let reason, let superseded):
                 let metadata: Logger.Metadata = [
                     LogKey.generation: "\(generation)", LogKey.reason: "\(reason)",
@@ -236,6 +240,8 @@ final class Trainer: Sendable {
                 self.executor.offerCheckpoint(step: step)
             case .disconnect(let generation):
                 self.executor.disconnect(generation: generation)
+            case .release:
+                self.executor.release()
             }
         }
     }

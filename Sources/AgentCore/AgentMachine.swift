@@ -107,6 +107,9 @@ public struct AgentMachine: Sendable {
         case armTimer(at: Duration)
         /// The armed timer is no longer needed.
         case cancelTimer
+        /// The job is over on this agent (finished, or left at a stop): end its workload (a worker
+        /// process exits) and drop the copies of its state. A later assignment prepares anew.
+        case release
         /// Training in `generation` ended before its last step, for the log: `superseded` when a
         /// newer generation or an abort ended it (the next rolls back), otherwise it failed.
         case trainingStopped(generation: UInt64, reason: String, superseded: Bool)
@@ -350,7 +353,10 @@ public struct AgentMachine: Sendable {
 
         case .modelSaved(let generation):
             guard case .saveModel = self.take(generation: generation) else { break }
-            if self.isNewest(generation), self.progress == .savingModel { self.progress = .finished }
+            if self.isNewest(generation), self.progress == .savingModel {
+                self.progress = .finished
+                self.release(&actions)
+            }
 
         case .workloadFailed(let generation, let reason):
             guard let work = self.take(generation: generation) else { break }
@@ -526,8 +532,18 @@ public struct AgentMachine: Sendable {
                 break
             }
         }
+        self.release(&actions)
         if stop.deadline != nil { actions.append(.cancelTimer) }
         actions.append(.stopped(reason: stop.reason))
+    }
+
+    /// Ends the prepared workload, if any (see `Action.release`).
+    mutating func release(_ actions: inout [Action]) {
+        guard self.prepared != nil else { return }
+        self.prepared = nil
+        self.snapshots = [:]
+        self.boundary = 0
+        actions.append(.release)
     }
 
     /// Whether `generation` is the newest and its data plane is still needed.

@@ -280,7 +280,10 @@ extension [AgentMachine.Action] {
         let aborted = driver.send(.aborted(job: "job", generation: 1, reason: "lease expired"))
         #expect(aborted.first == .abandon(generation: 1, reason: "lease expired"))
         #expect(driver.send(.failed(generation: 1, reason: "aborted")) == [.disconnect(generation: 1)])
-        #expect(driver.send(.stopRequested(reason: "drained", grace: nil)) == [.stopped(reason: "drained")])
+        // Nothing left to leave; its workload ends (a later assignment prepares anew).
+        #expect(
+            driver.send(.stopRequested(reason: "drained", grace: nil)) == [.release, .stopped(reason: "drained")])
+        #expect(driver.machine.prepared == nil)
     }
 
     @Test func aStepThatReturnsAfterItsGenerationEnded_isKeptButNotReported() {
@@ -354,7 +357,8 @@ extension [AgentMachine.Action] {
         driver.completeStep()
         #expect(driver.machine.inFlight == .saveModel(generation: 1))
         #expect(driver.send(.aborted(job: "job", generation: 1, reason: "finished")).isEmpty)
-        #expect(driver.send(.modelSaved(generation: 1)) == [.disconnect(generation: 1)])
+        // The job is over on this agent: its workload ends and its data plane closes.
+        #expect(driver.send(.modelSaved(generation: 1)) == [.release, .disconnect(generation: 1)])
         #expect(driver.machine.progress == .finished)
     }
 }

@@ -42,6 +42,8 @@ final class InProcessCluster {
         var dying = false
         /// Shutting down: goes offline once its stop is done.
         var terminating = false
+        /// Its parameters' hash when its workload was released (the job over on it).
+        var releasedHash: UInt64?
         /// Reports held back instead of sent (a slow link); dropped if the node dies.
         var holding = false
         var held: [StepReport] = []
@@ -541,6 +543,12 @@ final class InProcessCluster {
                 node.timer = at
             case .cancelTimer:
                 node.timer = nil
+            case .release:
+                // The hash of what it trained, for comparing replicas after the job.
+                if let workload = node.executor.workload {
+                    node.releasedHash = (try? workload.parameters()).map { parameterHash($0) }
+                }
+                node.executor.release()
             case .trainingStopped(let generation, let reason, let superseded):
                 self.trace.append(
                     "\(self.now): \(node.name) stopped training in generation \(generation)\(superseded ? " (superseded)" : ""): \(reason)"
@@ -593,6 +601,8 @@ final class InProcessCluster {
         for name in names {
             if let workload = self.nodes[name]?.executor.workload {
                 hashes[name] = parameterHash(try workload.parameters())
+            } else if let released = self.nodes[name]?.releasedHash {
+                hashes[name] = released
             }
         }
         return hashes

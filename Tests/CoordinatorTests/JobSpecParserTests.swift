@@ -1,6 +1,7 @@
 import Foundation
 import JobModel
 import Testing
+import Workload
 
 @testable import Coordinator
 
@@ -27,6 +28,46 @@ struct JobSpecParserTests {
         let spec = try JobSpecParser.parse(yaml: try String(contentsOf: url, encoding: .utf8))
         #expect(spec.name == "digits" && spec.minNodes == 2 && spec.maxNodes == 4)
         #expect(spec.workloadParameters.contains("learning_rate"))
+    }
+
+    @Test func theTorchExampleSpec_parses_withItsScriptArgsAndEnvironment() throws {
+        let url = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent()
+            .appendingPathComponent("coordinator/examples/torch-digits.yaml")
+        let spec = try JobSpecParser.parse(yaml: try String(contentsOf: url, encoding: .utf8))
+        #expect(spec.workloadKind == "torch")
+        let settings = try TorchSettings(yaml: spec.workloadParameters)
+        #expect(settings.script == "/srv/ringmaster/examples/torch/digits/train.py")
+        #expect(settings.arguments == ["--data", "/srv/ringmaster/data/digits.csv.gz", "--lr", "0.01"])
+        #expect(settings.environment == ["OMP_NUM_THREADS": "1"])
+        #expect(settings.python == "/srv/ringmaster/.venv/bin/python" && settings.stepTimeoutSeconds == 60)
+        // What the spec writer reads back is the same spec.
+        #expect(try JobSpecParser.parse(yaml: JobSpecParser.yaml(spec)) == spec)
+    }
+
+    @Test(arguments: [
+        ("workload: {kind: torch}", "needs `script`"),
+        ("workload: {kind: torch, script: t.py, args: --lr}", "`args` must be a list"),
+        ("workload: {kind: torch, script: t.py, env: [A]}", "`env` must be a mapping"),
+        ("workload: {kind: torch, script: t.py, env: {RINGMASTER_WORKER_TOKEN: x}}", "may not set RINGMASTER_"),
+        ("workload: {kind: torch, script: t.py, interpreter: python3}", "unknown workload setting `interpreter`"),
+        ("workload: {kind: torch, script: t.py, step_timeout_seconds: 0}", "`step_timeout_seconds` must be"),
+    ])
+    func aMalformedTorchWorkload_isRefused_namingTheSetting(workload: String, says: String) {
+        let text = """
+            name: t
+            \(workload)
+            dataset: {path: /data/set, samples: 100}
+            batch_size: 10
+            steps: 10
+            nodes: {min: 1}
+            """
+        #expect {
+            try JobSpecParser.parse(yaml: text)
+        } throws: { error in
+            let description = "\(error)"
+            return description.contains("workload") && description.contains(says)
+        }
     }
 
     @Test func aValidSpec_parsesEveryField() throws {

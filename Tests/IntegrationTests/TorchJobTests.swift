@@ -101,7 +101,8 @@ struct TorchJobTests {
         #expect(run.count("samples_skipped") == 0)
         let exits = run.json["terminated_exit_status"] as? [String: Int] ?? [:]
         #expect(exits.values.allSatisfy { $0 == 0 } && exits.count == 1, "the stopped agent exits 0: \(exits)")
-        // Its worker was told to stop and exited with status 0 (the demo kills the others at the end).
+        // Its worker was told to stop and exited with status 0. (The demo stops the other agents as
+        // soon as the job is over, so whether theirs log their stop first is a race.)
         let workerExits = run.json["worker_exits"] as? [String: [String]] ?? [:]
         for name in exits.keys {
             #expect(workerExits[name] == ["0"], "\(name)'s worker exits cleanly: \(workerExits)")
