@@ -225,9 +225,11 @@ public final class AgentService: Service, Sendable {
                         try plane.connect(assignment, timeout: connectTimeout, isCancelled: isCancelled)
                     },
                     loadCheckpoint: { directory, step in try CheckpointReader.load(root: directory, step: step).state },
-                    offerCheckpoint: { assignment, step, state, parameterCount in
+                    offerCheckpoint: { assignment, step, state, parameterCount, tensors in
                         checkpoints.offer(
-                            .init(assignment: assignment, step: step, state: state, parameterCount: parameterCount))
+                            .init(
+                                assignment: assignment, step: step, state: state, parameterCount: parameterCount,
+                                tensors: tensors))
                     },
                     saveModel: { assignment, workload in models.save(assignment, workload) }
                 ),

@@ -15,6 +15,8 @@ final class CheckpointSaver: @unchecked Sendable {
         var step: UInt64
         var state: [Float]
         var parameterCount: Int
+        /// The state's tensors, when the workload names them (a PyTorch worker's).
+        var tensors: [StateTensor] = []
     }
 
     let outbox: Outbox
@@ -82,7 +84,7 @@ final class CheckpointSaver: @unchecked Sendable {
         var report = ShardReport(
             step: save.step, rank: rank, worldSize: world, stateCount: save.state.count,
             parameterCount: save.parameterCount, firstElement: slice.lowerBound, elements: slice.count, path: "",
-            bytes: 0, sha256: "")
+            bytes: 0, sha256: "", tensors: save.tensors)
         let started = ContinuousClock.now
         do {
             let record = try save.state.withUnsafeBufferPointer { buffer in

@@ -20,7 +20,10 @@ struct TrainingEnvironment: Sendable {
     /// Loads and verifies the committed checkpoint at `step` under `directory`.
     var loadCheckpoint: @Sendable (_ directory: String, _ step: UInt64) throws -> [Float]
     /// Hands the state at step boundary `step` to the checkpoint writer (which never blocks the step).
-    var offerCheckpoint: @Sendable (Assignment, _ step: UInt64, _ state: [Float], _ parameterCount: Int) -> Void
+    var offerCheckpoint:
+        @Sendable (
+            Assignment, _ step: UInt64, _ state: [Float], _ parameterCount: Int, _ tensors: [StateTensor]
+        ) -> Void
     /// Writes the trained model.
     var saveModel: @Sendable (Assignment, any TrainingWorkload) -> Void
 }
@@ -156,7 +159,8 @@ final class StepExecutor: @unchecked Sendable {
     /// step's path.
     func offerCheckpoint(step: UInt64) {
         guard let job = self.job, let assignment = job.assignment, let saved = job.snapshots[step] else { return }
-        self.environment.offerCheckpoint(assignment, step, saved, job.workload.parameterCount)
+        self.environment.offerCheckpoint(
+            assignment, step, saved, job.workload.parameterCount, job.workload.stateTensors)
     }
 
     // MARK: - The work

@@ -1,4 +1,5 @@
 import Foundation
+import JobModel
 import Logging
 import Workload
 
@@ -39,9 +40,19 @@ final class TorchWorker {
         var torch: String?
         var device: String?
         var parameterSlots: Int?
+        var tensors: [Tensor]?
+
+        /// One tensor of the state, as the hello describes it.
+        struct Tensor: Decodable {
+            var name: String
+            var dtype: String
+            var shape: [Int]
+            var offset: Int
+            var bytes: Int
+        }
 
         enum CodingKeys: String, CodingKey {
-            case type, token, parameters, state, buckets, samples, torch, device
+            case type, token, parameters, state, buckets, samples, torch, device, tensors
             case version = "protocol"
             case parameterSlots = "parameter_slots"
         }
@@ -85,6 +96,8 @@ final class TorchWorker {
     let buckets: [Range<Int>]
     /// The state's first slots that hold the parameters (trainable or not).
     let parameterSlots: Int
+    /// The state's tensors, as the worker described them.
+    let tensors: [StateTensor]
 
     /// Starts the worker and waits for it to say hello and map the shared memory.
     init(_ launch: Launch, logger: Logger) throws {
@@ -183,6 +196,19 @@ final class TorchWorker {
             self.stateCount = state
             self.buckets = ranges
             self.parameterSlots = min(state, max(parameters, hello.parameterSlots ?? parameters))
+            self.tensors = (hello.tensors ?? []).map {
+                StateTensor(name: $0.name, dtype: $0.dtype, shape: $0.shape, offsetBytes: $0.offset, bytes: $0.bytes)
+            }
+            var end = 0
+            for tensor in self.tensors {
+                guard tensor.offsetBytes >= end, tensor.bytes >= 0, tensor.offsetBytes + tensor.bytes <= state * 4
+                else {
+                    throw WorkloadError(
+                        .workerFailed,
+                        "the worker's tensor table does not fit its \(state * 4)-byte state at \(tensor.name)")
+                }
+                end = tensor.offsetBytes + tensor.bytes
+            }
             self.memory = try SharedMemory(floats: parameters + state)
             try self.channel.send(
                 Request(type: "memory", path: self.memory.path, bytes: self.memory.bytes), deadline: deadline)

@@ -51,6 +51,7 @@ final class TorchWorkload: TrainingWorkload {
     var parameterCount: Int { self.worker.parameterCount }
     var buckets: [Range<Int>] { self.worker.buckets }
     var stateCount: Int { self.worker.stateCount }
+    var stateTensors: [StateTensor] { self.worker.tensors }
 
     func beginStep(_ step: UInt64) { self.step = step }
 

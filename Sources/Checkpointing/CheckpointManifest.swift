@@ -64,6 +64,9 @@ public struct CheckpointManifest: Codable, Sendable, Hashable {
     public var samples: SampleAccounting?
     /// When the coordinator committed it (Unix time, milliseconds).
     public var committedUnixMilliseconds: Int64
+    /// The state's tensors, each with its place in the state, shape and dtype, when the workload
+    /// names them (a PyTorch worker's); nil for the Swift workloads and older manifests.
+    public var tensors: [StateTensor]?
 
     /// The format version this code writes.
     public static let currentFormatVersion = 1
@@ -83,6 +86,7 @@ public struct CheckpointManifest: Codable, Sendable, Hashable {
         shards: [ShardRecord],
         samples: SampleAccounting? = nil,
         committedUnixMilliseconds: Int64,
+        tensors: [StateTensor]? = nil,
         formatVersion: Int = CheckpointManifest.currentFormatVersion,
         elementType: String = CheckpointLayout.elementType
     ) {
@@ -101,6 +105,7 @@ public struct CheckpointManifest: Codable, Sendable, Hashable {
         self.shards = shards
         self.samples = samples
         self.committedUnixMilliseconds = committedUnixMilliseconds
+        self.tensors = tensors
     }
 
     /// Checks what can be checked without reading a shard: the format, and that the shards cover
@@ -121,6 +126,19 @@ public struct CheckpointManifest: Codable, Sendable, Hashable {
             throw CheckpointError(
                 .corrupt,
                 "\(path): stateCount \(self.stateCount) and parameterCount \(self.parameterCount) do not fit together")
+        }
+        var end = 0
+        for tensor in self.tensors ?? [] {
+            let stateBytes = self.stateCount * CheckpointLayout.bytesPerElement
+            guard tensor.offsetBytes >= end, tensor.bytes >= 0, tensor.offsetBytes <= stateBytes - tensor.bytes,
+                tensor.shape.allSatisfy({ $0 >= 0 })
+            else {
+                throw CheckpointError(
+                    .corrupt,
+                    "\(path): tensor \(tensor.name) (bytes \(tensor.offsetBytes)..<\(tensor.offsetBytes + tensor.bytes)) does not fit in order within the state's \(stateBytes) bytes"
+                )
+            }
+            end = tensor.offsetBytes + tensor.bytes
         }
         var files = Set<String>()
         for shard in self.shards {

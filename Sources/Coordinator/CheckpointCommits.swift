@@ -38,7 +38,8 @@ extension CoordinatorService {
                     bytes: $0.bytes, sha256: $0.sha256)
             },
             samples: commit.samples,
-            committedUnixMilliseconds: Int64((self.now().timeIntervalSince1970 * 1000).rounded())
+            committedUnixMilliseconds: Int64((self.now().timeIntervalSince1970 * 1000).rounded()),
+            tensors: first.tensors.isEmpty ? nil : first.tensors
         )
     }
 

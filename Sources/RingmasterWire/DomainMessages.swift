@@ -117,6 +117,15 @@ extension Envelope {
             $0.sizeBytes = UInt64(shard.bytes)
             $0.sha256 = Data(hex: shard.sha256)
             $0.error = shard.error ?? ""
+            $0.tensors = shard.tensors.map { tensor in
+                .with {
+                    $0.name = tensor.name
+                    $0.dtype = tensor.dtype
+                    $0.shape = tensor.shape.map { UInt64($0) }
+                    $0.offsetBytes = UInt64(tensor.offsetBytes)
+                    $0.bytes = UInt64(tensor.bytes)
+                }
+            }
         }
     }
 }
@@ -135,7 +144,12 @@ extension ShardReport {
             path: shard.path,
             bytes: Int(shard.sizeBytes),
             sha256: shard.sha256.map { String(format: "%02x", $0) }.joined(),
-            error: shard.error.isEmpty ? nil : shard.error
+            error: shard.error.isEmpty ? nil : shard.error,
+            tensors: shard.tensors.map {
+                StateTensor(
+                    name: $0.name, dtype: $0.dtype, shape: $0.shape.map { Int(clamping: $0) },
+                    offsetBytes: Int(clamping: $0.offsetBytes), bytes: Int(clamping: $0.bytes))
+            }
         )
     }
 }

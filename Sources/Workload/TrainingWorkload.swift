@@ -1,3 +1,5 @@
+import JobModel
+
 /// One training process's model and optimizer.
 ///
 /// A distributed trainer drives a workload: it owns all communication, and the workload only
@@ -33,6 +35,9 @@ public protocol TrainingWorkload: AnyObject {
     func applyGradients(_ gradients: UnsafeBufferPointer<Float>, scale: Float) throws
     /// Floats needed to hold the whole training state (parameters, optimizer moments, optimizer step counter).
     var stateCount: Int { get }
+    /// The state's tensors, where each lies in it, with its shape and dtype (a PyTorch worker's; the
+    /// Swift workloads have none), for checkpoint manifests.
+    var stateTensors: [StateTensor] { get }
     /// Copies the whole training state out, bit for bit, into `state` (length ``stateCount``).
     func saveState(into state: UnsafeMutableBufferPointer<Float>) throws
     /// Replaces the whole training state with `state` (length ``stateCount``), bit for bit: loading
@@ -52,6 +57,8 @@ extension TrainingWorkload {
     public func beginStep(_ step: UInt64) {}
     /// Nothing to release for a workload that lives in this process.
     public func release() {}
+    /// No tensor table.
+    public var stateTensors: [StateTensor] { [] }
 }
 
 // MARK: - Parameter hash

@@ -192,7 +192,8 @@ final class InProcessCluster {
                     return Communicator(transport: fabric.transport(rank: assignment.rank))
                 },
                 loadCheckpoint: { _, step in try checkpoints.load(step: step) },
-                offerCheckpoint: { assignment, step, state, _ in checkpoints.offer(assignment, step: step, state: state)
+                offerCheckpoint: { assignment, step, state, _, _ in
+                    checkpoints.offer(assignment, step: step, state: state)
                 },
                 saveModel: { _, _ in }
             ),

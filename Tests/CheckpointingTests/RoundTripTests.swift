@@ -115,4 +115,24 @@ struct RoundTripTests {
         #expect(error?.message.contains("shard-00001-of-00002.bin") == true)
         #expect(try CheckpointReader.committedSteps(root: directory.path).isEmpty)
     }
+
+    @Test func test_aTensorTable_roundTrips_andOneThatDoesNotFitTheState_isRefused() throws {
+        let directory = try TestDirectory()
+        let root = "\(directory.path)/ckpt"
+        let state = scrambledState(count: 100, seed: 1)
+        let tensors = [
+            StateTensor(name: "parameter w", dtype: "float32", shape: [10, 6], offsetBytes: 0, bytes: 240),
+            StateTensor(name: "optimizer step of w", dtype: "int64", shape: [], offsetBytes: 240, bytes: 8),
+        ]
+        let written = try writeCheckpoint(root: root, step: 5, world: 2, state: state) { $0.tensors = tensors }
+        #expect(try CheckpointReader.load(root: root, step: 5).manifest.tensors == written.tensors)
+
+        let error = expectCheckpointError {
+            try writeCheckpoint(root: root, step: 6, world: 2, state: state) {
+                $0.tensors = [StateTensor(name: "too big", dtype: "float32", shape: [101], offsetBytes: 0, bytes: 404)]
+            }
+        }
+        #expect(error?.code == .corrupt)
+        #expect(error?.message.contains("too big") == true)
+    }
 }

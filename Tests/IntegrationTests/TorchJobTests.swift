@@ -55,6 +55,7 @@ struct TorchJobTests {
         let json = try #require(
             try JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any],
             "demo \(label) printed no JSON: \(text)")
+        guard json["preempted"] as? Bool != true else { return Run(json: json, parameters: [], output: []) }
         let path = try #require(json["model_path"] as? String, "demo \(label) names no model file")
         let bytes = try Data(contentsOf: URL(fileURLWithPath: path))
         let parameters = bytes.withUnsafeBytes { Array($0.bindMemory(to: Float.self)) }
@@ -138,5 +139,37 @@ struct TorchJobTests {
         #expect(run.workers["agent-0"]?.count == 1 && run.workers["agent-1"]?.count == 1, "\(run.workers)")
         #expect(run.workers["agent-2"]?.count == 1, "\(run.workers)")
         print("torch worker failure \(mode): \(run.json["recoveries"] ?? []) refusal: \(refusals["agent-2"] ?? "")")
+    }
+
+    @Test func test_aCheckpointSavedWith4Workers_resumesWith3_andItsManifestNamesEveryTensor() async throws {
+        let root = FileManager.default.temporaryDirectory.appendingPathComponent(
+            "ringmaster-torch-checkpoints-\(UUID().uuidString.prefix(8))"
+        ).path
+        try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        let checkpoints = ["--checkpoint-dir", root, "--checkpoint-interval", "50"]
+        let lost = try await self.demo("save-4", ["--agents", "4", "--preempt-at-step", "150"] + checkpoints)
+        #expect(lost.json["preempted"] as? Bool == true, "the whole cluster was lost after a checkpoint")
+        let saved = try #require(lost.json["last_checkpoint_step"] as? Int)
+        let manifestPath = "\(root)/step-\(String(format: "%012d", saved))/manifest.json"
+        let manifest = try #require(
+            try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: manifestPath)))
+                as? [String: Any], "no manifest at \(manifestPath)")
+        #expect(manifest["worldSize"] as? Int == 4, "saved by 4 workers")
+        let tensors = manifest["tensors"] as? [[String: Any]] ?? []
+        let names = tensors.compactMap { $0["name"] as? String }
+        // The perceptron 64-128-10 under Adam: 4 parameters, and Adam's step, exp_avg and
+        // exp_avg_sq for each.
+        #expect(tensors.count == 16, "\(names)")
+        #expect(names.first == "parameter 0.weight")
+        #expect(tensors.first?["shape"] as? [Int] == [128, 64] && tensors.first?["dtype"] as? String == "float32")
+        #expect(names.contains { $0.contains("exp_avg_sq") }, "the optimizer's state is named too: \(names)")
+
+        let resumed = try await self.demo("resume-3", ["--agents", "3", "--resume", "latest"] + checkpoints)
+        #expect(resumed.json["resumed_from_step"] as? Int == saved)
+        #expect(resumed.count("steps") == Self.steps)
+        #expect(resumed.count("samples_repeated") == 0)
+        #expect(resumed.count("samples_skipped") == 0)
+        #expect(resumed.accuracy > 0.9, "test accuracy \(resumed.accuracy) after resuming with 3")
     }
 }

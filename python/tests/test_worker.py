@@ -273,6 +273,13 @@ def test_hello_announcesParametersStateAndBuckets_ofASequentialWithAdam(agent: F
     assert hello["samples"] == 64
     assert hello["torch"] == torch.__version__
     assert hello["device"] == "cpu"
+    # The tensor table: every tensor in the state's order, back to back, with shape and dtype.
+    tensors = hello["tensors"]
+    assert [t["name"] for t in tensors[:2]] == ["parameter 0.weight", "parameter 0.bias"]
+    assert tensors[0]["shape"] == list(model[0].weight.shape) and tensors[0]["dtype"] == "float32"
+    assert [t["offset"] for t in tensors] == [sum(t["bytes"] for t in tensors[:i]) for i in range(len(tensors))]
+    assert sum(t["bytes"] for t in tensors) == 4 * hello["state"]
+    assert sum(1 for t in tensors if "exp_avg_sq" in t["name"]) == 4
     agent.share_memory()
     stop(agent, worker)
 

@@ -644,6 +644,30 @@ public nonisolated struct Ringmaster_V1_CheckpointShardReady: Sendable {
 
   public var error: String = String()
 
+  /// What the state holds, tensor by tensor (a PyTorch worker's; none for the Swift workloads).
+  public var tensors: [Ringmaster_V1_StateTensor] = []
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// One tensor of a training state: where its bytes lie in the flat state, its shape and dtype.
+public nonisolated struct Ringmaster_V1_StateTensor: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var name: String = String()
+
+  public var dtype: String = String()
+
+  public var shape: [UInt64] = []
+
+  public var offsetBytes: UInt64 = 0
+
+  public var bytes: UInt64 = 0
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -2468,7 +2492,7 @@ nonisolated extension Ringmaster_V1_Abort: SwiftProtobuf.Message, SwiftProtobuf.
 
 nonisolated extension Ringmaster_V1_CheckpointShardReady: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".CheckpointShardReady"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}job_id\0\u{1}generation\0\u{1}step\0\u{1}rank\0\u{1}path\0\u{3}size_bytes\0\u{1}sha256\0\u{3}first_element\0\u{1}elements\0\u{3}state_count\0\u{3}parameter_count\0\u{3}world_size\0\u{1}error\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}job_id\0\u{1}generation\0\u{1}step\0\u{1}rank\0\u{1}path\0\u{3}size_bytes\0\u{1}sha256\0\u{3}first_element\0\u{1}elements\0\u{3}state_count\0\u{3}parameter_count\0\u{3}world_size\0\u{1}error\0\u{1}tensors\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -2489,6 +2513,7 @@ nonisolated extension Ringmaster_V1_CheckpointShardReady: SwiftProtobuf.Message,
       case 11: try { try decoder.decodeSingularUInt64Field(value: &self.parameterCount) }()
       case 12: try { try decoder.decodeSingularUInt32Field(value: &self.worldSize) }()
       case 13: try { try decoder.decodeSingularStringField(value: &self.error) }()
+      case 14: try { try decoder.decodeRepeatedMessageField(value: &self.tensors) }()
       default: break
       }
     }
@@ -2534,6 +2559,9 @@ nonisolated extension Ringmaster_V1_CheckpointShardReady: SwiftProtobuf.Message,
     if !self.error.isEmpty {
       try visitor.visitSingularStringField(value: self.error, fieldNumber: 13)
     }
+    if !self.tensors.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.tensors, fieldNumber: 14)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -2551,6 +2579,57 @@ nonisolated extension Ringmaster_V1_CheckpointShardReady: SwiftProtobuf.Message,
     if lhs.parameterCount != rhs.parameterCount {return false}
     if lhs.worldSize != rhs.worldSize {return false}
     if lhs.error != rhs.error {return false}
+    if lhs.tensors != rhs.tensors {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Ringmaster_V1_StateTensor: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".StateTensor"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}dtype\0\u{1}shape\0\u{3}offset_bytes\0\u{1}bytes\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.name) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.dtype) }()
+      case 3: try { try decoder.decodeRepeatedUInt64Field(value: &self.shape) }()
+      case 4: try { try decoder.decodeSingularUInt64Field(value: &self.offsetBytes) }()
+      case 5: try { try decoder.decodeSingularUInt64Field(value: &self.bytes) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.name.isEmpty {
+      try visitor.visitSingularStringField(value: self.name, fieldNumber: 1)
+    }
+    if !self.dtype.isEmpty {
+      try visitor.visitSingularStringField(value: self.dtype, fieldNumber: 2)
+    }
+    if !self.shape.isEmpty {
+      try visitor.visitPackedUInt64Field(value: self.shape, fieldNumber: 3)
+    }
+    if self.offsetBytes != 0 {
+      try visitor.visitSingularUInt64Field(value: self.offsetBytes, fieldNumber: 4)
+    }
+    if self.bytes != 0 {
+      try visitor.visitSingularUInt64Field(value: self.bytes, fieldNumber: 5)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Ringmaster_V1_StateTensor, rhs: Ringmaster_V1_StateTensor) -> Bool {
+    if lhs.name != rhs.name {return false}
+    if lhs.dtype != rhs.dtype {return false}
+    if lhs.shape != rhs.shape {return false}
+    if lhs.offsetBytes != rhs.offsetBytes {return false}
+    if lhs.bytes != rhs.bytes {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

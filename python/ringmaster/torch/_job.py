@@ -95,6 +95,7 @@ def init(
             # not; all are float32), which the agent hashes to compare replicas.
             "parameter_slots": sum(parameter.numel() for parameter in model.parameters()),
             "buckets": [[start, end] for start, end in gradients.buckets],
+            "tensors": state.describe(),
             "samples": samples,
             "torch": torch.__version__,
             "device": "cpu",

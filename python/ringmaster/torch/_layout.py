@@ -135,6 +135,23 @@ class StateLayout:
         #: Slots in the state region (the bytes padded to a multiple of 4).
         self.slots: int = (self.nbytes + SLOT_BYTES - 1) // SLOT_BYTES
 
+    def describe(self) -> List[Dict[str, object]]:
+        """The tensors as the hello names them: name, dtype, shape, byte offset in the state, bytes."""
+        described: List[Dict[str, object]] = []
+        offset = 0
+        for entry in self.entries:
+            described.append(
+                {
+                    "name": entry.name,
+                    "dtype": str(entry.dtype).replace("torch.", ""),
+                    "shape": list(entry.shape),
+                    "offset": offset,
+                    "bytes": entry.nbytes,
+                }
+            )
+            offset += entry.nbytes
+        return described
+
     def check(self, tensors: Sequence[Tuple[str, torch.Tensor]]) -> None:
         """Raises :class:`RingmasterError` unless ``tensors`` still match the layout fixed at ``init``."""
         current = [(name, tensor.dtype, tuple(tensor.shape)) for name, tensor in tensors]
