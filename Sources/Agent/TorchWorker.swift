@@ -124,15 +124,23 @@ final class TorchWorker {
         }
         let process = Process()
         process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        process.arguments = [launch.python, launch.script] + launch.arguments
+        // The script runs in its own directory, so a relative path is made absolute first (from the
+        // agent's working directory), and a missing script is said as such, before Python says it.
+        let script = URL(fileURLWithPath: launch.script).standardizedFileURL.path
+        guard FileManager.default.isReadableFile(atPath: script) else {
+            throw WorkloadError(
+                .workerFailed,
+                "the job's script \(script) does not exist on this node (or cannot be read); put it there or fix workload.script"
+            )
+        }
+        process.arguments = [launch.python, script] + launch.arguments
         var environment = ProcessInfo.processInfo.environment.merging(launch.environment) { $1 }
         environment["RINGMASTER_WORKER_SOCKET"] = socketPath
         environment["RINGMASTER_WORKER_TOKEN"] = token
         environment["RINGMASTER_JOB"] = launch.job
         environment["PYTHONUNBUFFERED"] = "1"
         process.environment = environment
-        let scriptDirectory = (launch.script as NSString).deletingLastPathComponent
-        if !scriptDirectory.isEmpty { process.currentDirectoryURL = URL(fileURLWithPath: scriptDirectory) }
+        process.currentDirectoryURL = URL(fileURLWithPath: script).deletingLastPathComponent()
         process.standardInput = FileHandle.nullDevice
         process.standardOutput = log
         process.standardError = log
