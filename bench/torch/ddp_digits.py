@@ -24,6 +24,7 @@ and {"event": "start", ...} with the step it resumed from, and {"event": "done",
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import glob
 import os
 import re
@@ -51,6 +52,9 @@ def main() -> None:
     args = parser.parse_args()
 
     launched = time.time()
+    # A worker still starting after this long prints where it is (stderr), to show where a
+    # restarted group waits when it does not come back.
+    faulthandler.dump_traceback_later(30, repeat=True)
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     restart = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
@@ -68,6 +72,7 @@ def main() -> None:
     loss_fn = nn.CrossEntropyLoss(reduction="sum")
     emit(event="start", rank=rank, world=world, restart=restart, pid=os.getpid(), resumed_from=done,
          setup_s=time.time() - launched)
+    faulthandler.cancel_dump_traceback_later()
 
     while done < args.steps:
         samples = batches.shard(done, rank, world)

@@ -1,11 +1,16 @@
 """The digits model under torchft 0.2.0: one replica group per process (group world size 1), the
 replica groups joined by the Lighthouse, gradients averaged with manager.allreduce per gradient
 (not torchft's DistributedDataParallel wrapper, whose communication hook asserts when a peer dies:
-see shared/notes/peers.md). bench/torch/compare.sh starts a Lighthouse and three of these:
+see shared/notes/peers.md), all four started and then each waited on; with --bucket, one
+manager.allreduce of all the gradients flattened into one tensor (as DDP's single bucket does).
+bench/torch/compare.sh starts a Lighthouse and three of these:
 
-    torchft_lighthouse --bind 127.0.0.1:PORT --min_replicas 2 --join_timeout_ms 1000 \
+    RUST_LOG=warn torchft_lighthouse --bind 127.0.0.1:PORT --min_replicas 2 --join_timeout_ms 1000 \
         --heartbeat_timeout_ms 500 --quorum_tick_ms 100
-    OMP_NUM_THREADS=1 python bench/torch/torchft_digits.py --replica 0 --lighthouse http://127.0.0.1:PORT
+    OMP_NUM_THREADS=1 RUST_LOG=warn python bench/torch/torchft_digits.py --replica I \
+        --lighthouse http://127.0.0.1:PORT --ready-dir DIR --replicas 3 [--bucket]
+
+(RUST_LOG=warn: at its default level torchft's Rust manager logs several lines per step.)
 
 Training is examples/torch/digits' (bench/torch/common.py): the same model, seed, Adam at lr 1e-2,
 a global batch of 64 (chosen by torchft's step number) split over the replica groups in the step's
@@ -46,6 +51,11 @@ def main() -> None:
     parser.add_argument("--lighthouse", required=True, help="the Lighthouse's address, http://HOST:PORT")
     parser.add_argument("--steps", type=int, default=600, help="global steps to train")
     parser.add_argument("--min-replicas", type=int, default=2, help="Manager's min_replica_size")
+    parser.add_argument("--bucket", action="store_true",
+                        help="one allreduce of all gradients flattened (as DDP's one bucket) instead of one per gradient")
+    parser.add_argument("--ready-dir", help="with --replicas: start the loop once that many replica groups "
+                        "have written a ready file here (their Managers made, heartbeating)")
+    parser.add_argument("--replicas", type=int, default=0, help="replica groups to wait for (see --ready-dir)")
     parser.add_argument("--timeout", type=float, default=10.0, help="collective and RPC timeout, seconds")
     args = parser.parse_args()
     logging.basicConfig(level=os.environ.get("TORCHFT_BENCH_LOG", "WARNING"))
@@ -82,6 +92,16 @@ def main() -> None:
         hostname="127.0.0.1",
     )
     optimizer = OptimizerWrapper(manager, inner)
+    if args.ready_dir and args.replicas:
+        # The harness's start barrier: without it a group that is slow to import torch misses the
+        # first quorum (the Lighthouse issues one with min_replicas after its join timeout) and the
+        # others train without it until it heals in.
+        open(os.path.join(args.ready_dir, f"ready-{args.replica}"), "w").close()
+        deadline = time.time() + 120
+        while sum(os.path.exists(os.path.join(args.ready_dir, f"ready-{i}")) for i in range(args.replicas)) < args.replicas:
+            if time.time() > deadline:
+                raise SystemExit(f"not every one of {args.replicas} replica groups was ready within 120 s")
+            time.sleep(0.01)
     loss_fn = nn.CrossEntropyLoss(reduction="sum")
     emit(event="start", replica=args.replica, pid=os.getpid(), setup_s=time.time() - launched)
 
@@ -93,9 +113,15 @@ def main() -> None:
         samples = batches.shard(step, rank if rank is not None else 0, max(world, 1))
         loss = loss_fn(model(train_x[samples]), train_y[samples]) * (max(world, 1) / GLOBAL_BATCH)
         loss.backward()
-        works = [manager.allreduce(parameter.grad) for parameter in model.parameters()]
-        for work in works:
-            work.wait()
+        if args.bucket:
+            flat = torch.cat([parameter.grad.reshape(-1) for parameter in model.parameters()])
+            manager.allreduce(flat).wait()
+            for parameter, part in zip(model.parameters(), flat.split([p.numel() for p in model.parameters()])):
+                parameter.grad.copy_(part.view_as(parameter.grad))
+        else:
+            works = [manager.allreduce(parameter.grad) for parameter in model.parameters()]
+            for work in works:
+                work.wait()
         optimizer.step()  # should_commit: the optimizer steps only if every participant's step went well
         if manager.current_step() > step:
             emit(event="step", step=manager.current_step(), replica=args.replica, world=world, pid=os.getpid())
