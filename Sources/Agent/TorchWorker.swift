@@ -244,9 +244,6 @@ final class TorchWorker {
         self.stop()
     }
 
-    /// The worker's process id.
-    var processIdentifier: Int32 { self.process.processIdentifier }
-
     /// Asks the worker to end (`stop`), then ends it if it does not within a few seconds.
     func stop() {
         guard !self.stopped else { return }
