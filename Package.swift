@@ -214,6 +214,7 @@ let package = Package(
                 "LocalCluster",
                 "RingmasterBench",
                 "Collectives",
+                "Workload",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),

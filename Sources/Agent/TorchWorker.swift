@@ -24,6 +24,11 @@ final class TorchWorker {
         var job: String
         /// The agent's directory for its workers' sockets and logs (created 0700).
         var directory: String
+        /// This worker's place among the node's workers, and how many there are.
+        var index = 0
+        var count = 1
+        /// The one GPU this worker sees (its `CUDA_VISIBLE_DEVICES`), on a node with GPUs.
+        var gpu: String?
         /// How long the worker has to start, import torch and say hello.
         var startTimeout: Duration = .seconds(120)
     }
@@ -89,6 +94,7 @@ final class TorchWorker {
     let hello: Hello
     let logPath: String
     let logger: Logger
+    var stopRequested = false
     var stopped = false
     /// The trainable parameters, the state's size and the buckets, as the worker declared them.
     let parameterCount: Int
@@ -108,7 +114,7 @@ final class TorchWorker {
         let safeJob = String(launch.job.map { $0.isLetter || $0.isNumber || $0 == "-" ? $0 : "_" }.prefix(40))
         let nonce = (0..<6).map { _ in String(format: "%02x", UInt8.random(in: 0...255)) }.joined()
         let socketPath = "\(launch.directory)/\(safeJob)-\(nonce).sock"
-        self.logPath = "\(launch.directory)/\(safeJob).log"
+        self.logPath = "\(launch.directory)/\(safeJob)\(launch.count > 1 ? "-\(launch.index)" : "").log"
         let token = (0..<32).map { _ in String(format: "%02x", UInt8.random(in: 0...255)) }.joined()
 
         let listener = try Self.listen(at: socketPath)
@@ -138,6 +144,9 @@ final class TorchWorker {
         environment["RINGMASTER_WORKER_SOCKET"] = socketPath
         environment["RINGMASTER_WORKER_TOKEN"] = token
         environment["RINGMASTER_JOB"] = launch.job
+        environment["RINGMASTER_LOCAL_RANK"] = "\(launch.index)"
+        environment["RINGMASTER_LOCAL_WORKERS"] = "\(launch.count)"
+        if let gpu = launch.gpu { environment["CUDA_VISIBLE_DEVICES"] = gpu }
         environment["PYTHONUNBUFFERED"] = "1"
         process.environment = environment
         process.currentDirectoryURL = URL(fileURLWithPath: script).deletingLastPathComponent()
@@ -233,7 +242,8 @@ final class TorchWorker {
         logger.info(
             "worker started",
             metadata: [
-                "job": "\(launch.job)", "pid": "\(process.processIdentifier)", "parameters": "\(self.parameterCount)",
+                "job": "\(launch.job)", "worker": "\(launch.index)", "pid": "\(process.processIdentifier)",
+                "parameters": "\(self.parameterCount)",
                 "state": "\(self.stateCount)", "buckets": "\(self.buckets.count)",
                 "torch": "\(self.hello.torch ?? "?")", "device": "\(self.hello.device ?? "?")", "log": "\(logPath)",
             ]
@@ -246,10 +256,25 @@ final class TorchWorker {
 
     /// Asks the worker to end (`stop`), then ends it if it does not within a few seconds.
     func stop() {
+        self.requestStop()
+        self.finishStop()
+    }
+
+    /// Sends `stop` (once), without waiting: the node's workers are asked together, then waited for.
+    func requestStop() {
+        guard !self.stopRequested else { return }
+        self.stopRequested = true
+        if self.process.isRunning {
+            try? self.channel.send(Request(type: "stop"), deadline: .now + .seconds(1))
+        }
+    }
+
+    /// Waits a few seconds for the worker asked to stop to exit, then ends it.
+    func finishStop() {
+        self.requestStop()
         guard !self.stopped else { return }
         self.stopped = true
         if self.process.isRunning {
-            try? self.channel.send(Request(type: "stop"), deadline: .now + .seconds(1))
             Self.end(self.process, grace: .seconds(5))
         }
         self.logger.info(

@@ -1,31 +1,49 @@
+import Collectives
 import Foundation
 import JobModel
 import Logging
 import Workload
 
 /// The workload of a `kind: torch` job: stands inside the agent for the user's PyTorch script,
-/// which runs as a worker process (`TorchWorker`). Generations, aborts, the cursor, sample ids,
-/// checkpoints and the data plane stay in the agent, unchanged; the worker computes gradients,
-/// applies updates and hands its state over through shared memory when asked.
+/// which runs as one or more worker processes (`TorchWorker`). Generations, aborts, the cursor,
+/// sample ids, checkpoints and the data plane stay in the agent, unchanged; the workers compute
+/// gradients, apply updates and hand their state over through shared memory when asked.
 ///
-/// The gradient region of the shared memory is where backward writes (on the CPU each
-/// parameter's `.grad` is a view of it); bucket by bucket, as the worker says each is final, it is
-/// copied into the executor's buffer, which the data plane all-reduces while backward goes on.
+/// The gradient region of each worker's shared memory is where its backward writes (on the CPU
+/// each parameter's `.grad` is a view of it). The node's share of the batch is sliced over its
+/// workers; bucket by bucket, once every worker says it is final, the workers' gradients are summed
+/// into the executor's buffer (with one worker: copied), which the data plane all-reduces across
+/// the job while backward goes on: a hierarchical all-reduce, whose node-local part runs at memory
+/// speed. The job-wide sum is written back into every worker's region, and each applies it.
 final class TorchWorkload: TrainingWorkload {
-    let worker: TorchWorker
+    /// The node's workers; the first also answers for the state, evaluations and parameters.
+    let workers: [TorchWorker]
     let trainingSamples: Int
-    /// Longest wait for one answer of the worker (a step, a save, an update).
+    /// Longest wait for one answer of a worker (a step, a save, an update).
     let timeout: Duration
     /// The step the next gradients are for.
     var step: UInt64 = 0
 
-    init(worker: TorchWorker, trainingSamples: Int, timeout: Duration) {
-        self.worker = worker
+    init(workers: [TorchWorker], trainingSamples: Int, timeout: Duration) throws {
+        precondition(!workers.isEmpty, "a torch workload has at least one worker")
+        self.workers = workers
         self.trainingSamples = trainingSamples
         self.timeout = timeout
+        let first = workers[0]
+        for (index, worker) in workers.enumerated().dropFirst() {
+            guard worker.parameterCount == first.parameterCount, worker.stateCount == first.stateCount,
+                worker.buckets == first.buckets, worker.parameterSlots == first.parameterSlots,
+                worker.tensors == first.tensors
+            else {
+                throw WorkloadError(
+                    .invalidSetting,
+                    "worker \(index) announced a different model than worker 0 (\(worker.parameterCount) parameters and \(worker.stateCount) state slots in \(worker.buckets.count) buckets, against \(first.parameterCount), \(first.stateCount) and \(first.buckets.count)); every worker of a node must build the same model and optimizer"
+                )
+            }
+        }
     }
 
-    /// Starts the worker of a job's plan, in `directory` (the agent's directory for workers).
+    /// Starts the workers of a job's plan, in `directory` (the agent's directory for workers).
     static func start(
         job: String, node: String, plan: TrainingPlan, directory: String, logger: Logger
     ) throws -> TorchWorkload {
@@ -33,101 +51,262 @@ final class TorchWorkload: TrainingWorkload {
         var environment = settings.environment
         environment["RINGMASTER_DATASET"] = plan.datasetPath
         environment["RINGMASTER_NODE"] = node
-        let worker = try TorchWorker(
-            .init(
+        let gpus = Self.visibleGPUs(jobEnvironment: settings.environment)
+        let count = settings.workersPerNode ?? max(1, gpus.count)
+        let launches = (0..<count).map { index in
+            TorchWorker.Launch(
                 python: settings.python, script: settings.script, arguments: settings.arguments,
-                environment: environment, job: job, directory: directory),
-            logger: logger)
-        if let samples = worker.hello.samples, samples != plan.datasetSamples {
+                environment: environment, job: job, directory: directory, index: index, count: count,
+                gpu: gpus.isEmpty ? nil : gpus[index % gpus.count])
+        }
+        // The workers start together (each imports torch, which takes seconds).
+        let results = StartResults()
+        DispatchQueue.concurrentPerform(iterations: count) { index in
+            results.set(index, Result { try TorchWorker(launches[index], logger: logger) })
+        }
+        let started = results.all
+        var workers: [TorchWorker] = []
+        var firstError: (any Error)?
+        for index in 0..<count {
+            switch started[index] {
+            case .success(let worker): workers.append(worker)
+            case .failure(let error):
+                firstError = firstError ?? (count > 1 ? Self.labelled(error, worker: index) : error)
+            case nil: break
+            }
+        }
+        if let firstError {
+            Self.stopAll(workers)
+            throw firstError
+        }
+        let workload: TorchWorkload
+        do {
+            workload = try TorchWorkload(
+                workers: workers, trainingSamples: plan.datasetSamples, timeout: .seconds(settings.stepTimeoutSeconds))
+        } catch {
+            Self.stopAll(workers)
+            throw error
+        }
+        if let samples = workers[0].hello.samples, samples != plan.datasetSamples {
+            Self.stopAll(workers)
             throw WorkloadError(
                 .invalidSetting,
                 "the job says its data set has \(plan.datasetSamples) samples, but the script's has \(samples); fix dataset.samples in the job spec"
             )
         }
-        return TorchWorkload(
-            worker: worker, trainingSamples: plan.datasetSamples, timeout: .seconds(settings.stepTimeoutSeconds))
+        return workload
     }
 
-    var parameterCount: Int { self.worker.parameterCount }
-    var buckets: [Range<Int>] { self.worker.buckets }
-    var stateCount: Int { self.worker.stateCount }
-    var stateTensors: [StateTensor] { self.worker.tensors }
+    /// The GPUs this node's workers may use, one per worker: `CUDA_VISIBLE_DEVICES` of the job's
+    /// `env`, else the agent's own, else every NVIDIA device the node has (`/dev/nvidiaN`).
+    static func visibleGPUs(
+        jobEnvironment: [String: String],
+        agentEnvironment: [String: String] = ProcessInfo.processInfo.environment,
+        devices: () -> [String] = { (try? FileManager.default.contentsOfDirectory(atPath: "/dev")) ?? [] }
+    ) -> [String] {
+        if let listed = jobEnvironment["CUDA_VISIBLE_DEVICES"] ?? agentEnvironment["CUDA_VISIBLE_DEVICES"] {
+            // CUDA stops at the first entry it cannot use; "-1" or "" hides every GPU.
+            var usable: [String] = []
+            for entry in listed.split(separator: ",", omittingEmptySubsequences: false) {
+                let trimmed = entry.trimmingCharacters(in: .whitespaces)
+                guard !trimmed.isEmpty, !trimmed.hasPrefix("-") else { break }
+                usable.append(trimmed)
+            }
+            return usable
+        }
+        return devices().compactMap { name -> Int? in
+            guard name.hasPrefix("nvidia"), let number = Int(name.dropFirst("nvidia".count)) else { return nil }
+            return number
+        }.sorted().map(String.init)
+    }
+
+    static func labelled(_ error: any Error, worker index: Int) -> any Error {
+        guard let error = error as? WorkloadError else { return error }
+        return WorkloadError(error.code, "worker \(index): \(error.message)")
+    }
+
+    /// Asks every worker to stop, then waits for each.
+    static func stopAll(_ workers: [TorchWorker]) {
+        for worker in workers { worker.requestStop() }
+        for worker in workers { worker.finishStop() }
+    }
+
+    var parameterCount: Int { self.workers[0].parameterCount }
+    var buckets: [Range<Int>] { self.workers[0].buckets }
+    var stateCount: Int { self.workers[0].stateCount }
+    var stateTensors: [StateTensor] { self.workers[0].tensors }
 
     func beginStep(_ step: UInt64) { self.step = step }
 
-    func release() { self.worker.stop() }
+    func release() { Self.stopAll(self.workers) }
 
-    var gradients: UnsafeMutableBufferPointer<Float> {
-        self.worker.memory.floats(at: 0, count: self.worker.parameterCount)
+    /// A worker's gradient region.
+    func gradients(of worker: TorchWorker) -> UnsafeMutableBufferPointer<Float> {
+        worker.memory.floats(at: 0, count: worker.parameterCount)
     }
 
-    var state: UnsafeMutableBufferPointer<Float> {
-        self.worker.memory.floats(at: self.worker.parameterCount, count: self.worker.stateCount)
+    /// A worker's state region.
+    func state(of worker: TorchWorker) -> UnsafeMutableBufferPointer<Float> {
+        worker.memory.floats(at: worker.parameterCount, count: worker.stateCount)
+    }
+
+    /// The slice of `samples` that worker `index` of `count` takes: consecutive runs, the first
+    /// `samples.count % count` workers one sample more.
+    static func slice(_ samples: ArraySlice<Int>, worker index: Int, of count: Int) -> ArraySlice<Int> {
+        let base = samples.count / count
+        let extra = samples.count % count
+        let start = samples.startIndex + index * base + min(index, extra)
+        return samples[start..<(start + base + (index < extra ? 1 : 0))]
     }
 
     func accumulateGradients(
         samples: ArraySlice<Int>, into gradients: UnsafeMutableBufferPointer<Float>, bucketReady: (Int) -> Void
     ) throws -> Double {
         let deadline = ContinuousClock.now + self.timeout
-        try self.worker.channel.send(
-            TorchWorker.Request(type: "step", step: self.step, samples: Array(samples)), deadline: deadline)
-        let shared = self.gradients
-        var next = 0
-        while true {
-            let reply = try self.worker.channel.receive(
-                TorchWorker.Reply.self, deadline: deadline, waitingFor: "the worker's gradients")
-            switch reply.type {
-            case "bucket":
-                guard let index = reply.index, index == next, index < self.buckets.count else {
-                    throw WorkloadError(
-                        .workerFailed,
-                        "the worker said bucket \(reply.index.map(String.init) ?? "none") is ready, expected bucket \(next)"
-                    )
-                }
-                let range = self.buckets[index]
-                UnsafeMutableBufferPointer(rebasing: gradients[range]).update(
-                    fromContentsOf: UnsafeMutableBufferPointer(rebasing: shared[range]))
-                next += 1
-                bucketReady(index)
-            case "gradients":
-                guard next == self.buckets.count else {
-                    throw WorkloadError(
-                        .workerFailed, "the worker finished its step after \(next) of \(self.buckets.count) buckets")
-                }
-                // JSON has no NaN: a loss that is not finite comes as null.
-                return reply.lossSum ?? .nan
-            case "error":
-                throw self.worker.failure("the worker failed its step: \(reply.message ?? "")")
-            default:
-                throw WorkloadError(.workerFailed, "the worker answered `\(reply.type)` during a step")
+        let count = self.workers.count
+        for (index, worker) in self.workers.enumerated() {
+            let slice = Self.slice(samples, worker: index, of: count)
+            try worker.channel.send(
+                TorchWorker.Request(type: "step", step: self.step, samples: Array(slice)), deadline: deadline)
+        }
+        let regions = self.workers.map { UnsafeBufferPointer(self.gradients(of: $0)) }
+        for (index, range) in self.buckets.enumerated() {
+            for (position, worker) in self.workers.enumerated() {
+                try self.awaitBucket(index, from: worker, position: position, deadline: deadline)
             }
+            NodeSum.sum(regions, range: range, into: gradients)
+            bucketReady(index)
+        }
+        var loss = 0.0
+        for (position, worker) in self.workers.enumerated() {
+            let reply = try self.receive(from: worker, position: position, deadline: deadline)
+            switch reply.type {
+            case "gradients":
+                // JSON has no NaN: a loss that is not finite comes as null.
+                loss += reply.lossSum ?? .nan
+            case "error":
+                throw worker.failure("\(self.name(position)) failed its step: \(reply.message ?? "")")
+            default:
+                throw WorkloadError(
+                    .workerFailed,
+                    "\(self.name(position)) answered `\(reply.type)` after its last bucket, expected its gradients")
+            }
+        }
+        return loss
+    }
+
+    /// Waits for `worker` to say that bucket `index` is final.
+    func awaitBucket(_ index: Int, from worker: TorchWorker, position: Int, deadline: ContinuousClock.Instant) throws {
+        let reply = try self.receive(from: worker, position: position, deadline: deadline)
+        switch reply.type {
+        case "bucket":
+            guard reply.index == index else {
+                throw WorkloadError(
+                    .workerFailed,
+                    "\(self.name(position)) said bucket \(reply.index.map(String.init) ?? "none") is ready, expected bucket \(index)"
+                )
+            }
+        case "gradients":
+            throw WorkloadError(
+                .workerFailed,
+                "\(self.name(position)) finished its step after \(index) of \(self.buckets.count) buckets")
+        case "error":
+            throw worker.failure("\(self.name(position)) failed its step: \(reply.message ?? "")")
+        default:
+            throw WorkloadError(.workerFailed, "\(self.name(position)) answered `\(reply.type)` during a step")
         }
     }
 
-    func applyGradients(_ gradients: UnsafeBufferPointer<Float>, scale: Float) throws {
-        _ = self.gradients.update(fromContentsOf: gradients)
-        try self.worker.call(.init(type: "apply", scale: scale), expecting: "applied", timeout: self.timeout)
+    func receive(from worker: TorchWorker, position: Int, deadline: ContinuousClock.Instant) throws
+        -> TorchWorker.Reply
+    {
+        try worker.channel.receive(
+            TorchWorker.Reply.self, deadline: deadline, waitingFor: "the gradients of \(self.name(position))")
     }
 
+    /// How messages name a worker: "the worker" on a node with one.
+    func name(_ position: Int) -> String {
+        self.workers.count == 1 ? "the worker" : "worker \(position)"
+    }
+
+    /// Sends `request` to every worker, then waits for each to answer `expected`.
+    func callAll(_ request: TorchWorker.Request, expecting expected: String) throws {
+        let deadline = ContinuousClock.now + self.timeout
+        for worker in self.workers { try worker.channel.send(request, deadline: deadline) }
+        for worker in self.workers { _ = try worker.expect(expected, deadline: deadline, after: request.type) }
+    }
+
+    func applyGradients(_ gradients: UnsafeBufferPointer<Float>, scale: Float) throws {
+        for worker in self.workers { _ = self.gradients(of: worker).update(fromContentsOf: gradients) }
+        try self.callAll(.init(type: "apply", scale: scale), expecting: "applied")
+    }
+
+    /// Every worker holds the same state (they load the same, then apply the same sums); the first
+    /// one's is the node's.
     func saveState(into state: UnsafeMutableBufferPointer<Float>) throws {
-        try self.worker.call(.init(type: "save"), expecting: "saved", timeout: self.timeout)
-        _ = state.update(fromContentsOf: self.state)
+        let first = self.workers[0]
+        try first.call(.init(type: "save"), expecting: "saved", timeout: self.timeout)
+        _ = state.update(fromContentsOf: self.state(of: first))
     }
 
     func loadState(from state: UnsafeBufferPointer<Float>) throws {
-        _ = self.state.update(fromContentsOf: state)
-        try self.worker.call(.init(type: "load"), expecting: "loaded", timeout: self.timeout)
+        for worker in self.workers { _ = self.state(of: worker).update(fromContentsOf: state) }
+        try self.callAll(.init(type: "load"), expecting: "loaded")
     }
 
     /// The parameters as the state holds them (every parameter, trainable or not, then nothing
     /// else: the state's first slots are the parameters').
     func parameters() throws -> [Float] {
-        try self.worker.call(.init(type: "save"), expecting: "saved", timeout: self.timeout)
-        return Array(self.state.prefix(self.worker.parameterSlots))
+        let first = self.workers[0]
+        try first.call(.init(type: "save"), expecting: "saved", timeout: self.timeout)
+        return Array(self.state(of: first).prefix(first.parameterSlots))
     }
 
     func evaluate() throws -> (accuracy: Double, loss: Double) {
-        let reply = try self.worker.call(.init(type: "evaluate"), expecting: "evaluated", timeout: self.timeout)
+        let reply = try self.workers[0].call(.init(type: "evaluate"), expecting: "evaluated", timeout: self.timeout)
         return (reply.accuracy ?? .nan, reply.loss ?? .nan)
+    }
+}
+
+/// The workers as they started, by index, filled in from the threads that start them.
+final class StartResults: @unchecked Sendable {
+    // Safe: every access holds `lock`, and each worker is handed over once, to the caller.
+    let lock = NSLock()
+    var results: [Int: Result<TorchWorker, any Error>] = [:]
+
+    func set(_ index: Int, _ result: Result<TorchWorker, any Error>) {
+        self.lock.withLock { self.results[index] = result }
+    }
+
+    var all: [Int: Result<TorchWorker, any Error>] { self.lock.withLock { self.results } }
+}
+
+/// The node-local part of the hierarchical all-reduce: the node's workers' gradients, summed in
+/// shared memory by the agent (memory speed, no sockets).
+enum NodeSum {
+    /// Floats summed at a time: the destination's chunk stays in the cache while every source's
+    /// chunk is added to it.
+    static let chunk = 8192
+
+    /// `destination[range] = sources[0][range] + sources[1][range] + ...`, in that order (the same
+    /// rounding on every node with as many workers).
+    static func sum(
+        _ sources: [UnsafeBufferPointer<Float>], range: Range<Int>, into destination: UnsafeMutableBufferPointer<Float>
+    ) {
+        guard let first = sources.first, let target = destination.baseAddress, let base = first.baseAddress else {
+            return
+        }
+        var start = range.lowerBound
+        while start < range.upperBound {
+            let count = min(Self.chunk, range.upperBound - start)
+            (target + start).update(from: base + start, count: count)
+            for source in sources.dropFirst() {
+                guard let other = source.baseAddress else { continue }
+                Reduction.add(
+                    UnsafeRawPointer(other + start), into: UnsafeMutableRawPointer(target + start), count: count,
+                    type: .float32)
+            }
+            start += count
+        }
     }
 }

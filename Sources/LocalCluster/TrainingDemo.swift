@@ -49,6 +49,9 @@ public final class TrainingDemo: Sendable {
         /// Hold this many TLS connections without a client certificate to the coordinator through
         /// the job (from 127.0.0.2), as anyone who reaches its port could.
         public var floodControl: Int?
+        /// Worker processes per agent of a torch workload (nil: the job's default, one per GPU
+        /// the node sees, one without GPUs).
+        public var workersPerNode: Int?
 
         public init(executable: String) {
             self.executable = executable
@@ -419,7 +422,7 @@ public final class TrainingDemo: Sendable {
 extension TrainingDemo.Options {
     /// The demo's job, as a value.
     public func spec() -> JobSpec {
-        let workload: (kind: String, parameters: [String: Any], path: String, samples: Int)
+        var workload: (kind: String, parameters: [String: Any], path: String, samples: Int)
         switch self.model {
         case .digits(.sgd):
             workload = (
@@ -440,6 +443,9 @@ extension TrainingDemo.Options {
                 ],
                 data, WorkloadCatalog.bundledDigitsTrainingSamples
             )
+        }
+        if workload.kind == "torch", let workers = self.workersPerNode {
+            workload.parameters["workers_per_node"] = workers
         }
         return JobSpec(
             name: "demo",

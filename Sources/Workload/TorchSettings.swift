@@ -11,6 +11,7 @@ import Yams
 ///   env: {OMP_NUM_THREADS: "1"}    # optional
 ///   python: /opt/venv/bin/python   # optional, default python3 (looked up on PATH)
 ///   step_timeout_seconds: 60       # optional: longest wait for one answer of the worker
+///   workers_per_node: 2            # optional: default one per visible GPU, one on a CPU-only node
 /// ```
 public struct TorchSettings: Sendable, Hashable {
     /// The user's script.
@@ -24,9 +25,16 @@ public struct TorchSettings: Sendable, Hashable {
     /// The longest wait for one answer of the worker (a step, an update, a save); default 60 s,
     /// the agent's default collective timeout: a worker that hangs holds its peers up that long.
     public var stepTimeoutSeconds: Int
+    /// Worker processes each agent runs (each takes a slice of the node's share of the batch;
+    /// their gradients are summed on the node before the job's all-reduce); nil: one per GPU the
+    /// node sees, one on a node without GPUs.
+    public var workersPerNode: Int?
+
+    /// The most workers per node a job may ask for.
+    public static let maximumWorkersPerNode = 64
 
     /// The keys a torch workload accepts beside `kind`.
-    public static let keys = ["script", "args", "env", "python", "step_timeout_seconds"]
+    public static let keys = ["script", "args", "env", "python", "step_timeout_seconds", "workers_per_node"]
 
     /// Reads the settings from the workload's YAML mapping (without `kind`), refusing what is
     /// unknown or malformed with the key named.
@@ -100,6 +108,15 @@ public struct TorchSettings: Sendable, Hashable {
             self.stepTimeoutSeconds = seconds
         } else {
             self.stepTimeoutSeconds = 60
+        }
+        if let workers = values["workers_per_node"] {
+            guard let count = workers.int, (1...Self.maximumWorkersPerNode).contains(count) else {
+                throw WorkloadError(
+                    .invalidSetting,
+                    "workload setting `workers_per_node` must be a whole number from 1 to \(Self.maximumWorkersPerNode), or left out (one per GPU the node sees)"
+                )
+            }
+            self.workersPerNode = count
         }
     }
 }

@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import LocalCluster
 import Synchronization
+import Workload
 
 /// The main job in one command: a coordinator and agents as separate processes on loopback
 /// (certificates and single-use tokens made for the run), training the reference model on the
@@ -59,6 +60,12 @@ struct DemoCommand: AsyncParsableCommand {
     @Option(help: "With --model torch-digits: the longest wait for one answer of a worker, in seconds.")
     var stepTimeout: Int = 60
 
+    @Option(
+        help:
+            "With a torch model: worker processes per agent, each taking a slice of the agent's share of the batch (default: one per GPU the machine has, one without GPUs)."
+    )
+    var workersPerNode: Int?
+
     @Option(help: "Parameters of the synthetic model.")
     var parameters: Int = 10_000_000
 
@@ -105,6 +112,9 @@ struct DemoCommand: AsyncParsableCommand {
             throw ValidationError("--model must be digits, synthetic or torch-digits")
         }
         guard self.parameters >= 1 else { throw ValidationError("--parameters must be positive") }
+        if let workers = self.workersPerNode, !(1...TorchSettings.maximumWorkersPerNode).contains(workers) {
+            throw ValidationError("--workers-per-node must be from 1 to \(TorchSettings.maximumWorkersPerNode)")
+        }
         guard (1...86_400).contains(self.stepTimeout) else {
             throw ValidationError("--step-timeout must be from 1 to 86400 seconds")
         }
@@ -148,6 +158,7 @@ struct DemoCommand: AsyncParsableCommand {
         options.timeoutSeconds = self.timeout
         options.floodDataPlane = self.floodDataPlane
         options.floodControl = self.floodControl
+        options.workersPerNode = self.workersPerNode
         switch self.model {
         case "synthetic": options.model = .synthetic(parameters: self.parameters)
         case "torch-digits":

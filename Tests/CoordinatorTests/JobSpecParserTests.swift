@@ -41,6 +41,8 @@ struct JobSpecParserTests {
         #expect(settings.arguments == ["--data", "/srv/ringmaster/data/digits.csv.gz", "--lr", "0.01"])
         #expect(settings.environment == ["OMP_NUM_THREADS": "1"])
         #expect(settings.python == "/srv/ringmaster/.venv/bin/python" && settings.stepTimeoutSeconds == 60)
+        #expect(settings.workersPerNode == nil, "left out: one per GPU the node sees")
+        #expect(try TorchSettings(yaml: "{script: t.py, workers_per_node: 4}").workersPerNode == 4)
         // What the spec writer reads back is the same spec.
         #expect(try JobSpecParser.parse(yaml: JobSpecParser.yaml(spec)) == spec)
     }
@@ -52,6 +54,9 @@ struct JobSpecParserTests {
         ("workload: {kind: torch, script: t.py, env: {RINGMASTER_WORKER_TOKEN: x}}", "may not set RINGMASTER_"),
         ("workload: {kind: torch, script: t.py, interpreter: python3}", "unknown workload setting `interpreter`"),
         ("workload: {kind: torch, script: t.py, step_timeout_seconds: 0}", "`step_timeout_seconds` must be"),
+        ("workload: {kind: torch, script: t.py, workers_per_node: 0}", "`workers_per_node` must be"),
+        ("workload: {kind: torch, script: t.py, workers_per_node: 65}", "`workers_per_node` must be"),
+        ("workload: {kind: torch, script: t.py, workers_per_node: two}", "`workers_per_node` must be"),
     ])
     func aMalformedTorchWorkload_isRefused_namingTheSetting(workload: String, says: String) {
         let text = """
