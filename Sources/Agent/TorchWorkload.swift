@@ -2,6 +2,7 @@ import Collectives
 import Foundation
 import JobModel
 import Logging
+import Synchronization
 import Workload
 
 /// The workload of a `kind: torch` job: stands inside the agent for the user's PyTorch script,
@@ -51,6 +52,7 @@ final class TorchWorkload: TrainingWorkload {
         var environment = settings.environment
         environment["RINGMASTER_DATASET"] = plan.datasetPath
         environment["RINGMASTER_NODE"] = node
+        try Self.checkInterpreter(settings.python, environment: environment, directory: directory, logger: logger)
         let gpus = Self.visibleGPUs(jobEnvironment: settings.environment)
         let count = settings.workersPerNode ?? max(1, gpus.count)
         let launches = (0..<count).map { index in
@@ -95,6 +97,63 @@ final class TorchWorkload: TrainingWorkload {
             )
         }
         return workload
+    }
+
+    /// Interpreters that passed the check, in this agent's life (each check imports torch: seconds).
+    static let checkedInterpreters = Mutex<Set<String>>([])
+
+    /// Checks, before the node accepts a torch job, that `python` exists and imports torch and the
+    /// ringmaster package (`python -m ringmaster.torch.check`), so that a node without them refuses
+    /// the job saying so, instead of a worker failing later.
+    static func checkInterpreter(
+        _ python: String, environment: [String: String], directory: String, logger: Logger,
+        timeout: Duration = .seconds(60)
+    ) throws {
+        if Self.checkedInterpreters.withLock({ $0.contains(python) }) { return }
+        try FileManager.default.createDirectory(
+            atPath: directory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+        let outputPath = "\(directory)/check-\(UUID().uuidString.prefix(8)).log"
+        guard FileManager.default.createFile(atPath: outputPath, contents: nil, attributes: [.posixPermissions: 0o600]),
+            let output = FileHandle(forWritingAtPath: outputPath)
+        else {
+            throw WorkloadError(.workerFailed, "could not create \(outputPath) for the interpreter's check")
+        }
+        defer { unlink(outputPath) }
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        process.arguments = [python, "-m", "ringmaster.torch.check"]
+        process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
+        process.standardInput = FileHandle.nullDevice
+        process.standardOutput = output
+        process.standardError = output
+        do {
+            try process.run()
+        } catch {
+            try? output.close()
+            throw WorkloadError(.invalidSetting, "could not run the job's interpreter `\(python)`: \(error)")
+        }
+        try? output.close()
+        guard TorchWorker.waitForExit(process, until: .now + timeout) else {
+            TorchWorker.end(process, grace: .zero)
+            throw WorkloadError(
+                .invalidSetting,
+                "the job's interpreter `\(python)` did not finish `python -m ringmaster.torch.check` within \(timeout)")
+        }
+        let lines = TorchWorker.lastLines(of: outputPath, count: 6)
+        guard process.terminationReason == .exit, process.terminationStatus == 0 else {
+            // env says 127 when the interpreter is not found; Python says which module is missing.
+            let said = lines.last ?? "no output"
+            let advice =
+                process.terminationStatus == 127
+                ? "there is no `\(python)` on this node: set workload.python to an interpreter that exists here"
+                : "install PyTorch and the ringmaster package for it (scripts/setup-python.sh, or pip install torch ./python)"
+            throw WorkloadError(
+                .invalidSetting,
+                "this node cannot run torch jobs with `\(python)`: \(said); \(advice)")
+        }
+        Self.checkedInterpreters.withLock { _ = $0.insert(python) }
+        logger.info(
+            "torch interpreter checked", metadata: ["python": "\(python)", "says": "\(lines.joined(separator: " | "))"])
     }
 
     /// The GPUs this node's workers may use, one per worker: `CUDA_VISIBLE_DEVICES` of the job's

@@ -50,7 +50,8 @@ import Testing
 
     @Test func test_visibleGPUs_followCUDAVisibleDevices_thenTheDevices() {
         let devices = { ["nvidia1", "nvidiactl", "nvidia0", "nvidia-uvm", "null", "nvidia10"] }
-        #expect(TorchWorkload.visibleGPUs(jobEnvironment: [:], agentEnvironment: [:], devices: devices) == ["0", "1", "10"])
+        #expect(
+            TorchWorkload.visibleGPUs(jobEnvironment: [:], agentEnvironment: [:], devices: devices) == ["0", "1", "10"])
         #expect(TorchWorkload.visibleGPUs(jobEnvironment: [:], agentEnvironment: [:], devices: { ["null"] }).isEmpty)
         #expect(
             TorchWorkload.visibleGPUs(
@@ -64,7 +65,8 @@ import Testing
         for hidden in ["", "-1", "-1,0"] {
             #expect(
                 TorchWorkload.visibleGPUs(
-                    jobEnvironment: ["CUDA_VISIBLE_DEVICES": hidden], agentEnvironment: [:], devices: devices).isEmpty,
+                    jobEnvironment: ["CUDA_VISIBLE_DEVICES": hidden], agentEnvironment: [:], devices: devices
+                ).isEmpty,
                 "CUDA_VISIBLE_DEVICES=\(hidden)")
         }
         #expect(
