@@ -1,8 +1,11 @@
+import Agent
 import ArgumentParser
 import Collectives
 import Foundation
 import LocalCluster
+import Logging
 import RingmasterBench
+import Workload
 
 struct BenchCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -10,7 +13,7 @@ struct BenchCommand: AsyncParsableCommand {
         abstract: "Benchmarks (figures recorded in bench/README.md).",
         subcommands: [
             AllReduce.self, AllReduceWorker.self, Reduce.self, Machine.self, Rendezvous.self, Recovery.self,
-            Checkpoint.self, SpecFuzz.self,
+            Checkpoint.self, SpecFuzz.self, NodeSum.self,
         ]
     )
 
@@ -435,6 +438,66 @@ struct BenchCommand: AsyncParsableCommand {
                         "spec-fuzz: \(result.overTime) spec(s) over \(self.maxParseSeconds) s; memory grew by \(growth >> 20) MiB (limit \(self.maxGrowthMib))\n"
                             .utf8))
                 throw ExitCode(1)
+            }
+        }
+    }
+
+    struct NodeSum: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "node-sum",
+            abstract:
+                "The node-local sum of a torch job's gradients: worker processes to the agent through shared memory and back, on the real path (bench/node-sum.sh sets it beside Open MPI's shared-memory transport)."
+        )
+
+        @Option(help: "Worker processes on the node.")
+        var workers: Int = 2
+
+        @Option(help: "Gradient sizes in bytes (K, M, G suffixes).")
+        var sizes: String = "64K,1M,16M,64M"
+
+        @Option(help: "The Python interpreter with the ringmaster package (default as for the demo).")
+        var python: String?
+
+        @Option(help: "The worker script.")
+        var script: String = "bench/node_sum_worker.py"
+
+        @Option(help: "Timed seconds per size, at least (and at least 20 iterations).")
+        var seconds: Double = 1
+
+        @Flag(help: "Print one JSON object per size.")
+        var json = false
+
+        func run() throws {
+            guard (1...TorchSettings.maximumWorkersPerNode).contains(self.workers) else {
+                throw ValidationError("--workers must be from 1 to \(TorchSettings.maximumWorkersPerNode)")
+            }
+            let sizes = try AllReduceBenchmark.parseSizes(self.sizes)
+            if let bad = sizes.first(where: { $0 <= 0 || $0 % 4 != 0 }) {
+                throw ValidationError("--sizes: \(bad) is not a positive multiple of 4 bytes")
+            }
+            let directory = FileManager.default.temporaryDirectory.appendingPathComponent(
+                "ringmaster-node-sum-\(UUID().uuidString.prefix(8))"
+            ).path
+            defer { try? FileManager.default.removeItem(atPath: directory) }
+            var logger = Logger(label: "bench")
+            logger.logLevel = .warning
+            let rows = try NodeSumBenchmark.run(
+                workers: self.workers, sizes: sizes, python: DemoCommand.interpreter(self.python),
+                script: URL(fileURLWithPath: self.script).standardizedFileURL.path, directory: directory,
+                minimumSeconds: self.seconds, logger: logger)
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.sortedKeys]
+            for row in rows {
+                if self.json {
+                    print(String(decoding: try encoder.encode(row), as: UTF8.self))
+                } else {
+                    print(
+                        String(
+                            format:
+                                "%10d B  %d workers  p50 %10.1f us  p99 %10.1f us  algbw %6.2f GB/s  cpu %9.1f us/op",
+                            row.bytes, self.workers, row.p50Microseconds, row.p99Microseconds,
+                            row.algorithmBandwidth, row.cpuMicrosecondsPerOperation))
+                }
             }
         }
     }

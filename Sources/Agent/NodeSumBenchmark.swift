@@ -1,0 +1,139 @@
+import Foundation
+import Logging
+import Workload
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// `ringmaster bench node-sum`: the node-local part of a torch job's all-reduce, timed on the real
+/// path. The agent's own `TorchWorkload` runs `workers` worker processes (bench/node_sum_worker.py,
+/// which speaks the worker protocol with nothing to compute) and, per iteration, does what a step
+/// does between backward and the optimizer: the step request, every worker's `bucket` messages,
+/// the sum of their gradients in shared memory bucket by bucket, the result written back to every
+/// worker, and the `apply` round trip. No data plane: one node.
+public enum NodeSumBenchmark {
+    /// One size's figures, with the fields of `bench allreduce --json` and bench/allreduce_report.py.
+    public struct Row: Sendable, Codable {
+        public var bytes: Int
+        public var iterations: Int
+        public var p50Microseconds: Double
+        public var p99Microseconds: Double
+        /// Bytes per p50, in 10^9 B/s.
+        public var algorithmBandwidth: Double
+        /// `algbw * 2(n-1)/n`, as for an all-reduce of `n` ranks.
+        public var busBandwidth: Double
+        /// CPU time per iteration, the agent's and the workers' together.
+        public var cpuMicrosecondsPerOperation: Double
+
+        enum CodingKeys: String, CodingKey {
+            case bytes, iterations
+            case p50Microseconds = "p50_us"
+            case p99Microseconds = "p99_us"
+            case algorithmBandwidth = "algbw_gbps"
+            case busBandwidth = "busbw_gbps"
+            case cpuMicrosecondsPerOperation = "cpu_us_per_op"
+        }
+    }
+
+    /// Runs the benchmark at each size (bytes, a multiple of 4) with `workers` workers started
+    /// as `python script`, in `directory`.
+    public static func run(
+        workers count: Int, sizes: [Int], python: String, script: String, directory: String,
+        minimumSeconds: Double = 1, logger: Logger
+    ) throws -> [Row] {
+        var rows: [Row] = []
+        for size in sizes {
+            let slots = max(1, size / 4)
+            let workers = try (0..<count).map { index in
+                try TorchWorker(
+                    .init(
+                        python: python, script: script, arguments: [],
+                        environment: ["RINGMASTER_BENCH_SLOTS": "\(slots)"], job: "node-sum", directory: directory,
+                        index: index, count: count, startTimeout: .seconds(60)),
+                    logger: logger)
+            }
+            let workload = try TorchWorkload(workers: workers, trainingSamples: 0, timeout: .seconds(60))
+            defer { workload.release() }
+            let destination = UnsafeMutableBufferPointer<Float>.allocate(capacity: slots)
+            defer { destination.deallocate() }
+            for (index, worker) in workers.enumerated() {
+                workload.gradients(of: worker).update(repeating: Float(index + 1))
+            }
+            let once = {
+                _ = try workload.accumulateGradients(samples: [], into: destination) { _ in }
+                try workload.applyGradients(UnsafeBufferPointer(destination), scale: 1)
+            }
+            let clock = ContinuousClock()
+            let warmUp = clock.measure { for _ in 0..<5 { try? once() } }
+            let perIteration = max(1e-7, Self.seconds(warmUp) / 5)
+            let iterations = min(100_000, max(20, Int(minimumSeconds / perIteration) + 1))
+            var times: [Double] = []
+            times.reserveCapacity(iterations)
+            let cpuBefore = Self.cpuSeconds(workers)
+            for _ in 0..<iterations {
+                let start = clock.now
+                try once()
+                times.append(Self.seconds(clock.now - start))
+            }
+            let cpu = Self.cpuSeconds(workers) - cpuBefore
+            try Self.check(workload, destination: destination)
+            times.sort()
+            let p50 = times[times.count / 2]
+            let p99 = times[min(times.count - 1, Int(Double(times.count) * 0.99))]
+            let algbw = Double(slots * 4) / p50 / 1e9
+            rows.append(
+                Row(
+                    bytes: slots * 4, iterations: iterations, p50Microseconds: p50 * 1e6, p99Microseconds: p99 * 1e6,
+                    algorithmBandwidth: algbw, busBandwidth: algbw * 2 * Double(count - 1) / Double(count),
+                    cpuMicrosecondsPerOperation: cpu / Double(iterations) * 1e6))
+        }
+        return rows
+    }
+
+    /// After the timed iterations: worker `i` holds `i + 1` everywhere; one more iteration must
+    /// leave the sum, n(n+1)/2, in the result and in every worker's gradients.
+    static func check(_ workload: TorchWorkload, destination: UnsafeMutableBufferPointer<Float>) throws {
+        let count = workload.workers.count
+        for (index, worker) in workload.workers.enumerated() {
+            workload.gradients(of: worker).update(repeating: Float(index + 1))
+        }
+        _ = try workload.accumulateGradients(samples: [], into: destination) { _ in }
+        try workload.applyGradients(UnsafeBufferPointer(destination), scale: 1)
+        let expected = Float(count * (count + 1) / 2)
+        for (index, worker) in workload.workers.enumerated() {
+            let region = workload.gradients(of: worker)
+            guard destination.allSatisfy({ $0 == expected }), region.allSatisfy({ $0 == expected }) else {
+                throw WorkloadError(
+                    .workerFailed, "the node sum is wrong: worker \(index) does not hold \(expected) everywhere")
+            }
+        }
+    }
+
+    static func seconds(_ duration: Duration) -> Double {
+        Double(duration.components.seconds) + Double(duration.components.attoseconds) * 1e-18
+    }
+
+    /// The agent's CPU time so far, and its workers' (from /proc).
+    static func cpuSeconds(_ workers: [TorchWorker]) -> Double {
+        var usage = rusage()
+        getrusage(RUSAGE_SELF.rawValue, &usage)
+        var total =
+            Double(usage.ru_utime.tv_sec) + Double(usage.ru_utime.tv_usec) * 1e-6 + Double(usage.ru_stime.tv_sec)
+            + Double(usage.ru_stime.tv_usec) * 1e-6
+        let ticks = Double(sysconf(Int32(_SC_CLK_TCK)))
+        for worker in workers {
+            guard
+                let text = try? String(
+                    contentsOfFile: "/proc/\(worker.process.processIdentifier)/stat", encoding: .utf8),
+                let end = text.lastIndex(of: ")")
+            else { continue }
+            // After "pid (name) ": state is field 3; utime and stime are fields 14 and 15.
+            let fields = text[text.index(after: end)...].split(separator: " ")
+            if fields.count > 13, let user = Double(fields[11]), let system = Double(fields[12]) {
+                total += (user + system) / ticks
+            }
+        }
+        return total
+    }
+}

@@ -1,0 +1,69 @@
+#!/usr/bin/env python3
+"""One worker of `ringmaster bench node-sum`: speaks the worker protocol (docs/worker-protocol.md)
+with a "model" of SLOTS float32 gradients and nothing to compute, so that the agent's timing holds
+only the node-local reduction: the step request, a `bucket` message per bucket (1 Mi slots each, as
+`ringmaster.torch.init` cuts them by default), the agent's sum of every worker's buckets in shared
+memory, the job-wide result written back to every worker, and the `apply` round trip.
+
+Started by the agent (it needs RINGMASTER_WORKER_SOCKET and RINGMASTER_WORKER_TOKEN); the slot count
+comes in RINGMASTER_BENCH_SLOTS.
+"""
+
+import mmap
+import os
+
+from ringmaster._agent import PROTOCOL_VERSION, AgentConnection, WorkerEnvironment
+
+BUCKET_SLOTS = 1 << 20
+
+
+def main() -> None:
+    environment = WorkerEnvironment.read()
+    slots = int(os.environ["RINGMASTER_BENCH_SLOTS"])
+    buckets = [[start, min(slots, start + BUCKET_SLOTS)] for start in range(0, slots, BUCKET_SLOTS)]
+    connection = AgentConnection.connect(environment)
+    connection.send(
+        {
+            "type": "hello",
+            "token": environment.token,
+            "protocol": PROTOCOL_VERSION,
+            "parameters": slots,
+            "state": slots,
+            "parameter_slots": slots,
+            "buckets": buckets,
+            "tensors": [],
+            "samples": None,
+            "torch": None,
+            "device": "cpu",
+        }
+    )
+    memory = None
+    while True:
+        message = connection.receive()
+        kind = message["type"]
+        if kind == "memory":
+            descriptor = os.open(message["path"], os.O_RDWR)
+            try:
+                memory = mmap.mmap(descriptor, message["bytes"], mmap.MAP_SHARED)
+            finally:
+                os.close(descriptor)
+            connection.send({"type": "ready"})
+        elif kind == "step":
+            # The gradients are already in shared memory (the agent fills them): say each bucket is
+            # final, in order, as backward would.
+            for index in range(len(buckets)):
+                connection.send({"type": "bucket", "index": index})
+            connection.send({"type": "gradients", "loss_sum": 0.0})
+        elif kind == "apply":
+            connection.send({"type": "applied"})
+        elif kind == "stop":
+            connection.close()
+            return
+        else:
+            connection.send_error(f"node_sum_worker: unexpected request {kind!r}")
+            raise SystemExit(1)
+    del memory
+
+
+if __name__ == "__main__":
+    main()
