@@ -350,18 +350,29 @@ def test_init_refusesFloat64AndNonCPUParameters_namingTheParameter(agent: FakeAg
     with pytest.raises(RingmasterError, match=r"parameter 0\.weight is torch\.float64.*float32"):
         ringmaster.torch.init(model, torch.optim.Adam(model.parameters()))
     model = make_model().to("meta")
-    with pytest.raises(RingmasterError, match=r"parameter 0\.weight is on meta.*CPU only"):
+    with pytest.raises(RingmasterError, match=r"parameter 0\.weight is on meta; ringmaster trains on the CPU or on CUDA"):
         ringmaster.torch.init(model, torch.optim.Adam(model.parameters()))
 
 
 # MARK: - Steps and gradients
 
 
+# Staged: the gradients live in a buffer of their own (on CUDA, the GPU's) and each bucket is copied
+# into shared memory by the package before its message; here on the CPU, without streams.
+STAGED = [pytest.param(False, id="shared"), pytest.param(True, id="staged")]
+
+
+@pytest.mark.parametrize("staged", STAGED)
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
-def test_step_sendsBucketsInOrder_holdingTheGradientOfTheSumOfLosses(agent: FakeAgent, reduction: str) -> None:
+def test_step_sendsBucketsInOrder_holdingTheGradientOfTheSumOfLosses(
+    agent: FakeAgent, reduction: str, staged: bool
+) -> None:
     model, reference = make_model(), make_model()
     optimizer = torch.optim.Adam(model.parameters())
-    worker, _ = start(agent, user_loop(model, optimizer, [], reduction=reduction, bucket_slots=BUCKET_SLOTS))
+    worker, _ = start(
+        agent,
+        user_loop(model, optimizer, [], reduction=reduction, bucket_slots=BUCKET_SLOTS, _stage_gradients=staged),
+    )
     samples = batch(0)
     inputs, targets = make_data()
     loss = F.cross_entropy(reference(inputs[samples]), targets[samples], reduction="sum")
@@ -379,11 +390,12 @@ def test_step_sendsBucketsInOrder_holdingTheGradientOfTheSumOfLosses(agent: Fake
     stop(agent, worker)
 
 
+@pytest.mark.parametrize("staged", STAGED)
 @pytest.mark.parametrize("name", sorted(OPTIMIZERS))
-def test_apply_withScaleOneOverN_matchesAPlainPyTorchStep_bitForBit(agent: FakeAgent, name: str) -> None:
+def test_apply_withScaleOneOverN_matchesAPlainPyTorchStep_bitForBit(agent: FakeAgent, name: str, staged: bool) -> None:
     model, reference = make_model(), make_model()
     optimizer, plain = OPTIMIZERS[name](model.parameters()), OPTIMIZERS[name](reference.parameters())
-    worker, _ = start(agent, user_loop(model, optimizer, [], bucket_slots=BUCKET_SLOTS))
+    worker, _ = start(agent, user_loop(model, optimizer, [], bucket_slots=BUCKET_SLOTS, _stage_gradients=staged))
 
     for number in range(4):
         agent.train(number, batch(number))
@@ -425,10 +437,16 @@ def test_twoRanksApplyingTheSameSum_stayBitIdentical_andMatchTheFullBatchStep(
         shutil.rmtree(directory, ignore_errors=True)
 
 
-def test_zeroSampleStep_isAnsweredWithZeroGradients_withoutRunningTheBody(agent: FakeAgent) -> None:
+@pytest.mark.parametrize("staged", STAGED)
+def test_zeroSampleStep_isAnsweredWithZeroGradients_withoutRunningTheBody(agent: FakeAgent, staged: bool) -> None:
     model = make_model()
     ran: List[int] = []
-    worker, _ = start(agent, user_loop(model, torch.optim.Adam(model.parameters()), ran, bucket_slots=BUCKET_SLOTS))
+    worker, _ = start(
+        agent,
+        user_loop(
+            model, torch.optim.Adam(model.parameters()), ran, bucket_slots=BUCKET_SLOTS, _stage_gradients=staged
+        ),
+    )
     agent.gradients[:] = 1.0  # what a previous step left
 
     order, _, loss_sum = agent.step(7, [])
@@ -442,7 +460,8 @@ def test_zeroSampleStep_isAnsweredWithZeroGradients_withoutRunningTheBody(agent:
     stop(agent, worker)
 
 
-def test_userWhoStillCallsZeroGrad_getsTheSameGradientsInSharedMemory(agent: FakeAgent) -> None:
+@pytest.mark.parametrize("staged", STAGED)
+def test_userWhoStillCallsZeroGrad_getsTheSameGradientsInSharedMemory(agent: FakeAgent, staged: bool) -> None:
     model, reference = make_model(), make_model()
     optimizer = torch.optim.Adam(model.parameters())
     inputs, targets = make_data()
@@ -453,7 +472,9 @@ def test_userWhoStillCallsZeroGrad_getsTheSameGradientsInSharedMemory(agent: Fak
         loss.backward()
         step.finish(loss=loss.item())
 
-    worker, _ = start(agent, user_loop(model, optimizer, [], body=body, bucket_slots=BUCKET_SLOTS))
+    worker, _ = start(
+        agent, user_loop(model, optimizer, [], body=body, bucket_slots=BUCKET_SLOTS, _stage_gradients=staged)
+    )
     F.cross_entropy(reference(inputs[batch(0)]), targets[batch(0)], reduction="sum").backward()
 
     order, _, _ = agent.step(0, batch(0))
@@ -584,4 +605,45 @@ def test_digitsExample_trainsUnderTheAgent_andEvaluatesOnTheTestSet(agent: FakeA
     evaluated = agent.request("evaluate", "evaluated")
 
     assert 0.8 < evaluated["accuracy"] <= 1.0 and 0.0 < evaluated["loss"] < 1.0
+    stop(agent, worker)
+
+
+# MARK: - CUDA
+
+
+@pytest.mark.skipif(
+    not torch.cuda.is_available(),
+    reason="no CUDA device here: the CUDA path runs on a machine with an NVIDIA GPU (bench/torch/gpu-check.sh)",
+)
+def test_cudaModel_stagesItsBucketsThroughPinnedMemory_andTrainsAsPlainPyTorchOnCUDA(agent: FakeAgent) -> None:
+    device = torch.device("cuda")
+    model, reference = make_model().to(device), make_model().to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    plain = torch.optim.Adam(reference.parameters(), lr=1e-2)
+    inputs, targets = (tensor.to(device) for tensor in make_data())
+
+    def body(step: ringmaster.torch.Step) -> None:
+        samples = step.samples.to(device)
+        loss = F.cross_entropy(model(inputs[samples]), targets[samples])
+        loss.backward()
+        step.finish(loss=loss.item())
+
+    worker, hello = start(agent, user_loop(model, optimizer, [], body=body, bucket_slots=BUCKET_SLOTS))
+    assert hello["device"].startswith("cuda")
+    for number in range(4):
+        samples = batch(number)
+        order, _, _ = agent.step(number, samples)
+        assert order == [0, 1, 2]
+        reference.zero_grad()
+        F.cross_entropy(reference(inputs[samples]), targets[samples], reduction="sum").backward()
+        # The shared memory holds the GPU's gradients once each bucket's message came.
+        torch.testing.assert_close(
+            torch.from_numpy(agent.gradients.copy()), flat_gradient(reference).cpu(), rtol=1e-5, atol=1e-6
+        )
+        agent.request("apply", "applied", scale=1.0 / len(samples))
+        for parameter in reference.parameters():
+            parameter.grad /= len(samples)
+        plain.step()
+        for mine, theirs in zip(model.parameters(), reference.parameters()):
+            torch.testing.assert_close(mine, theirs, rtol=1e-5, atol=1e-6)
     stop(agent, worker)

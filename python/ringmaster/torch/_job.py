@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import mmap
 import os
+import queue
+import threading
 import warnings
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
@@ -60,6 +62,7 @@ def init(
     loss_reduction: str = "mean",
     bucket_slots: int = 1 << 20,
     samples: Optional[int] = None,
+    _stage_gradients: Optional[bool] = None,
 ) -> "Job":
     """Connects to the agent that started this process and announces the model; returns the job.
 
@@ -70,13 +73,18 @@ def init(
     ``nn.CrossEntropyLoss()`` by default) or ``"sum"``. ``bucket_slots`` is the most gradient
     slots (float32 values) the agent sums at once. ``samples`` is the training set's size, if the
     script wants the agent to know it.
+
+    On CUDA, the gradients stay on the GPU (``.grad`` views of one flat buffer); each bucket, once
+    final, is copied into the shared memory (pinned) on a side stream while backward goes on, and the
+    summed result is copied back before the optimizer's step. ``_stage_gradients`` forces that path
+    on (or off) whatever the device, for the package's own tests.
     """
     environment = WorkerEnvironment.read()
     if loss_reduction not in _REDUCTIONS:
         raise RingmasterError(f"ringmaster: loss_reduction must be 'mean' or 'sum', not {loss_reduction!r}")
     if samples is not None and (isinstance(samples, bool) or not isinstance(samples, int) or samples < 0):
         raise RingmasterError(f"ringmaster: samples must be the training set's size (an int), not {samples!r}")
-    _check_model(model)
+    device = _check_model(model)
     gradients = GradientLayout(list(model.named_parameters()), bucket_slots)
     if gradients.slots == 0:
         raise RingmasterError("ringmaster: the model has no trainable parameters (none with requires_grad)")
@@ -98,28 +106,35 @@ def init(
             "tensors": state.describe(),
             "samples": samples,
             "torch": torch.__version__,
-            "device": "cpu",
+            "device": str(device),
         }
     )
-    return Job(connection, model, optimizer, gradients, state, evaluate, loss_reduction)
+    staged = device.type == "cuda" if _stage_gradients is None else _stage_gradients
+    return Job(connection, model, optimizer, gradients, state, evaluate, loss_reduction, staged=staged)
 
 
-def _check_model(model: torch.nn.Module) -> None:
+def _check_model(model: torch.nn.Module) -> torch.device:
+    """Returns the one device the model's parameters are on (the CPU, or one CUDA device)."""
+    device: Optional[torch.device] = None
     for name, parameter in model.named_parameters():
-        if parameter.device.type == "cuda":
+        if parameter.device.type not in ("cpu", "cuda"):
             raise RingmasterError(
-                f"ringmaster: parameter {name} is on {parameter.device}; CUDA support is coming, this version "
-                "trains on the CPU only: build the model on the CPU"
+                f"ringmaster: parameter {name} is on {parameter.device}; ringmaster trains on the CPU or on CUDA: "
+                "move the model to one of them (model.to('cuda') or model.cpu())"
             )
-        if parameter.device.type != "cpu":
+        if device is None:
+            device = parameter.device
+        elif parameter.device != device:
             raise RingmasterError(
-                f"ringmaster: parameter {name} is on {parameter.device}; this version trains on the CPU only"
+                f"ringmaster: parameter {name} is on {parameter.device}, others on {device}; a worker trains on "
+                "one device: move the whole model there (each worker of a node sees its own GPU as cuda:0)"
             )
         if parameter.dtype != torch.float32:
             raise RingmasterError(
                 f"ringmaster: parameter {name} is {parameter.dtype}; this version supports float32 parameters "
                 "only: build the model in float32 (model.float())"
             )
+    return device if device is not None else torch.device("cpu")
 
 
 def _create_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
@@ -261,8 +276,12 @@ class Job:
         state: StateLayout,
         evaluate: Optional[Callable[[], Evaluation]],
         loss_reduction: str,
+        *,
+        staged: bool = False,
     ) -> None:
         self._connection = connection
+        self._staged = staged
+        self._store: Optional[_GradientStore] = None
         self._model = model
         self._optimizer = optimizer
         self._gradients = gradients
@@ -302,6 +321,8 @@ class Job:
                 message = self._connection.receive()
                 kind = message["type"]
                 if kind == "stop":
+                    if self._store is not None:
+                        self._store.close()
                     self._connection.close()
                     return
                 if kind == "step":
@@ -376,19 +397,24 @@ class Job:
         self._memory = memory
         self._gradient_region = whole[:gradient_bytes].view(torch.float32)
         self._state_region = whole[gradient_bytes : gradient_bytes + SLOT_BYTES * self._state.slots]
-        self._views = self._gradients.views(self._gradient_region)
+        if self._staged:
+            device = self._gradients.parameters[0].device
+            self._store = _StagedGradients(self._gradient_region, device, self._connection)
+        else:
+            self._store = _SharedGradients(self._gradient_region, self._connection)
+        self._views = self._gradients.views(self._store.flat)
         self._attach_gradients()
         self._connection.send({"type": "ready"})
 
     def _begin_step(self, message: Dict[str, Any]) -> Optional[Step]:
-        region = self._mapped_gradients()
+        store = self._mapped_store()
         number = message.get("step")
         ids = message.get("samples")
         if isinstance(number, bool) or not isinstance(number, int):
             raise RingmasterError(f"ringmaster: the agent sent a step without a step number ({number!r})")
         if not isinstance(ids, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
             raise RingmasterError(f"ringmaster: the agent sent step {number} without a list of sample ids")
-        region.zero_()
+        store.zero(shared_too=not ids)
         self._attach_gradients()
         if not ids:
             for index in range(len(self._gradients.buckets)):
@@ -412,6 +438,7 @@ class Job:
                 self._take_gradient(index)
         self._release_buckets()
         self._end_body()
+        self._mapped_store().drain()
         self._connection.send({"type": "gradients", "loss_sum": loss * self._count if self._mean else loss})
         self._pending = True
 
@@ -422,10 +449,12 @@ class Job:
         if not self._pending:
             raise RingmasterError("ringmaster: the agent sent apply, but no step's gradients are waiting for it")
         self._pending = False
+        store = self._mapped_store()
         with torch.no_grad():
-            self._mapped_gradients().mul_(scale)
+            store.take_result(scale)
         self._attach_gradients()
         self._optimizer.step()
+        store.synchronize()
         self._connection.send({"type": "applied"})
 
     def _run_evaluation(self) -> None:
@@ -472,13 +501,13 @@ class Job:
     def _release_buckets(self) -> None:
         """Sends every bucket that is complete and next in order."""
         buckets = self._gradients.buckets
-        region = self._mapped_gradients()
+        store = self._mapped_store()
         while self._next_bucket < len(buckets) and self._waiting[self._next_bucket] == 0:
             start, end = buckets[self._next_bucket]
-            if self._mean:
-                with torch.no_grad():
-                    region[start:end].mul_(self._count)
-            self._connection.send({"type": "bucket", "index": self._next_bucket})
+            with torch.no_grad():
+                if self._mean:
+                    store.flat[start:end].mul_(self._count)
+                store.release(self._next_bucket, start, end)
             self._next_bucket += 1
 
     def _attach_gradients(self) -> None:
@@ -502,10 +531,10 @@ class Job:
         self._mapped_state()
         return state_tensors(self._model, self._optimizer)
 
-    def _mapped_gradients(self) -> torch.Tensor:
-        if self._gradient_region is None:
+    def _mapped_store(self) -> "_GradientStore":
+        if self._store is None:
             raise RingmasterError("ringmaster: the agent sent a request before the shared memory")
-        return self._gradient_region
+        return self._store
 
     def _mapped_state(self) -> torch.Tensor:
         if self._state_region is None:
@@ -518,6 +547,151 @@ class Job:
         if not self._failed:
             self._failed = True
             self._connection.send_error(text)
+
+
+# MARK: - Where the gradients live
+
+
+class _GradientStore:
+    """The gradients backward writes (``flat``, the trainable parameters' ``.grad`` are views of it)
+    and how each bucket reaches the agent's shared memory (``shared``)."""
+
+    def __init__(self, flat: torch.Tensor, shared: torch.Tensor, connection: AgentConnection) -> None:
+        self.flat = flat
+        self.shared = shared
+        self._connection = connection
+
+    def zero(self, *, shared_too: bool) -> None:
+        """Zeroes the gradients before a step (and the shared memory's, for a step without samples)."""
+        self.flat.zero_()
+        if shared_too and self.shared is not self.flat:
+            self.shared.zero_()
+
+    def release(self, index: int, start: int, end: int) -> None:
+        """Bucket ``index`` (``flat[start:end]``) is final: get it to the agent."""
+        self._connection.send({"type": "bucket", "index": index})
+
+    def drain(self) -> None:
+        """Returns once every released bucket was told to the agent."""
+
+    def take_result(self, scale: float) -> None:
+        """The shared memory holds the job's sum: make ``flat`` that sum times ``scale``."""
+        self.flat.mul_(scale)
+
+    def synchronize(self) -> None:
+        """Returns once the optimizer's step is done with the shared memory."""
+
+    def close(self) -> None:
+        """Releases what the store holds."""
+
+
+class _SharedGradients(_GradientStore):
+    """On the CPU: the gradients are the shared memory itself, so nothing is copied."""
+
+    def __init__(self, shared: torch.Tensor, connection: AgentConnection) -> None:
+        super().__init__(shared, shared, connection)
+
+
+class _StagedGradients(_GradientStore):
+    """On CUDA: the gradients stay on the GPU, in one flat buffer; each final bucket is copied into
+    the shared memory (registered with CUDA as pinned, so the copy is a DMA) on a side stream while
+    backward goes on, and a sender thread tells the agent once the copy is done, in bucket order.
+    The job's sum comes back in one host-to-device copy before the optimizer's step.
+
+    On the CPU (the package's tests) the same path runs with plain copies and no streams.
+    """
+
+    def __init__(self, shared: torch.Tensor, device: torch.device, connection: AgentConnection) -> None:
+        super().__init__(torch.zeros(shared.numel(), dtype=torch.float32, device=device), shared, connection)
+        self._cuda = device.type == "cuda"
+        self._pinned = False
+        self._stream: Any = None
+        if self._cuda:
+            self._stream = torch.cuda.Stream(device=device)
+            self._pinned = _pin(shared)
+        self._queue: "queue.Queue[Optional[Tuple[int, Any]]]" = queue.Queue()
+        self._failure: Optional[BaseException] = None
+        self._sender = threading.Thread(target=self._send_buckets, name="ringmaster-buckets", daemon=True)
+        self._sender.start()
+
+    def zero(self, *, shared_too: bool) -> None:
+        self.drain()
+        super().zero(shared_too=shared_too)
+
+    def release(self, index: int, start: int, end: int) -> None:
+        if not self._cuda:
+            self.shared[start:end].copy_(self.flat[start:end])
+            self._queue.put((index, None))
+            return
+        ready = torch.cuda.Event()
+        ready.record()  # on the stream backward runs on
+        with torch.cuda.stream(self._stream):
+            self._stream.wait_event(ready)
+            self.shared[start:end].copy_(self.flat[start:end], non_blocking=self._pinned)
+            # The side stream's copy reads flat, which the compute stream may zero next step.
+            self.flat[start:end].record_stream(self._stream)
+            copied = torch.cuda.Event()
+            copied.record(self._stream)
+        self._queue.put((index, copied))
+
+    def _send_buckets(self) -> None:
+        while True:
+            item = self._queue.get()
+            try:
+                if item is None:
+                    return
+                index, copied = item
+                if self._failure is None:
+                    if copied is not None:
+                        copied.synchronize()
+                    self._connection.send({"type": "bucket", "index": index})
+            except BaseException as error:  # a CUDA error, or the agent gone (SystemExit)
+                self._failure = error
+            finally:
+                self._queue.task_done()
+
+    def drain(self) -> None:
+        self._queue.join()
+        if self._failure is not None:
+            failure, self._failure = self._failure, None
+            if isinstance(failure, SystemExit):
+                raise failure
+            raise RingmasterError(
+                f"ringmaster: copying a gradient bucket to the agent failed: {type(failure).__name__}: {failure}"
+            ) from failure
+
+    def take_result(self, scale: float) -> None:
+        self.drain()
+        self.flat.copy_(self.shared, non_blocking=self._pinned)
+        self.flat.mul_(scale)
+
+    def synchronize(self) -> None:
+        # The agent may write the shared memory again once it reads `applied`: the copy out of it
+        # must be over by then.
+        if self._cuda:
+            torch.cuda.current_stream(self.flat.device).synchronize()
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._sender.join(timeout=5)
+        if self._pinned:
+            torch.cuda.cudart().cudaHostUnregister(self.shared.data_ptr())
+            self._pinned = False
+
+
+def _pin(shared: torch.Tensor) -> bool:
+    """Registers the shared memory with CUDA as pinned; says whether it could (else copies are
+    synchronous, through pageable memory, and a warning says so)."""
+    result = torch.cuda.cudart().cudaHostRegister(shared.data_ptr(), shared.numel() * shared.element_size(), 0)
+    code = getattr(result, "value", result)
+    if code != 0:
+        warnings.warn(
+            f"ringmaster: could not pin the shared memory for CUDA (cudaHostRegister said {result}); gradient "
+            "copies go through pageable memory and do not overlap backward",
+            stacklevel=2,
+        )
+        return False
+    return True
 
 
 __all__: Sequence[str] = ["Evaluation", "Job", "Step", "init"]

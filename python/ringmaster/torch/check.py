@@ -22,7 +22,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if torch.cuda.is_available():
         count = torch.cuda.device_count()
         names = ", ".join(f"{index}: {torch.cuda.get_device_name(index)}" for index in range(count))
-        print(f"cuda devices: {count} ({names}); this version of ringmaster trains on the CPU only")
+        print(f"cuda devices: {count} ({names}); an agent runs one worker per GPU unless the job sets workers_per_node")
     else:
         print("cuda devices: none")
     return 0
