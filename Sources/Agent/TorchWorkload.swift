@@ -52,12 +52,17 @@ final class TorchWorkload: TrainingWorkload {
         var environment = settings.environment
         environment["RINGMASTER_DATASET"] = plan.datasetPath
         environment["RINGMASTER_NODE"] = node
-        try Self.checkInterpreter(settings.python, environment: environment, directory: directory, logger: logger)
+        // The worker runs in its script's directory: an interpreter given as a relative path is made
+        // absolute first, from the agent's (a bare name is looked up on PATH, as given).
+        let python =
+            settings.python.contains("/")
+            ? URL(fileURLWithPath: settings.python).standardizedFileURL.path : settings.python
+        try Self.checkInterpreter(python, environment: environment, directory: directory, logger: logger)
         let gpus = Self.visibleGPUs(jobEnvironment: settings.environment)
         let count = settings.workersPerNode ?? max(1, gpus.count)
         let launches = (0..<count).map { index in
             TorchWorker.Launch(
-                python: settings.python, script: settings.script, arguments: settings.arguments,
+                python: python, script: settings.script, arguments: settings.arguments,
                 environment: environment, job: job, directory: directory, index: index, count: count,
                 gpu: gpus.isEmpty ? nil : gpus[index % gpus.count])
         }

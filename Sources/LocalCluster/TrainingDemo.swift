@@ -52,6 +52,8 @@ public final class TrainingDemo: Sendable {
         /// Worker processes per agent of a torch workload (nil: the job's default, one per GPU
         /// the node sees, one without GPUs).
         public var workersPerNode: Int?
+        /// `--device` for a torch workload's script (`cpu`, `cuda`, `auto`), if given.
+        public var device: String?
 
         public init(executable: String) {
             self.executable = executable
@@ -446,6 +448,9 @@ extension TrainingDemo.Options {
         }
         if workload.kind == "torch", let workers = self.workersPerNode {
             workload.parameters["workers_per_node"] = workers
+        }
+        if workload.kind == "torch", let device = self.device {
+            workload.parameters["args"] = (workload.parameters["args"] as? [String] ?? []) + ["--device", device]
         }
         return JobSpec(
             name: "demo",

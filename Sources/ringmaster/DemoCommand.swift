@@ -66,6 +66,12 @@ struct DemoCommand: AsyncParsableCommand {
     )
     var workersPerNode: Int?
 
+    @Option(
+        help:
+            "With a torch model: the device the example script trains on, `cpu`, `cuda` or `auto` (passed as its --device; the example's default is auto: cuda when PyTorch sees a GPU)."
+    )
+    var device: String?
+
     @Option(help: "Parameters of the synthetic model.")
     var parameters: Int = 10_000_000
 
@@ -112,6 +118,9 @@ struct DemoCommand: AsyncParsableCommand {
             throw ValidationError("--model must be digits, synthetic or torch-digits")
         }
         guard self.parameters >= 1 else { throw ValidationError("--parameters must be positive") }
+        if let device = self.device, !["cpu", "cuda", "auto"].contains(device), !device.hasPrefix("cuda:") {
+            throw ValidationError("--device must be cpu, cuda or auto, not \(device)")
+        }
         if let workers = self.workersPerNode, !(1...TorchSettings.maximumWorkersPerNode).contains(workers) {
             throw ValidationError("--workers-per-node must be from 1 to \(TorchSettings.maximumWorkersPerNode)")
         }
@@ -159,6 +168,7 @@ struct DemoCommand: AsyncParsableCommand {
         options.floodDataPlane = self.floodDataPlane
         options.floodControl = self.floodControl
         options.workersPerNode = self.workersPerNode
+        options.device = self.device
         switch self.model {
         case "synthetic": options.model = .synthetic(parameters: self.parameters)
         case "torch-digits":

@@ -34,7 +34,9 @@ struct TorchJobTests {
         return path
     }
 
-    func demo(_ label: String, _ arguments: [String], environment: [String: String] = [:]) async throws -> Run {
+    func demo(
+        _ label: String, _ arguments: [String], environment: [String: String] = [:], python: String? = nil
+    ) async throws -> Run {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent(
             "ringmaster-torch-\(label)-\(UUID().uuidString.prefix(8))"
         ).path
@@ -43,7 +45,8 @@ struct TorchJobTests {
             name: "demo \(label)",
             executable: try ringmasterExecutable(),
             arguments: [
-                "demo", "--json", "--model", "torch-digits", "--python", try Self.python(), "--steps", "\(Self.steps)",
+                "demo", "--json", "--model", "torch-digits", "--python", try python ?? Self.python(), "--steps",
+                "\(Self.steps)",
                 "--directory", directory, "--timeout", "240",
             ] + arguments,
             environment: environment
@@ -156,7 +159,11 @@ struct TorchJobTests {
     }
 
     @Test func test_sigterm_finishesTheStep_leaves_andItsWorkerExitsCleanly() async throws {
-        let run = try await self.demo("sigterm", ["--agents", "3", "--terminate-agent-at-step", "100"])
+        // The interpreter as a path relative to the agents' working directory (the checkout): the
+        // agent makes it absolute before the worker runs in its script's directory.
+        _ = try Self.python()
+        let run = try await self.demo(
+            "sigterm", ["--agents", "3", "--terminate-agent-at-step", "100"], python: ".venv/bin/python")
         #expect(run.count("samples_repeated") == 0)
         #expect(run.count("samples_skipped") == 0)
         let exits = run.json["terminated_exit_status"] as? [String: Int] ?? [:]

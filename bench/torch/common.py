@@ -21,7 +21,7 @@ import torch
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "..", "examples", "torch", "digits"))
 
-from digits import build_model, default_data_path, load_digits  # noqa: E402,F401
+from digits import build_model, default_data_path, load_digits, pick_device  # noqa: E402,F401
 
 GLOBAL_BATCH = 64
 SEED = 7
@@ -58,17 +58,22 @@ class Batches:
 
 
 def setup() -> Tuple[torch.nn.Module, torch.optim.Optimizer, Tuple[torch.Tensor, ...]]:
-    """The data (train x, train y, test x, test y), the model and Adam, seeded as the examples are."""
+    """The data (train x, train y, test x, test y), the model and Adam, seeded as the examples are,
+    on BENCH_DEVICE (default cpu; bench/torch/gpu-check.sh sets cuda)."""
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     torch.manual_seed(SEED)
-    data = load_digits(default_data_path())
-    model = build_model()
+    device = pick_device(os.environ.get("BENCH_DEVICE", "cpu"))
+    data = tuple(tensor.to(device) for tensor in load_digits(default_data_path()))
+    model = build_model().to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=LR)
     return model, optimizer, data
 
 
 def emit(**fields: object) -> None:
-    """One JSON line on stdout, with the wall-clock time, flushed at once."""
+    """One JSON line on stdout, with the wall-clock time, flushed at once. On CUDA it first waits for
+    the GPU's queued work, so that a step's time is its end, not when its kernels were queued."""
+    if torch.cuda.is_initialized():
+        torch.cuda.synchronize()
     fields.setdefault("t", time.time())
     sys.stdout.write(json.dumps(fields) + "\n")
     sys.stdout.flush()

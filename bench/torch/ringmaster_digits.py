@@ -20,7 +20,7 @@ from typing import List, Optional, Tuple
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "examples", "torch", "digits"))
 
 import torch  # noqa: E402
-from digits import build_model, default_data_path, load_digits  # noqa: E402
+from digits import build_model, default_data_path, load_digits, pick_device  # noqa: E402
 from torch import nn  # noqa: E402
 
 import ringmaster.torch  # noqa: E402
@@ -31,11 +31,13 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--data", default=default_data_path(), help="digits.csv.gz (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=7, help="seed of the initial weights (default: %(default)s)")
     parser.add_argument("--lr", type=float, default=1e-2, help="Adam's learning rate (default: %(default)s)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or auto (default: %(default)s)")
     args = parser.parse_args(argv)
 
     torch.manual_seed(args.seed)
-    train_x, train_y, test_x, test_y = load_digits(args.data)
-    model = build_model()
+    device = pick_device(args.device)
+    train_x, train_y, test_x, test_y = (tensor.to(device) for tensor in load_digits(args.data))
+    model = build_model().to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
     loss_fn = nn.CrossEntropyLoss()
 

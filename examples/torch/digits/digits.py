@@ -50,6 +50,13 @@ def load_digits(path: str) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, to
     return tensors[0], tensors[1], tensors[2], tensors[3]
 
 
+def pick_device(name: str) -> torch.device:
+    """``auto``: the GPU when PyTorch sees one (under Ringmaster each worker sees its own as cuda:0), else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
 def build_model() -> nn.Module:
     """A perceptron with one hidden layer of 128 (the Swift workload's default shape)."""
     return nn.Sequential(nn.Linear(FEATURES, 128), nn.ReLU(), nn.Linear(128, CLASSES))

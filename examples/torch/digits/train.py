@@ -6,7 +6,7 @@ import argparse
 from typing import List, Optional, Tuple
 
 import torch
-from digits import build_model, default_data_path, load_digits
+from digits import build_model, default_data_path, load_digits, pick_device
 from torch import nn
 
 import ringmaster.torch
@@ -17,11 +17,13 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--data", default=default_data_path(), help="digits.csv.gz (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=7, help="seed of the initial weights (default: %(default)s)")
     parser.add_argument("--lr", type=float, default=1e-2, help="Adam's learning rate (default: %(default)s)")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, or auto: cuda when there is one (default)")
     args = parser.parse_args(argv)
 
     torch.manual_seed(args.seed)
-    train_x, train_y, test_x, test_y = load_digits(args.data)
-    model = build_model()
+    device = pick_device(args.device)
+    train_x, train_y, test_x, test_y = (tensor.to(device) for tensor in load_digits(args.data))
+    model = build_model().to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
     loss_fn = nn.CrossEntropyLoss()
 
