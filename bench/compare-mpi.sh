@@ -32,14 +32,7 @@ ringmaster="${RINGMASTER:-.build-release/release/ringmaster}"
 ranks=("$@")
 [ ${#ranks[@]} -gt 0 ] || ranks=(2 4)
 
-missing=()
-for package in openmpi-bin python3-mpi4py python3-numpy; do
-    dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-    echo "installing ${missing[*]}" >&2
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
-fi
+source bench/mpi-packages.sh
 [ -x "$ringmaster" ] || { echo "no ringmaster at $ringmaster: build it first (see the top of this script)" >&2; exit 1; }
 
 has_gloo='import torch.distributed as d, sys; sys.exit(0 if d.is_available() and d.is_gloo_available() else 1)'

@@ -28,14 +28,7 @@ python="${PYTHON:-.venv/bin/python}"
 counts=("$@")
 [ ${#counts[@]} -gt 0 ] || counts=(2 4)
 
-missing=()
-for package in openmpi-bin python3-mpi4py python3-numpy; do
-    dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-    echo "installing ${missing[*]}" >&2
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
-fi
+source bench/mpi-packages.sh
 [ -x "$ringmaster" ] || { echo "no ringmaster at $ringmaster: build it first (see the top of this script)" >&2; exit 1; }
 "$python" -c 'import ringmaster' 2>/dev/null ||
     { echo "$python cannot import ringmaster: run scripts/setup-python.sh (or set PYTHON)" >&2; exit 1; }

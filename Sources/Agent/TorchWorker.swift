@@ -128,8 +128,6 @@ final class TorchWorker {
         else {
             throw WorkloadError(.workerFailed, "could not create the worker's log file \(self.logPath)")
         }
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
         // The script runs in its own directory, so a relative path is made absolute first (from the
         // agent's working directory), and a missing script is said as such, before Python says it.
         let script = URL(fileURLWithPath: launch.script).standardizedFileURL.path
@@ -139,8 +137,7 @@ final class TorchWorker {
                 "the job's script \(script) does not exist on this node (or cannot be read); put it there or fix workload.script"
             )
         }
-        process.arguments = [launch.python, script] + launch.arguments
-        var environment = ProcessInfo.processInfo.environment.merging(launch.environment) { $1 }
+        var environment = launch.environment
         environment["RINGMASTER_WORKER_SOCKET"] = socketPath
         environment["RINGMASTER_WORKER_TOKEN"] = token
         environment["RINGMASTER_JOB"] = launch.job
@@ -148,18 +145,15 @@ final class TorchWorker {
         environment["RINGMASTER_LOCAL_WORKERS"] = "\(launch.count)"
         if let gpu = launch.gpu { environment["CUDA_VISIBLE_DEVICES"] = gpu }
         environment["PYTHONUNBUFFERED"] = "1"
-        process.environment = environment
-        process.currentDirectoryURL = URL(fileURLWithPath: script).deletingLastPathComponent()
-        process.standardInput = FileHandle.nullDevice
-        process.standardOutput = log
-        process.standardError = log
+        let process: Process
         do {
-            try process.run()
+            process = try Self.run(
+                [launch.python, script] + launch.arguments, environment: environment,
+                directory: URL(fileURLWithPath: script).deletingLastPathComponent(), output: log)
         } catch {
             throw WorkloadError(
                 .workerFailed, "could not start the worker `\(launch.python) \(launch.script)`: \(error)")
         }
-        try? log.close()
         self.process = process
         let logPath = self.logPath
         let describe = { [process] in Self.describeExit(process, logPath: logPath) }
@@ -316,6 +310,25 @@ final class TorchWorker {
     }
 
     // MARK: - Process
+
+    /// Starts `arguments` through /usr/bin/env (which looks a bare interpreter name up on PATH),
+    /// with the agent's environment plus `environment`, standard output and error into `output`
+    /// (closed here once the child has it), standard input empty.
+    static func run(
+        _ arguments: [String], environment: [String: String], directory: URL?, output: FileHandle
+    ) throws -> Process {
+        defer { try? output.close() }
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        process.arguments = arguments
+        process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
+        if let directory { process.currentDirectoryURL = directory }
+        process.standardInput = FileHandle.nullDevice
+        process.standardOutput = output
+        process.standardError = output
+        try process.run()
+        return process
+    }
 
     static func listen(at path: String) throws -> Int32 {
         let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)

@@ -124,20 +124,13 @@ final class TorchWorkload: TrainingWorkload {
             throw WorkloadError(.workerFailed, "could not create \(outputPath) for the interpreter's check")
         }
         defer { unlink(outputPath) }
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        process.arguments = [python, "-m", "ringmaster.torch.check"]
-        process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
-        process.standardInput = FileHandle.nullDevice
-        process.standardOutput = output
-        process.standardError = output
+        let process: Process
         do {
-            try process.run()
+            process = try TorchWorker.run(
+                [python, "-m", "ringmaster.torch.check"], environment: environment, directory: nil, output: output)
         } catch {
-            try? output.close()
             throw WorkloadError(.invalidSetting, "could not run the job's interpreter `\(python)`: \(error)")
         }
-        try? output.close()
         guard TorchWorker.waitForExit(process, until: .now + timeout) else {
             TorchWorker.end(process, grace: .zero)
             throw WorkloadError(
