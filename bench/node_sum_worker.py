@@ -3,7 +3,8 @@
 with a "model" of SLOTS float32 gradients and nothing to compute, so that the agent's timing holds
 only the node-local reduction: the step request, a `bucket` message per bucket (1 Mi slots each, as
 `ringmaster.torch.init` cuts them by default), the agent's sum of every worker's buckets in shared
-memory, the job-wide result written back to every worker, and the `apply` round trip.
+memory into the node's result region, and the `apply` round trip, in which this worker reads the
+result, scaled, into its own gradients, as the ringmaster package does.
 
 Started by the agent (it needs RINGMASTER_WORKER_SOCKET and RINGMASTER_WORKER_TOKEN); the slot count
 comes in RINGMASTER_BENCH_SLOTS.
@@ -11,6 +12,8 @@ comes in RINGMASTER_BENCH_SLOTS.
 
 import mmap
 import os
+
+import numpy as np
 
 from ringmaster._agent import PROTOCOL_VERSION, AgentConnection, WorkerEnvironment
 
@@ -37,7 +40,7 @@ def main() -> None:
             "device": "cpu",
         }
     )
-    memory = None
+    memory = result = gradients = None
     while True:
         message = connection.receive()
         kind = message["type"]
@@ -47,6 +50,15 @@ def main() -> None:
                 memory = mmap.mmap(descriptor, message["bytes"], mmap.MAP_SHARED)
             finally:
                 os.close(descriptor)
+            gradients = np.frombuffer(memory, dtype="<f4", count=slots)
+            connection.send({"type": "ready"})
+        elif kind == "result":
+            descriptor = os.open(message["path"], os.O_RDWR)
+            try:
+                result_memory = mmap.mmap(descriptor, message["bytes"], mmap.MAP_SHARED)
+            finally:
+                os.close(descriptor)
+            result = np.frombuffer(result_memory, dtype="<f4", count=slots)
             connection.send({"type": "ready"})
         elif kind == "step":
             # The gradients are already in shared memory (the agent fills them): say each bucket is
@@ -55,6 +67,9 @@ def main() -> None:
                 connection.send({"type": "bucket", "index": index})
             connection.send({"type": "gradients", "loss_sum": 0.0})
         elif kind == "apply":
+            # As the package does: the job's sum, scaled, from the result region into this worker's
+            # gradients (the optimizer's step, which reads them, is the script's work, not timed).
+            np.multiply(result, message["scale"], out=gradients)
             connection.send({"type": "applied"})
         elif kind == "stop":
             connection.close()
@@ -62,7 +77,6 @@ def main() -> None:
         else:
             connection.send_error(f"node_sum_worker: unexpected request {kind!r}")
             raise SystemExit(1)
-    del memory
 
 
 if __name__ == "__main__":

@@ -10,8 +10,9 @@ import Workload
 /// path. The agent's own `TorchWorkload` runs `workers` worker processes (bench/node_sum_worker.py,
 /// which speaks the worker protocol with nothing to compute) and, per iteration, does what a step
 /// does between backward and the optimizer: the step request, every worker's `bucket` messages,
-/// the sum of their gradients in shared memory bucket by bucket, the result written back to every
-/// worker, and the `apply` round trip. No data plane: one node.
+/// the sum of their gradients in shared memory bucket by bucket into the result region the workers
+/// map, and the `apply` round trip, in which each worker reads the result into its own gradients
+/// (as the ringmaster package does). No data plane: one node.
 public enum NodeSumBenchmark {
     /// One size's figures, with the fields of `bench allreduce --json` and bench/allreduce_report.py.
     public struct Row: Sendable, Codable {
@@ -55,8 +56,11 @@ public enum NodeSumBenchmark {
             }
             let workload = try TorchWorkload(workers: workers, trainingSamples: 0, timeout: .seconds(60))
             defer { workload.release() }
-            let destination = UnsafeMutableBufferPointer<Float>.allocate(capacity: slots)
-            defer { destination.deallocate() }
+            // As the executor does: the workload's result region is the buffer the sum goes to.
+            guard let buffer = workload.gradientBuffer else {
+                throw WorkloadError(.workerFailed, "the torch workload gives no gradient buffer")
+            }
+            let destination = UnsafeMutableBufferPointer(rebasing: buffer[0..<slots])
             for (index, worker) in workers.enumerated() {
                 workload.gradients(of: worker).update(repeating: Float(index + 1))
             }

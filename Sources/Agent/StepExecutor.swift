@@ -334,7 +334,7 @@ final class StepExecutor: @unchecked Sendable {
         let workload = job.workload
         let parameters = workload.parameterCount
         workload.beginStep(step)
-        let lossSum = try job.gradients.withUnsafeMutableBufferPointer { buffer -> Double in
+        let lossSum = try job.withGradients { buffer -> Double in
             let base = UnsafeMutableRawBufferPointer(buffer)
             var submitted = 0
             let loss = try workload.accumulateGradients(
@@ -355,7 +355,7 @@ final class StepExecutor: @unchecked Sendable {
             try reducer.finish()
             return Double(buffer[parameters])
         }
-        try job.gradients.withUnsafeBufferPointer { buffer in
+        try job.withGradients { buffer in
             try workload.applyGradients(UnsafeBufferPointer(rebasing: buffer[0..<parameters]), scale: 1 / Float(batch))
         }
         try job.record(step: step + 1, evicting: evicting)
@@ -386,16 +386,25 @@ final class JobState {
     var boundary: UInt64 = 0
     /// Training state by step boundary.
     var snapshots: [UInt64: [Float]] = [:]
-    /// The flat gradient buffer, with one more element for the loss.
+    /// The flat gradient buffer, with one more element for the loss (unless the workload gives one).
     var gradients: [Float]
 
     init(workload: any TrainingWorkload) throws {
         self.workload = workload
-        self.gradients = [Float](repeating: 0, count: workload.parameterCount + 1)
+        let own = workload.gradientBuffer.map { $0.count == workload.parameterCount + 1 } ?? false
+        self.gradients = [Float](repeating: 0, count: own ? 0 : workload.parameterCount + 1)
         // The initial state (from the seed) is the state at step 0 on every agent.
         var initial = [Float](repeating: 0, count: workload.stateCount)
         try initial.withUnsafeMutableBufferPointer { try workload.saveState(into: $0) }
         self.snapshots[0] = initial
+    }
+
+    /// Runs `body` on the gradient buffer: the workload's, if it gives one, else this job's own.
+    func withGradients<R>(_ body: (UnsafeMutableBufferPointer<Float>) throws -> R) rethrows -> R {
+        if let buffer = self.workload.gradientBuffer, buffer.count == self.workload.parameterCount + 1 {
+            return try body(buffer)
+        }
+        return try self.gradients.withUnsafeMutableBufferPointer { try body($0) }
     }
 
     /// Loads the agreed state at `step`; copies of later boundaries (steps being redone) are dropped.

@@ -88,6 +88,9 @@ final class TorchWorker {
         var scale: Float?
     }
 
+    /// The worker protocol's version (docs/worker-protocol.md); 2 added the `result` region.
+    static let protocolVersion = 2
+
     let process: Process
     let channel: WorkerChannel
     let memory: SharedMemory
@@ -148,7 +151,7 @@ final class TorchWorker {
         let process: Process
         do {
             process = try Self.run(
-                [launch.python, script] + launch.arguments, environment: environment,
+                [Self.interpreter(launch.python), script] + launch.arguments, environment: environment,
                 directory: URL(fileURLWithPath: script).deletingLastPathComponent(), output: log)
         } catch {
             throw WorkloadError(
@@ -177,10 +180,10 @@ final class TorchWorker {
                 throw WorkloadError(
                     .workerFailed, "the process on the worker socket did not prove it is the worker the agent started")
             }
-            guard hello.version == 1 else {
+            guard hello.version == Self.protocolVersion else {
                 throw WorkloadError(
                     .workerFailed,
-                    "the worker speaks protocol \(hello.version.map(String.init) ?? "none"), the agent 1: install the ringmaster Python package of this release (pip install ./python)"
+                    "the worker speaks protocol \(hello.version.map(String.init) ?? "none"), the agent \(Self.protocolVersion): install the ringmaster Python package of this release (pip install ./python)"
                 )
             }
             guard let parameters = hello.parameters, parameters > 0, let state = hello.state, state >= parameters,
@@ -310,6 +313,13 @@ final class TorchWorker {
     }
 
     // MARK: - Process
+
+    /// The interpreter as the worker is started with it: the worker runs in its script's
+    /// directory, so a relative path is made absolute first, from the agent's working directory; a
+    /// bare name is looked up on PATH, as given.
+    static func interpreter(_ python: String) -> String {
+        python.contains("/") ? URL(fileURLWithPath: python).standardizedFileURL.path : python
+    }
 
     /// Starts `arguments` through /usr/bin/env (which looks a bare interpreter name up on PATH),
     /// with the agent's environment plus `environment`, standard output and error into `output`

@@ -24,6 +24,10 @@ final class TorchWorkload: TrainingWorkload {
     let timeout: Duration
     /// The step the next gradients are for.
     var step: UInt64 = 0
+    /// The node's sum of the gradients, then the loss: the executor's gradient buffer, so the
+    /// workers' sum lands here and the job's all-reduce runs on it in place; every worker maps it
+    /// and reads the job's sum from it when it applies the update.
+    let result: SharedMemory
 
     init(workers: [TorchWorker], trainingSamples: Int, timeout: Duration) throws {
         precondition(!workers.isEmpty, "a torch workload has at least one worker")
@@ -42,6 +46,16 @@ final class TorchWorkload: TrainingWorkload {
                 )
             }
         }
+        self.result = try SharedMemory(floats: first.parameterCount + 1)
+        defer { self.result.unlink() }
+        let deadline = ContinuousClock.now + timeout
+        let request = TorchWorker.Request(type: "result", path: self.result.path, bytes: self.result.bytes)
+        for worker in workers { try worker.channel.send(request, deadline: deadline) }
+        for worker in workers { _ = try worker.expect("ready", deadline: deadline, after: "result") }
+    }
+
+    var gradientBuffer: UnsafeMutableBufferPointer<Float>? {
+        self.result.floats(at: 0, count: self.parameterCount + 1)
     }
 
     /// Starts the workers of a job's plan, in `directory` (the agent's directory for workers).
@@ -52,11 +66,7 @@ final class TorchWorkload: TrainingWorkload {
         var environment = settings.environment
         environment["RINGMASTER_DATASET"] = plan.datasetPath
         environment["RINGMASTER_NODE"] = node
-        // The worker runs in its script's directory: an interpreter given as a relative path is made
-        // absolute first, from the agent's (a bare name is looked up on PATH, as given).
-        let python =
-            settings.python.contains("/")
-            ? URL(fileURLWithPath: settings.python).standardizedFileURL.path : settings.python
+        let python = TorchWorker.interpreter(settings.python)
         try Self.checkInterpreter(python, environment: environment, directory: directory, logger: logger)
         let gpus = Self.visibleGPUs(jobEnvironment: settings.environment)
         let count = settings.workersPerNode ?? max(1, gpus.count)
@@ -293,8 +303,13 @@ final class TorchWorkload: TrainingWorkload {
         for worker in self.workers { _ = try worker.expect(expected, deadline: deadline, after: request.type) }
     }
 
+    /// The job's sum is in the result region already when the executor used it as its buffer (it
+    /// does); each worker reads it from there, scaled, into its own gradients, and steps.
     func applyGradients(_ gradients: UnsafeBufferPointer<Float>, scale: Float) throws {
-        for worker in self.workers { _ = self.gradients(of: worker).update(fromContentsOf: gradients) }
+        let result = self.result.floats(at: 0, count: self.parameterCount)
+        if gradients.baseAddress != UnsafePointer(result.baseAddress) {
+            _ = result.update(fromContentsOf: gradients)
+        }
         try self.callAll(.init(type: "apply", scale: scale), expecting: "applied")
     }
 
@@ -341,29 +356,14 @@ final class StartResults: @unchecked Sendable {
 /// The node-local part of the hierarchical all-reduce: the node's workers' gradients, summed in
 /// shared memory by the agent (memory speed, no sockets).
 enum NodeSum {
-    /// Floats summed at a time: the destination's chunk stays in the cache while every source's
-    /// chunk is added to it.
-    static let chunk = 8192
-
     /// `destination[range] = sources[0][range] + sources[1][range] + ...`, in that order (the same
-    /// rounding on every node with as many workers).
+    /// rounding on every node with as many workers), in one pass over the memory.
     static func sum(
         _ sources: [UnsafeBufferPointer<Float>], range: Range<Int>, into destination: UnsafeMutableBufferPointer<Float>
     ) {
-        guard let first = sources.first, let target = destination.baseAddress, let base = first.baseAddress else {
-            return
-        }
-        var start = range.lowerBound
-        while start < range.upperBound {
-            let count = min(Self.chunk, range.upperBound - start)
-            (target + start).update(from: base + start, count: count)
-            for source in sources.dropFirst() {
-                guard let other = source.baseAddress else { continue }
-                Reduction.add(
-                    UnsafeRawPointer(other + start), into: UnsafeMutableRawPointer(target + start), count: count,
-                    type: .float32)
-            }
-            start += count
-        }
+        guard !range.isEmpty, let target = destination.baseAddress else { return }
+        let starts = sources.compactMap { $0.baseAddress.map { $0 + range.lowerBound } }
+        guard starts.count == sources.count, !starts.isEmpty else { return }
+        Reduction.sum(starts, into: target + range.lowerBound, count: range.count)
     }
 }

@@ -120,6 +120,22 @@ static void scale_bf16(uint16_t *buf, size_t count, float factor) {
     for (size_t i = 0; i < count; i++) buf[i] = float_to_bfloat16(bfloat16_to_float(buf[i]) * factor);
 }
 
+/* dst[i] = sources[0][i] + sources[1][i] + ..., added in that order, in one pass: a block of the
+   sum is built in a small buffer that stays in the cache, then stored once. */
+#define RM_SUM_BLOCK 64
+static void sum_f32(const float *const *sources, int n, float *dst, size_t count) {
+    float block[RM_SUM_BLOCK];
+    for (size_t i = 0; i < count; i += RM_SUM_BLOCK) {
+        size_t m = count - i < RM_SUM_BLOCK ? count - i : RM_SUM_BLOCK;
+        for (size_t j = 0; j < m; j++) block[j] = sources[0][i + j];
+        for (int k = 1; k < n; k++) {
+            const float *src = sources[k] + i;
+            for (size_t j = 0; j < m; j++) block[j] += src[j];
+        }
+        for (size_t j = 0; j < m; j++) dst[i + j] = block[j];
+    }
+}
+
 /* ---- AVX2 kernels (8 lanes; the tails go through the portable versions) ---- */
 
 #if RM_HAVE_AVX2_PATH
@@ -164,6 +180,31 @@ RM_AVX2 static void add_f32_avx2(const float *src, float *dst, size_t count) {
         _mm256_storeu_ps(dst + i + 8, b);
     }
     add_f32(src + i, dst + i, count - i);
+}
+
+RM_AVX2 static void sum_f32_avx2(const float *const *sources, int n, float *dst, size_t count) {
+    size_t i = 0;
+    for (; i + 32 <= count; i += 32) {
+        const float *first = sources[0] + i;
+        __m256 a = _mm256_loadu_ps(first), b = _mm256_loadu_ps(first + 8);
+        __m256 c = _mm256_loadu_ps(first + 16), d = _mm256_loadu_ps(first + 24);
+        for (int k = 1; k < n; k++) {
+            const float *src = sources[k] + i;
+            a = _mm256_add_ps(a, _mm256_loadu_ps(src));
+            b = _mm256_add_ps(b, _mm256_loadu_ps(src + 8));
+            c = _mm256_add_ps(c, _mm256_loadu_ps(src + 16));
+            d = _mm256_add_ps(d, _mm256_loadu_ps(src + 24));
+        }
+        _mm256_storeu_ps(dst + i, a);
+        _mm256_storeu_ps(dst + i + 8, b);
+        _mm256_storeu_ps(dst + i + 16, c);
+        _mm256_storeu_ps(dst + i + 24, d);
+    }
+    if (i < count) {
+        const float *tails[RM_SUM_MAX_SOURCES];
+        for (int k = 0; k < n; k++) tails[k] = sources[k] + i;
+        sum_f32(tails, n, dst + i, count - i);
+    }
 }
 
 RM_AVX2 static void add_f16_avx2(const uint16_t *src, uint16_t *dst, size_t count) {
@@ -257,4 +298,17 @@ void rm_scale(int type, int level, void *buf, size_t count, float factor) {
     case RM_FLOAT16: scale_f16(buf, count, factor); return;
     case RM_BFLOAT16: scale_bf16(buf, count, factor); return;
     }
+}
+
+void rm_sum_f32(int level, const float *const *sources, int n, float *dst, size_t count) {
+    if (n < 1) return;
+    if (n > RM_SUM_MAX_SOURCES) n = RM_SUM_MAX_SOURCES;
+#if RM_HAVE_AVX2_PATH
+    if (level == RM_KERNELS_AVX2) {
+        sum_f32_avx2(sources, n, dst, count);
+        return;
+    }
+#endif
+    (void)level;
+    sum_f32(sources, n, dst, count);
 }

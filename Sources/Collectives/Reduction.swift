@@ -59,6 +59,23 @@ public enum Reduction {
         rm_add(type.code, min(kernels, Self.best).rawValue, source, destination, count)
     }
 
+    /// The most sources ``sum(_:into:count:kernels:)`` adds.
+    public static let maximumSumSources = Int(RM_SUM_MAX_SOURCES)
+
+    /// `destination[i] = sources[0][i] + sources[1][i] + ...` for `count` float32 elements, added
+    /// in that order, in one pass over the memory. The destination must not overlap a source;
+    /// at most ``maximumSumSources`` sources.
+    public static func sum(
+        _ sources: [UnsafePointer<Float>], into destination: UnsafeMutablePointer<Float>, count: Int,
+        kernels: Kernels = Reduction.best
+    ) {
+        precondition(
+            (1...Self.maximumSumSources).contains(sources.count), "sum takes 1 to \(Self.maximumSumSources) sources")
+        sources.map { Optional($0) }.withUnsafeBufferPointer {
+            rm_sum_f32(min(kernels, Self.best).rawValue, $0.baseAddress, Int32(sources.count), destination, count)
+        }
+    }
+
     /// `buffer[i] *= factor` for `count` elements of `type`.
     public static func scale(
         _ buffer: UnsafeMutableRawPointer, count: Int, type: DataType, by factor: Float,

@@ -50,9 +50,16 @@ public protocol TrainingWorkload: AnyObject {
     /// Ends what the workload holds outside this process (a worker process), once the job is over
     /// on this agent or the agent stops.
     func release()
+
+    /// Memory of `parameterCount + 1` floats that the agent's executor uses as its gradient buffer
+    /// (the gradients, then the loss) instead of its own, when the workload has memory that others
+    /// read the sum from (a torch workload's region shared with its workers); nil: the executor's own.
+    var gradientBuffer: UnsafeMutableBufferPointer<Float>? { get }
 }
 
 extension TrainingWorkload {
+    /// The executor's own buffer.
+    public var gradientBuffer: UnsafeMutableBufferPointer<Float>? { nil }
     /// Nothing to do for a workload that does not show step numbers.
     public func beginStep(_ step: UInt64) {}
     /// Nothing to release for a workload that lives in this process.

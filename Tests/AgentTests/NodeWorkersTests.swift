@@ -26,8 +26,9 @@ import Testing
 
     @Test(arguments: [1, 2, 3, 4])
     func test_nodeSum_isTheElementwiseSum_inWorkerOrder(workers: Int) {
-        // Longer than one chunk and not a multiple of it, and a range that starts inside.
-        let count = NodeSum.chunk * 2 + 37
+        // Longer than a few blocks of the kernels and not a multiple of them, and a range that
+        // starts inside.
+        let count = 8192 * 2 + 37
         let sources = (0..<workers).map { worker in
             let buffer = UnsafeMutableBufferPointer<Float>.allocate(capacity: count)
             for index in 0..<count { buffer[index] = Float((index * 31 + worker * 17) % 101) * 0.25 - 7 }

@@ -205,6 +205,37 @@ struct ReductionTests {
         }
     }
 
+    @Test(arguments: Self.kernels)
+    func sum_ofNSources_isTheScalarSumInSourceOrder_forEveryLengthAroundTheBlock(kernels: Reduction.Kernels) {
+        for sources in [1, 2, 3, 4, 7] {
+            for count in Array(0..<70) + [1000, 4099] {
+                let inputs: [[Float]] = (0..<sources).map { k in
+                    (0..<count).map { i -> Float in
+                        let step = Float((i * 7 + k * 13) % 29)
+                        return step * 0.37 - 4
+                    }
+                }
+                var destination = [Float](repeating: .nan, count: count + 1)
+                let pointers: [UnsafeMutablePointer<Float>] = inputs.map { input in
+                    let copy = UnsafeMutablePointer<Float>.allocate(capacity: max(1, count))
+                    copy.initialize(from: input, count: count)
+                    return copy
+                }
+                defer { pointers.forEach { $0.deallocate() } }
+                destination.withUnsafeMutableBufferPointer {
+                    Reduction.sum(
+                        pointers.map { UnsafePointer<Float>($0) }, into: $0.baseAddress!, count: count,
+                        kernels: kernels)
+                }
+                let expected: [Float] = (0..<count).map { i in
+                    inputs.dropFirst().reduce(inputs[0][i]) { partial, input in partial + input[i] }
+                }
+                #expect(Array(destination.prefix(count)) == expected, "\(kernels): \(sources) sources, count \(count)")
+                #expect(destination[count].isNaN, "nothing past the end is written")
+            }
+        }
+    }
+
     /// Sums of awkward half values: subnormals, the largest finite ones, sums that overflow to
     /// infinity, exact ties, NaN and infinities; every kernel must round exactly as one Float32
     /// addition rounded once by Swift's own conversion.

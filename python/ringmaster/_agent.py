@@ -33,8 +33,8 @@ JOB_VARIABLE = "RINGMASTER_JOB"
 #: Environment variable holding the rank this worker had when it started (informative only).
 RANK_HINT_VARIABLE = "RINGMASTER_RANK_HINT"
 
-#: The protocol version the worker announces in its ``hello``.
-PROTOCOL_VERSION = 1
+#: The protocol version the worker announces in its ``hello`` (2: the ``result`` region).
+PROTOCOL_VERSION = 2
 #: A message whose body is longer than this is a protocol error, in both directions.
 MAXIMUM_MESSAGE_BYTES = 64 * 1024 * 1024
 

@@ -83,6 +83,23 @@ class FakeAgent:
         self.gradients = np.frombuffer(self.memory, dtype="<f4", count=parameters)
         self.state = np.frombuffer(self.memory, dtype=np.uint8, count=4 * state, offset=4 * parameters)
 
+    def share_result(self) -> None:
+        """Creates the node's result region (the gradients' size, plus the loss) and has the worker map it."""
+        size = 4 * (self.hello["parameters"] + 1)
+        path = f"/dev/shm/ringmaster-test-{secrets.token_hex(8)}"
+        descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.ftruncate(descriptor, size)
+            self.result_memory = mmap.mmap(descriptor, size)
+        finally:
+            os.close(descriptor)
+        self.send({"type": "result", "path": path, "bytes": size})
+        try:
+            self.expect("ready")
+        finally:
+            os.unlink(path)
+        self.result = np.frombuffer(self.result_memory, dtype="<f4", count=self.hello["parameters"])
+
     def send(self, message: Dict[str, Any]) -> None:
         body = json.dumps(message).encode()
         assert self.connection is not None
@@ -264,7 +281,7 @@ def test_hello_announcesParametersStateAndBuckets_ofASequentialWithAdam(agent: F
     hello = agent.accept()
 
     assert hello["token"] == TOKEN
-    assert hello["protocol"] == 1
+    assert hello["protocol"] == 2
     assert hello["parameters"] == 212
     assert hello["parameter_slots"] == 212
     # Parameters (212 slots), then per parameter exp_avg, exp_avg_sq and step (a float32 each).
@@ -402,6 +419,24 @@ def test_apply_withScaleOneOverN_matchesAPlainPyTorchStep_bitForBit(agent: FakeA
         plain_step(reference, plain, batch(number))
         for mine, theirs in zip(model.parameters(), reference.parameters()):
             assert torch.equal(mine, theirs), f"step {number}: parameters differ from plain PyTorch"
+    stop(agent, worker)
+
+
+@pytest.mark.parametrize("staged", STAGED)
+def test_apply_readsTheJobsSumFromTheResultRegion_onceTheAgentSharedOne(agent: FakeAgent, staged: bool) -> None:
+    model, reference = make_model(), make_model()
+    optimizer, plain = torch.optim.Adam(model.parameters(), lr=1e-2), torch.optim.Adam(reference.parameters(), lr=1e-2)
+    worker, _ = start(agent, user_loop(model, optimizer, [], bucket_slots=BUCKET_SLOTS, _stage_gradients=staged))
+    agent.share_result()
+    for number in range(3):
+        samples = batch(number)
+        agent.step(number, samples)
+        agent.result[:] = agent.gradients  # the node's sum, as the agent leaves it
+        agent.gradients[:] = np.float32(1e6)  # and nothing the update may take from here
+        agent.request("apply", "applied", scale=1.0 / len(samples))
+        plain_step(reference, plain, samples)
+        for mine, theirs in zip(model.parameters(), reference.parameters()):
+            assert torch.equal(mine, theirs), f"step {number}: the update did not come from the result region"
     stop(agent, worker)
 
 

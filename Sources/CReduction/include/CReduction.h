@@ -26,6 +26,14 @@ int rm_kernels_best(void);
    otherwise overlap. level must be at most rm_kernels_best(). */
 void rm_add(int type, int level, const void *src, void *dst, size_t count);
 
+/* The most sources rm_sum_f32 adds. */
+#define RM_SUM_MAX_SOURCES 64
+
+/* dst[i] = sources[0][i] + sources[1][i] + ... + sources[n - 1][i] for count float32 elements,
+   added in that order (the same rounding wherever n and the order are the same), in one pass over
+   the memory. dst must not overlap a source. 1 <= n <= RM_SUM_MAX_SOURCES. */
+void rm_sum_f32(int level, const float *const *sources, int n, float *dst, size_t count);
+
 /* buf[i] *= factor, rounded back once for half types. */
 void rm_scale(int type, int level, void *buf, size_t count, float factor);
 

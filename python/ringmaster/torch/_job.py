@@ -290,6 +290,7 @@ class Job:
         self._mean = loss_reduction == "mean"
 
         self._memory: Optional[mmap.mmap] = None
+        self._result_memory: Optional[mmap.mmap] = None
         self._gradient_region: Optional[torch.Tensor] = None
         self._state_region: Optional[torch.Tensor] = None
         self._views: List[torch.Tensor] = []
@@ -359,6 +360,8 @@ class Job:
     def _answer(self, kind: str, message: Dict[str, Any]) -> None:
         if kind == "memory":
             self._map(message)
+        elif kind == "result":
+            self._map_result(message)
         elif kind == "apply":
             self._apply(message)
         elif kind == "save":
@@ -381,17 +384,7 @@ class Job:
                 f"ringmaster: the shared memory ({size!r} bytes at {path!r}) cannot hold the {needed} bytes "
                 "announced in the hello"
             )
-        try:
-            descriptor = os.open(path, os.O_RDWR)
-        except OSError as error:
-            raise RingmasterError(f"ringmaster: cannot open the shared memory at {path}: {error.strerror}") from error
-        try:
-            length = os.fstat(descriptor).st_size
-            if length < size:
-                raise RingmasterError(f"ringmaster: the shared memory at {path} has {length} bytes, not {size}")
-            memory = mmap.mmap(descriptor, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
-        finally:
-            os.close(descriptor)
+        memory = _map_file(path, size)
         whole = torch.frombuffer(memory, dtype=torch.uint8, count=size)
         gradient_bytes = SLOT_BYTES * self._gradients.slots
         self._memory = memory
@@ -404,6 +397,22 @@ class Job:
             self._store = _SharedGradients(self._gradient_region, self._connection)
         self._views = self._gradients.views(self._store.flat)
         self._attach_gradients()
+        self._connection.send({"type": "ready"})
+
+    def _map_result(self, message: Dict[str, Any]) -> None:
+        """Maps the node's result region, which ``apply`` reads the job's sum from from now on."""
+        store = self._mapped_store()
+        path = message.get("path")
+        size = message.get("bytes")
+        needed = SLOT_BYTES * self._gradients.slots
+        if not isinstance(path, str) or not isinstance(size, int) or size < needed:
+            raise RingmasterError(
+                f"ringmaster: the result region ({size!r} bytes at {path!r}) cannot hold the {needed} bytes of "
+                "the gradients"
+            )
+        memory = _map_file(path, size)
+        self._result_memory = memory
+        store.attach_result(torch.frombuffer(memory, dtype=torch.float32, count=self._gradients.slots))
         self._connection.send({"type": "ready"})
 
     def _begin_step(self, message: Dict[str, Any]) -> Optional[Step]:
@@ -549,6 +558,21 @@ class Job:
             self._connection.send_error(text)
 
 
+def _map_file(path: str, size: int) -> mmap.mmap:
+    """Maps ``size`` bytes of the shared memory file at ``path``, read and write."""
+    try:
+        descriptor = os.open(path, os.O_RDWR)
+    except OSError as error:
+        raise RingmasterError(f"ringmaster: cannot open the shared memory at {path}: {error.strerror}") from error
+    try:
+        length = os.fstat(descriptor).st_size
+        if length < size:
+            raise RingmasterError(f"ringmaster: the shared memory at {path} has {length} bytes, not {size}")
+        return mmap.mmap(descriptor, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+    finally:
+        os.close(descriptor)
+
+
 # MARK: - Where the gradients live
 
 
@@ -559,7 +583,12 @@ class _GradientStore:
     def __init__(self, flat: torch.Tensor, shared: torch.Tensor, connection: AgentConnection) -> None:
         self.flat = flat
         self.shared = shared
+        #: The node's result region, once the agent shared it: ``apply`` reads the job's sum there.
+        self.result: Optional[torch.Tensor] = None
         self._connection = connection
+
+    def attach_result(self, result: torch.Tensor) -> None:
+        self.result = result
 
     def zero(self, *, shared_too: bool) -> None:
         """Zeroes the gradients before a step (and the shared memory's, for a step without samples)."""
@@ -575,8 +604,12 @@ class _GradientStore:
         """Returns once every released bucket was told to the agent."""
 
     def take_result(self, scale: float) -> None:
-        """The shared memory holds the job's sum: make ``flat`` that sum times ``scale``."""
-        self.flat.mul_(scale)
+        """The result region (or, without one, the gradient region) holds the job's sum: make
+        ``flat`` that sum times ``scale``."""
+        if self.result is not None:
+            torch.mul(self.result, scale, out=self.flat)
+        else:
+            self.flat.mul_(scale)
 
     def synchronize(self) -> None:
         """Returns once the optimizer's step is done with the shared memory."""
@@ -605,6 +638,7 @@ class _StagedGradients(_GradientStore):
         super().__init__(torch.zeros(shared.numel(), dtype=torch.float32, device=device), shared, connection)
         self._cuda = device.type == "cuda"
         self._pinned = False
+        self._result_pinned = False
         self._stream: Any = None
         if self._cuda:
             self._stream = torch.cuda.Stream(device=device)
@@ -660,9 +694,16 @@ class _StagedGradients(_GradientStore):
                 f"ringmaster: copying a gradient bucket to the agent failed: {type(failure).__name__}: {failure}"
             ) from failure
 
+    def attach_result(self, result: torch.Tensor) -> None:
+        super().attach_result(result)
+        if self._cuda:
+            self._result_pinned = _pin(result)
+
     def take_result(self, scale: float) -> None:
         self.drain()
-        self.flat.copy_(self.shared, non_blocking=self._pinned)
+        source = self.shared if self.result is None else self.result
+        pinned = self._pinned if self.result is None else self._result_pinned
+        self.flat.copy_(source, non_blocking=pinned)
         self.flat.mul_(scale)
 
     def synchronize(self) -> None:
@@ -677,6 +718,9 @@ class _StagedGradients(_GradientStore):
         if self._pinned:
             torch.cuda.cudart().cudaHostUnregister(self.shared.data_ptr())
             self._pinned = False
+        if self._result_pinned and self.result is not None:
+            torch.cuda.cudart().cudaHostUnregister(self.result.data_ptr())
+            self._result_pinned = False
 
 
 def _pin(shared: torch.Tensor) -> bool:
