@@ -69,7 +69,15 @@ public final class TrainingDemo: Sendable {
         /// A PyTorch script (`examples/torch/digits/train.py`) on the digits data set, run by
         /// each agent as its worker process with `python`.
         case torchDigits(script: String, python: String, stepTimeoutSeconds: Int = 60)
+        /// A PyTorch script (`examples/torch/minilm/train.py`) fine-tuning the pretrained
+        /// all-MiniLM-L6-v2 on the topics data set at `data` (`examples/torch/minilm/data`), run by
+        /// each agent as its worker process with `python`.
+        case torchMiniLM(script: String, data: String, python: String, stepTimeoutSeconds: Int = 60)
     }
+
+    /// Training sentences in the topics data set (`examples/torch/minilm/data/topics.csv.gz`); the
+    /// worker says how many its file has, and the agent refuses the job if they differ.
+    public static let topicsTrainingSamples = 1280
 
     /// The perceptron's optimizer.
     public enum Optimizer: String, Sendable, Hashable, CaseIterable {
@@ -438,12 +446,13 @@ extension TrainingDemo.Options {
         case .torchDigits(let script, let python, let timeout):
             let data = (try? DigitsDataset.bundledURL().path) ?? "digits.csv.gz"
             workload = (
-                "torch",
-                [
-                    "script": script, "python": python, "args": ["--data", data], "env": ["OMP_NUM_THREADS": "1"],
-                    "step_timeout_seconds": timeout,
-                ],
-                data, WorkloadCatalog.bundledDigitsTrainingSamples
+                "torch", Self.torchParameters(script: script, data: data, python: python, timeout: timeout), data,
+                WorkloadCatalog.bundledDigitsTrainingSamples
+            )
+        case .torchMiniLM(let script, let data, let python, let timeout):
+            workload = (
+                "torch", Self.torchParameters(script: script, data: data, python: python, timeout: timeout), data,
+                TrainingDemo.topicsTrainingSamples
             )
         }
         if workload.kind == "torch", let workers = self.workersPerNode {
@@ -469,6 +478,15 @@ extension TrainingDemo.Options {
             checkpointKeep: 3,
             resume: self.resume
         )
+    }
+
+    /// A torch workload's settings: the script, given `--data` and the data set's path, on one
+    /// thread per worker (the demo's agents share one machine).
+    static func torchParameters(script: String, data: String, python: String, timeout: Int) -> [String: Any] {
+        [
+            "script": script, "python": python, "args": ["--data", data], "env": ["OMP_NUM_THREADS": "1"],
+            "step_timeout_seconds": timeout,
+        ]
     }
 }
 
