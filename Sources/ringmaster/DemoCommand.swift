@@ -24,8 +24,11 @@ struct DemoCommand: AsyncParsableCommand {
     @Option(help: "Agents at the start.")
     var agents: Int = 4
 
-    @Option(help: "Global steps to train (64 samples each; 32 with torch-minilm).")
-    var steps: UInt64 = 1500
+    @Option(
+        help:
+            "Global steps to train: default 1500 of 64 samples; with torch-minilm 40 of 32 samples (one epoch of its data)."
+    )
+    var steps: UInt64?
 
     @Option(help: "Kill one agent with SIGKILL once the job reaches this step.")
     var killAgentAtStep: UInt64?
@@ -111,9 +114,12 @@ struct DemoCommand: AsyncParsableCommand {
     @Flag(help: "Print one JSON object instead of text.")
     var json = false
 
+    /// `--steps`, else the model's default: a run of the transformer takes about a second a step here.
+    var totalSteps: UInt64 { self.steps ?? (self.model == "torch-minilm" ? 40 : 1500) }
+
     func validate() throws {
         guard (1...16).contains(self.agents) else { throw ValidationError("--agents must be between 1 and 16") }
-        guard self.steps > 0 else { throw ValidationError("--steps must be positive") }
+        guard self.totalSteps > 0 else { throw ValidationError("--steps must be positive") }
         guard ["sgd", "adam"].contains(self.optimizer) else { throw ValidationError("--optimizer must be sgd or adam") }
         guard ["digits", "synthetic", "torch-digits", "torch-minilm"].contains(self.model) else {
             throw ValidationError("--model must be digits, synthetic, torch-digits or torch-minilm")
@@ -146,8 +152,8 @@ struct DemoCommand: AsyncParsableCommand {
             ("--kill-agent-at-step", self.killAgentAtStep), ("--add-agent-at-step", self.addAgentAtStep),
             ("--terminate-agent-at-step", self.terminateAgentAtStep),
         ] {
-            if let step, step >= self.steps {
-                throw ValidationError("\(flag) \(step) is not before the last step (--steps \(self.steps))")
+            if let step, step >= self.totalSteps {
+                throw ValidationError("\(flag) \(step) is not before the last step (--steps \(self.totalSteps))")
             }
         }
     }
@@ -156,7 +162,7 @@ struct DemoCommand: AsyncParsableCommand {
         var options = TrainingDemo.Options(
             executable: try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe"))
         options.agents = self.agents
-        options.steps = self.steps
+        options.steps = self.totalSteps
         options.killAgentAtStep = self.killAgentAtStep
         options.addAgentAtStep = self.addAgentAtStep
         options.terminateAgentAtStep = self.terminateAgentAtStep
