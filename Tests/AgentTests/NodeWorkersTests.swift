@@ -34,7 +34,7 @@ import Testing
             for index in 0..<count { buffer[index] = Float((index * 31 + worker * 17) % 101) * 0.25 - 7 }
             return buffer
         }
-        defer { sources.forEach { $0.deallocate() } }
+        defer { for source in sources { source.deallocate() } }
         var destination = [Float](repeating: -1, count: count + 1)
         let range = 5..<count
         destination.withUnsafeMutableBufferPointer {

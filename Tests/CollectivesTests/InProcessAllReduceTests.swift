@@ -221,7 +221,7 @@ struct ReductionTests {
                     copy.initialize(from: input, count: count)
                     return copy
                 }
-                defer { pointers.forEach { $0.deallocate() } }
+                defer { for pointer in pointers { pointer.deallocate() } }
                 destination.withUnsafeMutableBufferPointer {
                     Reduction.sum(
                         pointers.map { UnsafePointer<Float>($0) }, into: $0.baseAddress!, count: count,
