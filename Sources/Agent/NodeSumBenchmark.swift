@@ -50,7 +50,11 @@ public enum NodeSumBenchmark {
                 try TorchWorker(
                     .init(
                         python: python, script: script, arguments: [],
-                        environment: ["RINGMASTER_BENCH_SLOTS": "\(slots)"], job: "node-sum", directory: directory,
+                        // One thread in the worker, as the demo gives a torch worker: numpy's
+                        // OpenBLAS would otherwise keep threads of its own spinning beside it.
+                        environment: [
+                            "RINGMASTER_BENCH_SLOTS": "\(slots)", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
+                        ], job: "node-sum", directory: directory,
                         index: index, count: count, startTimeout: .seconds(60)),
                     logger: logger)
             }
