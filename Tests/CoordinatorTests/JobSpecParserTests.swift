@@ -47,6 +47,22 @@ struct JobSpecParserTests {
         #expect(try JobSpecParser.parse(yaml: JobSpecParser.yaml(spec)) == spec)
     }
 
+    @Test func theMiniLMExampleSpec_parses_andNamesTheExamplesDataSet() throws {
+        let url = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent()
+        let spec = try JobSpecParser.parse(
+            yaml: try String(
+                contentsOf: url.appendingPathComponent("coordinator/examples/torch-minilm.yaml"), encoding: .utf8))
+        let settings = try TorchSettings(yaml: spec.workloadParameters)
+        #expect(settings.script.hasSuffix("examples/torch/minilm/train.py"))
+        #expect(settings.arguments.contains("--device") && settings.stepTimeoutSeconds == 120)
+        #expect(settings.environment["HF_HUB_OFFLINE"] == "1", "nothing is downloaded at run time")
+        // The sample count is the example's training set, as the demo uses it.
+        #expect(spec.datasetSamples == 1280 && spec.globalBatchSize == 32)
+        #expect(
+            FileManager.default.fileExists(atPath: url.appendingPathComponent("examples/torch/minilm/train.py").path))
+    }
+
     @Test(arguments: [
         ("workload: {kind: torch}", "needs `script`"),
         ("workload: {kind: torch, script: t.py, args: --lr}", "`args` must be a list"),
