@@ -40,25 +40,22 @@ def main() -> None:
             "device": "cpu",
         }
     )
-    memory = result = gradients = None
+    result = gradients = None
     while True:
         message = connection.receive()
         kind = message["type"]
-        if kind == "memory":
+        if kind in ("memory", "result"):
             descriptor = os.open(message["path"], os.O_RDWR)
             try:
-                memory = mmap.mmap(descriptor, message["bytes"], mmap.MAP_SHARED)
+                mapped = mmap.mmap(descriptor, message["bytes"], mmap.MAP_SHARED)
             finally:
                 os.close(descriptor)
-            gradients = np.frombuffer(memory, dtype="<f4", count=slots)
-            connection.send({"type": "ready"})
-        elif kind == "result":
-            descriptor = os.open(message["path"], os.O_RDWR)
-            try:
-                result_memory = mmap.mmap(descriptor, message["bytes"], mmap.MAP_SHARED)
-            finally:
-                os.close(descriptor)
-            result = np.frombuffer(result_memory, dtype="<f4", count=slots)
+            # The gradient region first (the state after it is not used here), or the node's result.
+            view = np.frombuffer(mapped, dtype="<f4", count=slots)
+            if kind == "memory":
+                gradients = view
+            else:
+                result = view
             connection.send({"type": "ready"})
         elif kind == "step":
             # The gradients are already in shared memory (the agent fills them): say each bucket is

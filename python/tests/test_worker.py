@@ -67,38 +67,31 @@ class FakeAgent:
     def share_memory(self) -> None:
         """Creates the shared memory the hello asks for, has the worker map it, then unlinks it."""
         parameters, state = self.hello["parameters"], self.hello["state"]
-        size = 4 * (parameters + state)
-        path = f"/dev/shm/ringmaster-test-{secrets.token_hex(8)}"
-        descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            os.ftruncate(descriptor, size)
-            self.memory = mmap.mmap(descriptor, size)
-        finally:
-            os.close(descriptor)
-        self.send({"type": "memory", "path": path, "bytes": size})
-        try:
-            self.expect("ready")
-        finally:
-            os.unlink(path)
+        self.memory = self._share("memory", 4 * (parameters + state))
         self.gradients = np.frombuffer(self.memory, dtype="<f4", count=parameters)
         self.state = np.frombuffer(self.memory, dtype=np.uint8, count=4 * state, offset=4 * parameters)
 
     def share_result(self) -> None:
         """Creates the node's result region (the gradients' size, plus the loss) and has the worker map it."""
-        size = 4 * (self.hello["parameters"] + 1)
+        self.result_memory = self._share("result", 4 * (self.hello["parameters"] + 1))
+        self.result = np.frombuffer(self.result_memory, dtype="<f4", count=self.hello["parameters"])
+
+    def _share(self, kind: str, size: int) -> mmap.mmap:
+        """Creates ``size`` bytes of shared memory, sends their path in a ``kind`` request, waits for
+        ``ready``, then unlinks the file (the mappings stay)."""
         path = f"/dev/shm/ringmaster-test-{secrets.token_hex(8)}"
         descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             os.ftruncate(descriptor, size)
-            self.result_memory = mmap.mmap(descriptor, size)
+            memory = mmap.mmap(descriptor, size)
         finally:
             os.close(descriptor)
-        self.send({"type": "result", "path": path, "bytes": size})
+        self.send({"type": kind, "path": path, "bytes": size})
         try:
             self.expect("ready")
         finally:
             os.unlink(path)
-        self.result = np.frombuffer(self.result_memory, dtype="<f4", count=self.hello["parameters"])
+        return memory
 
     def send(self, message: Dict[str, Any]) -> None:
         body = json.dumps(message).encode()
