@@ -35,6 +35,8 @@ if [ ! -x .venv/bin/python ]; then
     exit 1
 fi
 .venv/bin/python -m pytest -q python/tests
+echo "test: the MiniLM example's data set is what its script writes (make_topics.py --check)"
+.venv/bin/python examples/torch/minilm/data/make_topics.py --check
 
 echo "test: unit tests, in parallel"
 swift test --skip-build --disable-xctest --skip '^IntegrationTests\.'
