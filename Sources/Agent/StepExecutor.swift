@@ -386,13 +386,17 @@ final class JobState {
     var boundary: UInt64 = 0
     /// Training state by step boundary.
     var snapshots: [UInt64: [Float]] = [:]
-    /// The flat gradient buffer, with one more element for the loss (unless the workload gives one).
+    /// The flat gradient buffer, with one more element for the loss: the workload's when it gives
+    /// one, else this job's own (`gradients`).
+    let workloadGradients: UnsafeMutableBufferPointer<Float>?
     var gradients: [Float]
 
     init(workload: any TrainingWorkload) throws {
         self.workload = workload
-        let own = workload.gradientBuffer.map { $0.count == workload.parameterCount + 1 } ?? false
-        self.gradients = [Float](repeating: 0, count: own ? 0 : workload.parameterCount + 1)
+        self.workloadGradients = workload.gradientBuffer.flatMap {
+            $0.count == workload.parameterCount + 1 ? $0 : nil
+        }
+        self.gradients = [Float](repeating: 0, count: self.workloadGradients == nil ? workload.parameterCount + 1 : 0)
         // The initial state (from the seed) is the state at step 0 on every agent.
         var initial = [Float](repeating: 0, count: workload.stateCount)
         try initial.withUnsafeMutableBufferPointer { try workload.saveState(into: $0) }
@@ -401,9 +405,7 @@ final class JobState {
 
     /// Runs `body` on the gradient buffer: the workload's, if it gives one, else this job's own.
     func withGradients<R>(_ body: (UnsafeMutableBufferPointer<Float>) throws -> R) rethrows -> R {
-        if let buffer = self.workload.gradientBuffer, buffer.count == self.workload.parameterCount + 1 {
-            return try body(buffer)
-        }
+        if let buffer = self.workloadGradients { return try body(buffer) }
         return try self.gradients.withUnsafeMutableBufferPointer { try body($0) }
     }
 

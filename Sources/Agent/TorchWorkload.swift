@@ -13,9 +13,10 @@ import Workload
 /// The gradient region of each worker's shared memory is where its backward writes (on the CPU
 /// each parameter's `.grad` is a view of it). The node's share of the batch is sliced over its
 /// workers; bucket by bucket, once every worker says it is final, the workers' gradients are summed
-/// into the executor's buffer (with one worker: copied), which the data plane all-reduces across
-/// the job while backward goes on: a hierarchical all-reduce, whose node-local part runs at memory
-/// speed. The job-wide sum is written back into every worker's region, and each applies it.
+/// in one pass into the node's result region (with one worker: copied), which is the executor's
+/// gradient buffer, so the data plane all-reduces it across the job in place while backward goes
+/// on: a hierarchical all-reduce, whose node-local part runs at memory speed. Every worker maps the
+/// result region and reads the job-wide sum from it, scaled, into its own gradients when it applies.
 final class TorchWorkload: TrainingWorkload {
     /// The node's workers; the first also answers for the state, evaluations and parameters.
     let workers: [TorchWorker]
