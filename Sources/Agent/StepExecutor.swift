@@ -48,13 +48,6 @@ final class StepExecutor: @unchecked Sendable {
         var collectiveTimeout: Duration = .seconds(60)
         /// Longest wait for the members of a generation to connect.
         var connectTimeout: Duration = .seconds(30)
-        /// Memory for copies of the training state at recent step boundaries, kept for rolling
-        /// back. The coordinator's cursor trails the agents by the time step reports take to
-        /// arrive, a few steps when steps take milliseconds; between `minimumSnapshots` and
-        /// `maximumSnapshots` copies are kept, as many as fit.
-        var snapshotBudgetBytes = 512 << 20
-        var minimumSnapshots = 4
-        var maximumSnapshots = 64
     }
 
     let settings: Settings
@@ -85,25 +78,25 @@ final class StepExecutor: @unchecked Sendable {
             switch work {
             case .prepare(let assignment):
                 do {
-                    let kept = try self.prepare(assignment)
-                    return .prepared(generation: generation, snapshotsKept: kept)
+                    try self.prepare(assignment)
+                    return .prepared(generation: generation)
                 } catch {
                     return .cannotRun(generation: generation, reason: "\(error)")
                 }
             case .connect(let assignment):
                 try self.connect(assignment, isCancelled: isCancelled)
                 return .connected(generation: generation)
-            case .gather(_, _, let held):
-                return .gathered(generation: generation, holders: try self.gather(held: held))
+            case .gather:
+                return .gathered(generation: generation, holders: try self.gather())
             case .broadcast(_, let step, let root, let source):
                 try self.broadcast(step: step, root: root, sourceGeneration: source, generation: generation)
                 return .synchronised(generation: generation, step: step)
             case .loadCheckpoint(_, let step, let directory):
                 try self.loadCheckpoint(step: step, directory: directory, generation: generation)
                 return .synchronised(generation: generation, step: step)
-            case .train(_, let step, let samples, let batch, let hash, let evaluate, let evicting):
+            case .train(_, let step, let samples, let batch, let hash, let evaluate):
                 let (loss, hashValue, accuracy) = try self.train(
-                    step: step, samples: samples, batch: batch, hash: hash, evaluate: evaluate, evicting: evicting)
+                    step: step, samples: samples, batch: batch, hash: hash, evaluate: evaluate, generation: generation)
                 return .stepDone(
                     generation: generation, step: step, loss: loss, hash: hashValue, testAccuracy: accuracy)
             case .saveModel:
@@ -155,12 +148,19 @@ final class StepExecutor: @unchecked Sendable {
         self.job = nil
     }
 
-    /// Hands the copy at step boundary `step` to the checkpoint writer, as is: no extra copy on the
-    /// step's path.
+    /// Hands a copy of the live state, at step boundary `step`, to the checkpoint writer (the
+    /// only copy of the whole state a step takes, and only at a checkpoint's step).
     func offerCheckpoint(step: UInt64) {
-        guard let job = self.job, let assignment = job.assignment, let saved = job.snapshots[step] else { return }
-        self.environment.offerCheckpoint(
-            assignment, step, saved, job.workload.parameterCount, job.workload.stateTensors)
+        guard let job = self.job, let assignment = job.assignment, job.held.boundary == step else { return }
+        do {
+            let saved = try job.copyState()
+            self.environment.offerCheckpoint(
+                assignment, step, saved, job.workload.parameterCount, job.workload.stateTensors)
+        } catch {
+            self.logger.error(
+                "could not copy the training state for the checkpoint",
+                metadata: self.metadata(assignment).merging(["step": "\(step)", "error": "\(error)"]) { $1 })
+        }
     }
 
     // MARK: - The work
@@ -173,8 +173,8 @@ final class StepExecutor: @unchecked Sendable {
         ]
     }
 
-    /// Builds the job's workload; returns how many copies of its state are kept.
-    func prepare(_ assignment: Assignment) throws -> Int {
+    /// Builds the job's workload.
+    func prepare(_ assignment: Assignment) throws {
         let plan = assignment.training
         let workload = try self.environment.makeWorkload(assignment.job, plan)
         guard workload.trainingSamples == plan.datasetSamples else {
@@ -183,24 +183,16 @@ final class StepExecutor: @unchecked Sendable {
                 "the job says its data set has \(plan.datasetSamples) samples, but \(plan.datasetPath) has \(workload.trainingSamples) training samples here; fix dataset.samples in the job spec"
             )
         }
-        let stateBytes = max(1, workload.stateCount * MemoryLayout<Float>.size)
-        let kept = max(
-            2,
-            min(
-                self.settings.maximumSnapshots,
-                max(self.settings.minimumSnapshots, self.settings.snapshotBudgetBytes / stateBytes)))
         self.job?.workload.release()
-        self.job = try JobState(workload: workload)
+        self.job = JobState(workload: workload)
         self.job?.assignment = assignment
         self.logger.info(
             "workload ready",
             metadata: [
                 LogKey.job: "\(assignment.job)", "kind": "\(plan.workloadKind)",
                 "parameters": "\(workload.parameterCount)", "buckets": "\(workload.buckets.count)",
-                "snapshots_kept": "\(kept)",
             ]
         )
-        return kept
     }
 
     func connect(_ assignment: Assignment, isCancelled: @escaping @Sendable () -> Bool) throws {
@@ -239,37 +231,55 @@ final class StepExecutor: @unchecked Sendable {
         return job
     }
 
-    /// Every rank says whether it holds a copy at the resume step, and from which generation.
-    func gather(held: UInt64?) throws -> [UInt64?] {
+    /// Every rank says what it holds of the job's state: whether it holds it, its step boundary
+    /// and the generation that trained the step before (this workload's own record of it, which a
+    /// step updates only once its update is applied).
+    func gather() throws -> [AgentMachine.Held?] {
         let communicator = try self.communicator()
         let world = communicator.worldSize
-        var mine: [UInt64] = [held == nil ? 0 : 1, held ?? 0]
-        var all = [UInt64](repeating: 0, count: 2 * world)
+        let held = self.job?.held
+        var mine: [UInt64] = [held == nil ? 0 : 1, held?.boundary ?? 0, held?.generation ?? 0]
+        var all = [UInt64](repeating: 0, count: 3 * world)
         try mine.withUnsafeMutableBytes { input in
             try all.withUnsafeMutableBytes { output in
                 try communicator.allGather(
                     UnsafeRawBufferPointer(input), into: output, timeout: self.settings.collectiveTimeout)
             }
         }
-        return (0..<world).map { all[2 * $0] == 1 ? all[2 * $0 + 1] : nil }
+        return (0..<world).map {
+            all[3 * $0] == 1 ? AgentMachine.Held(boundary: all[3 * $0 + 1], generation: all[3 * $0 + 2]) : nil
+        }
     }
 
-    /// The copy at `step` from `root` to every rank, loaded by each.
+    /// The state at boundary `step`, trained by `sourceGeneration`, from `root` to every rank; the
+    /// ranks that hold another state load it.
     func broadcast(step: UInt64, root: Int, sourceGeneration: UInt64, generation: UInt64) throws {
         let job = try self.heldJob()
         let communicator = try self.communicator()
-        var buffer = job.snapshots[step] ?? [Float](repeating: 0, count: job.workload.stateCount)
+        let source = AgentMachine.Held(boundary: step, generation: sourceGeneration)
+        let isRoot = communicator.rank == root
+        guard !isRoot || job.held == source else {
+            throw AgentError(
+                .protocolViolation,
+                "chosen to send the state at step \(step) of generation \(sourceGeneration), but this agent holds step \(job.held.boundary) of generation \(job.held.generation)"
+            )
+        }
+        var buffer = isRoot ? try job.copyState() : [Float](repeating: 0, count: job.workload.stateCount)
         if communicator.worldSize > 1 {
             try buffer.withUnsafeMutableBytes { raw in
                 try communicator.broadcast(raw, root: root, timeout: self.settings.collectiveTimeout)
             }
         }
-        let rolledBack = job.boundary - min(job.boundary, step)
-        try job.restore(step: step, state: buffer)
+        let caughtUp = step - min(step, job.held.boundary)
+        let loaded = job.held != source
+        if loaded { try job.restore(state: buffer, held: source) }
         self.logger.info(
             "training state agreed",
             metadata: self.metadata(job.assignment).merging(
-                ["resume_step": "\(step)", "source_rank": "\(root)", "steps_rolled_back": "\(rolledBack)"]
+                [
+                    "resume_step": "\(step)", "source_rank": "\(root)", "loaded": "\(loaded)",
+                    "steps_caught_up": "\(caughtUp)",
+                ]
             ) { $1 }
         )
     }
@@ -313,7 +323,7 @@ final class StepExecutor: @unchecked Sendable {
                 try communicator.broadcast(raw, root: 0, timeout: self.settings.collectiveTimeout)
             }
         }
-        try job.restore(step: step, state: buffer)
+        try job.restore(state: buffer, held: .init(boundary: step, generation: generation))
         self.logger.notice(
             "training state loaded from a checkpoint",
             metadata: self.metadata(job.assignment).merging([
@@ -325,7 +335,7 @@ final class StepExecutor: @unchecked Sendable {
     /// Trains one step; returns its mean loss, and the parameters' hash and the test accuracy when
     /// asked for.
     func train(
-        step: UInt64, samples: [Int], batch: Int, hash: Bool, evaluate: Bool, evicting: UInt64?
+        step: UInt64, samples: [Int], batch: Int, hash: Bool, evaluate: Bool, generation: UInt64
     ) throws -> (Double, UInt64?, Double?) {
         let job = try self.heldJob()
         guard let reducer = self.link.withLock({ $0?.reducer }) else {
@@ -358,7 +368,8 @@ final class StepExecutor: @unchecked Sendable {
         try job.withGradients { buffer in
             try workload.applyGradients(UnsafeBufferPointer(rebasing: buffer[0..<parameters]), scale: 1 / Float(batch))
         }
-        try job.record(step: step + 1, evicting: evicting)
+        // Applied: the state is at the next boundary (a failure from here on leaves it there).
+        job.held = .init(boundary: step + 1, generation: generation)
         let loss = lossSum / Double(batch)
         let total = job.assignment?.training.steps ?? 0
         if (step + 1) % 500 == 0 || step + 1 == total {
@@ -376,31 +387,25 @@ final class StepExecutor: @unchecked Sendable {
 
 // MARK: - Job state
 
-/// One job's model on this agent, with the training state at recent step boundaries (which
-/// boundaries are kept is the core's decision).
+/// One job's model on this agent: the workload, whose live training state is the only one kept
+/// (no copy per step), and what that state is.
 final class JobState {
     let workload: any TrainingWorkload
     /// The assignment trained in.
     var assignment: Assignment?
-    /// Steps applied to the workload's state.
-    var boundary: UInt64 = 0
-    /// Training state by step boundary.
-    var snapshots: [UInt64: [Float]] = [:]
+    /// The live state's step boundary and the generation that trained the step before it.
+    var held = AgentMachine.Held(boundary: 0, generation: 0)
     /// The flat gradient buffer, with one more element for the loss: the workload's when it gives
     /// one, else this job's own (`gradients`).
     let workloadGradients: UnsafeMutableBufferPointer<Float>?
     var gradients: [Float]
 
-    init(workload: any TrainingWorkload) throws {
+    init(workload: any TrainingWorkload) {
         self.workload = workload
         self.workloadGradients = workload.gradientBuffer.flatMap {
             $0.count == workload.parameterCount + 1 ? $0 : nil
         }
         self.gradients = [Float](repeating: 0, count: self.workloadGradients == nil ? workload.parameterCount + 1 : 0)
-        // The initial state (from the seed) is the state at step 0 on every agent.
-        var initial = [Float](repeating: 0, count: workload.stateCount)
-        try initial.withUnsafeMutableBufferPointer { try workload.saveState(into: $0) }
-        self.snapshots[0] = initial
     }
 
     /// Runs `body` on the gradient buffer: the workload's, if it gives one, else this job's own.
@@ -409,24 +414,16 @@ final class JobState {
         return try self.gradients.withUnsafeMutableBufferPointer { try body($0) }
     }
 
-    /// Loads the agreed state at `step`; copies of later boundaries (steps being redone) are dropped.
-    func restore(step: UInt64, state: [Float]) throws {
+    /// Loads `state`, which is `held`.
+    func restore(state: [Float], held: AgentMachine.Held) throws {
         try state.withUnsafeBufferPointer { try self.workload.loadState(from: $0) }
-        self.boundary = step
-        self.snapshots = self.snapshots.filter { $0.key < step }
-        self.snapshots[step] = state
+        self.held = held
     }
 
-    /// Keeps a copy of the state after a step, reusing the storage of the copy at `evicting`.
-    func record(step: UInt64, evicting: UInt64?) throws {
-        self.boundary = step
-        var buffer: [Float]
-        if let evicting, let old = self.snapshots.removeValue(forKey: evicting) {
-            buffer = old
-        } else {
-            buffer = [Float](repeating: 0, count: self.workload.stateCount)
-        }
+    /// A copy of the live state (for a broadcast's root or a checkpoint).
+    func copyState() throws -> [Float] {
+        var buffer = [Float](repeating: 0, count: self.workload.stateCount)
         try buffer.withUnsafeMutableBufferPointer { try self.workload.saveState(into: $0) }
-        self.snapshots[step] = buffer
+        return buffer
     }
 }

@@ -1,8 +1,8 @@
 import JobModel
 
 /// The agent's training life as a pure state machine: what to do next in each generation, which
-/// member's copy of the training state the generation starts from, how far ahead of the
-/// coordinator's cursor it may train, when to report, save and leave.
+/// member's training state the generation starts from, how far ahead of the coordinator's cursor
+/// it may train, when to report, save and leave.
 ///
 /// ## Events in, actions out
 /// The shell feeds it what the coordinator said (`assigned`, `aborted`, `cursorMoved`), what the
@@ -18,15 +18,22 @@ import JobModel
 /// 1. *Prepare*: build the workload, unless this agent already holds the job's training state
 ///    from an earlier generation (an equal `TrainingPlan`).
 /// 2. *Connect* the generation's data plane.
-/// 3. *Gather*: every member says whether it holds a copy of the training state at the resume
-///    step, and from which generation.
-/// 4. *Synchronise*: the newest copy is broadcast from the lowest rank holding it, so survivors
-///    roll back to the resume step and newcomers catch up, bit for bit. When no member holds one
-///    and the job has checkpoints, rank 0 loads the committed checkpoint at that step instead.
-/// 5. *Train* step after step, at most `window` steps ahead of the coordinator's cursor (the
-///    first step not completed by every member), so the copy at the cursor is always among the
-///    `snapshotsKept` copies the shell keeps. Each step is reported; checkpoints are offered when
-///    due; after the last step the model is saved.
+/// 3. *Gather*: every member says whether it holds the job's training state, at which step
+///    boundary, and which generation trained the step before it (`Held`). A member keeps only its
+///    live state: no copy of it is taken per step.
+/// 4. *Synchronise*: the generation resumes at the furthest boundary held at or past the
+///    resume step the coordinator gave (its cursor), from the newest generation's state there,
+///    held by the lowest such rank. A member applies a step only once its all-reduce completed, and
+///    an all-reduce completes on one member only when every member contributed, so every step
+///    before that boundary was trained whole: the survivors behind it and the newcomers get the
+///    state by broadcast (members that hold it already keep theirs), and the steps between the
+///    cursor and it are committed by the coordinator when the members say where they resumed
+///    (`StepReport.resumedAt`). When no member holds a state at or past the resume step and the
+///    job has checkpoints, rank 0 loads the committed checkpoint at that step instead.
+/// 5. *Train* step after step, at most `Settings.stepsAhead` steps ahead of the coordinator's
+///    cursor (the first step not completed by every member): flow control, so that an agent cut
+///    off from the coordinator does not train on alone. Each step is reported; checkpoints are
+///    offered when due; after the last step the model is saved.
 ///
 /// A newer assignment or an abort ends the generation at once: the work in flight is abandoned
 /// (its collectives fail) and the next generation starts when that work has returned.
@@ -41,36 +48,37 @@ public struct AgentMachine: Sendable {
     public struct Settings: Sendable, Hashable {
         /// Steps between parameter hashes in the step reports (and at the last step).
         public var hashIntervalSteps: UInt64
+        /// Steps past the coordinator's cursor this agent may train before it waits for the cursor.
+        public var stepsAhead: UInt64
 
         /// Makes settings.
-        public init(hashIntervalSteps: UInt64 = 50) {
+        public init(hashIntervalSteps: UInt64 = 50, stepsAhead: UInt64 = 64) {
             self.hashIntervalSteps = max(1, hashIntervalSteps)
+            self.stepsAhead = max(1, stepsAhead)
         }
     }
 
     /// Blocking work for the shell's worker, one piece at a time. Each ends with one event that
     /// names its generation: the result, or `failed`.
     public enum Work: Sendable, Hashable {
-        /// Build the job's workload and its initial training state (the state at step 0), keeping
-        /// `snapshotsKept` copies as the result says; ends with `prepared` or `cannotRun`.
+        /// Build the job's workload and its initial training state (the state at step 0, trained by
+        /// no generation: `Held(boundary: 0, generation: 0)`); ends with `prepared` or `cannotRun`.
         case prepare(Assignment)
         /// Connect this rank to the generation's members; ends with `connected`.
         case connect(Assignment)
-        /// All-gather whether each rank holds the state at `step` (`held`: the generation that
-        /// computed this rank's copy, nil when it holds none); ends with `gathered`.
-        case gather(generation: UInt64, step: UInt64, held: UInt64?)
-        /// Broadcast the state at `step` from `root` and load it, dropping copies of later step
-        /// boundaries (the steps to be redone); ends with `synchronised`.
+        /// All-gather what each rank holds of the job's training state (its `Held`, nil when it
+        /// holds none), for a generation that resumes at `step` or later; ends with `gathered`.
+        case gather(generation: UInt64, step: UInt64)
+        /// Broadcast the state at boundary `step` (trained by `sourceGeneration`) from `root`; the
+        /// ranks that hold another state load it; ends with `synchronised`.
         case broadcast(generation: UInt64, step: UInt64, root: Int, sourceGeneration: UInt64)
         /// Rank 0 loads the committed checkpoint at `step` from `directory`, verifying it, and
         /// broadcasts it; every rank loads it; ends with `synchronised`.
         case loadCheckpoint(generation: UInt64, step: UInt64, directory: String)
         /// Train `step` on `samples` (this rank's slice of its global batch), all-reducing the
-        /// gradients, and keep a copy of the state after it, reusing the copy at `evicting` when
-        /// one must go; hash the parameters and evaluate when asked. Ends with `stepDone`.
-        case train(
-            generation: UInt64, step: UInt64, samples: [Int], batch: Int, hash: Bool, evaluate: Bool,
-            evicting: UInt64?)
+        /// gradients, and apply the update once the all-reduce completed; hash the parameters and
+        /// evaluate when asked. Ends with `stepDone`.
+        case train(generation: UInt64, step: UInt64, samples: [Int], batch: Int, hash: Bool, evaluate: Bool)
         /// Write the trained model; ends with `modelSaved`.
         case saveModel(generation: UInt64)
 
@@ -78,8 +86,8 @@ public struct AgentMachine: Sendable {
         public var generation: UInt64 {
             switch self {
             case .prepare(let assignment), .connect(let assignment): return assignment.generation
-            case .gather(let generation, _, _), .broadcast(let generation, _, _, _),
-                .loadCheckpoint(let generation, _, _), .train(let generation, _, _, _, _, _, _),
+            case .gather(let generation, _), .broadcast(let generation, _, _, _),
+                .loadCheckpoint(let generation, _, _), .train(let generation, _, _, _, _, _),
                 .saveModel(let generation):
                 return generation
             }
@@ -97,7 +105,8 @@ public struct AgentMachine: Sendable {
         case disconnect(generation: UInt64)
         /// Send a step report to the coordinator.
         case report(StepReport)
-        /// Hand the copy of the state at step boundary `step` to the checkpoint writer.
+        /// Hand a copy of the state at step boundary `step` (the live state's) to the checkpoint
+        /// writer.
         case offerCheckpoint(generation: UInt64, step: UInt64)
         /// Tell the coordinator this member leaves.
         case leave(Leave)
@@ -108,10 +117,10 @@ public struct AgentMachine: Sendable {
         /// The armed timer is no longer needed.
         case cancelTimer
         /// The job is over on this agent (finished, or left at a stop): end its workload (a worker
-        /// process exits) and drop the copies of its state. A later assignment prepares anew.
+        /// process exits) and drop its state. A later assignment prepares anew.
         case release
         /// Training in `generation` ended before its last step, for the log: `superseded` when a
-        /// newer generation or an abort ended it (the next rolls back), otherwise it failed.
+        /// newer generation or an abort ended it (the next resumes), otherwise it failed.
         case trainingStopped(generation: UInt64, reason: String, superseded: Bool)
     }
 
@@ -128,15 +137,15 @@ public struct AgentMachine: Sendable {
         case stopRequested(reason: String, grace: Duration?)
         /// Time passed (the armed timer fired).
         case tick
-        /// `prepare` ended: the workload is built; the shell keeps `snapshotsKept` copies.
-        case prepared(generation: UInt64, snapshotsKept: Int)
+        /// `prepare` ended: the workload is built, at the initial state.
+        case prepared(generation: UInt64)
         /// `prepare` ended: this node cannot run the job (`reason` says why).
         case cannotRun(generation: UInt64, reason: String)
         /// `connect` ended: the data plane is up.
         case connected(generation: UInt64)
-        /// `gather` ended: by rank, the generation of each member's copy at the resume step.
-        case gathered(generation: UInt64, holders: [UInt64?])
-        /// `broadcast` or `loadCheckpoint` ended: the state at `step` is loaded.
+        /// `gather` ended: by rank, what each member holds (nil: nothing).
+        case gathered(generation: UInt64, holders: [Held?])
+        /// `broadcast` or `loadCheckpoint` ended: every rank holds the state at `step`.
         case synchronised(generation: UInt64, step: UInt64)
         /// `train` ended: `step` is applied (mean loss over the global batch; hash and test
         /// accuracy when asked).
@@ -183,6 +192,20 @@ public struct AgentMachine: Sendable {
         case ended
     }
 
+    /// What a member holds of a job's training state: its live state, at step boundary
+    /// `boundary` (steps applied), the step before it trained by `generation` (0: the initial
+    /// state). Members of one generation start from one state and apply the same updates, so equal
+    /// `Held`s are equal states, bit for bit.
+    public struct Held: Sendable, Hashable {
+        public var boundary: UInt64
+        public var generation: UInt64
+
+        public init(boundary: UInt64, generation: UInt64) {
+            self.boundary = boundary
+            self.generation = generation
+        }
+    }
+
     /// A stop asked for and not yet done.
     struct StopRequest: Sendable, Hashable {
         var reason: String
@@ -201,12 +224,7 @@ public struct AgentMachine: Sendable {
     public private(set) var cursor: UInt64 = 0
     /// The plan whose training state this agent holds (its workload is built), if any.
     public private(set) var prepared: TrainingPlan?
-    /// Copies of the training state the shell keeps, by step boundary, with the generation that
-    /// computed the step before each (0: the initial state, or one loaded).
-    public private(set) var snapshots: [UInt64: UInt64] = [:]
-    /// How many copies the shell keeps.
-    public private(set) var snapshotsKept = 2
-    /// Steps applied to the training state.
+    /// Steps applied to the training state held (meaningful while `prepared` is set).
     public private(set) var boundary: UInt64 = 0
     /// The work in flight, if any.
     public private(set) var inFlight: Work?
@@ -221,9 +239,8 @@ public struct AgentMachine: Sendable {
         self.settings = settings
     }
 
-    /// Steps ahead of the coordinator's cursor this agent may train: two copies of slack, so that
-    /// the copy at the cursor is still kept when the step in flight completes.
-    public var window: UInt64 { UInt64(max(1, self.snapshotsKept - 2)) }
+    /// Steps ahead of the coordinator's cursor this agent may train.
+    public var window: UInt64 { self.settings.stepsAhead }
 
     // MARK: - Events
 
@@ -286,11 +303,9 @@ public struct AgentMachine: Sendable {
                         reason: "the grace period to stop (\(stop.reason)) ran out"))
             }
 
-        case .prepared(let generation, let kept):
+        case .prepared(let generation):
             guard case .prepare(let assignment) = self.take(generation: generation) else { break }
             self.prepared = assignment.training
-            self.snapshotsKept = max(2, kept)
-            self.snapshots = [0: 0]
             self.boundary = 0
             self.permutation = nil
             if self.isNewest(generation), self.progress == .preparing { self.progress = .prepared }
@@ -318,26 +333,21 @@ public struct AgentMachine: Sendable {
             self.synchronise(current, holders: holders, &actions)
 
         case .synchronised(let generation, let step):
-            // The shell loaded the state at `step`, whatever became of the generation since.
-            let source: UInt64?
+            // The shell holds the state at `step`, whatever became of the generation since.
             switch self.take(generation: generation) {
-            case .broadcast(_, _, _, let sourceGeneration): source = sourceGeneration
-            case .loadCheckpoint: source = generation
-            case .prepare, .connect, .gather, .train, .saveModel, nil: source = nil
+            case .broadcast, .loadCheckpoint: break
+            case .prepare, .connect, .gather, .train, .saveModel, nil: return self.proceeding(&actions)
             }
-            guard let source else { break }
-            self.snapshots = self.snapshots.filter { $0.key < step }
-            self.snapshots[step] = source
             self.boundary = step
-            if self.isNewest(generation), self.progress == .synchronising { self.progress = .training(next: step) }
+            if let current = self.assignment, self.isNewest(generation), self.progress == .synchronising {
+                self.resume(current, at: step, &actions)
+            }
 
         case .stepDone(let generation, let step, let loss, let hash, let testAccuracy):
-            guard case .train(_, _, let samples, _, _, _, let evicting) = self.take(generation: generation) else {
+            guard case .train(_, _, let samples, _, _, _) = self.take(generation: generation) else {
                 break
             }
-            // The shell applied the step and kept a copy after it, whatever became of the generation.
-            if let evicting { self.snapshots.removeValue(forKey: evicting) }
-            self.snapshots[step + 1] = generation
+            // The shell applied the step, whatever became of the generation.
             self.boundary = step + 1
             guard let current = self.assignment, self.isNewest(generation), self.progress == .training(next: step)
             else { break }
@@ -360,9 +370,8 @@ public struct AgentMachine: Sendable {
 
         case .workloadFailed(let generation, let reason):
             guard let work = self.take(generation: generation) else { break }
-            // The workload and every copy of its state are gone: a later assignment prepares anew.
+            // The workload and its state are gone: a later assignment prepares anew.
             self.prepared = nil
-            self.snapshots = [:]
             self.boundary = 0
             guard self.isNewest(generation), let assignment = self.assignment else { break }
             switch self.progress {
@@ -388,6 +397,11 @@ public struct AgentMachine: Sendable {
                 break
             }
         }
+        return self.proceeding(&actions)
+    }
+
+    /// Starts what comes next and returns every action of the event.
+    mutating func proceeding(_ actions: inout [Action]) -> [Action] {
         self.proceed(&actions)
         return actions
     }
@@ -414,8 +428,7 @@ public struct AgentMachine: Sendable {
                 self.begin(.connect(current), &actions)
             case .connected:
                 self.progress = .gathering
-                let step = current.resumeStep
-                self.begin(.gather(generation: current.generation, step: step, held: self.snapshots[step]), &actions)
+                self.begin(.gather(generation: current.generation, step: current.resumeStep), &actions)
             case .training(let next):
                 if next >= current.training.steps {
                     self.progress = .savingModel
@@ -438,17 +451,28 @@ public struct AgentMachine: Sendable {
         }
     }
 
-    /// Chooses where the generation's training state comes from.
-    mutating func synchronise(_ current: Assignment, holders: [UInt64?], _ actions: inout [Action]) {
+    /// Chooses where the generation's training state comes from: the furthest boundary held at
+    /// or past the resume step; among equals, the newest generation's state, from the lowest rank.
+    /// Every rank gathered the same `holders`, so every rank chooses the same.
+    mutating func synchronise(_ current: Assignment, holders: [Held?], _ actions: inout [Action]) {
         let step = current.resumeStep
-        let held = holders.enumerated().compactMap { rank, generation in generation.map { (rank: rank, generation: $0) }
+        let usable = holders.enumerated().compactMap { rank, held in
+            held.flatMap { $0.boundary >= step && $0.boundary <= current.training.steps ? (rank, $0) : nil }
         }
-        // The newest copy; among equals, the lowest rank.
-        if let newest = held.max(by: { ($0.generation, -$0.rank) < ($1.generation, -$1.rank) }) {
+        if let (root, source) = usable.max(by: {
+            ($0.1.boundary, $0.1.generation, -$0.0) < ($1.1.boundary, $1.1.generation, -$1.0)
+        }) {
+            if holders.allSatisfy({ $0 == source }) {
+                // Every member holds that state already (the survivors of a failure, with no
+                // newcomer): nothing to send.
+                self.resume(current, at: source.boundary, &actions)
+                return
+            }
             self.progress = .synchronising
             self.begin(
                 .broadcast(
-                    generation: current.generation, step: step, root: newest.rank, sourceGeneration: newest.generation),
+                    generation: current.generation, step: source.boundary, root: root,
+                    sourceGeneration: source.generation),
                 &actions)
         } else if let directory = current.training.checkpointDirectory {
             self.progress = .synchronising
@@ -459,8 +483,22 @@ public struct AgentMachine: Sendable {
                 .trainingStopped(
                     generation: current.generation,
                     reason:
-                        "no member holds the training state at step \(step) (they were restarted, or the coordinator's cursor trailed this agent's step \(self.boundary) by more than the \(self.snapshotsKept) copies kept); the job can resume only from a checkpoint",
+                        "no member holds the training state at step \(step) or later (they were restarted, or every member that held it is gone); the job can resume only from a checkpoint",
                     superseded: false))
+        }
+    }
+
+    /// Trains on from boundary `step`, which every member now holds; when that is past the
+    /// coordinator's cursor, says so (the steps between were trained by an earlier generation).
+    mutating func resume(_ current: Assignment, at step: UInt64, _ actions: inout [Action]) {
+        self.boundary = step
+        self.progress = .training(next: step)
+        if step > current.resumeStep {
+            actions.append(
+                .report(
+                    StepReport(
+                        job: current.job, generation: current.generation, step: step - 1, loss: .nan, sampleIDs: [],
+                        resumedAt: step)))
         }
     }
 
@@ -474,15 +512,13 @@ public struct AgentMachine: Sendable {
         let samples = order.samples(
             step: step, rank: current.rank, worldSize: current.worldSize, permutation: self.permutation!.ids)
         let last = step + 1 == current.training.steps
-        let evicting = self.snapshots.count >= self.snapshotsKept ? self.snapshots.keys.min() : nil
         return .train(
             generation: current.generation,
             step: step,
             samples: Array(samples),
             batch: order.batchRange(ofStep: step).count,
             hash: last || (step + 1) % self.settings.hashIntervalSteps == 0,
-            evaluate: last && current.rank == 0,
-            evicting: evicting
+            evaluate: last && current.rank == 0
         )
     }
 
@@ -541,7 +577,6 @@ public struct AgentMachine: Sendable {
     mutating func release(_ actions: inout [Action]) {
         guard self.prepared != nil else { return }
         self.prepared = nil
-        self.snapshots = [:]
         self.boundary = 0
         actions.append(.release)
     }

@@ -56,10 +56,20 @@ extension CoordinatorService {
     /// A member's step report: its training figures, then the step itself to the machine.
     func stepReported(_ report: Ringmaster_V1_StepReport, node: String, logger: Logger) {
         self.engine.withLock { engine in
-            guard let record = engine.machine.record(job: report.jobID), record.generation == report.generation else {
-                // The machine refuses (and counts) reports from another generation.
+            if report.hasResumedAt {
                 let actions = engine.machine.on(
-                    .stepCompleted(node: node, job: report.jobID, generation: report.generation, step: report.step),
+                    .resumed(node: node, job: report.jobID, generation: report.generation, step: report.resumedAt),
+                    now: self.elapsed)
+                self.perform(actions, engine: &engine, logger: logger)
+                return
+            }
+            guard let record = engine.machine.record(job: report.jobID), record.generation == report.generation else {
+                // The machine refuses (and counts) reports from another generation, keeping their
+                // sample ids for the steps a later generation may roll forward.
+                let actions = engine.machine.on(
+                    .stepCompleted(
+                        node: node, job: report.jobID, generation: report.generation, step: report.step,
+                        samples: report.sampleIds.map { Int($0) }),
                     now: self.elapsed
                 )
                 self.perform(actions, engine: &engine, logger: logger)
@@ -144,7 +154,8 @@ extension CoordinatorService {
                 case .stepCommitted, .persist, .replicasAgree, .replicasDiverged, .commitCheckpoint, .shardFailed,
                     .shardRefused, .staleRefused:
                     return true
-                case .assign, .abort, .drain, .generationStarted, .jobWaiting, .jobFinished, .jobFailed, .leaseExpired:
+                case .assign, .abort, .drain, .generationStarted, .jobWaiting, .jobFinished, .jobFailed, .leaseExpired,
+                    .stepsRolledForward:
                     return false
                 }
             }
@@ -231,6 +242,24 @@ extension CoordinatorService {
                             (self.now().timeIntervalSince1970 * 1000).rounded())
                     }
                     engine.progress[job] = progress
+                }
+            case .stepsRolledForward(let job, let generation, let from, let to, let inferred):
+                self.metrics.stepsCommitted.increment(by: Int64(to - from))
+                touched.append(job)
+                cursors[job] = (generation, to)
+                if var progress = engine.progress[job] {
+                    if let last = progress.history.indices.last, progress.history[last].generation == generation {
+                        progress.history[last].resumeStep = to
+                    }
+                    engine.progress[job] = progress
+                }
+                batch.then {
+                    logger.info(
+                        "generation resumed past the cursor",
+                        metadata: [
+                            LogKey.job: "\(job)", LogKey.generation: "\(generation)", "cursor": "\(from)",
+                            "resume_step": "\(to)", "sample_ids_inferred": "\(inferred)",
+                        ])
                 }
             case .staleRefused(let node, let job, let generation, let current):
                 // Counted, and logged at debug only: reports in flight when a generation ends

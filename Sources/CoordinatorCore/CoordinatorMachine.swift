@@ -24,9 +24,15 @@ import JobModel
 ///   step before it) are kept first: a newcomer that has not trained yet holds nothing, and
 ///   keeping it instead would lose the state.
 /// - **Data cursor.** The job's cursor is the first global step not yet completed by every member.
-///   A generation resumes at the cursor, so a step in flight when membership changes is redone
-///   whole by the new generation: no sample is skipped, and none counts twice, because a step
-///   counts only when all its members completed it. Which samples a rank takes is `DataOrder`'s.
+///   A generation resumes at the cursor or past it: its members resume from the furthest step
+///   boundary one of them holds (a member applies a step only once its all-reduce completed, and
+///   that needs every member's gradients, so every step before that boundary was trained whole),
+///   and say where (`resumed`); the steps between the cursor and there are then committed with
+///   the ids their trainers reported, and, for members whose reports never came (they died, or
+///   the report was refused as stale), the ids `DataOrder` gives their ranks. A step in flight
+///   that no member completed is redone whole by the new generation: no sample is skipped, and
+///   none counts twice. Which samples a rank takes is `DataOrder`'s; a step's global batch does
+///   not depend on who trains it.
 /// - **Restart.** Only `JobRecord`s are durable. A restored machine knows no nodes; running jobs
 ///   wait `recoveryWindow` for their members to say hello again, then continue in the next
 ///   generation from the saved cursor with those that came back.
@@ -232,6 +238,10 @@ public struct CoordinatorMachine: Sendable {
         case jobFailed(job: String, reason: String)
         /// Every member completed `step`: the cursor moved past it.
         case stepCommitted(job: String, generation: UInt64, step: UInt64)
+        /// `generation` resumed at `to`, past the cursor at `from`: the steps between, trained by
+        /// an earlier generation, are committed; `inferredIDs` of their sample ids came from
+        /// `DataOrder` (their trainers' reports never arrived), the rest from reports.
+        case stepsRolledForward(job: String, generation: UInt64, from: UInt64, to: UInt64, inferredIDs: Int)
         /// A message naming an old generation was refused.
         case staleRefused(node: String, job: String, generation: UInt64, current: UInt64)
         /// A node's lease expired.
@@ -261,10 +271,13 @@ public struct CoordinatorMachine: Sendable {
         case nodeOffline(node: String)
         /// A heartbeat, naming the generation the node holds (if any).
         case heartbeat(node: String, job: String?, generation: UInt64)
-        /// A node completed a step in a generation.
+        /// A node completed a step in a generation (a report of an older generation is refused,
+        /// but its sample ids are kept for the steps that a later generation may roll forward).
         case stepCompleted(
             node: String, job: String, generation: UInt64, step: UInt64, samples: [Int] = [],
             parameterHash: UInt64? = nil)
+        /// A member's generation resumed at step boundary `step` (see `StepReport.resumedAt`).
+        case resumed(node: String, job: String, generation: UInt64, step: UInt64)
         /// A member's shard of a checkpoint is durable, or its save failed.
         case shardReported(node: String, job: String, generation: UInt64, ShardReport)
         /// A node leaves a job (SIGTERM, or answering a drain).
@@ -352,9 +365,12 @@ public struct CoordinatorMachine: Sendable {
         var shards: [UInt64: PendingCheckpoint] = [:]
         /// The sample account at recent checkpoint boundaries (for the checkpoints' manifests).
         var samplesAtCheckpoint: [UInt64: SampleAccounting] = [:]
-        /// Sample ids members reported for steps not yet committed in this generation, by step
-        /// and node (a repeated report replaces the earlier one).
-        var pendingSamples: [UInt64: [String: [Int]]] = [:]
+        /// Sample ids members reported for steps not yet committed, by step, generation and node
+        /// (a repeated report replaces the earlier one). Older generations' are kept for the
+        /// steps a later generation rolls forward.
+        var reports: [UInt64: [UInt64: [String: [Int]]]] = [:]
+        /// The members, by rank, of the generations whose reports are kept, and of the current one.
+        var generationMembers: [UInt64: [String]] = [:]
         /// When a waiting job may start below its target.
         var settleDeadline: Duration?
         /// When the job started waiting for nodes (for the rendezvous duration).
@@ -517,6 +533,13 @@ public struct CoordinatorMachine: Sendable {
                 if generation < job.record.generation {
                     actions.append(
                         .staleRefused(node: id, job: jobID, generation: generation, current: job.record.generation))
+                    // Kept, for the steps a later generation may roll forward.
+                    if step >= job.record.cursor, step < job.record.spec.steps,
+                        job.generationMembers[generation]?.contains(id) == true
+                    {
+                        job.reports[step, default: [:]][generation, default: [:]][id] = samples
+                        self.jobs[jobID] = job
+                    }
                 }
                 break
             }
@@ -524,10 +547,24 @@ public struct CoordinatorMachine: Sendable {
                 break
             }
             job.completed[id] = max(job.completed[id] ?? 0, step)
-            job.pendingSamples[step, default: [:]][id] = samples
+            job.reports[step, default: [:]][generation, default: [:]][id] = samples
             if let hash { Self.compare(hash, of: id, step: step, in: &job, into: &actions) }
             self.jobs[jobID] = job
             self.advanceCursor(jobID, now: now, into: &actions)
+
+        case .resumed(let id, let jobID, let generation, let step):
+            guard let job = self.jobs[jobID], job.record.phase == .running else { break }
+            guard generation == job.record.generation else {
+                if generation < job.record.generation {
+                    actions.append(
+                        .staleRefused(node: id, job: jobID, generation: generation, current: job.record.generation))
+                }
+                break
+            }
+            guard job.record.members.contains(id), step > job.record.cursor, step <= job.record.spec.steps else {
+                break
+            }
+            self.rollForward(jobID, to: step, now: now, into: &actions)
 
         case .shardReported(let id, let jobID, let generation, let shard):
             // A finished job's last checkpoint commits too: its shards come after the last step.
@@ -784,7 +821,6 @@ public struct CoordinatorMachine: Sendable {
         let spec = job.record.spec
         job.recoveryDeadline = nil
         job.completed = [:]
-        job.pendingSamples = [:]
         job.hashes = [:]
         guard survivors.count + newcomers.count >= spec.minNodes else {
             job.record.phase = .waiting
@@ -824,7 +860,11 @@ public struct CoordinatorMachine: Sendable {
         job.record.members = members
         job.record.lastCause = cause
         job.completed = [:]
-        job.pendingSamples = [:]
+        job.generationMembers[job.record.generation] = members
+        let referenced = Set(job.reports.values.flatMap(\.keys))
+        job.generationMembers = job.generationMembers.filter {
+            $0.key == job.record.generation || referenced.contains($0.key)
+        }
         job.settleDeadline = nil
         job.waitingSince = nil
         job.recoveryDeadline = nil
@@ -962,24 +1002,80 @@ public struct CoordinatorMachine: Sendable {
             job.record.members.allSatisfy({ (job.completed[$0] ?? 0) >= job.record.cursor && job.completed[$0] != nil })
         {
             actions.append(.stepCommitted(job: jobID, generation: job.record.generation, step: job.record.cursor))
-            var samples = job.record.samples ?? SampleAccounting()
-            let reported = job.pendingSamples.removeValue(forKey: job.record.cursor) ?? [:]
-            samples.record(
-                step: job.record.cursor, ids: job.record.members.flatMap { reported[$0] ?? [] },
-                order: job.record.spec.order)
-            job.record.samples = samples
-            job.record.cursor += 1
-            job.holders = Set(job.record.members)
-            let spec = job.record.spec
-            if spec.checkpointDirectory != nil, spec.checkpointIntervalSteps > 0,
-                job.record.cursor % spec.checkpointIntervalSteps == 0 || job.record.cursor == spec.steps
+            let reported = job.reports[job.record.cursor]?[job.record.generation] ?? [:]
+            Self.commitStep(&job, ids: job.record.members.flatMap { reported[$0] ?? [] })
+        }
+        self.jobs[jobID] = job
+        self.progressed(jobID, now: now, into: &actions)
+    }
+
+    /// Commits every step before `step`, which the current generation resumed at: an earlier
+    /// generation trained them, and a member holding the state after them was chosen.
+    mutating func rollForward(_ jobID: String, to step: UInt64, now: Duration, into actions: inout [Action]) {
+        guard var job = self.jobs[jobID] else { return }
+        let from = job.record.cursor
+        let order = job.record.spec.order
+        var permutation: (epoch: UInt64, ids: [Int])?
+        var inferred = 0
+        while job.record.cursor < step {
+            let current = job.record.cursor
+            let epoch = order.epoch(ofStep: current)
+            if permutation?.epoch != epoch { permutation = (epoch, order.permutation(epoch: epoch)) }
+            // The newest earlier generation that reported the step trained it (a generation that
+            // trained it again resumed before it, and so reported it later); its members that did
+            // not report took what `DataOrder` gives their ranks.
+            var ids: [Int] = []
+            if let (generation, byNode) = job.reports[current]?.max(by: { $0.key < $1.key }),
+                let members = job.generationMembers[generation]
             {
-                job.samplesAtCheckpoint[job.record.cursor] = samples
-                if job.samplesAtCheckpoint.count > 8, let oldest = job.samplesAtCheckpoint.keys.min() {
-                    job.samplesAtCheckpoint[oldest] = nil
+                for (rank, node) in members.enumerated() {
+                    if let reported = byNode[node] {
+                        ids += reported
+                    } else {
+                        let taken = order.samples(
+                            step: current, rank: rank, worldSize: members.count, permutation: permutation!.ids)
+                        ids += taken
+                        inferred += taken.count
+                    }
                 }
+            } else {
+                let taken = order.samples(step: current, rank: 0, worldSize: 1, permutation: permutation!.ids)
+                ids += taken
+                inferred += taken.count
+            }
+            Self.commitStep(&job, ids: ids)
+        }
+        self.jobs[jobID] = job
+        actions.append(
+            .stepsRolledForward(
+                job: jobID, generation: job.record.generation, from: from, to: step, inferredIDs: inferred))
+        // Steps past it may be complete already; the job may be finished.
+        self.advanceCursor(jobID, now: now, into: &actions)
+    }
+
+    /// Counts the ids of the step at the cursor and moves the cursor past it.
+    static func commitStep(_ job: inout Job, ids: [Int]) {
+        var samples = job.record.samples ?? SampleAccounting()
+        samples.record(step: job.record.cursor, ids: ids, order: job.record.spec.order)
+        job.reports[job.record.cursor] = nil
+        job.record.samples = samples
+        job.record.cursor += 1
+        job.holders = Set(job.record.members)
+        let spec = job.record.spec
+        if spec.checkpointDirectory != nil, spec.checkpointIntervalSteps > 0,
+            job.record.cursor % spec.checkpointIntervalSteps == 0 || job.record.cursor == spec.steps
+        {
+            job.samplesAtCheckpoint[job.record.cursor] = samples
+            if job.samplesAtCheckpoint.count > 8, let oldest = job.samplesAtCheckpoint.keys.min() {
+                job.samplesAtCheckpoint[oldest] = nil
             }
         }
+    }
+
+    /// After the cursor moved: commits the checkpoints it reached, finishes the job at its last
+    /// step, persists the record.
+    mutating func progressed(_ jobID: String, now: Duration, into actions: inout [Action]) {
+        guard var job = self.jobs[jobID], job.record.phase == .running else { return }
         Self.commitReadyCheckpoints(&job, into: &actions)
         self.jobs[jobID] = job
         if job.record.cursor >= job.record.spec.steps {

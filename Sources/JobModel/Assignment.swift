@@ -156,6 +156,12 @@ public struct StepReport: Sendable, Hashable {
     public var parameterHash: UInt64?
     /// Accuracy on the held-out test set, from rank 0 after the last step.
     public var testAccuracy: Double?
+    /// Set on the report a member sends when its generation resumed ahead of the coordinator's
+    /// cursor, at the furthest step boundary a member held: every step before `resumedAt` was
+    /// trained and all-reduced by an earlier generation (whose reports the coordinator may not
+    /// have had), so it is committed. Such a report completes no step of its own (`step` is
+    /// `resumedAt - 1`, `sampleIDs` is empty).
+    public var resumedAt: UInt64?
 
     /// Makes a report.
     public init(
@@ -165,8 +171,10 @@ public struct StepReport: Sendable, Hashable {
         loss: Double,
         sampleIDs: [Int],
         parameterHash: UInt64? = nil,
-        testAccuracy: Double? = nil
+        testAccuracy: Double? = nil,
+        resumedAt: UInt64? = nil
     ) {
+        self.resumedAt = resumedAt
         self.job = job
         self.generation = generation
         self.step = step

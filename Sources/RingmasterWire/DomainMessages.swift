@@ -84,6 +84,7 @@ extension Envelope {
             $0.sampleIds = report.sampleIDs.map { UInt32(truncatingIfNeeded: $0) }
             if let hash = report.parameterHash { $0.parameterHash = withUnsafeBytes(of: hash.bigEndian) { Data($0) } }
             if let accuracy = report.testAccuracy { $0.testAccuracy = accuracy }
+            if let resumedAt = report.resumedAt { $0.resumedAt = resumedAt }
         }
     }
 

@@ -5,7 +5,7 @@ import Testing
 
 /// Drives one `AgentMachine` with a manual clock, answering its work by hand.
 struct Driver {
-    var machine = AgentMachine(settings: .init(hashIntervalSteps: 2))
+    var machine = AgentMachine(settings: .init(hashIntervalSteps: 2, stepsAhead: 8))
     var now: Duration = .zero
 
     @discardableResult
@@ -29,28 +29,36 @@ struct Driver {
             resumeStep: resume, training: plan, dataPlaneSecret: [1, 2, 3])
     }
 
-    /// Assigned, prepared (keeping `kept` copies), connected and synchronised at the resume step
-    /// from rank 0's copy; returns the actions of the last event.
+    /// A machine that trains at most `stepsAhead` steps past the cursor.
+    init(stepsAhead: UInt64 = 8) {
+        self.machine = AgentMachine(settings: .init(hashIntervalSteps: 2, stepsAhead: stepsAhead))
+    }
+
+    static func held(_ boundary: UInt64, _ generation: UInt64) -> AgentMachine.Held {
+        AgentMachine.Held(boundary: boundary, generation: generation)
+    }
+
+    /// Assigned, prepared, connected, and resumed at the resume step with every member holding
+    /// the initial state; returns the actions of the last event.
     @discardableResult
-    mutating func startTraining(_ assignment: Assignment, kept: Int = 4) -> [AgentMachine.Action] {
+    mutating func startTraining(_ assignment: Assignment) -> [AgentMachine.Action] {
         let generation = assignment.generation
         var actions = self.send(.assigned(assignment))
         if actions.contains(.start(.prepare(assignment))) {
-            actions = self.send(.prepared(generation: generation, snapshotsKept: kept))
+            actions = self.send(.prepared(generation: generation))
         }
         #expect(actions.contains(.start(.connect(assignment))))
         actions = self.send(.connected(generation: generation))
-        let held = self.machine.snapshots[assignment.resumeStep]
-        #expect(actions == [.start(.gather(generation: generation, step: assignment.resumeStep, held: held))])
-        actions = self.send(
-            .gathered(generation: generation, holders: (0..<assignment.worldSize).map { _ in held ?? 0 }))
-        return self.send(.synchronised(generation: generation, step: assignment.resumeStep))
+        #expect(actions == [.start(.gather(generation: generation, step: assignment.resumeStep))])
+        // Every member holds the same state: nothing is broadcast.
+        let held = Self.held(assignment.resumeStep, 0)
+        return self.send(.gathered(generation: generation, holders: (0..<assignment.worldSize).map { _ in held }))
     }
 
     /// Completes the step in flight.
     @discardableResult
     mutating func completeStep() -> [AgentMachine.Action] {
-        guard case .train(let generation, let step, _, _, _, _, _) = self.machine.inFlight else {
+        guard case .train(let generation, let step, _, _, _, _) = self.machine.inFlight else {
             Issue.record("no step in flight: \(String(describing: self.machine.inFlight))")
             return []
         }
@@ -62,14 +70,22 @@ extension [AgentMachine.Action] {
     /// The steps these actions start.
     var trainedSteps: [UInt64] {
         self.compactMap {
-            if case .start(.train(_, let step, _, _, _, _, _)) = $0 { return step }
+            if case .start(.train(_, let step, _, _, _, _)) = $0 { return step }
             return nil
         }
     }
 
     var reportedSteps: [UInt64] {
         self.compactMap {
-            if case .report(let report) = $0 { return report.step }
+            if case .report(let report) = $0, report.resumedAt == nil { return report.step }
+            return nil
+        }
+    }
+
+    /// Where the reports say the generation resumed.
+    var resumedAt: [UInt64] {
+        self.compactMap {
+            if case .report(let report) = $0 { return report.resumedAt }
             return nil
         }
     }
@@ -83,35 +99,98 @@ extension [AgentMachine.Action] {
 }
 
 @Suite struct AgentMachineTests {
-    @Test func aFirstAssignment_preparesConnectsGathersAndBroadcastsFromTheNewestCopy() {
+    @Test func aFirstAssignment_preparesConnectsGathers_andANewcomerGetsTheStateByBroadcast() {
         var driver = Driver()
         let assignment = Driver.assignment(generation: 1, rank: 1, world: 3)
         #expect(driver.send(.assigned(assignment)) == [.start(.prepare(assignment))])
-        #expect(driver.send(.prepared(generation: 1, snapshotsKept: 6)) == [.start(.connect(assignment))])
-        #expect(driver.send(.connected(generation: 1)) == [.start(.gather(generation: 1, step: 0, held: 0))])
-        // Ranks 1 and 2 hold copies from generation 4 and 7 (a newcomer holds none): rank 2's wins.
-        let actions = driver.send(.gathered(generation: 1, holders: [nil, 4, 7]))
-        #expect(actions == [.start(.broadcast(generation: 1, step: 0, root: 2, sourceGeneration: 7))])
+        #expect(driver.send(.prepared(generation: 1)) == [.start(.connect(assignment))])
+        #expect(driver.send(.connected(generation: 1)) == [.start(.gather(generation: 1, step: 0))])
+        // Rank 0 is a newcomer that holds nothing; ranks 1 and 2 hold the initial state.
+        let actions = driver.send(.gathered(generation: 1, holders: [nil, Driver.held(0, 0), Driver.held(0, 0)]))
+        #expect(actions == [.start(.broadcast(generation: 1, step: 0, root: 1, sourceGeneration: 0))])
         let trained = driver.send(.synchronised(generation: 1, step: 0))
         #expect(trained.trainedSteps == [0])
-        #expect(driver.machine.snapshots == [0: 7])
+        #expect(trained.resumedAt == [], "it resumed at the cursor: nothing to roll forward")
+        #expect(driver.machine.boundary == 0)
     }
 
-    @Test func amongEqualCopies_theLowestRankIsTheSource() {
-        var driver = Driver()
-        let assignment = Driver.assignment(generation: 1, world: 3)
-        driver.send(.assigned(assignment))
-        driver.send(.prepared(generation: 1, snapshotsKept: 4))
-        driver.send(.connected(generation: 1))
+    @Test func theFurthestBoundary_isTheSource_thenTheNewestGeneration_thenTheLowestRank() {
+        func source(_ holders: [AgentMachine.Held?], resume: UInt64 = 4) -> [AgentMachine.Action] {
+            var driver = Driver()
+            let assignment = Driver.assignment(generation: 9, world: holders.count, resume: resume)
+            driver.send(.assigned(assignment))
+            driver.send(.prepared(generation: 9))
+            driver.send(.connected(generation: 9))
+            return driver.send(.gathered(generation: 9, holders: holders))
+        }
+        // Furthest boundary first, whatever the generations.
         #expect(
-            driver.send(.gathered(generation: 1, holders: [nil, 3, 3]))
-                == [.start(.broadcast(generation: 1, step: 0, root: 1, sourceGeneration: 3))])
+            source([Driver.held(5, 8), Driver.held(6, 3), nil])
+                == [.start(.broadcast(generation: 9, step: 6, root: 1, sourceGeneration: 3))])
+        // Among equal boundaries, the newest generation's state; among equals, the lowest rank.
+        #expect(
+            source([Driver.held(6, 3), Driver.held(6, 7), Driver.held(6, 7)])
+                == [.start(.broadcast(generation: 9, step: 6, root: 1, sourceGeneration: 7))])
+        // A state behind the resume step (the cursor: committed progress) is never used.
+        #expect(
+            source([Driver.held(9, 2), Driver.held(4, 5)], resume: 10).first.map {
+                if case .trainingStopped = $0 { return true }
+                return false
+            } == true)
     }
 
-    @Test func steps_stayWithinTheWindowAheadOfTheCursor_andReportEach() {
+    @Test func survivorsThatHoldTheSameState_resumeWithoutABroadcast_andSayWhere() {
         var driver = Driver()
-        // Four copies kept: a window of two steps ahead of the cursor.
-        driver.startTraining(Driver.assignment(generation: 1), kept: 4)
+        driver.startTraining(Driver.assignment(generation: 1))
+        for _ in 0..<5 { driver.completeStep() }
+        #expect(driver.machine.boundary == 5)
+        // Generation 2 is told the cursor, step 3 (the reports of steps 3 and 4 had not arrived).
+        let next = Driver.assignment(generation: 2, resume: 3)
+        var actions = driver.send(.assigned(next))
+        #expect(actions.contains(.abandon(generation: 1, reason: "generation 2 replaces it")))
+        // The step in flight (5) returns failed; then the old data plane closes and the new one opens.
+        actions = driver.send(.failed(generation: 1, reason: "aborted"))
+        #expect(actions == [.disconnect(generation: 1), .start(.connect(next))], "the workload is kept: no prepare")
+        actions = driver.send(.connected(generation: 2))
+        #expect(actions == [.start(.gather(generation: 2, step: 3))])
+        actions = driver.send(.gathered(generation: 2, holders: [Driver.held(5, 1), Driver.held(5, 1)]))
+        #expect(actions.resumedAt == [5], "steps 3 and 4 were trained whole: the coordinator commits them")
+        #expect(actions.trainedSteps == [5], "no step is redone, and nothing is sent")
+        #expect(driver.machine.boundary == 5)
+    }
+
+    @Test func aSurvivorBehindTheOthers_catchesUpByBroadcast() {
+        var driver = Driver()
+        driver.startTraining(Driver.assignment(generation: 1, rank: 1))
+        for _ in 0..<4 { driver.completeStep() }
+        // Step 4 completed on rank 0 but not here (its all-reduce failed on this side at the end).
+        driver.send(.assigned(Driver.assignment(generation: 2, rank: 1, resume: 2)))
+        driver.send(.failed(generation: 1, reason: "peer gone"))
+        driver.send(.connected(generation: 2))
+        let actions = driver.send(.gathered(generation: 2, holders: [Driver.held(5, 1), Driver.held(4, 1)]))
+        #expect(actions == [.start(.broadcast(generation: 2, step: 5, root: 0, sourceGeneration: 1))])
+        let trained = driver.send(.synchronised(generation: 2, step: 5))
+        #expect(trained.resumedAt == [5])
+        #expect(trained.trainedSteps == [5])
+        #expect(driver.machine.boundary == 5)
+    }
+
+    @Test func aResumeAtTheLastBoundary_saysSo_andWritesTheModel() {
+        var driver = Driver()
+        let plan = Driver.plan(steps: 6)
+        driver.send(.assigned(Driver.assignment(generation: 3, resume: 4, plan: plan)))
+        driver.send(.prepared(generation: 3))
+        driver.send(.connected(generation: 3))
+        let actions = driver.send(.gathered(generation: 3, holders: [nil, Driver.held(6, 2)]))
+        #expect(actions == [.start(.broadcast(generation: 3, step: 6, root: 1, sourceGeneration: 2))])
+        let done = driver.send(.synchronised(generation: 3, step: 6))
+        #expect(done.resumedAt == [6], "the coordinator learns the job is trained")
+        #expect(driver.machine.inFlight == .saveModel(generation: 3))
+    }
+
+    @Test func steps_stayWithinTheStepsAheadOfTheCursor_andReportEach() {
+        var driver = Driver(stepsAhead: 2)
+        driver.startTraining(Driver.assignment(generation: 1))
         #expect(driver.machine.window == 2)
         let first = driver.completeStep()
         #expect(first.reportedSteps == [0])
@@ -129,12 +208,12 @@ extension [AgentMachine.Action] {
         var driver = Driver()
         let plan = Driver.plan(steps: 3)
         let assignment = Driver.assignment(generation: 1, rank: 1, world: 2, plan: plan)
-        driver.startTraining(assignment, kept: 8)
+        driver.startTraining(assignment)
         let order = plan.order
         var hashes: [Bool] = []
         for step in UInt64(0)..<3 {
             guard
-                case .train(_, let trained, let samples, let batch, let hash, let evaluate, _) = driver.machine.inFlight
+                case .train(_, let trained, let samples, let batch, let hash, let evaluate) = driver.machine.inFlight
             else {
                 Issue.record("step \(step) not in flight")
                 return
@@ -154,46 +233,26 @@ extension [AgentMachine.Action] {
         #expect(driver.machine.progress == .finished)
     }
 
-    @Test func aSurvivor_rollsBackToTheResumeStep_fromItsOwnCopy() {
-        var driver = Driver()
-        driver.startTraining(Driver.assignment(generation: 1), kept: 8)
-        for _ in 0..<5 { driver.completeStep() }
-        #expect(driver.machine.boundary == 5)
-        // Generation 2 resumes at the cursor, step 3: the copy at 3 is this agent's (generation 1).
-        let next = Driver.assignment(generation: 2, resume: 3)
-        var actions = driver.send(.assigned(next))
-        #expect(actions.contains(.abandon(generation: 1, reason: "generation 2 replaces it")))
-        // The step in flight (5) returns failed; then the old data plane closes and the new one opens.
-        actions = driver.send(.failed(generation: 1, reason: "aborted"))
-        #expect(actions == [.disconnect(generation: 1), .start(.connect(next))], "the workload is kept: no prepare")
-        actions = driver.send(.connected(generation: 2))
-        #expect(actions == [.start(.gather(generation: 2, step: 3, held: 1))])
-        actions = driver.send(.gathered(generation: 2, holders: [1, nil]))
-        #expect(actions == [.start(.broadcast(generation: 2, step: 3, root: 0, sourceGeneration: 1))])
-        actions = driver.send(.synchronised(generation: 2, step: 3))
-        #expect(driver.machine.boundary == 3)
-        #expect(driver.machine.snapshots.keys.sorted() == [0, 1, 2, 3], "copies after step 3 are dropped")
-        #expect(actions.trainedSteps == [3])
-    }
-
     @Test func whenNoMemberHoldsTheState_rankZeroLoadsTheCheckpoint_orTrainingStops() {
         var withCheckpoints = Driver()
         let plan = Driver.plan(checkpoints: "/ckpt")
         let resumed = Driver.assignment(generation: 1, resume: 4, plan: plan)
         withCheckpoints.send(.assigned(resumed))
-        withCheckpoints.send(.prepared(generation: 1, snapshotsKept: 4))
+        withCheckpoints.send(.prepared(generation: 1))
+        #expect(withCheckpoints.send(.connected(generation: 1)) == [.start(.gather(generation: 1, step: 4))])
+        // Both hold the initial state only, behind the resume step.
         #expect(
-            withCheckpoints.send(.connected(generation: 1)) == [.start(.gather(generation: 1, step: 4, held: nil))])
-        #expect(
-            withCheckpoints.send(.gathered(generation: 1, holders: [nil, nil]))
+            withCheckpoints.send(.gathered(generation: 1, holders: [Driver.held(0, 0), nil]))
                 == [.start(.loadCheckpoint(generation: 1, step: 4, directory: "/ckpt"))])
-        #expect(withCheckpoints.send(.synchronised(generation: 1, step: 4)).trainedSteps == [4])
-        #expect(withCheckpoints.machine.snapshots[4] == 1)
+        let loaded = withCheckpoints.send(.synchronised(generation: 1, step: 4))
+        #expect(loaded.trainedSteps == [4])
+        #expect(loaded.resumedAt == [])
+        #expect(withCheckpoints.machine.boundary == 4)
 
         var without = Driver()
         let bare = Driver.assignment(generation: 1, resume: 4)
         without.send(.assigned(bare))
-        without.send(.prepared(generation: 1, snapshotsKept: 4))
+        without.send(.prepared(generation: 1))
         without.send(.connected(generation: 1))
         let actions = without.send(.gathered(generation: 1, holders: [nil, nil]))
         #expect(actions.count == 2)
@@ -201,13 +260,13 @@ extension [AgentMachine.Action] {
             Issue.record("expected training to stop, got \(actions)")
             return
         }
-        #expect(reason.contains("no member holds the training state at step 4"))
+        #expect(reason.contains("no member holds the training state at step 4 or later"))
         #expect(actions.last == .disconnect(generation: 1))
     }
 
     @Test func checkpoints_areOfferedAtTheirInterval_andAfterTheLastStep() {
         var driver = Driver()
-        driver.startTraining(Driver.assignment(generation: 1, plan: Driver.plan(steps: 6, checkpoints: "/c")), kept: 16)
+        driver.startTraining(Driver.assignment(generation: 1, plan: Driver.plan(steps: 6, checkpoints: "/c")))
         var offered: [UInt64] = []
         for _ in 0..<6 {
             for case .offerCheckpoint(_, let step) in driver.completeStep() { offered.append(step) }
@@ -217,7 +276,7 @@ extension [AgentMachine.Action] {
 
     @Test func aStop_waitsForTheStepInFlight_thenLeaves() {
         var driver = Driver()
-        driver.startTraining(Driver.assignment(generation: 1), kept: 8)
+        driver.startTraining(Driver.assignment(generation: 1))
         let asked = driver.send(.stopRequested(reason: "drained", grace: nil))
         #expect(asked.isEmpty, "the step in flight finishes first")
         let actions = driver.completeStep()
@@ -232,7 +291,7 @@ extension [AgentMachine.Action] {
 
     @Test func theGraceTimer_abandonsAStepThatDoesNotFinish() {
         var driver = Driver()
-        driver.startTraining(Driver.assignment(generation: 1), kept: 8)
+        driver.startTraining(Driver.assignment(generation: 1))
         driver.now = .seconds(10)
         #expect(
             driver.send(.stopRequested(reason: "shutting down", grace: .seconds(30))) == [.armTimer(at: .seconds(40))])
@@ -250,7 +309,7 @@ extension [AgentMachine.Action] {
 
     @Test func aNewerGeneration_cancelsTheGraceTimer_andIsLeftAtOnce() {
         var driver = Driver()
-        driver.startTraining(Driver.assignment(generation: 1), kept: 8)
+        driver.startTraining(Driver.assignment(generation: 1))
         driver.send(.stopRequested(reason: "drained", grace: .seconds(30)))
         let actions = driver.send(.assigned(Driver.assignment(generation: 2, resume: 0)))
         #expect(actions.first == .abandon(generation: 1, reason: "generation 2 replaces it"))
@@ -266,7 +325,7 @@ extension [AgentMachine.Action] {
         var driver = Driver()
         let assignment = Driver.assignment(generation: 1)
         driver.send(.assigned(assignment))
-        driver.send(.prepared(generation: 1, snapshotsKept: 4))
+        driver.send(.prepared(generation: 1))
         let actions = driver.send(.stopRequested(reason: "shutting down", grace: .seconds(5)))
         #expect(actions.contains(.abandon(generation: 1, reason: "shutting down")))
         #expect(actions.leaves == [Leave(job: "job", generation: 1, reason: "shutting down")])
@@ -276,7 +335,7 @@ extension [AgentMachine.Action] {
 
     @Test func anAbort_failsTheStep_andAStopAfterItLeavesNothing() {
         var driver = Driver()
-        driver.startTraining(Driver.assignment(generation: 1), kept: 8)
+        driver.startTraining(Driver.assignment(generation: 1))
         let aborted = driver.send(.aborted(job: "job", generation: 1, reason: "lease expired"))
         #expect(aborted.first == .abandon(generation: 1, reason: "lease expired"))
         #expect(driver.send(.failed(generation: 1, reason: "aborted")) == [.disconnect(generation: 1)])
@@ -288,11 +347,11 @@ extension [AgentMachine.Action] {
 
     @Test func aStepThatReturnsAfterItsGenerationEnded_isKeptButNotReported() {
         var driver = Driver()
-        driver.startTraining(Driver.assignment(generation: 1), kept: 8)
+        driver.startTraining(Driver.assignment(generation: 1))
         driver.send(.assigned(Driver.assignment(generation: 2, resume: 0)))
         let actions = driver.send(.stepDone(generation: 1, step: 0, loss: 1, hash: nil, testAccuracy: nil))
         #expect(actions.reportedSteps == [])
-        #expect(driver.machine.snapshots[1] == 1, "the shell applied the step: its copy exists")
+        #expect(driver.machine.boundary == 1, "the shell applied the step: the state held is after it")
         #expect(actions == [.disconnect(generation: 1), .start(.connect(Driver.assignment(generation: 2)))])
     }
 
@@ -309,7 +368,7 @@ extension [AgentMachine.Action] {
 
     @Test func aWorkloadThatFailsMidStep_leavesTheJobSayingWhy_andIsPreparedAnewNextTime() {
         var driver = Driver()
-        driver.startTraining(Driver.assignment(generation: 1), kept: 4)
+        driver.startTraining(Driver.assignment(generation: 1))
         driver.completeStep()
         let actions = driver.send(.workloadFailed(generation: 1, reason: "the worker exited with status 3"))
         #expect(
@@ -319,7 +378,7 @@ extension [AgentMachine.Action] {
                     cannotRun: true)
             ])
         #expect(driver.machine.prepared == nil, "its workload is gone")
-        #expect(driver.machine.snapshots.isEmpty, "and every copy of its state with it")
+        #expect(driver.machine.boundary == 0, "and its state with it")
         #expect(driver.machine.inFlight == nil, "nothing more is started in that generation")
         // A later assignment (another generation, or another job) prepares the workload anew.
         let next = driver.send(.assigned(Driver.assignment(generation: 2)))
@@ -328,32 +387,17 @@ extension [AgentMachine.Action] {
 
     @Test func anOldOrRepeatedAssignment_isIgnored() {
         var driver = Driver()
-        driver.startTraining(Driver.assignment(generation: 2), kept: 8)
+        driver.startTraining(Driver.assignment(generation: 2))
         #expect(driver.send(.assigned(Driver.assignment(generation: 2))).isEmpty)
         #expect(driver.send(.assigned(Driver.assignment(generation: 1))).isEmpty)
         #expect(driver.machine.inFlight != nil)
-    }
-
-    @Test func aCopyIsEvicted_onlyWhenTheKeptCopiesAreFull_oldestFirst() {
-        var driver = Driver()
-        driver.startTraining(Driver.assignment(generation: 1), kept: 3)
-        // Window 1: one step at a time, the cursor following each.
-        var evicted: [UInt64?] = []
-        for step in UInt64(0)..<4 {
-            guard case .train(_, _, _, _, _, _, let evicting) = driver.machine.inFlight else { return }
-            evicted.append(evicting)
-            driver.completeStep()
-            driver.send(.cursorMoved(job: "job", generation: 1, cursor: step + 1))
-        }
-        #expect(evicted == [nil, nil, 0, 1])
-        #expect(driver.machine.snapshots.keys.sorted() == [2, 3, 4])
     }
 }
 
 @Suite struct FinishingTests {
     @Test func theAbortThatFollowsTheLastStep_doesNotAbandonWritingTheModel() {
         var driver = Driver()
-        driver.startTraining(Driver.assignment(generation: 1, plan: Driver.plan(steps: 1)), kept: 4)
+        driver.startTraining(Driver.assignment(generation: 1, plan: Driver.plan(steps: 1)))
         driver.completeStep()
         #expect(driver.machine.inFlight == .saveModel(generation: 1))
         #expect(driver.send(.aborted(job: "job", generation: 1, reason: "finished")).isEmpty)

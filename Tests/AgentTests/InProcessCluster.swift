@@ -131,8 +131,10 @@ final class InProcessCluster {
     let checkpoints = Checkpoints()
     let parameters: Int
     var trace: [String] = []
-    /// Members that rolled back (their boundary was past the resume step they synchronised at).
-    var rollbacks = 0
+    /// Members that caught up by broadcast (their boundary was behind the step they synchronised at).
+    var caughtUp = 0
+    /// Generations that resumed past the coordinator's cursor (the steps between rolled forward).
+    var rolledForward = 0
 
     // MARK: What the checks read
     /// The cursor of each job after every delivery, in order.
@@ -179,8 +181,7 @@ final class InProcessCluster {
         logger.logLevel = .critical
         let executor = StepExecutor(
             settings: .init(
-                collectiveTimeout: .seconds(10), connectTimeout: .seconds(10), snapshotBudgetBytes: 0,
-                minimumSnapshots: 6, maximumSnapshots: 6),
+                collectiveTimeout: .seconds(10), connectTimeout: .seconds(10)),
             environment: TrainingEnvironment(
                 makeWorkload: { _, plan in
                     SyntheticWorkload(
@@ -199,7 +200,8 @@ final class InProcessCluster {
             ),
             logger: logger
         )
-        let node = Node(name: name, machine: AgentMachine(settings: .init(hashIntervalSteps: 1)), executor: executor)
+        let node = Node(
+            name: name, machine: AgentMachine(settings: .init(hashIntervalSteps: 1, stepsAhead: 4)), executor: executor)
         self.nodes[name] = node
         self.queue.append(.toCoordinator(.nodeOnline(node: name, .init(dataPlaneAddresses: ["\(name):7700"]))))
         self.settle()
@@ -375,12 +377,8 @@ final class InProcessCluster {
         }
         for (node, _, _) in chosen where node.dying { self.remove(node) }
         for (name, event) in results.withLock({ $0 }).sorted(by: { $0.key < $1.key }) {
-            if case .synchronised(let generation, let step) = event, let node = self.nodes[name],
-                let job = node.machine.assignment?.job, let workload = node.executor.workload
-            {
-                if node.machine.boundary > step { self.rollbacks += 1 }
-                self.synchronised[job, default: [:]][generation, default: [:]][name] = parameterHash(
-                    try workload.parameters())
+            if case .synchronised(_, let step) = event, let node = self.nodes[name], node.machine.boundary < step {
+                self.caughtUp += 1
             }
             self.queue.append(.toNode(name, event))
         }
@@ -391,10 +389,10 @@ final class InProcessCluster {
         switch work {
         case .prepare(let assignment): return "prepare \(assignment.generation)"
         case .connect(let assignment): return "connect \(assignment.generation)"
-        case .gather(let generation, let step, _): return "gather \(generation) at \(step)"
+        case .gather(let generation, let step): return "gather \(generation) at \(step) or later"
         case .broadcast(let generation, let step, let root, _): return "broadcast \(generation) at \(step) from \(root)"
         case .loadCheckpoint(let generation, let step, _): return "load \(generation) at \(step)"
-        case .train(let generation, let step, _, _, _, _, _): return "train \(generation) step \(step)"
+        case .train(let generation, let step, _, _, _, _): return "train \(generation) step \(step)"
         case .saveModel(let generation): return "save \(generation)"
         }
     }
@@ -441,6 +439,7 @@ final class InProcessCluster {
             case .toNode(let name, let event):
                 guard let node = self.nodes[name] else { continue }
                 let actions = node.machine.on(event, now: self.now)
+                self.noteSynchronised(node, after: event)
                 self.carry(actions, for: node)
             }
             for record in self.coordinator.records {
@@ -448,6 +447,21 @@ final class InProcessCluster {
                 if self.cursors[name]?.last != record.cursor { self.cursors[name, default: []].append(record.cursor) }
             }
         }
+    }
+
+    /// Records the member's parameters once `event` (a synchronisation, or a gather after which
+    /// every member already held the state) made it train in its generation.
+    func noteSynchronised(_ node: Node, after event: AgentMachine.Event) {
+        let generation: UInt64
+        switch event {
+        case .gathered(let of, _), .synchronised(let of, _): generation = of
+        default: return
+        }
+        guard case .training = node.machine.progress, let assignment = node.machine.assignment,
+            assignment.generation == generation, let workload = node.executor.workload,
+            let hash = try? parameterHash(workload.parameters())
+        else { return }
+        self.synchronised[assignment.job, default: [:]][generation, default: [:]][node.name] = hash
     }
 
     /// The coordinator's actions, as its shell would carry them out.
@@ -481,6 +495,13 @@ final class InProcessCluster {
                 self.diverged.append("\(job) generation \(generation) step \(step): \(hashes)")
             case .shardFailed(let node, _, let step, let reason):
                 self.trace.append("\(self.now): \(node)'s shard at step \(step) failed: \(reason)")
+            case .stepsRolledForward(let job, let generation, let from, let to, _):
+                self.rolledForward += 1
+                self.trace.append(
+                    "\(self.now): \(job) generation \(generation) resumed at \(to), past the cursor at \(from)")
+                for member in self.coordinator.record(job: job)?.members ?? [] {
+                    self.queue.append(.toNode(member, .cursorMoved(job: job, generation: generation, cursor: to)))
+                }
             case .staleRefused, .leaseExpired, .persist, .replicasAgree, .shardRefused:
                 break
             }
@@ -559,6 +580,11 @@ final class InProcessCluster {
     }
 
     func send(_ report: StepReport, from node: Node) {
+        if let step = report.resumedAt {
+            self.queue.append(
+                .toCoordinator(.resumed(node: node.name, job: report.job, generation: report.generation, step: step)))
+            return
+        }
         self.queue.append(
             .toCoordinator(
                 .stepCompleted(

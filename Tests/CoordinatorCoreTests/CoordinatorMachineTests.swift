@@ -325,3 +325,86 @@ struct BadCommandTests {
         #expect(sim.record().cursor == 2)
     }
 }
+
+@Suite("Resuming past the cursor")
+struct RollForwardTests {
+    /// The ids rank `rank` of `world` takes at `step` of `spec`.
+    static func ids(_ spec: JobSpec, step: UInt64, rank: Int, world: Int) -> [Int] {
+        let order = spec.order
+        return Array(
+            order.samples(
+                step: step, rank: rank, worldSize: world,
+                permutation: order.permutation(epoch: order.epoch(ofStep: step))))
+    }
+
+    /// a, b and c train steps 0 and 1 (committed); then a and b report steps 2 and 3, c reports
+    /// step 2 only and dies: the cursor stays at 3 (c never reported step 3).
+    func reportsBehind() throws -> (Simulation, JobSpec) {
+        var sim = Simulation()
+        let spec = Simulation.spec(min: 1, max: 3, batch: 12, samples: 100, steps: 20)
+        try sim.command(.submit(spec))
+        sim.online("a", "b", "c")
+        sim.completeStep()
+        sim.completeStep()
+        for step in UInt64(2)...3 {
+            for (rank, node) in ["a", "b", "c"].enumerated() where !(node == "c" && step == 3) {
+                sim.send(
+                    .stepCompleted(
+                        node: node, job: "job", generation: 1, step: step,
+                        samples: Self.ids(spec, step: step, rank: rank, world: 3)))
+            }
+        }
+        #expect(sim.record().cursor == 3)
+        sim.send(.nodeOffline(node: "c"))
+        #expect(sim.record().generation == 2)
+        #expect(sim.assignments["a"]?.resumeStep == 3, "the new generation is told the cursor")
+        return (sim, spec)
+    }
+
+    @Test func aGenerationThatResumesAhead_commitsTheStepsBetween_withTheReportedIdsAndTheDeadMembersFromTheOrder()
+        throws
+    {
+        var (sim, spec) = try self.reportsBehind()
+        // a and b both held the state after step 4 (c completed step 3 and 4's all-reduces before
+        // it died, its reports lost): they resume at 5.
+        sim.send(
+            .stepCompleted(
+                node: "a", job: "job", generation: 1, step: 4, samples: Self.ids(spec, step: 4, rank: 0, world: 3)))
+        let actions = sim.send(.resumed(node: "b", job: "job", generation: 2, step: 5))
+        #expect(sim.record().cursor == 5)
+        // Step 3: a's and b's reports, c's 4 ids from the order; step 4: a's report, b's and c's 8 ids from the order.
+        #expect(actions.contains(.stepsRolledForward(job: "job", generation: 2, from: 3, to: 5, inferredIDs: 4 + 8)))
+        let samples = try #require(sim.record().samples)
+        #expect(samples.repeated == 0)
+        #expect(samples.skipped(order: spec.order, cursor: 5) == 0)
+        #expect(samples.seen == 5 * 12)
+        // The other member's report of the same thing changes nothing; nor does a stale one.
+        #expect(sim.send(.resumed(node: "a", job: "job", generation: 2, step: 5)).isEmpty)
+        #expect(
+            sim.send(.resumed(node: "a", job: "job", generation: 1, step: 7))
+                == [.staleRefused(node: "a", job: "job", generation: 1, current: 2)])
+        // Training goes on from 5, counted as usual.
+        sim.completeStep()
+        #expect(sim.record().cursor == 6)
+        #expect(try #require(sim.record().samples).repeated == 0)
+    }
+
+    @Test func aResumeAtTheLastStep_finishesTheJob() throws {
+        var (sim, spec) = try self.reportsBehind()
+        _ = spec
+        let actions = sim.send(.resumed(node: "a", job: "job", generation: 2, step: 20))
+        #expect(sim.record().phase == .finished)
+        #expect(actions.contains(.jobFinished(job: "job")))
+        let samples = try #require(sim.record().samples)
+        #expect(samples.repeated == 0 && samples.skipped(order: sim.record().spec.order, cursor: 20) == 0)
+    }
+
+    @Test func aResumeBehindOrAtTheCursor_orFromANonMember_movesNothing() throws {
+        var (sim, _) = try self.reportsBehind()
+        #expect(sim.send(.resumed(node: "a", job: "job", generation: 2, step: 3)).isEmpty)
+        #expect(sim.send(.resumed(node: "a", job: "job", generation: 2, step: 2)).isEmpty)
+        #expect(sim.send(.resumed(node: "c", job: "job", generation: 2, step: 6)).isEmpty, "c is not a member")
+        #expect(sim.send(.resumed(node: "a", job: "job", generation: 2, step: 21)).isEmpty, "past the last step")
+        #expect(sim.record().cursor == 3)
+    }
+}

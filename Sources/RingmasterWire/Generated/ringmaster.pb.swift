@@ -527,16 +527,29 @@ public nonisolated struct Ringmaster_V1_StepReport: Sendable {
   /// Clears the value of `testAccuracy`. Subsequent reads from it will return its default value.
   public mutating func clearTestAccuracy() {self._testAccuracy = nil}
 
+  /// Set when the sender's generation resumed ahead of the coordinator's cursor, from the furthest
+  /// step boundary a member held (`step` is then resumed_at - 1 and no samples are named): every
+  /// step before it was trained and all-reduced by an earlier generation, so it is committed.
+  public var resumedAt: UInt64 {
+    get {_resumedAt ?? 0}
+    set {_resumedAt = newValue}
+  }
+  /// Returns true if `resumedAt` has been explicitly set.
+  public var hasResumedAt: Bool {self._resumedAt != nil}
+  /// Clears the value of `resumedAt`. Subsequent reads from it will return its default value.
+  public mutating func clearResumedAt() {self._resumedAt = nil}
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
 
   fileprivate var _testAccuracy: Double? = nil
+  fileprivate var _resumedAt: UInt64? = nil
 }
 
 /// The coordinator tells a generation's members that its cursor moved: every step before `cursor`
-/// is committed. Agents keep copies of their training state back to the cursor (to roll back to
-/// it), so they run at most a few steps ahead of it: this is their flow control.
+/// is committed. Agents run at most a fixed number of steps ahead of it: this is their flow
+/// control (a generation that resumes ahead of the cursor commits the steps in between).
 public nonisolated struct Ringmaster_V1_CursorUpdate: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
@@ -2258,7 +2271,7 @@ nonisolated extension Ringmaster_V1_Assignment: SwiftProtobuf.Message, SwiftProt
 
 nonisolated extension Ringmaster_V1_StepReport: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".StepReport"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}job_id\0\u{1}generation\0\u{1}step\0\u{1}loss\0\u{1}samples\0\u{3}parameter_hash\0\u{3}sample_ids\0\u{3}test_accuracy\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}job_id\0\u{1}generation\0\u{1}step\0\u{1}loss\0\u{1}samples\0\u{3}parameter_hash\0\u{3}sample_ids\0\u{3}test_accuracy\0\u{3}resumed_at\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -2274,6 +2287,7 @@ nonisolated extension Ringmaster_V1_StepReport: SwiftProtobuf.Message, SwiftProt
       case 6: try { try decoder.decodeSingularBytesField(value: &self.parameterHash) }()
       case 7: try { try decoder.decodeRepeatedUInt32Field(value: &self.sampleIds) }()
       case 8: try { try decoder.decodeSingularDoubleField(value: &self._testAccuracy) }()
+      case 9: try { try decoder.decodeSingularUInt64Field(value: &self._resumedAt) }()
       default: break
       }
     }
@@ -2308,6 +2322,9 @@ nonisolated extension Ringmaster_V1_StepReport: SwiftProtobuf.Message, SwiftProt
     try { if let v = self._testAccuracy {
       try visitor.visitSingularDoubleField(value: v, fieldNumber: 8)
     } }()
+    try { if let v = self._resumedAt {
+      try visitor.visitSingularUInt64Field(value: v, fieldNumber: 9)
+    } }()
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -2320,6 +2337,7 @@ nonisolated extension Ringmaster_V1_StepReport: SwiftProtobuf.Message, SwiftProt
     if lhs.parameterHash != rhs.parameterHash {return false}
     if lhs.sampleIds != rhs.sampleIds {return false}
     if lhs._testAccuracy != rhs._testAccuracy {return false}
+    if lhs._resumedAt != rhs._resumedAt {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
