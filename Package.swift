@@ -63,6 +63,16 @@ let package = Package(
             ],
             swiftSettings: strictSwift6 + [.unsafeFlags(["-Ounchecked"], .when(configuration: .release))]
         ),
+        .target(
+            name: "CVerbs",
+            path: "Sources/CVerbs",
+            linkerSettings: [.linkedLibrary("ibverbs")]
+        ),
+        .target(
+            name: "Verbs",
+            dependencies: ["CVerbs"],
+            swiftSettings: strictSwift6
+        ),
         .systemLibrary(
             name: "CZlib",
             path: "Sources/CZlib",
@@ -248,6 +258,11 @@ let package = Package(
         .testTarget(
             name: "CollectivesTests",
             dependencies: ["Collectives", "CReduction"],
+            swiftSettings: strictSwift6
+        ),
+        .testTarget(
+            name: "VerbsTests",
+            dependencies: ["Verbs"],
             swiftSettings: strictSwift6
         ),
         .testTarget(

@@ -5,6 +5,9 @@
 #   zlib1g-dev         zlib, to read the reference workload's gzip-compressed data set
 #   pkg-config         how SwiftPM finds zlib
 #   libibverbs-dev     RDMA verbs, for the data plane
+#   ibverbs-providers  the verbs drivers' user-space parts (rxe, for Soft-RoCE, among them)
+#   qemu-system-x86    the guest that runs Soft-RoCE for the RDMA tests (scripts/rdma-guest.sh)
+#   busybox-static     that guest's initramfs
 #   iproute2           `ip`, for integration tests that use network namespaces
 #   openssl            inspecting certificates and keys by hand
 #
@@ -12,7 +15,8 @@
 # no network. Run as root, or as a user with sudo. It does not install Swift.
 set -euo pipefail
 
-packages=(protobuf-compiler libsqlite3-dev zlib1g-dev pkg-config libibverbs-dev iproute2 openssl)
+packages=(protobuf-compiler libsqlite3-dev zlib1g-dev pkg-config libibverbs-dev ibverbs-providers iproute2 openssl
+    qemu-system-x86 busybox-static)
 
 if ! command -v dpkg >/dev/null || ! command -v apt-get >/dev/null; then
     echo "setup: dpkg and apt-get not found; this script is for Debian and Ubuntu." >&2

@@ -11,6 +11,10 @@
 # Before them, the Python package's tests (pytest, in .venv: scripts/setup-python.sh makes it; the
 # torch integration tests use the same interpreter).
 #
+# After them, the tests that need real RDMA verbs (VerbsTests), inside a qemu guest that runs
+# Soft-RoCE (scripts/rdma-guest.sh), when qemu is installed; without it they are skipped, and the
+# last line says so. On the host they skip themselves when there is no RDMA device.
+#
 # Extra arguments go to one `swift test` run instead, e.g.:
 #   scripts/test.sh --filter RingmasterSecurityTests
 # Exits non-zero if the build or any test fails.
@@ -43,3 +47,11 @@ swift test --skip-build --disable-xctest --skip '^IntegrationTests\.'
 
 echo "test: integration tests, one at a time"
 swift test --skip-build --disable-xctest --no-parallel --filter '^IntegrationTests\.'
+
+if command -v qemu-system-x86_64 >/dev/null; then
+    echo "test: the RDMA tests on real verbs, in a Soft-RoCE guest (scripts/rdma-guest.sh)"
+    scripts/rdma-guest.sh --timeout 540 -- \
+        "$(swift build --show-bin-path)/RingmasterPackageTests.xctest" --testing-library swift-testing --filter '^VerbsTests\.'
+else
+    echo "test: SKIPPED the RDMA tests on real verbs: qemu-system-x86_64 is not installed (scripts/setup.sh installs it)"
+fi
