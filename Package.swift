@@ -59,6 +59,7 @@ let package = Package(
             name: "Collectives",
             dependencies: [
                 "CReduction",
+                "Verbs",
                 .product(name: "Crypto", package: "swift-crypto"),
             ],
             swiftSettings: strictSwift6 + [.unsafeFlags(["-Ounchecked"], .when(configuration: .release))]
@@ -257,7 +258,7 @@ let package = Package(
         ),
         .testTarget(
             name: "CollectivesTests",
-            dependencies: ["Collectives", "CReduction"],
+            dependencies: ["Collectives", "CReduction", "Verbs"],
             swiftSettings: strictSwift6
         ),
         .testTarget(

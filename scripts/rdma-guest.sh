@@ -101,7 +101,7 @@ mount -t devtmpfs dev /root/dev
 mount -t tmpfs tmp /root/tmp
 mkdir -p /root/guest-results
 mount -t 9p -o trans=virtio,version=9p2000.L,msize=1048576 results /root/guest-results
-chroot /root /bin/sh /guest-results/run.sh
+chroot /root /bin/bash /guest-results/run.sh
 poweroff -f
 INIT
     chmod +x "$tree/init"
@@ -115,8 +115,9 @@ fi
 results="$state/results"
 rm -rf "$results" && mkdir -p "$results"
 {
-    echo '#!/bin/sh'
+    echo '#!/bin/bash'
     echo 'export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root'
+    echo 'ip link set lo up'
     # Loading dummy makes dummy0 already; make it if it did not.
     echo 'ip link show dummy0 >/dev/null 2>&1 || ip link add dummy0 type dummy'
     echo 'ip addr add 192.0.2.1/24 dev dummy0 && ip link set dummy0 up'

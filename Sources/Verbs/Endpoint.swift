@@ -80,7 +80,8 @@ public final class Endpoint: @unchecked Sendable {
             throw VerbsError(
                 seen.isEmpty
                     ? "no RDMA device on this machine"
-                    : "no usable RDMA device\(name.map { " named \($0)" } ?? "") (devices: \(seen.joined(separator: ", ")))")
+                    : "no usable RDMA device\(name.map { " named \($0)" } ?? "") (devices: \(seen.joined(separator: ", ")))"
+            )
         }
         guard device.usable else {
             ibv_close_device(context)
@@ -93,7 +94,12 @@ public final class Endpoint: @unchecked Sendable {
         self.device = device
         self.context = context
         self.capacity = capacity
-        var made: [() -> Void] = [{ ibv_close_device(context); VerbsResources.closed("context") }]
+        var made: [() -> Void] = [
+            {
+                ibv_close_device(context)
+                VerbsResources.closed("context")
+            }
+        ]
         func unwind() { for undo in made.reversed() { undo() } }
         guard let domain = ibv_alloc_pd(context) else {
             let error = VerbsError.failed("ibv_alloc_pd on \(device.name)")
@@ -101,21 +107,30 @@ public final class Endpoint: @unchecked Sendable {
             throw error
         }
         VerbsResources.opened("protection domain")
-        made.append({ ibv_dealloc_pd(domain); VerbsResources.closed("protection domain") })
+        made.append({
+            ibv_dealloc_pd(domain)
+            VerbsResources.closed("protection domain")
+        })
         guard let channel = ibv_create_comp_channel(context) else {
             let error = VerbsError.failed("ibv_create_comp_channel on \(device.name)")
             unwind()
             throw error
         }
         VerbsResources.opened("completion channel")
-        made.append({ ibv_destroy_comp_channel(channel); VerbsResources.closed("completion channel") })
+        made.append({
+            ibv_destroy_comp_channel(channel)
+            VerbsResources.closed("completion channel")
+        })
         guard let queue = ibv_create_cq(context, capacity, nil, channel, 0) else {
             let error = VerbsError.failed("ibv_create_cq of \(capacity) on \(device.name)")
             unwind()
             throw error
         }
         VerbsResources.opened("completion queue")
-        made.append({ ibv_destroy_cq(queue); VerbsResources.closed("completion queue") })
+        made.append({
+            ibv_destroy_cq(queue)
+            VerbsResources.closed("completion queue")
+        })
         var pipeEnds: [Int32] = [0, 0]
         guard pipe(&pipeEnds) == 0 else {
             let error = VerbsError.failed("pipe")
@@ -170,13 +185,29 @@ public final class Endpoint: @unchecked Sendable {
     /// Waits until at least one completion is there, or `deadline`, or an abort; returns up to
     /// `limit` completions. A completion with an error status fails the wait, naming it; `doing`
     /// says what the caller waited for (for the error).
+    ///
+    /// `watch` are descriptors whose closing ends the wait too (a peer's connection, whose end
+    /// says the peer is gone sooner than the queue pair's retries would): one that reads end of
+    /// file or fails throws `watchedClosed`.
+    ///
+    /// A watched descriptor that closes is given `closeGrace` to let completions still on their
+    /// way arrive (a peer that sent its last bytes and then closed has delivered them, but their
+    /// completion may trail the close); the wait fails only if none comes in that time.
     public func completions(
-        limit: Int = 16, deadline: ContinuousClock.Instant, doing: @autoclosure () -> String
+        limit: Int = 16, deadline: ContinuousClock.Instant, watch: [Int32] = [],
+        closeGrace: Duration = .milliseconds(500), doing: @autoclosure () -> String
     ) throws -> [Completion] {
         var entries = [ibv_wc](repeating: ibv_wc(), count: max(1, limit))
+        var watch = watch
+        var closedAt: (descriptor: Int32, time: ContinuousClock.Instant)?
         while true {
+            if let closedAt, ContinuousClock.now - closedAt.time >= closeGrace {
+                throw VerbsError(
+                    "the connection watched while waiting for \(doing()) closed",
+                    kind: .watchedClosed(descriptor: closedAt.descriptor))
+            }
             if let reason = self.aborted.withLock({ $0 }) {
-                throw VerbsError("aborted while waiting for \(doing()): \(reason)")
+                throw VerbsError("aborted while waiting for \(doing()): \(reason)", kind: .aborted)
             }
             let found = try self.poll(&entries)
             if !found.isEmpty { return found }
@@ -187,17 +218,29 @@ public final class Endpoint: @unchecked Sendable {
             }
             let again = try self.poll(&entries)
             if !again.isEmpty { return again }
-            let remaining = deadline - ContinuousClock.now
+            var remaining = deadline - ContinuousClock.now
             guard remaining > .zero else {
-                throw VerbsError("no completion before the deadline while waiting for \(doing())")
+                if let closedAt {
+                    throw VerbsError(
+                        "the connection watched while waiting for \(doing()) closed",
+                        kind: .watchedClosed(descriptor: closedAt.descriptor))
+                }
+                throw VerbsError("no completion before the deadline while waiting for \(doing())", kind: .deadline)
             }
+            if let closedAt { remaining = min(remaining, closeGrace - (ContinuousClock.now - closedAt.time)) }
             let milliseconds = Int32(
-                min(1000, remaining.components.seconds * 1000 + remaining.components.attoseconds / 1_000_000_000_000_000 + 1))
+                max(
+                    0,
+                    min(
+                        1000,
+                        remaining.components.seconds * 1000 + remaining.components.attoseconds / 1_000_000_000_000_000
+                            + 1)))
             var descriptors = [
                 pollfd(fd: self.channel.pointee.fd, events: Int16(POLLIN), revents: 0),
                 pollfd(fd: self.wake.read, events: Int16(POLLIN), revents: 0),
             ]
-            _ = Glibc.poll(&descriptors, 2, milliseconds)
+            for descriptor in watch { descriptors.append(pollfd(fd: descriptor, events: Int16(POLLIN), revents: 0)) }
+            _ = Glibc.poll(&descriptors, nfds_t(descriptors.count), milliseconds)
             if descriptors[0].revents & Int16(POLLIN) != 0 {
                 var queue: UnsafeMutablePointer<ibv_cq>?
                 var context: UnsafeMutableRawPointer?
@@ -207,6 +250,22 @@ public final class Endpoint: @unchecked Sendable {
                         ibv_ack_cq_events(self.completionQueue, self.unacknowledged)
                         self.unacknowledged = 0
                     }
+                }
+            }
+            // Completions first: a peer that sent its last bytes and then closed its connection
+            // has delivered them.
+            let arrived = try self.poll(&entries)
+            if !arrived.isEmpty { return arrived }
+            for watched in descriptors.dropFirst(2) where watched.revents != 0 {
+                // Nothing is sent on a watched connection while verbs carry the data: readable
+                // means closed (or reset), unless bytes really are there.
+                var byte: UInt8 = 0
+                let peeked = recv(watched.fd, &byte, 1, Int32(MSG_PEEK | MSG_DONTWAIT))
+                if peeked == 0 || (peeked < 0 && errno != EAGAIN && errno != EINTR)
+                    || watched.revents & Int16(POLLHUP | POLLERR) != 0
+                {
+                    closedAt = closedAt ?? (watched.fd, ContinuousClock.now)
+                    watch.removeAll { $0 == watched.fd }
                 }
             }
         }
@@ -222,8 +281,8 @@ public final class Endpoint: @unchecked Sendable {
             guard entry.status == IBV_WC_SUCCESS else {
                 // An error completion's opcode is undefined: only the request's id says what it was.
                 throw VerbsError(
-                    "work request \(entry.wr_id) completed with \(String(cString: ibv_wc_status_str(entry.status))) (vendor error \(entry.vendor_err))"
-                )
+                    "work request \(entry.wr_id) completed with \(String(cString: ibv_wc_status_str(entry.status))) (vendor error \(entry.vendor_err))",
+                    kind: .completion(request: entry.wr_id))
             }
             let withImmediate = entry.wc_flags & UInt32(IBV_WC_WITH_IMM.rawValue) != 0
             completions.append(
@@ -317,7 +376,8 @@ public final class QueuePair: @unchecked Sendable {
         state.pkey_index = 0
         state.port_num = endpoint.device.port
         state.qp_access_flags = UInt32(IBV_ACCESS_REMOTE_WRITE.rawValue | IBV_ACCESS_REMOTE_READ.rawValue)
-        let mask = IBV_QP_STATE.rawValue | IBV_QP_PKEY_INDEX.rawValue | IBV_QP_PORT.rawValue
+        let mask =
+            IBV_QP_STATE.rawValue | IBV_QP_PKEY_INDEX.rawValue | IBV_QP_PORT.rawValue
             | IBV_QP_ACCESS_FLAGS.rawValue
         let status = ibv_modify_qp(pair, &state, Int32(mask))
         guard status == 0 else {
@@ -355,7 +415,8 @@ public final class QueuePair: @unchecked Sendable {
         state.ah_attr.grh.hop_limit = 1
         state.ah_attr.grh.sgid_index = UInt8(self.endpoint.device.gidIndex)
         withUnsafeMutableBytes(of: &state.ah_attr.grh.dgid.raw) { $0.copyBytes(from: remote.gid) }
-        var mask = IBV_QP_STATE.rawValue | IBV_QP_AV.rawValue | IBV_QP_PATH_MTU.rawValue | IBV_QP_DEST_QPN.rawValue
+        var mask =
+            IBV_QP_STATE.rawValue | IBV_QP_AV.rawValue | IBV_QP_PATH_MTU.rawValue | IBV_QP_DEST_QPN.rawValue
             | IBV_QP_RQ_PSN.rawValue | IBV_QP_MAX_DEST_RD_ATOMIC.rawValue | IBV_QP_MIN_RNR_TIMER.rawValue
         var status = ibv_modify_qp(self.pair, &state, Int32(mask))
         guard status == 0 else { throw VerbsError("moving queue pair to RTR", code: status) }
@@ -366,7 +427,8 @@ public final class QueuePair: @unchecked Sendable {
         state.rnr_retry = 7
         state.sq_psn = self.packetSequenceNumber
         state.max_rd_atomic = 1
-        mask = IBV_QP_STATE.rawValue | IBV_QP_TIMEOUT.rawValue | IBV_QP_RETRY_CNT.rawValue
+        mask =
+            IBV_QP_STATE.rawValue | IBV_QP_TIMEOUT.rawValue | IBV_QP_RETRY_CNT.rawValue
             | IBV_QP_RNR_RETRY.rawValue | IBV_QP_SQ_PSN.rawValue | IBV_QP_MAX_QP_RD_ATOMIC.rawValue
         status = ibv_modify_qp(self.pair, &state, Int32(mask))
         guard status == 0 else { throw VerbsError("moving queue pair to RTS", code: status) }
@@ -394,6 +456,40 @@ public final class QueuePair: @unchecked Sendable {
             return rm_ibv_post_send(self.pair, &request, &bad)
         }
         guard status == 0 else { throw VerbsError("posting a write of \(bytes) bytes (request \(id))", code: status) }
+    }
+
+    /// Posts a SEND of `bytes` from `source` at `offset`, signalled: its completion carries `id`.
+    /// The peer must have a receive posted (or the queue pair retries until it has).
+    public func send(_ source: MemoryRegion, offset: Int, bytes: Int, id: UInt64) throws {
+        precondition(offset >= 0 && bytes >= 0 && offset + bytes <= source.bytes, "the send lies outside its region")
+        var element = ibv_sge(addr: source.address + UInt64(offset), length: UInt32(bytes), lkey: source.localKey)
+        var request = ibv_send_wr()
+        request.wr_id = id
+        request.opcode = IBV_WR_SEND
+        request.send_flags = UInt32(IBV_SEND_SIGNALED.rawValue)
+        let status = withUnsafeMutablePointer(to: &element) { pointer -> Int32 in
+            request.sg_list = pointer
+            request.num_sge = bytes == 0 ? 0 : 1
+            var bad: UnsafeMutablePointer<ibv_send_wr>?
+            return rm_ibv_post_send(self.pair, &request, &bad)
+        }
+        guard status == 0 else { throw VerbsError("posting a send of \(bytes) bytes (request \(id))", code: status) }
+    }
+
+    /// Posts a receive of up to `bytes` into `target` at `offset`: a SEND from the peer lands
+    /// there; its completion carries `id` and the bytes received.
+    public func receive(into target: MemoryRegion, offset: Int, bytes: Int, id: UInt64) throws {
+        precondition(offset >= 0 && bytes >= 0 && offset + bytes <= target.bytes, "the receive lies outside its region")
+        var element = ibv_sge(addr: target.address + UInt64(offset), length: UInt32(bytes), lkey: target.localKey)
+        var request = ibv_recv_wr()
+        request.wr_id = id
+        let status = withUnsafeMutablePointer(to: &element) { pointer -> Int32 in
+            request.sg_list = pointer
+            request.num_sge = 1
+            var bad: UnsafeMutablePointer<ibv_recv_wr>?
+            return rm_ibv_post_recv(self.pair, &request, &bad)
+        }
+        guard status == 0 else { throw VerbsError("posting a receive of \(bytes) bytes (request \(id))", code: status) }
     }
 
     /// Posts a receive for a write with immediate (it takes no buffer: the data lands where the

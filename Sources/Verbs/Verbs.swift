@@ -7,13 +7,30 @@ import Synchronization
 
 /// A verbs call that failed: what was done, and why (errno, or a completion's status).
 public struct VerbsError: Error, CustomStringConvertible, Sendable {
+    /// What kind of failure, for callers that map it to their own errors.
+    public enum Kind: Sendable, Hashable {
+        /// A verbs or system call failed.
+        case call
+        /// A work request completed with an error status (`request` is its id).
+        case completion(request: UInt64)
+        /// The wait's deadline passed.
+        case deadline
+        /// `abort` was called.
+        case aborted
+        /// A watched descriptor (a peer's liveness connection) closed.
+        case watchedClosed(descriptor: Int32)
+    }
+
+    public let kind: Kind
     public let description: String
 
     init(_ what: String, code: Int32) {
+        self.kind = .call
         self.description = "\(what): \(String(cString: strerror(code))) (errno \(code))"
     }
 
-    init(_ message: String) {
+    init(_ message: String, kind: Kind = .call) {
+        self.kind = kind
         self.description = message
     }
 

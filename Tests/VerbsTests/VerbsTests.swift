@@ -53,7 +53,8 @@ struct VerbsTests {
             let deadline = ContinuousClock.now + .seconds(seconds)
             var seen: [UInt64: Completion] = [:]
             while !ids.isSubset(of: seen.keys) {
-                for completion in try self.endpoint.completions(deadline: deadline, doing: "completions \(ids.sorted())")
+                for completion in try self.endpoint.completions(
+                    deadline: deadline, doing: "completions \(ids.sorted())")
                 {
                     seen[completion.id] = completion
                 }
@@ -91,7 +92,8 @@ struct VerbsTests {
             _ = try loop.endpoint.completions(deadline: .now + .milliseconds(300), doing: "the peer's write")
         }
         #expect(ContinuousClock.now - started >= .milliseconds(300))
-        #expect(error?.description.contains("no completion before the deadline while waiting for the peer's write") == true)
+        #expect(
+            error?.description.contains("no completion before the deadline while waiting for the peer's write") == true)
     }
 
     @Test func anAbortFromAnotherThread_failsTheWaitAtOnce() throws {
