@@ -1,3 +1,4 @@
+import Synchronization
 import Verbs
 
 #if canImport(Glibc)
@@ -30,6 +31,8 @@ public final class RDMATransport: Transport, @unchecked Sendable {
     /// By peer rank (nil for this rank).
     var peers: [Peer?]
     var closed = false
+    /// An operation failed or was aborted: a peer may be gone, so `close` does not wait for sends.
+    let failed = Atomic<Bool>(false)
 
     /// One peer's queue pair and rings.
     final class Peer {
@@ -49,7 +52,8 @@ public final class RDMATransport: Transport, @unchecked Sendable {
             self.sendRing = .allocate(byteCount: slots * slotBytes, alignment: 4096)
             self.receiveRing = .allocate(byteCount: slots * slotBytes, alignment: 4096)
             do {
-                self.sendRegion = try MemoryRegion(endpoint, address: self.sendRing.baseAddress!, bytes: slots * slotBytes)
+                self.sendRegion = try MemoryRegion(
+                    endpoint, address: self.sendRing.baseAddress!, bytes: slots * slotBytes)
                 self.receiveRegion = try MemoryRegion(
                     endpoint, address: self.receiveRing.baseAddress!, bytes: slots * slotBytes)
             } catch {
@@ -162,7 +166,9 @@ public final class RDMATransport: Transport, @unchecked Sendable {
 
     static func decode(_ bytes: [UInt8]) -> QueuePairAddress {
         func integer<T: FixedWidthInteger>(_ type: T.Type, at offset: Int) -> T {
-            bytes[offset..<(offset + MemoryLayout<T>.size)].withUnsafeBytes { T(littleEndian: $0.loadUnaligned(as: T.self)) }
+            bytes[offset..<(offset + MemoryLayout<T>.size)].withUnsafeBytes {
+                T(littleEndian: $0.loadUnaligned(as: T.self))
+            }
         }
         return QueuePairAddress(
             queuePairNumber: integer(UInt32.self, at: 0), packetSequenceNumber: integer(UInt32.self, at: 4),
@@ -255,7 +261,9 @@ public final class RDMATransport: Transport, @unchecked Sendable {
                     limit: 32, deadline: deadline, watch: watch,
                     doing: "\(operation) (sent \(sent) of \(sendTotal) bytes, received \(got) of \(receiveTotal))")
             } catch let error as VerbsError {
-                throw self.collectiveError(error, operation: operation, done: sent + got, outgoing?.peer, incoming?.peer)
+                self.failed.store(true, ordering: .relaxed)
+                throw self.collectiveError(
+                    error, operation: operation, done: sent + got, outgoing?.peer, incoming?.peer)
             }
             for completion in completions {
                 let (peer, isReceive, slot) = Self.parse(completion.id)
@@ -289,11 +297,13 @@ public final class RDMATransport: Transport, @unchecked Sendable {
             return CollectiveError(
                 .peerClosed, operation: operation, peer: Self.parse(request).peer, bytesDone: done, "\(error)")
         case .call:
-            return CollectiveError(.io, operation: operation, peer: sendPeer ?? receivePeer, bytesDone: done, "\(error)")
+            return CollectiveError(
+                .io, operation: operation, peer: sendPeer ?? receivePeer, bytesDone: done, "\(error)")
         }
     }
 
     public func abort(reason: String) {
+        self.failed.store(true, ordering: .relaxed)
         self.endpoint.abort(reason: reason)
         self.control.abort(reason: reason)
     }
@@ -304,7 +314,9 @@ public final class RDMATransport: Transport, @unchecked Sendable {
         // Sends still in flight are let finish (briefly) before their queue pairs go: a queue pair
         // destroyed with sends outstanding drops them, and the peer would miss its last bytes.
         let deadline = ContinuousClock.now + .seconds(5)
-        while self.peers.contains(where: { ($0?.sendsInFlight ?? 0) > 0 }), ContinuousClock.now < deadline {
+        while !self.failed.load(ordering: .relaxed), self.peers.contains(where: { ($0?.sendsInFlight ?? 0) > 0 }),
+            ContinuousClock.now < deadline
+        {
             guard let completions = try? self.endpoint.completions(limit: 32, deadline: deadline, doing: "closing")
             else { break }
             for completion in completions {

@@ -5,6 +5,7 @@ import Foundation
 import LocalCluster
 import Logging
 import RingmasterBench
+import Verbs
 import Workload
 
 struct BenchCommand: AsyncParsableCommand {
@@ -277,7 +278,10 @@ struct BenchCommand: AsyncParsableCommand {
         @Option(help: "Message sizes in bytes (K, M, G suffixes).")
         var sizes: String = "4K,64K,1M,16M,64M"
 
-        @Option(help: "tcp (separate processes over loopback) or inprocess (threads, no sockets).")
+        @Option(
+            help:
+                "tcp (separate processes over loopback), rdma (separate processes over RDMA verbs, set up through loopback TCP; needs an RDMA device) or inprocess (threads, no sockets)."
+        )
         var transport: String = "tcp"
 
         @Option(help: "Element type: float32, float16 or bfloat16.")
@@ -294,8 +298,14 @@ struct BenchCommand: AsyncParsableCommand {
 
         func validate() throws {
             guard (2...64).contains(self.ranks) else { throw ValidationError("--ranks must be 2 to 64") }
-            guard ["tcp", "inprocess"].contains(self.transport) else {
-                throw ValidationError("--transport \(self.transport) is not one of tcp, inprocess")
+            guard ["tcp", "rdma", "inprocess"].contains(self.transport) else {
+                throw ValidationError("--transport \(self.transport) is not one of tcp, rdma, inprocess")
+            }
+            if self.transport == "rdma", !RDMADevice.all().contains(where: { $0.usable }) {
+                let found = RDMADevice.all().map(\.name)
+                throw ValidationError(
+                    "--transport rdma needs an active RDMA device; this machine has \(found.isEmpty ? "none" : "none usable (\(found.joined(separator: ", ")))") (scripts/rdma-guest.sh runs one in a qemu guest)"
+                )
             }
             guard DataType(rawValue: self.type) != nil else {
                 throw ValidationError("--type \(self.type) is not one of float32, float16, bfloat16")
@@ -323,7 +333,7 @@ struct BenchCommand: AsyncParsableCommand {
             }
             return AllReduceBenchmark.Settings(
                 sizes: sizes, type: type, algorithm: Communicator.Algorithm(rawValue: self.algorithm) ?? .automatic,
-                ringChunkBytes: chunk
+                ringChunkBytes: chunk, rdma: self.transport == "rdma"
             )
         }
 
@@ -331,7 +341,12 @@ struct BenchCommand: AsyncParsableCommand {
             let settings = try self.settings()
             let inProcess = self.transport == "inprocess"
             let ceiling = inProcess ? AllReduceBenchmark.copyCeiling() : try AllReduceBenchmark.loopbackCeiling()
-            let ceilingName = inProcess ? "memory copy ceiling (one thread)" : "loopback TCP ceiling (one stream)"
+            let ceilingName =
+                inProcess
+                ? "memory copy ceiling (one thread)"
+                : self.transport == "rdma"
+                    ? "loopback TCP ceiling (one stream; for RDMA compare ib_write_bw, bench/rdma-guest-bench.sh)"
+                    : "loopback TCP ceiling (one stream)"
             let json = self.json
             if !json {
                 print(
@@ -556,6 +571,7 @@ struct BenchCommand: AsyncParsableCommand {
         @Option var algorithm: String = "automatic"
         @Option var type: String = "float32"
         @Option var ringChunk: Int?
+        @Option var transport: String = "tcp"
 
         func run() throws {
             guard let hex = ProcessInfo.processInfo.environment["RINGMASTER_BENCH_SECRET"], hex.count == 64 else {
@@ -569,7 +585,7 @@ struct BenchCommand: AsyncParsableCommand {
                 sizes: self.sizes.split(separator: ",").compactMap { Int($0) },
                 type: DataType(rawValue: self.type) ?? .float32,
                 algorithm: Communicator.Algorithm(rawValue: self.algorithm) ?? .automatic,
-                ringChunkBytes: self.ringChunk
+                ringChunkBytes: self.ringChunk, rdma: self.transport == "rdma"
             )
             try AllReduceBenchmark.worker(rank: self.rank, world: self.world, settings: settings, secret: secret)
         }

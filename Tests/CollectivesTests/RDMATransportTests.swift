@@ -37,7 +37,8 @@ struct RDMATransportTests {
             for (index, (type, operation, count)) in cases.enumerated() {
                 var bytes = Self.randomInput(rank: rank, index: index, count: count, type: type)
                 try bytes.withUnsafeMutableBytes {
-                    try communicator.allReduce($0, count: count, type: type, operation: operation, timeout: .seconds(60))
+                    try communicator.allReduce(
+                        $0, count: count, type: type, operation: operation, timeout: .seconds(60))
                 }
                 mine.append(bytes)
             }

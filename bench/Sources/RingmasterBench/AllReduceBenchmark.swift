@@ -2,6 +2,7 @@ import Collectives
 import Foundation
 import LocalCluster
 import Synchronization
+import Verbs
 
 #if canImport(Glibc)
     import Glibc
@@ -37,15 +38,18 @@ public enum AllReduceBenchmark {
         public var algorithm: Communicator.Algorithm = .automatic
         /// Overrides `Communicator.ringChunkBytes` when set.
         public var ringChunkBytes: Int?
+        /// Over RDMA verbs (set up through the TCP connections) instead of TCP.
+        public var rdma = false
 
         public init(
             sizes: [Int], type: DataType = .float32, algorithm: Communicator.Algorithm = .automatic,
-            ringChunkBytes: Int? = nil
+            ringChunkBytes: Int? = nil, rdma: Bool = false
         ) {
             self.sizes = sizes
             self.type = type
             self.algorithm = algorithm
             self.ringChunkBytes = ringChunkBytes
+            self.rdma = rdma
         }
 
         /// The worker's command-line arguments for these settings.
@@ -55,6 +59,7 @@ public enum AllReduceBenchmark {
                 "--type", self.type.rawValue,
             ]
             if let chunk = self.ringChunkBytes { arguments += ["--ring-chunk", "\(chunk)"] }
+            if self.rdma { arguments += ["--transport", "rdma"] }
             return arguments
         }
     }
@@ -255,19 +260,31 @@ public enum AllReduceBenchmark {
         FileHandle.standardOutput.write(Data("port \(listener.port)\n".utf8))
         guard let line = readLine() else { throw BenchmarkError("no address list on standard input") }
         let addresses = line.split(separator: ",").map(String.init)
-        let transport = try TCPTransport.establish(
+        let tcp = try TCPTransport.establish(
             rank: rank, addresses: addresses, generation: 1, secret: secret, listener: listener)
+        let transport: any Transport = settings.rdma ? try RDMATransport.establish(over: tcp) : tcp
         defer { transport.close() }
         let communicator = Communicator(transport: transport)
-        try Self.measure(
-            communicator,
-            settings: settings,
-            cpuSeconds: { Self.cpuSeconds(thread: false) },
-            emit: { row in
-                FileHandle.standardOutput.write((try? JSONEncoder().encode(row)) ?? Data())
-                FileHandle.standardOutput.write(Data("\n".utf8))
+        do {
+            try Self.measure(
+                communicator,
+                settings: settings,
+                cpuSeconds: { Self.cpuSeconds(thread: false) },
+                emit: { row in
+                    FileHandle.standardOutput.write((try? JSONEncoder().encode(row)) ?? Data())
+                    FileHandle.standardOutput.write(Data("\n".utf8))
+                }
+            )
+        } catch {
+            // Whatever failed, every verbs resource is released (the RDMA failure tests read this).
+            transport.close()
+            if settings.rdma {
+                let live = VerbsResources.live
+                FileHandle.standardError.write(
+                    Data("verbs resources open after closing: \(live.isEmpty ? "none" : "\(live)")\n".utf8))
             }
-        )
+            throw error
+        }
     }
 
     /// Measures every size on one rank; on rank 0, `emit` gets each size's row. `cpuSeconds`
