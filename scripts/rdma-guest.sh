@@ -98,7 +98,6 @@ mount -t overlay overlay -o lowerdir=/host,upperdir=/rw/upper,workdir=/rw/work /
 mount -t proc proc /root/proc
 mount -t sysfs sys /root/sys
 mount -t devtmpfs dev /root/dev
-mount -t tmpfs tmp /root/tmp
 mkdir -p /root/guest-results
 mount -t 9p -o trans=virtio,version=9p2000.L,msize=1048576 results /root/guest-results
 chroot /root /bin/bash /guest-results/run.sh
