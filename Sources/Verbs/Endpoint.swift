@@ -440,32 +440,30 @@ public final class QueuePair: @unchecked Sendable {
         _ source: MemoryRegion, offset: Int = 0, bytes: Int, remoteAddress: UInt64, remoteKey: UInt32,
         immediate: UInt32, id: UInt64
     ) throws {
-        precondition(offset >= 0 && bytes >= 0 && offset + bytes <= source.bytes, "the write lies outside its region")
-        var element = ibv_sge(addr: source.address + UInt64(offset), length: UInt32(bytes), lkey: source.localKey)
         var request = ibv_send_wr()
-        request.wr_id = id
         request.opcode = IBV_WR_RDMA_WRITE_WITH_IMM
-        request.send_flags = UInt32(IBV_SEND_SIGNALED.rawValue)
         request.imm_data = immediate.bigEndian
         request.wr.rdma.remote_addr = remoteAddress
         request.wr.rdma.rkey = remoteKey
-        let status = withUnsafeMutablePointer(to: &element) { pointer -> Int32 in
-            request.sg_list = pointer
-            request.num_sge = bytes == 0 ? 0 : 1
-            var bad: UnsafeMutablePointer<ibv_send_wr>?
-            return rm_ibv_post_send(self.pair, &request, &bad)
-        }
-        guard status == 0 else { throw VerbsError("posting a write of \(bytes) bytes (request \(id))", code: status) }
+        try self.post(&request, from: source, offset: offset, bytes: bytes, id: id, what: "a write")
     }
 
     /// Posts a SEND of `bytes` from `source` at `offset`, signalled: its completion carries `id`.
     /// The peer must have a receive posted (or the queue pair retries until it has).
     public func send(_ source: MemoryRegion, offset: Int, bytes: Int, id: UInt64) throws {
-        precondition(offset >= 0 && bytes >= 0 && offset + bytes <= source.bytes, "the send lies outside its region")
-        var element = ibv_sge(addr: source.address + UInt64(offset), length: UInt32(bytes), lkey: source.localKey)
         var request = ibv_send_wr()
-        request.wr_id = id
         request.opcode = IBV_WR_SEND
+        try self.post(&request, from: source, offset: offset, bytes: bytes, id: id, what: "a send")
+    }
+
+    /// Posts `request` (its opcode and remote fields set), signalled, gathering `bytes` of
+    /// `source` at `offset`.
+    func post(
+        _ request: inout ibv_send_wr, from source: MemoryRegion, offset: Int, bytes: Int, id: UInt64, what: String
+    ) throws {
+        precondition(offset >= 0 && bytes >= 0 && offset + bytes <= source.bytes, "\(what) lies outside its region")
+        var element = ibv_sge(addr: source.address + UInt64(offset), length: UInt32(bytes), lkey: source.localKey)
+        request.wr_id = id
         request.send_flags = UInt32(IBV_SEND_SIGNALED.rawValue)
         let status = withUnsafeMutablePointer(to: &element) { pointer -> Int32 in
             request.sg_list = pointer
@@ -473,7 +471,7 @@ public final class QueuePair: @unchecked Sendable {
             var bad: UnsafeMutablePointer<ibv_send_wr>?
             return rm_ibv_post_send(self.pair, &request, &bad)
         }
-        guard status == 0 else { throw VerbsError("posting a send of \(bytes) bytes (request \(id))", code: status) }
+        guard status == 0 else { throw VerbsError("posting \(what) of \(bytes) bytes (request \(id))", code: status) }
     }
 
     /// Posts a receive of up to `bytes` into `target` at `offset`: a SEND from the peer lands
