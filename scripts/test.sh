@@ -51,12 +51,13 @@ swift test --skip-build --disable-xctest --no-parallel --filter '^IntegrationTes
 if command -v qemu-system-x86_64 >/dev/null; then
     echo "test: the RDMA tests on real verbs, in a Soft-RoCE guest (scripts/rdma-guest.sh)"
     # Three runs in one guest: the verbs suite counts every live verbs resource, so it runs alone;
-    # then the all-reduce over RDMA; then a peer process killed mid all-reduce over RDMA.
+    # then the all-reduce over RDMA; then the processes over RDMA: a peer killed mid all-reduce, and
+    # the reference job with a kill and a join (and `auto` falling back to TCP).
     tests="$(swift build --show-bin-path)/RingmasterPackageTests.xctest"
     scripts/rdma-guest.sh --timeout 540 -- sh -c \
         "'$tests' --testing-library swift-testing --filter '^VerbsTests\\.' &&
          '$tests' --testing-library swift-testing --filter 'RDMATransportTests' &&
-         '$tests' --testing-library swift-testing --filter 'CollectiveProcessTests.*OverRDMA'"
+         '$tests' --testing-library swift-testing --filter '^IntegrationTests\..*OverRDMA'"
 else
     echo "test: SKIPPED the RDMA tests on real verbs: qemu-system-x86_64 is not installed (scripts/setup.sh installs it)"
 fi

@@ -28,6 +28,8 @@ public struct AgentConfiguration: Sendable {
     /// Where to open the data-plane listener (`host:port`, port 0 picks one); nil: no data plane.
     /// Its address is announced unless `dataPlaneAddresses` is given.
     public var dataPlaneListen: String?
+    /// Which RDMA ports the data plane announces (and a job over RDMA uses).
+    public var rdma: RDMASelection = .all
     /// GPUs on this host.
     public var gpus: UInt32 = 0
     /// First delay before reconnecting after the control connection drops.
@@ -185,13 +187,15 @@ public final class AgentService: Service, Sendable {
         let initial = try await self.credentials()
         if let listen = self.configuration.dataPlaneListen {
             let address = try ControlAddress(parsing: listen)
-            let plane = try DataPlane(host: address.host, port: address.port)
+            let plane = try DataPlane(host: address.host, port: address.port, rdma: self.configuration.rdma)
             self.dataPlane.withLock { $0 = plane }
             self.logger.info(
                 "data plane listening",
                 metadata: [
                     "address": "\(plane.address)", "descriptor_limit": "\(DescriptorLimit.raise())",
                     "max_pending_handshakes": "\(plane.listener.maximumPending)",
+                    "rdma_ports":
+                        "\(plane.rdmaPorts.isEmpty ? "none" : plane.rdmaPorts.map(\.description).joined(separator: ", "))",
                 ]
             )
             let checkpoints = CheckpointSaver(outbox: self.outbox, logger: self.logger)
@@ -353,6 +357,7 @@ public final class AgentService: Service, Sendable {
                     $0.agentVersion = RingmasterVersion.current
                     $0.gpus = self.configuration.gpus
                     $0.dataPlaneAddresses = self.announcedDataPlaneAddresses
+                    $0.rdmaPorts = (self.dataPlane.withLock { $0 }?.rdmaPorts ?? []).map(Ringmaster_V1_RdmaPort.init)
                 }
                 let reply = try await session.request(hello)
                 guard case .helloReply(let helloReply) = reply.body else {
@@ -573,6 +578,8 @@ public struct AgentError: Error, Sendable, CustomStringConvertible {
         case certificateExpired
         /// The agent is shutting down.
         case leaving
+        /// The agent's settings name something this host does not have.
+        case configuration
     }
 
     /// The stable code.

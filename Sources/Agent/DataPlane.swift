@@ -2,20 +2,68 @@ import Collectives
 import ControlPlane
 import Foundation
 import JobModel
+import Verbs
+
+/// Which RDMA ports an agent's data plane announces to the coordinator.
+public enum RDMASelection: Sendable, Hashable, CustomStringConvertible {
+    /// Every port of every device found (its first port).
+    case all
+    /// None: the agent's jobs run over TCP.
+    case none
+    /// Only this device's.
+    case device(String)
+
+    /// Parses `auto` (every device), `off` (none) or a device name.
+    public init(parsing text: String) {
+        switch text {
+        case "auto": self = .all
+        case "off": self = .none
+        default: self = .device(text)
+        }
+    }
+
+    public var description: String {
+        switch self {
+        case .all: "auto"
+        case .none: "off"
+        case .device(let name): name
+        }
+    }
+}
 
 /// The agent's data plane: one listener for the agent's life, and a connection per generation.
 ///
 /// For each assignment the trainer connects this rank to the generation's members (dialling
-/// lower ranks, accepting higher ones, every connection proved with the generation's secret).
-/// Connecting blocks, so it runs on the trainer's thread, never on the cooperative pool that
-/// serves the control session.
+/// lower ranks, accepting higher ones, every connection proved with the generation's secret);
+/// when the coordinator chose RDMA for the generation, queue pairs are then set up through those
+/// connections, over the RDMA device the assignment names for this member. Connecting blocks, so
+/// it runs on the trainer's thread, never on the cooperative pool that serves the control session.
 final class DataPlane: Sendable {
     let listener: DataPlaneListener
     let advertisedHost: String
+    /// The RDMA ports announced to the coordinator (found once, at start).
+    let rdmaPorts: [RDMAPort]
 
-    init(host: String, port: Int, advertisedHost: String? = nil) throws {
+    init(host: String, port: Int, advertisedHost: String? = nil, rdma: RDMASelection = .all) throws {
         self.listener = try DataPlaneListener(host: host, port: port)
         self.advertisedHost = advertisedHost ?? host
+        let found = RDMADevice.all().map {
+            RDMAPort(device: $0.name, port: Int($0.port), linkLayer: $0.linkLayer, active: $0.active, gid: $0.gid)
+        }
+        switch rdma {
+        case .all: self.rdmaPorts = found
+        case .none: self.rdmaPorts = []
+        case .device(let name):
+            guard let port = found.first(where: { $0.device == name }) else {
+                self.listener.close()
+                let names = found.map(\.device)
+                throw AgentError(
+                    .configuration,
+                    "no RDMA device named \(name) on this host (found: \(names.isEmpty ? "none" : names.joined(separator: ", "))); pass --rdma auto, off or one of those"
+                )
+            }
+            self.rdmaPorts = [port]
+        }
     }
 
     /// The address peers dial.
@@ -33,6 +81,21 @@ final class DataPlane: Sendable {
             throw AgentError(
                 .protocolViolation, "a member of generation \(assignment.generation) announced no data-plane address")
         }
+        let device: String?
+        switch assignment.transport {
+        case .tcp:
+            device = nil
+        case .rdma:
+            guard let name = assignment.members[assignment.rank].rdmaDevice,
+                self.rdmaPorts.contains(where: { $0.device == name && $0.usable })
+            else {
+                throw AgentError(
+                    .protocolViolation,
+                    "generation \(assignment.generation) runs over RDMA on device \(assignment.members[assignment.rank].rdmaDevice ?? "(none)"), which this agent did not announce as usable"
+                )
+            }
+            device = name
+        }
         let transport = try TCPTransport.establish(
             rank: assignment.rank,
             addresses: addresses,
@@ -42,7 +105,8 @@ final class DataPlane: Sendable {
             timeout: timeout,
             isCancelled: isCancelled
         )
-        return Communicator(transport: transport)
+        guard let device else { return Communicator(transport: transport) }
+        return Communicator(transport: try RDMATransport.establish(over: transport, device: device, timeout: timeout))
     }
 
     func close() {

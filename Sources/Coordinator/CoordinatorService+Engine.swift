@@ -187,7 +187,7 @@ extension CoordinatorService {
                     $0.graceSeconds = grace
                 }
                 batch.push(envelope, to: engine.sessions[node])
-            case .generationStarted(let job, let generation, let cause, let members, let rendezvous):
+            case .generationStarted(let job, let generation, let cause, let members, let transport, let rendezvous):
                 self.metrics.generationsStarted.increment()
                 engine.progress[job, default: JobProgress()].pendingLoss = [:]
                 engine.progress[job, default: JobProgress()].history.append(
@@ -197,6 +197,8 @@ extension CoordinatorService {
                         $0.worldSize = UInt32(members.count)
                         $0.resumeStep = engine.machine.record(job: job)?.cursor ?? 0
                         $0.startedUnixMs = Int64((self.now().timeIntervalSince1970 * 1000).rounded())
+                        $0.transport = transport.transport.rawValue
+                        $0.transportReason = transport.reason
                     }
                 )
                 // Saved before it is logged, so that whoever sees the log line finds it saved.
@@ -206,14 +208,25 @@ extension CoordinatorService {
                     self.metrics.rendezvousSeconds.record(
                         Double(rendezvous.components.seconds) + Double(rendezvous.components.attoseconds) / 1e18)
                 }
+                let fellBack =
+                    transport.transport == .tcp && engine.machine.record(job: job)?.spec.transport != .tcp
                 batch.then {
                     logger.info(
                         "generation started",
                         metadata: [
                             LogKey.job: "\(job)", LogKey.generation: "\(generation)", "cause": "\(cause.rawValue)",
                             "world_size": "\(members.count)", "members": "\(members.joined(separator: ","))",
+                            "transport": "\(transport.transport.rawValue)",
                         ]
                     )
+                    if fellBack {
+                        logger.warning(
+                            "data plane falls back to TCP",
+                            metadata: [
+                                LogKey.job: "\(job)", LogKey.generation: "\(generation)",
+                                LogKey.reason: "\(transport.reason)",
+                            ])
+                    }
                 }
             case .jobWaiting(let job, let reason):
                 batch.then {
@@ -378,7 +391,7 @@ extension CoordinatorService {
         let capabilities = CoordinatorMachine.Capabilities(
             gpus: hello.gpus,
             dataPlaneAddresses: hello.dataPlaneAddresses,
-            rdmaDevices: hello.rdmaDevices
+            rdmaPorts: hello.rdmaPorts.map(RDMAPort.init(wire:))
         )
         self.engine.withLock { engine in
             if let old = engine.sessions[node], old.id != context.sessionID {
@@ -480,6 +493,7 @@ extension CoordinatorService {
                         }
                     }
                     $0.failure = record.failure ?? ""
+                    $0.transport = record.spec.transport.rawValue
                     if let notSaved = self.writer.notSaved(record.spec.name) {
                         $0.notSaved = "since \(notSaved.since): \(notSaved.reason)"
                     }

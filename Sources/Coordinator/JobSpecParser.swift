@@ -15,10 +15,12 @@ import Yams
 /// nodes: {min: 2, max: 4}
 /// checkpoint: {directory: /mnt/shared/ckpt/digits, interval_steps: 100, keep: 3}
 /// resume: latest                  # or a step: start from the newest committed checkpoint at or before it
+/// transport: auto                 # or tcp, or rdma (only nodes with a usable RDMA port)
 /// ```
 public enum JobSpecParser {
     static let topLevel: Set<String> = [
         "name", "workload", "dataset", "batch_size", "steps", "epochs", "seed", "nodes", "checkpoint", "resume",
+        "transport",
     ]
 
     /// Parses and validates a spec. The text passes `JobSpecScreen` first (size, anchors and
@@ -119,6 +121,16 @@ public enum JobSpecParser {
                     field: "resume", reason: "must be `latest` or a step number, not \(self.describe(resume))")
             }
         }
+        if let transport = root["transport"] {
+            guard let text = transport as? String, let request = TransportRequest(rawValue: text) else {
+                throw JobSpecError(
+                    field: "transport",
+                    reason:
+                        "must be auto, tcp or rdma, not \(self.describe(transport)) (auto: RDMA where every member has a device, TCP otherwise)"
+                )
+            }
+            spec.transportRequest = request
+        }
         try spec.validate()
         return spec
     }
@@ -153,6 +165,7 @@ public enum JobSpecParser {
         case .atOrBefore(let step): document["resume"] = Int(clamping: step)
         case nil: break
         }
+        if let transport = spec.transportRequest { document["transport"] = transport.rawValue }
         // Every value above is text, a number or a mapping of them: dumping cannot fail.
         return (try? Yams.dump(object: document, sortKeys: true)) ?? ""
     }

@@ -76,15 +76,18 @@ public struct CoordinatorMachine: Sendable {
         public var gpus: UInt32
         /// Data-plane addresses (`host:port`).
         public var dataPlaneAddresses: [String]
-        /// RDMA devices.
-        public var rdmaDevices: [String]
+        /// RDMA ports its data plane may use.
+        public var rdmaPorts: [RDMAPort]
 
         /// Makes capabilities.
-        public init(gpus: UInt32 = 0, dataPlaneAddresses: [String] = [], rdmaDevices: [String] = []) {
+        public init(gpus: UInt32 = 0, dataPlaneAddresses: [String] = [], rdmaPorts: [RDMAPort] = []) {
             self.gpus = gpus
             self.dataPlaneAddresses = dataPlaneAddresses
-            self.rdmaDevices = rdmaDevices
+            self.rdmaPorts = rdmaPorts
         }
+
+        /// Whether a generation may run over RDMA with this node.
+        public var hasUsableRDMAPort: Bool { self.rdmaPorts.contains(where: \.usable) }
     }
 
     /// Why a generation started.
@@ -184,6 +187,8 @@ public struct CoordinatorMachine: Sendable {
         public var resumeStep: UInt64
         /// The job's spec (data order, batch, workload).
         public var spec: JobSpec
+        /// The generation's data plane (each member's RDMA device is in `members`).
+        public var transport: DataPlaneTransport
 
         /// The world size.
         public var worldSize: Int { self.members.count }
@@ -199,7 +204,8 @@ public struct CoordinatorMachine: Sendable {
                 members: self.members,
                 resumeStep: self.resumeStep,
                 training: self.spec.training,
-                dataPlaneSecret: secret
+                dataPlaneSecret: secret,
+                transport: self.transport
             )
         }
     }
@@ -227,9 +233,11 @@ public struct CoordinatorMachine: Sendable {
         case abort(node: String, job: String, generation: UInt64, reason: String)
         /// Ask `node` to leave `job` gracefully within `graceSeconds`.
         case drain(node: String, job: String, generation: UInt64, graceSeconds: UInt32)
-        /// A generation started (for logs and metrics); `rendezvous` is how long the job waited
-        /// for nodes before it, when it was waiting.
-        case generationStarted(job: String, generation: UInt64, cause: Cause, members: [String], rendezvous: Duration?)
+        /// A generation started (for logs and metrics), on the data plane `transport` chose;
+        /// `rendezvous` is how long the job waited for nodes before it, when it was waiting.
+        case generationStarted(
+            job: String, generation: UInt64, cause: Cause, members: [String], transport: DataPlaneChoice,
+            rendezvous: Duration?)
         /// A job stopped for lack of nodes and waits for at least `min`.
         case jobWaiting(job: String, reason: String)
         /// A job trained all its steps.
@@ -790,9 +798,11 @@ public struct CoordinatorMachine: Sendable {
         return node.online && !node.draining && node.job == nil
     }
 
-    /// A node that may get work in `job`: idle, and it did not say it cannot run it.
+    /// A node that may get work in `job`: idle, it did not say it cannot run it, and it has an
+    /// RDMA port if the job runs over RDMA only.
     func isIdle(_ id: String, for job: Job) -> Bool {
         self.isIdle(id) && job.record.refusals[id] == nil
+            && (job.record.spec.transport != .rdma || self.nodes[id]?.capabilities.hasUsableRDMAPort == true)
     }
 
     /// A member stopped being usable (failed, disconnected, left, drained).
@@ -870,19 +880,25 @@ public struct CoordinatorMachine: Sendable {
         job.recoveryDeadline = nil
         self.jobs[jobID] = job
         for member in members { self.nodes[member]?.job = jobID }
+        let choice = DataPlaneChoice.choose(
+            job.record.spec.transport,
+            members: members.map { ($0, self.nodes[$0]?.capabilities.rdmaPorts ?? []) })
         let assignment = Assignment(
             job: jobID,
             generation: job.record.generation,
             members: members.enumerated().map { rank, node in
                 Member(
-                    node: node, rank: rank, dataPlaneAddresses: self.nodes[node]?.capabilities.dataPlaneAddresses ?? [])
+                    node: node, rank: rank, dataPlaneAddresses: self.nodes[node]?.capabilities.dataPlaneAddresses ?? [],
+                    rdmaDevice: choice.transport == .rdma ? choice.devices[rank] : nil)
             },
             resumeStep: job.record.cursor,
-            spec: job.record.spec
+            spec: job.record.spec,
+            transport: choice.transport
         )
         actions.append(
             .generationStarted(
-                job: jobID, generation: job.record.generation, cause: cause, members: members, rendezvous: rendezvous)
+                job: jobID, generation: job.record.generation, cause: cause, members: members, transport: choice,
+                rendezvous: rendezvous)
         )
         for member in members {
             actions.append(.assign(node: member, assignment))

@@ -19,6 +19,8 @@ public struct Assignment: Sendable, Hashable, CustomStringConvertible {
     public var training: TrainingPlan
     /// Proof of membership for this generation's data plane (never printed).
     public var dataPlaneSecret: [UInt8]
+    /// The generation's data plane: TCP, or RDMA over each member's `rdmaDevice`.
+    public var transport: DataPlaneTransport
 
     /// Makes an assignment.
     public init(
@@ -28,8 +30,10 @@ public struct Assignment: Sendable, Hashable, CustomStringConvertible {
         members: [Member],
         resumeStep: UInt64,
         training: TrainingPlan,
-        dataPlaneSecret: [UInt8]
+        dataPlaneSecret: [UInt8],
+        transport: DataPlaneTransport = .tcp
     ) {
+        self.transport = transport
         self.job = job
         self.generation = generation
         self.rank = rank
@@ -44,7 +48,7 @@ public struct Assignment: Sendable, Hashable, CustomStringConvertible {
 
     /// The assignment without its secret.
     public var description: String {
-        "job \(self.job) generation \(self.generation) rank \(self.rank) of \(self.worldSize), resuming at step \(self.resumeStep)"
+        "job \(self.job) generation \(self.generation) rank \(self.rank) of \(self.worldSize) over \(self.transport.rawValue), resuming at step \(self.resumeStep)"
     }
 }
 
@@ -56,12 +60,15 @@ public struct Member: Sendable, Hashable {
     public var rank: Int
     /// Where its data plane listens.
     public var dataPlaneAddresses: [String]
+    /// The RDMA device it uses when the generation runs over RDMA.
+    public var rdmaDevice: String?
 
     /// Makes a member.
-    public init(node: String, rank: Int, dataPlaneAddresses: [String]) {
+    public init(node: String, rank: Int, dataPlaneAddresses: [String], rdmaDevice: String? = nil) {
         self.node = node
         self.rank = rank
         self.dataPlaneAddresses = dataPlaneAddresses
+        self.rdmaDevice = rdmaDevice
     }
 }
 

@@ -31,6 +31,15 @@ public struct JobSpec: Sendable, Hashable, Codable {
     public var checkpointKeep: Int
     /// Start from a committed checkpoint under `checkpointDirectory` instead of from scratch.
     public var resume: Resume?
+    /// The data plane asked for; nil is `auto` (kept optional so that specs saved before the
+    /// field existed still load).
+    public var transportRequest: TransportRequest?
+
+    /// The data plane asked for (`transport:`; default `auto`).
+    public var transport: TransportRequest {
+        get { self.transportRequest ?? .auto }
+        set { self.transportRequest = newValue }
+    }
 
     /// Which checkpoint a job resumes from.
     public enum Resume: Sendable, Hashable, Codable {
@@ -55,7 +64,8 @@ public struct JobSpec: Sendable, Hashable, Codable {
         checkpointDirectory: String? = nil,
         checkpointIntervalSteps: UInt64 = 0,
         checkpointKeep: Int = 3,
-        resume: Resume? = nil
+        resume: Resume? = nil,
+        transport: TransportRequest = .auto
     ) {
         self.name = name
         self.workloadKind = workloadKind
@@ -71,6 +81,7 @@ public struct JobSpec: Sendable, Hashable, Codable {
         self.checkpointIntervalSteps = checkpointIntervalSteps
         self.checkpointKeep = checkpointKeep
         self.resume = resume
+        self.transportRequest = transport
     }
 
     /// The job's data order.

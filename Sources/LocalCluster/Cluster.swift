@@ -26,10 +26,19 @@ public final class Cluster: Sendable {
     public let children = Mutex<[ChildProcess]>([])
     public let agents = Mutex<[Int: ChildProcess]>([:])
     let addressBox = Mutex<ControlAddress?>(nil)
+    /// Arguments added to the coordinator's command line (e.g. `--lease 10s`).
+    let coordinatorArguments: [String]
+    /// Arguments added to `agent-INDEX`'s command line (e.g. `--rdma off`).
+    let agentArguments: @Sendable (Int) -> [String]
 
-    public init(directory: String, executable: String) {
+    public init(
+        directory: String, executable: String, coordinatorArguments: [String] = [],
+        agentArguments: @escaping @Sendable (Int) -> [String] = { _ in [] }
+    ) {
         self.directory = directory
         self.executable = executable
+        self.coordinatorArguments = coordinatorArguments
+        self.agentArguments = agentArguments
     }
 
     public var address: ControlAddress? { self.addressBox.withLock { $0 } }
@@ -42,7 +51,7 @@ public final class Cluster: Sendable {
             arguments: [
                 "coordinator", "--state-dir", "\(self.directory)/coordinator", "--listen", "127.0.0.1:0",
                 "--settle-window", "200ms",
-            ]
+            ] + self.coordinatorArguments
         )
         self.children.withLock { $0.append(coordinator) }
         let line = try await coordinator.waitForLine(within: 30, "the coordinator's listening address") {
@@ -105,6 +114,7 @@ public final class Cluster: Sendable {
             "agent", "--coordinator", "\(address)", "--data-dir", "\(self.directory)/\(name)", "--name", name,
             "--data-plane-listen", "127.0.0.1:0",
         ]
+        arguments += self.agentArguments(index)
         if let token { arguments += ["--ca-pin", token.caPin] }
         let agent = try ChildProcess(
             name: name,
@@ -114,6 +124,15 @@ public final class Cluster: Sendable {
         )
         self.children.withLock { $0.append(agent) }
         self.agents.withLock { $0[index] = agent }
+    }
+
+    /// Writes what each process printed to `NAME.log` in the run's directory (for a kept run).
+    public func writeLogs() {
+        for child in self.children.withLock({ $0 }) {
+            let name = child.name.replacingOccurrences(of: " ", with: "-")
+            let text = child.output.lines.joined(separator: "\n") + "\n"
+            FileManager.default.createFile(atPath: "\(self.directory)/\(name).log", contents: Data(text.utf8))
+        }
     }
 
     public func agent(index: Int) throws -> ChildProcess {

@@ -54,6 +54,13 @@ public final class TrainingDemo: Sendable {
         public var workersPerNode: Int?
         /// `--device` for a torch workload's script (`cpu`, `cuda`, `auto`), if given.
         public var device: String?
+        /// The coordinator's lease (nil: its default), for machines too loaded to heartbeat in time.
+        public var leaseSeconds: Double?
+        /// The job spec's `transport`.
+        public var transport: TransportRequest = .auto
+        /// Agents, counted from the last of the first `agents`, started with `--rdma off` (they
+        /// announce no RDMA port).
+        public var agentsWithoutRDMA = 0
 
         public init(executable: String) {
             self.executable = executable
@@ -97,6 +104,13 @@ public final class TrainingDemo: Sendable {
         public var seconds: Double
     }
 
+    /// The data plane one generation ran on, and why the coordinator chose it.
+    public struct GenerationTransport: Sendable, Codable {
+        public var generation: UInt64
+        public var transport: String
+        public var reason: String
+    }
+
     /// What a run did.
     public struct Result: Sendable, Codable {
         public var testAccuracy: Double
@@ -104,6 +118,8 @@ public final class TrainingDemo: Sendable {
         public var steps: UInt64
         public var generations: Int
         public var recoveries: [Recovery]
+        /// Each generation's data plane, oldest first.
+        public var transports: [GenerationTransport]
         public var samplesSeen: UInt64
         public var samplesRepeated: UInt64
         public var samplesSkipped: UInt64
@@ -174,16 +190,22 @@ public final class TrainingDemo: Sendable {
         let directory = try options.directory ?? Self.makeTemporaryDirectory()
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         defer { if !kept { try? FileManager.default.removeItem(atPath: directory) } }
-        let cluster = Cluster(directory: directory, executable: options.executable)
+        let withoutRDMA = (options.agents - options.agentsWithoutRDMA)..<options.agents
+        let cluster = Cluster(
+            directory: directory, executable: options.executable,
+            coordinatorArguments: options.leaseSeconds.map { ["--lease", "\(Int(($0 * 1000).rounded()))ms"] } ?? [],
+            agentArguments: { withoutRDMA.contains($0) ? ["--rdma", "off"] : [] })
         self.cluster.withLock { $0 = cluster }
         do {
             let result = try await withDeadline(seconds: options.timeoutSeconds, waitingFor: "the demo job to finish") {
                 try await self.train(cluster, kept: kept, progress: progress, say: say)
             }
             await cluster.stopAll()
+            if kept { cluster.writeLogs() }
             return result
         } catch {
             await cluster.stopAll()
+            if kept { cluster.writeLogs() }
             for child in cluster.children.withLock({ $0 }) {
                 FileHandle.standardError.write(
                     Data(
@@ -355,6 +377,9 @@ public final class TrainingDemo: Sendable {
             steps: status.cursorStep,
             generations: status.history.count,
             recoveries: recoveries,
+            transports: status.history.map {
+                GenerationTransport(generation: $0.generation, transport: $0.transport, reason: $0.transportReason)
+            },
             samplesSeen: status.samples.seen,
             samplesRepeated: status.samples.repeated,
             samplesSkipped: status.samples.skipped,
@@ -476,7 +501,8 @@ extension TrainingDemo.Options {
             checkpointDirectory: self.checkpointDirectory,
             checkpointIntervalSteps: self.checkpointDirectory == nil ? 0 : self.checkpointInterval,
             checkpointKeep: 3,
-            resume: self.resume
+            resume: self.resume,
+            transport: self.transport
         )
     }
 

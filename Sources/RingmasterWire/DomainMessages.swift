@@ -17,7 +17,12 @@ extension Ringmaster_V1_Assignment {
                 $0.nodeID = member.node
                 $0.rank = UInt32(member.rank)
                 $0.dataPlaneAddresses = member.dataPlaneAddresses
+                $0.rdmaDevice = member.rdmaDevice ?? ""
             }
+        }
+        switch assignment.transport {
+        case .tcp: self.transport = .tcp
+        case .rdma: self.transport = .rdma
         }
         self.dataPlaneSecret = Data(assignment.dataPlaneSecret)
         self.resumeStep = assignment.resumeStep
@@ -52,7 +57,9 @@ extension Assignment {
             generation: wire.generation,
             rank: Int(wire.rank),
             members: members.map {
-                Member(node: $0.nodeID, rank: Int($0.rank), dataPlaneAddresses: $0.dataPlaneAddresses)
+                Member(
+                    node: $0.nodeID, rank: Int($0.rank), dataPlaneAddresses: $0.dataPlaneAddresses,
+                    rdmaDevice: $0.rdmaDevice.isEmpty ? nil : $0.rdmaDevice)
             },
             resumeStep: wire.resumeStep,
             training: TrainingPlan(
@@ -66,8 +73,29 @@ extension Assignment {
                 checkpointDirectory: wire.checkpointDirectory.isEmpty ? nil : wire.checkpointDirectory,
                 checkpointIntervalSteps: wire.checkpointIntervalSteps
             ),
-            dataPlaneSecret: Array(wire.dataPlaneSecret)
+            dataPlaneSecret: Array(wire.dataPlaneSecret),
+            transport: try Self.transport(wire)
         )
+    }
+
+    /// The assignment's data plane; RDMA needs every member's device.
+    static func transport(_ wire: Ringmaster_V1_Assignment) throws(WireError) -> DataPlaneTransport {
+        switch wire.transport {
+        case .tcp: return .tcp
+        case .rdma:
+            guard wire.members.allSatisfy({ !$0.rdmaDevice.isEmpty }) else {
+                throw WireError(
+                    .invalidMessage,
+                    "assignment for generation \(wire.generation) of \(wire.jobID) is over RDMA but names no RDMA device for some member"
+                )
+            }
+            return .rdma
+        case .UNRECOGNIZED(let value):
+            throw WireError(
+                .invalidMessage,
+                "assignment for generation \(wire.generation) of \(wire.jobID) asks for data-plane transport \(value), which this agent does not know; upgrade the agent"
+            )
+        }
     }
 }
 
@@ -176,5 +204,27 @@ extension Data {
             }
         }
         self.init(bytes)
+    }
+}
+
+extension Ringmaster_V1_RdmaPort {
+    /// The wire form of `port`.
+    public init(_ port: RDMAPort) {
+        self.init()
+        self.device = port.device
+        self.port = UInt32(port.port)
+        self.linkLayer = port.linkLayer
+        self.active = port.active
+        self.gid = Data(port.gid ?? [])
+    }
+}
+
+extension RDMAPort {
+    /// The port an agent announced; a GID that is not 16 bytes counts as none (the port is then
+    /// not usable).
+    public init(wire: Ringmaster_V1_RdmaPort) {
+        self.init(
+            device: wire.device, port: Int(wire.port), linkLayer: wire.linkLayer, active: wire.active,
+            gid: wire.gid.count == 16 ? Array(wire.gid) : nil)
     }
 }

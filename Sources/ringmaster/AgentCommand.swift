@@ -45,6 +45,12 @@ struct AgentCommand: AsyncParsableCommand {
         @Option(help: "Longest wait for one collective operation, e.g. 60s (a dead peer fails it at once).")
         var collectiveTimeout: DurationArgument = DurationArgument(seconds: 60)
 
+        @Option(
+            help:
+                "RDMA ports to announce for the data plane: auto (every device found), off, or a device name such as mlx5_0."
+        )
+        var rdma: String = "auto"
+
         @OptionGroup var logging: LoggingOptions
 
         func makeService(logger: Logger) throws -> AgentService {
@@ -72,6 +78,7 @@ struct AgentCommand: AsyncParsableCommand {
             configuration.dataPlaneListen = self.dataPlaneListen?.isEmpty == false ? self.dataPlaneListen : nil
             configuration.gracePeriodSeconds = self.gracePeriod.seconds
             configuration.collectiveTimeoutSeconds = self.collectiveTimeout.seconds
+            configuration.rdma = RDMASelection(parsing: self.rdma.isEmpty ? "auto" : self.rdma)
             return AgentService(configuration: configuration, logger: logger)
         }
 

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import JobModel
 import LocalCluster
 import Synchronization
 import Workload
@@ -111,6 +112,18 @@ struct DemoCommand: AsyncParsableCommand {
     )
     var floodControl: Int?
 
+    @Option(help: "The job's data plane: auto (RDMA where every agent has a device), tcp or rdma.")
+    var transport: String = "auto"
+
+    @Option(help: "Start this many of the agents with --rdma off, so that they announce no RDMA device.")
+    var agentsWithoutRdma: Int = 0
+
+    @Option(
+        help:
+            "The coordinator's lease in seconds (default 2): longer on a machine too loaded for agents to heartbeat in time, such as an emulated one."
+    )
+    var lease: Double?
+
     @Flag(help: "Print one JSON object instead of text.")
     var json = false
 
@@ -123,6 +136,15 @@ struct DemoCommand: AsyncParsableCommand {
         guard ["sgd", "adam"].contains(self.optimizer) else { throw ValidationError("--optimizer must be sgd or adam") }
         guard ["digits", "synthetic", "torch-digits", "torch-minilm"].contains(self.model) else {
             throw ValidationError("--model must be digits, synthetic, torch-digits or torch-minilm")
+        }
+        guard TransportRequest(rawValue: self.transport) != nil else {
+            throw ValidationError("--transport must be auto, tcp or rdma, not \(self.transport)")
+        }
+        guard (0...self.agents).contains(self.agentsWithoutRdma) else {
+            throw ValidationError("--agents-without-rdma must be from 0 to --agents (\(self.agents))")
+        }
+        if let lease = self.lease, !(1...600).contains(lease) {
+            throw ValidationError("--lease must be from 1 to 600 seconds")
         }
         guard self.parameters >= 1 else { throw ValidationError("--parameters must be positive") }
         if let device = self.device, !["cpu", "cuda", "auto"].contains(device), !device.hasPrefix("cuda:") {
@@ -176,6 +198,9 @@ struct DemoCommand: AsyncParsableCommand {
         options.floodControl = self.floodControl
         options.workersPerNode = self.workersPerNode
         options.device = self.device
+        options.transport = TransportRequest(rawValue: self.transport) ?? .auto
+        options.agentsWithoutRDMA = self.agentsWithoutRdma
+        options.leaseSeconds = self.lease
         switch self.model {
         case "synthetic": options.model = .synthetic(parameters: self.parameters)
         case "torch-digits":
@@ -247,6 +272,9 @@ struct DemoCommand: AsyncParsableCommand {
                 "recoveries": result.recoveries.map {
                     ["generation": $0.generation, "cause": $0.cause, "world_size": $0.worldSize, "seconds": $0.seconds]
                 },
+                "transports": result.transports.map {
+                    ["generation": $0.generation, "transport": $0.transport, "reason": $0.reason] as [String: Any]
+                },
                 "samples_seen": result.samplesSeen,
                 "samples_repeated": result.samplesRepeated,
                 "samples_skipped": result.samplesSkipped,
@@ -299,6 +327,7 @@ struct DemoCommand: AsyncParsableCommand {
             print(String(format: "final loss %.4f", result.finalLoss))
         }
         print("generations: \(result.generations)")
+        if let last = result.transports.last { print("data plane: \(last.transport) (\(last.reason))") }
         for recovery in result.recoveries {
             print(
                 String(

@@ -49,6 +49,10 @@ struct JobCommand: AsyncParsableCommand {
                 "not_saved": job.notSaved,
                 "refusals": job.refusals.map { ["node": $0.nodeID, "reason": $0.reason] },
                 "failure": job.failure,
+                "transport": [
+                    "requested": job.transport, "current": job.history.last?.transport ?? "",
+                    "reason": job.history.last?.transportReason ?? "",
+                ],
                 "samples": [
                     "seen": job.samples.seen, "repeated": job.samples.repeated, "skipped": job.samples.skipped,
                 ],
@@ -57,6 +61,7 @@ struct JobCommand: AsyncParsableCommand {
                         "generation": $0.generation, "cause": $0.cause, "world_size": $0.worldSize,
                         "resume_step": $0.resumeStep,
                         "started_unix_ms": $0.startedUnixMs, "first_step_unix_ms": $0.firstStepUnixMs,
+                        "transport": $0.transport, "transport_reason": $0.transportReason,
                     ] as [String: Any]
                 },
             ]
@@ -87,6 +92,11 @@ struct JobCommand: AsyncParsableCommand {
             print(line)
         }
         for job in status.jobs {
+            if let generation = job.history.last, !generation.transport.isEmpty, job.phase == "running" {
+                print(
+                    "\(job.jobID): data plane \(generation.transport) (transport: \(job.transport)): \(generation.transportReason)"
+                )
+            }
             if !job.failure.isEmpty { print("\(job.jobID): FAILED: \(job.failure)") }
             for refusal in job.refusals {
                 print("\(job.jobID): node \(refusal.nodeID) cannot run it: \(refusal.reason)")

@@ -479,7 +479,7 @@ final class InProcessCluster {
                 for member in self.coordinator.record(job: job)?.members ?? [] {
                     self.queue.append(.toNode(member, .cursorMoved(job: job, generation: generation, cursor: step + 1)))
                 }
-            case .generationStarted(let job, let generation, let cause, let members, _):
+            case .generationStarted(let job, let generation, let cause, let members, _, _):
                 self.generations.append((job, generation, cause, members))
                 self.trace.append("\(self.now): \(job) generation \(generation) (\(cause.rawValue)): \(members)")
             case .jobWaiting(let job, let reason):

@@ -41,7 +41,7 @@ struct RendezvousTests {
         #expect(sim.record().phase == .running)
         #expect(sim.members() == ["a", "b"])
         let rendezvous = sim.log.compactMap { action -> Duration? in
-            if case .generationStarted(_, _, _, _, let waited) = action { return waited }
+            if case .generationStarted(_, _, _, _, _, let waited) = action { return waited }
             return nil
         }
         #expect(rendezvous == [.seconds(6)], "from submission to the first tick past the settle window")

@@ -100,7 +100,7 @@ struct Simulation {
 
     func causes(_ job: String = "job") -> [CoordinatorMachine.Cause] {
         self.log.compactMap {
-            if case .generationStarted(job, _, let cause, _, _) = $0 { return cause }
+            if case .generationStarted(job, _, let cause, _, _, _) = $0 { return cause }
             return nil
         }
     }

@@ -92,7 +92,7 @@ struct JobSpecParserTests {
     }
 
     @Test func aValidSpec_parsesEveryField() throws {
-        let spec = try JobSpecParser.parse(yaml: Self.valid)
+        let spec = try JobSpecParser.parse(yaml: JobSpecParserTests.valid)
         #expect(spec.name == "digits")
         #expect(spec.workloadKind == "mlp")
         #expect(spec.workloadParameters.contains("hidden") && !spec.workloadParameters.contains("kind"))
@@ -104,7 +104,8 @@ struct JobSpecParserTests {
     }
 
     @Test func epochs_becomeSteps_includingTheLastPartialBatch() throws {
-        let spec = try JobSpecParser.parse(yaml: Self.valid.replacingOccurrences(of: "steps: 1500", with: "epochs: 2"))
+        let spec = try JobSpecParser.parse(
+            yaml: JobSpecParserTests.valid.replacingOccurrences(of: "steps: 1500", with: "epochs: 2"))
         #expect(spec.steps == 2 * 23)  // 1437 samples / 64 per batch = 22 full batches and a partial one
     }
 
@@ -125,7 +126,7 @@ struct JobSpecParserTests {
         ),
     ])
     func badFields_areRefusedByName(original: String, replacement: String, field: String) {
-        let yaml = Self.valid.replacingOccurrences(of: original, with: replacement)
+        let yaml = JobSpecParserTests.valid.replacingOccurrences(of: original, with: replacement)
         #expect {
             try JobSpecParser.parse(yaml: yaml)
         } throws: { error in
@@ -167,5 +168,33 @@ struct JobSpecWriterTests {
         let spec = try JobSpecParser.parse(yaml: document)
         let text = JobSpecParser.yaml(spec)
         #expect(try JobSpecParser.parse(yaml: text) == spec, "\(text)")
+    }
+
+    @Test func transport_isAutoUnlessTheSpecSaysTcpOrRdma_andIsWrittenBack() throws {
+        #expect(try JobSpecParser.parse(yaml: JobSpecParserTests.valid).transport == .auto)
+        for request in TransportRequest.allCases {
+            let spec = try JobSpecParser.parse(yaml: JobSpecParserTests.valid + "\ntransport: \(request.rawValue)")
+            #expect(spec.transport == request)
+            #expect(try JobSpecParser.parse(yaml: JobSpecParser.yaml(spec)) == spec)
+        }
+    }
+
+    @Test(arguments: ["transport: infiniband", "transport: 3", "transport: [rdma]", "transport: RDMA"])
+    func anUnknownTransport_isRefused_sayingWhatItMayBe(line: String) {
+        #expect {
+            try JobSpecParser.parse(yaml: JobSpecParserTests.valid + "\n" + line)
+        } throws: { error in
+            guard let error = error as? JobSpecError else { return false }
+            return error.field == "transport" && error.description.contains("auto, tcp or rdma")
+        }
+    }
+
+    @Test func aSpecSavedBeforeTransportExisted_decodes_asAuto() throws {
+        let spec = try JobSpecParser.parse(yaml: JobSpecParserTests.valid)
+        var object = try #require(
+            try JSONSerialization.jsonObject(with: JSONEncoder().encode(spec)) as? [String: Any])
+        object["transportRequest"] = nil
+        let decoded = try JSONDecoder().decode(JobSpec.self, from: JSONSerialization.data(withJSONObject: object))
+        #expect(decoded.transport == .auto && decoded.name == spec.name)
     }
 }

@@ -24,9 +24,10 @@ struct TrainingTests {
     }
 
     /// Runs the demo and reads the model an agent wrote.
-    func demo(_ label: String, _ arguments: [String], environment: [String: String] = [:], expectFailure: Bool = false)
-        async throws -> Run
-    {
+    func demo(
+        _ label: String, _ arguments: [String], steps: Int = Self.steps, environment: [String: String] = [:],
+        expectFailure: Bool = false
+    ) async throws -> Run {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent(
             "ringmaster-training-\(label)-\(UUID().uuidString.prefix(8))"
         ).path
@@ -34,7 +35,7 @@ struct TrainingTests {
         let demo = try ChildProcess(
             name: "demo \(label)",
             executable: try ringmasterExecutable(),
-            arguments: ["demo", "--json", "--steps", "\(Self.steps)", "--directory", directory, "--timeout", "240"]
+            arguments: ["demo", "--json", "--steps", "\(steps)", "--directory", directory, "--timeout", "240"]
                 + arguments,
             environment: environment
         )
@@ -73,15 +74,15 @@ struct TrainingTests {
     }
 
     /// Every sample of every step trained exactly once, counted by the coordinator from the ids
-    /// the agents reported: 600 steps of 64 from 1,437 samples.
-    func expectExactAccounting(_ run: Run, _ label: String) {
-        let epochs = Self.steps / 23
-        let expected: Int = Self.steps * 64 - epochs * (23 * 64 - 1437)
+    /// the agents reported: `steps` steps of 64 from 1,437 samples (600 unless told).
+    func expectExactAccounting(_ run: Run, _ label: String, steps: Int = Self.steps) {
+        let epochs = steps / 23
+        let expected: Int = steps * 64 - epochs * (23 * 64 - 1437)
         #expect(run.count("samples_seen") == expected, "\(label): \(run.json)")
         #expect(run.count("samples_repeated") == 0, "\(label)")
         #expect(run.count("samples_skipped") == 0, "\(label)")
         #expect(run.count("replica_divergences") == 0, "\(label): replicas diverged")
-        #expect(run.count("steps") == Self.steps, "\(label)")
+        #expect(run.count("steps") == steps, "\(label)")
     }
 
     /// The uninterrupted 1-agent run every other run is compared with, trained once.
@@ -257,5 +258,54 @@ struct TrainingTests {
             leaves.contains { $0["cause"] as? String == "left" && $0["world_size"] as? Int == 2 },
             "no generation of 2 after the leave in \(leaves)")
         #expect(self.maximumDifference(left.parameters, one.parameters) <= Self.tolerance, "sigterm")
+    }
+
+    /// Each generation's data plane in a run, and why.
+    func transports(_ run: Run) -> [(transport: String, reason: String)] {
+        (run.json["transports"] as? [[String: Any]] ?? []).map {
+            ($0["transport"] as? String ?? "", $0["reason"] as? String ?? "")
+        }
+    }
+
+    @Test(.enabled(if: !CollectiveProcessTests.hasRDMA, "this host has RDMA: the test over RDMA covers it"))
+    func onAHostWithoutRDMA_autoRunsOnTCP_sayingWhy() async throws {
+        let run = try await self.demo("auto-tcp", ["--agents", "2"], steps: 40)
+        let transports = self.transports(run)
+        #expect(transports.map(\.transport) == ["tcp"], "\(transports)")
+        #expect(
+            transports.first?.reason.contains("agent-0, agent-1 have no usable RDMA port") == true, "\(transports)")
+    }
+
+    /// The reference workload over RDMA (Soft-RoCE, in the guest scripts/test.sh boots): every
+    /// generation runs on queue pairs, an agent killed with SIGKILL and one joining mid-run change
+    /// no sample's count; then `auto` with one agent that announces no device runs on TCP and
+    /// names it.
+    @Test(
+        .enabled(
+            if: CollectiveProcessTests.hasRDMA,
+            "no RDMA device on this machine: scripts/rdma-guest.sh runs this test against Soft-RoCE (rxe0) in a qemu guest"
+        ))
+    func aJobOverRDMA_withAKillAndAJoin_countsEverySampleOnce_andAutoFallsBackToTCP_sayingWhy() async throws {
+        // A longer lease, and an early join: the guest's CPUs are emulated, and while the job trains
+        // they are busy enough that a 2 s lease expires and a new process takes some 30 s to connect.
+        let run = try await self.demo(
+            "rdma-kill-join",
+            [
+                "--agents", "3", "--transport", "rdma", "--kill-agent-at-step", "40", "--add-agent-at-step", "60",
+                "--lease", "15",
+            ])
+        self.expectExactAccounting(run, "over RDMA")
+        #expect(run.accuracy >= 0.95, "over RDMA: test accuracy \(run.accuracy)")
+        let causes = (run.json["recoveries"] as? [[String: Any]] ?? []).compactMap { $0["cause"] as? String }
+        #expect(causes == ["disconnected", "joined"], "recoveries: \(causes)")
+        let transports = self.transports(run)
+        #expect(transports.count >= 3 && transports.allSatisfy { $0.transport == "rdma" }, "\(transports)")
+
+        let fallback = try await self.demo(
+            "rdma-fallback", ["--agents", "2", "--agents-without-rdma", "1", "--lease", "15"], steps: 60)
+        #expect(fallback.count("samples_repeated") == 0 && fallback.count("samples_skipped") == 0)
+        let chosen = self.transports(fallback)
+        #expect(chosen.map(\.transport) == ["tcp"], "\(chosen)")
+        #expect(chosen.first?.reason.contains("agent-1 has no usable RDMA port") == true, "\(chosen)")
     }
 }

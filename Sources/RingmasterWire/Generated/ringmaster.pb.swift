@@ -38,194 +38,223 @@ fileprivate nonisolated struct _GeneratedWithProtocGenSwiftVersion: SwiftProtobu
   typealias Version = _2
 }
 
+/// How a generation's members move data between them.
+public nonisolated enum Ringmaster_V1_DataPlaneTransport: SwiftProtobuf.Enum, Swift.CaseIterable {
+  public typealias RawValue = Int
+  case tcp // = 0
+  case rdma // = 1
+  case UNRECOGNIZED(Int)
+
+  public init() {
+    self = .tcp
+  }
+
+  public init?(rawValue: Int) {
+    switch rawValue {
+    case 0: self = .tcp
+    case 1: self = .rdma
+    default: self = .UNRECOGNIZED(rawValue)
+    }
+  }
+
+  public var rawValue: Int {
+    switch self {
+    case .tcp: return 0
+    case .rdma: return 1
+    case .UNRECOGNIZED(let i): return i
+    }
+  }
+
+  // The compiler won't synthesize support with the UNRECOGNIZED case.
+  public static let allCases: [Ringmaster_V1_DataPlaneTransport] = [
+    .tcp,
+    .rdma,
+  ]
+
+}
+
 /// One frame's payload. `request_id` pairs a reply with its request (0 for unsolicited messages).
-public nonisolated struct Ringmaster_V1_Envelope: @unchecked Sendable {
+public nonisolated struct Ringmaster_V1_Envelope: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
   // methods supported on all messages.
 
-  public var requestID: UInt64 {
-    get {_storage._requestID}
-    set {_uniqueStorage()._requestID = newValue}
-  }
+  public var requestID: UInt64 = 0
 
-  public var body: OneOf_Body? {
-    get {return _storage._body}
-    set {_uniqueStorage()._body = newValue}
-  }
+  public var body: Ringmaster_V1_Envelope.OneOf_Body? = nil
 
   /// Join bootstrap (no client certificate yet).
   public var joinBegin: Ringmaster_V1_JoinBegin {
     get {
-      if case .joinBegin(let v)? = _storage._body {return v}
+      if case .joinBegin(let v)? = body {return v}
       return Ringmaster_V1_JoinBegin()
     }
-    set {_uniqueStorage()._body = .joinBegin(newValue)}
+    set {body = .joinBegin(newValue)}
   }
 
   public var joinChallenge: Ringmaster_V1_JoinChallenge {
     get {
-      if case .joinChallenge(let v)? = _storage._body {return v}
+      if case .joinChallenge(let v)? = body {return v}
       return Ringmaster_V1_JoinChallenge()
     }
-    set {_uniqueStorage()._body = .joinChallenge(newValue)}
+    set {body = .joinChallenge(newValue)}
   }
 
   public var joinRequest: Ringmaster_V1_JoinRequest {
     get {
-      if case .joinRequest(let v)? = _storage._body {return v}
+      if case .joinRequest(let v)? = body {return v}
       return Ringmaster_V1_JoinRequest()
     }
-    set {_uniqueStorage()._body = .joinRequest(newValue)}
+    set {body = .joinRequest(newValue)}
   }
 
   public var joinReply: Ringmaster_V1_JoinReply {
     get {
-      if case .joinReply(let v)? = _storage._body {return v}
+      if case .joinReply(let v)? = body {return v}
       return Ringmaster_V1_JoinReply()
     }
-    set {_uniqueStorage()._body = .joinReply(newValue)}
+    set {body = .joinReply(newValue)}
   }
 
   /// Session on a mutual-TLS connection.
   public var agentHello: Ringmaster_V1_AgentHello {
     get {
-      if case .agentHello(let v)? = _storage._body {return v}
+      if case .agentHello(let v)? = body {return v}
       return Ringmaster_V1_AgentHello()
     }
-    set {_uniqueStorage()._body = .agentHello(newValue)}
+    set {body = .agentHello(newValue)}
   }
 
   public var helloReply: Ringmaster_V1_HelloReply {
     get {
-      if case .helloReply(let v)? = _storage._body {return v}
+      if case .helloReply(let v)? = body {return v}
       return Ringmaster_V1_HelloReply()
     }
-    set {_uniqueStorage()._body = .helloReply(newValue)}
+    set {body = .helloReply(newValue)}
   }
 
   public var renewRequest: Ringmaster_V1_RenewRequest {
     get {
-      if case .renewRequest(let v)? = _storage._body {return v}
+      if case .renewRequest(let v)? = body {return v}
       return Ringmaster_V1_RenewRequest()
     }
-    set {_uniqueStorage()._body = .renewRequest(newValue)}
+    set {body = .renewRequest(newValue)}
   }
 
   public var renewReply: Ringmaster_V1_RenewReply {
     get {
-      if case .renewReply(let v)? = _storage._body {return v}
+      if case .renewReply(let v)? = body {return v}
       return Ringmaster_V1_RenewReply()
     }
-    set {_uniqueStorage()._body = .renewReply(newValue)}
+    set {body = .renewReply(newValue)}
   }
 
   public var heartbeat: Ringmaster_V1_Heartbeat {
     get {
-      if case .heartbeat(let v)? = _storage._body {return v}
+      if case .heartbeat(let v)? = body {return v}
       return Ringmaster_V1_Heartbeat()
     }
-    set {_uniqueStorage()._body = .heartbeat(newValue)}
+    set {body = .heartbeat(newValue)}
   }
 
   public var heartbeatAck: Ringmaster_V1_HeartbeatAck {
     get {
-      if case .heartbeatAck(let v)? = _storage._body {return v}
+      if case .heartbeatAck(let v)? = body {return v}
       return Ringmaster_V1_HeartbeatAck()
     }
-    set {_uniqueStorage()._body = .heartbeatAck(newValue)}
+    set {body = .heartbeatAck(newValue)}
   }
 
   /// Jobs.
   public var assignment: Ringmaster_V1_Assignment {
     get {
-      if case .assignment(let v)? = _storage._body {return v}
+      if case .assignment(let v)? = body {return v}
       return Ringmaster_V1_Assignment()
     }
-    set {_uniqueStorage()._body = .assignment(newValue)}
+    set {body = .assignment(newValue)}
   }
 
   public var stepReport: Ringmaster_V1_StepReport {
     get {
-      if case .stepReport(let v)? = _storage._body {return v}
+      if case .stepReport(let v)? = body {return v}
       return Ringmaster_V1_StepReport()
     }
-    set {_uniqueStorage()._body = .stepReport(newValue)}
+    set {body = .stepReport(newValue)}
   }
 
   public var leave: Ringmaster_V1_Leave {
     get {
-      if case .leave(let v)? = _storage._body {return v}
+      if case .leave(let v)? = body {return v}
       return Ringmaster_V1_Leave()
     }
-    set {_uniqueStorage()._body = .leave(newValue)}
+    set {body = .leave(newValue)}
   }
 
   public var drain: Ringmaster_V1_Drain {
     get {
-      if case .drain(let v)? = _storage._body {return v}
+      if case .drain(let v)? = body {return v}
       return Ringmaster_V1_Drain()
     }
-    set {_uniqueStorage()._body = .drain(newValue)}
+    set {body = .drain(newValue)}
   }
 
   public var abort: Ringmaster_V1_Abort {
     get {
-      if case .abort(let v)? = _storage._body {return v}
+      if case .abort(let v)? = body {return v}
       return Ringmaster_V1_Abort()
     }
-    set {_uniqueStorage()._body = .abort(newValue)}
+    set {body = .abort(newValue)}
   }
 
   public var cursorUpdate: Ringmaster_V1_CursorUpdate {
     get {
-      if case .cursorUpdate(let v)? = _storage._body {return v}
+      if case .cursorUpdate(let v)? = body {return v}
       return Ringmaster_V1_CursorUpdate()
     }
-    set {_uniqueStorage()._body = .cursorUpdate(newValue)}
+    set {body = .cursorUpdate(newValue)}
   }
 
   /// Checkpoints.
   public var shardReady: Ringmaster_V1_CheckpointShardReady {
     get {
-      if case .shardReady(let v)? = _storage._body {return v}
+      if case .shardReady(let v)? = body {return v}
       return Ringmaster_V1_CheckpointShardReady()
     }
-    set {_uniqueStorage()._body = .shardReady(newValue)}
+    set {body = .shardReady(newValue)}
   }
 
   public var checkpointCommitted: Ringmaster_V1_CheckpointCommitted {
     get {
-      if case .checkpointCommitted(let v)? = _storage._body {return v}
+      if case .checkpointCommitted(let v)? = body {return v}
       return Ringmaster_V1_CheckpointCommitted()
     }
-    set {_uniqueStorage()._body = .checkpointCommitted(newValue)}
+    set {body = .checkpointCommitted(newValue)}
   }
 
   /// Operators.
   public var adminRequest: Ringmaster_V1_AdminRequest {
     get {
-      if case .adminRequest(let v)? = _storage._body {return v}
+      if case .adminRequest(let v)? = body {return v}
       return Ringmaster_V1_AdminRequest()
     }
-    set {_uniqueStorage()._body = .adminRequest(newValue)}
+    set {body = .adminRequest(newValue)}
   }
 
   public var adminReply: Ringmaster_V1_AdminReply {
     get {
-      if case .adminReply(let v)? = _storage._body {return v}
+      if case .adminReply(let v)? = body {return v}
       return Ringmaster_V1_AdminReply()
     }
-    set {_uniqueStorage()._body = .adminReply(newValue)}
+    set {body = .adminReply(newValue)}
   }
 
   /// A refusal or failure answering a request (or closing a connection).
   public var error: Ringmaster_V1_Error {
     get {
-      if case .error(let v)? = _storage._body {return v}
+      if case .error(let v)? = body {return v}
       return Ringmaster_V1_Error()
     }
-    set {_uniqueStorage()._body = .error(newValue)}
+    set {body = .error(newValue)}
   }
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
@@ -262,8 +291,6 @@ public nonisolated struct Ringmaster_V1_Envelope: @unchecked Sendable {
   }
 
   public init() {}
-
-  fileprivate var _storage = _StorageClass.defaultInstance
 }
 
 /// First message of a join: names the token (its public id, never its secret).
@@ -346,12 +373,38 @@ public nonisolated struct Ringmaster_V1_AgentHello: Sendable {
   /// host:port addresses this agent's data plane listens on.
   public var dataPlaneAddresses: [String] = []
 
-  public var rdmaDevices: [String] = []
-
   /// The job and generation the agent last held, if any (for resuming after a reconnect).
   public var jobID: String = String()
 
   public var generation: UInt64 = 0
+
+  /// The RDMA ports this agent may use for its data plane (none: TCP only).
+  public var rdmaPorts: [Ringmaster_V1_RdmaPort] = []
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// One port of an RDMA device, as an agent found it.
+public nonisolated struct Ringmaster_V1_RdmaPort: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// The device (e.g. mlx5_0, rxe0) and its port number (from 1).
+  public var device: String = String()
+
+  public var port: UInt32 = 0
+
+  /// InfiniBand or Ethernet (RoCE); members of one job must share it.
+  public var linkLayer: String = String()
+
+  /// Whether the port is up, and its RoCE v2 (or InfiniBand) GID; a port without a GID cannot be
+  /// used.
+  public var active: Bool = false
+
+  public var gid: Data = Data()
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -442,57 +495,117 @@ public nonisolated struct Ringmaster_V1_Member: Sendable {
 
   public var dataPlaneAddresses: [String] = []
 
+  /// The RDMA device this member uses when the generation runs over RDMA.
+  public var rdmaDevice: String = String()
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
 }
 
 /// A generation's membership as one agent sees it.
-public nonisolated struct Ringmaster_V1_Assignment: Sendable {
+public nonisolated struct Ringmaster_V1_Assignment: @unchecked Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
   // methods supported on all messages.
 
-  public var jobID: String = String()
+  public var jobID: String {
+    get {_storage._jobID}
+    set {_uniqueStorage()._jobID = newValue}
+  }
 
-  public var generation: UInt64 = 0
+  public var generation: UInt64 {
+    get {_storage._generation}
+    set {_uniqueStorage()._generation = newValue}
+  }
 
-  public var rank: UInt32 = 0
+  public var rank: UInt32 {
+    get {_storage._rank}
+    set {_uniqueStorage()._rank = newValue}
+  }
 
-  public var worldSize: UInt32 = 0
+  public var worldSize: UInt32 {
+    get {_storage._worldSize}
+    set {_uniqueStorage()._worldSize = newValue}
+  }
 
-  public var members: [Ringmaster_V1_Member] = []
+  public var members: [Ringmaster_V1_Member] {
+    get {_storage._members}
+    set {_uniqueStorage()._members = newValue}
+  }
 
   /// Secret for the data-plane handshake of this generation only.
-  public var dataPlaneSecret: Data = Data()
+  public var dataPlaneSecret: Data {
+    get {_storage._dataPlaneSecret}
+    set {_uniqueStorage()._dataPlaneSecret = newValue}
+  }
 
-  public var resumeStep: UInt64 = 0
+  public var resumeStep: UInt64 {
+    get {_storage._resumeStep}
+    set {_uniqueStorage()._resumeStep = newValue}
+  }
 
-  public var permutationSeed: UInt64 = 0
+  public var permutationSeed: UInt64 {
+    get {_storage._permutationSeed}
+    set {_uniqueStorage()._permutationSeed = newValue}
+  }
 
-  public var globalBatchSize: UInt32 = 0
+  public var globalBatchSize: UInt32 {
+    get {_storage._globalBatchSize}
+    set {_uniqueStorage()._globalBatchSize = newValue}
+  }
 
   /// The workload's own settings, as the job spec gave them (YAML text).
-  public var workloadSpec: String = String()
+  public var workloadSpec: String {
+    get {_storage._workloadSpec}
+    set {_uniqueStorage()._workloadSpec = newValue}
+  }
 
-  public var workloadKind: String = String()
+  public var workloadKind: String {
+    get {_storage._workloadKind}
+    set {_uniqueStorage()._workloadKind = newValue}
+  }
 
   /// Where the data set is, and how many samples it has (the permutation is over 0..<samples).
-  public var datasetPath: String = String()
+  public var datasetPath: String {
+    get {_storage._datasetPath}
+    set {_uniqueStorage()._datasetPath = newValue}
+  }
 
-  public var datasetSamples: UInt32 = 0
+  public var datasetSamples: UInt32 {
+    get {_storage._datasetSamples}
+    set {_uniqueStorage()._datasetSamples = newValue}
+  }
 
   /// Global steps the job trains in all.
-  public var totalSteps: UInt64 = 0
+  public var totalSteps: UInt64 {
+    get {_storage._totalSteps}
+    set {_uniqueStorage()._totalSteps = newValue}
+  }
 
   /// Checkpoints: where (empty: none) and every how many steps each rank saves its shard.
-  public var checkpointDirectory: String = String()
+  public var checkpointDirectory: String {
+    get {_storage._checkpointDirectory}
+    set {_uniqueStorage()._checkpointDirectory = newValue}
+  }
 
-  public var checkpointIntervalSteps: UInt64 = 0
+  public var checkpointIntervalSteps: UInt64 {
+    get {_storage._checkpointIntervalSteps}
+    set {_uniqueStorage()._checkpointIntervalSteps = newValue}
+  }
+
+  /// The generation's data plane: TCP, or RDMA over each member's `rdma_device` (set up through
+  /// the authenticated TCP connections).
+  public var transport: Ringmaster_V1_DataPlaneTransport {
+    get {_storage._transport}
+    set {_uniqueStorage()._transport = newValue}
+  }
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
+
+  fileprivate var _storage = _StorageClass.defaultInstance
 }
 
 public nonisolated struct Ringmaster_V1_StepReport: Sendable {
@@ -1065,6 +1178,13 @@ public nonisolated struct Ringmaster_V1_JobStatus: @unchecked Sendable {
     set {_uniqueStorage()._failure = newValue}
   }
 
+  /// The data plane the job spec asks for: auto, tcp or rdma (the generations' choices are in
+  /// `history`).
+  public var transport: String {
+    get {_storage._transport}
+    set {_uniqueStorage()._transport = newValue}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -1124,6 +1244,11 @@ public nonisolated struct Ringmaster_V1_GenerationRecord: Sendable {
   public var startedUnixMs: Int64 = 0
 
   public var firstStepUnixMs: Int64 = 0
+
+  /// The generation's data plane (tcp or rdma) and why the coordinator chose it.
+  public var transport: String = String()
+
+  public var transportReason: String = String()
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -1311,434 +1436,400 @@ public nonisolated struct Ringmaster_V1_Error: Sendable {
 
 fileprivate nonisolated let _protobuf_package = "ringmaster.v1"
 
+nonisolated extension Ringmaster_V1_DataPlaneTransport: SwiftProtobuf._ProtoNameProviding {
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0DATA_PLANE_TRANSPORT_TCP\0\u{1}DATA_PLANE_TRANSPORT_RDMA\0")
+}
+
 nonisolated extension Ringmaster_V1_Envelope: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Envelope"
   public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}request_id\0\u{4}\u{9}join_begin\0\u{3}join_challenge\0\u{3}join_request\0\u{3}join_reply\0\u{4}\u{7}agent_hello\0\u{3}hello_reply\0\u{3}renew_request\0\u{3}renew_reply\0\u{1}heartbeat\0\u{3}heartbeat_ack\0\u{2}\u{5}assignment\0\u{3}step_report\0\u{1}leave\0\u{1}drain\0\u{1}abort\0\u{3}cursor_update\0\u{4}\u{5}shard_ready\0\u{3}checkpoint_committed\0\u{4}\u{9}admin_request\0\u{3}admin_reply\0\u{2}\u{9}error\0")
 
-  fileprivate class _StorageClass {
-    var _requestID: UInt64 = 0
-    var _body: Ringmaster_V1_Envelope.OneOf_Body?
-
-      // This property is used as the initial default value for new instances of the type.
-      // The type itself is protecting the reference to its storage via CoW semantics.
-      // This will force a copy to be made of this reference when the first mutation occurs;
-      // hence, it is safe to mark this as `nonisolated(unsafe)`.
-      static nonisolated(unsafe) let defaultInstance = _StorageClass()
-
-    private init() {}
-
-    init(copying source: _StorageClass) {
-      _requestID = source._requestID
-      _body = source._body
-    }
-  }
-
-  fileprivate mutating func _uniqueStorage() -> _StorageClass {
-    if !isKnownUniquelyReferenced(&_storage) {
-      _storage = _StorageClass(copying: _storage)
-    }
-    return _storage
-  }
-
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
-    _ = _uniqueStorage()
-    try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
-      while let fieldNumber = try decoder.nextFieldNumber() {
-        // The use of inline closures is to circumvent an issue where the compiler
-        // allocates stack space for every case branch when no optimizations are
-        // enabled. https://github.com/apple/swift-protobuf/issues/1034
-        switch fieldNumber {
-        case 1: try { try decoder.decodeSingularUInt64Field(value: &_storage._requestID) }()
-        case 10: try {
-          var v: Ringmaster_V1_JoinBegin?
-          var hadOneofValue = false
-          if let current = _storage._body {
-            hadOneofValue = true
-            if case .joinBegin(let m) = current {v = m}
-          }
-          try decoder.decodeSingularMessageField(value: &v)
-          if let v = v {
-            if hadOneofValue {try decoder.handleConflictingOneOf()}
-            _storage._body = .joinBegin(v)
-          }
-        }()
-        case 11: try {
-          var v: Ringmaster_V1_JoinChallenge?
-          var hadOneofValue = false
-          if let current = _storage._body {
-            hadOneofValue = true
-            if case .joinChallenge(let m) = current {v = m}
-          }
-          try decoder.decodeSingularMessageField(value: &v)
-          if let v = v {
-            if hadOneofValue {try decoder.handleConflictingOneOf()}
-            _storage._body = .joinChallenge(v)
-          }
-        }()
-        case 12: try {
-          var v: Ringmaster_V1_JoinRequest?
-          var hadOneofValue = false
-          if let current = _storage._body {
-            hadOneofValue = true
-            if case .joinRequest(let m) = current {v = m}
-          }
-          try decoder.decodeSingularMessageField(value: &v)
-          if let v = v {
-            if hadOneofValue {try decoder.handleConflictingOneOf()}
-            _storage._body = .joinRequest(v)
-          }
-        }()
-        case 13: try {
-          var v: Ringmaster_V1_JoinReply?
-          var hadOneofValue = false
-          if let current = _storage._body {
-            hadOneofValue = true
-            if case .joinReply(let m) = current {v = m}
-          }
-          try decoder.decodeSingularMessageField(value: &v)
-          if let v = v {
-            if hadOneofValue {try decoder.handleConflictingOneOf()}
-            _storage._body = .joinReply(v)
-          }
-        }()
-        case 20: try {
-          var v: Ringmaster_V1_AgentHello?
-          var hadOneofValue = false
-          if let current = _storage._body {
-            hadOneofValue = true
-            if case .agentHello(let m) = current {v = m}
-          }
-          try decoder.decodeSingularMessageField(value: &v)
-          if let v = v {
-            if hadOneofValue {try decoder.handleConflictingOneOf()}
-            _storage._body = .agentHello(v)
-          }
-        }()
-        case 21: try {
-          var v: Ringmaster_V1_HelloReply?
-          var hadOneofValue = false
-          if let current = _storage._body {
-            hadOneofValue = true
-            if case .helloReply(let m) = current {v = m}
-          }
-          try decoder.decodeSingularMessageField(value: &v)
-          if let v = v {
-            if hadOneofValue {try decoder.handleConflictingOneOf()}
-            _storage._body = .helloReply(v)
-          }
-        }()
-        case 22: try {
-          var v: Ringmaster_V1_RenewRequest?
-          var hadOneofValue = false
-          if let current = _storage._body {
-            hadOneofValue = true
-            if case .renewRequest(let m) = current {v = m}
-          }
-          try decoder.decodeSingularMessageField(value: &v)
-          if let v = v {
-            if hadOneofValue {try decoder.handleConflictingOneOf()}
-            _storage._body = .renewRequest(v)
-          }
-        }()
-        case 23: try {
-          var v: Ringmaster_V1_RenewReply?
-          var hadOneofValue = false
-          if let current = _storage._body {
-            hadOneofValue = true
-            if case .renewReply(let m) = current {v = m}
-          }
-          try decoder.decodeSingularMessageField(value: &v)
-          if let v = v {
-            if hadOneofValue {try decoder.handleConflictingOneOf()}
-            _storage._body = .renewReply(v)
-          }
-        }()
-        case 24: try {
-          var v: Ringmaster_V1_Heartbeat?
-          var hadOneofValue = false
-          if let current = _storage._body {
-            hadOneofValue = true
-            if case .heartbeat(let m) = current {v = m}
-          }
-          try decoder.decodeSingularMessageField(value: &v)
-          if let v = v {
-            if hadOneofValue {try decoder.handleConflictingOneOf()}
-            _storage._body = .heartbeat(v)
-          }
-        }()
-        case 25: try {
-          var v: Ringmaster_V1_HeartbeatAck?
-          var hadOneofValue = false
-          if let current = _storage._body {
-            hadOneofValue = true
-            if case .heartbeatAck(let m) = current {v = m}
-          }
-          try decoder.decodeSingularMessageField(value: &v)
-          if let v = v {
-            if hadOneofValue {try decoder.handleConflictingOneOf()}
-            _storage._body = .heartbeatAck(v)
-          }
-        }()
-        case 30: try {
-          var v: Ringmaster_V1_Assignment?
-          var hadOneofValue = false
-          if let current = _storage._body {
-            hadOneofValue = true
-            if case .assignment(let m) = current {v = m}
-          }
-          try decoder.decodeSingularMessageField(value: &v)
-          if let v = v {
-            if hadOneofValue {try decoder.handleConflictingOneOf()}
-            _storage._body = .assignment(v)
-          }
-        }()
-        case 31: try {
-          var v: Ringmaster_V1_StepReport?
-          var hadOneofValue = false
-          if let current = _storage._body {
-            hadOneofValue = true
-            if case .stepReport(let m) = current {v = m}
-          }
-          try decoder.decodeSingularMessageField(value: &v)
-          if let v = v {
-            if hadOneofValue {try decoder.handleConflictingOneOf()}
-            _storage._body = .stepReport(v)
-          }
-        }()
-        case 32: try {
-          var v: Ringmaster_V1_Leave?
-          var hadOneofValue = false
-          if let current = _storage._body {
-            hadOneofValue = true
-            if case .leave(let m) = current {v = m}
-          }
-          try decoder.decodeSingularMessageField(value: &v)
-          if let v = v {
-            if hadOneofValue {try decoder.handleConflictingOneOf()}
-            _storage._body = .leave(v)
-          }
-        }()
-        case 33: try {
-          var v: Ringmaster_V1_Drain?
-          var hadOneofValue = false
-          if let current = _storage._body {
-            hadOneofValue = true
-            if case .drain(let m) = current {v = m}
-          }
-          try decoder.decodeSingularMessageField(value: &v)
-          if let v = v {
-            if hadOneofValue {try decoder.handleConflictingOneOf()}
-            _storage._body = .drain(v)
-          }
-        }()
-        case 34: try {
-          var v: Ringmaster_V1_Abort?
-          var hadOneofValue = false
-          if let current = _storage._body {
-            hadOneofValue = true
-            if case .abort(let m) = current {v = m}
-          }
-          try decoder.decodeSingularMessageField(value: &v)
-          if let v = v {
-            if hadOneofValue {try decoder.handleConflictingOneOf()}
-            _storage._body = .abort(v)
-          }
-        }()
-        case 35: try {
-          var v: Ringmaster_V1_CursorUpdate?
-          var hadOneofValue = false
-          if let current = _storage._body {
-            hadOneofValue = true
-            if case .cursorUpdate(let m) = current {v = m}
-          }
-          try decoder.decodeSingularMessageField(value: &v)
-          if let v = v {
-            if hadOneofValue {try decoder.handleConflictingOneOf()}
-            _storage._body = .cursorUpdate(v)
-          }
-        }()
-        case 40: try {
-          var v: Ringmaster_V1_CheckpointShardReady?
-          var hadOneofValue = false
-          if let current = _storage._body {
-            hadOneofValue = true
-            if case .shardReady(let m) = current {v = m}
-          }
-          try decoder.decodeSingularMessageField(value: &v)
-          if let v = v {
-            if hadOneofValue {try decoder.handleConflictingOneOf()}
-            _storage._body = .shardReady(v)
-          }
-        }()
-        case 41: try {
-          var v: Ringmaster_V1_CheckpointCommitted?
-          var hadOneofValue = false
-          if let current = _storage._body {
-            hadOneofValue = true
-            if case .checkpointCommitted(let m) = current {v = m}
-          }
-          try decoder.decodeSingularMessageField(value: &v)
-          if let v = v {
-            if hadOneofValue {try decoder.handleConflictingOneOf()}
-            _storage._body = .checkpointCommitted(v)
-          }
-        }()
-        case 50: try {
-          var v: Ringmaster_V1_AdminRequest?
-          var hadOneofValue = false
-          if let current = _storage._body {
-            hadOneofValue = true
-            if case .adminRequest(let m) = current {v = m}
-          }
-          try decoder.decodeSingularMessageField(value: &v)
-          if let v = v {
-            if hadOneofValue {try decoder.handleConflictingOneOf()}
-            _storage._body = .adminRequest(v)
-          }
-        }()
-        case 51: try {
-          var v: Ringmaster_V1_AdminReply?
-          var hadOneofValue = false
-          if let current = _storage._body {
-            hadOneofValue = true
-            if case .adminReply(let m) = current {v = m}
-          }
-          try decoder.decodeSingularMessageField(value: &v)
-          if let v = v {
-            if hadOneofValue {try decoder.handleConflictingOneOf()}
-            _storage._body = .adminReply(v)
-          }
-        }()
-        case 60: try {
-          var v: Ringmaster_V1_Error?
-          var hadOneofValue = false
-          if let current = _storage._body {
-            hadOneofValue = true
-            if case .error(let m) = current {v = m}
-          }
-          try decoder.decodeSingularMessageField(value: &v)
-          if let v = v {
-            if hadOneofValue {try decoder.handleConflictingOneOf()}
-            _storage._body = .error(v)
-          }
-        }()
-        default: break
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularUInt64Field(value: &self.requestID) }()
+      case 10: try {
+        var v: Ringmaster_V1_JoinBegin?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .joinBegin(let m) = current {v = m}
         }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .joinBegin(v)
+        }
+      }()
+      case 11: try {
+        var v: Ringmaster_V1_JoinChallenge?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .joinChallenge(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .joinChallenge(v)
+        }
+      }()
+      case 12: try {
+        var v: Ringmaster_V1_JoinRequest?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .joinRequest(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .joinRequest(v)
+        }
+      }()
+      case 13: try {
+        var v: Ringmaster_V1_JoinReply?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .joinReply(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .joinReply(v)
+        }
+      }()
+      case 20: try {
+        var v: Ringmaster_V1_AgentHello?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .agentHello(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .agentHello(v)
+        }
+      }()
+      case 21: try {
+        var v: Ringmaster_V1_HelloReply?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .helloReply(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .helloReply(v)
+        }
+      }()
+      case 22: try {
+        var v: Ringmaster_V1_RenewRequest?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .renewRequest(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .renewRequest(v)
+        }
+      }()
+      case 23: try {
+        var v: Ringmaster_V1_RenewReply?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .renewReply(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .renewReply(v)
+        }
+      }()
+      case 24: try {
+        var v: Ringmaster_V1_Heartbeat?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .heartbeat(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .heartbeat(v)
+        }
+      }()
+      case 25: try {
+        var v: Ringmaster_V1_HeartbeatAck?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .heartbeatAck(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .heartbeatAck(v)
+        }
+      }()
+      case 30: try {
+        var v: Ringmaster_V1_Assignment?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .assignment(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .assignment(v)
+        }
+      }()
+      case 31: try {
+        var v: Ringmaster_V1_StepReport?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .stepReport(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .stepReport(v)
+        }
+      }()
+      case 32: try {
+        var v: Ringmaster_V1_Leave?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .leave(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .leave(v)
+        }
+      }()
+      case 33: try {
+        var v: Ringmaster_V1_Drain?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .drain(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .drain(v)
+        }
+      }()
+      case 34: try {
+        var v: Ringmaster_V1_Abort?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .abort(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .abort(v)
+        }
+      }()
+      case 35: try {
+        var v: Ringmaster_V1_CursorUpdate?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .cursorUpdate(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .cursorUpdate(v)
+        }
+      }()
+      case 40: try {
+        var v: Ringmaster_V1_CheckpointShardReady?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .shardReady(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .shardReady(v)
+        }
+      }()
+      case 41: try {
+        var v: Ringmaster_V1_CheckpointCommitted?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .checkpointCommitted(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .checkpointCommitted(v)
+        }
+      }()
+      case 50: try {
+        var v: Ringmaster_V1_AdminRequest?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .adminRequest(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .adminRequest(v)
+        }
+      }()
+      case 51: try {
+        var v: Ringmaster_V1_AdminReply?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .adminReply(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .adminReply(v)
+        }
+      }()
+      case 60: try {
+        var v: Ringmaster_V1_Error?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .error(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .error(v)
+        }
+      }()
+      default: break
       }
     }
   }
 
   public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
-    try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
-      // The use of inline closures is to circumvent an issue where the compiler
-      // allocates stack space for every if/case branch local when no optimizations
-      // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
-      // https://github.com/apple/swift-protobuf/issues/1182
-      if _storage._requestID != 0 {
-        try visitor.visitSingularUInt64Field(value: _storage._requestID, fieldNumber: 1)
-      }
-      switch _storage._body {
-      case .joinBegin?: try {
-        guard case .joinBegin(let v)? = _storage._body else { preconditionFailure() }
-        try visitor.visitSingularMessageField(value: v, fieldNumber: 10)
-      }()
-      case .joinChallenge?: try {
-        guard case .joinChallenge(let v)? = _storage._body else { preconditionFailure() }
-        try visitor.visitSingularMessageField(value: v, fieldNumber: 11)
-      }()
-      case .joinRequest?: try {
-        guard case .joinRequest(let v)? = _storage._body else { preconditionFailure() }
-        try visitor.visitSingularMessageField(value: v, fieldNumber: 12)
-      }()
-      case .joinReply?: try {
-        guard case .joinReply(let v)? = _storage._body else { preconditionFailure() }
-        try visitor.visitSingularMessageField(value: v, fieldNumber: 13)
-      }()
-      case .agentHello?: try {
-        guard case .agentHello(let v)? = _storage._body else { preconditionFailure() }
-        try visitor.visitSingularMessageField(value: v, fieldNumber: 20)
-      }()
-      case .helloReply?: try {
-        guard case .helloReply(let v)? = _storage._body else { preconditionFailure() }
-        try visitor.visitSingularMessageField(value: v, fieldNumber: 21)
-      }()
-      case .renewRequest?: try {
-        guard case .renewRequest(let v)? = _storage._body else { preconditionFailure() }
-        try visitor.visitSingularMessageField(value: v, fieldNumber: 22)
-      }()
-      case .renewReply?: try {
-        guard case .renewReply(let v)? = _storage._body else { preconditionFailure() }
-        try visitor.visitSingularMessageField(value: v, fieldNumber: 23)
-      }()
-      case .heartbeat?: try {
-        guard case .heartbeat(let v)? = _storage._body else { preconditionFailure() }
-        try visitor.visitSingularMessageField(value: v, fieldNumber: 24)
-      }()
-      case .heartbeatAck?: try {
-        guard case .heartbeatAck(let v)? = _storage._body else { preconditionFailure() }
-        try visitor.visitSingularMessageField(value: v, fieldNumber: 25)
-      }()
-      case .assignment?: try {
-        guard case .assignment(let v)? = _storage._body else { preconditionFailure() }
-        try visitor.visitSingularMessageField(value: v, fieldNumber: 30)
-      }()
-      case .stepReport?: try {
-        guard case .stepReport(let v)? = _storage._body else { preconditionFailure() }
-        try visitor.visitSingularMessageField(value: v, fieldNumber: 31)
-      }()
-      case .leave?: try {
-        guard case .leave(let v)? = _storage._body else { preconditionFailure() }
-        try visitor.visitSingularMessageField(value: v, fieldNumber: 32)
-      }()
-      case .drain?: try {
-        guard case .drain(let v)? = _storage._body else { preconditionFailure() }
-        try visitor.visitSingularMessageField(value: v, fieldNumber: 33)
-      }()
-      case .abort?: try {
-        guard case .abort(let v)? = _storage._body else { preconditionFailure() }
-        try visitor.visitSingularMessageField(value: v, fieldNumber: 34)
-      }()
-      case .cursorUpdate?: try {
-        guard case .cursorUpdate(let v)? = _storage._body else { preconditionFailure() }
-        try visitor.visitSingularMessageField(value: v, fieldNumber: 35)
-      }()
-      case .shardReady?: try {
-        guard case .shardReady(let v)? = _storage._body else { preconditionFailure() }
-        try visitor.visitSingularMessageField(value: v, fieldNumber: 40)
-      }()
-      case .checkpointCommitted?: try {
-        guard case .checkpointCommitted(let v)? = _storage._body else { preconditionFailure() }
-        try visitor.visitSingularMessageField(value: v, fieldNumber: 41)
-      }()
-      case .adminRequest?: try {
-        guard case .adminRequest(let v)? = _storage._body else { preconditionFailure() }
-        try visitor.visitSingularMessageField(value: v, fieldNumber: 50)
-      }()
-      case .adminReply?: try {
-        guard case .adminReply(let v)? = _storage._body else { preconditionFailure() }
-        try visitor.visitSingularMessageField(value: v, fieldNumber: 51)
-      }()
-      case .error?: try {
-        guard case .error(let v)? = _storage._body else { preconditionFailure() }
-        try visitor.visitSingularMessageField(value: v, fieldNumber: 60)
-      }()
-      case nil: break
-      }
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    if self.requestID != 0 {
+      try visitor.visitSingularUInt64Field(value: self.requestID, fieldNumber: 1)
+    }
+    switch self.body {
+    case .joinBegin?: try {
+      guard case .joinBegin(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 10)
+    }()
+    case .joinChallenge?: try {
+      guard case .joinChallenge(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 11)
+    }()
+    case .joinRequest?: try {
+      guard case .joinRequest(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 12)
+    }()
+    case .joinReply?: try {
+      guard case .joinReply(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 13)
+    }()
+    case .agentHello?: try {
+      guard case .agentHello(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 20)
+    }()
+    case .helloReply?: try {
+      guard case .helloReply(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 21)
+    }()
+    case .renewRequest?: try {
+      guard case .renewRequest(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 22)
+    }()
+    case .renewReply?: try {
+      guard case .renewReply(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 23)
+    }()
+    case .heartbeat?: try {
+      guard case .heartbeat(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 24)
+    }()
+    case .heartbeatAck?: try {
+      guard case .heartbeatAck(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 25)
+    }()
+    case .assignment?: try {
+      guard case .assignment(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 30)
+    }()
+    case .stepReport?: try {
+      guard case .stepReport(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 31)
+    }()
+    case .leave?: try {
+      guard case .leave(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 32)
+    }()
+    case .drain?: try {
+      guard case .drain(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 33)
+    }()
+    case .abort?: try {
+      guard case .abort(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 34)
+    }()
+    case .cursorUpdate?: try {
+      guard case .cursorUpdate(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 35)
+    }()
+    case .shardReady?: try {
+      guard case .shardReady(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 40)
+    }()
+    case .checkpointCommitted?: try {
+      guard case .checkpointCommitted(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 41)
+    }()
+    case .adminRequest?: try {
+      guard case .adminRequest(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 50)
+    }()
+    case .adminReply?: try {
+      guard case .adminReply(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 51)
+    }()
+    case .error?: try {
+      guard case .error(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 60)
+    }()
+    case nil: break
     }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Ringmaster_V1_Envelope, rhs: Ringmaster_V1_Envelope) -> Bool {
-    if lhs._storage !== rhs._storage {
-      let storagesAreEqual: Bool = withExtendedLifetime((lhs._storage, rhs._storage)) { (_args: (_StorageClass, _StorageClass)) in
-        let _storage = _args.0
-        let rhs_storage = _args.1
-        if _storage._requestID != rhs_storage._requestID {return false}
-        if _storage._body != rhs_storage._body {return false}
-        return true
-      }
-      if !storagesAreEqual {return false}
-    }
+    if lhs.requestID != rhs.requestID {return false}
+    if lhs.body != rhs.body {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -1896,7 +1987,7 @@ nonisolated extension Ringmaster_V1_JoinReply: SwiftProtobuf.Message, SwiftProto
 
 nonisolated extension Ringmaster_V1_AgentHello: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".AgentHello"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}agent_version\0\u{1}gpus\0\u{3}data_plane_addresses\0\u{3}rdma_devices\0\u{3}job_id\0\u{1}generation\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}agent_version\0\u{1}gpus\0\u{3}data_plane_addresses\0\u{4}\u{2}job_id\0\u{1}generation\0\u{3}rdma_ports\0\u{c}\u{4}\u{1}")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1907,9 +1998,9 @@ nonisolated extension Ringmaster_V1_AgentHello: SwiftProtobuf.Message, SwiftProt
       case 1: try { try decoder.decodeSingularStringField(value: &self.agentVersion) }()
       case 2: try { try decoder.decodeSingularUInt32Field(value: &self.gpus) }()
       case 3: try { try decoder.decodeRepeatedStringField(value: &self.dataPlaneAddresses) }()
-      case 4: try { try decoder.decodeRepeatedStringField(value: &self.rdmaDevices) }()
       case 5: try { try decoder.decodeSingularStringField(value: &self.jobID) }()
       case 6: try { try decoder.decodeSingularUInt64Field(value: &self.generation) }()
+      case 7: try { try decoder.decodeRepeatedMessageField(value: &self.rdmaPorts) }()
       default: break
       }
     }
@@ -1925,14 +2016,14 @@ nonisolated extension Ringmaster_V1_AgentHello: SwiftProtobuf.Message, SwiftProt
     if !self.dataPlaneAddresses.isEmpty {
       try visitor.visitRepeatedStringField(value: self.dataPlaneAddresses, fieldNumber: 3)
     }
-    if !self.rdmaDevices.isEmpty {
-      try visitor.visitRepeatedStringField(value: self.rdmaDevices, fieldNumber: 4)
-    }
     if !self.jobID.isEmpty {
       try visitor.visitSingularStringField(value: self.jobID, fieldNumber: 5)
     }
     if self.generation != 0 {
       try visitor.visitSingularUInt64Field(value: self.generation, fieldNumber: 6)
+    }
+    if !self.rdmaPorts.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.rdmaPorts, fieldNumber: 7)
     }
     try unknownFields.traverse(visitor: &visitor)
   }
@@ -1941,9 +2032,59 @@ nonisolated extension Ringmaster_V1_AgentHello: SwiftProtobuf.Message, SwiftProt
     if lhs.agentVersion != rhs.agentVersion {return false}
     if lhs.gpus != rhs.gpus {return false}
     if lhs.dataPlaneAddresses != rhs.dataPlaneAddresses {return false}
-    if lhs.rdmaDevices != rhs.rdmaDevices {return false}
     if lhs.jobID != rhs.jobID {return false}
     if lhs.generation != rhs.generation {return false}
+    if lhs.rdmaPorts != rhs.rdmaPorts {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Ringmaster_V1_RdmaPort: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".RdmaPort"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}device\0\u{1}port\0\u{3}link_layer\0\u{1}active\0\u{1}gid\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.device) }()
+      case 2: try { try decoder.decodeSingularUInt32Field(value: &self.port) }()
+      case 3: try { try decoder.decodeSingularStringField(value: &self.linkLayer) }()
+      case 4: try { try decoder.decodeSingularBoolField(value: &self.active) }()
+      case 5: try { try decoder.decodeSingularBytesField(value: &self.gid) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.device.isEmpty {
+      try visitor.visitSingularStringField(value: self.device, fieldNumber: 1)
+    }
+    if self.port != 0 {
+      try visitor.visitSingularUInt32Field(value: self.port, fieldNumber: 2)
+    }
+    if !self.linkLayer.isEmpty {
+      try visitor.visitSingularStringField(value: self.linkLayer, fieldNumber: 3)
+    }
+    if self.active != false {
+      try visitor.visitSingularBoolField(value: self.active, fieldNumber: 4)
+    }
+    if !self.gid.isEmpty {
+      try visitor.visitSingularBytesField(value: self.gid, fieldNumber: 5)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Ringmaster_V1_RdmaPort, rhs: Ringmaster_V1_RdmaPort) -> Bool {
+    if lhs.device != rhs.device {return false}
+    if lhs.port != rhs.port {return false}
+    if lhs.linkLayer != rhs.linkLayer {return false}
+    if lhs.active != rhs.active {return false}
+    if lhs.gid != rhs.gid {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -2126,7 +2267,7 @@ nonisolated extension Ringmaster_V1_HeartbeatAck: SwiftProtobuf.Message, SwiftPr
 
 nonisolated extension Ringmaster_V1_Member: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Member"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}node_id\0\u{1}rank\0\u{3}data_plane_addresses\0\u{c}\u{4}\u{1}")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}node_id\0\u{1}rank\0\u{3}data_plane_addresses\0\u{4}\u{2}rdma_device\0\u{c}\u{4}\u{1}")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -2137,6 +2278,7 @@ nonisolated extension Ringmaster_V1_Member: SwiftProtobuf.Message, SwiftProtobuf
       case 1: try { try decoder.decodeSingularStringField(value: &self.nodeID) }()
       case 2: try { try decoder.decodeSingularUInt32Field(value: &self.rank) }()
       case 3: try { try decoder.decodeRepeatedStringField(value: &self.dataPlaneAddresses) }()
+      case 5: try { try decoder.decodeSingularStringField(value: &self.rdmaDevice) }()
       default: break
       }
     }
@@ -2152,6 +2294,9 @@ nonisolated extension Ringmaster_V1_Member: SwiftProtobuf.Message, SwiftProtobuf
     if !self.dataPlaneAddresses.isEmpty {
       try visitor.visitRepeatedStringField(value: self.dataPlaneAddresses, fieldNumber: 3)
     }
+    if !self.rdmaDevice.isEmpty {
+      try visitor.visitSingularStringField(value: self.rdmaDevice, fieldNumber: 5)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -2159,6 +2304,7 @@ nonisolated extension Ringmaster_V1_Member: SwiftProtobuf.Message, SwiftProtobuf
     if lhs.nodeID != rhs.nodeID {return false}
     if lhs.rank != rhs.rank {return false}
     if lhs.dataPlaneAddresses != rhs.dataPlaneAddresses {return false}
+    if lhs.rdmaDevice != rhs.rdmaDevice {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -2166,104 +2312,177 @@ nonisolated extension Ringmaster_V1_Member: SwiftProtobuf.Message, SwiftProtobuf
 
 nonisolated extension Ringmaster_V1_Assignment: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Assignment"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}job_id\0\u{1}generation\0\u{1}rank\0\u{3}world_size\0\u{1}members\0\u{3}data_plane_secret\0\u{4}\u{2}resume_step\0\u{3}permutation_seed\0\u{3}global_batch_size\0\u{3}workload_spec\0\u{3}workload_kind\0\u{3}dataset_path\0\u{3}dataset_samples\0\u{3}total_steps\0\u{3}checkpoint_directory\0\u{3}checkpoint_interval_steps\0\u{c}\u{7}\u{1}\u{c}\u{12}\u{1}")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}job_id\0\u{1}generation\0\u{1}rank\0\u{3}world_size\0\u{1}members\0\u{3}data_plane_secret\0\u{4}\u{2}resume_step\0\u{3}permutation_seed\0\u{3}global_batch_size\0\u{3}workload_spec\0\u{3}workload_kind\0\u{3}dataset_path\0\u{3}dataset_samples\0\u{3}total_steps\0\u{3}checkpoint_directory\0\u{3}checkpoint_interval_steps\0\u{2}\u{2}transport\0\u{c}\u{7}\u{1}\u{c}\u{12}\u{1}")
+
+  fileprivate class _StorageClass {
+    var _jobID: String = String()
+    var _generation: UInt64 = 0
+    var _rank: UInt32 = 0
+    var _worldSize: UInt32 = 0
+    var _members: [Ringmaster_V1_Member] = []
+    var _dataPlaneSecret: Data = Data()
+    var _resumeStep: UInt64 = 0
+    var _permutationSeed: UInt64 = 0
+    var _globalBatchSize: UInt32 = 0
+    var _workloadSpec: String = String()
+    var _workloadKind: String = String()
+    var _datasetPath: String = String()
+    var _datasetSamples: UInt32 = 0
+    var _totalSteps: UInt64 = 0
+    var _checkpointDirectory: String = String()
+    var _checkpointIntervalSteps: UInt64 = 0
+    var _transport: Ringmaster_V1_DataPlaneTransport = .tcp
+
+      // This property is used as the initial default value for new instances of the type.
+      // The type itself is protecting the reference to its storage via CoW semantics.
+      // This will force a copy to be made of this reference when the first mutation occurs;
+      // hence, it is safe to mark this as `nonisolated(unsafe)`.
+      static nonisolated(unsafe) let defaultInstance = _StorageClass()
+
+    private init() {}
+
+    init(copying source: _StorageClass) {
+      _jobID = source._jobID
+      _generation = source._generation
+      _rank = source._rank
+      _worldSize = source._worldSize
+      _members = source._members
+      _dataPlaneSecret = source._dataPlaneSecret
+      _resumeStep = source._resumeStep
+      _permutationSeed = source._permutationSeed
+      _globalBatchSize = source._globalBatchSize
+      _workloadSpec = source._workloadSpec
+      _workloadKind = source._workloadKind
+      _datasetPath = source._datasetPath
+      _datasetSamples = source._datasetSamples
+      _totalSteps = source._totalSteps
+      _checkpointDirectory = source._checkpointDirectory
+      _checkpointIntervalSteps = source._checkpointIntervalSteps
+      _transport = source._transport
+    }
+  }
+
+  fileprivate mutating func _uniqueStorage() -> _StorageClass {
+    if !isKnownUniquelyReferenced(&_storage) {
+      _storage = _StorageClass(copying: _storage)
+    }
+    return _storage
+  }
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
-    while let fieldNumber = try decoder.nextFieldNumber() {
-      // The use of inline closures is to circumvent an issue where the compiler
-      // allocates stack space for every case branch when no optimizations are
-      // enabled. https://github.com/apple/swift-protobuf/issues/1034
-      switch fieldNumber {
-      case 1: try { try decoder.decodeSingularStringField(value: &self.jobID) }()
-      case 2: try { try decoder.decodeSingularUInt64Field(value: &self.generation) }()
-      case 3: try { try decoder.decodeSingularUInt32Field(value: &self.rank) }()
-      case 4: try { try decoder.decodeSingularUInt32Field(value: &self.worldSize) }()
-      case 5: try { try decoder.decodeRepeatedMessageField(value: &self.members) }()
-      case 6: try { try decoder.decodeSingularBytesField(value: &self.dataPlaneSecret) }()
-      case 8: try { try decoder.decodeSingularUInt64Field(value: &self.resumeStep) }()
-      case 9: try { try decoder.decodeSingularUInt64Field(value: &self.permutationSeed) }()
-      case 10: try { try decoder.decodeSingularUInt32Field(value: &self.globalBatchSize) }()
-      case 11: try { try decoder.decodeSingularStringField(value: &self.workloadSpec) }()
-      case 12: try { try decoder.decodeSingularStringField(value: &self.workloadKind) }()
-      case 13: try { try decoder.decodeSingularStringField(value: &self.datasetPath) }()
-      case 14: try { try decoder.decodeSingularUInt32Field(value: &self.datasetSamples) }()
-      case 15: try { try decoder.decodeSingularUInt64Field(value: &self.totalSteps) }()
-      case 16: try { try decoder.decodeSingularStringField(value: &self.checkpointDirectory) }()
-      case 17: try { try decoder.decodeSingularUInt64Field(value: &self.checkpointIntervalSteps) }()
-      default: break
+    _ = _uniqueStorage()
+    try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
+      while let fieldNumber = try decoder.nextFieldNumber() {
+        // The use of inline closures is to circumvent an issue where the compiler
+        // allocates stack space for every case branch when no optimizations are
+        // enabled. https://github.com/apple/swift-protobuf/issues/1034
+        switch fieldNumber {
+        case 1: try { try decoder.decodeSingularStringField(value: &_storage._jobID) }()
+        case 2: try { try decoder.decodeSingularUInt64Field(value: &_storage._generation) }()
+        case 3: try { try decoder.decodeSingularUInt32Field(value: &_storage._rank) }()
+        case 4: try { try decoder.decodeSingularUInt32Field(value: &_storage._worldSize) }()
+        case 5: try { try decoder.decodeRepeatedMessageField(value: &_storage._members) }()
+        case 6: try { try decoder.decodeSingularBytesField(value: &_storage._dataPlaneSecret) }()
+        case 8: try { try decoder.decodeSingularUInt64Field(value: &_storage._resumeStep) }()
+        case 9: try { try decoder.decodeSingularUInt64Field(value: &_storage._permutationSeed) }()
+        case 10: try { try decoder.decodeSingularUInt32Field(value: &_storage._globalBatchSize) }()
+        case 11: try { try decoder.decodeSingularStringField(value: &_storage._workloadSpec) }()
+        case 12: try { try decoder.decodeSingularStringField(value: &_storage._workloadKind) }()
+        case 13: try { try decoder.decodeSingularStringField(value: &_storage._datasetPath) }()
+        case 14: try { try decoder.decodeSingularUInt32Field(value: &_storage._datasetSamples) }()
+        case 15: try { try decoder.decodeSingularUInt64Field(value: &_storage._totalSteps) }()
+        case 16: try { try decoder.decodeSingularStringField(value: &_storage._checkpointDirectory) }()
+        case 17: try { try decoder.decodeSingularUInt64Field(value: &_storage._checkpointIntervalSteps) }()
+        case 19: try { try decoder.decodeSingularEnumField(value: &_storage._transport) }()
+        default: break
+        }
       }
     }
   }
 
   public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
-    if !self.jobID.isEmpty {
-      try visitor.visitSingularStringField(value: self.jobID, fieldNumber: 1)
-    }
-    if self.generation != 0 {
-      try visitor.visitSingularUInt64Field(value: self.generation, fieldNumber: 2)
-    }
-    if self.rank != 0 {
-      try visitor.visitSingularUInt32Field(value: self.rank, fieldNumber: 3)
-    }
-    if self.worldSize != 0 {
-      try visitor.visitSingularUInt32Field(value: self.worldSize, fieldNumber: 4)
-    }
-    if !self.members.isEmpty {
-      try visitor.visitRepeatedMessageField(value: self.members, fieldNumber: 5)
-    }
-    if !self.dataPlaneSecret.isEmpty {
-      try visitor.visitSingularBytesField(value: self.dataPlaneSecret, fieldNumber: 6)
-    }
-    if self.resumeStep != 0 {
-      try visitor.visitSingularUInt64Field(value: self.resumeStep, fieldNumber: 8)
-    }
-    if self.permutationSeed != 0 {
-      try visitor.visitSingularUInt64Field(value: self.permutationSeed, fieldNumber: 9)
-    }
-    if self.globalBatchSize != 0 {
-      try visitor.visitSingularUInt32Field(value: self.globalBatchSize, fieldNumber: 10)
-    }
-    if !self.workloadSpec.isEmpty {
-      try visitor.visitSingularStringField(value: self.workloadSpec, fieldNumber: 11)
-    }
-    if !self.workloadKind.isEmpty {
-      try visitor.visitSingularStringField(value: self.workloadKind, fieldNumber: 12)
-    }
-    if !self.datasetPath.isEmpty {
-      try visitor.visitSingularStringField(value: self.datasetPath, fieldNumber: 13)
-    }
-    if self.datasetSamples != 0 {
-      try visitor.visitSingularUInt32Field(value: self.datasetSamples, fieldNumber: 14)
-    }
-    if self.totalSteps != 0 {
-      try visitor.visitSingularUInt64Field(value: self.totalSteps, fieldNumber: 15)
-    }
-    if !self.checkpointDirectory.isEmpty {
-      try visitor.visitSingularStringField(value: self.checkpointDirectory, fieldNumber: 16)
-    }
-    if self.checkpointIntervalSteps != 0 {
-      try visitor.visitSingularUInt64Field(value: self.checkpointIntervalSteps, fieldNumber: 17)
+    try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
+      if !_storage._jobID.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._jobID, fieldNumber: 1)
+      }
+      if _storage._generation != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._generation, fieldNumber: 2)
+      }
+      if _storage._rank != 0 {
+        try visitor.visitSingularUInt32Field(value: _storage._rank, fieldNumber: 3)
+      }
+      if _storage._worldSize != 0 {
+        try visitor.visitSingularUInt32Field(value: _storage._worldSize, fieldNumber: 4)
+      }
+      if !_storage._members.isEmpty {
+        try visitor.visitRepeatedMessageField(value: _storage._members, fieldNumber: 5)
+      }
+      if !_storage._dataPlaneSecret.isEmpty {
+        try visitor.visitSingularBytesField(value: _storage._dataPlaneSecret, fieldNumber: 6)
+      }
+      if _storage._resumeStep != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._resumeStep, fieldNumber: 8)
+      }
+      if _storage._permutationSeed != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._permutationSeed, fieldNumber: 9)
+      }
+      if _storage._globalBatchSize != 0 {
+        try visitor.visitSingularUInt32Field(value: _storage._globalBatchSize, fieldNumber: 10)
+      }
+      if !_storage._workloadSpec.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._workloadSpec, fieldNumber: 11)
+      }
+      if !_storage._workloadKind.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._workloadKind, fieldNumber: 12)
+      }
+      if !_storage._datasetPath.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._datasetPath, fieldNumber: 13)
+      }
+      if _storage._datasetSamples != 0 {
+        try visitor.visitSingularUInt32Field(value: _storage._datasetSamples, fieldNumber: 14)
+      }
+      if _storage._totalSteps != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._totalSteps, fieldNumber: 15)
+      }
+      if !_storage._checkpointDirectory.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._checkpointDirectory, fieldNumber: 16)
+      }
+      if _storage._checkpointIntervalSteps != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._checkpointIntervalSteps, fieldNumber: 17)
+      }
+      if _storage._transport != .tcp {
+        try visitor.visitSingularEnumField(value: _storage._transport, fieldNumber: 19)
+      }
     }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Ringmaster_V1_Assignment, rhs: Ringmaster_V1_Assignment) -> Bool {
-    if lhs.jobID != rhs.jobID {return false}
-    if lhs.generation != rhs.generation {return false}
-    if lhs.rank != rhs.rank {return false}
-    if lhs.worldSize != rhs.worldSize {return false}
-    if lhs.members != rhs.members {return false}
-    if lhs.dataPlaneSecret != rhs.dataPlaneSecret {return false}
-    if lhs.resumeStep != rhs.resumeStep {return false}
-    if lhs.permutationSeed != rhs.permutationSeed {return false}
-    if lhs.globalBatchSize != rhs.globalBatchSize {return false}
-    if lhs.workloadSpec != rhs.workloadSpec {return false}
-    if lhs.workloadKind != rhs.workloadKind {return false}
-    if lhs.datasetPath != rhs.datasetPath {return false}
-    if lhs.datasetSamples != rhs.datasetSamples {return false}
-    if lhs.totalSteps != rhs.totalSteps {return false}
-    if lhs.checkpointDirectory != rhs.checkpointDirectory {return false}
-    if lhs.checkpointIntervalSteps != rhs.checkpointIntervalSteps {return false}
+    if lhs._storage !== rhs._storage {
+      let storagesAreEqual: Bool = withExtendedLifetime((lhs._storage, rhs._storage)) { (_args: (_StorageClass, _StorageClass)) in
+        let _storage = _args.0
+        let rhs_storage = _args.1
+        if _storage._jobID != rhs_storage._jobID {return false}
+        if _storage._generation != rhs_storage._generation {return false}
+        if _storage._rank != rhs_storage._rank {return false}
+        if _storage._worldSize != rhs_storage._worldSize {return false}
+        if _storage._members != rhs_storage._members {return false}
+        if _storage._dataPlaneSecret != rhs_storage._dataPlaneSecret {return false}
+        if _storage._resumeStep != rhs_storage._resumeStep {return false}
+        if _storage._permutationSeed != rhs_storage._permutationSeed {return false}
+        if _storage._globalBatchSize != rhs_storage._globalBatchSize {return false}
+        if _storage._workloadSpec != rhs_storage._workloadSpec {return false}
+        if _storage._workloadKind != rhs_storage._workloadKind {return false}
+        if _storage._datasetPath != rhs_storage._datasetPath {return false}
+        if _storage._datasetSamples != rhs_storage._datasetSamples {return false}
+        if _storage._totalSteps != rhs_storage._totalSteps {return false}
+        if _storage._checkpointDirectory != rhs_storage._checkpointDirectory {return false}
+        if _storage._checkpointIntervalSteps != rhs_storage._checkpointIntervalSteps {return false}
+        if _storage._transport != rhs_storage._transport {return false}
+        return true
+      }
+      if !storagesAreEqual {return false}
+    }
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -3126,7 +3345,7 @@ nonisolated extension Ringmaster_V1_JobMember: SwiftProtobuf.Message, SwiftProto
 
 nonisolated extension Ringmaster_V1_JobStatus: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".JobStatus"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}job_id\0\u{1}phase\0\u{1}generation\0\u{1}members\0\u{3}min_nodes\0\u{3}max_nodes\0\u{3}target_nodes\0\u{3}cursor_step\0\u{3}cursor_epoch\0\u{3}total_steps\0\u{3}generations_started\0\u{3}last_cause\0\u{1}loss\0\u{3}test_accuracy\0\u{3}parameter_hash\0\u{3}parameter_hash_step\0\u{1}divergences\0\u{1}samples\0\u{1}history\0\u{3}last_checkpoint_step\0\u{3}checkpoint_failures\0\u{3}last_checkpoint_error\0\u{3}resumed_from_step\0\u{3}not_saved\0\u{1}refusals\0\u{1}failure\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}job_id\0\u{1}phase\0\u{1}generation\0\u{1}members\0\u{3}min_nodes\0\u{3}max_nodes\0\u{3}target_nodes\0\u{3}cursor_step\0\u{3}cursor_epoch\0\u{3}total_steps\0\u{3}generations_started\0\u{3}last_cause\0\u{1}loss\0\u{3}test_accuracy\0\u{3}parameter_hash\0\u{3}parameter_hash_step\0\u{1}divergences\0\u{1}samples\0\u{1}history\0\u{3}last_checkpoint_step\0\u{3}checkpoint_failures\0\u{3}last_checkpoint_error\0\u{3}resumed_from_step\0\u{3}not_saved\0\u{1}refusals\0\u{1}failure\0\u{1}transport\0")
 
   fileprivate class _StorageClass {
     var _jobID: String = String()
@@ -3155,6 +3374,7 @@ nonisolated extension Ringmaster_V1_JobStatus: SwiftProtobuf.Message, SwiftProto
     var _notSaved: String = String()
     var _refusals: [Ringmaster_V1_NodeRefusal] = []
     var _failure: String = String()
+    var _transport: String = String()
 
       // This property is used as the initial default value for new instances of the type.
       // The type itself is protecting the reference to its storage via CoW semantics.
@@ -3191,6 +3411,7 @@ nonisolated extension Ringmaster_V1_JobStatus: SwiftProtobuf.Message, SwiftProto
       _notSaved = source._notSaved
       _refusals = source._refusals
       _failure = source._failure
+      _transport = source._transport
     }
   }
 
@@ -3235,6 +3456,7 @@ nonisolated extension Ringmaster_V1_JobStatus: SwiftProtobuf.Message, SwiftProto
         case 24: try { try decoder.decodeSingularStringField(value: &_storage._notSaved) }()
         case 25: try { try decoder.decodeRepeatedMessageField(value: &_storage._refusals) }()
         case 26: try { try decoder.decodeSingularStringField(value: &_storage._failure) }()
+        case 27: try { try decoder.decodeSingularStringField(value: &_storage._transport) }()
         default: break
         }
       }
@@ -3325,6 +3547,9 @@ nonisolated extension Ringmaster_V1_JobStatus: SwiftProtobuf.Message, SwiftProto
       if !_storage._failure.isEmpty {
         try visitor.visitSingularStringField(value: _storage._failure, fieldNumber: 26)
       }
+      if !_storage._transport.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._transport, fieldNumber: 27)
+      }
     }
     try unknownFields.traverse(visitor: &visitor)
   }
@@ -3360,6 +3585,7 @@ nonisolated extension Ringmaster_V1_JobStatus: SwiftProtobuf.Message, SwiftProto
         if _storage._notSaved != rhs_storage._notSaved {return false}
         if _storage._refusals != rhs_storage._refusals {return false}
         if _storage._failure != rhs_storage._failure {return false}
+        if _storage._transport != rhs_storage._transport {return false}
         return true
       }
       if !storagesAreEqual {return false}
@@ -3446,7 +3672,7 @@ nonisolated extension Ringmaster_V1_SampleAccounting: SwiftProtobuf.Message, Swi
 
 nonisolated extension Ringmaster_V1_GenerationRecord: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".GenerationRecord"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}generation\0\u{1}cause\0\u{3}world_size\0\u{3}resume_step\0\u{3}started_unix_ms\0\u{3}first_step_unix_ms\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}generation\0\u{1}cause\0\u{3}world_size\0\u{3}resume_step\0\u{3}started_unix_ms\0\u{3}first_step_unix_ms\0\u{1}transport\0\u{3}transport_reason\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -3460,6 +3686,8 @@ nonisolated extension Ringmaster_V1_GenerationRecord: SwiftProtobuf.Message, Swi
       case 4: try { try decoder.decodeSingularUInt64Field(value: &self.resumeStep) }()
       case 5: try { try decoder.decodeSingularInt64Field(value: &self.startedUnixMs) }()
       case 6: try { try decoder.decodeSingularInt64Field(value: &self.firstStepUnixMs) }()
+      case 7: try { try decoder.decodeSingularStringField(value: &self.transport) }()
+      case 8: try { try decoder.decodeSingularStringField(value: &self.transportReason) }()
       default: break
       }
     }
@@ -3484,6 +3712,12 @@ nonisolated extension Ringmaster_V1_GenerationRecord: SwiftProtobuf.Message, Swi
     if self.firstStepUnixMs != 0 {
       try visitor.visitSingularInt64Field(value: self.firstStepUnixMs, fieldNumber: 6)
     }
+    if !self.transport.isEmpty {
+      try visitor.visitSingularStringField(value: self.transport, fieldNumber: 7)
+    }
+    if !self.transportReason.isEmpty {
+      try visitor.visitSingularStringField(value: self.transportReason, fieldNumber: 8)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -3494,6 +3728,8 @@ nonisolated extension Ringmaster_V1_GenerationRecord: SwiftProtobuf.Message, Swi
     if lhs.resumeStep != rhs.resumeStep {return false}
     if lhs.startedUnixMs != rhs.startedUnixMs {return false}
     if lhs.firstStepUnixMs != rhs.firstStepUnixMs {return false}
+    if lhs.transport != rhs.transport {return false}
+    if lhs.transportReason != rhs.transportReason {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

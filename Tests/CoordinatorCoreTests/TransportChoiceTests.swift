@@ -1,0 +1,86 @@
+import JobModel
+import Testing
+
+@testable import CoordinatorCore
+
+@Suite("The coordinator's choice of data plane")
+struct TransportChoiceTests {
+    static let gid = [UInt8](repeating: 0, count: 10) + [0xff, 0xff, 192, 0, 2, 1]
+
+    static func online(_ sim: inout Simulation, _ node: String, rdma device: String?) {
+        let ports = device.map {
+            [RDMAPort(device: $0, port: 1, linkLayer: "Ethernet", active: true, gid: Self.gid)]
+        }
+        sim.send(.nodeOnline(node: node, .init(dataPlaneAddresses: ["\(node):7700"], rdmaPorts: ports ?? [])))
+    }
+
+    static func spec(_ transport: TransportRequest, min: Int = 1, max: Int = 3) -> JobSpec {
+        var spec = Simulation.spec(min: min, max: max)
+        spec.transport = transport
+        return spec
+    }
+
+    /// Each generation's choice, in order.
+    static func choices(_ sim: Simulation) -> [DataPlaneChoice] {
+        sim.log.compactMap {
+            if case .generationStarted(_, _, _, _, let choice, _) = $0 { return choice }
+            return nil
+        }
+    }
+
+    @Test func auto_runsOverRDMA_whenEveryMemberHasADevice_andTellsEachMemberItsOwn() throws {
+        var sim = Simulation()
+        Self.online(&sim, "a", rdma: "mlx5_0")
+        Self.online(&sim, "b", rdma: "rxe0")
+        try sim.command(.submit(Self.spec(.auto, max: 2)))
+        let assignment = try #require(sim.assignments["b"])
+        #expect(assignment.transport == .rdma)
+        #expect(assignment.members.map(\.rdmaDevice) == ["mlx5_0", "rxe0"])
+        let told = try #require(assignment.assignment(for: "b", dataPlaneSecret: [1]))
+        #expect(told.transport == .rdma && told.members[told.rank].rdmaDevice == "rxe0")
+    }
+
+    @Test func auto_fallsBackToTCP_whenAJoinerHasNoDevice_andBackToRDMA_whenItLeaves() throws {
+        var sim = Simulation()
+        Self.online(&sim, "a", rdma: "rxe0")
+        Self.online(&sim, "b", rdma: "rxe0")
+        try sim.command(.submit(Self.spec(.auto)))
+        sim.advance(by: .seconds(2), heartbeating: ["a", "b"])
+        #expect(sim.assignments["a"]?.transport == .rdma)
+        Self.online(&sim, "c", rdma: nil)
+        sim.advance(by: .seconds(1), heartbeating: ["a", "b", "c"])
+        #expect(sim.members() == ["a", "b", "c"])
+        #expect(sim.assignments["a"]?.transport == .tcp)
+        #expect(sim.assignments["a"]?.members.allSatisfy { $0.rdmaDevice == nil } == true)
+        let fallback = try #require(Self.choices(sim).last)
+        #expect(fallback.transport == .tcp && fallback.reason.contains("c has no usable RDMA port"))
+        sim.advance(by: .seconds(20), heartbeating: ["a", "b"])  // c's lease runs out
+        #expect(sim.members() == ["a", "b"])
+        #expect(sim.assignments["a"]?.transport == .rdma)
+        #expect(Self.choices(sim).map(\.transport) == [.rdma, .tcp, .rdma])
+    }
+
+    @Test func rdma_givesTheJobOnlyToNodesWithADevice_andWaitsForThem() throws {
+        var sim = Simulation()
+        Self.online(&sim, "a", rdma: "rxe0")
+        Self.online(&sim, "b", rdma: nil)
+        try sim.command(.submit(Self.spec(.rdma, min: 2, max: 3)))
+        sim.advance(by: .seconds(2), heartbeating: ["a", "b"])
+        #expect(sim.record().phase == .waiting, "b has no device, so one node is below min")
+        Self.online(&sim, "c", rdma: "rxe0")
+        sim.advance(by: .seconds(2), heartbeating: ["a", "b", "c"])
+        #expect(sim.record().phase == .running)
+        #expect(sim.members() == ["a", "c"])
+        #expect(sim.assignments["c"]?.transport == .rdma)
+        #expect(sim.machine.nodeStatuses.first { $0.node == "b" }?.state == .idle)
+    }
+
+    @Test func tcp_runsOverTCP_withDevicesEverywhere() throws {
+        var sim = Simulation()
+        Self.online(&sim, "a", rdma: "rxe0")
+        Self.online(&sim, "b", rdma: "rxe0")
+        try sim.command(.submit(Self.spec(.tcp, max: 2)))
+        #expect(sim.assignments["a"]?.transport == .tcp)
+        #expect(Self.choices(sim).first?.reason == "the job spec asks for tcp")
+    }
+}
