@@ -81,11 +81,13 @@ public struct DataPlaneChoice: Sendable, Hashable {
         }
         let lacking = members.filter { !$0.ports.contains(where: \.usable) }.map(\.node)
         guard lacking.isEmpty else {
-            let named = lacking.prefix(3).joined(separator: ", ") + (lacking.count > 3 ? " and \(lacking.count - 3) more" : "")
+            let named =
+                lacking.prefix(3).joined(separator: ", ") + (lacking.count > 3 ? " and \(lacking.count - 3) more" : "")
             return DataPlaneChoice(
                 transport: .tcp, devices: [],
                 reason:
-                    "\(named) \(lacking.count == 1 ? "has" : "have") no usable RDMA port, so the generation runs on TCP")
+                    "\(named) \(lacking.count == 1 ? "has" : "have") no usable RDMA port, so the generation runs on TCP"
+            )
         }
         for linkLayer in ["InfiniBand", "Ethernet"] {
             let ports = members.map { $0.ports.first { $0.usable && $0.linkLayer == linkLayer } }
@@ -101,6 +103,7 @@ public struct DataPlaneChoice: Sendable, Hashable {
         }
         return DataPlaneChoice(
             transport: .tcp, devices: [],
-            reason: "the members' RDMA ports share no link layer (InfiniBand or Ethernet), so the generation runs on TCP")
+            reason:
+                "the members' RDMA ports share no link layer (InfiniBand or Ethernet), so the generation runs on TCP")
     }
 }

@@ -63,8 +63,13 @@ struct RDMATransportTests {
         for worldSize in 2...4 { try self.compare(worldSize: worldSize, cases: Self.cases) }
     }
 
-    @Test func allReduce_ofOneMiElements_overRDMA_isBitEqualToTCP() throws {
-        try self.compare(worldSize: 2, cases: [(.float32, .sum, 1 << 20), (.float32, .average, 1 << 20)])
+    @Test func allReduce_ofOneMiElements_overRDMA_isBitEqualToTCP_forEveryType() throws {
+        try self.compare(
+            worldSize: 2,
+            cases: [
+                (.float32, .sum, 1 << 20), (.float32, .average, 1 << 20), (.float16, .sum, 1 << 20),
+                (.float16, .average, 1 << 20), (.bfloat16, .sum, 1 << 20), (.bfloat16, .average, 1 << 20),
+            ])
         try self.compare(worldSize: 4, cases: [(.float32, .sum, 1 << 20)])
     }
 

@@ -13,7 +13,8 @@ struct DataPlaneChoiceTests {
 
     @Test func auto_choosesRDMA_whenEveryMemberHasAUsablePort_withEachMembersDevice() {
         let choice = DataPlaneChoice.choose(
-            .auto, members: [("a", [Self.port("mlx5_0")]), ("b", [Self.port("rxe0", active: false), Self.port("rxe1")])])
+            .auto,
+            members: [("a", [Self.port("mlx5_0")]), ("b", [Self.port("rxe0", active: false), Self.port("rxe1")])])
         #expect(choice.transport == .rdma)
         #expect(choice.devices == ["mlx5_0", "rxe1"])
         #expect(choice.reason.contains("every member"))

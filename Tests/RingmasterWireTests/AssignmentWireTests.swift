@@ -10,7 +10,9 @@ struct AssignmentWireTests {
         Assignment(
             job: "job", generation: 3, rank: 1,
             members: devices.enumerated().map {
-                Member(node: "n\($0.offset)", rank: $0.offset, dataPlaneAddresses: ["h:\($0.offset)"], rdmaDevice: $0.element)
+                Member(
+                    node: "n\($0.offset)", rank: $0.offset, dataPlaneAddresses: ["h:\($0.offset)"],
+                    rdmaDevice: $0.element)
             },
             resumeStep: 9,
             training: TrainingPlan(
@@ -24,7 +26,9 @@ struct AssignmentWireTests {
     @Test(arguments: [
         (DataPlaneTransport.tcp, [String?.none, .none]), (.rdma, ["mlx5_0", "rxe0"]),
     ])
-    func anAssignment_comesBackEqual_withItsTransportAndDevices(transport: DataPlaneTransport, devices: [String?]) throws {
+    func anAssignment_comesBackEqual_withItsTransportAndDevices(transport: DataPlaneTransport, devices: [String?])
+        throws
+    {
         let sent = Self.assignment(transport, devices: devices)
         let bytes: [UInt8] = try Ringmaster_V1_Assignment(sent).serializedBytes()
         #expect(try Assignment(wire: Ringmaster_V1_Assignment(serializedBytes: bytes)) == sent)
