@@ -3,7 +3,8 @@
 # software RoCE driver (rdma_rxe) and makes rxe0 on a dummy interface. This machine's kernel has no
 # modules, so rxe cannot run on the host itself (../shared/notes/soft-roce.md has the facts).
 #
-#   scripts/rdma-guest.sh [--timeout SECONDS] -- COMMAND [ARGUMENTS...]
+#   scripts/rdma-guest.sh [--timeout SECONDS] [--env NAME=VALUE]... [--link N:LOCAL:REMOTE] -- COMMAND...
+#   scripts/rdma-guest.sh --prepare
 #
 # The guest sees the host's / read-only (9p) under a tmpfs overlay, so binaries built here (the
 # Swift test binary, the ringmaster binary) run there unchanged, from the same working directory;
@@ -11,6 +12,10 @@
 # rxe0 up (RoCE v2 over dummy0, 192.0.2.1/24, a documentation range that exists only in the
 # guest), its output goes to this script's standard output, and this script exits with its status.
 # A guest that does not power off within --timeout (default 600 s) is killed: status 124.
+# --env sets a variable for COMMAND. --link joins the guest to another one by a virtual Ethernet
+# link instead (qemu's dgram netdev: UDP datagrams between host ports LOCAL and REMOTE on
+# loopback): rxe0 then runs over that link, with the guest at 192.0.2.N/24 (scripts/rdma-pair.sh
+# runs two such guests). --prepare fetches the kernel and builds the initramfs, and exits.
 #
 # Needs qemu-system-x86, busybox-static and the kernel package (scripts/setup.sh installs the first
 # two; the kernel is fetched here with apt-get download into .build-guest/, once, not installed).
@@ -19,14 +24,26 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 timeout_seconds=600
+usage="usage: scripts/rdma-guest.sh [--timeout S] [--env NAME=VALUE]... [--link N:LOCAL:REMOTE] -- COMMAND..."
+environment=()
+link=""
+prepare=false
 while [ $# -gt 0 ]; do
     case "$1" in
     --timeout) timeout_seconds="$2"; shift 2 ;;
+    --env)
+        [[ "$2" =~ ^[A-Za-z_][A-Za-z0-9_]*= ]] || { echo "rdma-guest: --env wants NAME=VALUE, not $2" >&2; exit 2; }
+        environment+=("$2"); shift 2 ;;
+    --link)
+        [[ "$2" =~ ^[1-9][0-9]?:[0-9]+:[0-9]+$ ]] ||
+            { echo "rdma-guest: --link wants N:LOCAL:REMOTE (N from 1 to 99, two UDP ports), not $2" >&2; exit 2; }
+        link="$2"; shift 2 ;;
+    --prepare) prepare=true; shift ;;
     --) shift; break ;;
-    *) echo "rdma-guest: unknown option $1 (usage: scripts/rdma-guest.sh [--timeout S] -- COMMAND...)" >&2; exit 2 ;;
+    *) echo "rdma-guest: unknown option $1 ($usage)" >&2; exit 2 ;;
     esac
 done
-[ $# -gt 0 ] || { echo "rdma-guest: no command given (usage: scripts/rdma-guest.sh [--timeout S] -- COMMAND...)" >&2; exit 2; }
+$prepare || [ $# -gt 0 ] || { echo "rdma-guest: no command given ($usage)" >&2; exit 2; }
 for tool in qemu-system-x86_64 busybox gzip; do
     command -v "$tool" >/dev/null || { echo "rdma-guest: $tool not found: run scripts/setup.sh" >&2; exit 2; }
 done
@@ -75,7 +92,9 @@ if [ ! -f "$initramfs" ] || [ "$0" -nt "$initramfs" ]; then
         for dependency in ${depends//,/ }; do want "$dependency"; done
     }
     # rxe asks the crypto API for crc32 (not a declared dependency).
-    for module in rdma_rxe ib_uverbs 9p 9pnet_virtio overlay dummy virtio_pci crc32_generic crc32_pclmul; do want "$module"; done
+    for module in rdma_rxe ib_uverbs 9p 9pnet_virtio overlay dummy virtio_pci virtio_net crc32_generic crc32_pclmul; do
+        want "$module"
+    done
     for name in "${!wanted[@]}"; do
         relative=${wanted[$name]#"$modules_root/"}
         mkdir -p "$tree/lib/modules/$version/$(dirname "$relative")"
@@ -88,7 +107,7 @@ if [ ! -f "$initramfs" ] || [ "$0" -nt "$initramfs" ]; then
 mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
-for module in virtio_pci 9pnet_virtio 9p overlay dummy crc32_generic crc32_pclmul rdma_rxe ib_uverbs; do
+for module in virtio_pci virtio_net 9pnet_virtio 9p overlay dummy crc32_generic crc32_pclmul rdma_rxe ib_uverbs; do
     modprobe "$module" 2>/dev/null
 done
 mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=1048576,cache=loose host /host
@@ -110,17 +129,34 @@ INIT
     trap - EXIT
 fi
 
+$prepare && exit 0
+
 # The command, run in the guest through the writable share; its status comes back the same way.
-results="$state/results"
-rm -rf "$results" && mkdir -p "$results"
+# Each guest has its own results directory, so that two can run at once.
+results=$(mktemp -d "$state/results.XXXXXX")
+trap 'rm -rf "$results"' EXIT
+network=(-nic none)
 {
     echo '#!/bin/bash'
     echo 'export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root'
+    for assignment in "${environment[@]}"; do printf 'export %q\n' "$assignment"; done
     echo 'ip link set lo up'
-    # Loading dummy makes dummy0 already; make it if it did not.
-    echo 'ip link show dummy0 >/dev/null 2>&1 || ip link add dummy0 type dummy'
-    echo 'ip addr add 192.0.2.1/24 dev dummy0 && ip link set dummy0 up'
-    echo 'rdma link add rxe0 type rxe netdev dummy0 || { echo "rdma-guest: could not make rxe0" >&2; echo 3 >/guest-results/status; exit 3; }'
+    if [ -z "$link" ]; then
+        # Loading dummy makes dummy0 already; make it if it did not.
+        echo 'netdev=dummy0 address=192.0.2.1'
+        echo 'ip link show dummy0 >/dev/null 2>&1 || ip link add dummy0 type dummy'
+    else
+        IFS=: read -r number local_port remote_port <<<"$link"
+        network=(
+            -netdev "dgram,id=link,local.type=inet,local.host=127.0.0.1,local.port=$local_port,remote.type=inet,remote.host=127.0.0.1,remote.port=$remote_port"
+            -device "virtio-net-pci,netdev=link,mac=52:54:00:00:02:$(printf %02x "$number")"
+        )
+        # The virtual link's interface: the one Ethernet device (no udev here to name it).
+        echo "address=192.0.2.$number"
+        echo 'netdev=$(for path in /sys/class/net/*; do [ -e "$path/device" ] && basename "$path"; done | head -1)'
+    fi
+    echo 'ip addr add "$address/24" dev "$netdev" && ip link set "$netdev" up'
+    echo 'rdma link add rxe0 type rxe netdev "$netdev" || { echo "rdma-guest: could not make rxe0 on $netdev" >&2; echo 3 >/guest-results/status; exit 3; }'
     printf 'cd %q || exit 4\n' "$PWD"
     printf '%q ' "$@"
     echo '>/guest-results/output 2>&1'
@@ -134,17 +170,18 @@ timeout --kill-after=10 "$timeout_seconds" qemu-system-x86_64 \
     -append "console=ttyS0 quiet panic=-1 rdinit=/init" \
     -virtfs local,path=/,mount_tag=host,security_model=none,readonly=on,multidevs=remap \
     -virtfs "local,path=$PWD/$results,mount_tag=results,security_model=none" \
-    -nic none >"$state/console.log" 2>&1
+    "${network[@]}" >"$results/console.log" 2>&1
 qemu_status=$?
 set -e
 [ -f "$results/output" ] && cat "$results/output"
 if [ $qemu_status -eq 124 ] || [ $qemu_status -eq 137 ]; then
-    echo "rdma-guest: the guest did not finish within $timeout_seconds s (console: $state/console.log)" >&2
+    echo "rdma-guest: the guest did not finish within $timeout_seconds s; its console:" >&2
+    tail -20 "$results/console.log" >&2
     exit 124
 fi
 if [ ! -f "$results/status" ]; then
     echo "rdma-guest: the guest ended without the command's status (qemu status $qemu_status); its console:" >&2
-    tail -20 "$state/console.log" >&2
+    tail -20 "$results/console.log" >&2
     exit 1
 fi
 exit "$(cat "$results/status")"

@@ -58,6 +58,8 @@ if command -v qemu-system-x86_64 >/dev/null; then
         "'$tests' --testing-library swift-testing --filter '^VerbsTests\\.' &&
          '$tests' --testing-library swift-testing --filter 'RDMATransportTests' &&
          '$tests' --testing-library swift-testing --filter '^IntegrationTests\..*OverRDMA'"
+    echo "test: the all-reduce between two Soft-RoCE guests joined by a virtual link (scripts/rdma-pair.sh)"
+    scripts/rdma-pair.sh --timeout 300 -- "$tests" --testing-library swift-testing --filter 'RDMATransportTests.*TwoGuests'
 else
     echo "test: SKIPPED the RDMA tests on real verbs: qemu-system-x86_64 is not installed (scripts/setup.sh installs it)"
 fi

@@ -1,3 +1,4 @@
+import Foundation
 import Synchronization
 import Testing
 import Verbs
@@ -71,6 +72,62 @@ struct RDMATransportTests {
                 (.float16, .average, 1 << 20), (.bfloat16, .sum, 1 << 20), (.bfloat16, .average, 1 << 20),
             ])
         try self.compare(worldSize: 4, cases: [(.float32, .sum, 1 << 20)])
+    }
+
+    /// This guest's rank when scripts/rdma-pair.sh runs the suite in two guests joined by a virtual
+    /// link (guest r is 192.0.2.(r+1), with rxe0 over that link).
+    static let pairRank = ProcessInfo.processInfo.environment["RINGMASTER_RDMA_PAIR"].flatMap { Int($0) }
+
+    @Test(
+        .enabled(
+            if: Self.pairRank != nil,
+            "runs in two guests joined by a virtual link, each with its own rxe0: scripts/rdma-pair.sh runs it"))
+    func allReduce_betweenTwoGuestsOverAVirtualLink_isBitEqualToTCP_andBothRanksAgree() throws {
+        let rank = try #require(Self.pairRank)
+        let hosts = ["192.0.2.1", "192.0.2.2"]
+        let listener = try DataPlaneListener(host: hosts[rank], port: 7701)
+        defer { listener.close() }
+        let cases = Self.cases + [(.float32, .sum, 1 << 18)]
+        // One generation over TCP, then one over RDMA set up through its own TCP connections; the
+        // other guest may boot later, so connecting waits up to two minutes.
+        func run(generation: UInt64, rdma: Bool) throws -> ([[UInt8]], any Transport) {
+            let tcp = try TCPTransport.establish(
+                rank: rank, addresses: hosts.map { "\($0):7701" }, generation: generation,
+                secret: TCPTransportTests.secret, listener: listener, timeout: .seconds(120))
+            let transport: any Transport = rdma ? try RDMATransport.establish(over: tcp) : tcp
+            let communicator = Communicator(transport: transport)
+            var results: [[UInt8]] = []
+            for (index, (type, operation, count)) in cases.enumerated() {
+                var bytes = Self.randomInput(rank: rank, index: index, count: count, type: type)
+                try bytes.withUnsafeMutableBytes {
+                    try communicator.allReduce(
+                        $0, count: count, type: type, operation: operation, timeout: .seconds(60))
+                }
+                results.append(bytes)
+            }
+            return (results, transport)
+        }
+        let (overTCP, tcp) = try run(generation: 1, rdma: false)
+        tcp.close()
+        let (overRDMA, rdma) = try run(generation: 2, rdma: true)
+        for (index, (type, operation, count)) in cases.enumerated() {
+            #expect(overRDMA[index].count == count * type.size)
+            #expect(
+                overRDMA[index] == overTCP[index], "\(count) \(type) \(operation), rank \(rank): RDMA differs from TCP")
+        }
+        // Both guests hold the same results: their digests, all-gathered over the link.
+        var digest = overRDMA.joined().reduce(UInt64(14_695_981_039_346_656_037)) {
+            ($0 ^ UInt64($1)) &* 1_099_511_628_211
+        }
+        var digests = [UInt64](repeating: 0, count: 2)
+        try withUnsafeBytes(of: &digest) { source in
+            try digests.withUnsafeMutableBytes {
+                try Communicator(transport: rdma).allGather(source, into: $0, timeout: .seconds(60))
+            }
+        }
+        #expect(digests[0] == digests[1], "the two guests' results differ")
+        rdma.close()
+        #expect(VerbsResources.live == [:], "every queue pair, region, queue and context released")
     }
 
     func compare(worldSize: Int, cases: [(DataType, ReduceOperation, Int)]) throws {
