@@ -29,7 +29,7 @@ sockets = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(2)]
 for s in sockets: s.bind(("127.0.0.1", 0))
 print(*[s.getsockname()[1] for s in sockets])')
 outputs=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$outputs"' EXIT
+trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$outputs"' EXIT
 scripts/rdma-guest.sh --timeout "$timeout_seconds" --link "1:$first:$second" --env RINGMASTER_RDMA_PAIR=0 -- "$@" \
     >"$outputs/0" 2>&1 &
 zero=$!

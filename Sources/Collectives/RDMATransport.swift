@@ -15,9 +15,11 @@ import Verbs
 /// copies a chunk into a free send slot and posts a SEND (the slot is free again when the send
 /// completes); the receiver keeps a receive posted on each of its slots, copies a slot out when
 /// its completion comes, and posts the receive again. Chunks of a peer arrive in order (RC), so
-/// data a peer sent ahead, for a later exchange, waits in its slots. A sender more than `slots`
-/// chunks ahead is held back by the queue pair itself (receiver-not-ready retries, which never
-/// give up): that is the flow control. Completions are waited for on the endpoint's completion
+/// data a peer sent ahead, for a later exchange, waits in its slots. A sender sends only into
+/// receives it knows are posted: credits (`SendCredits`), paid back in each SEND's immediate value
+/// or, when there is no data to carry them, on a second queue pair per peer kept for credit
+/// messages, so the pieces keep flowing and no SEND ever meets a receiver that is not ready.
+/// Completions are waited for on the endpoint's completion
 /// channel, never by busy polling, with the TCP connections watched as well: a peer that dies
 /// closes them at once, which fails the operation naming it sooner than RDMA's retries would.
 public final class RDMATransport: Transport, @unchecked Sendable {
@@ -34,9 +36,11 @@ public final class RDMATransport: Transport, @unchecked Sendable {
     /// An operation failed or was aborted: a peer may be gone, so `close` does not wait for sends.
     let failed = Atomic<Bool>(false)
 
-    /// One peer's queue pair and rings.
+    /// One peer's queue pairs (data, and credit messages) and rings.
     final class Peer {
         let queuePair: QueuePair
+        let creditPair: QueuePair
+        var credits: SendCredits
         let sendRing: UnsafeMutableRawBufferPointer
         let receiveRing: UnsafeMutableRawBufferPointer
         let sendRegion: MemoryRegion
@@ -49,6 +53,13 @@ public final class RDMATransport: Transport, @unchecked Sendable {
 
         init(_ endpoint: Verbs.Endpoint, slots: Int, slotBytes: Int) throws {
             self.queuePair = try QueuePair(endpoint, depth: UInt32(2 * slots))
+            do {
+                self.creditPair = try QueuePair(endpoint, depth: UInt32(2 * slots))
+            } catch {
+                self.queuePair.close()
+                throw error
+            }
+            self.credits = SendCredits(receives: slots)
             self.sendRing = .allocate(byteCount: slots * slotBytes, alignment: 4096)
             self.receiveRing = .allocate(byteCount: slots * slotBytes, alignment: 4096)
             do {
@@ -58,6 +69,7 @@ public final class RDMATransport: Transport, @unchecked Sendable {
                     endpoint, address: self.receiveRing.baseAddress!, bytes: slots * slotBytes)
             } catch {
                 self.queuePair.close()
+                self.creditPair.close()
                 self.sendRing.deallocate()
                 self.receiveRing.deallocate()
                 throw error
@@ -67,6 +79,7 @@ public final class RDMATransport: Transport, @unchecked Sendable {
 
         func close() {
             self.queuePair.close()
+            self.creditPair.close()
             self.sendRegion.close()
             self.receiveRegion.close()
             self.sendRing.deallocate()
@@ -86,7 +99,7 @@ public final class RDMATransport: Transport, @unchecked Sendable {
     ) throws -> RDMATransport {
         let endpoint: Verbs.Endpoint
         do {
-            endpoint = try Verbs.Endpoint(device: device, capacity: Int32(max(64, 4 * slots * control.worldSize)))
+            endpoint = try Verbs.Endpoint(device: device, capacity: Int32(max(64, 8 * slots * control.worldSize)))
         } catch {
             control.close()
             throw CollectiveError(.io, operation: "connect over RDMA", "\(error)")
@@ -126,6 +139,7 @@ public final class RDMATransport: Transport, @unchecked Sendable {
                     try made.queuePair.receive(
                         into: made.receiveRegion, offset: slot * self.slotBytes, bytes: self.slotBytes,
                         id: Self.requestID(peer: peer, receive: true, slot: slot))
+                    try made.creditPair.receive(id: Self.requestID(peer: peer, receive: true, credit: true, slot: slot))
                 }
             }
         } catch let error as VerbsError {
@@ -136,8 +150,8 @@ public final class RDMATransport: Transport, @unchecked Sendable {
         for distance in 1..<max(1, self.worldSize) {
             let to = (self.rank + distance) % self.worldSize
             let from = (self.rank - distance + self.worldSize) % self.worldSize
-            let mine = Self.encode(self.peers[to]!.queuePair.address)
-            var theirs = [UInt8](repeating: 0, count: Self.addressBytes)
+            let mine = Self.encode(self.peers[to]!.queuePair.address) + Self.encode(self.peers[to]!.creditPair.address)
+            var theirs = [UInt8](repeating: 0, count: 2 * Self.addressBytes)
             try mine.withUnsafeBytes { outgoing in
                 try theirs.withUnsafeMutableBytes { incoming in
                     try self.control.exchange(
@@ -146,7 +160,8 @@ public final class RDMATransport: Transport, @unchecked Sendable {
                 }
             }
             do {
-                try self.peers[from]!.queuePair.connect(to: Self.decode(theirs))
+                try self.peers[from]!.queuePair.connect(to: Self.decode(Array(theirs[0..<Self.addressBytes])))
+                try self.peers[from]!.creditPair.connect(to: Self.decode(Array(theirs[Self.addressBytes...])))
             } catch {
                 throw CollectiveError(.io, operation: operation, peer: from, "\(error)")
             }
@@ -175,13 +190,31 @@ public final class RDMATransport: Transport, @unchecked Sendable {
             gid: Array(bytes[8..<24]), localIdentifier: integer(UInt16.self, at: 24))
     }
 
-    /// A work request's id: the peer, whether it is a receive, the slot.
-    static func requestID(peer: Int, receive: Bool, slot: Int) -> UInt64 {
-        UInt64(peer) << 32 | (receive ? 1 << 31 : 0) | UInt64(slot)
+    /// A work request's id: the peer, whether it is a receive, whether it is on the credit queue
+    /// pair, the slot.
+    static func requestID(peer: Int, receive: Bool, credit: Bool = false, slot: Int) -> UInt64 {
+        UInt64(peer) << 32 | (receive ? 1 << 31 : 0) | (credit ? 1 << 30 : 0) | UInt64(slot)
     }
 
-    static func parse(_ id: UInt64) -> (peer: Int, receive: Bool, slot: Int) {
-        (Int(id >> 32), id & (1 << 31) != 0, Int(id & 0x7FFF_FFFF))
+    static func parse(_ id: UInt64) -> (peer: Int, receive: Bool, credit: Bool, slot: Int) {
+        (Int(id >> 32), id & (1 << 31) != 0, id & (1 << 30) != 0, Int(id & 0x3FFF_FFFF))
+    }
+
+    /// Sends a message of credits alone to every peer that should get one (`waiting`: this rank is
+    /// about to wait for a completion).
+    func payCredits(waiting: Bool, operation: String, done: Int) throws {
+        for (rank, peer) in self.peers.enumerated() {
+            guard let peer, peer.credits.shouldSendCredits(waiting: waiting) else { continue }
+            let credits = peer.credits.sendCredits()
+            do {
+                try peer.creditPair.send(
+                    peer.sendRegion, offset: 0, bytes: 0, immediate: credits,
+                    id: Self.requestID(peer: rank, receive: false, credit: true, slot: 0))
+            } catch {
+                throw CollectiveError(.io, operation: operation, peer: rank, bytesDone: done, "\(error)")
+            }
+            peer.sendsInFlight += 1
+        }
     }
 
     public func exchange(
@@ -209,14 +242,14 @@ public final class RDMATransport: Transport, @unchecked Sendable {
         }
         while true {
             if let outgoing, let target = outgoing.target {
-                while sent < sendTotal, let slot = target.freeSendSlots.popLast() {
+                while sent < sendTotal, target.credits.maySendData, let slot = target.freeSendSlots.popLast() {
                     let count = min(self.slotBytes, sendTotal - sent)
                     let offset = slot * self.slotBytes
                     UnsafeMutableRawBufferPointer(rebasing: target.sendRing[offset..<(offset + count)]).copyMemory(
                         from: UnsafeRawBufferPointer(rebasing: outgoing.bytes[sent..<(sent + count)]))
                     do {
                         try target.queuePair.send(
-                            target.sendRegion, offset: offset, bytes: count,
+                            target.sendRegion, offset: offset, bytes: count, immediate: target.credits.sendData(),
                             id: Self.requestID(peer: outgoing.peer, receive: false, slot: slot))
                     } catch {
                         target.freeSendSlots.append(slot)
@@ -246,6 +279,7 @@ public final class RDMATransport: Transport, @unchecked Sendable {
                             throw CollectiveError(
                                 .io, operation: operation, peer: incoming.peer, bytesDone: sent + got, "\(error)")
                         }
+                        source.credits.reposted()
                     } else {
                         source.arrived[0].taken = taken + count
                     }
@@ -254,7 +288,11 @@ public final class RDMATransport: Transport, @unchecked Sendable {
             }
             // Done once every byte is posted and every byte received: the caller's buffers are
             // free (what is in flight is in the send ring, whose slots free as sends complete).
-            if sent == sendTotal && got == receiveTotal { return }
+            if sent == sendTotal && got == receiveTotal {
+                try self.payCredits(waiting: false, operation: operation, done: sent + got)
+                return
+            }
+            try self.payCredits(waiting: true, operation: operation, done: sent + got)
             let completions: [Completion]
             do {
                 completions = try self.endpoint.completions(
@@ -266,12 +304,23 @@ public final class RDMATransport: Transport, @unchecked Sendable {
                     error, operation: operation, done: sent + got, outgoing?.peer, incoming?.peer)
             }
             for completion in completions {
-                let (peer, isReceive, slot) = Self.parse(completion.id)
+                let (peer, isReceive, isCredit, slot) = Self.parse(completion.id)
                 guard let owner = self.peers[peer] else { continue }
-                if isReceive {
+                switch (isReceive, isCredit) {
+                case (true, false):
+                    owner.credits.receivedData(credits: completion.immediate ?? 0)
                     owner.arrived.append((slot, completion.bytes, 0))
-                } else {
+                case (true, true):
+                    owner.credits.received(credits: completion.immediate ?? 0)
+                    do {
+                        try owner.creditPair.receive(id: completion.id)
+                    } catch {
+                        throw CollectiveError(.io, operation: operation, peer: peer, bytesDone: sent + got, "\(error)")
+                    }
+                case (false, false):
                     owner.freeSendSlots.append(slot)
+                    owner.sendsInFlight -= 1
+                case (false, true):
                     owner.sendsInFlight -= 1
                 }
             }
@@ -320,7 +369,7 @@ public final class RDMATransport: Transport, @unchecked Sendable {
             guard let completions = try? self.endpoint.completions(limit: 32, deadline: deadline, doing: "closing")
             else { break }
             for completion in completions {
-                let (peer, isReceive, _) = Self.parse(completion.id)
+                let (peer, isReceive, _, _) = Self.parse(completion.id)
                 if !isReceive { self.peers[peer]?.sendsInFlight -= 1 }
             }
         }

@@ -448,11 +448,13 @@ public final class QueuePair: @unchecked Sendable {
         try self.post(&request, from: source, offset: offset, bytes: bytes, id: id, what: "a write")
     }
 
-    /// Posts a SEND of `bytes` from `source` at `offset`, signalled: its completion carries `id`.
-    /// The peer must have a receive posted (or the queue pair retries until it has).
-    public func send(_ source: MemoryRegion, offset: Int, bytes: Int, id: UInt64) throws {
+    /// Posts a SEND of `bytes` from `source` at `offset`, with `immediate` if given, signalled: its
+    /// completion carries `id`, and the peer's receive completion the immediate value. The peer
+    /// must have a receive posted (or the queue pair retries until it has).
+    public func send(_ source: MemoryRegion, offset: Int, bytes: Int, immediate: UInt32? = nil, id: UInt64) throws {
         var request = ibv_send_wr()
-        request.opcode = IBV_WR_SEND
+        request.opcode = immediate == nil ? IBV_WR_SEND : IBV_WR_SEND_WITH_IMM
+        if let immediate { request.imm_data = immediate.bigEndian }
         try self.post(&request, from: source, offset: offset, bytes: bytes, id: id, what: "a send")
     }
 
