@@ -64,7 +64,11 @@ struct SendCreditsTests {
         var consumed = grid(0)
         var creditMessages = 0
         enum Event {
-            case deliver(Int, Int), deliverCredits(Int, Int), poll(Int, Int), send(Int, Int), consume(Int, Int)
+            case deliver(Int, Int)
+            case deliverCredits(Int, Int)
+            case poll(Int, Int)
+            case send(Int, Int)
+            case consume(Int, Int)
             case credits(Int, Int)
         }
         for _ in 0..<(world * world * messages * 30 + 1000) {
@@ -158,7 +162,8 @@ struct SendCreditsTests {
     @Test func everyRankSendingToEveryOther_neverDeadlocks() {
         for seed in 0..<50 {
             let creditOnly = Self.simulate(
-                world: 4, receives: 2, messages: 20, seed: UInt64(seed), sendsTo: { rank in (0..<4).filter { $0 != rank } })
+                world: 4, receives: 2, messages: 20, seed: UInt64(seed),
+                sendsTo: { rank in (0..<4).filter { $0 != rank } })
             if creditOnly == nil { return }
         }
     }
