@@ -106,10 +106,23 @@ final class DataPlane: Sendable {
             isCancelled: isCancelled
         )
         guard let device else { return Communicator(transport: transport) }
-        return Communicator(transport: try RDMATransport.establish(over: transport, device: device, timeout: timeout))
+        do {
+            return Communicator(
+                transport: try RDMATransport.establish(over: transport, device: device, timeout: timeout))
+        } catch {
+            throw RDMASetUpFailure(device: device, underlying: error)
+        }
     }
 
     func close() {
         self.listener.close()
     }
+}
+
+/// A generation's RDMA data plane could not be set up on `device` (here, or because of a peer).
+struct RDMASetUpFailure: Error, CustomStringConvertible {
+    let device: String
+    let underlying: any Error
+
+    var description: String { "setting up RDMA on \(self.device) failed: \(self.underlying)" }
 }

@@ -110,6 +110,8 @@ public struct CoordinatorMachine: Sendable {
         case coordinatorRestarted = "coordinator_restarted"
         /// A member could not run the job's workload (its data set could not be opened, say).
         case cannotRun = "cannot_run"
+        /// A member could not set up the generation's RDMA data plane: the next runs on TCP.
+        case transportFailed = "transport_failed"
     }
 
     /// Where a job stands.
@@ -156,6 +158,9 @@ public struct CoordinatorMachine: Sendable {
         public var cannotRun: [String: String]?
         /// Why the job failed, when its phase is `failed`.
         public var failure: String?
+        /// Where and why a generation's RDMA set-up failed, if one did: the job's later
+        /// generations run on TCP. (Optional: records written before it existed still decode.)
+        public var rdmaFailure: String?
 
         /// The nodes that could not run the job, with their reasons.
         public var refusals: [String: String] { self.cannotRun ?? [:] }
@@ -292,6 +297,8 @@ public struct CoordinatorMachine: Sendable {
         case left(node: String, job: String, generation: UInt64)
         /// A member cannot run the job's workload, for `reason`; it stays available for other jobs.
         case cannotRun(node: String, job: String, generation: UInt64, reason: String)
+        /// A member could not set up the generation's RDMA data plane, for `reason`.
+        case transportFailed(node: String, job: String, generation: UInt64, reason: String)
         /// Time passed: check leases, settle windows, recovery and drain deadlines.
         case tick
     }
@@ -607,6 +614,30 @@ public struct CoordinatorMachine: Sendable {
             self.nodes[id]?.draining = true
             self.memberLost(id, cause: cause, now: now, into: &actions)
 
+        case .transportFailed(let id, let jobID, let generation, let reason):
+            guard var job = self.jobs[jobID], job.record.phase == .running, job.record.generation == generation,
+                job.record.members.contains(id)
+            else {
+                if let job = self.jobs[jobID], generation < job.record.generation {
+                    actions.append(
+                        .staleRefused(node: id, job: jobID, generation: generation, current: job.record.generation))
+                }
+                break
+            }
+            let failure = "generation \(generation), \(id): \(reason.prefix(300))"
+            job.record.rdmaFailure = failure
+            self.jobs[jobID] = job
+            switch job.record.spec.transport {
+            case .rdma:
+                self.fail(
+                    jobID,
+                    reason:
+                        "its RDMA set-up failed (\(failure)) and its spec asks for transport: rdma only; fix the RDMA devices, or submit it again under a new name with transport: auto to fall back to TCP",
+                    into: &actions)
+            case .auto, .tcp:
+                self.regenerate(jobID, cause: .transportFailed, now: now, into: &actions)
+            }
+
         case .cannotRun(let id, let jobID, let generation, let reason):
             guard var job = self.jobs[jobID], job.record.phase == .running, job.record.generation == generation,
                 job.record.members.contains(id)
@@ -673,6 +704,23 @@ public struct CoordinatorMachine: Sendable {
         job.record.members = []
         job.settleDeadline = nil
         job.unrunnableDeadline = nil
+        self.jobs[jobID] = job
+        actions.append(.jobFailed(job: jobID, reason: reason))
+        actions.append(.persist(job: jobID))
+    }
+
+    /// Fails a running job: its members are told to abort and are free again.
+    mutating func fail(_ jobID: String, reason: String, into actions: inout [Action]) {
+        guard var job = self.jobs[jobID] else { return }
+        for member in job.record.members {
+            actions.append(.abort(node: member, job: jobID, generation: job.record.generation, reason: "job failed"))
+            self.nodes[member]?.job = nil
+        }
+        job.record.phase = .failed
+        job.record.failure = reason
+        job.record.members = []
+        job.settleDeadline = nil
+        job.recoveryDeadline = nil
         self.jobs[jobID] = job
         actions.append(.jobFailed(job: jobID, reason: reason))
         actions.append(.persist(job: jobID))
@@ -880,9 +928,14 @@ public struct CoordinatorMachine: Sendable {
         job.recoveryDeadline = nil
         self.jobs[jobID] = job
         for member in members { self.nodes[member]?.job = jobID }
-        let choice = DataPlaneChoice.choose(
+        var choice = DataPlaneChoice.choose(
             job.record.spec.transport,
             members: members.map { ($0, self.nodes[$0]?.capabilities.rdmaPorts ?? []) })
+        if choice.transport == .rdma, let failure = job.record.rdmaFailure {
+            choice = DataPlaneChoice(
+                transport: .tcp, devices: [],
+                reason: "RDMA set-up failed earlier (\(failure)), so the job runs on TCP from then on")
+        }
         let assignment = Assignment(
             job: jobID,
             generation: job.record.generation,

@@ -212,3 +212,20 @@ public struct Leave: Sendable, Hashable {
         self.cannotRun = cannotRun
     }
 }
+
+/// A member's report that its generation's RDMA data plane could not be set up.
+public struct TransportFailure: Sendable, Hashable {
+    /// The job.
+    public var job: String
+    /// The generation whose set-up failed.
+    public var generation: UInt64
+    /// What failed, for the coordinator's log and the job's status.
+    public var reason: String
+
+    /// Makes a report.
+    public init(job: String, generation: UInt64, reason: String) {
+        self.job = job
+        self.generation = generation
+        self.reason = reason
+    }
+}

@@ -126,6 +126,16 @@ extension Envelope {
             $0.cannotRun = leave.cannotRun
         }
     }
+
+    /// An envelope carrying `failure`.
+    public init(_ failure: TransportFailure) {
+        self.init()
+        self.transportFailed = .with {
+            $0.jobID = failure.job
+            $0.generation = failure.generation
+            $0.reason = failure.reason
+        }
+    }
 }
 
 extension Envelope {

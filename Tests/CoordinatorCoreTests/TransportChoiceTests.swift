@@ -83,4 +83,45 @@ struct TransportChoiceTests {
         #expect(sim.assignments["a"]?.transport == .tcp)
         #expect(Self.choices(sim).first?.reason == "the job spec asks for tcp")
     }
+
+    @Test func aFailedRDMASetUp_underAuto_startsTheNextGenerationOnTCP_andKeepsItThere() throws {
+        var sim = Simulation()
+        Self.online(&sim, "a", rdma: "rxe0")
+        Self.online(&sim, "b", rdma: "rxe0")
+        try sim.command(.submit(Self.spec(.auto)))
+        sim.advance(by: .seconds(2), heartbeating: ["a", "b"])
+        let failed = sim.record().generation
+        #expect(sim.assignments["a"]?.transport == .rdma)
+        sim.send(.transportFailed(node: "b", job: "job", generation: failed, reason: "queue pair to RTR: EINVAL"))
+        #expect(sim.record().generation == failed + 1 && sim.members() == ["a", "b"], "the same members, over TCP")
+        #expect(sim.causes().last == .transportFailed)
+        #expect(sim.assignments["a"]?.transport == .tcp && sim.assignments["b"]?.transport == .tcp)
+        let reason = try #require(Self.choices(sim).last?.reason)
+        #expect(reason.contains("RDMA set-up failed earlier") && reason.contains("b: queue pair to RTR"), "\(reason)")
+        // The other member's report of the same failure is stale: nothing moves.
+        sim.send(.transportFailed(node: "a", job: "job", generation: failed, reason: "peer closed"))
+        #expect(sim.record().generation == failed + 1)
+        // A node joining later does not bring RDMA back.
+        Self.online(&sim, "c", rdma: "rxe0")
+        sim.advance(by: .seconds(1), heartbeating: ["a", "b", "c"])
+        #expect(sim.members() == ["a", "b", "c"] && sim.assignments["c"]?.transport == .tcp)
+    }
+
+    @Test func aFailedRDMASetUp_underRdmaOnly_failsTheJob_sayingWhatToDo_andFreesItsNodes() throws {
+        var sim = Simulation()
+        Self.online(&sim, "a", rdma: "rxe0")
+        Self.online(&sim, "b", rdma: "rxe0")
+        try sim.command(.submit(Self.spec(.rdma, max: 2)))
+        let generation = sim.record().generation
+        let actions = sim.send(
+            .transportFailed(node: "a", job: "job", generation: generation, reason: "no GID reaches 10.0.0.2"))
+        #expect(sim.record().phase == .failed)
+        #expect(sim.record().failure?.contains("transport: auto") == true, "\(sim.record().failure ?? "")")
+        let aborted = actions.compactMap { action -> String? in
+            if case .abort(let node, _, _, _) = action { return node }
+            return nil
+        }
+        #expect(Set(aborted) == ["a", "b"])
+        #expect(sim.machine.nodeStatuses.allSatisfy { $0.state == .idle })
+    }
 }

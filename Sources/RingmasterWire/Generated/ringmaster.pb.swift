@@ -214,6 +214,14 @@ public nonisolated struct Ringmaster_V1_Envelope: Sendable {
     set {body = .cursorUpdate(newValue)}
   }
 
+  public var transportFailed: Ringmaster_V1_TransportFailed {
+    get {
+      if case .transportFailed(let v)? = body {return v}
+      return Ringmaster_V1_TransportFailed()
+    }
+    set {body = .transportFailed(newValue)}
+  }
+
   /// Checkpoints.
   public var shardReady: Ringmaster_V1_CheckpointShardReady {
     get {
@@ -279,6 +287,7 @@ public nonisolated struct Ringmaster_V1_Envelope: Sendable {
     case drain(Ringmaster_V1_Drain)
     case abort(Ringmaster_V1_Abort)
     case cursorUpdate(Ringmaster_V1_CursorUpdate)
+    case transportFailed(Ringmaster_V1_TransportFailed)
     /// Checkpoints.
     case shardReady(Ringmaster_V1_CheckpointShardReady)
     case checkpointCommitted(Ringmaster_V1_CheckpointCommitted)
@@ -695,6 +704,25 @@ public nonisolated struct Ringmaster_V1_Leave: Sendable {
   /// not fit this node); `reason` says why. The node stays available for other jobs, and the job
   /// is not offered to it again.
   public var cannotRun: Bool = false
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// A member could not set up its generation's RDMA data plane (its device, or a peer's, could not
+/// make or connect the queue pairs). The coordinator stops choosing RDMA for the job (or fails it
+/// when its spec asks for rdma only) and starts the next generation; `reason` says what failed.
+public nonisolated struct Ringmaster_V1_TransportFailed: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var jobID: String = String()
+
+  public var generation: UInt64 = 0
+
+  public var reason: String = String()
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -1442,7 +1470,7 @@ nonisolated extension Ringmaster_V1_DataPlaneTransport: SwiftProtobuf._ProtoName
 
 nonisolated extension Ringmaster_V1_Envelope: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Envelope"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}request_id\0\u{4}\u{9}join_begin\0\u{3}join_challenge\0\u{3}join_request\0\u{3}join_reply\0\u{4}\u{7}agent_hello\0\u{3}hello_reply\0\u{3}renew_request\0\u{3}renew_reply\0\u{1}heartbeat\0\u{3}heartbeat_ack\0\u{2}\u{5}assignment\0\u{3}step_report\0\u{1}leave\0\u{1}drain\0\u{1}abort\0\u{3}cursor_update\0\u{4}\u{5}shard_ready\0\u{3}checkpoint_committed\0\u{4}\u{9}admin_request\0\u{3}admin_reply\0\u{2}\u{9}error\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}request_id\0\u{4}\u{9}join_begin\0\u{3}join_challenge\0\u{3}join_request\0\u{3}join_reply\0\u{4}\u{7}agent_hello\0\u{3}hello_reply\0\u{3}renew_request\0\u{3}renew_reply\0\u{1}heartbeat\0\u{3}heartbeat_ack\0\u{2}\u{5}assignment\0\u{3}step_report\0\u{1}leave\0\u{1}drain\0\u{1}abort\0\u{3}cursor_update\0\u{3}transport_failed\0\u{4}\u{4}shard_ready\0\u{3}checkpoint_committed\0\u{4}\u{9}admin_request\0\u{3}admin_reply\0\u{2}\u{9}error\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1659,6 +1687,19 @@ nonisolated extension Ringmaster_V1_Envelope: SwiftProtobuf.Message, SwiftProtob
           self.body = .cursorUpdate(v)
         }
       }()
+      case 36: try {
+        var v: Ringmaster_V1_TransportFailed?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .transportFailed(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .transportFailed(v)
+        }
+      }()
       case 40: try {
         var v: Ringmaster_V1_CheckpointShardReady?
         var hadOneofValue = false
@@ -1801,6 +1842,10 @@ nonisolated extension Ringmaster_V1_Envelope: SwiftProtobuf.Message, SwiftProtob
     case .cursorUpdate?: try {
       guard case .cursorUpdate(let v)? = self.body else { preconditionFailure() }
       try visitor.visitSingularMessageField(value: v, fieldNumber: 35)
+    }()
+    case .transportFailed?: try {
+      guard case .transportFailed(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 36)
     }()
     case .shardReady?: try {
       guard case .shardReady(let v)? = self.body else { preconditionFailure() }
@@ -2642,6 +2687,46 @@ nonisolated extension Ringmaster_V1_Leave: SwiftProtobuf.Message, SwiftProtobuf.
     if lhs.generation != rhs.generation {return false}
     if lhs.reason != rhs.reason {return false}
     if lhs.cannotRun != rhs.cannotRun {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Ringmaster_V1_TransportFailed: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".TransportFailed"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}job_id\0\u{1}generation\0\u{1}reason\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.jobID) }()
+      case 2: try { try decoder.decodeSingularUInt64Field(value: &self.generation) }()
+      case 3: try { try decoder.decodeSingularStringField(value: &self.reason) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.jobID.isEmpty {
+      try visitor.visitSingularStringField(value: self.jobID, fieldNumber: 1)
+    }
+    if self.generation != 0 {
+      try visitor.visitSingularUInt64Field(value: self.generation, fieldNumber: 2)
+    }
+    if !self.reason.isEmpty {
+      try visitor.visitSingularStringField(value: self.reason, fieldNumber: 3)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Ringmaster_V1_TransportFailed, rhs: Ringmaster_V1_TransportFailed) -> Bool {
+    if lhs.jobID != rhs.jobID {return false}
+    if lhs.generation != rhs.generation {return false}
+    if lhs.reason != rhs.reason {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
