@@ -225,27 +225,10 @@ public final class AgentService: Service, Sendable {
                             seed: plan.seed
                         )
                     },
-                    connect: { [outbox = self.outbox, logger = self.logger] assignment, isCancelled in
-                        do {
-                            return try plane.connect(assignment, timeout: connectTimeout, isCancelled: isCancelled)
-                        } catch let failure as RDMASetUpFailure {
-                            // Said to the coordinator unless the generation was already given up
-                            // (a newer one, an abort): it runs the job's next generations on TCP.
-                            if !isCancelled() {
-                                logger.warning(
-                                    "RDMA set-up failed; telling the coordinator",
-                                    metadata: [
-                                        LogKey.job: "\(assignment.job)", LogKey.generation: "\(assignment.generation)",
-                                        LogKey.reason: "\(failure)",
-                                    ])
-                                outbox.post(
-                                    Envelope(
-                                        TransportFailure(
-                                            job: assignment.job, generation: assignment.generation,
-                                            reason: "\(failure)")))
-                            }
-                            throw failure
-                        }
+                    connect: { assignment, isCancelled in
+                        // A failed RDMA set-up is told to the coordinator by the core
+                        // (`GenerationFailure.rdmaSetUp`), which then runs the job on TCP.
+                        try plane.connect(assignment, timeout: connectTimeout, isCancelled: isCancelled)
                     },
                     loadCheckpoint: { directory, step in try CheckpointReader.load(root: directory, step: step).state },
                     offerCheckpoint: { assignment, step, state, parameterCount, tensors in

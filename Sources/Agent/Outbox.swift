@@ -72,6 +72,11 @@ final class Outbox: Sendable {
         self.post(Envelope(leave))
     }
 
+    /// Queues a member's report that its work in a generation failed.
+    func post(_ failure: GenerationFailure) {
+        self.post(Envelope(failure))
+    }
+
     /// Queues a shard report of `job`'s `generation`.
     func post(_ shard: ShardReport, job: String, generation: UInt64) {
         self.post(Envelope(shard, job: job, generation: generation))

@@ -105,6 +105,8 @@ final class StepExecutor: @unchecked Sendable {
                 }
                 return .modelSaved(generation: generation)
             }
+        } catch let error as RDMASetUpFailure {
+            return .failed(generation: generation, reason: "\(error)", rdmaSetUp: true)
         } catch let error as WorkloadError where error.code == .workerFailed {
             // The worker is gone or unusable: end it (a hung one too) and drop its state.
             self.release()

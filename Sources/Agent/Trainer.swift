@@ -164,6 +164,8 @@ final class Trainer: Sendable {
             case .release:
                 self.state.withLock { $0.queue.append(.release) }
                 queued = true
+            case .failure(let failure):
+                self.outbox.post(failure)
             case .trainingStopped(let generation, let reason, let superseded):
                 let metadata: Logger.Metadata = [
                     LogKey.generation: "\(generation)", LogKey.reason: "\(reason)",

@@ -122,6 +122,10 @@ public struct AgentMachine: Sendable {
         /// Training in `generation` ended before its last step, for the log: `superseded` when a
         /// newer generation or an abort ended it (the next resumes), otherwise it failed.
         case trainingStopped(generation: UInt64, reason: String, superseded: Bool)
+        /// Tell the coordinator that the work of the newest generation failed with nothing newer
+        /// to explain it, so that it starts the next one (a job must not wait on a failure only
+        /// its members saw: a peer they cannot reach, an RDMA set-up).
+        case failure(GenerationFailure)
     }
 
     /// What happened.
@@ -153,8 +157,8 @@ public struct AgentMachine: Sendable {
         /// `saveModel` ended (saved or not; the shell logs which).
         case modelSaved(generation: UInt64)
         /// The work of `generation` failed (a dead peer, an abandoned collective, a checkpoint
-        /// that does not verify...).
-        case failed(generation: UInt64, reason: String)
+        /// that does not verify...); `rdmaSetUp` when it was the set-up of its RDMA queue pairs.
+        case failed(generation: UInt64, reason: String, rdmaSetUp: Bool = false)
         /// The workload itself failed during the work of `generation` (a worker process raised,
         /// was killed, exited or stopped answering), not the data plane: its state is gone. The
         /// agent leaves the job, saying why, so that the others go on without it at once.
@@ -387,12 +391,19 @@ public struct AgentMachine: Sendable {
                 break
             }
 
-        case .failed(let generation, let reason):
+        case .failed(let generation, let reason, let rdmaSetUp):
             guard self.take(generation: generation) != nil, self.isNewest(generation) else { break }
             switch self.progress {
             case .preparing, .connecting, .gathering, .synchronising, .training, .savingModel:
                 self.progress = .failed
                 actions.append(.trainingStopped(generation: generation, reason: reason, superseded: false))
+                // Not when stopping: the leave that follows says why this member goes.
+                if let job = self.assignment?.job, self.stop == nil {
+                    actions.append(
+                        .failure(
+                            GenerationFailure(job: job, generation: generation, reason: reason, rdmaSetUp: rdmaSetUp))
+                    )
+                }
             case .assigned, .prepared, .connected, .finished, .left, .failed, .ended:
                 break
             }

@@ -25,7 +25,7 @@ public enum AccessPolicy {
         switch body {
         case .joinBegin, .joinRequest:
             allowed = [nil]
-        case .agentHello, .renewRequest, .heartbeat, .stepReport, .leave, .shardReady, .transportFailed:
+        case .agentHello, .renewRequest, .heartbeat, .stepReport, .leave, .shardReady, .generationFailed:
             allowed = [.agent]
         case .adminRequest:
             allowed = [.operator]

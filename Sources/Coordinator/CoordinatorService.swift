@@ -583,18 +583,20 @@ public final class CoordinatorService: Service, Sendable {
                 "node leaves its job", metadata: [LogKey.job: "\(leave.jobID)", LogKey.reason: "\(leave.reason)"])
             self.feed(.left(node: node, job: leave.jobID, generation: leave.generation), logger: logger)
             return Outcome(replies: [])
-        case .transportFailed(let failure):
+        case .generationFailed(let failure):
             guard let node = identity?.name else { return Outcome(replies: [], close: true) }
             // Bounded: a reason is for job status and the log, not a channel for megabytes.
             let reason = failure.reason.count > 500 ? "\(failure.reason.prefix(500))..." : failure.reason
             logger.warning(
-                "a member's RDMA set-up failed; the job's next generations run on TCP",
+                failure.rdmaSetUp ? "a member's RDMA set-up failed" : "a member's work in its generation failed",
                 metadata: [
                     LogKey.job: "\(failure.jobID)", LogKey.generation: "\(failure.generation)",
                     LogKey.reason: "\(reason)",
                 ])
             self.feed(
-                .transportFailed(node: node, job: failure.jobID, generation: failure.generation, reason: reason),
+                .generationFailed(
+                    node: node, job: failure.jobID, generation: failure.generation, reason: reason,
+                    rdmaSetUp: failure.rdmaSetUp),
                 logger: logger)
             return Outcome(replies: [])
         case .renewRequest(let renew):

@@ -111,7 +111,10 @@ public struct CoordinatorMachine: Sendable {
         /// A member could not run the job's workload (its data set could not be opened, say).
         case cannotRun = "cannot_run"
         /// A member could not set up the generation's RDMA data plane: the next runs on TCP.
-        case transportFailed = "transport_failed"
+        case rdmaSetUpFailed = "rdma_set_up_failed"
+        /// A member's work failed with every member still there (a peer it could not reach, a
+        /// deadline): the next generation starts after a grace.
+        case generationFailed = "generation_failed"
     }
 
     /// Where a job stands.
@@ -297,8 +300,9 @@ public struct CoordinatorMachine: Sendable {
         case left(node: String, job: String, generation: UInt64)
         /// A member cannot run the job's workload, for `reason`; it stays available for other jobs.
         case cannotRun(node: String, job: String, generation: UInt64, reason: String)
-        /// A member could not set up the generation's RDMA data plane, for `reason`.
-        case transportFailed(node: String, job: String, generation: UInt64, reason: String)
+        /// A member's work in `generation` failed, for `reason` (`rdmaSetUp`: setting up its RDMA
+        /// queue pairs failed); see `GenerationFailure`.
+        case generationFailed(node: String, job: String, generation: UInt64, reason: String, rdmaSetUp: Bool)
         /// Time passed: check leases, settle windows, recovery and drain deadlines.
         case tick
     }
@@ -364,6 +368,12 @@ public struct CoordinatorMachine: Sendable {
         var byRank: [Int: ShardReport] = [:]
     }
 
+    /// A generation a member reported failed, and when the next starts unless a loss comes first.
+    struct PendingFailure: Sendable, Hashable {
+        var failure: String
+        var deadline: Duration
+    }
+
     struct Job: Sendable, Hashable {
         var record: JobRecord
         /// Last step each member completed in this generation.
@@ -394,6 +404,15 @@ public struct CoordinatorMachine: Sendable {
         var recoveryDeadline: Duration?
         /// When a job that nodes refused fails unless enough other nodes come online.
         var unrunnableDeadline: Duration?
+        /// The current generation's data plane.
+        var transport: DataPlaneTransport = .tcp
+        /// A member reported the current generation failed: unless a member is lost first (a
+        /// death explains the failure, and its own generation follows), the next generation
+        /// starts at `deadline`.
+        var pendingFailure: PendingFailure?
+        /// Generations in a row that failed without committing a step: each waits twice as long
+        /// before the next (from 1.5 leases up to 96), so that a failure that repeats does not spin.
+        var failuresInARow = 0
     }
 
     // MARK: - State
@@ -614,7 +633,7 @@ public struct CoordinatorMachine: Sendable {
             self.nodes[id]?.draining = true
             self.memberLost(id, cause: cause, now: now, into: &actions)
 
-        case .transportFailed(let id, let jobID, let generation, let reason):
+        case .generationFailed(let id, let jobID, let generation, let reason, let rdmaSetUp):
             guard var job = self.jobs[jobID], job.record.phase == .running, job.record.generation == generation,
                 job.record.members.contains(id)
             else {
@@ -625,6 +644,17 @@ public struct CoordinatorMachine: Sendable {
                 break
             }
             let failure = "generation \(generation), \(id): \(reason.prefix(300))"
+            guard rdmaSetUp else {
+                // The first report starts the grace; a death that explains it ends the generation
+                // sooner (its loss starts the next one, which clears this).
+                guard job.pendingFailure == nil else { break }
+                // Half a lease more than a lease: a member that died before the report was last
+                // heard of before it, so its lease has run out by then.
+                let grace = self.settings.lease * 3 / 2 * (1 << min(job.failuresInARow, 6))
+                job.pendingFailure = PendingFailure(failure: failure, deadline: now + grace)
+                self.jobs[jobID] = job
+                break
+            }
             job.record.rdmaFailure = failure
             self.jobs[jobID] = job
             switch job.record.spec.transport {
@@ -635,7 +665,7 @@ public struct CoordinatorMachine: Sendable {
                         "its RDMA set-up failed (\(failure)) and its spec asks for transport: rdma only; fix the RDMA devices, or submit it again under a new name with transport: auto to fall back to TCP",
                     into: &actions)
             case .auto, .tcp:
-                self.regenerate(jobID, cause: .transportFailed, now: now, into: &actions)
+                self.regenerate(jobID, cause: .rdmaSetUpFailed, now: now, into: &actions)
             }
 
         case .cannotRun(let id, let jobID, let generation, let reason):
@@ -668,6 +698,18 @@ public struct CoordinatorMachine: Sendable {
             for jobID in self.jobOrder() {
                 if let deadline = self.jobs[jobID]?.recoveryDeadline, deadline <= now {
                     self.finishRecovery(jobID, now: now, into: &actions)
+                }
+                if var job = self.jobs[jobID], job.record.phase == .running, let pending = job.pendingFailure,
+                    pending.deadline <= now
+                {
+                    // Every member is still there: the failure is the generation's own. Over RDMA
+                    // under auto, the path is suspect, so the job goes on over TCP.
+                    if job.transport == .rdma && job.record.spec.transport == .auto {
+                        job.record.rdmaFailure = pending.failure
+                    }
+                    job.failuresInARow += 1
+                    self.jobs[jobID] = job
+                    self.regenerate(jobID, cause: .generationFailed, now: now, into: &actions)
                 }
                 self.checkRunnable(jobID, now: now, into: &actions)
             }
@@ -934,8 +976,11 @@ public struct CoordinatorMachine: Sendable {
         if choice.transport == .rdma, let failure = job.record.rdmaFailure {
             choice = DataPlaneChoice(
                 transport: .tcp, devices: [],
-                reason: "RDMA set-up failed earlier (\(failure)), so the job runs on TCP from then on")
+                reason: "RDMA failed earlier (\(failure)), so the job runs on TCP from then on")
         }
+        job.transport = choice.transport
+        job.pendingFailure = nil
+        self.jobs[jobID] = job
         let assignment = Assignment(
             job: jobID,
             generation: job.record.generation,
@@ -1129,6 +1174,7 @@ public struct CoordinatorMachine: Sendable {
         job.reports[job.record.cursor] = nil
         job.record.samples = samples
         job.record.cursor += 1
+        job.failuresInARow = 0
         job.holders = Set(job.record.members)
         let spec = job.record.spec
         if spec.checkpointDirectory != nil, spec.checkpointIntervalSteps > 0,

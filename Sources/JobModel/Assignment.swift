@@ -213,19 +213,23 @@ public struct Leave: Sendable, Hashable {
     }
 }
 
-/// A member's report that its generation's RDMA data plane could not be set up.
-public struct TransportFailure: Sendable, Hashable {
+/// A member's report that its work in a generation failed with an error that no newer generation
+/// or abort explains (its data plane failed, or its RDMA set-up did).
+public struct GenerationFailure: Sendable, Hashable {
     /// The job.
     public var job: String
-    /// The generation whose set-up failed.
+    /// The generation whose work failed.
     public var generation: UInt64
     /// What failed, for the coordinator's log and the job's status.
     public var reason: String
+    /// Whether it was the set-up of the generation's RDMA queue pairs that failed.
+    public var rdmaSetUp: Bool
 
     /// Makes a report.
-    public init(job: String, generation: UInt64, reason: String) {
+    public init(job: String, generation: UInt64, reason: String, rdmaSetUp: Bool = false) {
         self.job = job
         self.generation = generation
         self.reason = reason
+        self.rdmaSetUp = rdmaSetUp
     }
 }

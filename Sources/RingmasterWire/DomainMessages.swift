@@ -128,12 +128,13 @@ extension Envelope {
     }
 
     /// An envelope carrying `failure`.
-    public init(_ failure: TransportFailure) {
+    public init(_ failure: GenerationFailure) {
         self.init()
-        self.transportFailed = .with {
+        self.generationFailed = .with {
             $0.jobID = failure.job
             $0.generation = failure.generation
             $0.reason = failure.reason
+            $0.rdmaSetUp = failure.rdmaSetUp
         }
     }
 }

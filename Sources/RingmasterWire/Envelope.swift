@@ -22,7 +22,7 @@ extension Envelope {
         case .drain: return "drain"
         case .abort: return "abort"
         case .cursorUpdate: return "cursor_update"
-        case .transportFailed: return "transport_failed"
+        case .generationFailed: return "generation_failed"
         case .shardReady: return "shard_ready"
         case .checkpointCommitted: return "checkpoint_committed"
         case .adminRequest: return "admin_request"

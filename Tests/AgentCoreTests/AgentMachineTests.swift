@@ -307,6 +307,33 @@ extension [AgentMachine.Action] {
         #expect(actions.contains(.stopped(reason: "shutting down")))
     }
 
+    @Test func aFailureThatNothingNewerExplains_isToldToTheCoordinator_andASupersededOneIsNot() {
+        var driver = Driver()
+        driver.startTraining(Driver.assignment(generation: 1))
+        driver.completeStep()
+        let failed = driver.send(.failed(generation: 1, reason: "all-reduce: deadline exceeded (rank 1)"))
+        #expect(
+            failed.contains(
+                .failure(
+                    GenerationFailure(job: "job", generation: 1, reason: "all-reduce: deadline exceeded (rank 1)"))),
+            "\(failed)")
+        // An RDMA set-up that fails says so.
+        var setUp = Driver()
+        let assignment = Driver.assignment(generation: 1)
+        setUp.send(.assigned(assignment))
+        setUp.send(.prepared(generation: 1))
+        let refused = setUp.send(.failed(generation: 1, reason: "rxe0: no device", rdmaSetUp: true))
+        #expect(
+            refused.contains(
+                .failure(GenerationFailure(job: "job", generation: 1, reason: "rxe0: no device", rdmaSetUp: true))))
+        // Ended by a newer generation: nothing to tell.
+        var superseded = Driver()
+        superseded.startTraining(Driver.assignment(generation: 1))
+        superseded.send(.assigned(Driver.assignment(generation: 2, resume: 0)))
+        let ended = superseded.send(.failed(generation: 1, reason: "aborted"))
+        #expect(!ended.contains { if case .failure = $0 { return true } else { return false } }, "\(ended)")
+    }
+
     @Test func aNewerGeneration_cancelsTheGraceTimer_andIsLeftAtOnce() {
         var driver = Driver()
         driver.startTraining(Driver.assignment(generation: 1))

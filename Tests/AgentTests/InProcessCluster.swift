@@ -571,6 +571,14 @@ final class InProcessCluster {
                     node.releasedHash = (try? workload.parameters()).map { parameterHash($0) }
                 }
                 node.executor.release()
+            case .failure(let failure):
+                self.trace.append(
+                    "\(self.now): \(node.name) reports generation \(failure.generation) failed: \(failure.reason)")
+                self.queue.append(
+                    .toCoordinator(
+                        .generationFailed(
+                            node: node.name, job: failure.job, generation: failure.generation, reason: failure.reason,
+                            rdmaSetUp: failure.rdmaSetUp)))
             case .trainingStopped(let generation, let reason, let superseded):
                 self.trace.append(
                     "\(self.now): \(node.name) stopped training in generation \(generation)\(superseded ? " (superseded)" : ""): \(reason)"

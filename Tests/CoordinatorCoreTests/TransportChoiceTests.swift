@@ -92,14 +92,16 @@ struct TransportChoiceTests {
         sim.advance(by: .seconds(2), heartbeating: ["a", "b"])
         let failed = sim.record().generation
         #expect(sim.assignments["a"]?.transport == .rdma)
-        sim.send(.transportFailed(node: "b", job: "job", generation: failed, reason: "queue pair to RTR: EINVAL"))
+        sim.send(
+            .generationFailed(
+                node: "b", job: "job", generation: failed, reason: "queue pair to RTR: EINVAL", rdmaSetUp: true))
         #expect(sim.record().generation == failed + 1 && sim.members() == ["a", "b"], "the same members, over TCP")
-        #expect(sim.causes().last == .transportFailed)
+        #expect(sim.causes().last == .rdmaSetUpFailed)
         #expect(sim.assignments["a"]?.transport == .tcp && sim.assignments["b"]?.transport == .tcp)
         let reason = try #require(Self.choices(sim).last?.reason)
-        #expect(reason.contains("RDMA set-up failed earlier") && reason.contains("b: queue pair to RTR"), "\(reason)")
+        #expect(reason.contains("RDMA failed earlier") && reason.contains("b: queue pair to RTR"), "\(reason)")
         // The other member's report of the same failure is stale: nothing moves.
-        sim.send(.transportFailed(node: "a", job: "job", generation: failed, reason: "peer closed"))
+        sim.send(.generationFailed(node: "a", job: "job", generation: failed, reason: "peer closed", rdmaSetUp: true))
         #expect(sim.record().generation == failed + 1)
         // A node joining later does not bring RDMA back.
         Self.online(&sim, "c", rdma: "rxe0")
@@ -114,7 +116,8 @@ struct TransportChoiceTests {
         try sim.command(.submit(Self.spec(.rdma, max: 2)))
         let generation = sim.record().generation
         let actions = sim.send(
-            .transportFailed(node: "a", job: "job", generation: generation, reason: "no GID reaches 10.0.0.2"))
+            .generationFailed(
+                node: "a", job: "job", generation: generation, reason: "no GID reaches 10.0.0.2", rdmaSetUp: true))
         #expect(sim.record().phase == .failed)
         #expect(sim.record().failure?.contains("transport: auto") == true, "\(sim.record().failure ?? "")")
         let aborted = actions.compactMap { action -> String? in
@@ -123,5 +126,59 @@ struct TransportChoiceTests {
         }
         #expect(Set(aborted) == ["a", "b"])
         #expect(sim.machine.nodeStatuses.allSatisfy { $0.state == .idle })
+    }
+
+    @Test func aGenerationFailedWithEveryMemberThere_isFollowedByTheNext_afterALease_overTCPIfItRanOverRDMA() throws {
+        var sim = Simulation()
+        Self.online(&sim, "a", rdma: "rxe0")
+        Self.online(&sim, "b", rdma: "rxe0")
+        try sim.command(.submit(Self.spec(.auto)))
+        sim.advance(by: .seconds(2), heartbeating: ["a", "b"])
+        let failed = sim.record().generation
+        sim.send(
+            .generationFailed(
+                node: "a", job: "job", generation: failed, reason: "all-reduce: deadline exceeded", rdmaSetUp: false))
+        sim.send(.generationFailed(node: "b", job: "job", generation: failed, reason: "aborted", rdmaSetUp: false))
+        sim.advance(by: .milliseconds(2500), heartbeating: ["a", "b"])
+        #expect(sim.record().generation == failed, "within the grace a lost member may still explain it")
+        sim.advance(by: .seconds(1), heartbeating: ["a", "b"])
+        #expect(sim.record().generation == failed + 1 && sim.members() == ["a", "b"])
+        #expect(sim.causes().last == .generationFailed)
+        #expect(sim.assignments["a"]?.transport == .tcp, "the RDMA path is suspect: the job goes on over TCP")
+    }
+
+    @Test func aMemberLostDuringTheGrace_startsTheNextGenerationAsALoss_andTheFailureStartsNoOther() throws {
+        var sim = Simulation()
+        sim.online("a", "b", "c")
+        try sim.command(.submit(Simulation.spec(min: 1, max: 3)))
+        let failed = sim.record().generation
+        sim.send(
+            .generationFailed(node: "a", job: "job", generation: failed, reason: "rank 2 closed", rdmaSetUp: false))
+        sim.advance(by: .seconds(3), heartbeating: ["a", "b"])  // c is dead: its lease runs out
+        #expect(sim.causes() == [.start, .leaseExpired], "\(sim.causes())")
+        sim.advance(by: .seconds(10), heartbeating: ["a", "b"])
+        #expect(sim.causes() == [.start, .leaseExpired], "no generation for the failure the loss explained")
+    }
+
+    @Test func failuresInARow_waitTwiceAsLongEachTime_untilAStepIsCommitted() throws {
+        var sim = Simulation()
+        sim.online("a", "b")
+        try sim.command(.submit(Simulation.spec(min: 1, max: 2)))
+        var waits: [Duration] = []
+        for _ in 0..<3 {
+            let generation = sim.record().generation
+            sim.send(.generationFailed(node: "a", job: "job", generation: generation, reason: "x", rdmaSetUp: false))
+            let start = sim.now
+            while sim.record().generation == generation, sim.now - start < .seconds(60) {
+                sim.advance(by: .milliseconds(500), heartbeating: ["a", "b"])
+            }
+            waits.append(sim.now - start)
+        }
+        #expect(waits == [.seconds(3), .seconds(6), .seconds(12)], "1.5 leases, then twice as long: \(waits)")
+        sim.completeStep()
+        let generation = sim.record().generation
+        sim.send(.generationFailed(node: "b", job: "job", generation: generation, reason: "y", rdmaSetUp: false))
+        sim.advance(by: .seconds(3), heartbeating: ["a", "b"])
+        #expect(sim.record().generation == generation + 1, "a committed step resets the wait")
     }
 }

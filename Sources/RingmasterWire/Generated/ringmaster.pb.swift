@@ -214,12 +214,12 @@ public nonisolated struct Ringmaster_V1_Envelope: Sendable {
     set {body = .cursorUpdate(newValue)}
   }
 
-  public var transportFailed: Ringmaster_V1_TransportFailed {
+  public var generationFailed: Ringmaster_V1_GenerationFailed {
     get {
-      if case .transportFailed(let v)? = body {return v}
-      return Ringmaster_V1_TransportFailed()
+      if case .generationFailed(let v)? = body {return v}
+      return Ringmaster_V1_GenerationFailed()
     }
-    set {body = .transportFailed(newValue)}
+    set {body = .generationFailed(newValue)}
   }
 
   /// Checkpoints.
@@ -287,7 +287,7 @@ public nonisolated struct Ringmaster_V1_Envelope: Sendable {
     case drain(Ringmaster_V1_Drain)
     case abort(Ringmaster_V1_Abort)
     case cursorUpdate(Ringmaster_V1_CursorUpdate)
-    case transportFailed(Ringmaster_V1_TransportFailed)
+    case generationFailed(Ringmaster_V1_GenerationFailed)
     /// Checkpoints.
     case shardReady(Ringmaster_V1_CheckpointShardReady)
     case checkpointCommitted(Ringmaster_V1_CheckpointCommitted)
@@ -710,10 +710,13 @@ public nonisolated struct Ringmaster_V1_Leave: Sendable {
   public init() {}
 }
 
-/// A member could not set up its generation's RDMA data plane (its device, or a peer's, could not
-/// make or connect the queue pairs). The coordinator stops choosing RDMA for the job (or fails it
-/// when its spec asks for rdma only) and starts the next generation; `reason` says what failed.
-public nonisolated struct Ringmaster_V1_TransportFailed: Sendable {
+/// A member's work in a generation failed with an error that no newer generation or abort explains:
+/// its data plane failed (a peer it cannot reach, a deadline), or its RDMA set-up did. The
+/// coordinator starts the next generation: at once with the same members over TCP after a failed
+/// RDMA set-up (or fails the job when its spec asks for rdma only); otherwise after a grace in
+/// which a member that died is seen to be gone, and, when the generation ran over RDMA under
+/// `transport: auto`, over TCP. `reason` says what failed.
+public nonisolated struct Ringmaster_V1_GenerationFailed: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
   // methods supported on all messages.
@@ -723,6 +726,9 @@ public nonisolated struct Ringmaster_V1_TransportFailed: Sendable {
   public var generation: UInt64 = 0
 
   public var reason: String = String()
+
+  /// The failure was in setting up the generation's RDMA queue pairs.
+  public var rdmaSetUp: Bool = false
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -1470,7 +1476,7 @@ nonisolated extension Ringmaster_V1_DataPlaneTransport: SwiftProtobuf._ProtoName
 
 nonisolated extension Ringmaster_V1_Envelope: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Envelope"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}request_id\0\u{4}\u{9}join_begin\0\u{3}join_challenge\0\u{3}join_request\0\u{3}join_reply\0\u{4}\u{7}agent_hello\0\u{3}hello_reply\0\u{3}renew_request\0\u{3}renew_reply\0\u{1}heartbeat\0\u{3}heartbeat_ack\0\u{2}\u{5}assignment\0\u{3}step_report\0\u{1}leave\0\u{1}drain\0\u{1}abort\0\u{3}cursor_update\0\u{3}transport_failed\0\u{4}\u{4}shard_ready\0\u{3}checkpoint_committed\0\u{4}\u{9}admin_request\0\u{3}admin_reply\0\u{2}\u{9}error\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}request_id\0\u{4}\u{9}join_begin\0\u{3}join_challenge\0\u{3}join_request\0\u{3}join_reply\0\u{4}\u{7}agent_hello\0\u{3}hello_reply\0\u{3}renew_request\0\u{3}renew_reply\0\u{1}heartbeat\0\u{3}heartbeat_ack\0\u{2}\u{5}assignment\0\u{3}step_report\0\u{1}leave\0\u{1}drain\0\u{1}abort\0\u{3}cursor_update\0\u{3}generation_failed\0\u{4}\u{4}shard_ready\0\u{3}checkpoint_committed\0\u{4}\u{9}admin_request\0\u{3}admin_reply\0\u{2}\u{9}error\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1688,16 +1694,16 @@ nonisolated extension Ringmaster_V1_Envelope: SwiftProtobuf.Message, SwiftProtob
         }
       }()
       case 36: try {
-        var v: Ringmaster_V1_TransportFailed?
+        var v: Ringmaster_V1_GenerationFailed?
         var hadOneofValue = false
         if let current = self.body {
           hadOneofValue = true
-          if case .transportFailed(let m) = current {v = m}
+          if case .generationFailed(let m) = current {v = m}
         }
         try decoder.decodeSingularMessageField(value: &v)
         if let v = v {
           if hadOneofValue {try decoder.handleConflictingOneOf()}
-          self.body = .transportFailed(v)
+          self.body = .generationFailed(v)
         }
       }()
       case 40: try {
@@ -1843,8 +1849,8 @@ nonisolated extension Ringmaster_V1_Envelope: SwiftProtobuf.Message, SwiftProtob
       guard case .cursorUpdate(let v)? = self.body else { preconditionFailure() }
       try visitor.visitSingularMessageField(value: v, fieldNumber: 35)
     }()
-    case .transportFailed?: try {
-      guard case .transportFailed(let v)? = self.body else { preconditionFailure() }
+    case .generationFailed?: try {
+      guard case .generationFailed(let v)? = self.body else { preconditionFailure() }
       try visitor.visitSingularMessageField(value: v, fieldNumber: 36)
     }()
     case .shardReady?: try {
@@ -2692,9 +2698,9 @@ nonisolated extension Ringmaster_V1_Leave: SwiftProtobuf.Message, SwiftProtobuf.
   }
 }
 
-nonisolated extension Ringmaster_V1_TransportFailed: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
-  public static let protoMessageName: String = _protobuf_package + ".TransportFailed"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}job_id\0\u{1}generation\0\u{1}reason\0")
+nonisolated extension Ringmaster_V1_GenerationFailed: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".GenerationFailed"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}job_id\0\u{1}generation\0\u{1}reason\0\u{3}rdma_set_up\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -2705,6 +2711,7 @@ nonisolated extension Ringmaster_V1_TransportFailed: SwiftProtobuf.Message, Swif
       case 1: try { try decoder.decodeSingularStringField(value: &self.jobID) }()
       case 2: try { try decoder.decodeSingularUInt64Field(value: &self.generation) }()
       case 3: try { try decoder.decodeSingularStringField(value: &self.reason) }()
+      case 4: try { try decoder.decodeSingularBoolField(value: &self.rdmaSetUp) }()
       default: break
       }
     }
@@ -2720,13 +2727,17 @@ nonisolated extension Ringmaster_V1_TransportFailed: SwiftProtobuf.Message, Swif
     if !self.reason.isEmpty {
       try visitor.visitSingularStringField(value: self.reason, fieldNumber: 3)
     }
+    if self.rdmaSetUp != false {
+      try visitor.visitSingularBoolField(value: self.rdmaSetUp, fieldNumber: 4)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
-  public static func ==(lhs: Ringmaster_V1_TransportFailed, rhs: Ringmaster_V1_TransportFailed) -> Bool {
+  public static func ==(lhs: Ringmaster_V1_GenerationFailed, rhs: Ringmaster_V1_GenerationFailed) -> Bool {
     if lhs.jobID != rhs.jobID {return false}
     if lhs.generation != rhs.generation {return false}
     if lhs.reason != rhs.reason {return false}
+    if lhs.rdmaSetUp != rhs.rdmaSetUp {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
