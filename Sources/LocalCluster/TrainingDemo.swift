@@ -54,6 +54,12 @@ public final class TrainingDemo: Sendable {
         public var workersPerNode: Int?
         /// `--device` for a torch workload's script (`cpu`, `cuda`, `auto`), if given.
         public var device: String?
+        /// Drop every packet to the first agent's data-plane port (`DataPlaneCut`) once the job
+        /// reaches this step, until the coordinator starts the next generation: a path that stops
+        /// carrying while every process lives.
+        public var cutDataPlaneAtStep: UInt64?
+        /// The agents' `--collective-timeout` in seconds (nil: their default).
+        public var collectiveTimeoutSeconds: Double?
         /// The coordinator's lease (nil: its default), for machines too loaded to heartbeat in time.
         public var leaseSeconds: Double?
         /// The job spec's `transport`.
@@ -191,10 +197,13 @@ public final class TrainingDemo: Sendable {
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         defer { if !kept { try? FileManager.default.removeItem(atPath: directory) } }
         let withoutRDMA = (options.agents - options.agentsWithoutRDMA)..<options.agents
+        let timeout = options.collectiveTimeoutSeconds.map {
+            ["--collective-timeout", "\(Int(($0 * 1000).rounded()))ms"]
+        }
         let cluster = Cluster(
             directory: directory, executable: options.executable,
             coordinatorArguments: options.leaseSeconds.map { ["--lease", "\(Int(($0 * 1000).rounded()))ms"] } ?? [],
-            agentArguments: { withoutRDMA.contains($0) ? ["--rdma", "off"] : [] })
+            agentArguments: { (withoutRDMA.contains($0) ? ["--rdma", "off"] : []) + (timeout ?? []) })
         self.cluster.withLock { $0 = cluster }
         do {
             let result = try await withDeadline(seconds: options.timeoutSeconds, waitingFor: "the demo job to finish") {
@@ -256,6 +265,10 @@ public final class TrainingDemo: Sendable {
         say("submitted job demo: \(options.steps) steps of \(options.batchSize) samples")
 
         // One operator session for the whole run: polling opens no new TLS connection.
+        // The cut in place (and the generation it began in), and when it was made.
+        let cut = Mutex<(cut: DataPlaneCut, generation: UInt64)?>(nil)
+        let cutAt = Mutex<Date?>(nil)
+        defer { try? cut.withLock { $0 }?.cut.restore() }
         let (status, killedAt, addedAt, terminated, preempted, finishedAt) = try await admin.withConnection { session in
             var killedAt: Date?
             var addedAt: Date?
@@ -316,6 +329,24 @@ public final class TrainingDemo: Sendable {
                     terminated[leaver.name] = leaver
                     say("step \(status.cursorStep): SIGTERM \(leaver.name)")
                 }
+                if let at = options.cutDataPlaneAtStep, cutAt.withLock({ $0 }) == nil, status.cursorStep >= at {
+                    // The first agent's: rank 0 accepts every other member's connection.
+                    let victim = try cluster.agent(index: 0)
+                    let port = try Self.dataPlanePort(of: victim)
+                    let made = try DataPlaneCut(port: port)
+                    cutAt.withLock { $0 = Date() }
+                    cut.withLock { $0 = (made, status.generation) }
+                    say(
+                        "step \(status.cursorStep): every packet to \(victim.name)'s data-plane port \(port) is dropped (every process lives)"
+                    )
+                }
+                if let current = cut.withLock({ $0 }), status.generation > current.generation {
+                    try current.cut.restore()
+                    cut.withLock { $0 = nil }
+                    say(
+                        "step \(status.cursorStep): generation \(status.generation) started (\(status.lastCause)); the data plane carries again"
+                    )
+                }
                 if let at = options.addAgentAtStep, addedAt == nil, status.cursorStep >= at {
                     addedAt = Date()
                     try cluster.startAgent(index: options.agents, token: nil)
@@ -343,6 +374,7 @@ public final class TrainingDemo: Sendable {
             var event = Date(timeIntervalSince1970: Double(record.startedUnixMs) / 1000)
             if record.cause == "disconnected", let killedAt, killedAt <= event { event = killedAt }
             if record.cause == "joined", let addedAt, addedAt <= event { event = addedAt }
+            if record.cause == "generation_failed", let at = cutAt.withLock({ $0 }), at <= event { event = at }
             let end =
                 record.firstStepUnixMs == 0 ? nil : Date(timeIntervalSince1970: Double(record.firstStepUnixMs) / 1000)
             recoveries.append(
@@ -451,6 +483,19 @@ public final class TrainingDemo: Sendable {
             throw LocalClusterError("could not create a temporary directory: \(String(cString: strerror(errno)))")
         }
         return String(cString: result)
+    }
+}
+
+extension TrainingDemo {
+    /// The data-plane port `agent` listens on, from its log line `data plane listening`.
+    static func dataPlanePort(of agent: ChildProcess) throws -> Int {
+        for line in agent.output.lines where line.contains("data plane listening") {
+            guard let field = line.split(separator: " ").first(where: { $0.hasPrefix("address=") }),
+                let port = field.split(separator: ":").last.flatMap({ Int($0) })
+            else { continue }
+            return port
+        }
+        throw LocalClusterError("\(agent.name) has not logged its data-plane address")
     }
 }
 

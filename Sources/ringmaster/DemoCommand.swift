@@ -112,6 +112,15 @@ struct DemoCommand: AsyncParsableCommand {
     )
     var floodControl: Int?
 
+    @Option(
+        help:
+            "Drop every packet to the first agent's data-plane port once the job reaches this step, until the next generation (needs root and tc)."
+    )
+    var cutDataPlaneAtStep: UInt64?
+
+    @Option(help: "The agents' --collective-timeout in seconds (default 60).")
+    var collectiveTimeout: Double?
+
     @Option(help: "The job's data plane: auto (RDMA where every agent has a device), tcp or rdma.")
     var transport: String = "auto"
 
@@ -142,6 +151,13 @@ struct DemoCommand: AsyncParsableCommand {
         }
         guard (0...self.agents).contains(self.agentsWithoutRdma) else {
             throw ValidationError("--agents-without-rdma must be from 0 to --agents (\(self.agents))")
+        }
+        if let timeout = self.collectiveTimeout, !(0.5...86_400).contains(timeout) {
+            throw ValidationError("--collective-timeout must be from 0.5 to 86400 seconds")
+        }
+        if let step = self.cutDataPlaneAtStep, step >= self.totalSteps {
+            throw ValidationError(
+                "--cut-data-plane-at-step \(step) is not before the last step (--steps \(self.totalSteps))")
         }
         if let lease = self.lease, !(1...600).contains(lease) {
             throw ValidationError("--lease must be from 1 to 600 seconds")
@@ -201,6 +217,8 @@ struct DemoCommand: AsyncParsableCommand {
         options.transport = TransportRequest(rawValue: self.transport) ?? .auto
         options.agentsWithoutRDMA = self.agentsWithoutRdma
         options.leaseSeconds = self.lease
+        options.cutDataPlaneAtStep = self.cutDataPlaneAtStep
+        options.collectiveTimeoutSeconds = self.collectiveTimeout
         switch self.model {
         case "synthetic": options.model = .synthetic(parameters: self.parameters)
         case "torch-digits":

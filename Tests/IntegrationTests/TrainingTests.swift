@@ -260,6 +260,43 @@ struct TrainingTests {
         #expect(self.maximumDifference(left.parameters, one.parameters) <= Self.tolerance, "sigterm")
     }
 
+    /// A data-plane path that stops carrying while every process lives (every packet to rank 0's
+    /// data-plane port dropped by tc): nobody's control session ends, so only the members' reports
+    /// of their failed all-reduce (a 3 s collective deadline) tell the coordinator, which starts
+    /// the next generation after its grace; the job then finishes as if nothing happened.
+    @Test func aDataPlanePathThatStopsCarrying_withEveryProcessAlive_isFollowedByANewGeneration_andChangesNothing()
+        async throws
+    {
+        // Should the demo be killed before it restores loopback's queue, remove it here.
+        defer { Self.removeLoopbackQueueLeftByACut() }
+        let run = try await self.demo(
+            "cut", ["--agents", "3", "--cut-data-plane-at-step", "200", "--collective-timeout", "3"])
+        self.expectExactAccounting(run, "data plane cut")
+        let recoveries = run.json["recoveries"] as? [[String: Any]] ?? []
+        #expect(
+            recoveries.contains { $0["cause"] as? String == "generation_failed" && $0["world_size"] as? Int == 3 },
+            "no generation after the failure, with all 3 members: \(recoveries)")
+        #expect(self.maximumDifference(run.parameters, try await self.referenceParameters()) <= Self.tolerance)
+    }
+
+    /// Deletes the HTB root queue `DataPlaneCut` puts on `lo`, if one is still there.
+    static func removeLoopbackQueueLeftByACut() {
+        let show = Process()
+        show.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        show.arguments = ["tc", "qdisc", "show", "dev", "lo"]
+        let output = Pipe()
+        show.standardOutput = output
+        guard (try? show.run()) != nil else { return }
+        let text = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        show.waitUntilExit()
+        guard text.contains("htb 1:") else { return }
+        let delete = Process()
+        delete.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        delete.arguments = ["tc", "qdisc", "del", "dev", "lo", "root"]
+        try? delete.run()
+        delete.waitUntilExit()
+    }
+
     /// Each generation's data plane in a run, and why.
     func transports(_ run: Run) -> [(transport: String, reason: String)] {
         (run.json["transports"] as? [[String: Any]] ?? []).map {
