@@ -634,15 +634,7 @@ public struct CoordinatorMachine: Sendable {
             self.memberLost(id, cause: cause, now: now, into: &actions)
 
         case .generationFailed(let id, let jobID, let generation, let reason, let rdmaSetUp):
-            guard var job = self.jobs[jobID], job.record.phase == .running, job.record.generation == generation,
-                job.record.members.contains(id)
-            else {
-                if let job = self.jobs[jobID], generation < job.record.generation {
-                    actions.append(
-                        .staleRefused(node: id, job: jobID, generation: generation, current: job.record.generation))
-                }
-                break
-            }
+            guard var job = self.currentJob(jobID, member: id, generation: generation, into: &actions) else { break }
             let failure = "generation \(generation), \(id): \(reason.prefix(300))"
             guard rdmaSetUp else {
                 // The first report starts the grace; a death that explains it ends the generation
@@ -669,15 +661,7 @@ public struct CoordinatorMachine: Sendable {
             }
 
         case .cannotRun(let id, let jobID, let generation, let reason):
-            guard var job = self.jobs[jobID], job.record.phase == .running, job.record.generation == generation,
-                job.record.members.contains(id)
-            else {
-                if let job = self.jobs[jobID], generation < job.record.generation {
-                    actions.append(
-                        .staleRefused(node: id, job: jobID, generation: generation, current: job.record.generation))
-                }
-                break
-            }
+            guard var job = self.currentJob(jobID, member: id, generation: generation, into: &actions) else { break }
             // Not draining: the node is as free as before for any other job.
             job.record.cannotRun = job.record.refusals.merging([id: reason]) { $1 }
             self.jobs[jobID] = job
@@ -749,6 +733,21 @@ public struct CoordinatorMachine: Sendable {
         self.jobs[jobID] = job
         actions.append(.jobFailed(job: jobID, reason: reason))
         actions.append(.persist(job: jobID))
+    }
+
+    /// The running job `jobID` when `member` is a member of its current `generation`; nil otherwise,
+    /// refusing (as stale) a message from an older generation.
+    func currentJob(_ jobID: String, member: String, generation: UInt64, into actions: inout [Action]) -> Job? {
+        guard let job = self.jobs[jobID] else { return nil }
+        guard job.record.phase == .running, job.record.generation == generation, job.record.members.contains(member)
+        else {
+            if generation < job.record.generation {
+                actions.append(
+                    .staleRefused(node: member, job: jobID, generation: generation, current: job.record.generation))
+            }
+            return nil
+        }
+        return job
     }
 
     /// Fails a running job: its members are told to abort and are free again.
