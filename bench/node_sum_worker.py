@@ -6,12 +6,18 @@ only the node-local reduction: the step request, a `bucket` message per bucket (
 memory into the node's result region, and the `apply` round trip, in which this worker reads the
 result, scaled, into its own gradients, as the ringmaster package does.
 
+The worker also times its own side, as an MPI rank times its MPI_Allreduce call: from the moment
+its gradients are final (the step request, as there is no backward) to the moment its gradients
+hold the node's sum (the end of `apply`'s copy). At `stop` it writes those times, one per line in
+seconds, to RINGMASTER_BENCH_TIMES when the agent gave that path.
+
 Started by the agent (it needs RINGMASTER_WORKER_SOCKET and RINGMASTER_WORKER_TOKEN); the slot count
 comes in RINGMASTER_BENCH_SLOTS.
 """
 
 import mmap
 import os
+import time
 
 import numpy as np
 
@@ -41,6 +47,8 @@ def main() -> None:
         }
     )
     result = gradients = None
+    ready = 0.0
+    times = []
     while True:
         message = connection.receive()
         kind = message["type"]
@@ -58,6 +66,7 @@ def main() -> None:
                 result = view
             connection.send({"type": "ready"})
         elif kind == "step":
+            ready = time.perf_counter()
             # The gradients are already in shared memory (the agent fills them): say each bucket is
             # final, in order, as backward would.
             for index in range(len(buckets)):
@@ -67,8 +76,13 @@ def main() -> None:
             # As the package does: the job's sum, scaled, from the result region into this worker's
             # gradients (the optimizer's step, which reads them, is the script's work, not timed).
             np.multiply(result, message["scale"], out=gradients)
+            times.append(time.perf_counter() - ready)
             connection.send({"type": "applied"})
         elif kind == "stop":
+            path = os.environ.get("RINGMASTER_BENCH_TIMES")
+            if path:
+                with open(path, "w", encoding="utf-8") as file:
+                    file.writelines(f"{seconds!r}\n" for seconds in times)
             connection.close()
             return
         else:

@@ -13,13 +13,24 @@ import Workload
 /// the sum of their gradients in shared memory bucket by bucket into the result region the workers
 /// map, and the `apply` round trip, in which each worker reads the result into its own gradients
 /// (as the ringmaster package does). No data plane: one node.
+///
+/// Two latencies per iteration. The reduction's, as an MPI rank times its MPI_Allreduce call:
+/// each worker times itself from the moment its gradients are final (no backward here: the step
+/// request) to the moment its gradients hold the node's sum, and an iteration takes its slowest
+/// worker. And the whole iteration as the agent sees it, which adds the step request and the
+/// `applied` answer (in a real step the one comes before backward and the other after the
+/// optimizer's step, off the reduction's path).
 public enum NodeSumBenchmark {
     /// One size's figures, with the fields of `bench allreduce --json` and bench/allreduce_report.py.
     public struct Row: Sendable, Codable {
         public var bytes: Int
         public var iterations: Int
+        /// The reduction, as the slowest worker timed it (from its gradients final to the sum in them).
         public var p50Microseconds: Double
         public var p99Microseconds: Double
+        /// The whole iteration, as the agent timed it (from the step request to every `applied`).
+        public var iterationP50Microseconds: Double
+        public var iterationP99Microseconds: Double
         /// Bytes per p50, in 10^9 B/s.
         public var algorithmBandwidth: Double
         /// `algbw * 2(n-1)/n`, as for an all-reduce of `n` ranks.
@@ -31,6 +42,8 @@ public enum NodeSumBenchmark {
             case bytes, iterations
             case p50Microseconds = "p50_us"
             case p99Microseconds = "p99_us"
+            case iterationP50Microseconds = "iteration_p50_us"
+            case iterationP99Microseconds = "iteration_p99_us"
             case algorithmBandwidth = "algbw_gbps"
             case busBandwidth = "busbw_gbps"
             case cpuMicrosecondsPerOperation = "cpu_us_per_op"
@@ -46,6 +59,7 @@ public enum NodeSumBenchmark {
         var rows: [Row] = []
         for size in sizes {
             let slots = max(1, size / 4)
+            let timesPaths = (0..<count).map { "\(directory)/node-sum-\(slots * 4)-\($0).times" }
             let workers = try (0..<count).map { index in
                 try TorchWorker(
                     .init(
@@ -54,6 +68,7 @@ public enum NodeSumBenchmark {
                         // OpenBLAS would otherwise keep threads of its own spinning beside it.
                         environment: [
                             "RINGMASTER_BENCH_SLOTS": "\(slots)", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
+                            "RINGMASTER_BENCH_TIMES": timesPaths[index],
                         ], job: "node-sum", directory: directory,
                         index: index, count: count, startTimeout: .seconds(60)),
                     logger: logger)
@@ -73,8 +88,8 @@ public enum NodeSumBenchmark {
                 try workload.applyGradients(UnsafeBufferPointer(destination), scale: 1)
             }
             let clock = ContinuousClock()
-            let warmUp = clock.measure { for _ in 0..<5 { try? once() } }
-            let perIteration = max(1e-7, Self.seconds(warmUp) / 5)
+            let warmUp = try clock.measure { for _ in 0..<Self.warmUpIterations { try once() } }
+            let perIteration = max(1e-7, Self.seconds(warmUp) / Double(Self.warmUpIterations))
             let iterations = min(100_000, max(20, Int(minimumSeconds / perIteration) + 1))
             var times: [Double] = []
             times.reserveCapacity(iterations)
@@ -86,17 +101,47 @@ public enum NodeSumBenchmark {
             }
             let cpu = Self.cpuSeconds(workers) - cpuBefore
             try Self.check(workload, destination: destination)
-            times.sort()
-            let p50 = times[times.count / 2]
-            let p99 = times[min(times.count - 1, Int(Double(times.count) * 0.99))]
+            // The workers write their own times as they stop.
+            workload.release()
+            let reductions = try Self.slowestWorker(timesPaths, iterations: iterations)
+            let (p50, p99) = Self.percentiles(reductions)
+            let iteration = Self.percentiles(times)
             let algbw = Double(slots * 4) / p50 / 1e9
             rows.append(
                 Row(
                     bytes: slots * 4, iterations: iterations, p50Microseconds: p50 * 1e6, p99Microseconds: p99 * 1e6,
+                    iterationP50Microseconds: iteration.p50 * 1e6, iterationP99Microseconds: iteration.p99 * 1e6,
                     algorithmBandwidth: algbw, busBandwidth: algbw * 2 * Double(count - 1) / Double(count),
                     cpuMicrosecondsPerOperation: cpu / Double(iterations) * 1e6))
         }
         return rows
+    }
+
+    static let warmUpIterations = 5
+
+    /// Per timed iteration, the longest of the workers' own times. Each worker wrote one time per
+    /// iteration it ran: the warm-up ones, the timed ones, then the check's.
+    static func slowestWorker(_ paths: [String], iterations: Int) throws -> [Double] {
+        var slowest = [Double](repeating: 0, count: iterations)
+        for (index, path) in paths.enumerated() {
+            let text = (try? String(contentsOfFile: path, encoding: .utf8)) ?? ""
+            let times = text.split(separator: "\n").compactMap { Double($0) }
+            guard times.count == Self.warmUpIterations + iterations + 1 else {
+                throw WorkloadError(
+                    .workerFailed,
+                    "worker \(index) wrote \(times.count) times to \(path), expected \(Self.warmUpIterations + iterations + 1)"
+                )
+            }
+            for (iteration, time) in times.dropFirst(Self.warmUpIterations).prefix(iterations).enumerated() {
+                slowest[iteration] = max(slowest[iteration], time)
+            }
+        }
+        return slowest
+    }
+
+    static func percentiles(_ values: [Double]) -> (p50: Double, p99: Double) {
+        let sorted = values.sorted()
+        return (sorted[sorted.count / 2], sorted[min(sorted.count - 1, Int(Double(sorted.count) * 0.99))])
     }
 
     /// After the timed iterations: worker `i` holds `i + 1` everywhere; one more iteration must

@@ -16,6 +16,17 @@ final class WorkerChannel {
     /// Says what went wrong when the other end is gone (the worker's exit status, its last lines).
     let describeLoss: () -> String
 
+    /// One encoder and one decoder for the channel's life: a step sends and receives several
+    /// messages per worker, and making a coder costs more than coding one of them.
+    let encoder = JSONEncoder()
+    let decoder = JSONDecoder()
+    /// What a read took from the socket: bytes `start..<end` are received and not yet taken. A
+    /// read takes whatever has arrived, often the next message too, as a worker sends its last
+    /// bucket and its gradients back to back.
+    var buffer = [UInt8](repeating: 0, count: 64 << 10)
+    var start = 0
+    var end = 0
+
     init(descriptor: Int32, describeLoss: @escaping () -> String) {
         self.descriptor = descriptor
         self.describeLoss = describeLoss
@@ -25,7 +36,7 @@ final class WorkerChannel {
 
     /// Sends one message.
     func send<Message: Encodable>(_ message: Message, deadline: ContinuousClock.Instant) throws {
-        let body = try JSONEncoder().encode(message)
+        let body = try self.encoder.encode(message)
         var frame = withUnsafeBytes(of: UInt32(body.count).littleEndian) { Array($0) }
         frame += body
         var done = 0
@@ -56,21 +67,28 @@ final class WorkerChannel {
         }
         let body = try self.read(length, deadline: deadline, waitingFor: what)
         do {
-            return try JSONDecoder().decode(Message.self, from: Data(body))
+            return try self.decoder.decode(Message.self, from: Data(body))
         } catch {
             throw WorkloadError(.workerFailed, "the worker sent a message that does not decode (\(error))")
         }
     }
 
-    func read(_ count: Int, deadline: ContinuousClock.Instant, waitingFor what: String) throws -> [UInt8] {
-        var bytes = [UInt8](repeating: 0, count: count)
-        var done = 0
-        while done < count {
-            let n = bytes.withUnsafeMutableBytes {
-                recv(self.descriptor, $0.baseAddress! + done, count - done, Int32(MSG_DONTWAIT))
+    /// The next `count` bytes, from what arrived already and then from the socket.
+    func read(_ count: Int, deadline: ContinuousClock.Instant, waitingFor what: String) throws -> ArraySlice<UInt8> {
+        while self.end - self.start < count {
+            if self.buffer.count - self.start < count {
+                // Room for the whole message after what is held: move that to the front, or grow.
+                let held = Array(self.buffer[self.start..<self.end])
+                if self.buffer.count < count { self.buffer = [UInt8](repeating: 0, count: count) }
+                self.buffer.replaceSubrange(0..<held.count, with: held)
+                (self.start, self.end) = (0, held.count)
+            }
+            let (end, room) = (self.end, self.buffer.count - self.end)
+            let n = self.buffer.withUnsafeMutableBytes {
+                recv(self.descriptor, $0.baseAddress! + end, room, Int32(MSG_DONTWAIT))
             }
             if n > 0 {
-                done += n
+                self.end += n
             } else if n < 0 && (errno == EAGAIN || errno == EINTR) {
                 try self.wait(events: Int16(POLLIN), deadline: deadline, doing: what)
             } else {
@@ -79,7 +97,11 @@ final class WorkerChannel {
                     "the worker closed its connection while the agent waited for \(what): \(self.describeLoss())")
             }
         }
-        return bytes
+        defer {
+            self.start += count
+            if self.start == self.end { (self.start, self.end) = (0, 0) }
+        }
+        return self.buffer[self.start..<(self.start + count)]
     }
 
     func wait(events: Int16, deadline: ContinuousClock.Instant, doing what: String) throws {

@@ -509,9 +509,9 @@ struct BenchCommand: AsyncParsableCommand {
                     print(
                         String(
                             format:
-                                "%10d B  %d workers  p50 %10.1f us  p99 %10.1f us  algbw %6.2f GB/s  cpu %9.1f us/op",
+                                "%10d B  %d workers  sum p50 %10.1f us  p99 %10.1f us  algbw %6.2f GB/s  iteration p50 %10.1f us  cpu %9.1f us/op",
                             row.bytes, self.workers, row.p50Microseconds, row.p99Microseconds,
-                            row.algorithmBandwidth, row.cpuMicrosecondsPerOperation))
+                            row.algorithmBandwidth, row.iterationP50Microseconds, row.cpuMicrosecondsPerOperation))
                 }
             }
         }
