@@ -23,6 +23,7 @@ let package = Package(
         .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
         .package(url: "https://github.com/jpsim/Yams.git", from: "6.2.2"),
         .package(url: "https://github.com/groue/GRDB.swift.git", from: "7.10.0"),
+        .package(url: "https://github.com/swift-server/async-http-client.git", from: "1.37.0"),
     ],
     targets: [
         // MARK: - Libraries
@@ -127,9 +128,20 @@ let package = Package(
             swiftSettings: strictSwift6
         ),
         .target(
+            name: "Etcd",
+            dependencies: [
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOFoundationCompat", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+            ],
+            swiftSettings: strictSwift6
+        ),
+        .target(
             name: "Coordinator",
             dependencies: [
                 "Checkpointing",
+                "Etcd",
                 "CoordinatorCore",
                 "JobModel",
                 "Workload",
@@ -308,6 +320,11 @@ let package = Package(
             swiftSettings: strictSwift6
         ),
         .testTarget(
+            name: "EtcdTests",
+            dependencies: ["Etcd"],
+            swiftSettings: strictSwift6
+        ),
+        .testTarget(
             name: "IntegrationTests",
             dependencies: [
                 "Checkpointing",
@@ -316,6 +333,9 @@ let package = Package(
                 "RingmasterSecurity",
                 "ControlPlane",
                 "Coordinator",
+                "CoordinatorCore",
+                "Etcd",
+                "JobModel",
                 "Agent",
                 "LocalCluster",
                 .product(name: "NIOCore", package: "swift-nio"),

@@ -10,13 +10,15 @@
 #   busybox-static     that guest's initramfs
 #   iproute2           `ip`, for integration tests that use network namespaces
 #   openssl            inspecting certificates and keys by hand
+#   etcd-server        etcd, for the state-store tests' local cluster (scripts/etcd-cluster.sh)
+#   etcd-client        etcdctl, which scripts/etcd-cluster.sh uses to check that cluster's health
 #
 # Packages already installed are skipped, so on a prepared machine this does nothing and needs
 # no network. Run as root, or as a user with sudo. It does not install Swift.
 set -euo pipefail
 
 packages=(protobuf-compiler libsqlite3-dev zlib1g-dev pkg-config libibverbs-dev ibverbs-providers iproute2 openssl
-    qemu-system-x86 busybox-static)
+    qemu-system-x86 busybox-static etcd-server etcd-client)
 
 if ! command -v dpkg >/dev/null || ! command -v apt-get >/dev/null; then
     echo "setup: dpkg and apt-get not found; this script is for Debian and Ubuntu." >&2

@@ -2,8 +2,11 @@
 public struct CoordinatorError: Error, Sendable, CustomStringConvertible {
     /// What went wrong, as a stable code.
     public enum Code: String, Sendable, Hashable {
-        /// The SQLite state could not be read or written.
+        /// The state store (SQLite, or etcd) could not be read or written.
         case stateStore
+        /// This coordinator lost the leadership of the set sharing an etcd store: it may not
+        /// change the state, and stops serving.
+        case notLeading
         /// The file system under the state directory is full: a change could not be saved.
         case stateFull
         /// The configuration is not usable.

@@ -80,7 +80,7 @@ public final class CoordinatorService: Service, Sendable {
     let logger: Logger
     let now: @Sendable () -> Date
     let onListening: @Sendable (Int) -> Void
-    let store: StateStore
+    let store: any StateStore
     let authority: CertificateAuthority
     let serverContext: NIOSSLContext
     let engine: Mutex<Engine>
@@ -207,7 +207,7 @@ public final class CoordinatorService: Service, Sendable {
             ConnectionBudget(limits: configuration.connectionLimits ?? .forDescriptorLimit(self.descriptorLimit)))
         let current = now()
         self.authority = try CertificateAuthority.loadOrCreate(directory: configuration.stateDirectory, now: current)
-        let store = try StateStore(path: "\(configuration.stateDirectory)/state.sqlite")
+        let store = try SQLiteStateStore(path: "\(configuration.stateDirectory)/state.sqlite")
         self.store = store
         self.writer = StateWriter(store: store, logger: logger, now: now)
         let key = KeyAndRequest.makeKey()
@@ -263,7 +263,7 @@ public final class CoordinatorService: Service, Sendable {
     public var caPin: CAPin { self.authority.pin }
 
     /// The state database (for the CLI and tests on the same host).
-    public var state: StateStore { self.store }
+    public var state: any StateStore { self.store }
 
     // MARK: - Listening
 

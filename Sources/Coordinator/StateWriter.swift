@@ -69,7 +69,7 @@ final class StateWriter: Sendable {
         var reason: String
     }
 
-    let store: StateStore
+    let store: any StateStore
     let logger: Logger
     let now: @Sendable () -> Date
     /// Batches waiting for the writer's thread, and whether it was told to end.
@@ -102,7 +102,7 @@ final class StateWriter: Sendable {
     }
 
     /// A writer to `store`, with its thread started; `stop` ends it.
-    init(store: StateStore, logger: Logger, now: @escaping @Sendable () -> Date) {
+    init(store: any StateStore, logger: Logger, now: @escaping @Sendable () -> Date) {
         self.store = store
         self.logger = logger
         self.now = now

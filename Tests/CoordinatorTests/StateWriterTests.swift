@@ -13,12 +13,12 @@ import Testing
 @Suite("State writer")
 struct StateWriterTests {
     /// A fresh state database in a temporary directory.
-    static func store() throws -> (StateStore, String) {
+    static func store() throws -> (SQLiteStateStore, String) {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent(
             "ringmaster-writer-\(UUID().uuidString)"
         ).path
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-        return (try StateStore(path: "\(directory)/state.sqlite"), directory)
+        return (try SQLiteStateStore(path: "\(directory)/state.sqlite"), directory)
     }
 
     /// A job's durable record at `cursor`.
@@ -35,7 +35,7 @@ struct StateWriterTests {
         return record
     }
 
-    static func writer(_ store: StateStore) -> StateWriter {
+    static func writer(_ store: any StateStore) -> StateWriter {
         StateWriter(store: store, logger: Logger(label: "test"), now: { Date() })
     }
 

@@ -1,0 +1,347 @@
+import AsyncHTTPClient
+import Foundation
+import NIOCore
+import NIOFoundationCompat
+import NIOHTTP1
+import Synchronization
+
+/// A key and its value as etcd holds them, with the revisions a transaction compares.
+public struct EtcdKeyValue: Sendable, Hashable {
+    public var key: String
+    public var value: [UInt8]
+    /// The revision of the change that created the key (0: the key does not exist).
+    public var createRevision: Int64
+    /// The revision of the last change to the key.
+    public var modRevision: Int64
+    /// The lease the key is attached to (0: none).
+    public var lease: Int64
+}
+
+/// A condition of a transaction on one key.
+public enum EtcdCondition: Sendable, Hashable {
+    /// The key holds exactly this value (false when the key does not exist).
+    case valueEquals(key: String, [UInt8])
+    /// The key was created at this revision; 0 means the key does not exist.
+    case createRevision(key: String, equals: Int64)
+    /// The key was last changed at this revision; 0 means the key does not exist.
+    case modRevision(key: String, equals: Int64)
+}
+
+/// An operation of a transaction's branch.
+public enum EtcdOperation: Sendable, Hashable {
+    /// Sets the key, attached to `lease` when it is given.
+    case put(key: String, value: [UInt8], lease: Int64? = nil)
+    /// Reads one key.
+    case get(key: String)
+    /// Reads every key that starts with the prefix.
+    case getPrefix(String)
+    /// Removes one key.
+    case delete(key: String)
+}
+
+/// What a transaction did.
+public struct EtcdTransactionResult: Sendable {
+    /// Whether every condition of the guard held; when not, nothing else was looked at or done.
+    public var guardHeld: Bool
+    /// Whether every condition held, so that the `then` branch ran (else the `else` branch did).
+    public var succeeded: Bool
+    /// The store's revision after the transaction.
+    public var revision: Int64
+    /// For each `get` and `getPrefix` of the branch that ran, in order, what it read.
+    public var reads: [[EtcdKeyValue]]
+}
+
+/// A client of an etcd v3 cluster through its JSON gateway (HTTP/1.1, one POST per call), with
+/// every endpoint of the cluster: a call goes to the endpoint that answered last and, when that one
+/// cannot be reached or has no quorum, to the next. Calls block until answered or until their
+/// deadline; they must not be made on an event loop.
+///
+/// A call that has been sent and then timed out is not sent again elsewhere (it may have been
+/// carried out): it throws `outcomeUnknown`, and the caller decides.
+public final class EtcdClient: Sendable {
+    /// The cluster's client endpoints, `host:port`.
+    public let endpoints: [String]
+    /// How long one call may take, all endpoints tried included.
+    public let timeout: Duration
+    let http: HTTPClient
+    /// The endpoint to try first: the one that answered last.
+    let preferred = Mutex(0)
+
+    /// A client of the cluster at `endpoints` (`host:port` each, at least one).
+    public init(endpoints: [String], timeout: Duration = .seconds(3)) {
+        precondition(!endpoints.isEmpty, "an etcd client needs at least one endpoint")
+        self.endpoints = endpoints
+        self.timeout = timeout
+        var configuration = HTTPClient.Configuration()
+        configuration.timeout = .init(connect: .milliseconds(500), read: nil)
+        configuration.connectionPool = .init(idleTimeout: .seconds(30))
+        self.http = HTTPClient(eventLoopGroupProvider: .singleton, configuration: configuration)
+    }
+
+    deinit { try? self.http.syncShutdown() }
+
+    /// The endpoints of a store address `etcd://HOST:PORT[,HOST:PORT...]`.
+    public static func endpoints(of address: String) throws -> [String] {
+        let prefix = "etcd://"
+        guard address.hasPrefix(prefix) else {
+            throw EtcdError(
+                .refused, "the store address \(address) is not etcd://HOST:PORT[,HOST:PORT...] (for example etcd://127.0.0.1:2379)")
+        }
+        let endpoints = address.dropFirst(prefix.count).split(separator: ",").map {
+            String($0).trimmingCharacters(in: .whitespaces)
+        }
+        guard !endpoints.isEmpty else {
+            throw EtcdError(.refused, "the store address \(address) names no endpoint: give etcd://HOST:PORT")
+        }
+        for endpoint in endpoints {
+            guard let colon = endpoint.lastIndex(of: ":"), !endpoint[..<colon].isEmpty,
+                let port = Int(endpoint[endpoint.index(after: colon)...]), (1...65535).contains(port)
+            else {
+                throw EtcdError(
+                    .refused, "the store address \(address) has an endpoint \(endpoint) that is not HOST:PORT")
+            }
+        }
+        return endpoints
+    }
+
+    // MARK: - Keys
+
+    /// The key's value and revisions, or nil when it does not exist.
+    public func get(_ key: String) throws -> EtcdKeyValue? {
+        let response: WireRangeResponse = try self.call(
+            "kv/range", WireRangeRequest(key: WireBytes(key)), doing: "reading \(key)")
+        return try (response.kvs ?? []).first.map(Self.keyValue)
+    }
+
+    /// Every key that starts with `prefix`, in key order.
+    public func get(prefix: String) throws -> [EtcdKeyValue] {
+        let response: WireRangeResponse = try self.call(
+            "kv/range", WireRangeRequest(key: WireBytes(prefix), rangeEnd: Self.end(ofPrefix: prefix)),
+            doing: "reading the keys under \(prefix)")
+        return try (response.kvs ?? []).map(Self.keyValue)
+    }
+
+    /// Sets the key, attached to `lease` when it is given.
+    public func put(_ key: String, _ value: [UInt8], lease: Int64? = nil) throws {
+        let _: WirePutResponse = try self.call(
+            "kv/put", WirePutRequest(key: WireBytes(key), value: WireBytes(value), lease: lease.map(WireInt64.init)),
+            doing: "writing \(key)")
+    }
+
+    /// Removes the key; returns whether it existed.
+    @discardableResult
+    public func delete(_ key: String) throws -> Bool {
+        let response: WireDeleteResponse = try self.call(
+            "kv/deleterange", WireDeleteRequest(key: WireBytes(key)), doing: "deleting \(key)")
+        return (response.deleted?.value ?? 0) > 0
+    }
+
+    /// Runs `then` if every condition holds, else `otherwise`, atomically; and all that only if
+    /// every condition of `guard` holds (a leader's fence), else nothing.
+    public func transaction(
+        guard fence: [EtcdCondition] = [], if conditions: [EtcdCondition], then success: [EtcdOperation],
+        else failure: [EtcdOperation] = [], doing what: String
+    ) throws -> EtcdTransactionResult {
+        var request = WireTxnRequest(
+            compare: conditions.map(Self.wire), success: success.map(Self.wire), failure: failure.map(Self.wire))
+        if !fence.isEmpty {
+            // The caller's transaction inside one that checks the guard alone, so that the answer
+            // tells which failed.
+            request = WireTxnRequest(
+                compare: fence.map(Self.wire), success: [WireRequestOp(requestTxn: request)], failure: [])
+        }
+        var response: WireTxnResponse = try self.call("kv/txn", request, doing: what)
+        let revision = response.header?.revision?.value ?? 0
+        if !fence.isEmpty {
+            guard response.succeeded == true else {
+                return EtcdTransactionResult(guardHeld: false, succeeded: false, revision: revision, reads: [])
+            }
+            guard let inner = response.responses?.first?.responseTxn else {
+                throw EtcdError(.protocolError, "etcd answered a guarded transaction without the inner one's outcome")
+            }
+            response = inner
+        }
+        var reads: [[EtcdKeyValue]] = []
+        for answer in response.responses ?? [] {
+            if let range = answer.responseRange {
+                reads.append(try (range.kvs ?? []).map(Self.keyValue))
+            }
+        }
+        return EtcdTransactionResult(
+            guardHeld: true, succeeded: response.succeeded ?? false, revision: revision, reads: reads)
+    }
+
+    // MARK: - Leases
+
+    /// A new lease that expires `seconds` after its last keep-alive; returns its id.
+    public func grantLease(seconds: Int64) throws -> Int64 {
+        let response: WireLeaseGrantResponse = try self.call(
+            "lease/grant", WireLeaseGrantRequest(ttl: WireInt64(seconds)), doing: "granting a lease")
+        if let error = response.error, !error.isEmpty {
+            throw EtcdError(.refused, "etcd refused a lease: \(error)")
+        }
+        guard let id = response.id?.value, id != 0 else {
+            throw EtcdError(.protocolError, "etcd granted a lease without an id")
+        }
+        return id
+    }
+
+    /// Renews the lease; returns the seconds it now has, 0 when it has expired or was revoked.
+    public func keepAlive(lease: Int64) throws -> Int64 {
+        let response: WireStreamed<WireLeaseKeepAliveResponse> = try self.call(
+            "lease/keepalive", WireLeaseID(id: WireInt64(lease)), doing: "renewing lease \(lease)")
+        if let failure = response.error {
+            throw EtcdError(.refused, "etcd refused to renew lease \(lease): \(failure.message ?? failure.error ?? "")")
+        }
+        return response.result?.ttl?.value ?? 0
+    }
+
+    /// Ends the lease now, removing the keys attached to it.
+    public func revoke(lease: Int64) throws {
+        let _: WireLeaseRevokeResponse = try self.call(
+            "lease/revoke", WireLeaseID(id: WireInt64(lease)), doing: "revoking lease \(lease)")
+    }
+
+    // MARK: - Calls
+
+    /// POSTs `request` to `/v3/PATH` on the preferred endpoint, then on the others while they
+    /// cannot be reached or answer that they have no quorum, within `timeout`.
+    func call<Request: Encodable, Response: Decodable>(
+        _ path: String, _ request: Request, doing what: String
+    ) throws -> Response {
+        let body = try JSONEncoder().encode(request)
+        let deadline = ContinuousClock.now + self.timeout
+        let first = self.preferred.withLock { $0 }
+        var reasons: [String] = []
+        for offset in 0..<self.endpoints.count {
+            let index = (first + offset) % self.endpoints.count
+            let endpoint = self.endpoints[index]
+            let remaining = deadline - ContinuousClock.now
+            guard remaining > .zero else { break }
+            let outcome = self.post(body, to: "http://\(endpoint)/v3/\(path)", within: remaining)
+            switch outcome {
+            case .answered(let status, let data):
+                if status == .ok {
+                    self.preferred.withLock { $0 = index }
+                    do {
+                        return try JSONDecoder().decode(Response.self, from: data)
+                    } catch {
+                        throw EtcdError(
+                            .protocolError,
+                            "etcd at \(endpoint) answered \(what) with something that does not decode (\(error))")
+                    }
+                }
+                let failure = try? JSONDecoder().decode(WireFailure.self, from: data)
+                let text = failure?.message ?? failure?.error ?? String(decoding: data.prefix(200), as: UTF8.self)
+                // 14 is gRPC's UNAVAILABLE: no leader, or the member is stopping; another may serve.
+                if failure?.code == 14 || status == .serviceUnavailable || text.contains("no leader") {
+                    reasons.append("\(endpoint): \(text)")
+                    continue
+                }
+                // 4 is DEADLINE_EXCEEDED (our Grpc-Timeout ran out), 2 with "context deadline
+                // exceeded" the same from inside etcd: the request may have been carried out.
+                if failure?.code == 4 || status == .gatewayTimeout || text.contains("deadline exceeded")
+                    || text.contains("timed out")
+                {
+                    throw EtcdError(
+                        .outcomeUnknown,
+                        "etcd at \(endpoint) timed out \(what); it may or may not have been done (\(text))")
+                }
+                throw EtcdError(.refused, "etcd at \(endpoint) refused \(what): \(text) (HTTP \(status.code))")
+            case .unreachable(let reason):
+                reasons.append("\(endpoint): \(reason)")
+            case .noAnswer:
+                throw EtcdError(
+                    .outcomeUnknown,
+                    "etcd at \(endpoint) did not answer \(what) within \(self.timeout); it may or may not have been done")
+            }
+        }
+        throw EtcdError(
+            .unavailable,
+            "no etcd endpoint served \(what) within \(self.timeout) (\(reasons.isEmpty ? "out of time" : reasons.joined(separator: "; "))); check that the cluster at \(self.endpoints.joined(separator: ",")) is up and has a quorum"
+        )
+    }
+
+    enum Outcome {
+        case answered(HTTPResponseStatus, Data)
+        /// The request could not be delivered: nothing was done.
+        case unreachable(String)
+        /// The request was sent and no answer came in time.
+        case noAnswer
+    }
+
+    func post(_ body: Data, to url: String, within remaining: Duration) -> Outcome {
+        let nanoseconds = remaining.components.seconds * 1_000_000_000 + remaining.components.attoseconds / 1_000_000_000
+        // etcd holds a request it cannot serve (no quorum) for 7 s unless told a shorter deadline,
+        // and with `hasleader` a member without a leader refuses at once, so another is tried.
+        let headers: HTTPHeaders = [
+            "Content-Type": "application/json",
+            "Grpc-Timeout": "\(max(1, nanoseconds / 1_000_000))m",
+            "Grpc-Metadata-hasleader": "true",
+        ]
+        let request: HTTPClient.Request
+        do {
+            request = try HTTPClient.Request(url: url, method: .POST, headers: headers, body: .data(body))
+        } catch {
+            return .unreachable("not a usable address (\(error))")
+        }
+        do {
+            let response = try self.http.execute(request: request, deadline: .now() + .nanoseconds(nanoseconds)).wait()
+            return .answered(response.status, response.body.map { Data(buffer: $0) } ?? Data())
+        } catch let error as HTTPClientError where error == .deadlineExceeded || error == .readTimeout {
+            return .noAnswer
+        } catch let error as HTTPClientError where error == .connectTimeout {
+            return .unreachable("connection timed out")
+        } catch {
+            return .unreachable("\(error)")
+        }
+    }
+
+    // MARK: - Conversions
+
+    static func keyValue(_ wire: WireKeyValue) throws -> EtcdKeyValue {
+        EtcdKeyValue(
+            key: String(decoding: wire.key.bytes, as: UTF8.self), value: wire.value?.bytes ?? [],
+            createRevision: wire.createRevision?.value ?? 0, modRevision: wire.modRevision?.value ?? 0,
+            lease: wire.lease?.value ?? 0)
+    }
+
+    /// The first key after every key that starts with `prefix`.
+    static func end(ofPrefix prefix: String) -> WireBytes {
+        var bytes = Array(prefix.utf8)
+        while let last = bytes.last {
+            if last < 0xff {
+                bytes[bytes.count - 1] = last + 1
+                return WireBytes(bytes)
+            }
+            bytes.removeLast()
+        }
+        return WireBytes([0])  // every key
+    }
+
+    static func wire(_ condition: EtcdCondition) -> WireCompare {
+        switch condition {
+        case .valueEquals(let key, let value):
+            WireCompare(result: "EQUAL", target: "VALUE", key: WireBytes(key), value: WireBytes(value))
+        case .createRevision(let key, let revision):
+            WireCompare(result: "EQUAL", target: "CREATE", key: WireBytes(key), createRevision: WireInt64(revision))
+        case .modRevision(let key, let revision):
+            WireCompare(result: "EQUAL", target: "MOD", key: WireBytes(key), modRevision: WireInt64(revision))
+        }
+    }
+
+    static func wire(_ operation: EtcdOperation) -> WireRequestOp {
+        switch operation {
+        case .put(let key, let value, let lease):
+            WireRequestOp(
+                requestPut: WirePutRequest(
+                    key: WireBytes(key), value: WireBytes(value), lease: lease.map(WireInt64.init)))
+        case .get(let key):
+            WireRequestOp(requestRange: WireRangeRequest(key: WireBytes(key)))
+        case .getPrefix(let prefix):
+            WireRequestOp(requestRange: WireRangeRequest(key: WireBytes(prefix), rangeEnd: Self.end(ofPrefix: prefix)))
+        case .delete(let key):
+            WireRequestOp(requestDeleteRange: WireDeleteRequest(key: WireBytes(key)))
+        }
+    }
+}

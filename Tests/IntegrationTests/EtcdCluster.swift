@@ -1,0 +1,82 @@
+import Foundation
+import LocalCluster
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// A real etcd cluster on loopback for one test, run by scripts/etcd-cluster.sh (which CI uses too)
+/// in a directory of its own; `stop` ends it. Its ports are drawn at random from 24000 to 29998 so
+/// that clusters of tests run one after another never meet a member still closing.
+final class EtcdCluster: Sendable {
+    let directory: TestDirectory
+    let endpoints: [String]
+    let members: Int
+
+    /// Starts `members` members and waits, with the script's deadline, until the cluster serves.
+    init(members: Int = 3) async throws {
+        self.directory = try TestDirectory()
+        self.members = members
+        let basePort = 24000 + 2 * members * Int.random(in: 0..<(5998 / (2 * members)))
+        let output = try await Self.script(
+            ["start", self.directory.path, "--members", "\(members)", "--base-port", "\(basePort)"], within: 40)
+        guard let line = output.last(where: { $0.contains(":") }) else {
+            throw CommandError("etcd-cluster.sh start printed no endpoints: \(output)")
+        }
+        self.endpoints = line.split(separator: ",").map(String.init)
+        guard self.endpoints.count == members else {
+            throw CommandError("etcd-cluster.sh start printed \(line), expected \(members) endpoints")
+        }
+    }
+
+    /// A test that ends without `stop` (it failed) leaves no member running.
+    deinit {
+        let pids = (try? String(contentsOfFile: "\(self.directory.path)/pids", encoding: .utf8)) ?? ""
+        for pid in pids.split(separator: "\n").compactMap({ Int32($0) }) where pid > 0 {
+            // Only an etcd: a member that ended long ago may have left its pid to another process.
+            let name = (try? String(contentsOfFile: "/proc/\(pid)/comm", encoding: .utf8)) ?? ""
+            if name.hasPrefix("etcd") { Glibc.kill(pid, SIGKILL) }
+        }
+    }
+
+    /// `etcd://` with every member.
+    var address: String { "etcd://" + self.endpoints.joined(separator: ",") }
+
+    /// kill -9 of member `index`.
+    func kill(_ index: Int) async throws {
+        _ = try await Self.script(["kill", self.directory.path, "\(index)"], within: 20)
+    }
+
+    /// Starts member `index` again on its data, and waits until it is healthy.
+    func restart(_ index: Int) async throws {
+        _ = try await Self.script(["restart", self.directory.path, "\(index)"], within: 40)
+    }
+
+    /// Stops every member (their data stays in the directory until the test ends).
+    func stop() async {
+        _ = try? await Self.script(["stop", self.directory.path], within: 40)
+    }
+
+    /// Runs the script to completion; throws with its last lines when it fails.
+    static func script(_ arguments: [String], within seconds: Double) async throws -> [String] {
+        let path = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent().appendingPathComponent("scripts/etcd-cluster.sh").path
+        guard FileManager.default.fileExists(atPath: "/usr/bin/etcd") || Self.onPath("etcd") else {
+            throw CommandError("etcd is not installed: run scripts/setup.sh (it installs etcd-server and etcd-client)")
+        }
+        let process = try ChildProcess(name: "etcd-cluster.sh \(arguments[0])", executable: path, arguments: arguments)
+        let status = try await process.waitForExit(within: seconds)
+        guard status == 0 else {
+            throw CommandError(
+                "`etcd-cluster.sh \(arguments.joined(separator: " "))` exited \(status): \(process.output.lines.suffix(20).joined(separator: "\n"))"
+            )
+        }
+        return process.standardOutput.lines
+    }
+
+    static func onPath(_ name: String) -> Bool {
+        (ProcessInfo.processInfo.environment["PATH"] ?? "").split(separator: ":").contains {
+            FileManager.default.isExecutableFile(atPath: "\($0)/\(name)")
+        }
+    }
+}

@@ -1,0 +1,251 @@
+import Coordinator
+import CoordinatorCore
+import Etcd
+import Foundation
+import JobModel
+import RingmasterSecurity
+import Testing
+
+/// The state store's contract, held by both stores: SQLite in a file, and etcd in a real
+/// three-member cluster on loopback (scripts/etcd-cluster.sh). Then what only etcd has: a fence
+/// that keeps a deposed leader from writing, and service through the loss of one member.
+@Suite("State stores", .serialized)
+struct StateStoreTests {
+    enum Kind: String, CaseIterable, CustomTestStringConvertible {
+        case sqlite, etcd
+        var testDescription: String { self.rawValue }
+    }
+
+    /// A fresh store of `kind`, a second handle on the same state, and what keeps them alive.
+    final class Stores: Sendable {
+        let first: any StateStore
+        let makeAnother: @Sendable () throws -> any StateStore
+        let cluster: EtcdCluster?
+        let directory: TestDirectory
+
+        init(_ kind: Kind) async throws {
+            self.directory = try TestDirectory()
+            switch kind {
+            case .sqlite:
+                let path = "\(self.directory.path)/state.sqlite"
+                self.first = try SQLiteStateStore(path: path)
+                self.makeAnother = { try SQLiteStateStore(path: path) }
+                self.cluster = nil
+            case .etcd:
+                let cluster = try await EtcdCluster()
+                let endpoints = cluster.endpoints
+                self.first = EtcdStateStore(client: EtcdClient(endpoints: endpoints))
+                self.makeAnother = { EtcdStateStore(client: EtcdClient(endpoints: endpoints)) }
+                self.cluster = cluster
+            }
+        }
+
+        func stop() async { await self.cluster?.stop() }
+    }
+
+    static let now = Date(timeIntervalSince1970: 1_800_000_000)
+
+    static func record(_ name: String, cursor: UInt64) throws -> CoordinatorMachine.JobRecord {
+        var machine = CoordinatorMachine()
+        _ = try machine.apply(
+            .submit(
+                JobSpec(
+                    name: name, datasetPath: "/data/set", datasetSamples: 100, globalBatchSize: 10, steps: 1000,
+                    seed: 7, minNodes: 1, maxNodes: 2)),
+            now: .zero)
+        var record = try #require(machine.record(job: name))
+        record.cursor = cursor
+        return record
+    }
+
+    static func code(_ body: () throws -> Void) -> SecurityError.Code? {
+        do {
+            try body()
+            return nil
+        } catch let error as SecurityError {
+            return error.code
+        } catch {
+            return nil
+        }
+    }
+
+    // MARK: - The contract
+
+    @Test(.timeLimit(.minutes(1)), arguments: Kind.allCases)
+    func test_aToken_isUsableOnce_thenRefusedAsUsed_andTheNodeIsAdmitted(kind: Kind) async throws {
+        let stores = try await Stores(kind)
+        let store = stores.first
+        let token = JoinToken.generate()
+        try store.add(token: token, expires: Self.now.addingTimeInterval(600), now: Self.now)
+        #expect(try store.usableToken(id: token.id, now: Self.now).secret == token.secret)
+
+        let notAfter = Self.now.addingTimeInterval(86_400)
+        try store.redeem(tokenID: token.id, node: "node-a", certificateNotAfter: notAfter, now: Self.now)
+        #expect(
+            Self.code { try store.redeem(tokenID: token.id, node: "node-b", certificateNotAfter: notAfter, now: Self.now) }
+                == .tokenAlreadyUsed)
+        #expect(Self.code { _ = try store.usableToken(id: token.id, now: Self.now) } == .tokenAlreadyUsed)
+        #expect(try store.nodes() == [NodeRecord(id: "node-a", joined: Self.now, certificateNotAfter: notAfter)])
+        #expect(try store.tokens() == [TokenRecord(id: token.id, expires: Self.now.addingTimeInterval(600), redeemedBy: "node-a")])
+        await stores.stop()
+    }
+
+    @Test(.timeLimit(.minutes(1)), arguments: Kind.allCases)
+    func test_unknownAndExpiredTokens_areRefused_andTokensListOldestFirst(kind: Kind) async throws {
+        let stores = try await Stores(kind)
+        let store = stores.first
+        #expect(Self.code { _ = try store.usableToken(id: "0123456789abcdef", now: Self.now) } == .invalidToken)
+        let old = JoinToken.generate()
+        let new = JoinToken.generate()
+        try store.add(token: new, expires: Self.now.addingTimeInterval(60), now: Self.now.addingTimeInterval(10))
+        try store.add(token: old, expires: Self.now.addingTimeInterval(5), now: Self.now)
+        #expect(Self.code { _ = try store.usableToken(id: old.id, now: Self.now.addingTimeInterval(6)) } == .tokenExpired)
+        #expect(try store.tokens().map(\.id) == [old.id, new.id])
+        #expect(try store.tokens().allSatisfy { $0.redeemedBy == nil })
+        await stores.stop()
+    }
+
+    @Test(.timeLimit(.minutes(1)), arguments: Kind.allCases)
+    func test_twoJoinsRacingForOneToken_exactlyOneWins(kind: Kind) async throws {
+        let stores = try await Stores(kind)
+        let token = JoinToken.generate()
+        try stores.first.add(token: token, expires: Self.now.addingTimeInterval(600), now: Self.now)
+        let other = try stores.makeAnother()
+        let outcomes = await withTaskGroup(of: (String, Bool?).self) { group in
+            for (node, store) in [("node-a", stores.first), ("node-b", other)] {
+                group.addTask {
+                    do {
+                        try store.redeem(
+                            tokenID: token.id, node: node, certificateNotAfter: Self.now.addingTimeInterval(60),
+                            now: Self.now)
+                        return (node, true)
+                    } catch let error as SecurityError where error.code == .tokenAlreadyUsed {
+                        return (node, false)
+                    } catch {
+                        Issue.record("redeem failed otherwise: \(error)")
+                        return (node, nil)
+                    }
+                }
+            }
+            return await group.reduce(into: []) { $0.append($1) }
+        }
+        let won = outcomes.filter { $0.1 == true }.map(\.0)
+        #expect(won.count == 1 && outcomes.filter { $0.1 == false }.count == 1, "\(outcomes)")
+        #expect(try stores.first.nodes().map(\.id) == won)
+        await stores.stop()
+    }
+
+    @Test(.timeLimit(.minutes(1)), arguments: Kind.allCases)
+    func test_aRenewal_keepsWhenTheNodeJoined(kind: Kind) async throws {
+        let stores = try await Stores(kind)
+        let store = stores.first
+        let token = JoinToken.generate()
+        try store.add(token: token, expires: Self.now.addingTimeInterval(600), now: Self.now)
+        try store.redeem(
+            tokenID: token.id, node: "node-a", certificateNotAfter: Self.now.addingTimeInterval(100), now: Self.now)
+        let later = Self.now.addingTimeInterval(50)
+        try store.renewed(node: "node-a", certificateNotAfter: later.addingTimeInterval(1000), now: later)
+        #expect(
+            try store.nodes() == [
+                NodeRecord(id: "node-a", joined: Self.now, certificateNotAfter: later.addingTimeInterval(1000))
+            ])
+        await stores.stop()
+    }
+
+    @Test(.timeLimit(.minutes(1)), arguments: Kind.allCases)
+    func test_jobsAndProgress_readBackAsSaved_andALaterSaveReplaces(kind: Kind) async throws {
+        let stores = try await Stores(kind)
+        let store = stores.first
+        let a = try Self.record("job-a", cursor: 3)
+        let b = try Self.record("job-b", cursor: 0)
+        try store.save(jobs: [a, b], durable: true)
+        var moved = a
+        moved.cursor = 9
+        try store.save(jobs: [moved], durable: false)
+        try store.save(progress: ["job-a": Data("{\"loss\":1}".utf8)])
+        try store.save(progress: ["job-a": Data("{\"loss\":0.5}".utf8), "job-b": Data("{}".utf8)])
+
+        let again = try stores.makeAnother()
+        #expect(Set(try again.jobs()) == [moved, b])
+        #expect(try again.progress() == ["job-a": Data("{\"loss\":0.5}".utf8), "job-b": Data("{}".utf8)])
+        await stores.stop()
+    }
+
+    @Test(.timeLimit(.minutes(1)), arguments: Kind.allCases)
+    func test_aSecret_isCreatedOnce_andEveryHandleReadsTheSame(kind: Kind) async throws {
+        let stores = try await Stores(kind)
+        let secret = try stores.first.secret(named: "data-plane")
+        #expect(secret.count == 32 && secret != [UInt8](repeating: 0, count: 32))
+        #expect(try stores.first.secret(named: "data-plane") == secret)
+        #expect(try stores.makeAnother().secret(named: "data-plane") == secret)
+        #expect(try stores.first.secret(named: "other") != secret)
+        await stores.stop()
+    }
+
+    // MARK: - etcd only
+
+    /// A store whose fence compares a leader key with its own id: once another coordinator holds
+    /// the key, every write throws `notLeading` and changes nothing.
+    @Test(.timeLimit(.minutes(1)))
+    func test_etcd_aWriteUnderAFenceThatNoLongerHolds_isRefused_andChangesNothing() async throws {
+        let cluster = try await EtcdCluster()
+        let client = EtcdClient(endpoints: cluster.endpoints)
+        let leaderKey = "/ringmaster/leader"
+        try client.put(leaderKey, Array("coordinator-1".utf8))
+        let store = EtcdStateStore(client: client) {
+            [.valueEquals(key: leaderKey, Array("coordinator-1".utf8))]
+        }
+        let a = try Self.record("job-a", cursor: 1)
+        try store.save(jobs: [a], durable: true)
+
+        try client.put(leaderKey, Array("coordinator-2".utf8))
+        var moved = a
+        moved.cursor = 2
+        #expect {
+            try store.save(jobs: [moved], durable: true)
+        } throws: { error in
+            (error as? CoordinatorError)?.code == .notLeading
+        }
+        #expect(throws: CoordinatorError.self) {
+            try store.add(token: JoinToken.generate(), expires: Self.now.addingTimeInterval(60), now: Self.now)
+        }
+        #expect(try store.jobs() == [a])
+        #expect(try store.tokens().isEmpty)
+        await cluster.stop()
+    }
+
+    /// With one member of three killed, the store still reads and writes (the client moves to a
+    /// member that serves); with two killed it fails within its timeout, saying what to check,
+    /// and serves again once a member is back.
+    @Test(.timeLimit(.minutes(1)))
+    func test_etcd_servesWithOneMemberDown_failsClearlyWithoutAQuorum_andRecovers() async throws {
+        let cluster = try await EtcdCluster()
+        let store = EtcdStateStore(client: EtcdClient(endpoints: cluster.endpoints, timeout: .seconds(3)))
+        let a = try Self.record("job-a", cursor: 1)
+        try store.save(jobs: [a], durable: true)
+        try await cluster.kill(0)
+        var moved = a
+        moved.cursor = 2
+        try store.save(jobs: [moved], durable: true)
+        #expect(try store.jobs() == [moved])
+
+        try await cluster.kill(1)
+        let started = ContinuousClock.now
+        var failure: CoordinatorError?
+        do {
+            try store.save(jobs: [a], durable: true)
+        } catch let error as CoordinatorError {
+            failure = error
+        }
+        let waited = ContinuousClock.now - started
+        let error = try #require(failure, "a write without a quorum did not fail")
+        #expect(error.code == .stateStore)
+        #expect(waited < .seconds(5), "the write without a quorum took \(waited)")
+        #expect("\(error)".contains(cluster.endpoints[2]), "\(error)")
+
+        try await cluster.restart(1)
+        try store.save(jobs: [moved], durable: true)
+        #expect(try store.jobs() == [moved])
+        await cluster.stop()
+    }
+}
