@@ -86,9 +86,13 @@ public final class EtcdStateStore: StateStore {
             stored.redeemed = now.timeIntervalSince1970
             stored.redeemedBy = node
             let result = try self.write(
-                if: [.modRevision(key: tokenKey, equals: tokenRevision), .modRevision(key: nodeKey, equals: nodeRevision)],
+                if: [
+                    .modRevision(key: tokenKey, equals: tokenRevision),
+                    .modRevision(key: nodeKey, equals: nodeRevision),
+                ],
                 then: [
-                    .put(key: tokenKey, value: try Self.encode(stored)), .put(key: nodeKey, value: try Self.encode(record)),
+                    .put(key: tokenKey, value: try Self.encode(stored)),
+                    .put(key: nodeKey, value: try Self.encode(record)),
                 ],
                 doing: "redeeming join token \(tokenID)")
             if result.succeeded { return }
@@ -98,8 +102,12 @@ public final class EtcdStateStore: StateStore {
     }
 
     public func tokens() throws -> [TokenRecord] {
-        let stored = try self.read("the join tokens") { try self.client.get(prefix: self.key("tokens", "")) }.map { item in
-            (id: String(item.key.dropFirst(self.key("tokens", "").count)), token: try Self.decode(StoredToken.self, item))
+        let stored = try self.read("the join tokens") { try self.client.get(prefix: self.key("tokens", "")) }.map {
+            item in
+            (
+                id: String(item.key.dropFirst(self.key("tokens", "").count)),
+                token: try Self.decode(StoredToken.self, item)
+            )
         }
         return
             stored
@@ -111,7 +119,9 @@ public final class EtcdStateStore: StateStore {
     }
 
     func token(_ id: String) throws -> (StoredToken, revision: Int64)? {
-        guard let item = try self.read("join token \(id)", { try self.client.get(self.key("tokens", id)) }) else { return nil }
+        guard let item = try self.read("join token \(id)", { try self.client.get(self.key("tokens", id)) }) else {
+            return nil
+        }
         return (try Self.decode(StoredToken.self, item), item.modRevision)
     }
 
@@ -130,7 +140,9 @@ public final class EtcdStateStore: StateStore {
     }
 
     public func nodes() throws -> [NodeRecord] {
-        try self.read("the nodes") { try self.client.get(prefix: self.key("nodes", "")) }.map { try Self.decode(NodeRecord.self, $0) }
+        try self.read("the nodes") { try self.client.get(prefix: self.key("nodes", "")) }.map {
+            try Self.decode(NodeRecord.self, $0)
+        }
     }
 
     /// The node's record with the new certificate (joined now if it is new), and the revision it
@@ -183,7 +195,9 @@ public final class EtcdStateStore: StateStore {
     public func progress() throws -> [String: Data] {
         let start = self.key("progress", "")
         return Dictionary(
-            try self.read("the jobs' progress") { try self.client.get(prefix: start) }.map { (String($0.key.dropFirst(start.count)), Data($0.value)) },
+            try self.read("the jobs' progress") { try self.client.get(prefix: start) }.map {
+                (String($0.key.dropFirst(start.count)), Data($0.value))
+            },
             uniquingKeysWith: { $1 })
     }
 

@@ -85,7 +85,9 @@ public final class EtcdClient: Sendable {
         let prefix = "etcd://"
         guard address.hasPrefix(prefix) else {
             throw EtcdError(
-                .refused, "the store address \(address) is not etcd://HOST:PORT[,HOST:PORT...] (for example etcd://127.0.0.1:2379)")
+                .refused,
+                "the store address \(address) is not etcd://HOST:PORT[,HOST:PORT...] (for example etcd://127.0.0.1:2379)"
+            )
         }
         let endpoints = address.dropFirst(prefix.count).split(separator: ",").map {
             String($0).trimmingCharacters(in: .whitespaces)
@@ -253,7 +255,8 @@ public final class EtcdClient: Sendable {
             case .noAnswer:
                 throw EtcdError(
                     .outcomeUnknown,
-                    "etcd at \(endpoint) did not answer \(what) within \(self.timeout); it may or may not have been done")
+                    "etcd at \(endpoint) did not answer \(what) within \(self.timeout); it may or may not have been done"
+                )
             }
         }
         throw EtcdError(
@@ -271,7 +274,8 @@ public final class EtcdClient: Sendable {
     }
 
     func post(_ body: Data, to url: String, within remaining: Duration) -> Outcome {
-        let nanoseconds = remaining.components.seconds * 1_000_000_000 + remaining.components.attoseconds / 1_000_000_000
+        let nanoseconds =
+            remaining.components.seconds * 1_000_000_000 + remaining.components.attoseconds / 1_000_000_000
         // etcd holds a request it cannot serve (no quorum) for 7 s unless told a shorter deadline,
         // and with `hasleader` a member without a leader refuses at once, so another is tried.
         let headers: HTTPHeaders = [

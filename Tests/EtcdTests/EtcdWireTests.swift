@@ -10,7 +10,9 @@ struct EtcdWireTests {
     @Test func test_storeAddresses_giveTheirEndpoints_andMalformedOnesAreRefusedNamingTheForm() throws {
         #expect(try EtcdClient.endpoints(of: "etcd://127.0.0.1:2379") == ["127.0.0.1:2379"])
         #expect(try EtcdClient.endpoints(of: "etcd://a:1, b:2,c:3") == ["a:1", "b:2", "c:3"])
-        for bad in ["127.0.0.1:2379", "etcd://", "etcd://a", "etcd://a:0", "etcd://:2379", "etcd://a:70000", "http://a:1"] {
+        for bad in [
+            "127.0.0.1:2379", "etcd://", "etcd://a", "etcd://a:0", "etcd://:2379", "etcd://a:70000", "http://a:1",
+        ] {
             #expect {
                 _ = try EtcdClient.endpoints(of: bad)
             } throws: { error in
@@ -33,7 +35,8 @@ struct EtcdWireTests {
     }
 
     @Test func test_aFailedTransaction_withItsSucceededLeftOut_readsAsFailed() throws {
-        let answer = #"{"header":{"cluster_id":"14841639068965178418","member_id":"10276657743932975437","revision":"12","raft_term":"2"}}"#
+        let answer =
+            #"{"header":{"cluster_id":"14841639068965178418","member_id":"10276657743932975437","revision":"12","raft_term":"2"}}"#
         let response = try JSONDecoder().decode(WireTxnResponse.self, from: Data(answer.utf8))
         #expect(response.succeeded == nil && response.header?.revision?.value == 12)
         #expect(response.header?.clusterID == "14841639068965178418")

@@ -82,11 +82,16 @@ struct StateStoreTests {
         let notAfter = Self.now.addingTimeInterval(86_400)
         try store.redeem(tokenID: token.id, node: "node-a", certificateNotAfter: notAfter, now: Self.now)
         #expect(
-            Self.code { try store.redeem(tokenID: token.id, node: "node-b", certificateNotAfter: notAfter, now: Self.now) }
+            Self.code {
+                try store.redeem(tokenID: token.id, node: "node-b", certificateNotAfter: notAfter, now: Self.now)
+            }
                 == .tokenAlreadyUsed)
         #expect(Self.code { _ = try store.usableToken(id: token.id, now: Self.now) } == .tokenAlreadyUsed)
         #expect(try store.nodes() == [NodeRecord(id: "node-a", joined: Self.now, certificateNotAfter: notAfter)])
-        #expect(try store.tokens() == [TokenRecord(id: token.id, expires: Self.now.addingTimeInterval(600), redeemedBy: "node-a")])
+        #expect(
+            try store.tokens() == [
+                TokenRecord(id: token.id, expires: Self.now.addingTimeInterval(600), redeemedBy: "node-a")
+            ])
         await stores.stop()
     }
 
@@ -99,7 +104,8 @@ struct StateStoreTests {
         let new = JoinToken.generate()
         try store.add(token: new, expires: Self.now.addingTimeInterval(60), now: Self.now.addingTimeInterval(10))
         try store.add(token: old, expires: Self.now.addingTimeInterval(5), now: Self.now)
-        #expect(Self.code { _ = try store.usableToken(id: old.id, now: Self.now.addingTimeInterval(6)) } == .tokenExpired)
+        #expect(
+            Self.code { _ = try store.usableToken(id: old.id, now: Self.now.addingTimeInterval(6)) } == .tokenExpired)
         #expect(try store.tokens().map(\.id) == [old.id, new.id])
         #expect(try store.tokens().allSatisfy { $0.redeemedBy == nil })
         await stores.stop()
