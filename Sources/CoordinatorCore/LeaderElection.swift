@@ -105,7 +105,8 @@ public struct LeaderElection: Sendable {
         if case .stopped = self.role { return actions }
         if case .leading = self.role, !self.leads(at: now) {
             actions += self.loseLeadership(
-                reason: "its lease was not renewed in time (the last answered renewal was sent more than \(self.settings.lease - self.settings.margin) ago)",
+                reason:
+                    "its lease was not renewed in time (the last answered renewal was sent more than \(self.settings.lease - self.settings.margin) ago)",
                 now: now)
         }
         if let lease = self.lease, now >= lease.livesUntil {

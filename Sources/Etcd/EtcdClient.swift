@@ -175,8 +175,9 @@ public final class EtcdClient: Sendable {
 
     // MARK: - Leases
 
-    /// A new lease that expires `seconds` after its last keep-alive; returns its id.
-    public func grantLease(seconds: Int64) throws -> Int64 {
+    /// A new lease that expires `seconds` after its last keep-alive; returns its id and the TTL
+    /// etcd granted (at least its own minimum).
+    public func grantLease(seconds: Int64) throws -> (id: Int64, seconds: Int64) {
         let response: WireLeaseGrantResponse = try self.call(
             "lease/grant", WireLeaseGrantRequest(ttl: WireInt64(seconds)), doing: "granting a lease")
         if let error = response.error, !error.isEmpty {
@@ -185,7 +186,7 @@ public final class EtcdClient: Sendable {
         guard let id = response.id?.value, id != 0 else {
             throw EtcdError(.protocolError, "etcd granted a lease without an id")
         }
-        return id
+        return (id, response.ttl?.value ?? seconds)
     }
 
     /// Renews the lease; returns the seconds it now has, 0 when it has expired or was revoked.

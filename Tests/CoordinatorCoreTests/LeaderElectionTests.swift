@@ -14,7 +14,10 @@ struct LeaderElectionTests {
     static func leader() -> LeaderElection {
         var election = LeaderElection(id: Self.me, settings: Self.settings)
         #expect(election.tick(now: .zero) == [.grantLease])
-        #expect(election.leaseGranted(id: 7, ttl: .seconds(2), sentAt: .zero, now: .milliseconds(5)) == [.campaign(lease: 7)])
+        #expect(
+            election.leaseGranted(id: 7, ttl: .seconds(2), sentAt: .zero, now: .milliseconds(5)) == [
+                .campaign(lease: 7)
+            ])
         #expect(
             election.campaigned(lease: 7, won: true, leader: Self.me, leaderLease: 7, now: .milliseconds(10))
                 == [.startLeading])
@@ -199,9 +202,13 @@ struct LeaderElectionTests {
         case .grantLease, .campaign, .renew, .revoke: break
         }
         let arrives = random.next() % 20 == 0 ? nil : now + .milliseconds(Int64(1 + random.next() % 40))
-        let returns = arrives.flatMap { random.next() % 20 == 0 ? nil : $0 + .milliseconds(Int64(1 + random.next() % 40)) }
+        let returns = arrives.flatMap {
+            random.next() % 20 == 0 ? nil : $0 + .milliseconds(Int64(1 + random.next() % 40))
+        }
         return [
-            Call(node: node, action: action, sentAt: now, arrives: arrives, returns: returns, failsAt: now + .milliseconds(100))
+            Call(
+                node: node, action: action, sentAt: now, arrives: arrives, returns: returns,
+                failsAt: now + .milliseconds(100))
         ]
     }
 

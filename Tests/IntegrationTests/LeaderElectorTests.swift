@@ -1,0 +1,109 @@
+import Coordinator
+import CoordinatorCore
+import Etcd
+import Foundation
+import Logging
+import Synchronization
+import Testing
+
+/// Leader election against a real three-member etcd cluster: one leader at a time, a stopping
+/// leader hands over at once, and a leader cut off from etcd steps down before another can lead.
+@Suite("Leader elector", .serialized)
+struct LeaderElectorTests {
+    /// When each elector's changes came, on one clock.
+    final class Timeline: Sendable {
+        let changes = Mutex<[(name: String, change: LeaderElector.Change, at: ContinuousClock.Instant)]>([])
+
+        func watch(_ elector: LeaderElector, as name: String) {
+            Task {
+                for await change in elector.changes {
+                    self.changes.withLock { $0.append((name, change, ContinuousClock.now)) }
+                }
+            }
+        }
+
+        func first(_ name: String, _ elected: Bool) -> ContinuousClock.Instant? {
+            self.changes.withLock { changes in
+                changes.first { entry in
+                    guard entry.name == name else { return false }
+                    if case .elected = entry.change { return elected }
+                    return !elected
+                }?.at
+            }
+        }
+
+        /// Waits for `name`'s first election (or deposition) within `seconds`.
+        func wait(for name: String, elected: Bool, within seconds: Double) async throws -> ContinuousClock.Instant {
+            let deadline = ContinuousClock.now + .seconds(seconds)
+            while ContinuousClock.now < deadline {
+                if let at = self.first(name, elected) { return at }
+                try await Task.sleep(for: .milliseconds(10))
+            }
+            throw CommandError(
+                "\(name) was not \(elected ? "elected" : "deposed") within \(seconds) s; changes: \(self.changes.withLock { $0.map { "\($0.name) \($0.change)" } })"
+            )
+        }
+    }
+
+    static func elector(_ name: String, endpoints: [String]) throws -> LeaderElector {
+        try LeaderElector(
+            client: EtcdClient(endpoints: endpoints, timeout: .milliseconds(400)),
+            identity: .init(id: "\(name)-\(UUID().uuidString.prefix(8))", address: "\(name):7600"),
+            settings: LeaderElection.Settings(lease: .seconds(2)), logger: Logger(label: "test.\(name)"))
+    }
+
+    @Test(.timeLimit(.minutes(1)))
+    func test_oneOfTwoLeads_andAStoppingLeaderHandsOverWithinASecond() async throws {
+        let cluster = try await EtcdCluster()
+        let timeline = Timeline()
+        let a = try Self.elector("a", endpoints: cluster.endpoints)
+        timeline.watch(a, as: "a")
+        a.start()
+        _ = try await timeline.wait(for: "a", elected: true, within: 5)
+        let b = try Self.elector("b", endpoints: cluster.endpoints)
+        timeline.watch(b, as: "b")
+        b.start()
+        // b follows, naming a.
+        let deadline = ContinuousClock.now + .seconds(5)
+        while b.leader == nil && ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(10)) }
+        #expect(b.leader == a.identity)
+        #expect(a.leads() && !b.leads())
+
+        let stopped = ContinuousClock.now
+        a.stop()
+        let elected = try await timeline.wait(for: "b", elected: true, within: 5)
+        #expect(elected - stopped < .seconds(1), "b led \(elected - stopped) after a stopped")
+        #expect(b.leads() && !a.leads())
+        b.stop()
+        await cluster.stop()
+    }
+
+    /// a reaches etcd only through member 0; b through members 1 and 2. Killing member 0 cuts a
+    /// off: it steps down by itself, and b leads only after that.
+    @Test(.timeLimit(.minutes(1)))
+    func test_aLeaderCutOffFromEtcd_stepsDownWithinItsLease_beforeAnotherLeads() async throws {
+        let cluster = try await EtcdCluster()
+        let timeline = Timeline()
+        let a = try Self.elector("a", endpoints: [cluster.endpoints[0]])
+        timeline.watch(a, as: "a")
+        a.start()
+        _ = try await timeline.wait(for: "a", elected: true, within: 5)
+        let b = try Self.elector("b", endpoints: Array(cluster.endpoints[1...]))
+        timeline.watch(b, as: "b")
+        b.start()
+
+        let cut = ContinuousClock.now
+        try await cluster.kill(0)
+        let deposed = try await timeline.wait(for: "a", elected: false, within: 5)
+        let elected = try await timeline.wait(for: "b", elected: true, within: 8)
+        #expect(deposed - cut <= .seconds(2), "a stepped down \(deposed - cut) after the cut (its lease is 2 s)")
+        #expect(deposed < elected, "b led at \(elected - cut), before a stepped down at \(deposed - cut)")
+        // When member 0 was etcd's own leader, the new one extends every lease by a full TTL on
+        // taking over (after its 1 s election timeout): up to 1 + 2 s, then b's next campaign.
+        #expect(elected - cut < .seconds(5), "b led \(elected - cut) after the cut")
+        #expect(!a.leads() && b.leads())
+        a.stop()
+        b.stop()
+        await cluster.stop()
+    }
+}
