@@ -235,6 +235,7 @@ let package = Package(
                 "RingmasterSecurity",
                 "ControlPlane",
                 "Coordinator",
+                "Etcd",
                 "Agent",
                 "LocalCluster",
                 "RingmasterBench",

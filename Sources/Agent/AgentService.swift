@@ -13,8 +13,11 @@ import X509
 
 /// Settings of a node agent.
 public struct AgentConfiguration: Sendable {
-    /// The coordinator's control address.
-    public var coordinator: ControlAddress
+    /// The coordinators' control addresses: one, or every coordinator of a set sharing an etcd
+    /// store (the agent finds the leader among them, and follows it when it changes).
+    public var coordinators: [ControlAddress]
+    /// The first coordinator address.
+    public var coordinator: ControlAddress { self.coordinators[0] }
     /// Where the agent keeps its key and certificates (created 0700).
     public var dataDirectory: String
     /// The node name asked for when joining (a DNS label; default: the host name).
@@ -44,7 +47,13 @@ public struct AgentConfiguration: Sendable {
 
     /// Settings with defaults.
     public init(coordinator: ControlAddress, dataDirectory: String, nodeName: String) {
-        self.coordinator = coordinator
+        self.init(coordinators: [coordinator], dataDirectory: dataDirectory, nodeName: nodeName)
+    }
+
+    /// Settings with defaults, for a set of coordinators (at least one).
+    public init(coordinators: [ControlAddress], dataDirectory: String, nodeName: String) {
+        precondition(!coordinators.isEmpty, "an agent needs at least one coordinator address")
+        self.coordinators = coordinators
         self.dataDirectory = dataDirectory
         self.nodeName = nodeName
     }
@@ -65,10 +74,13 @@ public final class AgentService: Service, Sendable {
     /// queued its leave.
     let leaving = Mutex(false)
     let leaveReady = Mutex<(ready: Bool, deadline: ContinuousClock.Instant?)>((false, nil))
+    /// Which coordinator to reach next.
+    let addresses: CoordinatorAddresses
 
     /// Makes the service; starts nothing.
     public init(configuration: AgentConfiguration, logger: Logger, now: @escaping @Sendable () -> Date = { Date() }) {
         self.configuration = configuration
+        self.addresses = CoordinatorAddresses(configuration.coordinators)
         var logger = logger
         logger[metadataKey: LogKey.node] = "\(configuration.nodeName)"
         self.logger = logger
@@ -109,14 +121,20 @@ public final class AgentService: Service, Sendable {
         }
         var delay = self.configuration.reconnectInitialDelaySeconds
         while true {
+            let address = self.addresses.current
             do {
-                return try await self.join(token: token, pin: pin)
+                return try await self.join(token: token, pin: pin, at: address)
             } catch let error as ControlClientError {
                 // An unreachable coordinator, or a connection closed before the join's reply (a
                 // busy coordinator drops the oldest unfinished joins under a flood), is retried;
-                // a refusal would be refused again.
+                // a refusal would be refused again. A standby names the leader: asked at once.
                 switch error {
-                case .connect, .closed: break
+                case .connect:
+                    if !self.addresses.unreachable(address) { continue }
+                case .closed: break
+                case .notLeader(_, let leader):
+                    self.addresses.referred(to: leader, by: address)
+                    delay = self.configuration.reconnectInitialDelaySeconds
                 case .refused: throw error
                 }
                 self.logger.warning(
@@ -131,8 +149,8 @@ public final class AgentService: Service, Sendable {
 
     /// Joins the coordinator: a fresh key, a CSR, and proof of the token's secret bound to the
     /// coordinator's nonce. Saves and returns the credentials.
-    public func join(token: JoinToken, pin: CAPin) async throws -> Credentials {
-        let address = self.configuration.coordinator
+    public func join(token: JoinToken, pin: CAPin, at address: ControlAddress? = nil) async throws -> Credentials {
+        let address = address ?? self.addresses.current
         let nodeName = self.configuration.nodeName
         let request = try KeyAndRequest.make(name: nodeName)
         let client = ControlClient(host: address.host, port: address.port, credentials: nil, serverTrust: .pin(pin))
@@ -272,10 +290,25 @@ public final class AgentService: Service, Sendable {
                         "the agent certificate expired at \(credentials.certificate.notValidAfter) before it could be renewed; restart the agent with a new token from `ringmaster token create`"
                     )
                 }
-                let end = await self.session(credentials: credentials)
+                let address = self.addresses.current
+                let end = await self.session(credentials: credentials, at: address)
                 if let renewed = end.credentials { credentials = renewed }
                 if end.connected { delay = self.configuration.reconnectInitialDelaySeconds }
                 if Task.isCancelled || self.isLeaving { break }
+                // Among several coordinators: an unreachable one gives way to the next at once
+                // (backing off only once every one was tried), and a standby's referral to the
+                // leader is followed at the first delay, with no backoff.
+                switch end.reason as? ControlClientError {
+                case .connect?:
+                    if self.configuration.coordinators.count > 1, !self.addresses.unreachable(address) {
+                        continue
+                    }
+                case .notLeader(_, let leader)?:
+                    self.addresses.referred(to: leader, by: address)
+                    delay = self.configuration.reconnectInitialDelaySeconds
+                case .closed?, .refused?, nil:
+                    break
+                }
                 self.logger.warning(
                     "control session ended; reconnecting",
                     metadata: [LogKey.reason: "\(end.reason)", "retry_in_seconds": "\(delay)"]
@@ -349,8 +382,8 @@ public final class AgentService: Service, Sendable {
     /// (assignments, aborts, drains, heartbeat acks, renewals) beside a loop that heartbeats each
     /// interval (and asks for a new certificate two thirds through the current one's life). Ends
     /// when the connection does, or when the coordinator is silent for a lease.
-    func session(credentials: Credentials) async -> SessionEnd {
-        let client = ControlClient(address: self.configuration.coordinator, credentials: credentials)
+    func session(credentials: Credentials, at address: ControlAddress) async -> SessionEnd {
+        let client = ControlClient(address: address, credentials: credentials)
         let progress = SessionProgress()
         do {
             try await client.withConnection { session in
@@ -386,8 +419,7 @@ public final class AgentService: Service, Sendable {
             }
             return self.end(
                 progress,
-                reason: ControlClientError.closed(
-                    peer: "\(self.configuration.coordinator)", waitingFor: "the next message"))
+                reason: ControlClientError.closed(peer: "\(address)", waitingFor: "the next message"))
         } catch {
             return self.end(progress, reason: error)
         }

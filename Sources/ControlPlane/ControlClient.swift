@@ -178,6 +178,9 @@ public final class ControlSession: Sendable {
         try await self.send(envelope)
         let reply = try await self.receive(within: seconds, waitingFor: "a reply to \(envelope.kind)")
         if case .error(let error) = reply.body {
+            if error.code == .notLeader {
+                throw ControlClientError.notLeader(peer: self.peer, leader: try? ControlAddress(parsing: error.leader))
+            }
             throw ControlClientError.refused(code: error.code, message: error.message)
         }
         return reply
@@ -208,9 +211,14 @@ public enum ControlClientError: Error, Sendable, CustomStringConvertible {
     case closed(peer: String, waitingFor: String)
     /// The coordinator answered with an error.
     case refused(code: Ringmaster_V1_Error.Code, message: String)
+    /// The coordinator is a standby of a set; `leader` leads, when the standby knows it.
+    case notLeader(peer: String, leader: ControlAddress?)
 
     public var description: String {
         switch self {
+        case .notLeader(let peer, let leader):
+            return "the coordinator at \(peer) is a standby; "
+                + (leader.map { "the leader is at \($0)" } ?? "no coordinator leads yet")
         case .connect(let host, let port, let underlying):
             return "could not connect to the coordinator at \(host):\(port): \(underlying)"
         case .closed(let peer, let what):
@@ -251,6 +259,53 @@ public struct ControlAddress: Sendable, Hashable, CustomStringConvertible {
     public var description: String {
         self.host.contains(":") ? "[\(self.host)]:\(self.port)" : "\(self.host):\(self.port)"
     }
+}
+
+/// The coordinators a client may reach, one of which leads, and the one to try next: after a
+/// referral, the leader named; after a failure to connect, the next in the list.
+public final class CoordinatorAddresses: Sendable, CustomStringConvertible {
+    /// Every address given, in order.
+    public let all: [ControlAddress]
+    let state: NIOLockedValueBox<(current: ControlAddress, index: Int)>
+
+    /// The addresses of `a:7600,b:7600,...` (at least one).
+    public convenience init(parsing text: String) throws {
+        let parts = text.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }
+        guard !parts.isEmpty else { throw ControlAddressError(text: text) }
+        self.init(try parts.map { try ControlAddress(parsing: $0) })
+    }
+
+    public init(_ all: [ControlAddress]) {
+        precondition(!all.isEmpty, "a client needs at least one coordinator address")
+        self.all = all
+        self.state = NIOLockedValueBox((all[0], 0))
+    }
+
+    /// The address to try now.
+    public var current: ControlAddress { self.state.withLockedValue { $0.current } }
+
+    /// `address` could not be reached: the next one in the list is tried. Returns whether the
+    /// list went round (every address tried since the first).
+    @discardableResult
+    public func unreachable(_ address: ControlAddress) -> Bool {
+        self.state.withLockedValue { state in
+            guard state.current == address else { return false }
+            state.index = (state.index + 1) % self.all.count
+            state.current = self.all[state.index]
+            return state.index == 0
+        }
+    }
+
+    /// A standby named the leader: it is tried next. Without a name, the next address is.
+    public func referred(to leader: ControlAddress?, by standby: ControlAddress) {
+        guard let leader else {
+            self.unreachable(standby)
+            return
+        }
+        self.state.withLockedValue { $0.current = leader }
+    }
+
+    public var description: String { self.all.map(\.description).joined(separator: ",") }
 }
 
 /// A malformed `host:port`.

@@ -192,10 +192,12 @@ public final class CoordinatorService: Service, Sendable {
     }
 
     /// Loads or creates the CA and the state database. Starts nothing: `run` does.
+    /// A coordinator over `store` (default: SQLite in the state directory).
     public init(
         configuration: CoordinatorConfiguration,
         logger: Logger,
         now: @escaping @Sendable () -> Date = { Date() },
+        store: (any StateStore)? = nil,
         onListening: @escaping @Sendable (Int) -> Void = { _ in }
     ) throws {
         self.configuration = configuration
@@ -207,22 +209,11 @@ public final class CoordinatorService: Service, Sendable {
             ConnectionBudget(limits: configuration.connectionLimits ?? .forDescriptorLimit(self.descriptorLimit)))
         let current = now()
         self.authority = try CertificateAuthority.loadOrCreate(directory: configuration.stateDirectory, now: current)
-        let store = try SQLiteStateStore(path: "\(configuration.stateDirectory)/state.sqlite")
+        let store = try store ?? SQLiteStateStore(path: "\(configuration.stateDirectory)/state.sqlite")
         self.store = store
         self.writer = StateWriter(store: store, logger: logger, now: now)
-        let key = KeyAndRequest.makeKey()
-        let certificate = try self.authority.issue(
-            publicKey: key.publicKey,
-            identity: try PeerIdentity(role: .coordinator, name: "coordinator"),
-            notBefore: current.addingTimeInterval(-300),
-            notAfter: current.addingTimeInterval(365 * 24 * 3600),
-            dnsNames: configuration.serverDNSNames,
-            ipAddresses: configuration.serverIPAddresses
-        )
-        self.serverContext = try ControlTLS.serverContext(
-            credentials: try Credentials(
-                privateKey: key, certificate: certificate, caCertificate: self.authority.certificate)
-        )
+        self.serverContext = try Self.serverContext(
+            authority: self.authority, configuration: configuration, now: current)
         self.dataPlaneKey = SymmetricKey(data: try self.store.secret(named: "data-plane"))
         let settings = CoordinatorMachine.Settings(
             lease: .milliseconds(Int(configuration.leaseMilliseconds)),
@@ -254,6 +245,26 @@ public final class CoordinatorService: Service, Sendable {
                 ]
             )
         }
+    }
+
+    /// The TLS context the control listener serves with: a fresh key and a certificate from the
+    /// CA for the configured names and addresses (a standby serves with one of its own as well).
+    static func serverContext(
+        authority: CertificateAuthority, configuration: CoordinatorConfiguration, now: Date
+    ) throws -> NIOSSLContext {
+        let key = KeyAndRequest.makeKey()
+        let certificate = try authority.issue(
+            publicKey: key.publicKey,
+            identity: try PeerIdentity(role: .coordinator, name: "coordinator"),
+            notBefore: now.addingTimeInterval(-300),
+            notAfter: now.addingTimeInterval(365 * 24 * 3600),
+            dnsNames: configuration.serverDNSNames,
+            ipAddresses: configuration.serverIPAddresses
+        )
+        return try ControlTLS.serverContext(
+            credentials: try Credentials(
+                privateKey: key, certificate: certificate, caCertificate: authority.certificate)
+        )
     }
 
     /// Time since this service started, the machine's clock.

@@ -29,6 +29,9 @@ public final class LeaderElector: Sendable {
         case elected
         /// It no longer leads: stop serving at once.
         case deposed(reason: String)
+        /// What the coordinator served ended by itself (it is shutting down): told through
+        /// `interrupt`, so that one stream carries every reason to move on.
+        case interrupted
     }
 
     public let client: EtcdClient
@@ -91,6 +94,11 @@ public final class LeaderElector: Sendable {
         thread.start()
     }
 
+    /// Puts `.interrupted` in the changes.
+    public func interrupt() {
+        self.continuation.yield(.interrupted)
+    }
+
     /// Steps down (revoking the lease, so a standby leads at once) and ends the thread.
     public func stop() {
         let actions = self.election.withLock { $0.stop(now: self.now) }
@@ -128,7 +136,9 @@ public final class LeaderElector: Sendable {
             switch action {
             case .grantLease:
                 let ttl = self.election.withLock { $0.settings.lease }
-                let seconds = max(1, Int64((Double(ttl.components.seconds) + Double(ttl.components.attoseconds) * 1e-18).rounded(.up)))
+                let seconds = max(
+                    1, Int64((Double(ttl.components.seconds) + Double(ttl.components.attoseconds) * 1e-18).rounded(.up))
+                )
                 let (id, granted) = try self.client.grantLease(seconds: seconds)
                 return self.answer { $0.leaseGranted(id: id, ttl: .seconds(granted), sentAt: sentAt, now: self.now) }
             case .campaign(let lease):
@@ -150,7 +160,8 @@ public final class LeaderElector: Sendable {
                 return []
             case .startLeading:
                 self.logger.notice(
-                    "this coordinator leads", metadata: ["id": "\(self.identity.id)", "address": "\(self.identity.address)"])
+                    "this coordinator leads",
+                    metadata: ["id": "\(self.identity.id)", "address": "\(self.identity.address)"])
                 self.continuation.yield(.elected)
                 return []
             case .stopLeading(let reason):

@@ -35,7 +35,8 @@ final class StateWriter: Sendable {
         var progress: [String: CoordinatorService.JobProgress] = [:]
         /// Checkpoints to commit, in order.
         var manifests: [ManifestWrite] = []
-        /// Done once all of the above is written (or failed and was recorded as not saved).
+        /// Done once all of the above is written (or failed and was recorded as not saved); never
+        /// done when the store refused the writes because this coordinator no longer leads.
         var then: [@Sendable () -> Void] = []
 
         /// Adds something to do once the batch is written.
@@ -226,11 +227,16 @@ final class StateWriter: Sendable {
             durable = durable || (batch.durable && !batch.records.isEmpty)
             progress.merge(batch.progress) { $1 }
         }
+        // A coordinator that no longer leads (its etcd fence failed) tells agents nothing more:
+        // what it would push is the new leader's to decide.
+        var deposed = false
         if !records.isEmpty {
             let written = order.compactMap { records[$0] }
             do {
                 try self.store.save(jobs: written, durable: durable)
                 for record in written { self.saved(record.spec.name, .record) }
+            } catch let error as CoordinatorError where error.code == .notLeading {
+                deposed = true
             } catch {
                 for record in written { self.failed(record.spec.name, .record, error) }
             }
@@ -248,9 +254,17 @@ final class StateWriter: Sendable {
             do {
                 try self.store.save(progress: encoded)
                 for job in encoded.keys { self.saved(job, .progress) }
+            } catch let error as CoordinatorError where error.code == .notLeading {
+                deposed = true
             } catch {
                 for job in encoded.keys.sorted() { self.failed(job, .progress, error) }
             }
+        }
+        if deposed {
+            self.logger.warning(
+                "not leading any more: the state was not saved, and agents are not told of it",
+                metadata: ["batches": "\(batches.count)"])
+            return
         }
         for batch in batches {
             for write in batch.manifests {

@@ -15,7 +15,10 @@ struct AgentCommand: AsyncParsableCommand {
     )
 
     struct Options: ParsableArguments {
-        @Option(help: "The coordinator's control address.")
+        @Option(
+            help:
+                "The coordinator's control address; for a set of coordinators sharing an etcd store, every one, comma-separated (HOST:PORT,HOST:PORT,...): the agent finds the leader and follows it."
+        )
         var coordinator: String
 
         @Option(help: "Directory for the agent's key and certificates.")
@@ -57,7 +60,7 @@ struct AgentCommand: AsyncParsableCommand {
             let environment = ProcessInfo.processInfo.environment
             let nodeName = self.name ?? Self.hostName()
             var configuration = AgentConfiguration(
-                coordinator: try ControlAddress(parsing: self.coordinator),
+                coordinators: try CoordinatorAddresses(parsing: self.coordinator).all,
                 dataDirectory: self.dataDir,
                 nodeName: nodeName
             )

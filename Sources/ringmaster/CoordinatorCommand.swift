@@ -1,6 +1,7 @@
 import ArgumentParser
 import ControlPlane
 import Coordinator
+import Etcd
 import Foundation
 import Logging
 import ServiceLifecycle
@@ -53,9 +54,35 @@ struct CoordinatorCommand: AsyncParsableCommand {
     @Option(help: "Serve Prometheus metrics at http://HOST:PORT/metrics (port 0 picks one).")
     var metricsListen: String?
 
+    @Option(
+        help:
+            "Where the state lives: sqlite (in the state directory, the default), or etcd://HOST:PORT[,HOST:PORT...] to share it with other coordinators, one of which leads (docs/operating.md)."
+    )
+    var store: String = "sqlite"
+
+    @Option(
+        help:
+            "With --store etcd: the control address agents and operators reach this coordinator at, which standbys name when they refer them to the leader (default: the listening address)."
+    )
+    var advertise: String?
+
+    @Option(
+        help:
+            "With --store etcd: the leader's lease; a standby leads within it (plus its retry) once the leader is gone, e.g. 2s. Whole seconds, at least 2."
+    )
+    var leaderLease: DurationArgument = DurationArgument(seconds: 2)
+
     @OptionGroup var logging: LoggingOptions
 
     func validate() throws {
+        if self.store != "sqlite" {
+            _ = try Self.etcdEndpoints(self.store)
+            guard self.leaderLease.seconds >= 2, self.leaderLease.seconds == self.leaderLease.seconds.rounded() else {
+                throw ValidationError(
+                    "--leader-lease must be whole seconds, at least 2 (etcd grants leases in seconds), not \(self.leaderLease.seconds) s"
+                )
+            }
+        }
         guard self.lease.seconds > self.heartbeatInterval.seconds else {
             throw ValidationError(
                 "--lease (\(self.lease.seconds) s) must be longer than --heartbeat-interval (\(self.heartbeatInterval.seconds) s)"
@@ -84,12 +111,34 @@ struct CoordinatorCommand: AsyncParsableCommand {
             configuration.metricsPort = address.port
         }
         let host = address.host
-        let service = try CoordinatorService(
-            configuration: configuration, logger: logger,
-            onListening: { port in
-                // The one line on standard output: scripts and tests read the bound port from it.
-                FileHandle.standardOutput.write(Data("listening \(ControlAddress(host: host, port: port))\n".utf8))
-            })
+        let onListening: @Sendable (Int) -> Void = { port in
+            // The one line on standard output: scripts and tests read the bound port from it.
+            FileHandle.standardOutput.write(Data("listening \(ControlAddress(host: host, port: port))\n".utf8))
+        }
+        guard self.store != "sqlite" else {
+            let service = try CoordinatorService(configuration: configuration, logger: logger, onListening: onListening)
+            try await runUntilSignalled(service, logger: logger)
+            return
+        }
+        guard address.port != 0 || self.advertise != nil else {
+            throw ValidationError(
+                "--store etcd needs a fixed port to name this coordinator to the others: give --listen HOST:PORT with a port, or --advertise"
+            )
+        }
+        let service = ReplicatedCoordinator(
+            configuration: configuration, endpoints: try Self.etcdEndpoints(self.store),
+            advertised: self.advertise ?? self.listen,
+            election: .init(lease: .seconds(Int64(self.leaderLease.seconds))), logger: logger,
+            onListening: onListening)
         try await runUntilSignalled(service, logger: logger)
+    }
+
+    /// The endpoints of `--store etcd://...`, or a message that says what the option takes.
+    static func etcdEndpoints(_ store: String) throws -> [String] {
+        do {
+            return try EtcdClient.endpoints(of: store)
+        } catch {
+            throw ValidationError("--store takes sqlite or etcd://HOST:PORT[,HOST:PORT...]: \(error)")
+        }
     }
 }

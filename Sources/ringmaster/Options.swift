@@ -35,7 +35,10 @@ struct LoggingOptions: ParsableArguments {
 
 /// Where the CLI finds the coordinator and its operator identity.
 struct OperatorOptions: ParsableArguments {
-    @Option(help: "The coordinator's control address.")
+    @Option(
+        help:
+            "The coordinator's control address; for a set sharing an etcd store, every coordinator's, comma-separated (the leader is found among them)."
+    )
     var coordinator: String = "127.0.0.1:7600"
 
     @Option(help: "Directory of the operator identity made by `ringmaster cert issue --role operator`.")
@@ -50,13 +53,33 @@ struct OperatorOptions: ParsableArguments {
     func withSession<Result: Sendable>(
         _ body: @escaping @Sendable (ControlSession) async throws -> Result
     ) async throws -> Result {
-        let address = try ControlAddress(parsing: self.coordinator)
+        let addresses = try CoordinatorAddresses(parsing: self.coordinator)
         guard let credentials = try Credentials.load(directory: self.identity) else {
             throw ValidationError(
                 "no operator identity in \(self.identity): on the coordinator host run `ringmaster cert issue --role operator --name NAME --state-dir DIR --out \(self.identity)`"
             )
         }
-        return try await ControlClient(address: address, credentials: credentials).withConnection(body)
+        // Each address once, and each referral to a leader: a set without a leader fails here,
+        // naming what each coordinator said.
+        var failures: [String] = []
+        for _ in 0..<(2 * addresses.all.count) {
+            let address = addresses.current
+            do {
+                return try await ControlClient(address: address, credentials: credentials).withConnection(body)
+            } catch let error as ControlClientError {
+                switch error {
+                case .connect where addresses.all.count > 1:
+                    failures.append("\(error)")
+                    addresses.unreachable(address)
+                case .notLeader(_, let leader):
+                    failures.append("\(error)")
+                    addresses.referred(to: leader, by: address)
+                case .connect, .closed, .refused:
+                    throw error
+                }
+            }
+        }
+        throw ValidationError("no coordinator of \(addresses) leads: \(failures.joined(separator: "; "))")
     }
 }
 

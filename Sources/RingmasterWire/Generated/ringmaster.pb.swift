@@ -1390,6 +1390,10 @@ public nonisolated struct Ringmaster_V1_Error: Sendable {
   /// Operator-facing text: what was wrong and what to do. Never contains a secret.
   public var message: String = String()
 
+  /// With NOT_LEADER: the leading coordinator's control address (HOST:PORT), empty when this
+  /// standby does not know it yet.
+  public var leader: String = String()
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public nonisolated enum Code: SwiftProtobuf.Enum, Swift.CaseIterable {
@@ -1415,6 +1419,10 @@ public nonisolated struct Ringmaster_V1_Error: Sendable {
     /// The coordinator cannot carry the request out now (its state cannot be saved, for example on
     /// a full disk); nothing was changed. Try again once the cause named is fixed.
     case unavailable // = 7
+
+    /// This coordinator is a standby of a set sharing one store: another leads (named in
+    /// `leader` when known). Nothing was done; ask the leader.
+    case notLeader // = 8
     case UNRECOGNIZED(Int)
 
     public init() {
@@ -1431,6 +1439,7 @@ public nonisolated struct Ringmaster_V1_Error: Sendable {
       case 5: self = .unsupported
       case 6: self = .internal
       case 7: self = .unavailable
+      case 8: self = .notLeader
       default: self = .UNRECOGNIZED(rawValue)
       }
     }
@@ -1445,6 +1454,7 @@ public nonisolated struct Ringmaster_V1_Error: Sendable {
       case .unsupported: return 5
       case .internal: return 6
       case .unavailable: return 7
+      case .notLeader: return 8
       case .UNRECOGNIZED(let i): return i
       }
     }
@@ -1459,6 +1469,7 @@ public nonisolated struct Ringmaster_V1_Error: Sendable {
       .unsupported,
       .internal,
       .unavailable,
+      .notLeader,
     ]
 
   }
@@ -4047,7 +4058,7 @@ nonisolated extension Ringmaster_V1_NodeListReply: SwiftProtobuf.Message, SwiftP
 
 nonisolated extension Ringmaster_V1_Error: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Error"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}code\0\u{1}message\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}code\0\u{1}message\0\u{1}leader\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -4057,6 +4068,7 @@ nonisolated extension Ringmaster_V1_Error: SwiftProtobuf.Message, SwiftProtobuf.
       switch fieldNumber {
       case 1: try { try decoder.decodeSingularEnumField(value: &self.code) }()
       case 2: try { try decoder.decodeSingularStringField(value: &self.message) }()
+      case 3: try { try decoder.decodeSingularStringField(value: &self.leader) }()
       default: break
       }
     }
@@ -4069,17 +4081,21 @@ nonisolated extension Ringmaster_V1_Error: SwiftProtobuf.Message, SwiftProtobuf.
     if !self.message.isEmpty {
       try visitor.visitSingularStringField(value: self.message, fieldNumber: 2)
     }
+    if !self.leader.isEmpty {
+      try visitor.visitSingularStringField(value: self.leader, fieldNumber: 3)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Ringmaster_V1_Error, rhs: Ringmaster_V1_Error) -> Bool {
     if lhs.code != rhs.code {return false}
     if lhs.message != rhs.message {return false}
+    if lhs.leader != rhs.leader {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
 }
 
 nonisolated extension Ringmaster_V1_Error.Code: SwiftProtobuf._ProtoNameProviding {
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0CODE_UNSPECIFIED\0\u{1}PERMISSION_DENIED\0\u{1}INVALID_TOKEN\0\u{1}INVALID_REQUEST\0\u{1}STALE_GENERATION\0\u{1}UNSUPPORTED\0\u{1}INTERNAL\0\u{1}UNAVAILABLE\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0CODE_UNSPECIFIED\0\u{1}PERMISSION_DENIED\0\u{1}INVALID_TOKEN\0\u{1}INVALID_REQUEST\0\u{1}STALE_GENERATION\0\u{1}UNSUPPORTED\0\u{1}INTERNAL\0\u{1}UNAVAILABLE\0\u{1}NOT_LEADER\0")
 }
