@@ -135,7 +135,7 @@ public final class AgentService: Service, Sendable {
                 case .notLeader(_, let leader):
                     self.addresses.referred(to: leader, by: address)
                     delay = self.configuration.reconnectInitialDelaySeconds
-                case .refused: throw error
+                case .refused, .noLeader: throw error
                 }
                 self.logger.warning(
                     "could not reach the coordinator to join; retrying",
@@ -306,7 +306,7 @@ public final class AgentService: Service, Sendable {
                 case .notLeader(_, let leader)?:
                     self.addresses.referred(to: leader, by: address)
                     delay = self.configuration.reconnectInitialDelaySeconds
-                case .closed?, .refused?, nil:
+                case .closed?, .refused?, .noLeader?, nil:
                     break
                 }
                 self.logger.warning(

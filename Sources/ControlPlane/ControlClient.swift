@@ -46,6 +46,11 @@ public struct ControlClient: Sendable {
         self.connectTimeoutSeconds = connectTimeoutSeconds
     }
 
+    /// The coordinators of a set, when there are several: `withConnection` goes to the one
+    /// `addresses` says, follows a standby's referral to the leader, and moves to the next address
+    /// when one cannot be reached (`host` and `port` are then not used).
+    public var addresses: CoordinatorAddresses?
+
     /// A client that uses `credentials` and trusts their CA.
     public init(address: ControlAddress, credentials: Credentials) {
         self.init(
@@ -56,10 +61,46 @@ public struct ControlClient: Sendable {
         )
     }
 
+    /// A client of whichever of `addresses` leads, with `credentials`, trusting their CA.
+    public init(addresses: CoordinatorAddresses, credentials: Credentials) {
+        self.init(address: addresses.current, credentials: credentials)
+        self.addresses = addresses
+    }
+
     /// Connects and completes the TLS handshake (trying up to `connectAttempts` times, 100 ms then
     /// 200 ms apart), then runs `body` with the connection and closes it.
     public func withConnection<Result: Sendable>(
         on group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
+        _ body: @escaping @Sendable (ControlSession) async throws -> Result
+    ) async throws -> Result {
+        guard let addresses = self.addresses else { return try await self.withOneConnection(on: group, body) }
+        // Each address once, and each referral: a set without a leader fails naming what each said.
+        // A standby refuses the first request, so `body` has done nothing when it is run again.
+        var failures: [String] = []
+        for _ in 0..<(2 * addresses.all.count) {
+            let address = addresses.current
+            var client = self
+            (client.host, client.port, client.addresses) = (address.host, address.port, nil)
+            do {
+                return try await client.withOneConnection(on: group, body)
+            } catch let error as ControlClientError {
+                switch error {
+                case .connect:
+                    failures.append("\(error)")
+                    addresses.unreachable(address)
+                case .notLeader(_, let leader):
+                    failures.append("\(error)")
+                    addresses.referred(to: leader, by: address)
+                case .closed, .refused, .noLeader:
+                    throw error
+                }
+            }
+        }
+        throw ControlClientError.noLeader(addresses: "\(addresses)", failures: failures)
+    }
+
+    func withOneConnection<Result: Sendable>(
+        on group: any EventLoopGroup,
         _ body: @escaping @Sendable (ControlSession) async throws -> Result
     ) async throws -> Result {
         var attempt = 1
@@ -213,9 +254,13 @@ public enum ControlClientError: Error, Sendable, CustomStringConvertible {
     case refused(code: Ringmaster_V1_Error.Code, message: String)
     /// The coordinator is a standby of a set; `leader` leads, when the standby knows it.
     case notLeader(peer: String, leader: ControlAddress?)
+    /// No coordinator of a set could be reached or led; what each said.
+    case noLeader(addresses: String, failures: [String])
 
     public var description: String {
         switch self {
+        case .noLeader(let addresses, let failures):
+            return "no coordinator of \(addresses) leads: \(failures.joined(separator: "; "))"
         case .notLeader(let peer, let leader):
             return "the coordinator at \(peer) is a standby; "
                 + (leader.map { "the leader is at \($0)" } ?? "no coordinator leads yet")

@@ -24,16 +24,17 @@ public final class ReplicatedCoordinator: Service {
     public let election: LeaderElection.Settings
     let logger: Logger
     let onListening: @Sendable (Int) -> Void
-    /// Where the keys live in etcd.
-    public static let prefix = "/ringmaster/"
+    /// Where the set's keys live in etcd (one etcd cluster may hold several sets).
+    public let prefix: String
 
     public init(
-        configuration: CoordinatorConfiguration, endpoints: [String], advertised: String,
-        election: LeaderElection.Settings = LeaderElection.Settings(), logger: Logger,
+        configuration: CoordinatorConfiguration, endpoints: [String], prefix: String = "/ringmaster/",
+        advertised: String, election: LeaderElection.Settings = LeaderElection.Settings(), logger: Logger,
         onListening: @escaping @Sendable (Int) -> Void = { _ in }
     ) {
         self.configuration = configuration
         self.endpoints = endpoints
+        self.prefix = prefix.hasSuffix("/") ? prefix : prefix + "/"
         self.advertised = advertised
         self.election = election
         self.logger = logger
@@ -45,8 +46,10 @@ public final class ReplicatedCoordinator: Service {
         let authority = try self.sharedAuthority(client)
         let elector = try LeaderElector(
             client: EtcdClient(endpoints: self.endpoints, timeout: self.election.renewal * 4 / 5),
-            prefix: Self.prefix,
-            identity: .init(id: "\(ProcessInfo.processInfo.hostName)-\(getpid())-\(UUID().uuidString.prefix(8))", address: self.advertised),
+            prefix: self.prefix,
+            identity: .init(
+                id: "\(ProcessInfo.processInfo.hostName)-\(getpid())-\(UUID().uuidString.prefix(8))",
+                address: self.advertised),
             settings: self.election, logger: self.logger)
         var changes = elector.changes.makeAsyncIterator()
         elector.start()
@@ -60,7 +63,7 @@ public final class ReplicatedCoordinator: Service {
         // ending is not missed.
         while true {
             if elector.leads() {
-                let store = EtcdStateStore(client: client, prefix: Self.prefix) { elector.fence }
+                let store = EtcdStateStore(client: client, prefix: self.prefix) { elector.fence }
                 let service = try CoordinatorService(
                     configuration: self.configuration, logger: self.logger, store: store, onListening: onListening)
                 guard try await self.serve(service.run, elector: elector, until: .deposed(reason: ""), from: &changes)
@@ -117,7 +120,7 @@ public final class ReplicatedCoordinator: Service {
     /// The CA this coordinator serves with, checked against the set's: the first coordinator of a
     /// set records its CA's pin in etcd; the others must hold the same CA.
     func sharedAuthority(_ client: EtcdClient) throws -> CertificateAuthority {
-        let key = Self.prefix + "ca-pin"
+        let key = self.prefix + "ca-pin"
         let directory = self.configuration.stateDirectory
         let recorded: EtcdKeyValue?
         do {
@@ -147,14 +150,16 @@ public final class ReplicatedCoordinator: Service {
         let authority = try local ?? CertificateAuthority.loadOrCreate(directory: directory, now: Date())
         do {
             let result = try client.transaction(
-                if: [.createRevision(key: key, equals: 0)], then: [.put(key: key, value: Array("\(authority.pin)".utf8))],
+                if: [.createRevision(key: key, equals: 0)],
+                then: [.put(key: key, value: Array("\(authority.pin)".utf8))],
                 else: [.get(key: key)], doing: "recording the set's CA pin")
             if !result.succeeded, let other = result.reads.first?.first,
                 String(decoding: other.value, as: UTF8.self) != "\(authority.pin)"
             {
                 throw CoordinatorError(
                     .configuration,
-                    "another coordinator recorded a different CA for this etcd store at the same moment: start the coordinators of a set with the same ca.key and ca.crt")
+                    "another coordinator recorded a different CA for this etcd store at the same moment: start the coordinators of a set with the same ca.key and ca.crt"
+                )
             }
         } catch let error as EtcdError {
             throw CoordinatorError(.stateStore, "could not record the set's CA pin in etcd", underlying: error)

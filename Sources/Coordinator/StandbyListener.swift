@@ -46,7 +46,8 @@ final class StandbyListener: Sendable {
                 .bind(host: self.configuration.listenHost, port: self.configuration.listenPort) { channel in
                     channel.eventLoop.makeCompletedFuture {
                         try channel.pipeline.syncOperations.addHandler(
-                            NIOSSLServerHandler(context: context, customVerificationCallback: verifier.callback { _ in })
+                            NIOSSLServerHandler(
+                                context: context, customVerificationCallback: verifier.callback { _ in })
                         )
                         return try ControlPipeline.wrap(channel: channel, maximumFrameBytes: maximumFrameBytes).0
                     }

@@ -31,20 +31,136 @@ public final class Cluster: Sendable {
     /// Arguments added to `agent-INDEX`'s command line (e.g. `--rdma off`).
     let agentArguments: @Sendable (Int) -> [String]
 
+    /// Coordinators of a set that shares an etcd store, one of which leads.
+    public struct Replicas: Sendable {
+        /// How many coordinators.
+        public var count: Int
+        /// The store, `etcd://HOST:PORT,...` (a running cluster).
+        public var store: String
+        /// Their `--leader-lease`, in seconds.
+        public var leaderLease: Int
+        /// Their `--etcd-prefix`: one of this run's own, so that runs sharing a store never meet.
+        public var prefix: String
+
+        public init(count: Int, store: String, leaderLease: Int = 2) {
+            self.count = count
+            self.store = store
+            self.leaderLease = leaderLease
+            self.prefix = "/ringmaster-demo-\(UUID().uuidString.prefix(8).lowercased())/"
+        }
+    }
+
+    /// Several coordinators instead of one, when given.
+    let replicas: Replicas?
+    /// The coordinators, by index (one without `replicas`), and every address agents are given.
+    public let coordinators = Mutex<[ChildProcess]>([])
+    let addressesBox = Mutex<CoordinatorAddresses?>(nil)
+
     public init(
         directory: String, executable: String, coordinatorArguments: [String] = [],
-        agentArguments: @escaping @Sendable (Int) -> [String] = { _ in [] }
+        agentArguments: @escaping @Sendable (Int) -> [String] = { _ in [] }, replicas: Replicas? = nil
     ) {
         self.directory = directory
         self.executable = executable
         self.coordinatorArguments = coordinatorArguments
         self.agentArguments = agentArguments
+        self.replicas = replicas
     }
 
-    public var address: ControlAddress? { self.addressBox.withLock { $0 } }
+    /// The coordinator's address (of a set: the one to try now).
+    public var address: ControlAddress? {
+        self.addressesBox.withLock { $0 }?.current ?? self.addressBox.withLock { $0 }
+    }
+
+    /// Every coordinator address, comma-separated, as agents and the CLI take them.
+    var coordinatorArgument: String? {
+        self.addressesBox.withLock { $0 }.map(\.description) ?? self.addressBox.withLock { $0 }.map(\.description)
+    }
+
+    /// The coordinator that leads now, by its own log (its last word on the matter is that it
+    /// leads), among those alive.
+    public func leader() -> ChildProcess? {
+        self.coordinators.withLock { $0 }.first { coordinator in
+            !coordinator.hasExited
+                && coordinator.output.lines.last(where: {
+                    $0.contains("this coordinator leads") || $0.contains("this coordinator no longer leads")
+                })?.contains("this coordinator leads") == true
+        }
+    }
+
+    /// Starts the coordinators of `replicas` on free loopback ports: the first creates the CA and
+    /// leads; the others get a copy of its CA (as an operator copies it) and stand by.
+    func startReplicas(_ replicas: Replicas) async throws -> [ControlAddress] {
+        let ports = try (0..<replicas.count).map { _ in try Self.freePort() }
+        let first = "\(self.directory)/coordinator-0"
+        var addresses: [ControlAddress] = []
+        for (index, port) in ports.enumerated() {
+            let state = "\(self.directory)/coordinator-\(index)"
+            if index > 0 {
+                try SecureFile.createDirectory(state)
+                for file in ["ca.key", "ca.crt"] {
+                    let target = "\(state)/\(file)"
+                    try? FileManager.default.removeItem(atPath: target)
+                    try FileManager.default.copyItem(atPath: "\(first)/\(file)", toPath: target)
+                    _ = chmod(target, 0o600)
+                }
+            }
+            let coordinator = try ChildProcess(
+                name: "coordinator-\(index)",
+                executable: self.executable,
+                arguments: [
+                    "coordinator", "--state-dir", state, "--listen", "127.0.0.1:\(port)", "--settle-window", "200ms",
+                    "--store", replicas.store, "--leader-lease", "\(replicas.leaderLease)s",
+                    "--etcd-prefix", replicas.prefix,
+                ] + self.coordinatorArguments
+            )
+            self.children.withLock { $0.append(coordinator) }
+            self.coordinators.withLock { $0.append(coordinator) }
+            _ = try await coordinator.waitForLine(within: 30, "coordinator-\(index)'s listening address") {
+                $0.hasPrefix("listening ")
+            }
+            if index == 0 {
+                _ = try await coordinator.waitForLine(within: 30, "coordinator-0 to lead") {
+                    $0.contains("this coordinator leads")
+                }
+            }
+            addresses.append(ControlAddress(host: "127.0.0.1", port: port))
+        }
+        return addresses
+    }
+
+    /// A loopback port free now (the kernel's pick for a socket bound to port 0, then closed).
+    static func freePort() throws -> Int {
+        let descriptor = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        guard descriptor >= 0 else { throw LocalClusterError("socket() failed: errno \(errno)") }
+        defer { close(descriptor) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        address.sin_port = 0
+        let bound = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                bind(descriptor, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+            }
+        }
+        guard bound == 0 else { throw LocalClusterError("bind() to a free port failed: errno \(errno)") }
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(descriptor, $0, &length) }
+        }
+        return Int(UInt16(bigEndian: address.sin_port))
+    }
 
     /// Starts the coordinator and returns an operator's client for it.
     public func startCoordinator() async throws -> ControlClient {
+        if let replicas = self.replicas {
+            let addresses = CoordinatorAddresses(try await self.startReplicas(replicas))
+            self.addressesBox.withLock { $0 = addresses }
+            var client = try self.operatorClient(
+                address: addresses.current, stateDirectory: "\(self.directory)/coordinator-0")
+            client.addresses = addresses
+            return client
+        }
         let coordinator = try ChildProcess(
             name: "coordinator",
             executable: self.executable,
@@ -54,13 +170,19 @@ public final class Cluster: Sendable {
             ] + self.coordinatorArguments
         )
         self.children.withLock { $0.append(coordinator) }
+        self.coordinators.withLock { $0.append(coordinator) }
         let line = try await coordinator.waitForLine(within: 30, "the coordinator's listening address") {
             $0.hasPrefix("listening ")
         }
         let address = try ControlAddress(parsing: String(line.dropFirst("listening ".count)))
         self.addressBox.withLock { $0 = address }
-        // An operator identity, as `ringmaster cert issue --role operator` makes on the coordinator host.
-        guard let authority = try CertificateAuthority.load(directory: "\(self.directory)/coordinator") else {
+        return try self.operatorClient(address: address, stateDirectory: "\(self.directory)/coordinator")
+    }
+
+    /// An operator identity, as `ringmaster cert issue --role operator` makes on the coordinator
+    /// host, and a client of `address` with it.
+    func operatorClient(address: ControlAddress, stateDirectory: String) throws -> ControlClient {
+        guard let authority = try CertificateAuthority.load(directory: stateDirectory) else {
             throw LocalClusterError("the coordinator did not create its CA")
         }
         let key = KeyAndRequest.makeKey()
@@ -88,7 +210,7 @@ public final class Cluster: Sendable {
 
     /// Joins `agent-INDEX` (key, CSR, certificate in its data directory) without starting it.
     public func joinAgent(index: Int, token: Ringmaster_V1_TokenCreateReply) async throws {
-        guard let address = self.address else { throw LocalClusterError("the coordinator is not running") }
+        guard let address = self.coordinatorArgument else { throw LocalClusterError("the coordinator is not running") }
         let name = "agent-\(index)"
         let join = try ChildProcess(
             name: "\(name) join",
@@ -108,7 +230,7 @@ public final class Cluster: Sendable {
 
     /// Starts `agent-INDEX`, with a single-use token to join with, or with the credentials it has.
     public func startAgent(index: Int, token: Ringmaster_V1_TokenCreateReply?) throws {
-        guard let address = self.address else { throw LocalClusterError("the coordinator is not running") }
+        guard let address = self.coordinatorArgument else { throw LocalClusterError("the coordinator is not running") }
         let name = "agent-\(index)"
         var arguments = [
             "agent", "--coordinator", "\(address)", "--data-dir", "\(self.directory)/\(name)", "--name", name,

@@ -68,9 +68,33 @@ public final class TrainingDemo: Sendable {
         /// announce no RDMA port).
         public var agentsWithoutRDMA = 0
 
+        /// Coordinators of a set sharing the etcd store `etcd` (`etcd://HOST:PORT,...`, running),
+        /// one of which leads; 1 (the default): one coordinator on SQLite.
+        public var coordinators = 1
+        public var etcd: String?
+        /// Kill -9 the leading coordinator once the job has committed this many steps.
+        public var killLeaderAtStep: UInt64?
+        /// The coordinators' `--leader-lease`, in seconds.
+        public var leaderLease = 2
+
         public init(executable: String) {
             self.executable = executable
         }
+    }
+
+    /// A kill -9 of the leading coordinator, and how long the set took to serve again.
+    public struct LeaderFailover: Sendable, Codable {
+        /// The job's step when it was killed.
+        public var step: UInt64
+        /// The coordinator killed, and the one that led next.
+        public var killed: String
+        public var newLeader: String
+        /// From the kill to the new leader's log saying it leads.
+        public var electedSeconds: Double
+        /// From the kill to every agent connected to the new leader (as its node list says).
+        public var agentsConnectedSeconds: Double
+        /// From the kill to the first step committed after it.
+        public var firstStepSeconds: Double
     }
 
     /// The models the demo trains.
@@ -161,6 +185,8 @@ public final class TrainingDemo: Sendable {
         /// Connections the floods opened (reopened ones included) and the other side closed.
         public var floodOpened: Int
         public var floodClosedByPeer: Int
+        /// The leader's kill -9 and the set's recovery from it, when asked for.
+        public var leaderFailover: LeaderFailover?
     }
 
     /// Progress, for a bar.
@@ -203,7 +229,10 @@ public final class TrainingDemo: Sendable {
         let cluster = Cluster(
             directory: directory, executable: options.executable,
             coordinatorArguments: options.leaseSeconds.map { ["--lease", "\(Int(($0 * 1000).rounded()))ms"] } ?? [],
-            agentArguments: { (withoutRDMA.contains($0) ? ["--rdma", "off"] : []) + (timeout ?? []) })
+            agentArguments: { (withoutRDMA.contains($0) ? ["--rdma", "off"] : []) + (timeout ?? []) },
+            replicas: options.etcd.map {
+                Cluster.Replicas(count: options.coordinators, store: $0, leaderLease: options.leaderLease)
+            })
         self.cluster.withLock { $0 = cluster }
         do {
             let result = try await withDeadline(seconds: options.timeoutSeconds, waitingFor: "the demo job to finish") {
@@ -269,92 +298,134 @@ public final class TrainingDemo: Sendable {
         let cut = Mutex<(cut: DataPlaneCut, generation: UInt64)?>(nil)
         let cutAt = Mutex<Date?>(nil)
         defer { try? cut.withLock { $0 }?.cut.restore() }
-        let (status, killedAt, addedAt, terminated, preempted, finishedAt) = try await admin.withConnection { session in
-            var killedAt: Date?
-            var addedAt: Date?
-            var terminated: [String: ChildProcess] = [:]
-            var rate = RateMeter()
-            var status = Ringmaster_V1_JobStatus()
-            var finishedAt: Date?
-            while true {
-                status =
-                    try await Cluster.request(session) { $0.jobStatus = .with { $0.jobID = "demo" } }.adminReply
-                    .jobStatus.jobs.first ?? .init()
-                rate.add(step: status.cursorStep, at: Date())
-                progress(
-                    Progress(
-                        step: status.cursorStep,
-                        totalSteps: status.totalSteps,
-                        loss: status.loss,
-                        worldSize: status.members.count,
-                        generation: status.generation,
-                        samplesPerSecond: rate.stepsPerSecond * Double(options.batchSize)
+        let leaderKill = Mutex<
+            (at: Date, step: UInt64, victim: String, watch: Task<(Double, Double, String), any Error>)?
+        >(nil)
+        typealias Request =
+            @Sendable (@escaping @Sendable (inout Ringmaster_V1_AdminRequest) -> Void) async throws -> Envelope
+        let poll:
+            @Sendable (Request) async throws -> (
+                Ringmaster_V1_JobStatus, Date?, Date?, [String: ChildProcess], Bool, Date?
+            ) = { request in
+                var killedAt: Date?
+                var addedAt: Date?
+                var terminated: [String: ChildProcess] = [:]
+                var rate = RateMeter()
+                var status = Ringmaster_V1_JobStatus()
+                var finishedAt: Date?
+                while true {
+                    status =
+                        try await request { $0.jobStatus = .with { $0.jobID = "demo" } }.adminReply
+                        .jobStatus.jobs.first ?? .init()
+                    rate.add(step: status.cursorStep, at: Date())
+                    progress(
+                        Progress(
+                            step: status.cursorStep,
+                            totalSteps: status.totalSteps,
+                            loss: status.loss,
+                            worldSize: status.members.count,
+                            generation: status.generation,
+                            samplesPerSecond: rate.stepsPerSecond * Double(options.batchSize)
+                        )
                     )
-                )
-                let phase = CoordinatorMachine.Phase(rawValue: status.phase)
-                if phase == .cancelled || phase == .failed { break }
-                if phase == .finished {
-                    // The last step's checkpoint commits after the last step: wait for it (or its
-                    // failure) for up to 10 s, so that the run ends with it on disk.
-                    let at = finishedAt ?? Date()
-                    finishedAt = at
-                    let settled = status.lastCheckpointStep >= status.totalSteps || status.checkpointFailures > 0
-                    if options.checkpointDirectory == nil || settled { break }
-                    if Date().timeIntervalSince(at) > 10 {
-                        say("the checkpoint of the last step was not committed within 10 s of the job's end")
-                        break
+                    let phase = CoordinatorMachine.Phase(rawValue: status.phase)
+                    if phase == .cancelled || phase == .failed { break }
+                    if phase == .finished {
+                        // The last step's checkpoint commits after the last step: wait for it (or its
+                        // failure) for up to 10 s, so that the run ends with it on disk.
+                        let at = finishedAt ?? Date()
+                        finishedAt = at
+                        let settled = status.lastCheckpointStep >= status.totalSteps || status.checkpointFailures > 0
+                        if options.checkpointDirectory == nil || settled { break }
+                        if Date().timeIntervalSince(at) > 10 {
+                            say("the checkpoint of the last step was not committed within 10 s of the job's end")
+                            break
+                        }
                     }
+                    let agents = cluster.agents.withLock { Array($0.values) }
+                    if !agents.isEmpty, agents.allSatisfy(\.hasExited) {
+                        throw LocalClusterError(
+                            "every agent has exited, at step \(status.cursorStep); their output follows")
+                    }
+                    if let at = options.preemptAtStep, status.lastCheckpointStep >= at {
+                        for child in cluster.children.withLock({ $0 }) { child.signal(SIGKILL) }
+                        say(
+                            "step \(status.cursorStep): checkpoint at step \(status.lastCheckpointStep) committed; kill -9 every process"
+                        )
+                        return (status, killedAt, addedAt, terminated, true, finishedAt)
+                    }
+                    if let at = options.killAgentAtStep, killedAt == nil, status.cursorStep >= at {
+                        let victim = try cluster.agent(index: options.agents - 1)
+                        victim.signal(SIGKILL)
+                        killedAt = Date()
+                        say("step \(status.cursorStep): kill -9 \(victim.name)")
+                    }
+                    if let at = options.terminateAgentAtStep, terminated.isEmpty, status.cursorStep >= at {
+                        let leaver = try cluster.agent(
+                            index: options.agents - 1 - (options.killAgentAtStep == nil ? 0 : 1))
+                        leaver.signal(SIGTERM)
+                        terminated[leaver.name] = leaver
+                        say("step \(status.cursorStep): SIGTERM \(leaver.name)")
+                    }
+                    if let at = options.cutDataPlaneAtStep, cutAt.withLock({ $0 }) == nil, status.cursorStep >= at {
+                        // The first agent's: rank 0 accepts every other member's connection.
+                        let victim = try cluster.agent(index: 0)
+                        let port = try Self.dataPlanePort(of: victim)
+                        let made = try DataPlaneCut(port: port)
+                        cutAt.withLock { $0 = Date() }
+                        cut.withLock { $0 = (made, status.generation) }
+                        say(
+                            "step \(status.cursorStep): every packet to \(victim.name)'s data-plane port \(port) is dropped (every process lives)"
+                        )
+                    }
+                    if let current = cut.withLock({ $0 }), status.generation > current.generation {
+                        try current.cut.restore()
+                        cut.withLock { $0 = nil }
+                        say(
+                            "step \(status.cursorStep): generation \(status.generation) started (\(status.lastCause)); the data plane carries again"
+                        )
+                    }
+                    if let at = options.addAgentAtStep, addedAt == nil, status.cursorStep >= at {
+                        addedAt = Date()
+                        try cluster.startAgent(index: options.agents, token: nil)
+                        say("step \(status.cursorStep): started agent-\(options.agents)")
+                    }
+                    if let at = options.killLeaderAtStep, leaderKill.withLock({ $0 }) == nil, status.cursorStep >= at,
+                        let victim = cluster.leader()
+                    {
+                        victim.signal(SIGKILL)
+                        let killed = Date()
+                        say("step \(status.cursorStep): kill -9 \(victim.name), the leading coordinator")
+                        let watch = Task {
+                            try await Self.watchFailover(
+                                cluster, admin: admin, from: victim, agents: options.agents, at: killed)
+                        }
+                        leaderKill.withLock { $0 = (killed, status.cursorStep, victim.name, watch) }
+                    }
+                    try await Task.sleep(for: .milliseconds(50))
                 }
-                let agents = cluster.agents.withLock { Array($0.values) }
-                if !agents.isEmpty, agents.allSatisfy(\.hasExited) {
-                    throw LocalClusterError(
-                        "every agent has exited, at step \(status.cursorStep); their output follows")
-                }
-                if let at = options.preemptAtStep, status.lastCheckpointStep >= at {
-                    for child in cluster.children.withLock({ $0 }) { child.signal(SIGKILL) }
-                    say(
-                        "step \(status.cursorStep): checkpoint at step \(status.lastCheckpointStep) committed; kill -9 every process"
-                    )
-                    return (status, killedAt, addedAt, terminated, true, finishedAt)
-                }
-                if let at = options.killAgentAtStep, killedAt == nil, status.cursorStep >= at {
-                    let victim = try cluster.agent(index: options.agents - 1)
-                    victim.signal(SIGKILL)
-                    killedAt = Date()
-                    say("step \(status.cursorStep): kill -9 \(victim.name)")
-                }
-                if let at = options.terminateAgentAtStep, terminated.isEmpty, status.cursorStep >= at {
-                    let leaver = try cluster.agent(index: options.agents - 1 - (options.killAgentAtStep == nil ? 0 : 1))
-                    leaver.signal(SIGTERM)
-                    terminated[leaver.name] = leaver
-                    say("step \(status.cursorStep): SIGTERM \(leaver.name)")
-                }
-                if let at = options.cutDataPlaneAtStep, cutAt.withLock({ $0 }) == nil, status.cursorStep >= at {
-                    // The first agent's: rank 0 accepts every other member's connection.
-                    let victim = try cluster.agent(index: 0)
-                    let port = try Self.dataPlanePort(of: victim)
-                    let made = try DataPlaneCut(port: port)
-                    cutAt.withLock { $0 = Date() }
-                    cut.withLock { $0 = (made, status.generation) }
-                    say(
-                        "step \(status.cursorStep): every packet to \(victim.name)'s data-plane port \(port) is dropped (every process lives)"
-                    )
-                }
-                if let current = cut.withLock({ $0 }), status.generation > current.generation {
-                    try current.cut.restore()
-                    cut.withLock { $0 = nil }
-                    say(
-                        "step \(status.cursorStep): generation \(status.generation) started (\(status.lastCause)); the data plane carries again"
-                    )
-                }
-                if let at = options.addAgentAtStep, addedAt == nil, status.cursorStep >= at {
-                    addedAt = Date()
-                    try cluster.startAgent(index: options.agents, token: nil)
-                    say("step \(status.cursorStep): started agent-\(options.agents)")
-                }
-                try await Task.sleep(for: .milliseconds(50))
+                return (status, killedAt, addedAt, terminated, false, finishedAt)
             }
-            return (status, killedAt, addedAt, terminated, false, finishedAt)
+        // Several coordinators: a request per poll, each to whichever leads (a leader's loss is
+        // waited out); one: one operator session for the whole run (polling opens no new TLS
+        // connection).
+        let (status, killedAt, addedAt, terminated, preempted, finishedAt) =
+            options.etcd != nil
+            ? try await poll { build in try await Self.retrying(admin, within: 30, build) }
+            : try await admin.withConnection { session in
+                try await poll { build in try await Cluster.request(session, build) }
+            }
+        var failover: LeaderFailover?
+        if let kill = leaderKill.withLock({ $0 }) {
+            let (elected, connected, newLeader) = try await kill.watch.value
+            // The generation the new leader started (a restored job goes on in the next one).
+            let firstStep = status.history.first {
+                $0.cause == "coordinator_restarted" && $0.firstStepUnixMs > 0
+                    && Double($0.startedUnixMs) / 1000 >= kill.at.timeIntervalSince1970
+            }.map { Double($0.firstStepUnixMs) / 1000 - kill.at.timeIntervalSince1970 }
+            failover = LeaderFailover(
+                step: kill.step, killed: kill.victim, newLeader: newLeader, electedSeconds: elected,
+                agentsConnectedSeconds: connected, firstStepSeconds: firstStep ?? -1)
         }
         // Training time: up to the job's end, not the wait for its last checkpoint.
         let seconds = (finishedAt ?? Date()).timeIntervalSince(started)
@@ -375,6 +446,9 @@ public final class TrainingDemo: Sendable {
             if record.cause == "disconnected", let killedAt, killedAt <= event { event = killedAt }
             if record.cause == "joined", let addedAt, addedAt <= event { event = addedAt }
             if record.cause == "generation_failed", let at = cutAt.withLock({ $0 }), at <= event { event = at }
+            if record.cause == "coordinator_restarted", let at = leaderKill.withLock({ $0?.at }), at <= event {
+                event = at
+            }
             let end =
                 record.firstStepUnixMs == 0 ? nil : Date(timeIntervalSince1970: Double(record.firstStepUnixMs) / 1000)
             recoveries.append(
@@ -433,8 +507,51 @@ public final class TrainingDemo: Sendable {
             peakRSSBytes: peakRSS,
             cpuSeconds: cpu,
             floodOpened: floodCounts.0 + controlCounts.0,
-            floodClosedByPeer: floodCounts.1 + controlCounts.1
+            floodClosedByPeer: floodCounts.1 + controlCounts.1,
+            leaderFailover: failover
         )
+    }
+
+    /// An admin request to whichever coordinator of the set leads, tried again (every 20 ms) while
+    /// none does, for up to `seconds`.
+    static func retrying(
+        _ admin: ControlClient, within seconds: Double,
+        _ build: @escaping @Sendable (inout Ringmaster_V1_AdminRequest) -> Void
+    ) async throws -> Envelope {
+        let deadline = ContinuousClock.now + .seconds(seconds)
+        while true {
+            do {
+                return try await Cluster.admin(admin, build)
+            } catch let error as ControlClientError where ContinuousClock.now < deadline {
+                switch error {
+                case .connect, .closed, .notLeader, .noLeader: try await Task.sleep(for: .milliseconds(20))
+                case .refused: throw error
+                }
+            }
+        }
+    }
+
+    /// After the leader `victim` was killed at `killed`: seconds to another coordinator's log
+    /// saying it leads, seconds to all `agents` connected to it, and its name.
+    static func watchFailover(
+        _ cluster: Cluster, admin: ControlClient, from victim: ChildProcess, agents: Int, at killed: Date
+    ) async throws -> (Double, Double, String) {
+        try await withDeadline(seconds: 60, waitingFor: "a new leader with every agent connected") {
+            var leader = cluster.leader()
+            while leader == nil || leader === victim {
+                try await Task.sleep(for: .milliseconds(5))
+                leader = cluster.leader()
+            }
+            let elected = Date().timeIntervalSince(killed)
+            while true {
+                if let nodes = try? await Cluster.admin(admin, { $0.nodeList = .init() }).adminReply.nodeList.nodes,
+                    nodes.filter(\.connected).count >= agents
+                {
+                    return (elected, Date().timeIntervalSince(killed), leader?.name ?? "?")
+                }
+                try await Task.sleep(for: .milliseconds(10))
+            }
+        }
     }
 
     /// The values of `key` in each agent's log lines that say `message`, by agent.

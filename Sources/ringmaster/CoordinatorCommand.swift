@@ -60,6 +60,9 @@ struct CoordinatorCommand: AsyncParsableCommand {
     )
     var store: String = "sqlite"
 
+    @Option(help: "With --store etcd: the prefix of the set's keys (several sets may share one etcd cluster).")
+    var etcdPrefix: String = "/ringmaster/"
+
     @Option(
         help:
             "With --store etcd: the control address agents and operators reach this coordinator at, which standbys name when they refer them to the leader (default: the listening address)."
@@ -77,6 +80,9 @@ struct CoordinatorCommand: AsyncParsableCommand {
     func validate() throws {
         if self.store != "sqlite" {
             _ = try Self.etcdEndpoints(self.store)
+            guard self.etcdPrefix.hasPrefix("/"), !self.etcdPrefix.contains(" ") else {
+                throw ValidationError("--etcd-prefix must start with / and hold no spaces, not \(self.etcdPrefix)")
+            }
             guard self.leaderLease.seconds >= 2, self.leaderLease.seconds == self.leaderLease.seconds.rounded() else {
                 throw ValidationError(
                     "--leader-lease must be whole seconds, at least 2 (etcd grants leases in seconds), not \(self.leaderLease.seconds) s"
@@ -126,7 +132,7 @@ struct CoordinatorCommand: AsyncParsableCommand {
             )
         }
         let service = ReplicatedCoordinator(
-            configuration: configuration, endpoints: try Self.etcdEndpoints(self.store),
+            configuration: configuration, endpoints: try Self.etcdEndpoints(self.store), prefix: self.etcdPrefix,
             advertised: self.advertise ?? self.listen,
             election: .init(lease: .seconds(Int64(self.leaderLease.seconds))), logger: logger,
             onListening: onListening)

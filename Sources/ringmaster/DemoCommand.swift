@@ -133,6 +133,21 @@ struct DemoCommand: AsyncParsableCommand {
     )
     var lease: Double?
 
+    @Option(
+        help:
+            "Run this many coordinators sharing the etcd store of --etcd, one leading (default 1: one coordinator on SQLite)."
+    )
+    var coordinators: Int = 1
+
+    @Option(help: "With --coordinators: the running etcd cluster they share, etcd://HOST:PORT[,HOST:PORT...].")
+    var etcd: String?
+
+    @Option(help: "With --coordinators: kill -9 the leading coordinator once the job reaches this step.")
+    var killLeaderAtStep: UInt64?
+
+    @Option(help: "With --coordinators: their --leader-lease in whole seconds (default 2).")
+    var leaderLease: Int = 2
+
     @Flag(help: "Print one JSON object instead of text.")
     var json = false
 
@@ -179,6 +194,21 @@ struct DemoCommand: AsyncParsableCommand {
             throw ValidationError("--resume must be `latest` or a step number, not \(resume)")
         }
         guard self.checkpointInterval > 0 else { throw ValidationError("--checkpoint-interval must be positive") }
+        guard (1...7).contains(self.coordinators) else { throw ValidationError("--coordinators must be from 1 to 7") }
+        if self.coordinators > 1 {
+            guard let etcd = self.etcd, etcd.hasPrefix("etcd://") else {
+                throw ValidationError(
+                    "--coordinators \(self.coordinators) needs --etcd etcd://HOST:PORT,... (scripts/etcd-cluster.sh start DIR runs one on loopback)"
+                )
+            }
+        } else if self.etcd != nil || self.killLeaderAtStep != nil {
+            throw ValidationError("--etcd and --kill-leader-at-step go with --coordinators 2 or more")
+        }
+        if let step = self.killLeaderAtStep, step >= self.totalSteps {
+            throw ValidationError(
+                "--kill-leader-at-step \(step) is not before the last step (--steps \(self.totalSteps))")
+        }
+        guard self.leaderLease >= 2 else { throw ValidationError("--leader-lease must be at least 2 seconds") }
         if self.killAgentAtStep != nil || self.terminateAgentAtStep != nil {
             let stopped = (self.killAgentAtStep == nil ? 0 : 1) + (self.terminateAgentAtStep == nil ? 0 : 1)
             guard self.agents > stopped else {
@@ -219,6 +249,10 @@ struct DemoCommand: AsyncParsableCommand {
         options.leaseSeconds = self.lease
         options.cutDataPlaneAtStep = self.cutDataPlaneAtStep
         options.collectiveTimeoutSeconds = self.collectiveTimeout
+        options.coordinators = self.coordinators
+        options.etcd = self.coordinators > 1 ? self.etcd : nil
+        options.killLeaderAtStep = self.killLeaderAtStep
+        options.leaderLease = self.leaderLease
         switch self.model {
         case "synthetic": options.model = .synthetic(parameters: self.parameters)
         case "torch-digits":
@@ -314,6 +348,13 @@ struct DemoCommand: AsyncParsableCommand {
                 "cpu_seconds": result.cpuSeconds,
                 "flood_opened": result.floodOpened,
                 "flood_closed_by_peer": result.floodClosedByPeer,
+                "leader_failover": result.leaderFailover.map {
+                    [
+                        "step": $0.step, "killed": $0.killed, "new_leader": $0.newLeader,
+                        "elected_seconds": $0.electedSeconds, "agents_connected_seconds": $0.agentsConnectedSeconds,
+                        "first_step_seconds": $0.firstStepSeconds,
+                    ] as [String: Any]
+                } ?? NSNull(),
             ]
             let data = try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])
             print(String(decoding: data, as: UTF8.self))

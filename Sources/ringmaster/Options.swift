@@ -59,27 +59,7 @@ struct OperatorOptions: ParsableArguments {
                 "no operator identity in \(self.identity): on the coordinator host run `ringmaster cert issue --role operator --name NAME --state-dir DIR --out \(self.identity)`"
             )
         }
-        // Each address once, and each referral to a leader: a set without a leader fails here,
-        // naming what each coordinator said.
-        var failures: [String] = []
-        for _ in 0..<(2 * addresses.all.count) {
-            let address = addresses.current
-            do {
-                return try await ControlClient(address: address, credentials: credentials).withConnection(body)
-            } catch let error as ControlClientError {
-                switch error {
-                case .connect where addresses.all.count > 1:
-                    failures.append("\(error)")
-                    addresses.unreachable(address)
-                case .notLeader(_, let leader):
-                    failures.append("\(error)")
-                    addresses.referred(to: leader, by: address)
-                case .connect, .closed, .refused:
-                    throw error
-                }
-            }
-        }
-        throw ValidationError("no coordinator of \(addresses) leads: \(failures.joined(separator: "; "))")
+        return try await ControlClient(addresses: addresses, credentials: credentials).withConnection(body)
     }
 }
 

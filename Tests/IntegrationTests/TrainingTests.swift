@@ -264,6 +264,36 @@ struct TrainingTests {
     /// data-plane port dropped by tc): nobody's control session ends, so only the members' reports
     /// of their failed all-reduce (a 3 s collective deadline) tell the coordinator, which starts
     /// the next generation after its grace; the job then finishes as if nothing happened.
+    /// Three coordinators share a real three-member etcd cluster; kill -9 of the leader while three
+    /// agents train: a standby leads within the 2 s lease plus 1 s, the agents follow it, the job
+    /// goes on from its committed state and ends with exact accounting and the model of an
+    /// uninterrupted run.
+    @Test func theLeadingCoordinatorKilled_aStandbyLeadsWithinTheLeasePlusOneSecond_andTheJobEndsAsIfUninterrupted()
+        async throws
+    {
+        let cluster = try await EtcdCluster()
+        let run = try await self.demo(
+            "leader-killed",
+            [
+                "--agents", "3", "--coordinators", "3", "--etcd", cluster.address, "--kill-leader-at-step", "150",
+                "--leader-lease", "2",
+            ])
+        await cluster.stop()
+        self.expectExactAccounting(run, "leader killed")
+        let failover = try #require(run.json["leader_failover"] as? [String: Any], "no failover in \(run.json)")
+        let elected = failover["elected_seconds"] as? Double ?? .infinity
+        let connected = failover["agents_connected_seconds"] as? Double ?? .infinity
+        let firstStep = failover["first_step_seconds"] as? Double ?? .infinity
+        #expect(failover["killed"] as? String != failover["new_leader"] as? String)
+        #expect(elected <= 3, "a standby led \(elected) s after the kill (lease 2 s)")
+        #expect(
+            connected >= elected && connected < 5, "every agent was connected to the new leader after \(connected) s")
+        #expect(firstStep > 0 && firstStep < 10, "the first step after the kill came \(firstStep) s after it")
+        #expect(run.accuracy >= 0.95)
+        let difference = self.maximumDifference(run.parameters, try await self.referenceParameters())
+        #expect(difference <= Self.tolerance, "the model differs from an uninterrupted run's by up to \(difference)")
+    }
+
     @Test func aDataPlanePathThatStopsCarrying_withEveryProcessAlive_isFollowedByANewGeneration_andChangesNothing()
         async throws
     {
