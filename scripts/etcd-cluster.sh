@@ -13,6 +13,8 @@
 #   scripts/etcd-cluster.sh kill DIR INDEX     KILL member INDEX (0-based), as a crash would.
 #   scripts/etcd-cluster.sh restart DIR INDEX  Starts member INDEX again on its data directory and
 #                                              waits until it is healthy.
+#   scripts/etcd-cluster.sh restart DIR all    Starts every member not running again, together, and
+#                                              waits until the cluster is healthy (after `stop`).
 #
 # The wait gives up after RINGMASTER_ETCD_WAIT_S seconds (default 20), naming what it waited for and
 # showing the end of each member's log. Member logs are DIR/member<i>.log; data is DIR/member<i>.
@@ -254,7 +256,23 @@ kill_member() {
     wait_exit "$1" $((SECONDS + stop_wait_s)) || fail "member $1 still running ${stop_wait_s} s after KILL"
 }
 
+# Starts every member that is not running again, together (a lone member of a stopped cluster
+# cannot become healthy without a quorum), and waits until the whole cluster is.
+restart_all() {
+    load_config
+    local i pid
+    for ((i = 0; i < members; i++)); do
+        member_alive "$i" && continue
+        [ -d "$dir/member$i" ] || fail "member $i has no data directory in $dir"
+        pid="$(launch_member "$i" existing)"
+        record_pid "$i" "$pid"
+    done
+    # shellcheck disable=SC2046 # the member indices are words on purpose
+    wait_healthy $(seq 0 $((members - 1))) || { stop; exit 1; }
+}
+
 restart_member() {
+    [ "$1" = all ] && { restart_all; return; }
     load_config
     check_index "$1"
     member_alive "$1" && fail "member $1 is still running; kill it first"

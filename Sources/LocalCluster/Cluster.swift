@@ -130,7 +130,7 @@ public final class Cluster: Sendable {
     }
 
     /// A loopback port free now (the kernel's pick for a socket bound to port 0, then closed).
-    static func freePort() throws -> Int {
+    public static func freePort() throws -> Int {
         let descriptor = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         guard descriptor >= 0 else { throw LocalClusterError("socket() failed: errno \(errno)") }
         defer { close(descriptor) }
