@@ -71,7 +71,8 @@ struct ReplicatedCoordinatorTests {
             let status = try await process.waitForExit(within: seconds)
             guard status == 0 else {
                 throw CommandError(
-                    "`ringmaster \(arguments.joined(separator: " "))` exited \(status): \(process.output.lines.suffix(5))")
+                    "`ringmaster \(arguments.joined(separator: " "))` exited \(status): \(process.output.lines.suffix(5))"
+                )
             }
             return process.standardOutput.lines
         }
@@ -154,7 +155,9 @@ struct ReplicatedCoordinatorTests {
         }
         let listedBefore = nodeList(try await set.json(["node", "list"]))
         let nodesBefore = Set<String>(
-            (try await set.json(["node", "list"])["nodes"] as? [[String: Any]] ?? []).compactMap { $0["node"] as? String })
+            (try await set.json(["node", "list"])["nodes"] as? [[String: Any]] ?? []).compactMap {
+                $0["node"] as? String
+            })
         #expect(nodesBefore == ["node-a", "node-b"])
 
         for coordinator in set.coordinators.value { coordinator.signal(SIGKILL) }
@@ -168,7 +171,8 @@ struct ReplicatedCoordinatorTests {
         let cursor = CoordinatorSet.cursor(restored)
         #expect(cursor >= CoordinatorSet.cursor(before))
         let generation = before["generation"] as? Int ?? 0
-        let after = try await set.waitForJob(within: 60, "training again in a new generation past step \(cursor + 20)") {
+        let after = try await set.waitForJob(within: 60, "training again in a new generation past step \(cursor + 20)")
+        {
             CoordinatorSet.cursor($0) >= cursor + 20 && ($0["generation"] as? Int ?? 0) > generation
         }
         let generations = (after["history"] as? [[String: Any]] ?? []).compactMap { $0["generation"] as? Int }
@@ -188,7 +192,9 @@ struct ReplicatedCoordinatorTests {
         #expect(try await again.waitForExit(within: 30) != 0)
         #expect(again.output.lines.contains { $0.contains("already used") }, "\(again.output.lines.suffix(5))")
         let nodesAfter = Set<String>(
-            (try await set.json(["node", "list"])["nodes"] as? [[String: Any]] ?? []).compactMap { $0["node"] as? String })
+            (try await set.json(["node", "list"])["nodes"] as? [[String: Any]] ?? []).compactMap {
+                $0["node"] as? String
+            })
         #expect(nodesAfter == nodesBefore)
         set.killAll()
         await etcd.stop()
