@@ -305,7 +305,9 @@ let package = Package(
         ),
         .testTarget(
             name: "AgentTests",
-            dependencies: ["Agent", "AgentCore", "Collectives", "CoordinatorCore", "JobModel", "Workload"],
+            dependencies: [
+                "Agent", "AgentCore", "Collectives", "ControlPlane", "CoordinatorCore", "JobModel", "Workload",
+            ],
             swiftSettings: strictSwift6
         ),
         .testTarget(

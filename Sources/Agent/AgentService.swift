@@ -133,8 +133,9 @@ public final class AgentService: Service, Sendable {
                     if !self.addresses.unreachable(address) { continue }
                 case .closed: break
                 case .notLeader(_, let leader):
-                    self.addresses.referred(to: leader, by: address)
+                    // A live standby: no backoff, and no wait before the next of the set.
                     delay = self.configuration.reconnectInitialDelaySeconds
+                    if !self.addresses.referred(to: leader, by: address) { continue }
                 case .refused, .noLeader: throw error
                 }
                 self.logger.warning(
@@ -293,19 +294,22 @@ public final class AgentService: Service, Sendable {
                 let address = self.addresses.current
                 let end = await self.session(credentials: credentials, at: address)
                 if let renewed = end.credentials { credentials = renewed }
-                if end.connected { delay = self.configuration.reconnectInitialDelaySeconds }
+                if end.connected {
+                    delay = self.configuration.reconnectInitialDelaySeconds
+                    self.addresses.connected(address)
+                }
                 if Task.isCancelled || self.isLeaving { break }
-                // Among several coordinators: an unreachable one gives way to the next at once
-                // (backing off only once every one was tried), and a standby's referral to the
-                // leader is followed at the first delay, with no backoff.
+                // Among several coordinators: an unreachable one gives way to the next at once,
+                // and a standby's referral is followed at once; the agent waits only once every
+                // address has had its turn, backing off only when none answered at all.
                 switch end.reason as? ControlClientError {
                 case .connect?:
                     if self.configuration.coordinators.count > 1, !self.addresses.unreachable(address) {
                         continue
                     }
                 case .notLeader(_, let leader)?:
-                    self.addresses.referred(to: leader, by: address)
                     delay = self.configuration.reconnectInitialDelaySeconds
+                    if !self.addresses.referred(to: leader, by: address) { continue }
                 case .closed?, .refused?, .noLeader?, nil:
                     break
                 }

@@ -307,11 +307,23 @@ public struct ControlAddress: Sendable, Hashable, CustomStringConvertible {
 }
 
 /// The coordinators a client may reach, one of which leads, and the one to try next: after a
-/// referral, the leader named; after a failure to connect, the next in the list.
+/// referral, the leader named (unless it just could not be reached: a standby names the old leader
+/// until its lease ends); after a failure to connect, the next in the list. Each method says
+/// whether every address has had its turn since the last pause, so that a caller waits then, and
+/// only then: during a leader change a client goes round the set at once, without sleeping
+/// between standbys, and never spins.
 public final class CoordinatorAddresses: Sendable, CustomStringConvertible {
     /// Every address given, in order.
     public let all: [ControlAddress]
-    let state: NIOLockedValueBox<(current: ControlAddress, index: Int)>
+    struct State {
+        var current: ControlAddress
+        var index = 0
+        /// Addresses that could not be reached since the last pause.
+        var unreachable: Swift.Set<ControlAddress> = []
+        /// Attempts since the last pause.
+        var tries = 0
+    }
+    let state: NIOLockedValueBox<State>
 
     /// The addresses of `a:7600,b:7600,...` (at least one).
     public convenience init(parsing text: String) throws {
@@ -323,31 +335,60 @@ public final class CoordinatorAddresses: Sendable, CustomStringConvertible {
     public init(_ all: [ControlAddress]) {
         precondition(!all.isEmpty, "a client needs at least one coordinator address")
         self.all = all
-        self.state = NIOLockedValueBox((all[0], 0))
+        self.state = NIOLockedValueBox(State(current: all[0]))
     }
 
     /// The address to try now.
     public var current: ControlAddress { self.state.withLockedValue { $0.current } }
 
-    /// `address` could not be reached: the next one in the list is tried. Returns whether the
-    /// list went round (every address tried since the first).
+    /// `address` could not be reached: the next one in the list is tried. Returns whether to pause
+    /// first (every address has had its turn).
     @discardableResult
     public func unreachable(_ address: ControlAddress) -> Bool {
         self.state.withLockedValue { state in
-            guard state.current == address else { return false }
-            state.index = (state.index + 1) % self.all.count
-            state.current = self.all[state.index]
-            return state.index == 0
+            state.unreachable.insert(address)
+            Self.advance(&state, past: address, in: self.all)
+            return Self.counted(&state, in: self.all)
         }
     }
 
-    /// A standby named the leader: it is tried next. Without a name, the next address is.
-    public func referred(to leader: ControlAddress?, by standby: ControlAddress) {
-        guard let leader else {
-            self.unreachable(standby)
-            return
+    /// A standby at `standby` named `leader` (or no one): the leader is tried next, unless it just
+    /// could not be reached or is the standby itself; then the address after the standby. Returns
+    /// whether to pause first.
+    @discardableResult
+    public func referred(to leader: ControlAddress?, by standby: ControlAddress) -> Bool {
+        self.state.withLockedValue { state in
+            if let leader, leader != standby, !state.unreachable.contains(leader) {
+                state.current = leader
+            } else {
+                Self.advance(&state, past: standby, in: self.all)
+            }
+            return Self.counted(&state, in: self.all)
         }
-        self.state.withLockedValue { $0.current = leader }
+    }
+
+    /// A session with `address` got going: the next trouble starts a fresh round.
+    public func connected(_ address: ControlAddress) {
+        self.state.withLockedValue { state in
+            state.unreachable = []
+            state.tries = 0
+        }
+    }
+
+    /// Moves to the address after `address` in the list (after the current position, for an
+    /// address not in it: a referral's).
+    static func advance(_ state: inout State, past address: ControlAddress, in all: [ControlAddress]) {
+        let position = all.firstIndex(of: address) ?? state.index
+        state.index = (position + 1) % all.count
+        state.current = all[state.index]
+    }
+
+    static func counted(_ state: inout State, in all: [ControlAddress]) -> Bool {
+        state.tries += 1
+        guard state.tries >= all.count else { return false }
+        state.tries = 0
+        state.unreachable = []
+        return true
     }
 
     public var description: String { self.all.map(\.description).joined(separator: ",") }
