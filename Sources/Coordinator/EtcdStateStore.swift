@@ -158,9 +158,10 @@ public final class EtcdStateStore: StateStore {
 
     // MARK: - Jobs
 
-    /// One transaction; etcd makes every change durable, so `durable` changes nothing here.
+    /// One transaction per `batch` records (etcd caps a transaction's operations, 128 by
+    /// default), each all or nothing; etcd makes every change durable, so `durable` changes
+    /// nothing here.
     public func save(jobs records: [CoordinatorMachine.JobRecord], durable: Bool) throws {
-        guard !records.isEmpty else { return }
         let puts = try records.map { record in
             do {
                 return EtcdOperation.put(
@@ -169,8 +170,13 @@ public final class EtcdStateStore: StateStore {
                 throw CoordinatorError(.stateStore, "could not encode job \(record.spec.name)", underlying: error)
             }
         }
-        let names = records.map(\.spec.name).joined(separator: ", ")
-        _ = try self.write(if: [], then: puts, doing: "saving job \(names)")
+        for start in stride(from: 0, to: puts.count, by: Self.batch) {
+            let names = records[start..<min(records.count, start + Self.batch)].map(\.spec.name)
+            let named =
+                names.prefix(3).joined(separator: ", ") + (names.count > 3 ? " and \(names.count - 3) more" : "")
+            _ = try self.write(
+                if: [], then: Array(puts[start..<min(puts.count, start + Self.batch)]), doing: "saving job \(named)")
+        }
     }
 
     public func jobs() throws -> [CoordinatorMachine.JobRecord] {
@@ -185,11 +191,14 @@ public final class EtcdStateStore: StateStore {
     }
 
     public func save(progress: [String: Data]) throws {
-        guard !progress.isEmpty else { return }
         let puts = progress.sorted { $0.key < $1.key }.map {
             EtcdOperation.put(key: self.key("progress", $0.key), value: Array($0.value))
         }
-        _ = try self.write(if: [], then: puts, doing: "saving the progress of \(progress.count) job(s)")
+        for start in stride(from: 0, to: puts.count, by: Self.batch) {
+            _ = try self.write(
+                if: [], then: Array(puts[start..<min(puts.count, start + Self.batch)]),
+                doing: "saving the progress of \(progress.count) job(s)")
+        }
     }
 
     public func progress() throws -> [String: Data] {
@@ -223,6 +232,8 @@ public final class EtcdStateStore: StateStore {
 
     /// How often a read-modify-write is tried before giving up on a key that keeps changing.
     static let attempts = 8
+    /// Puts per transaction: under etcd's default cap of 128 operations, with room to spare.
+    static let batch = 64
 
     /// A transaction guarded by the fence. Throws `notLeading` when the fence failed; returns
     /// whether the caller's own conditions held.

@@ -27,7 +27,8 @@ public protocol StateStore: AnyObject, Sendable {
     /// Every admitted node, by id.
     func nodes() throws -> [NodeRecord]
 
-    /// Saves jobs' durable records in one change: all of them or, when it throws, none.
+    /// Saves jobs' durable records: each one all or nothing, and all of them in one change where
+    /// the store allows (etcd: 64 to a change, its transactions being capped).
     /// `durable: false` for records whose cursors alone moved: such a change may be lost to a
     /// power cut (a redone step, never a reissued generation), where the store makes that cheaper.
     func save(jobs records: [CoordinatorMachine.JobRecord], durable: Bool) throws

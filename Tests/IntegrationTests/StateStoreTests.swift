@@ -177,6 +177,19 @@ struct StateStoreTests {
         await stores.stop()
     }
 
+    /// More jobs at once than one etcd transaction may hold (128 operations by default).
+    @Test(.timeLimit(.minutes(1)), arguments: Kind.allCases)
+    func test_twoHundredJobsSavedAtOnce_allReadBack(kind: Kind) async throws {
+        let stores = try await Stores(kind)
+        let records = try (0..<200).map { try Self.record("job-\($0)", cursor: UInt64($0)) }
+        try stores.first.save(jobs: records, durable: false)
+        try stores.first.save(
+            progress: Dictionary(uniqueKeysWithValues: records.map { ($0.spec.name, Data("{}".utf8)) }))
+        #expect(Set(try stores.makeAnother().jobs()) == Set(records))
+        #expect(try stores.makeAnother().progress().count == 200)
+        await stores.stop()
+    }
+
     @Test(.timeLimit(.minutes(1)), arguments: Kind.allCases)
     func test_aSecret_isCreatedOnce_andEveryHandleReadsTheSame(kind: Kind) async throws {
         let stores = try await Stores(kind)
