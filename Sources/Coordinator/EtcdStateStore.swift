@@ -23,6 +23,9 @@ public final class EtcdStateStore: StateStore {
     public let prefix: String
     /// Conditions every write must also meet (none by default).
     let fence: @Sendable () -> [EtcdCondition]
+    /// Shared by a set: a write that failed (etcd out of reach, say) may mean another leads, so
+    /// nothing it was for is carried out.
+    public var actsOnFailedWrites: Bool { false }
 
     /// A store in the cluster `client` reaches, under `prefix` (default "/ringmaster/").
     public init(

@@ -11,6 +11,8 @@ public final class SQLiteStateStore: StateStore {
     let database: DatabaseQueue
     /// The directory the database lives in, for error messages.
     let directory: String
+    /// One coordinator writes it: a failed write's pushes still go out (see `StateStore`).
+    public var actsOnFailedWrites: Bool { true }
 
     /// Opens (creating if needed) the store at `path`.
     public init(path: String) throws {

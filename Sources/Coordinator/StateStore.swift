@@ -43,6 +43,12 @@ public protocol StateStore: AnyObject, Sendable {
     /// A named 32-byte random secret, created on first use and kept; every coordinator sharing the
     /// store reads the same one.
     func secret(named name: String) throws -> [UInt8]
+
+    /// Whether what a write that failed was for may still be carried out (pushed to agents): yes
+    /// for a store only this coordinator writes (SQLite: a full disk must not stop training, and
+    /// `job status` says what is not saved); no for a shared one, where a write that fails may mean
+    /// that another coordinator leads by now.
+    var actsOnFailedWrites: Bool { get }
 }
 
 extension StateStore {

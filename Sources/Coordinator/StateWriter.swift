@@ -227,8 +227,9 @@ final class StateWriter: Sendable {
             durable = durable || (batch.durable && !batch.records.isEmpty)
             progress.merge(batch.progress) { $1 }
         }
-        // A coordinator that no longer leads (its etcd fence failed) tells agents nothing more:
-        // what it would push is the new leader's to decide.
+        // A coordinator that no longer leads (its etcd fence failed), or that cannot tell (a
+        // shared store's write failed), tells agents nothing more: what it would push is the
+        // leader's to decide.
         var deposed = false
         if !records.isEmpty {
             let written = order.compactMap { records[$0] }
@@ -239,6 +240,7 @@ final class StateWriter: Sendable {
                 deposed = true
             } catch {
                 for record in written { self.failed(record.spec.name, .record, error) }
+                if !self.store.actsOnFailedWrites { deposed = true }
             }
         }
         if !progress.isEmpty {
@@ -257,12 +259,13 @@ final class StateWriter: Sendable {
             } catch let error as CoordinatorError where error.code == .notLeading {
                 deposed = true
             } catch {
+                // Progress is what `job status` shows: its loss alone stops nothing.
                 for job in encoded.keys.sorted() { self.failed(job, .progress, error) }
             }
         }
         if deposed {
             self.logger.warning(
-                "not leading any more: the state was not saved, and agents are not told of it",
+                "not leading, or not sure of it: the state was not saved, and agents are not told of it",
                 metadata: ["batches": "\(batches.count)"])
             return
         }

@@ -2,6 +2,7 @@ import CoordinatorCore
 import Foundation
 import JobModel
 import Logging
+import RingmasterSecurity
 import Synchronization
 import Testing
 
@@ -64,6 +65,42 @@ struct StateWriterTests {
             #expect(
                 cursor.map { $0 >= UInt64(index) } == true, "batch \(index)'s push ran before its record was written")
         }
+    }
+
+    /// A store whose job writes fail, one coordinator's alone or shared by a set.
+    final class FailingStore: StateStore {
+        let shared: Bool
+        init(shared: Bool) { self.shared = shared }
+        var actsOnFailedWrites: Bool { !self.shared }
+        func add(token: JoinToken, expires: Date, now: Date) throws {}
+        func usableToken(id: String, now: Date) throws -> JoinToken { JoinToken.generate() }
+        func redeem(tokenID: String, node: String, certificateNotAfter: Date, now: Date) throws {}
+        func tokens() throws -> [TokenRecord] { [] }
+        func renewed(node: String, certificateNotAfter: Date, now: Date) throws {}
+        func nodes() throws -> [NodeRecord] { [] }
+        func save(jobs records: [CoordinatorMachine.JobRecord], durable: Bool) throws {
+            throw CoordinatorError(.stateStore, "the disk (or etcd) is gone")
+        }
+        func jobs() throws -> [CoordinatorMachine.JobRecord] { [] }
+        func save(progress: [String: Data]) throws {}
+        func progress() throws -> [String: Data] { [:] }
+        func secret(named name: String) throws -> [UInt8] { [UInt8](repeating: 1, count: 32) }
+    }
+
+    /// A record that could not be saved: one coordinator still tells agents (a full disk must not
+    /// stop training; status says what is not saved), a coordinator of a set does not (it may not
+    /// lead any more).
+    @Test(arguments: [false, true])
+    func test_aFailedWritesPushes_goOutForALoneCoordinator_andNotForASetsMember(shared: Bool) throws {
+        let writer = Self.writer(FailingStore(shared: shared))
+        let pushed = Mutex(false)
+        var batch = StateWriter.Batch()
+        batch.records = [try Self.record("job", cursor: 1)]
+        batch.then { pushed.withLock { $0 = true } }
+        writer.submit(batch)
+        writer.drain()
+        #expect(pushed.withLock { $0 } == !shared)
+        #expect(writer.notSaved("job") != nil)
     }
 
     @Test func test_aCommandsRecords_areWrittenBehindWhatIsQueued() throws {
