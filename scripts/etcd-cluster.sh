@@ -2,8 +2,9 @@
 # Runs a small etcd cluster on loopback for the state-store tests: plain HTTP, no auth, short
 # election timeouts, one data directory and log per member under a directory the caller owns.
 #
-#   scripts/etcd-cluster.sh start DIR [--members N] [--base-port P]
-#       Starts N members (default 3). Member i listens for clients on 127.0.0.1:(P + 2i) and for
+#   scripts/etcd-cluster.sh start DIR [--members N] [--base-port P] [--host IP]
+#       Starts N members (default 3). Member i listens for clients on IP:(P + 2i) (IP: 127.0.0.1
+#       unless given, e.g. a veth address that a network namespace reaches) and for
 #       peers on 127.0.0.1:(P + 2i + 1); P defaults to 23790. Writes DIR/endpoints (host:port,
 #       comma separated) and DIR/pids (one pid a line, member 0 first), waits until the cluster
 #       has a leader and every member answers `etcdctl endpoint health`, and prints the
@@ -26,7 +27,7 @@ wait_s="${RINGMASTER_ETCD_WAIT_S:-20}"
 stop_wait_s=10
 
 usage() {
-    echo "usage: $0 start DIR [--members N] [--base-port P] | stop DIR | kill DIR INDEX | restart DIR INDEX" >&2
+    echo "usage: $0 start DIR [--members N] [--base-port P] [--host IP] | stop DIR | kill DIR INDEX | restart DIR INDEX|all" >&2
     exit 2
 }
 
@@ -42,6 +43,7 @@ load_config() {
     [ -f "$dir/config" ] || fail "$dir/config not found: start a cluster in $dir first"
     # shellcheck source=/dev/null
     . "$dir/config"
+    client_host="${client_host:-127.0.0.1}"
 }
 
 client_port() { echo $((base_port + 2 * $1)); }
@@ -50,7 +52,7 @@ peer_port() { echo $((base_port + 2 * $1 + 1)); }
 endpoint_list() {
     local i list=""
     for ((i = 0; i < members; i++)); do
-        list+="${list:+,}127.0.0.1:$(client_port "$i")"
+        list+="${list:+,}$client_host:$(client_port "$i")"
     done
     echo "$list"
 }
@@ -99,7 +101,7 @@ wait_exit() {
 }
 
 port_in_use() {
-    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+    (exec 3<>"/dev/tcp/${2:-127.0.0.1}/$1") 2>/dev/null
 }
 
 # Closes the descriptors above 2 that this shell inherited.
@@ -127,8 +129,8 @@ launch_member() {
         close_inherited
         exec etcd --name "member$i" \
         --data-dir "$dir/member$i" \
-        --listen-client-urls "http://127.0.0.1:$(client_port "$i")" \
-        --advertise-client-urls "http://127.0.0.1:$(client_port "$i")" \
+        --listen-client-urls "http://$client_host:$(client_port "$i")" \
+        --advertise-client-urls "http://$client_host:$(client_port "$i")" \
         --listen-peer-urls "http://127.0.0.1:$(peer_port "$i")" \
         --initial-advertise-peer-urls "http://127.0.0.1:$(peer_port "$i")" \
         --initial-cluster "$(initial_cluster)" \
@@ -157,7 +159,7 @@ show_logs() {
 # Returns 1 after explaining what it waited for when a member exits or the deadline passes.
 wait_healthy() {
     local endpoints="" i deadline health="(no health check finished)" status=""
-    for i in "$@"; do endpoints+="${endpoints:+,}127.0.0.1:$(client_port "$i")"; done
+    for i in "$@"; do endpoints+="${endpoints:+,}$client_host:$(client_port "$i")"; done
     deadline=$((SECONDS + wait_s))
     while [ "$SECONDS" -lt "$deadline" ]; do
         for i in "$@"; do
@@ -189,10 +191,12 @@ wait_healthy() {
 start() {
     members=3
     base_port=23790
+    client_host=127.0.0.1
     while [ "$#" -gt 0 ]; do
         case "$1" in
             --members) [ "$#" -ge 2 ] || usage; members="$2"; shift 2 ;;
             --base-port) [ "$#" -ge 2 ] || usage; base_port="$2"; shift 2 ;;
+            --host) [ "$#" -ge 2 ] || usage; client_host="$2"; shift 2 ;;
             *) usage ;;
         esac
     done
@@ -212,7 +216,9 @@ start() {
     fi
     [ ! -e "$dir/member0" ] || fail "$dir already holds member data: use an empty directory, or restart"
     cluster_token="ringmaster-test-$$-$RANDOM"
-    printf 'members=%s\nbase_port=%s\ncluster_token=%s\n' "$members" "$base_port" "$cluster_token" >"$dir/config"
+    [[ "$client_host" =~ ^[0-9.]+$ ]] || fail "--host must be an IPv4 address of this machine, not $client_host"
+    printf 'members=%s\nbase_port=%s\nclient_host=%s\ncluster_token=%s\n' "$members" "$base_port" "$client_host" \
+        "$cluster_token" >"$dir/config"
 
     # One line per member from the start, so that a failed start can still stop what it began.
     for ((i = 0; i < members; i++)); do echo; done >"$dir/pids"

@@ -54,7 +54,7 @@ public final class TrainingDemo: Sendable {
         public var workersPerNode: Int?
         /// `--device` for a torch workload's script (`cpu`, `cuda`, `auto`), if given.
         public var device: String?
-        /// Drop every packet to the first agent's data-plane port (`DataPlaneCut`) once the job
+        /// Drop every packet to the first agent's data-plane port (`TrafficCut`) once the job
         /// reaches this step, until the coordinator starts the next generation: a path that stops
         /// carrying while every process lives.
         public var cutDataPlaneAtStep: UInt64?
@@ -295,7 +295,7 @@ public final class TrainingDemo: Sendable {
 
         // One operator session for the whole run: polling opens no new TLS connection.
         // The cut in place (and the generation it began in), and when it was made.
-        let cut = Mutex<(cut: DataPlaneCut, generation: UInt64)?>(nil)
+        let cut = Mutex<(cut: TrafficCut, generation: UInt64)?>(nil)
         let cutAt = Mutex<Date?>(nil)
         defer { try? cut.withLock { $0 }?.cut.restore() }
         let leaderKill = Mutex<
@@ -371,7 +371,7 @@ public final class TrainingDemo: Sendable {
                         // The first agent's: rank 0 accepts every other member's connection.
                         let victim = try cluster.agent(index: 0)
                         let port = try Self.dataPlanePort(of: victim)
-                        let made = try DataPlaneCut(port: port)
+                        let made = try TrafficCut(port: port)
                         cutAt.withLock { $0 = Date() }
                         cut.withLock { $0 = (made, status.generation) }
                         say(

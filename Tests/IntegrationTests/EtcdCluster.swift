@@ -13,13 +13,17 @@ final class EtcdCluster: Sendable {
     let endpoints: [String]
     let members: Int
 
-    /// Starts `members` members and waits, with the script's deadline, until the cluster serves.
-    init(members: Int = 3) async throws {
+    /// Starts `members` members serving clients on `host` and waits, with the script's deadline,
+    /// until the cluster serves.
+    init(members: Int = 3, host: String = "127.0.0.1") async throws {
         self.directory = try TestDirectory()
         self.members = members
         let basePort = 24000 + 2 * members * Int.random(in: 0..<(5998 / (2 * members)))
         let output = try await Self.script(
-            ["start", self.directory.path, "--members", "\(members)", "--base-port", "\(basePort)"], within: 40)
+            [
+                "start", self.directory.path, "--members", "\(members)", "--base-port", "\(basePort)", "--host",
+                host,
+            ], within: 40)
         guard let line = output.last(where: { $0.contains(":") }) else {
             throw CommandError("etcd-cluster.sh start printed no endpoints: \(output)")
         }
@@ -38,6 +42,9 @@ final class EtcdCluster: Sendable {
             if name.hasPrefix("etcd") { Glibc.kill(pid, SIGKILL) }
         }
     }
+
+    /// The members' client ports.
+    var ports: [Int] { self.endpoints.compactMap { $0.split(separator: ":").last.flatMap { Int($0) } } }
 
     /// `etcd://` with every member.
     var address: String { "etcd://" + self.endpoints.joined(separator: ",") }
@@ -77,6 +84,59 @@ final class EtcdCluster: Sendable {
     static func onPath(_ name: String) -> Bool {
         (ProcessInfo.processInfo.environment["PATH"] ?? "").split(separator: ":").contains {
             FileManager.default.isExecutableFile(atPath: "\($0)/\(name)")
+        }
+    }
+}
+
+/// A network namespace joined to this one by a veth pair, host side `hostAddress`/30 and namespace
+/// side `address`/30, for a process that must be reachable while some of its traffic is cut
+/// (`TrafficCut` on `device` in `name`). Removed (with its veth) when released.
+final class NetworkNamespace: Sendable {
+    let name: String
+    let hostAddress: String
+    let address: String
+    /// The namespace's end of the pair.
+    let device: String
+
+    init() throws {
+        let tag = String(UUID().uuidString.prefix(6).lowercased())
+        let subnet = Int.random(in: 0..<64) * 4
+        self.name = "rm-\(tag)"
+        self.hostAddress = "10.231.\(subnet / 256).\(subnet % 256 + 1)"
+        self.address = "10.231.\(subnet / 256).\(subnet % 256 + 2)"
+        self.device = "rmn-\(tag)"
+        let host = "rmh-\(tag)"
+        try Self.ip(["netns", "add", self.name])
+        do {
+            try Self.ip(["link", "add", host, "type", "veth", "peer", "name", self.device])
+            try Self.ip(["link", "set", self.device, "netns", self.name])
+            try Self.ip(["addr", "add", "\(self.hostAddress)/30", "dev", host])
+            try Self.ip(["link", "set", host, "up"])
+            try Self.ip(["netns", "exec", self.name, "ip", "addr", "add", "\(self.address)/30", "dev", self.device])
+            try Self.ip(["netns", "exec", self.name, "ip", "link", "set", self.device, "up"])
+            try Self.ip(["netns", "exec", self.name, "ip", "link", "set", "lo", "up"])
+        } catch {
+            try? Self.ip(["netns", "del", self.name])
+            throw error
+        }
+    }
+
+    deinit { try? Self.ip(["netns", "del", self.name]) }
+
+    static func ip(_ arguments: [String]) throws {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        process.arguments = ["ip"] + arguments
+        let errors = Pipe()
+        process.standardError = errors
+        process.standardOutput = FileHandle.nullDevice
+        try process.run()
+        let message = errors.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        guard process.terminationStatus == 0 else {
+            throw CommandError(
+                "ip \(arguments.joined(separator: " ")) failed (network namespaces need root and iproute2): \(String(decoding: message, as: UTF8.self))"
+            )
         }
     }
 }

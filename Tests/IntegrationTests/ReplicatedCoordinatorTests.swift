@@ -13,16 +13,28 @@ struct ReplicatedCoordinatorTests {
         let executable: String
         let etcd: EtcdCluster
         let ports: [Int]
+        /// Where each coordinator listens, and the network namespace it runs in (nil: this one).
+        let places: [(host: String, namespace: String?)]
         let coordinators = NIOLockedBox<[ChildProcess]>([])
         let agents = NIOLockedBox<[ChildProcess]>([])
 
-        init(etcd: EtcdCluster, count: Int = 2) throws {
+        /// More arguments for every coordinator.
+        let arguments: [String]
+
+        init(
+            etcd: EtcdCluster, places: [(host: String, namespace: String?)] = [("127.0.0.1", nil), ("127.0.0.1", nil)],
+            arguments: [String] = []
+        ) throws {
             self.executable = try ringmasterExecutable()
             self.etcd = etcd
-            self.ports = try (0..<count).map { _ in try Cluster.freePort() }
+            self.places = places
+            self.arguments = arguments
+            self.ports = try places.map { _ in try Cluster.freePort() }
         }
 
-        var addresses: String { self.ports.map { "127.0.0.1:\($0)" }.joined(separator: ",") }
+        var addresses: String {
+            zip(self.places, self.ports).map { "\($0.host):\($1)" }.joined(separator: ",")
+        }
         var operatorOptions: [String] {
             ["--coordinator", self.addresses, "--identity", "\(self.directory.path)/operator"]
         }
@@ -40,12 +52,16 @@ struct ReplicatedCoordinatorTests {
                             atPath: "\(self.directory.path)/coordinator-0/\(file)", toPath: "\(state)/\(file)")
                     }
                 }
+                let command =
+                    [
+                        self.executable, "coordinator", "--state-dir", state, "--listen",
+                        "\(self.places[index].host):\(port)",
+                        "--store", self.etcd.address, "--settle-window", "200ms",
+                    ] + self.arguments
+                let inside = self.places[index].namespace.map { ["netns", "exec", $0] }
                 let coordinator = try ChildProcess(
-                    name: "coordinator-\(index)", executable: self.executable,
-                    arguments: [
-                        "coordinator", "--state-dir", state, "--listen", "127.0.0.1:\(port)", "--store",
-                        self.etcd.address, "--settle-window", "200ms",
-                    ])
+                    name: "coordinator-\(index)", executable: inside == nil ? self.executable : "/usr/bin/ip",
+                    arguments: inside.map { $0 + command } ?? Array(command.dropFirst()))
                 _ = try await coordinator.standardOutput.waitForLine(within: 30, "coordinator-\(index) listening") {
                     $0.hasPrefix("listening ")
                 }
@@ -133,6 +149,78 @@ struct ReplicatedCoordinatorTests {
         seed: 1
         nodes: {min: 2, max: 2}
         """
+
+    /// The (job, generation) pairs a coordinator's log says it started: it logs a generation once
+    /// its record is saved, just before it tells the members.
+    static func generationsStarted(_ coordinator: ChildProcess) -> Swift.Set<String> {
+        Swift.Set(
+            coordinator.output.lines.filter { $0.contains("generation started") }.compactMap { line in
+                guard let job = Self.value("job", in: line), let generation = Self.value("generation", in: line)
+                else { return nil }
+                return "\(job)/\(generation)"
+            })
+    }
+
+    static func value(_ key: String, in line: String) -> String? {
+        guard let range = line.range(of: " \(key)=") ?? line.range(of: "\(key)=") else { return nil }
+        return line[range.upperBound...].split(separator: " ").first.map(String.init)
+    }
+
+    /// The leader runs in a network namespace whose traffic to etcd is cut while its agents still
+    /// reach it, and one agent is killed just after: the leader, which still believes it leads,
+    /// sees the member go (agents' leases are 600 ms here) and would start the next generation,
+    /// but cannot save it, so assigns nothing; it stops leading within its own 2 s lease; the other
+    /// coordinator leads and starts that generation; no generation of the job is assigned by both
+    /// (from their logs), and the job trains on with the agent left.
+    @Test func aLeaderCutOffFromEtcd_butNotFromItsAgents_stopsLeadingWithinItsLease_andNoGenerationIsAssignedTwice()
+        async throws
+    {
+        let namespace = try NetworkNamespace()
+        let etcd = try await EtcdCluster(host: namespace.hostAddress)
+        let set = try CoordinatorSet(
+            etcd: etcd, places: [(namespace.address, namespace.name), (namespace.hostAddress, nil)],
+            arguments: ["--lease", "600ms", "--heartbeat-interval", "200ms"])
+        defer { set.killAll() }
+        try await set.startCoordinators(first: true)
+        try await set.startAgent("node-a")
+        try await set.startAgent("node-b")
+        let path = "\(set.directory.path)/trial.yaml"
+        try Self.spec.replacingOccurrences(of: "nodes: {min: 2, max: 2}", with: "nodes: {min: 1, max: 2}")
+            .write(toFile: path, atomically: true, encoding: .utf8)
+        try await set.run(["job", "submit", path] + set.operatorOptions)
+        let before = try await set.waitForJob(within: 60, "past step 50") { CoordinatorSet.cursor($0) >= 50 }
+        let (partitioned, other) = (set.coordinators.value[0], set.coordinators.value[1])
+
+        let cut = try TrafficCut(ports: etcd.ports, device: namespace.device, namespace: namespace.name)
+        defer { try? cut.restore() }
+        let cutAt = ContinuousClock.now
+        set.agents.value[1].signal(SIGKILL)
+        try await partitioned.waitForLine(within: 5, "the partitioned leader to stop leading") {
+            $0.contains("this coordinator no longer leads")
+        }
+        let stopped = ContinuousClock.now - cutAt
+        try await other.waitForLine(within: 10, "the other coordinator to lead") {
+            $0.contains("this coordinator leads")
+        }
+        let generation = before["generation"] as? Int ?? 0
+        let after = try await set.waitForJob(within: 60, "training under the new leader") {
+            ($0["generation"] as? Int ?? 0) > generation
+                && CoordinatorSet.cursor($0) > CoordinatorSet.cursor(before) + 20
+        }
+        // Within its 2 s lease (the measurement waits on a log line, so allow it 0.3 s).
+        #expect(stopped < .milliseconds(2300), "the partitioned leader stopped leading \(stopped) after the cut")
+        let first = Self.generationsStarted(partitioned)
+        let second = Self.generationsStarted(other)
+        print(
+            "partitioned leader: stopped leading \(stopped) after the cut; generations started: \(first.sorted()) by it, \(second.sorted()) by the other"
+        )
+        #expect(!first.isEmpty && !second.isEmpty, "generations started: \(first) and \(second)")
+        #expect(first.isDisjoint(with: second), "generations started by both: \(first.intersection(second))")
+        let samples = after["samples"] as? [String: Any] ?? [:]
+        #expect(samples["repeated"] as? Int == 0 && samples["skipped"] as? Int == 0, "\(samples)")
+        set.killAll()
+        await etcd.stop()
+    }
 
     /// Everything stops at once, etcd and coordinators alike (agents live on): after a restart of
     /// every etcd member and every coordinator, the tokens, the nodes and the job are as

@@ -309,7 +309,7 @@ struct TrainingTests {
         #expect(self.maximumDifference(run.parameters, try await self.referenceParameters()) <= Self.tolerance)
     }
 
-    /// Deletes the HTB root queue `DataPlaneCut` puts on `lo`, if one is still there.
+    /// Deletes the HTB root queue `TrafficCut` puts on `lo`, if one is still there.
     static func removeLoopbackQueueLeftByACut() {
         let show = Process()
         show.executableURL = URL(fileURLWithPath: "/usr/bin/env")
