@@ -140,15 +140,9 @@ struct ReplicatedCoordinatorTests {
         }
     }
 
-    static let spec = """
-        name: trial
-        workload: {kind: mlp, hidden: [16]}
-        dataset: {path: builtin:digits, samples: 1437}
-        batch_size: 64
-        steps: 100000000
-        seed: 1
-        nodes: {min: 2, max: 2}
-        """
+    /// The job of `JobProcessTests`, on exactly two nodes.
+    static let spec = JobProcessTests.spec.replacingOccurrences(
+        of: "nodes: {min: 2, max: 3}", with: "nodes: {min: 2, max: 2}")
 
     /// The (job, generation) pairs a coordinator's log says it started: it logs a generation once
     /// its record is saved, just before it tells the members.
