@@ -29,6 +29,8 @@ public final class LeaderElector: Sendable {
         case elected
         /// It no longer leads: stop serving at once.
         case deposed(reason: String)
+        /// A campaign found another coordinator leading (one other than the last seen).
+        case sawLeader(Identity)
         /// What the coordinator served ended by itself (it is shutting down): told through
         /// `interrupt`, so that one stream carries every reason to move on.
         case interrupted
@@ -147,11 +149,14 @@ public final class LeaderElector: Sendable {
                     then: [.put(key: self.key, value: self.value, lease: lease)], else: [.get(key: self.key)],
                     doing: "campaigning for the leadership")
                 let holder = result.succeeded ? nil : result.reads.first?.first
-                return self.answer {
+                let seen = self.leader
+                let actions = self.answer {
                     $0.campaigned(
                         lease: lease, won: result.succeeded, leader: result.succeeded ? self.value : holder?.value,
                         leaderLease: result.succeeded ? lease : (holder?.lease ?? 0), now: self.now)
                 }
+                if let leader = self.leader, leader != seen { self.continuation.yield(.sawLeader(leader)) }
+                return actions
             case .renew(let lease):
                 let left = try self.client.keepAlive(lease: lease)
                 return self.answer { $0.renewed(lease: lease, ttl: .seconds(left), sentAt: sentAt, now: self.now) }

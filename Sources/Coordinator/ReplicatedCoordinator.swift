@@ -107,6 +107,8 @@ public final class ReplicatedCoordinator: Service {
                     group.cancelAll()
                 case (.interrupted, _):
                     break waiting
+                case (.sawLeader(let leader), _):
+                    self.logger.info("another coordinator leads", metadata: ["leader": "\(leader.address)"])
                 case (.elected, _), (.deposed, _):
                     continue
                 }

@@ -59,9 +59,7 @@ final class StandbyListener: Sendable {
                 underlying: error)
         }
         self.onListening(server.channel.localAddress?.port ?? self.configuration.listenPort)
-        self.logger.info(
-            "standing by: another coordinator leads",
-            metadata: ["leader": "\(self.leader() ?? "not known yet")"])
+        self.logger.info("standing by", metadata: ["leader": "\(self.leader() ?? "not known yet")"])
         try await withThrowingDiscardingTaskGroup { group in
             try await server.executeThenClose { inbound in
                 for try await connection in inbound {

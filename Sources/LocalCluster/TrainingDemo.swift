@@ -398,7 +398,7 @@ public final class TrainingDemo: Sendable {
                         say("step \(status.cursorStep): kill -9 \(victim.name), the leading coordinator")
                         let watch = Task {
                             try await Self.watchFailover(
-                                cluster, admin: admin, from: victim, agents: options.agents, at: killed)
+                                cluster, from: victim, at: killed)
                         }
                         leaderKill.withLock { $0 = (killed, status.cursorStep, victim.name, watch) }
                     }
@@ -532,26 +532,40 @@ public final class TrainingDemo: Sendable {
     }
 
     /// After the leader `victim` was killed at `killed`: seconds to another coordinator's log
-    /// saying it leads, seconds to all `agents` connected to it, and its name.
+    /// saying it leads, seconds to every agent's log saying it connected (which only a leader's
+    /// hello reply makes it say), and the new leader's name. Waits on those lines, not on polls.
     static func watchFailover(
-        _ cluster: Cluster, admin: ControlClient, from victim: ChildProcess, agents: Int, at killed: Date
+        _ cluster: Cluster, from victim: ChildProcess, at killed: Date
     ) async throws -> (Double, Double, String) {
-        try await withDeadline(seconds: 60, waitingFor: "a new leader with every agent connected") {
-            var leader = cluster.leader()
-            while leader == nil || leader === victim {
-                try await Task.sleep(for: .milliseconds(5))
-                leader = cluster.leader()
-            }
-            let elected = Date().timeIntervalSince(killed)
-            while true {
-                if let nodes = try? await Cluster.admin(admin, { $0.nodeList = .init() }).adminReply.nodeList.nodes,
-                    nodes.filter(\.connected).count >= agents
-                {
-                    return (elected, Date().timeIntervalSince(killed), leader?.name ?? "?")
-                }
-                try await Task.sleep(for: .milliseconds(10))
-            }
+        let leads: @Sendable (String) -> Bool = { $0.contains("this coordinator leads") }
+        let connected: @Sendable (String) -> Bool = { $0.contains("connected to the coordinator") }
+        // Each process's next such line: the count already there, plus one.
+        let next = { (process: ChildProcess, matching: (String) -> Bool) in
+            process.output.lines.filter(matching).count + 1
         }
+        // Counted now, at the kill: no coordinator leads yet (the lease has not run out), so no
+        // agent has connected to the next leader.
+        let standbys = cluster.coordinators.withLock { $0 }.filter { $0 !== victim }
+        let waits = standbys.map { ($0, next($0, leads)) }
+        let members = cluster.agents.withLock { Array($0.values) }.filter { !$0.hasExited }
+        let reconnections = members.map { ($0, next($0, connected)) }
+        let leader = try await withThrowingTaskGroup(of: ChildProcess.self) { group in
+            for (standby, occurrence) in waits {
+                group.addTask {
+                    try await standby.waitForLine(within: 60, "it leads", occurrence: occurrence, where: leads)
+                    return standby
+                }
+            }
+            defer { group.cancelAll() }
+            guard let first = try await group.next() else { throw LocalClusterError("no standby to lead") }
+            return first
+        }
+        let elected = Date().timeIntervalSince(killed)
+        for (agent, occurrence) in reconnections {
+            _ = try await agent.waitForLine(
+                within: 60, "it connected to the new leader", occurrence: occurrence, where: connected)
+        }
+        return (elected, Date().timeIntervalSince(killed), leader.name)
     }
 
     /// The values of `key` in each agent's log lines that say `message`, by agent.

@@ -1,3 +1,4 @@
+import ControlPlane
 import Coordinator
 import CoordinatorCore
 import Etcd
@@ -10,38 +11,53 @@ import Testing
 /// leader hands over at once, and a leader cut off from etcd steps down before another can lead.
 @Suite("Leader elector", .serialized)
 struct LeaderElectorTests {
-    /// When each elector's changes came, on one clock.
+    /// When each elector's changes came, on one clock; `wait` wakes at each (one waiter at a time).
     final class Timeline: Sendable {
         let changes = Mutex<[(name: String, change: LeaderElector.Change, at: ContinuousClock.Instant)]>([])
+        let updates: AsyncStream<Void>
+        let update: AsyncStream<Void>.Continuation
+
+        init() {
+            (self.updates, self.update) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
+        }
 
         func watch(_ elector: LeaderElector, as name: String) {
             Task {
                 for await change in elector.changes {
                     self.changes.withLock { $0.append((name, change, ContinuousClock.now)) }
+                    self.update.yield()
                 }
             }
         }
 
-        func first(_ name: String, _ elected: Bool) -> ContinuousClock.Instant? {
-            self.changes.withLock { changes in
-                changes.first { entry in
-                    guard entry.name == name else { return false }
-                    if case .elected = entry.change { return elected }
-                    return !elected
-                }?.at
+        func first(_ name: String, _ match: (LeaderElector.Change) -> Bool) -> ContinuousClock.Instant? {
+            self.changes.withLock { $0.first { $0.name == name && match($0.change) }?.at }
+        }
+
+        /// Waits, within `seconds`, for `name`'s first change that `match` accepts.
+        func wait(
+            for name: String, _ what: String, within seconds: Double,
+            _ match: @escaping @Sendable (LeaderElector.Change) -> Bool
+        ) async throws -> ContinuousClock.Instant {
+            try await withDeadline(seconds: seconds, waitingFor: "\(name) \(what)") {
+                var updates = self.updates.makeAsyncIterator()
+                while true {
+                    if let at = self.first(name, match) { return at }
+                    guard await updates.next() != nil else { throw CancellationError() }
+                }
             }
         }
 
-        /// Waits for `name`'s first election (or deposition) within `seconds`.
-        func wait(for name: String, elected: Bool, within seconds: Double) async throws -> ContinuousClock.Instant {
-            let deadline = ContinuousClock.now + .seconds(seconds)
-            while ContinuousClock.now < deadline {
-                if let at = self.first(name, elected) { return at }
-                try await Task.sleep(for: .milliseconds(10))
+        func elected(_ name: String, within seconds: Double) async throws -> ContinuousClock.Instant {
+            try await self.wait(for: name, "to be elected", within: seconds) {
+                if case .elected = $0 { true } else { false }
             }
-            throw CommandError(
-                "\(name) was not \(elected ? "elected" : "deposed") within \(seconds) s; changes: \(self.changes.withLock { $0.map { "\($0.name) \($0.change)" } })"
-            )
+        }
+
+        func deposed(_ name: String, within seconds: Double) async throws -> ContinuousClock.Instant {
+            try await self.wait(for: name, "to be deposed", within: seconds) {
+                if case .deposed = $0 { true } else { false }
+            }
         }
     }
 
@@ -59,19 +75,19 @@ struct LeaderElectorTests {
         let a = try Self.elector("a", endpoints: cluster.endpoints)
         timeline.watch(a, as: "a")
         a.start()
-        _ = try await timeline.wait(for: "a", elected: true, within: 5)
+        _ = try await timeline.elected("a", within: 5)
         let b = try Self.elector("b", endpoints: cluster.endpoints)
         timeline.watch(b, as: "b")
         b.start()
         // b follows, naming a.
-        let deadline = ContinuousClock.now + .seconds(5)
-        while b.leader == nil && ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(10)) }
+        let identity = a.identity
+        _ = try await timeline.wait(for: "b", "to see a lead", within: 5) { $0 == .sawLeader(identity) }
         #expect(b.leader == a.identity)
         #expect(a.leads() && !b.leads())
 
         let stopped = ContinuousClock.now
         a.stop()
-        let elected = try await timeline.wait(for: "b", elected: true, within: 5)
+        let elected = try await timeline.elected("b", within: 5)
         #expect(elected - stopped < .seconds(1), "b led \(elected - stopped) after a stopped")
         #expect(b.leads() && !a.leads())
         b.stop()
@@ -87,15 +103,15 @@ struct LeaderElectorTests {
         let a = try Self.elector("a", endpoints: [cluster.endpoints[0]])
         timeline.watch(a, as: "a")
         a.start()
-        _ = try await timeline.wait(for: "a", elected: true, within: 5)
+        _ = try await timeline.elected("a", within: 5)
         let b = try Self.elector("b", endpoints: Array(cluster.endpoints[1...]))
         timeline.watch(b, as: "b")
         b.start()
 
         let cut = ContinuousClock.now
         try await cluster.kill(0)
-        let deposed = try await timeline.wait(for: "a", elected: false, within: 5)
-        let elected = try await timeline.wait(for: "b", elected: true, within: 8)
+        let deposed = try await timeline.deposed("a", within: 5)
+        let elected = try await timeline.elected("b", within: 8)
         #expect(deposed - cut <= .seconds(2), "a stepped down \(deposed - cut) after the cut (its lease is 2 s)")
         #expect(deposed < elected, "b led at \(elected - cut), before a stepped down at \(deposed - cut)")
         // When member 0 was etcd's own leader, the new one extends every lease by a full TTL on

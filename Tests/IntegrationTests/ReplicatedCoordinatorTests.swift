@@ -119,20 +119,36 @@ struct ReplicatedCoordinatorTests {
             (try await self.json(["job", "status", "trial"])["jobs"] as? [[String: Any]])?.first ?? [:]
         }
 
-        /// Polls `job status` until `condition` holds, for up to `seconds`.
-        func waitForJob(within seconds: Double, _ what: String, _ condition: ([String: Any]) -> Bool) async throws
-            -> [String: Any]
+        /// Waits for any coordinator's log line `condition` accepts (the first to print one), and
+        /// returns it; an event, with a deadline.
+        func waitForLine(within seconds: Double, _ what: String, _ condition: @escaping @Sendable (String) -> Bool)
+            async throws -> String
         {
-            let deadline = ContinuousClock.now + .seconds(seconds)
-            var last: [String: Any] = [:]
-            while ContinuousClock.now < deadline {
-                if let job = try? await self.job() {
-                    last = job
-                    if condition(job) { return job }
+            let coordinators = self.coordinators.value
+            return try await withThrowingTaskGroup(of: String.self) { group in
+                for coordinator in coordinators {
+                    group.addTask { try await coordinator.waitForLine(within: seconds, what, where: condition) }
                 }
-                try await Task.sleep(for: .milliseconds(100))
+                defer { group.cancelAll() }
+                var failure: (any Error)?
+                while let result = await group.nextResult() {
+                    switch result {
+                    case .success(let line): return line
+                    case .failure(let error): failure = failure ?? error
+                    }
+                }
+                throw failure ?? CommandError("no coordinator to wait for \(what)")
             }
-            throw CommandError("the job was not \(what) within \(seconds) s; last status: \(last)")
+        }
+
+        /// A coordinator's log line saying it committed a checkpoint of `generation` or later at
+        /// `step` or later.
+        static func checkpoint(generation: Int, step: Int) -> @Sendable (String) -> Bool {
+            { line in
+                line.contains("checkpoint committed")
+                    && Int(ReplicatedCoordinatorTests.value("generation", in: line) ?? "") ?? 0 >= generation
+                    && Int(ReplicatedCoordinatorTests.value("step", in: line) ?? "") ?? 0 >= step
+            }
         }
 
         func killAll() {
@@ -140,9 +156,12 @@ struct ReplicatedCoordinatorTests {
         }
     }
 
-    /// The job of `JobProcessTests`, on exactly two nodes.
-    static let spec = JobProcessTests.spec.replacingOccurrences(
-        of: "nodes: {min: 2, max: 3}", with: "nodes: {min: 2, max: 2}")
+    /// The job of `JobProcessTests`, on `nodes`, with a checkpoint every 100 steps under
+    /// `directory`: the coordinator's "checkpoint committed" lines mark the job's progress.
+    static func spec(directory: String, nodes: String = "{min: 2, max: 2}") -> String {
+        JobProcessTests.spec.replacingOccurrences(of: "nodes: {min: 2, max: 3}", with: "nodes: \(nodes)")
+            + "\ncheckpoint: {directory: \(directory)/checkpoints, interval_steps: 100, keep: 2}\n"
+    }
 
     /// The (job, generation) pairs a coordinator's log says it started: it logs a generation once
     /// its record is saved, just before it tells the members.
@@ -179,10 +198,12 @@ struct ReplicatedCoordinatorTests {
         try await set.startAgent("node-a")
         try await set.startAgent("node-b")
         let path = "\(set.directory.path)/trial.yaml"
-        try Self.spec.replacingOccurrences(of: "nodes: {min: 2, max: 2}", with: "nodes: {min: 1, max: 2}")
+        try Self.spec(directory: set.directory.path, nodes: "{min: 1, max: 2}")
             .write(toFile: path, atomically: true, encoding: .utf8)
         try await set.run(["job", "submit", path] + set.operatorOptions)
-        let before = try await set.waitForJob(within: 60, "past step 50") { CoordinatorSet.cursor($0) >= 50 }
+        _ = try await set.waitForLine(
+            within: 60, "a first checkpoint", CoordinatorSet.checkpoint(generation: 1, step: 100))
+        let before = try await set.job()
         let (partitioned, other) = (set.coordinators.value[0], set.coordinators.value[1])
 
         let cut = try TrafficCut(ports: etcd.ports, device: namespace.device, namespace: namespace.name)
@@ -197,10 +218,11 @@ struct ReplicatedCoordinatorTests {
             $0.contains("this coordinator leads")
         }
         let generation = before["generation"] as? Int ?? 0
-        let after = try await set.waitForJob(within: 60, "training under the new leader") {
-            ($0["generation"] as? Int ?? 0) > generation
-                && CoordinatorSet.cursor($0) > CoordinatorSet.cursor(before) + 20
-        }
+        // Training under the new leader: a checkpoint of a later generation, past the cursor before.
+        _ = try await other.waitForLine(
+            within: 60, "a checkpoint under the new leader",
+            where: CoordinatorSet.checkpoint(generation: generation + 1, step: CoordinatorSet.cursor(before) + 1))
+        let after = try await set.job()
         // Within its 2 s lease (the measurement waits on a log line, so allow it 0.3 s).
         #expect(stopped < .milliseconds(2300), "the partitioned leader stopped leading \(stopped) after the cut")
         let first = Self.generationsStarted(partitioned)
@@ -227,9 +249,11 @@ struct ReplicatedCoordinatorTests {
         let used = try await set.startAgent("node-a")
         try await set.startAgent("node-b")
         let path = "\(set.directory.path)/trial.yaml"
-        try Self.spec.write(toFile: path, atomically: true, encoding: .utf8)
+        try Self.spec(directory: set.directory.path).write(toFile: path, atomically: true, encoding: .utf8)
         try await set.run(["job", "submit", path] + set.operatorOptions)
-        let before = try await set.waitForJob(within: 60, "past step 50") { CoordinatorSet.cursor($0) >= 50 }
+        _ = try await set.waitForLine(
+            within: 60, "a first checkpoint", CoordinatorSet.checkpoint(generation: 1, step: 100))
+        let before = try await set.job()
         let nodeList = { (json: [String: Any]) in
             (json["nodes"] as? [[String: Any]] ?? []).map { node in
                 [node["node"] as? String ?? "", node["certificate_not_after"].map { "\($0)" } ?? ""]
@@ -249,14 +273,19 @@ struct ReplicatedCoordinatorTests {
         try await set.startCoordinators(first: false)
 
         // As restored: at or past the cursor seen before (the job went on between that and the kill).
-        let restored = try await set.waitForJob(within: 30, "restored") { $0["phase"] as? String == "running" }
+        _ = try await set.waitForLine(within: 30, "the job restored by the new leader") {
+            $0.contains("restored a job") && $0.contains("trial")
+        }
+        let restored = try await set.job()
         let cursor = CoordinatorSet.cursor(restored)
         #expect(cursor >= CoordinatorSet.cursor(before))
+        #expect(restored["phase"] as? String == "running", "\(restored)")
         let generation = before["generation"] as? Int ?? 0
-        let after = try await set.waitForJob(within: 60, "training again in a new generation past step \(cursor + 20)")
-        {
-            CoordinatorSet.cursor($0) >= cursor + 20 && ($0["generation"] as? Int ?? 0) > generation
-        }
+        // Training again: a checkpoint of a new generation past the restored cursor.
+        _ = try await set.waitForLine(
+            within: 60, "a checkpoint of a new generation past step \(cursor)",
+            CoordinatorSet.checkpoint(generation: generation + 1, step: cursor + 1))
+        let after = try await set.job()
         let generations = (after["history"] as? [[String: Any]] ?? []).compactMap { $0["generation"] as? Int }
         #expect(generations.contains(before["generation"] as? Int ?? -1), "history after the restart: \(generations)")
         #expect(after["last_cause"] as? String == "coordinator_restarted", "\(after)")
