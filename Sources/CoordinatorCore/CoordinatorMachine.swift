@@ -562,29 +562,39 @@ public struct CoordinatorMachine: Sendable {
             }
 
         case .stepCompleted(let id, let jobID, let generation, let step, let samples, let hash):
-            guard var job = self.jobs[jobID], job.record.phase == .running else { break }
-            guard generation == job.record.generation else {
-                if generation < job.record.generation {
+            // The job is changed in place (`update`): a copy taken out and written back would copy
+            // its tables, a pass over every member, at every member's every report.
+            guard let current = self.jobs[jobID]?.record, current.phase == .running else { break }
+            guard generation == current.generation else {
+                if generation < current.generation {
                     actions.append(
-                        .staleRefused(node: id, job: jobID, generation: generation, current: job.record.generation))
+                        .staleRefused(node: id, job: jobID, generation: generation, current: current.generation))
                     // Kept, for the steps a later generation may roll forward.
-                    if step >= job.record.cursor, step < job.record.spec.steps,
-                        job.generationMembers[generation]?.contains(id) == true
-                    {
-                        job.reports[step, default: [:]][generation, default: [:]][id] = samples
-                        self.jobs[jobID] = job
+                    self.update(jobID) { job in
+                        if step >= job.record.cursor, step < job.record.spec.steps,
+                            job.generationMembers[generation]?.contains(id) == true
+                        {
+                            job.reports[step, default: [:]][generation, default: [:]][id] = samples
+                        }
                     }
                 }
                 break
             }
-            guard job.record.members.contains(id), step >= job.record.cursor, step < job.record.spec.steps else {
-                break
+            let reachedCursor = self.update(jobID) { job -> Bool in
+                // A member's first report of a generation is checked against the members; its
+                // later ones find it in `completed`, which holds members only.
+                guard step >= job.record.cursor, step < job.record.spec.steps,
+                    job.completed[id] != nil || job.record.members.contains(id)
+                else { return false }
+                let before = job.completed[id]
+                job.completed[id] = max(before ?? 0, step)
+                job.reports[step, default: [:]][generation, default: [:]][id] = samples
+                if let hash { Self.compare(hash, of: id, step: step, in: &job, into: &actions) }
+                // Only the report that brings a member up to the cursor can complete the step
+                // there: after every event the cursor is as far as the members' reports allow.
+                return before.map { $0 < job.record.cursor } ?? true
             }
-            job.completed[id] = max(job.completed[id] ?? 0, step)
-            job.reports[step, default: [:]][generation, default: [:]][id] = samples
-            if let hash { Self.compare(hash, of: id, step: step, in: &job, into: &actions) }
-            self.jobs[jobID] = job
-            self.advanceCursor(jobID, now: now, into: &actions)
+            if reachedCursor == true { self.advanceCursor(jobID, now: now, into: &actions) }
 
         case .resumed(let id, let jobID, let generation, let step):
             guard let job = self.jobs[jobID], job.record.phase == .running else { break }
@@ -1109,17 +1119,31 @@ public struct CoordinatorMachine: Sendable {
     // MARK: - Progress
 
     /// Moves the cursor past every step all members completed; finishes the job at its last step.
-    mutating func advanceCursor(_ jobID: String, now: Duration, into actions: inout [Action]) {
-        guard var job = self.jobs[jobID] else { return }
-        while job.record.cursor < job.record.spec.steps,
-            job.record.members.allSatisfy({ (job.completed[$0] ?? 0) >= job.record.cursor && job.completed[$0] != nil })
-        {
-            actions.append(.stepCommitted(job: jobID, generation: job.record.generation, step: job.record.cursor))
-            let reported = job.reports[job.record.cursor]?[job.record.generation] ?? [:]
-            Self.commitStep(&job, ids: job.record.members.flatMap { reported[$0] ?? [] })
+    /// Nothing more happens (no write is asked for) when the cursor did not move, unless `moved`
+    /// says the caller moved it.
+    mutating func advanceCursor(_ jobID: String, now: Duration, into actions: inout [Action], moved: Bool = false) {
+        let advanced = self.update(jobID) { job -> Bool in
+            var advanced = false
+            while job.record.cursor < job.record.spec.steps,
+                job.record.members.allSatisfy({ job.completed[$0].map { $0 >= job.record.cursor } ?? false })
+            {
+                actions.append(.stepCommitted(job: jobID, generation: job.record.generation, step: job.record.cursor))
+                let reported = job.reports[job.record.cursor]?[job.record.generation] ?? [:]
+                Self.commitStep(&job, ids: job.record.members.flatMap { reported[$0] ?? [] })
+                advanced = true
+            }
+            return advanced
         }
-        self.jobs[jobID] = job
+        guard advanced == true || moved else { return }
         self.progressed(jobID, now: now, into: &actions)
+    }
+
+    /// Runs `body` on the job in place, nil when there is none. (A job taken out as a copy and
+    /// written back copies its tables, a pass over every member, as soon as the copy is changed.)
+    @discardableResult
+    mutating func update<Result>(_ jobID: String, _ body: (inout Job) -> Result) -> Result? {
+        guard self.jobs[jobID] != nil else { return nil }
+        return body(&self.jobs[jobID]!)
     }
 
     /// Commits every step before `step`, which the current generation resumed at: an earlier
@@ -1163,7 +1187,7 @@ public struct CoordinatorMachine: Sendable {
             .stepsRolledForward(
                 job: jobID, generation: job.record.generation, from: from, to: step, inferredIDs: inferred))
         // Steps past it may be complete already; the job may be finished.
-        self.advanceCursor(jobID, now: now, into: &actions)
+        self.advanceCursor(jobID, now: now, into: &actions, moved: true)
     }
 
     /// Counts the ids of the step at the cursor and moves the cursor past it.

@@ -14,7 +14,7 @@ struct BenchCommand: AsyncParsableCommand {
         abstract: "Benchmarks (figures recorded in bench/README.md).",
         subcommands: [
             AllReduce.self, AllReduceWorker.self, Reduce.self, Machine.self, Rendezvous.self, Recovery.self,
-            Checkpoint.self, SpecFuzz.self, NodeSum.self,
+            Checkpoint.self, SpecFuzz.self, NodeSum.self, Fleet.self,
         ]
     )
 
@@ -453,6 +453,106 @@ struct BenchCommand: AsyncParsableCommand {
                         "spec-fuzz: \(result.overTime) spec(s) over \(self.maxParseSeconds) s; memory grew by \(growth >> 20) MiB (limit \(self.maxGrowthMib))\n"
                             .utf8))
                 throw ExitCode(1)
+            }
+        }
+    }
+
+    struct Fleet: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "fleet",
+            abstract: "A fleet of simulated agents (mutual-TLS sessions in one process) against a real coordinator.",
+            discussion: """
+                Every agent heartbeats at the coordinator's interval; then a job of all of them trains at
+                --steps-per-second (each member reporting its sample ids), then agents are dropped one at a
+                time. Prints the coordinator's CPU per second (idle and training), its resident memory,
+                heartbeat round trips, the time from a drop to the last survivor holding its new
+                assignment, and the coordinator CPU each step costs beyond the idle baseline.
+                """
+        )
+
+        @Option(help: "Simulated agents.")
+        var agents: Int = 1000
+
+        @Option(help: "Steps per second the job trains at.")
+        var stepsPerSecond: Double = 10
+
+        @Option(help: "Seconds of heartbeats alone, for the idle baseline.")
+        var idleSeconds: Double = 5
+
+        @Option(help: "Seconds of training measured.")
+        var trainingSeconds: Double = 20
+
+        @Option(help: "Agents dropped one at a time after training.")
+        var drops: Int = 5
+
+        @Flag(help: "Print JSON.")
+        var json = false
+
+        func validate() throws {
+            guard self.agents >= 2 else { throw ValidationError("--agents must be at least 2") }
+            guard self.drops >= 0, self.drops < self.agents else {
+                throw ValidationError("--drops must be between 0 and --agents - 1")
+            }
+            guard self.stepsPerSecond > 0, self.stepsPerSecond <= 1000 else {
+                throw ValidationError("--steps-per-second must be above 0 and at most 1000")
+            }
+            guard self.idleSeconds >= 1, self.trainingSeconds >= 1 else {
+                throw ValidationError("--idle-seconds and --training-seconds must be at least 1")
+            }
+        }
+
+        func run() async throws {
+            var options = FleetBenchmark.Options(
+                executable: try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe"))
+            options.agents = self.agents
+            options.stepsPerSecond = self.stepsPerSecond
+            options.idleSeconds = self.idleSeconds
+            options.trainingSeconds = self.trainingSeconds
+            options.drops = self.drops
+            let json = self.json
+            let result = try await FleetBenchmark.run(options) { line in
+                if !json { print(line) }
+            }
+            let drops = result.dropMilliseconds.sorted()
+            if json {
+                let object: [String: Any] = [
+                    "agents": result.agents, "idle_cpu": result.idleCPU, "training_cpu": result.trainingCPU,
+                    "resident_bytes": result.residentBytes,
+                    "heartbeat_p50_ms": result.heartbeat(quantile: 0.5),
+                    "heartbeat_p99_ms": result.heartbeat(quantile: 0.99),
+                    "heartbeats": result.heartbeatMilliseconds.count,
+                    "committed_steps_per_second": result.committedStepsPerSecond,
+                    "sent_steps_per_second": result.sentStepsPerSecond,
+                    "step_cost_us": result.stepCostMicroseconds, "drop_to_last_assignment_ms": drops,
+                    "samples_repeated": result.samplesRepeated, "samples_skipped": result.samplesSkipped,
+                ]
+                print(
+                    String(
+                        decoding: try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys]),
+                        as: UTF8.self))
+            } else {
+                print(
+                    String(
+                        format: """
+                            fleet of %d agents:
+                              coordinator CPU: %.3f cores idle (heartbeats), %.3f cores training; resident %.0f MiB
+                              heartbeat round trip: p50 %.1f ms, p99 %.1f ms, max %.1f ms (%d heartbeats)
+                              steps: %.2f/s sent, %.2f/s committed; %.0f us of coordinator CPU per step beyond idle
+                              drop to the last survivor holding its assignment: median %.0f ms, max %.0f ms (%d drops)
+                              samples repeated %llu, skipped %llu
+                            """, result.agents, result.idleCPU, result.trainingCPU,
+                        Double(result.residentBytes) / 1_048_576, result.heartbeat(quantile: 0.5),
+                        result.heartbeat(quantile: 0.99), result.heartbeatMilliseconds.last ?? Double.nan,
+                        result.heartbeatMilliseconds.count, result.sentStepsPerSecond,
+                        result.committedStepsPerSecond, result.stepCostMicroseconds,
+                        FleetBenchmark.quantile(drops, 0.5), drops.last ?? Double.nan, drops.count,
+                        result.samplesRepeated, result.samplesSkipped))
+            }
+            guard result.samplesRepeated == 0, result.samplesSkipped == 0 else {
+                throw CommandFailure(
+                    description:
+                        "the job's account found \(result.samplesRepeated) samples repeated and \(result.samplesSkipped) skipped: the simulated members did not report what real ones would"
+                )
             }
         }
     }

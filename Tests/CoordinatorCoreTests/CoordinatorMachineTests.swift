@@ -185,6 +185,46 @@ struct GenerationTests {
         #expect(sim.log.contains(.jobFinished(job: "job")))
         #expect(sim.machine.nodeStatuses.allSatisfy { $0.state == .idle })
     }
+
+    @Test func aReportThatMovesNoCursor_asksForNoWrite_andTheLastOfAStep_asksForOne() throws {
+        var sim = Simulation()
+        try sim.command(.submit(Simulation.spec(min: 3, max: 3)))
+        sim.online("a", "b", "c")
+        // Reports of a step that is not complete yet, and of steps past it, change no record.
+        for (node, step) in [("a", 0), ("b", 0), ("a", 1), ("b", 1), ("a", 2)] as [(String, UInt64)] {
+            let actions = sim.send(.stepCompleted(node: node, job: "job", generation: 1, step: step))
+            #expect(actions.isEmpty, "\(node) step \(step): \(actions)")
+        }
+        // c's report completes steps 0 and then 1: each commits its step and asks for one write.
+        let first = sim.send(.stepCompleted(node: "c", job: "job", generation: 1, step: 0))
+        #expect(first == [.stepCommitted(job: "job", generation: 1, step: 0), .persist(job: "job")])
+        let second = sim.send(.stepCompleted(node: "c", job: "job", generation: 1, step: 1))
+        #expect(second == [.stepCommitted(job: "job", generation: 1, step: 1), .persist(job: "job")])
+        // A repeated report of a committed step changes nothing either.
+        #expect(sim.send(.stepCompleted(node: "c", job: "job", generation: 1, step: 1)).isEmpty)
+        #expect(sim.record().cursor == 2)
+    }
+
+    @Test func aMemberThatReportedAStepAhead_stillHoldsTheCursor_untilTheSlowestReports() throws {
+        // Reports arrive in any order across members: the cursor waits for the member that is
+        // furthest behind, however far ahead the others are.
+        var sim = Simulation()
+        try sim.command(.submit(Simulation.spec(min: 3, max: 3)))
+        sim.online("a", "b", "c")
+        for step: UInt64 in 0..<5 {
+            sim.send(.stepCompleted(node: "a", job: "job", generation: 1, step: step))
+            sim.send(.stepCompleted(node: "c", job: "job", generation: 1, step: step))
+        }
+        #expect(sim.record().cursor == 0)
+        for step: UInt64 in 0..<4 {
+            sim.send(.stepCompleted(node: "b", job: "job", generation: 1, step: step))
+            #expect(sim.record().cursor == step + 1)
+        }
+        // A node outside the job moves nothing.
+        sim.online("d")
+        #expect(sim.send(.stepCompleted(node: "d", job: "job", generation: 1, step: 4)).isEmpty)
+        #expect(sim.record().cursor == 4)
+    }
 }
 
 @Suite("Coordinator restart")

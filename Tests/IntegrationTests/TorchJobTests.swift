@@ -75,7 +75,7 @@ struct TorchJobTests {
         #expect(reference.count("generations") == 1)
 
         let run = try await self.demo(
-            "kill-join", ["--agents", "3", "--kill-agent-at-step", "100", "--add-agent-at-step", "200"])
+            "kill-join", ["--agents", "3", "--kill-agent-at-step", "60", "--add-agent-at-step", "100"])
         #expect(run.count("generations") == 3, "killed, then joined: \(run.json["recoveries"] ?? [])")
         #expect(run.count("samples_repeated") == 0)
         #expect(run.count("samples_skipped") == 0)
@@ -137,11 +137,14 @@ struct TorchJobTests {
 
     @Test func test_killAndJoin_withTwoWorkersPerNode_survivorsKeepBoth_everySampleOnce() async throws {
         let reference = try await self.demo("reference-1x1", ["--agents", "1"])
+        // The joiner starts with two thirds of the job left: its process, session and two workers
+        // must be up before the job ends, and a loaded CI machine once took longer than the last
+        // third (100 steps) to start them.
         let run = try await self.demo(
             "kill-join-x2",
             [
-                "--agents", "3", "--workers-per-node", "2", "--kill-agent-at-step", "100", "--add-agent-at-step",
-                "200",
+                "--agents", "3", "--workers-per-node", "2", "--kill-agent-at-step", "60", "--add-agent-at-step",
+                "100",
             ])
         #expect(run.count("generations") == 3, "killed, then joined: \(run.json["recoveries"] ?? [])")
         #expect(run.count("samples_repeated") == 0)
