@@ -319,6 +319,8 @@ let package = Package(
             name: "CoordinatorTests",
             dependencies: [
                 "Coordinator", "CoordinatorCore", "JobModel", "RingmasterWire", "RingmasterSecurity", "Workload",
+                "ControlPlane", .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
             ],
             swiftSettings: strictSwift6
         ),

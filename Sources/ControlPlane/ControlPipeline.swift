@@ -22,7 +22,17 @@ public enum ControlPipeline {
         try operations.addHandler(watcher)
         try operations.addHandler(ByteToMessageHandler(FrameDecoder(maximumPayloadBytes: maximumFrameBytes)))
         try operations.addHandler(MessageToByteHandler(FrameEncoder(maximumPayloadBytes: maximumFrameBytes)))
-        return (try Connection(wrappingChannelSynchronously: channel), watcher.promise.futureResult)
+        // Torn down on deinit, not through `executeThenClose` alone: a listener's accepted
+        // connections reach its accept loop through NIO's server stream, which drops those it
+        // still holds when the loop's task is cancelled (a standby elected, a leader deposed,
+        // SIGTERM) or when the listening channel closes as one activates (apple/swift-nio#2813).
+        // Wrapped by `init(wrappingChannelSynchronously:)`, a dropped connection traps the
+        // process ("Deinited NIOAsyncWriter without calling finish()") once it closes; wrapped
+        // here, it does not (and `AcceptedChannels` closes it, so that its client moves on). The
+        // initializer is deprecated for this teardown, which is wanted here; every connection
+        // served still ends through `executeThenClose`.
+        let connection = try Connection(synchronouslyWrapping: channel)
+        return (connection, watcher.promise.futureResult)
     }
 }
 

@@ -290,6 +290,7 @@ public final class CoordinatorService: Service, Sendable {
         let joinTimeout = TimeAmount.milliseconds(Int64(self.configuration.joinTimeoutSeconds * 1000))
         let handshakeTimeout = TimeAmount.milliseconds(Int64(self.configuration.handshakeTimeoutSeconds * 1000))
         let logger = self.logger
+        let accepted = AcceptedChannels()
         let server: NIOAsyncChannel<Admission, Never>
         do {
             server = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
@@ -298,6 +299,7 @@ public final class CoordinatorService: Service, Sendable {
                 .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
                 .bind(host: self.configuration.listenHost, port: self.configuration.listenPort) { channel in
                     channel.eventLoop.makeCompletedFuture {
+                        accepted.register(channel)
                         guard let (ticket, deadline) = self.admit(channel, handshakeTimeout: handshakeTimeout) else {
                             return .refused
                         }
@@ -369,6 +371,9 @@ public final class CoordinatorService: Service, Sendable {
                 try await withThrowingDiscardingTaskGroup { group in
                     group.addTask { try await self.tickUntilCancelled() }
                     try await server.executeThenClose { inbound in
+                        // Deposed or stopped: every connection still open is closed, those accepted
+                        // and not yet handed over among them (see `AcceptedChannels`).
+                        defer { accepted.closeAll() }
                         for try await admission in inbound {
                             guard case .admitted(let connection, let handshake, let ticket) = admission else {
                                 continue

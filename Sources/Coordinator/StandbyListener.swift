@@ -38,6 +38,7 @@ final class StandbyListener: Sendable {
         let verifier = PeerVerifier(trust: .certificate(self.caCertificate), allowedRoles: [.agent, .operator])
         let context = self.context
         let maximumFrameBytes = self.configuration.maximumFrameBytes
+        let accepted = AcceptedChannels()
         let server: NIOAsyncChannel<ControlPipeline.Connection, Never>
         do {
             server = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
@@ -45,6 +46,7 @@ final class StandbyListener: Sendable {
                 .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
                 .bind(host: self.configuration.listenHost, port: self.configuration.listenPort) { channel in
                     channel.eventLoop.makeCompletedFuture {
+                        accepted.register(channel)
                         try channel.pipeline.syncOperations.addHandler(
                             NIOSSLServerHandler(
                                 context: context, customVerificationCallback: verifier.callback { _ in })
@@ -62,6 +64,9 @@ final class StandbyListener: Sendable {
         self.logger.info("standing by", metadata: ["leader": "\(self.leader() ?? "not known yet")"])
         try await withThrowingDiscardingTaskGroup { group in
             try await server.executeThenClose { inbound in
+                // Elected or stopped: connections accepted and not yet handed over are closed, so
+                // that their clients move on at once (see `AcceptedChannels`).
+                defer { accepted.closeAll() }
                 for try await connection in inbound {
                     group.addTask { await self.refer(connection) }
                 }
