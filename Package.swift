@@ -208,6 +208,7 @@ let package = Package(
             name: "RingmasterBench",
             dependencies: [
                 "Agent",
+                "AgentCore",
                 "Checkpointing",
                 "Collectives",
                 "ControlPlane",

@@ -397,6 +397,7 @@ public final class AgentService: Service, Sendable {
                     $0.gpus = self.configuration.gpus
                     $0.dataPlaneAddresses = self.announcedDataPlaneAddresses
                     $0.rdmaPorts = (self.dataPlane.withLock { $0 }?.rdmaPorts ?? []).map(Ringmaster_V1_RdmaPort.init)
+                    $0.stepsAhead = self.trainer.withLock { $0 }?.stepsAhead ?? 0
                 }
                 let reply = try await session.request(hello)
                 guard case .helloReply(let helloReply) = reply.body else {

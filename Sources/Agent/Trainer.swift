@@ -46,6 +46,9 @@ final class Trainer: Sendable {
     /// Signalled when the thread ends.
     let finished = DispatchSemaphore(value: 0)
     let started = ContinuousClock.now
+    /// Steps past the coordinator's cursor this trainer trains before it waits for the cursor
+    /// (announced in the hello, so that the coordinator sends the cursor often enough).
+    let stepsAhead: UInt64
 
     init(
         core: AgentMachine.Settings = .init(),
@@ -55,6 +58,7 @@ final class Trainer: Sendable {
         logger: Logger
     ) {
         self.state = Mutex(State(machine: AgentMachine(settings: core)))
+        self.stepsAhead = core.stepsAhead
         self.executor = StepExecutor(settings: settings, environment: environment, logger: logger)
         self.outbox = outbox
         self.logger = logger

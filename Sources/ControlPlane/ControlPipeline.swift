@@ -34,6 +34,26 @@ public enum ControlPipeline {
         let connection = try Connection(synchronouslyWrapping: channel)
         return (connection, watcher.promise.futureResult)
     }
+
+    /// Sends a frame encoded already (an `AssignmentFrames` frame): written below the frame
+    /// encoder, in order with the writes made through `channel` before and after it. Nothing is
+    /// written on a channel that has closed.
+    public static func writeAndFlush(frame: ByteBuffer, to channel: any Channel) {
+        let write = {
+            guard
+                let encoder = try? channel.pipeline.syncOperations.context(
+                    handlerType: MessageToByteHandler<FrameEncoder>.self)
+            else { return }
+            encoder.writeAndFlush(NIOAny(frame), promise: nil)
+        }
+        // As `Channel.writeAndFlush` does: at once on the channel's event loop, queued behind what
+        // is queued there otherwise.
+        if channel.eventLoop.inEventLoop {
+            write()
+        } else {
+            channel.eventLoop.execute(write)
+        }
+    }
 }
 
 /// Turns NIOSSL's handshake-completed event into a future of the peer's certificate, read at

@@ -151,8 +151,8 @@ extension CoordinatorService {
             // second); anything else that changes a job (a generation, a phase) is fsynced.
             batch.durable = !actions.allSatisfy {
                 switch $0 {
-                case .stepCommitted, .persist, .replicasAgree, .replicasDiverged, .commitCheckpoint, .shardFailed,
-                    .shardRefused, .staleRefused:
+                case .stepCommitted, .announceCursor, .persist, .replicasAgree, .replicasDiverged, .commitCheckpoint,
+                    .shardFailed, .shardRefused, .staleRefused:
                     return true
                 case .assign, .abort, .drain, .generationStarted, .jobWaiting, .jobFinished, .jobFailed, .leaseExpired,
                     .stepsRolledForward:
@@ -160,16 +160,22 @@ extension CoordinatorService {
                 }
             }
         }
-        var cursors: [String: (generation: UInt64, cursor: UInt64)] = [:]
         // The progress the actions touched, saved once they have all changed it (a generation
         // started, a step's loss); a generation's start and a job's end are saved regardless.
         var touched: [String] = []
         var forcing: Set<String> = []
+        // Each generation's assignments, serialized once for all its members.
+        var frames: [String: GenerationFrames] = [:]
         for action in actions {
             switch action {
             case .assign(let node, let assignment):
-                if let envelope = self.envelope(assigning: assignment, to: node) {
-                    batch.push(envelope, to: engine.sessions[node])
+                if frames[assignment.job]?.generation != assignment.generation {
+                    frames[assignment.job] = self.frames(of: assignment, logger: logger)
+                }
+                if let generation = frames[assignment.job], let rank = generation.ranks[node],
+                    let frame = generation.frames?.frame(rank: UInt32(rank))
+                {
+                    batch.push(frame: frame, to: engine.sessions[node])
                 }
             case .abort(let node, let job, let generation, let reason):
                 var envelope = Envelope()
@@ -245,7 +251,6 @@ extension CoordinatorService {
             case .stepCommitted(let job, let generation, let step):
                 self.metrics.stepsCommitted.increment()
                 touched.append(job)
-                cursors[job] = (generation, step + 1)
                 if var progress = engine.progress[job] {
                     if let loss = progress.pendingLoss.removeValue(forKey: step) { progress.loss = loss }
                     if let last = progress.history.indices.last, progress.history[last].generation == generation,
@@ -259,7 +264,6 @@ extension CoordinatorService {
             case .stepsRolledForward(let job, let generation, let from, let to, let inferred):
                 self.metrics.stepsCommitted.increment(by: Int64(to - from))
                 touched.append(job)
-                cursors[job] = (generation, to)
                 if var progress = engine.progress[job] {
                     if let last = progress.history.indices.last, progress.history[last].generation == generation {
                         progress.history[last].resumeStep = to
@@ -274,6 +278,16 @@ extension CoordinatorService {
                             "resume_step": "\(to)", "sample_ids_inferred": "\(inferred)",
                         ])
                 }
+            case .announceCursor(let job, let generation, let cursor):
+                // The members' flow control.
+                guard let record = engine.machine.record(job: job), record.generation == generation else { break }
+                var envelope = Envelope()
+                envelope.cursorUpdate = .with {
+                    $0.jobID = job
+                    $0.generation = generation
+                    $0.cursor = cursor
+                }
+                for member in record.members { batch.push(envelope, to: engine.sessions[member]) }
             case .staleRefused(let node, let job, let generation, let current):
                 // Counted, and logged at debug only: reports in flight when a generation ends
                 // are refused by the dozen at every change.
@@ -341,17 +355,6 @@ extension CoordinatorService {
                 )
             }
         }
-        // The members' flow control: one update per job, with the newest cursor.
-        for (job, moved) in cursors {
-            guard let record = engine.machine.record(job: job), record.generation == moved.generation else { continue }
-            var envelope = Envelope()
-            envelope.cursorUpdate = .with {
-                $0.jobID = job
-                $0.generation = moved.generation
-                $0.cursor = moved.cursor
-            }
-            for member in record.members { batch.push(envelope, to: engine.sessions[member]) }
-        }
         batch.progress = self.progressDue(of: touched, forcing: forcing, engine: &engine)
         self.writer.submit(batch)
     }
@@ -391,7 +394,8 @@ extension CoordinatorService {
         let capabilities = CoordinatorMachine.Capabilities(
             gpus: hello.gpus,
             dataPlaneAddresses: hello.dataPlaneAddresses,
-            rdmaPorts: hello.rdmaPorts.map(RDMAPort.init(wire:))
+            rdmaPorts: hello.rdmaPorts.map(RDMAPort.init(wire:)),
+            stepsAhead: hello.stepsAhead
         )
         self.engine.withLock { engine in
             if let old = engine.sessions[node], old.id != context.sessionID {
@@ -427,12 +431,35 @@ extension CoordinatorService {
         return Array(HMAC<SHA256>.authenticationCode(for: message, using: self.dataPlaneKey))
     }
 
-    func envelope(assigning assignment: CoordinatorMachine.Assignment, to node: String) -> Envelope? {
+    /// A generation's assignments as frames (nil when they cannot be encoded, which is logged),
+    /// and each member's rank.
+    struct GenerationFrames {
+        var generation: UInt64
+        var frames: AssignmentFrames?
+        var ranks: [String: Int]
+    }
+
+    func frames(of assignment: CoordinatorMachine.Assignment, logger: Logger) -> GenerationFrames {
         let secret = self.dataPlaneSecret(job: assignment.job, generation: assignment.generation)
-        guard let member = assignment.assignment(for: node, dataPlaneSecret: secret) else { return nil }
-        var envelope = Envelope()
-        envelope.assignment = Ringmaster_V1_Assignment(member)
-        return envelope
+        var frames: AssignmentFrames?
+        if let first = assignment.members.first?.node,
+            let member = assignment.assignment(for: first, dataPlaneSecret: secret)
+        {
+            do {
+                frames = try AssignmentFrames(
+                    Ringmaster_V1_Assignment(member), maximumPayloadBytes: self.configuration.maximumFrameBytes)
+            } catch {
+                logger.error(
+                    "could not encode a generation's assignment; its members are not told",
+                    metadata: [
+                        LogKey.job: "\(assignment.job)", LogKey.generation: "\(assignment.generation)",
+                        LogKey.reason: "\(error)",
+                    ])
+            }
+        }
+        return GenerationFrames(
+            generation: assignment.generation, frames: frames,
+            ranks: Dictionary(assignment.members.map { ($0.node, $0.rank) }, uniquingKeysWith: { first, _ in first }))
     }
 
     // MARK: - Status
@@ -534,5 +561,11 @@ extension StateWriter.Batch {
     mutating func push(_ envelope: Envelope, to session: CoordinatorService.Session?) {
         guard let channel = session?.channel else { return }
         self.then { channel.writeAndFlush(envelope, promise: nil) }
+    }
+
+    /// Sends a frame encoded already to a session once the batch is written.
+    mutating func push(frame: ByteBuffer, to session: CoordinatorService.Session?) {
+        guard let channel = session?.channel else { return }
+        self.then { ControlPipeline.writeAndFlush(frame: frame, to: channel) }
     }
 }

@@ -78,12 +78,19 @@ public struct CoordinatorMachine: Sendable {
         public var dataPlaneAddresses: [String]
         /// RDMA ports its data plane may use.
         public var rdmaPorts: [RDMAPort]
+        /// How many steps past the cursor its agent trains before it waits for the cursor to move
+        /// (its flow-control window); 0 when the agent did not say, and the cursor is then
+        /// announced to its jobs at every move.
+        public var stepsAhead: UInt64
 
         /// Makes capabilities.
-        public init(gpus: UInt32 = 0, dataPlaneAddresses: [String] = [], rdmaPorts: [RDMAPort] = []) {
+        public init(
+            gpus: UInt32 = 0, dataPlaneAddresses: [String] = [], rdmaPorts: [RDMAPort] = [], stepsAhead: UInt64 = 0
+        ) {
             self.gpus = gpus
             self.dataPlaneAddresses = dataPlaneAddresses
             self.rdmaPorts = rdmaPorts
+            self.stepsAhead = stepsAhead
         }
 
         /// Whether a generation may run over RDMA with this node.
@@ -254,6 +261,13 @@ public struct CoordinatorMachine: Sendable {
         case jobFailed(job: String, reason: String)
         /// Every member completed `step`: the cursor moved past it.
         case stepCommitted(job: String, generation: UInt64, step: UInt64)
+        /// Tell the members of `generation` of `job` that the cursor is at `cursor`. Not at every
+        /// move: a member trains up to its window (`Capabilities.stepsAhead`) past the cursor it
+        /// was last told, so the cursor is announced once it has moved a quarter of the smallest
+        /// window among the members (at every move when a member did not say its window), when a
+        /// generation resumes past it, and at the job's last step. (At 1,000 members and 10 steps a
+        /// second, an update at every move was 10,000 writes a second.)
+        case announceCursor(job: String, generation: UInt64, cursor: UInt64)
         /// `generation` resumed at `to`, past the cursor at `from`: the steps between, trained by
         /// an earlier generation, are committed; `inferredIDs` of their sample ids came from
         /// `DataOrder` (their trainers' reports never arrived), the rest from reports.
@@ -413,6 +427,11 @@ public struct CoordinatorMachine: Sendable {
         /// Generations in a row that failed without committing a step: each waits twice as long
         /// before the next (from 1.5 leases up to 96), so that a failure that repeats does not spin.
         var failuresInARow = 0
+        /// The cursor the current generation's members were last told (in their assignment or an
+        /// announcement), and how far it may move before they are told again (see
+        /// `Action.announceCursor`).
+        var cursorAnnounced: UInt64 = 0
+        var announceEvery: UInt64 = 1
     }
 
     // MARK: - State
@@ -989,6 +1008,9 @@ public struct CoordinatorMachine: Sendable {
         }
         job.transport = choice.transport
         job.pendingFailure = nil
+        job.cursorAnnounced = job.record.cursor
+        job.announceEvery = Self.announcementInterval(
+            windows: members.map { self.nodes[$0]?.capabilities.stepsAhead ?? 0 })
         self.jobs[jobID] = job
         let assignment = Assignment(
             job: jobID,
@@ -1135,7 +1157,21 @@ public struct CoordinatorMachine: Sendable {
             return advanced
         }
         guard advanced == true || moved else { return }
+        self.update(jobID) { job in
+            let cursor = job.record.cursor
+            guard moved || cursor - job.cursorAnnounced >= job.announceEvery || cursor >= job.record.spec.steps
+            else { return }
+            job.cursorAnnounced = cursor
+            actions.append(.announceCursor(job: jobID, generation: job.record.generation, cursor: cursor))
+        }
         self.progressed(jobID, now: now, into: &actions)
+    }
+
+    /// Steps the cursor may move before the members are told (see `Action.announceCursor`): a
+    /// quarter of the smallest of their windows, so that none waits for an announcement before it
+    /// is three quarters of its window ahead of the cursor; 1 when a member did not say its window.
+    static func announcementInterval(windows: [UInt64]) -> UInt64 {
+        max(1, (windows.min() ?? 0) / 4)
     }
 
     /// Runs `body` on the job in place, nil when there is none. (A job taken out as a copy and

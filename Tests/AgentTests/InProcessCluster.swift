@@ -201,9 +201,10 @@ final class InProcessCluster {
             logger: logger
         )
         let node = Node(
-            name: name, machine: AgentMachine(settings: .init(hashIntervalSteps: 1, stepsAhead: 4)), executor: executor)
+            name: name, machine: AgentMachine(settings: .init(hashIntervalSteps: 1, stepsAhead: Self.stepsAhead)),
+            executor: executor)
         self.nodes[name] = node
-        self.queue.append(.toCoordinator(.nodeOnline(node: name, .init(dataPlaneAddresses: ["\(name):7700"]))))
+        self.queue.append(.toCoordinator(.nodeOnline(node: name, Self.capabilities(name))))
         self.settle()
         return node
     }
@@ -265,12 +266,21 @@ final class InProcessCluster {
     }
 
     /// The coordinator restarts from its durable records; every agent's session reconnects.
+    /// Each node's flow-control window, small, so that the tests see the cursor's announcements
+    /// hold training back.
+    static let stepsAhead: UInt64 = 4
+
+    /// What each node says in its hello.
+    static func capabilities(_ name: String) -> CoordinatorMachine.Capabilities {
+        .init(dataPlaneAddresses: ["\(name):7700"], stepsAhead: Self.stepsAhead)
+    }
+
     func restartCoordinator() {
         self.coordinator = CoordinatorMachine(
             settings: self.settings, restoring: self.coordinator.records, now: self.now)
         self.trace.append("\(self.now): coordinator restarted")
         for name in self.nodes.keys.sorted() {
-            self.queue.append(.toCoordinator(.nodeOnline(node: name, .init(dataPlaneAddresses: ["\(name):7700"]))))
+            self.queue.append(.toCoordinator(.nodeOnline(node: name, Self.capabilities(name))))
         }
         self.settle()
     }
@@ -475,9 +485,9 @@ final class InProcessCluster {
                 self.queue.append(.toNode(name, .aborted(job: job, generation: generation, reason: reason)))
             case .drain(let name, _, _, let graceSeconds):
                 self.queue.append(.toNode(name, .stopRequested(reason: "drained", grace: .seconds(Int(graceSeconds)))))
-            case .stepCommitted(let job, let generation, let step):
+            case .announceCursor(let job, let generation, let cursor):
                 for member in self.coordinator.record(job: job)?.members ?? [] {
-                    self.queue.append(.toNode(member, .cursorMoved(job: job, generation: generation, cursor: step + 1)))
+                    self.queue.append(.toNode(member, .cursorMoved(job: job, generation: generation, cursor: cursor)))
                 }
             case .generationStarted(let job, let generation, let cause, let members, _, _):
                 self.generations.append((job, generation, cause, members))
@@ -499,10 +509,7 @@ final class InProcessCluster {
                 self.rolledForward += 1
                 self.trace.append(
                     "\(self.now): \(job) generation \(generation) resumed at \(to), past the cursor at \(from)")
-                for member in self.coordinator.record(job: job)?.members ?? [] {
-                    self.queue.append(.toNode(member, .cursorMoved(job: job, generation: generation, cursor: to)))
-                }
-            case .staleRefused, .leaseExpired, .persist, .replicasAgree, .shardRefused:
+            case .stepCommitted, .staleRefused, .leaseExpired, .persist, .replicasAgree, .shardRefused:
                 break
             }
         }

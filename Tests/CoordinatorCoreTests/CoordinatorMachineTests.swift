@@ -195,11 +195,20 @@ struct GenerationTests {
             let actions = sim.send(.stepCompleted(node: node, job: "job", generation: 1, step: step))
             #expect(actions.isEmpty, "\(node) step \(step): \(actions)")
         }
-        // c's report completes steps 0 and then 1: each commits its step and asks for one write.
+        // c's report completes steps 0 and then 1: each commits its step, announces the cursor
+        // (these nodes said no window) and asks for one write.
         let first = sim.send(.stepCompleted(node: "c", job: "job", generation: 1, step: 0))
-        #expect(first == [.stepCommitted(job: "job", generation: 1, step: 0), .persist(job: "job")])
+        #expect(
+            first == [
+                .stepCommitted(job: "job", generation: 1, step: 0),
+                .announceCursor(job: "job", generation: 1, cursor: 1), .persist(job: "job"),
+            ])
         let second = sim.send(.stepCompleted(node: "c", job: "job", generation: 1, step: 1))
-        #expect(second == [.stepCommitted(job: "job", generation: 1, step: 1), .persist(job: "job")])
+        #expect(
+            second == [
+                .stepCommitted(job: "job", generation: 1, step: 1),
+                .announceCursor(job: "job", generation: 1, cursor: 2), .persist(job: "job"),
+            ])
         // A repeated report of a committed step changes nothing either.
         #expect(sim.send(.stepCompleted(node: "c", job: "job", generation: 1, step: 1)).isEmpty)
         #expect(sim.record().cursor == 2)
@@ -224,6 +233,64 @@ struct GenerationTests {
         sim.online("d")
         #expect(sim.send(.stepCompleted(node: "d", job: "job", generation: 1, step: 4)).isEmpty)
         #expect(sim.record().cursor == 4)
+    }
+
+    /// The cursors announced while every member reports `steps` steps in lockstep.
+    static func announced(_ sim: inout Simulation, members: [String], steps: UInt64) -> [UInt64] {
+        var cursors: [UInt64] = []
+        for step in 0..<steps {
+            for member in members {
+                for action in sim.send(.stepCompleted(node: member, job: "job", generation: 1, step: step)) {
+                    if case .announceCursor(_, let generation, let cursor) = action {
+                        #expect(generation == 1)
+                        cursors.append(cursor)
+                    }
+                }
+            }
+        }
+        return cursors
+    }
+
+    @Test func theCursorIsAnnounced_everyQuarterOfTheSmallestWindow_andAtTheLastStep() throws {
+        // Windows of 16 and 32 steps: announced every 4 steps, and at the job's end (step 10).
+        var sim = Simulation()
+        try sim.command(.submit(Simulation.spec(min: 2, max: 2, steps: 10)))
+        sim.send(.nodeOnline(node: "a", .init(dataPlaneAddresses: ["a:7700"], stepsAhead: 16)))
+        sim.send(.nodeOnline(node: "b", .init(dataPlaneAddresses: ["b:7700"], stepsAhead: 32)))
+        #expect(sim.assignments["a"]?.resumeStep == 0)
+        #expect(Self.announced(&sim, members: ["a", "b"], steps: 10) == [4, 8, 10])
+        #expect(sim.record().phase == .finished)
+    }
+
+    @Test func aMemberThatSaidNoWindow_hasTheCursorAnnouncedAtEveryMove() throws {
+        var sim = Simulation()
+        try sim.command(.submit(Simulation.spec(min: 2, max: 2, steps: 100)))
+        sim.send(.nodeOnline(node: "a", .init(dataPlaneAddresses: ["a:7700"], stepsAhead: 64)))
+        sim.online("b")
+        #expect(Self.announced(&sim, members: ["a", "b"], steps: 5) == [1, 2, 3, 4, 5])
+    }
+
+    @Test func aNewGeneration_countsFromTheCursorItsMembersWereAssigned() throws {
+        // Windows of 8: every 2 steps. After a loss at cursor 3, the next generation's members
+        // were told 3 in their assignment, so the next announcement is at 5, not at 4.
+        var sim = Simulation()
+        try sim.command(.submit(Simulation.spec(min: 2, max: 3, steps: 100)))
+        for node in ["a", "b", "c"] {
+            sim.send(.nodeOnline(node: node, .init(dataPlaneAddresses: ["\(node):7700"], stepsAhead: 8)))
+        }
+        #expect(Self.announced(&sim, members: ["a", "b", "c"], steps: 3) == [2])
+        sim.send(.nodeOffline(node: "c"))
+        let generation = sim.record().generation
+        #expect(generation == 2 && sim.assignments["a"]?.resumeStep == 3)
+        var cursors: [UInt64] = []
+        for step: UInt64 in 3..<7 {
+            for member in ["a", "b"] {
+                for action in sim.send(.stepCompleted(node: member, job: "job", generation: generation, step: step)) {
+                    if case .announceCursor(_, _, let cursor) = action { cursors.append(cursor) }
+                }
+            }
+        }
+        #expect(cursors == [5, 7])
     }
 }
 

@@ -1,5 +1,6 @@
 import Foundation
 import JobModel
+import NIOCore
 import Testing
 
 @testable import RingmasterWire
@@ -52,5 +53,35 @@ struct AssignmentWireTests {
         var short = Ringmaster_V1_RdmaPort(port)
         short.gid = Data([1, 2, 3])
         #expect(!RDMAPort(wire: short).usable)
+    }
+
+    /// Every member's frame decodes, through the frame decoder, to what the whole assignment with
+    /// that member's rank serializes to: ranks 0 (left out by the serializer), 1, 127 and 128 (a
+    /// varint of one byte and of two), in a world of 300 members.
+    @Test func eachMembersFrame_decodesToTheAssignmentWithItsRank() throws {
+        var plan = Self.assignment(.tcp, devices: Array(repeating: nil, count: 300))
+        let frames = try AssignmentFrames(Ringmaster_V1_Assignment(plan))
+        for rank in [0, 1, 127, 128, 299] {
+            plan.rank = rank
+            var expected = Envelope()
+            expected.assignment = Ringmaster_V1_Assignment(plan)
+            var buffer = frames.frame(rank: UInt32(rank))
+            var decoder = FrameDecoder()
+            let decoded = try #require(try decoder.decode(buffer: &buffer), "rank \(rank): no whole frame")
+            #expect(buffer.readableBytes == 0, "rank \(rank): \(buffer.readableBytes) bytes past the frame")
+            #expect(decoded == expected, "rank \(rank)")
+            guard case .assignment(let wire) = decoded.body else { continue }
+            #expect(try Assignment(wire: wire) == plan)
+        }
+    }
+
+    @Test func framesOverTheLimit_areRefused_namingTheLimit() throws {
+        #expect {
+            _ = try AssignmentFrames(
+                Ringmaster_V1_Assignment(Self.assignment(.tcp, devices: Array(repeating: nil, count: 300))),
+                maximumPayloadBytes: 1000)
+        } throws: { error in
+            (error as? WireError)?.description.contains("exceeds the frame limit of 1000 bytes") == true
+        }
     }
 }

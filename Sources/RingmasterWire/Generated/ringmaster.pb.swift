@@ -390,6 +390,11 @@ public nonisolated struct Ringmaster_V1_AgentHello: Sendable {
   /// The RDMA ports this agent may use for its data plane (none: TCP only).
   public var rdmaPorts: [Ringmaster_V1_RdmaPort] = []
 
+  /// How many steps past the cursor this agent trains before it waits for a CursorUpdate (its
+  /// flow-control window). The coordinator announces the cursor once it has moved a quarter of
+  /// the smallest window among a job's members; 0 (not said) makes it announce every move.
+  public var stepsAhead: UInt64 = 0
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -2049,7 +2054,7 @@ nonisolated extension Ringmaster_V1_JoinReply: SwiftProtobuf.Message, SwiftProto
 
 nonisolated extension Ringmaster_V1_AgentHello: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".AgentHello"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}agent_version\0\u{1}gpus\0\u{3}data_plane_addresses\0\u{4}\u{2}job_id\0\u{1}generation\0\u{3}rdma_ports\0\u{c}\u{4}\u{1}")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}agent_version\0\u{1}gpus\0\u{3}data_plane_addresses\0\u{4}\u{2}job_id\0\u{1}generation\0\u{3}rdma_ports\0\u{3}steps_ahead\0\u{c}\u{4}\u{1}")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -2063,6 +2068,7 @@ nonisolated extension Ringmaster_V1_AgentHello: SwiftProtobuf.Message, SwiftProt
       case 5: try { try decoder.decodeSingularStringField(value: &self.jobID) }()
       case 6: try { try decoder.decodeSingularUInt64Field(value: &self.generation) }()
       case 7: try { try decoder.decodeRepeatedMessageField(value: &self.rdmaPorts) }()
+      case 8: try { try decoder.decodeSingularUInt64Field(value: &self.stepsAhead) }()
       default: break
       }
     }
@@ -2087,6 +2093,9 @@ nonisolated extension Ringmaster_V1_AgentHello: SwiftProtobuf.Message, SwiftProt
     if !self.rdmaPorts.isEmpty {
       try visitor.visitRepeatedMessageField(value: self.rdmaPorts, fieldNumber: 7)
     }
+    if self.stepsAhead != 0 {
+      try visitor.visitSingularUInt64Field(value: self.stepsAhead, fieldNumber: 8)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -2097,6 +2106,7 @@ nonisolated extension Ringmaster_V1_AgentHello: SwiftProtobuf.Message, SwiftProt
     if lhs.jobID != rhs.jobID {return false}
     if lhs.generation != rhs.generation {return false}
     if lhs.rdmaPorts != rhs.rdmaPorts {return false}
+    if lhs.stepsAhead != rhs.stepsAhead {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

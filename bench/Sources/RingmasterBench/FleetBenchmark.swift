@@ -1,3 +1,4 @@
+import AgentCore
 import ControlPlane
 import Foundation
 import JobModel
@@ -336,6 +337,8 @@ final class SimulatedAgent: Sendable {
             hello.agentHello = .with {
                 $0.agentVersion = "fleet-benchmark"
                 $0.dataPlaneAddresses = ["127.0.0.1:\(30000 + self.index)"]
+                // A real agent's window (`AgentMachine.Settings.stepsAhead`).
+                $0.stepsAhead = AgentMachine.Settings().stepsAhead
             }
             let reply = try await session.request(hello)
             guard case .helloReply(let helloReply) = reply.body else {
