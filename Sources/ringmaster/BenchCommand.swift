@@ -64,10 +64,10 @@ struct BenchCommand: AsyncParsableCommand {
             abstract:
                 "Checkpoint saves: sharded write throughput against dd, and the step-time cost of saving while training.",
             discussion: """
-                Throughput: RANKS writers save their shards of one state at once (temporary name, fsync,
-                rename, directory fsync), then the manifest is committed; compared with one
-                `dd bs=1M conv=fsync` of the same bytes to the same directory. Overhead: the synthetic
-                model trained by the demo's processes, with and without a checkpoint every
+                Throughput: RANKS writers save their shards of one state at once (temporary name, fsync, \
+                rename, directory fsync), then the manifest is committed; compared with one \
+                `dd bs=1M conv=fsync` of the same bytes to the same directory. Overhead: the synthetic \
+                model trained by the demo's processes, with and without a checkpoint every \
                 --interval steps.
                 """
         )
@@ -144,8 +144,8 @@ struct BenchCommand: AsyncParsableCommand {
             commandName: "recovery",
             abstract: "Recovery after kill -9: from the kill to the first step completed in the new generation.",
             discussion: """
-                Each trial trains the reference job with a coordinator and agents as real processes
-                (default settings), kills one agent with SIGKILL at a random step, and measures from
+                Each trial trains the reference job with a coordinator and agents as real processes \
+                (default settings), kills one agent with SIGKILL at a random step, and measures from \
                 the kill to the first step the coordinator commits in the generation that follows.
                 """
         )
@@ -400,8 +400,8 @@ struct BenchCommand: AsyncParsableCommand {
             abstract:
                 "Random and mutated job specs through the coordinator's parser: no crash, bounded time and memory.",
             discussion: """
-                Exits 1 if any spec took longer than --max-parse-seconds or resident memory grew by
-                more than --max-growth-mib; a crash ends the process. Seeded: the same seed gives the
+                Exits 1 if any spec took longer than --max-parse-seconds or resident memory grew by \
+                more than --max-growth-mib; a crash ends the process. Seeded: the same seed gives the \
                 same inputs.
                 """
         )
@@ -462,10 +462,10 @@ struct BenchCommand: AsyncParsableCommand {
             commandName: "fleet",
             abstract: "A fleet of simulated agents (mutual-TLS sessions in one process) against a real coordinator.",
             discussion: """
-                Every agent heartbeats at the coordinator's interval; then a job of all of them trains at
-                --steps-per-second (each member reporting its sample ids), then agents are dropped one at a
-                time. Prints the coordinator's CPU per second (idle and training), its resident memory,
-                heartbeat round trips, the time from a drop to the last survivor holding its new
+                Every agent heartbeats at the coordinator's interval; then a job of all of them trains at \
+                --steps-per-second (each member reporting its sample ids), then agents are dropped one at a \
+                time. Prints the coordinator's CPU per second (idle and training), its resident memory, \
+                heartbeat round trips, the time from a drop to the last survivor holding its new \
                 assignment, and the coordinator CPU each step costs beyond the idle baseline.
                 """
         )
