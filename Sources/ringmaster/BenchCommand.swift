@@ -41,10 +41,7 @@ struct BenchCommand: AsyncParsableCommand {
                     "p99_ms": result.p99Milliseconds, "max_ms": result.maxMilliseconds,
                     "actions_per_change": result.actionsPerChange,
                 ]
-                print(
-                    String(
-                        decoding: try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys]),
-                        as: UTF8.self))
+                try printJSON(object)
                 return
             }
             print(
@@ -208,10 +205,7 @@ struct BenchCommand: AsyncParsableCommand {
                     "trials": self.trials, "agents": self.agents, "seconds": seconds, "median_s": median,
                     "max_s": sorted.last!,
                 ]
-                print(
-                    String(
-                        decoding: try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys]),
-                        as: UTF8.self))
+                try printJSON(object)
             } else {
                 print(
                     String(
@@ -251,10 +245,7 @@ struct BenchCommand: AsyncParsableCommand {
                     "median_ms": result.medianMilliseconds,
                     "start_to_assigned_ms": result.totalMilliseconds,
                 ]
-                print(
-                    String(
-                        decoding: try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys]),
-                        as: UTF8.self))
+                try printJSON(object)
                 return
             }
             print(
@@ -379,10 +370,7 @@ struct BenchCommand: AsyncParsableCommand {
                         ] as [String: Any]
                     },
                 ]
-                print(
-                    String(
-                        decoding: try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys]),
-                        as: UTF8.self))
+                try printJSON(object)
             } else {
                 for row in rows {
                     print(
@@ -434,10 +422,7 @@ struct BenchCommand: AsyncParsableCommand {
                     "start_rss_bytes": result.startRSS, "peak_rss_bytes": result.peakRSS,
                     "bytes_parsed": result.bytesParsed,
                 ]
-                print(
-                    String(
-                        decoding: try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys]),
-                        as: UTF8.self))
+                try printJSON(object)
             } else {
                 print(
                     String(
@@ -526,10 +511,7 @@ struct BenchCommand: AsyncParsableCommand {
                     "step_cost_us": result.stepCostMicroseconds, "drop_to_last_assignment_ms": drops,
                     "samples_repeated": result.samplesRepeated, "samples_skipped": result.samplesSkipped,
                 ]
-                print(
-                    String(
-                        decoding: try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys]),
-                        as: UTF8.self))
+                try printJSON(object)
             } else {
                 print(
                     String(
@@ -643,10 +625,7 @@ struct BenchCommand: AsyncParsableCommand {
                         "copy_gbps": $0.copyGBps,
                     ] as [String: Any]
                 }
-                print(
-                    String(
-                        decoding: try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys]),
-                        as: UTF8.self))
+                try printJSON(object)
                 return
             }
             for row in rows {

@@ -65,10 +65,7 @@ struct CheckpointCommand: AsyncParsableCommand {
                 rows.append(row)
             }
             if self.json {
-                print(
-                    String(
-                        decoding: try JSONSerialization.data(withJSONObject: rows, options: [.sortedKeys]),
-                        as: UTF8.self))
+                try printJSON(rows)
                 return
             }
             if rows.isEmpty {

@@ -356,8 +356,7 @@ struct DemoCommand: AsyncParsableCommand {
                     ] as [String: Any]
                 } ?? NSNull(),
             ]
-            let data = try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])
-            print(String(decoding: data, as: UTF8.self))
+            try printJSON(object)
             return
         }
         print("")

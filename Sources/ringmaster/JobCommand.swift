@@ -66,8 +66,7 @@ struct JobCommand: AsyncParsableCommand {
                 },
             ]
         }
-        let data = try JSONSerialization.data(withJSONObject: ["jobs": jobs], options: [.sortedKeys])
-        return String(decoding: data, as: UTF8.self)
+        return try jsonText(["jobs": jobs])
     }
 
     static func printTable(_ status: Ringmaster_V1_JobStatusReply) {

@@ -35,8 +35,7 @@ struct NodeCommand: AsyncParsableCommand {
                         "certificate_not_after": $0.certificateNotAfterUnix,
                     ]
                 }
-                let data = try JSONSerialization.data(withJSONObject: ["nodes": nodes], options: [.sortedKeys])
-                print(String(decoding: data, as: UTF8.self))
+                try printJSON(["nodes": nodes])
                 return
             }
             NodeCommand.printTable(list)

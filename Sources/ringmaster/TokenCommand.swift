@@ -46,8 +46,7 @@ struct TokenCommand: AsyncParsableCommand {
                     "token": created.token, "ca_pin": created.caPin,
                     "expires": ISO8601DateFormatter().string(from: expires),
                 ]
-                let data = try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])
-                print(String(decoding: data, as: UTF8.self))
+                try printJSON(object)
                 return
             }
             print("token:   \(created.token)")
