@@ -18,6 +18,17 @@ struct TrainingTests {
     struct Run {
         let json: [String: Any]
         let parameters: [Float]
+        /// Each process's log (`agent-0`, `coordinator-1`, ...), read before the run's directory is
+        /// removed, for failure messages.
+        var logs: [String: [String]] = [:]
+
+        /// The lines of every agent's log that contain one of `needles`, each prefixed with its agent.
+        func agentLines(containing needles: [String]) -> String {
+            self.logs.keys.filter { $0.hasPrefix("agent-") }.sorted().flatMap { name in
+                self.logs[name, default: []].filter { line in needles.contains { line.contains($0) } }
+                    .map { "\(name): \($0)" }
+            }.joined(separator: "\n")
+        }
 
         var accuracy: Double { self.json["test_accuracy"] as? Double ?? -1 }
         func count(_ key: String) -> Int { (self.json[key] as? NSNumber)?.intValue ?? -1 }
@@ -53,7 +64,18 @@ struct TrainingTests {
         let path = try #require(json["model_path"] as? String, "demo \(label) names no model file")
         let bytes = try Data(contentsOf: URL(fileURLWithPath: path))
         let parameters = bytes.withUnsafeBytes { Array($0.bindMemory(to: Float.self)) }
-        return Run(json: json, parameters: parameters)
+        return Run(json: json, parameters: parameters, logs: Self.logs(in: directory))
+    }
+
+    /// The `NAME.log` files of a demo's directory, by name, as lines.
+    static func logs(in directory: String) -> [String: [String]] {
+        let names = (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []
+        var logs: [String: [String]] = [:]
+        for name in names where name.hasSuffix(".log") {
+            guard let text = try? String(contentsOfFile: "\(directory)/\(name)", encoding: .utf8) else { continue }
+            logs[String(name.dropLast(4))] = text.split(separator: "\n").map(String.init)
+        }
+        return logs
     }
 
     /// What `ringmaster checkpoint list DIR --json` reports, one row per step directory.
@@ -286,8 +308,13 @@ struct TrainingTests {
         let firstStep = failover["first_step_seconds"] as? Double ?? .infinity
         #expect(failover["killed"] as? String != failover["new_leader"] as? String)
         #expect(elected <= 3, "a standby led \(elected) s after the kill (lease 2 s)")
+        let sessions = run.agentLines(containing: [
+            "connected to the coordinator", "control session ended", "could not reach",
+        ])
         #expect(
-            connected >= elected && connected < 5, "every agent was connected to the new leader after \(connected) s")
+            connected >= elected && connected < 5,
+            "every agent was connected to the new leader after \(connected) s (elected after \(elected) s); the agents' sessions:\n\(sessions)"
+        )
         #expect(firstStep > 0 && firstStep < 10, "the first step after the kill came \(firstStep) s after it")
         #expect(run.accuracy >= 0.95)
         let difference = self.maximumDifference(run.parameters, try await self.referenceParameters())
