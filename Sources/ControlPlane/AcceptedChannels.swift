@@ -36,9 +36,6 @@ public final class AcceptedChannels: Sendable {
         }
     }
 
-    /// How many registered channels have not closed yet.
-    public var count: Int { self.state.withLockedValue { $0.open.count } }
-
     /// Closes every registered channel still open, and any registered from now on.
     public func closeAll() {
         let channels = self.state.withLockedValue { state in

@@ -4,7 +4,6 @@ import Logging
 import NIOCore
 import NIOPosix
 import RingmasterSecurity
-import Synchronization
 import Testing
 
 @testable import Coordinator
