@@ -57,6 +57,10 @@ let package = Package(
             cSettings: [.unsafeFlags(["-O2"])]
         ),
         .target(
+            name: "CDoorbell",
+            path: "Sources/CDoorbell"
+        ),
+        .target(
             name: "Collectives",
             dependencies: [
                 "CReduction",
@@ -167,6 +171,7 @@ let package = Package(
             name: "Agent",
             dependencies: [
                 "AgentCore",
+                "CDoorbell",
                 "Checkpointing",
                 "Collectives",
                 "Verbs",

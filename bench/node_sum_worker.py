@@ -4,7 +4,9 @@ with a "model" of SLOTS float32 gradients and nothing to compute, so that the ag
 only the node-local reduction: the step request, a `bucket` message per bucket (1 Mi slots each, as
 `ringmaster.torch.init` cuts them by default), the agent's sum of every worker's buckets in shared
 memory into the node's result region, and the `apply` round trip, in which this worker reads the
-result, scaled, into its own gradients, as the ringmaster package does.
+result, scaled, into its own gradients, as the ringmaster package does. Where the agent offers
+doorbells (docs/worker-protocol.md, "Doorbells") it uses them as the package does: each event rung
+before its message, and a spin on the `apply` counter before it sleeps on the socket.
 
 The worker also times its own side, as an MPI rank times its MPI_Allreduce call: from the moment
 its gradients are final (the step request, as there is no backward) to the moment its gradients
@@ -21,7 +23,7 @@ import time
 
 import numpy as np
 
-from ringmaster._agent import PROTOCOL_VERSION, AgentConnection, WorkerEnvironment
+from ringmaster._agent import PROTOCOL_VERSION, AgentConnection, Doorbells, WorkerEnvironment
 
 BUCKET_SLOTS = 1 << 20
 
@@ -49,7 +51,25 @@ def main() -> None:
     result = gradients = None
     ready = 0.0
     times = []
+    pending = False
+
+    def apply(scale: float) -> None:
+        # As the package does: the job's sum, scaled, from the result region into this worker's
+        # gradients (the optimizer's step, which reads them, is the script's work, not timed).
+        np.multiply(result, scale, out=gradients)
+        times.append(time.perf_counter() - ready)
+        connection.send_event({"type": "applied"})
+
     while True:
+        bells = connection.bells
+        if pending and bells is not None:
+            # As the package does once it has sent its gradients: spin on `apply` for a moment.
+            rung = bells.wait_apply()
+            if rung is not None:
+                pending = False
+                bells.take_apply(rung[0])
+                apply(rung[1])
+                continue
         message = connection.receive()
         kind = message["type"]
         if kind in ("memory", "result"):
@@ -64,20 +84,23 @@ def main() -> None:
                 gradients = view
             else:
                 result = view
+                if isinstance(message.get("bells"), int) and Doorbells.offered_here():
+                    spin = message.get("spin_us") or 0
+                    connection.bells = Doorbells(mapped, message["bells"], message["worker"], spin / 1e6)
             connection.send({"type": "ready"})
         elif kind == "step":
             ready = time.perf_counter()
             # The gradients are already in shared memory (the agent fills them): say each bucket is
             # final, in order, as backward would.
             for index in range(len(buckets)):
-                connection.send({"type": "bucket", "index": index})
-            connection.send({"type": "gradients", "loss_sum": 0.0})
+                connection.send_event({"type": "bucket", "index": index})
+            connection.send_event({"type": "gradients", "loss_sum": 0.0}, loss_sum=0.0)
+            pending = True
         elif kind == "apply":
-            # As the package does: the job's sum, scaled, from the result region into this worker's
-            # gradients (the optimizer's step, which reads them, is the script's work, not timed).
-            np.multiply(result, message["scale"], out=gradients)
-            times.append(time.perf_counter() - ready)
-            connection.send({"type": "applied"})
+            if connection.bells is not None and not connection.bells.take_apply(message.get("seq")):
+                continue  # the message of the apply taken from the doorbell
+            pending = False
+            apply(message["scale"])
         elif kind == "stop":
             path = os.environ.get("RINGMASTER_BENCH_TIMES")
             if path:

@@ -86,10 +86,38 @@ final class TorchWorker {
         var step: UInt64?
         var samples: [Int]?
         var scale: Float?
+        /// `result`: where the doorbells start in the region, the worker's line among them (its place
+        /// among the node's workers), and how long it spins for `apply`.
+        var bells: Int?
+        var worker: Int?
+        var spinMicroseconds: Int?
+        /// `apply`: the value of the doorbell rung for it.
+        var seq: UInt32?
+
+        enum CodingKeys: String, CodingKey {
+            case type, path, bytes, step, samples, scale, bells, worker, seq
+            case spinMicroseconds = "spin_us"
+        }
     }
 
-    /// The worker protocol's version (docs/worker-protocol.md); 2 added the `result` region.
-    static let protocolVersion = 2
+    /// A message the worker is still to send for an event the agent took from its doorbell.
+    enum Duplicate: CustomStringConvertible {
+        case bucket(Int)
+        case gradients
+        case applied
+
+        var description: String {
+            switch self {
+            case .bucket(let index): "`bucket` \(index)"
+            case .gradients: "`gradients`"
+            case .applied: "`applied`"
+            }
+        }
+    }
+
+    /// The worker protocol's version (docs/worker-protocol.md); 2 added the `result` region, 3 the
+    /// doorbells.
+    static let protocolVersion = 3
 
     let process: Process
     let channel: WorkerChannel
@@ -98,6 +126,9 @@ final class TorchWorker {
     let logPath: String
     let logger: Logger
     var stopRequested = false
+    /// The messages still to come for events taken from the worker's doorbell, oldest first:
+    /// each is skipped as it comes (`receive`).
+    var duplicates: [Duplicate] = []
     var stopped = false
     /// The trainable parameters, the state's size and the buckets, as the worker declared them.
     let parameterCount: Int
@@ -291,10 +322,30 @@ final class TorchWorker {
         return try self.expect(expected, deadline: deadline, after: request.type)
     }
 
+    /// The next reply that is not a duplicate of an event taken from the doorbell; each duplicate
+    /// skipped must be the message its event announced.
+    func receive(deadline: ContinuousClock.Instant, waitingFor what: String) throws -> Reply {
+        while true {
+            let reply = try self.channel.receive(Reply.self, deadline: deadline, waitingFor: what)
+            guard !self.duplicates.isEmpty else { return reply }
+            let announced = self.duplicates.removeFirst()
+            switch (announced, reply.type) {
+            case (.bucket(let index), "bucket") where reply.index == index: continue
+            case (.gradients, "gradients"), (.applied, "applied"): continue
+            case (_, "error"):
+                throw self.failure("the worker failed its step: \(reply.message ?? "")")
+            default:
+                throw WorkloadError(
+                    .workerFailed,
+                    "the worker's doorbell announced \(announced), but its message was `\(reply.type)`\(reply.index.map { " \($0)" } ?? "")"
+                )
+            }
+        }
+    }
+
     /// The next reply, which must be of type `expected`.
     func expect(_ expected: String, deadline: ContinuousClock.Instant, after request: String) throws -> Reply {
-        let reply = try self.channel.receive(
-            Reply.self, deadline: deadline, waitingFor: "the worker's answer to `\(request)`")
+        let reply = try self.receive(deadline: deadline, waitingFor: "the worker's answer to `\(request)`")
         guard reply.type == expected else {
             if reply.type == "error" {
                 throw self.failure("the worker refused `\(request)`: \(reply.message ?? "")")

@@ -27,8 +27,10 @@ final class TorchWorkload: TrainingWorkload {
     var step: UInt64 = 0
     /// The node's sum of the gradients, then the loss: the executor's gradient buffer, so the
     /// workers' sum lands here and the job's all-reduce runs on it in place; every worker maps it
-    /// and reads the job's sum from it when it applies the update.
+    /// and reads the job's sum from it when it applies the update. The doorbells follow the floats.
     let result: SharedMemory
+    /// The step's hand-overs' fast path (nil where the machine does not offer it).
+    let bells: Doorbells?
 
     init(workers: [TorchWorker], trainingSamples: Int, timeout: Duration) throws {
         precondition(!workers.isEmpty, "a torch workload has at least one worker")
@@ -47,11 +49,20 @@ final class TorchWorkload: TrainingWorkload {
                 )
             }
         }
-        self.result = try SharedMemory(floats: first.parameterCount + 1)
+        let floatBytes = (first.parameterCount + 1) * MemoryLayout<Float>.size
+        let bellsOffset = Doorbells.offset(afterFloatBytes: floatBytes)
+        let regionBytes = Doorbells.supported ? bellsOffset + Doorbells.bytes(workers: workers.count) : floatBytes
+        self.result = try SharedMemory(floats: regionBytes / MemoryLayout<Float>.size)
         defer { self.result.unlink() }
+        self.bells = Doorbells.supported ? Doorbells(base: self.result.base + bellsOffset, workers: workers.count) : nil
         let deadline = ContinuousClock.now + timeout
-        let request = TorchWorker.Request(type: "result", path: self.result.path, bytes: self.result.bytes)
-        for worker in workers { try worker.channel.send(request, deadline: deadline) }
+        for (position, worker) in workers.enumerated() {
+            let request = TorchWorker.Request(
+                type: "result", path: self.result.path, bytes: self.result.bytes,
+                bells: self.bells == nil ? nil : bellsOffset, worker: self.bells == nil ? nil : position,
+                spinMicroseconds: self.bells == nil ? nil : Doorbells.workerSpinMicroseconds)
+            try worker.channel.send(request, deadline: deadline)
+        }
         for worker in workers { _ = try worker.expect("ready", deadline: deadline, after: "result") }
     }
 
@@ -247,7 +258,13 @@ final class TorchWorkload: TrainingWorkload {
         }
         var loss = 0.0
         for (position, worker) in self.workers.enumerated() {
+            if let bells = self.bells, bells.takeEvent(of: position) {
+                worker.duplicates.append(.gradients)
+                loss += bells.lossSum(of: position)
+                continue
+            }
             let reply = try self.receive(from: worker, position: position, deadline: deadline)
+            self.bells?.tookMessage(of: position)
             switch reply.type {
             case "gradients":
                 // JSON has no NaN: a loss that is not finite comes as null.
@@ -265,7 +282,12 @@ final class TorchWorkload: TrainingWorkload {
 
     /// Waits for `worker` to say that bucket `index` is final.
     func awaitBucket(_ index: Int, from worker: TorchWorker, position: Int, deadline: ContinuousClock.Instant) throws {
+        if let bells = self.bells, bells.takeEvent(of: position) {
+            worker.duplicates.append(.bucket(index))
+            return
+        }
         let reply = try self.receive(from: worker, position: position, deadline: deadline)
+        self.bells?.tookMessage(of: position)
         switch reply.type {
         case "bucket":
             guard reply.index == index else {
@@ -288,8 +310,7 @@ final class TorchWorkload: TrainingWorkload {
     func receive(from worker: TorchWorker, position: Int, deadline: ContinuousClock.Instant) throws
         -> TorchWorker.Reply
     {
-        try worker.channel.receive(
-            TorchWorker.Reply.self, deadline: deadline, waitingFor: "the gradients of \(self.name(position))")
+        try worker.receive(deadline: deadline, waitingFor: "the gradients of \(self.name(position))")
     }
 
     /// How messages name a worker: "the worker" on a node with one.
@@ -311,7 +332,21 @@ final class TorchWorkload: TrainingWorkload {
         if gradients.baseAddress != UnsafePointer(result.baseAddress) {
             _ = result.update(fromContentsOf: gradients)
         }
-        try self.callAll(.init(type: "apply", scale: scale), expecting: "applied")
+        guard let bells = self.bells else {
+            try self.callAll(.init(type: "apply", scale: scale), expecting: "applied")
+            return
+        }
+        let deadline = ContinuousClock.now + self.timeout
+        let request = TorchWorker.Request(type: "apply", scale: scale, seq: bells.ringApply(scale: scale))
+        for worker in self.workers { try worker.channel.send(request, deadline: deadline) }
+        for (position, worker) in self.workers.enumerated() {
+            if bells.takeEvent(of: position) {
+                worker.duplicates.append(.applied)
+            } else {
+                _ = try worker.expect("applied", deadline: deadline, after: "apply")
+                bells.tookMessage(of: position)
+            }
+        }
     }
 
     /// Every worker holds the same state (they load the same, then apply the same sums); the first

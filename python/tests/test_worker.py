@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import ringmaster._agent
 import ringmaster.torch
 from ringmaster import RingmasterError
 from ringmaster._agent import NOT_STARTED_BY_AGENT, SOCKET_VARIABLE, TOKEN_VARIABLE
@@ -71,12 +72,22 @@ class FakeAgent:
         self.gradients = np.frombuffer(self.memory, dtype="<f4", count=parameters)
         self.state = np.frombuffer(self.memory, dtype=np.uint8, count=4 * state, offset=4 * parameters)
 
-    def share_result(self) -> None:
-        """Creates the node's result region (the gradients' size, plus the loss) and has the worker map it."""
-        self.result_memory = self._share("result", 4 * (self.hello["parameters"] + 1))
+    def share_result(self, *, bells_spin_us: Optional[int] = None) -> None:
+        """Creates the node's result region (the gradients' size, plus the loss) and has the worker map
+        it; with ``bells_spin_us``, doorbells after it, for this worker as worker 1 of the node."""
+        floats = 4 * (self.hello["parameters"] + 1)
+        if bells_spin_us is None:
+            self.result_memory = self._share("result", floats)
+        else:
+            offset = (floats + 63) // 64 * 64
+            fields = {"bells": offset, "worker": 1, "spin_us": bells_spin_us}
+            self.result_memory = self._share("result", offset + 64 * 3, **fields)
+            lines = np.frombuffer(self.result_memory, dtype=np.uint8, offset=offset)
+            self.apply_bell, self.scale_bell = lines[0:4].view("<u4"), lines[4:8].view("<f4")
+            self.event_bell, self.loss_bell = lines[128:132].view("<u4"), lines[136:144].view("<f8")
         self.result = np.frombuffer(self.result_memory, dtype="<f4", count=self.hello["parameters"])
 
-    def _share(self, kind: str, size: int) -> mmap.mmap:
+    def _share(self, kind: str, size: int, **fields: Any) -> mmap.mmap:
         """Creates ``size`` bytes of shared memory, sends their path in a ``kind`` request, waits for
         ``ready``, then unlinks the file (the mappings stay)."""
         path = f"/dev/shm/ringmaster-test-{secrets.token_hex(8)}"
@@ -86,7 +97,7 @@ class FakeAgent:
             memory = mmap.mmap(descriptor, size)
         finally:
             os.close(descriptor)
-        self.send({"type": kind, "path": path, "bytes": size})
+        self.send({"type": kind, "path": path, "bytes": size, **fields})
         try:
             self.expect("ready")
         finally:
@@ -274,7 +285,7 @@ def test_hello_announcesParametersStateAndBuckets_ofASequentialWithAdam(agent: F
     hello = agent.accept()
 
     assert hello["token"] == TOKEN
-    assert hello["protocol"] == 2
+    assert hello["protocol"] == 3
     assert hello["parameters"] == 212
     assert hello["parameter_slots"] == 212
     # Parameters (212 slots), then per parameter exp_avg, exp_avg_sq and step (a float32 each).
@@ -430,6 +441,42 @@ def test_apply_readsTheJobsSumFromTheResultRegion_onceTheAgentSharedOne(agent: F
         plain_step(reference, plain, samples)
         for mine, theirs in zip(model.parameters(), reference.parameters()):
             assert torch.equal(mine, theirs), f"step {number}: the update did not come from the result region"
+    stop(agent, worker)
+
+
+@pytest.mark.parametrize("staged", STAGED)
+def test_doorbells_ringEachEventBeforeItsMessage_andAnApplyRungOnThemIsAppliedBeforeItsMessageComes(
+    agent: FakeAgent, staged: bool
+) -> None:
+    if not ringmaster._agent.Doorbells.offered_here():
+        pytest.skip("doorbells are offered on x86-64 only")
+    model, reference = make_model(), make_model()
+    optimizer, plain = torch.optim.Adam(model.parameters(), lr=1e-2), torch.optim.Adam(reference.parameters(), lr=1e-2)
+    worker, _ = start(agent, user_loop(model, optimizer, [], bucket_slots=BUCKET_SLOTS, _stage_gradients=staged))
+    agent.share_result(bells_spin_us=int(DEADLINE_SECONDS * 1e6))  # the worker spins until the bell rings
+    events = 0
+    for number in range(3):
+        samples = batch(number)
+        agent.send({"type": "step", "step": number, "samples": samples})
+        for expected in ["bucket"] * len(BUCKETS) + ["gradients"]:
+            message = agent.expect(expected)
+            events += 1
+            assert int(agent.event_bell[0]) >= events, f"step {number}: `{expected}` came before its doorbell"
+        assert int(agent.event_bell[0]) == events
+        assert float(agent.loss_bell[0]) == message["loss_sum"]
+        agent.result[:] = agent.gradients
+        agent.scale_bell[0] = 1.0 / len(samples)
+        agent.apply_bell[0] = number + 1
+        # No apply message yet: the worker applies from the doorbell alone.
+        agent.expect("applied")
+        events += 1
+        assert int(agent.event_bell[0]) == events, f"step {number}: `applied` came before its doorbell"
+        plain_step(reference, plain, samples)
+        for mine, theirs in zip(model.parameters(), reference.parameters()):
+            assert torch.equal(mine, theirs), f"step {number}: the update from the doorbell differs from plain PyTorch"
+        # The message that follows is skipped: the next request is answered, not refused.
+        agent.send({"type": "apply", "scale": 1.0 / len(samples), "seq": number + 1})
+    assert len(agent.saved_state()) > 0
     stop(agent, worker)
 
 

@@ -30,7 +30,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 
 import torch
 
-from .._agent import PROTOCOL_VERSION, AgentConnection, WorkerEnvironment
+from .._agent import PROTOCOL_VERSION, AgentConnection, Doorbells, WorkerEnvironment
 from .._errors import RingmasterError
 from ._layout import SLOT_BYTES, GradientLayout, StateLayout, state_tensors
 
@@ -319,8 +319,17 @@ class Job:
         self._iterating = True
         try:
             while True:
+                bells = self._connection.bells
+                if self._pending and bells is not None:
+                    rung = bells.wait_apply()
+                    if rung is not None:
+                        seq, scale = rung
+                        self._request("apply", lambda: self._apply(scale, seq))
+                        continue
                 message = self._connection.receive()
                 kind = message["type"]
+                if kind == "apply" and bells is not None and not bells.take_apply(message.get("seq")):
+                    continue  # the message of the apply taken from the doorbell
                 if kind == "stop":
                     if self._store is not None:
                         self._store.close()
@@ -363,7 +372,7 @@ class Job:
         elif kind == "result":
             self._map_result(message)
         elif kind == "apply":
-            self._apply(message)
+            self._apply(message.get("scale"), message.get("seq"))
         elif kind == "save":
             self._state.save(self._training_state(), self._mapped_state())
             self._connection.send({"type": "saved"})
@@ -413,6 +422,10 @@ class Job:
         memory = _map_file(path, size)
         self._result_memory = memory
         store.attach_result(torch.frombuffer(memory, dtype=torch.float32, count=self._gradients.slots))
+        offset, worker, spin = message.get("bells"), message.get("worker"), message.get("spin_us")
+        if isinstance(offset, int) and isinstance(worker, int) and Doorbells.offered_here():
+            spin_seconds = spin / 1e6 if isinstance(spin, (int, float)) and spin > 0 else 0.0
+            self._connection.bells = Doorbells(memory, offset, worker, spin_seconds)
         self._connection.send({"type": "ready"})
 
     def _begin_step(self, message: Dict[str, Any]) -> Optional[Step]:
@@ -427,8 +440,8 @@ class Job:
         self._attach_gradients()
         if not ids:
             for index in range(len(self._gradients.buckets)):
-                self._connection.send({"type": "bucket", "index": index})
-            self._connection.send({"type": "gradients", "loss_sum": 0.0})
+                self._connection.send_event({"type": "bucket", "index": index})
+            self._connection.send_event({"type": "gradients", "loss_sum": 0.0}, loss_sum=0.0)
             self._pending = True
             return None
         step = Step(self, number, torch.tensor(ids, dtype=torch.long))
@@ -448,11 +461,16 @@ class Job:
         self._release_buckets()
         self._end_body()
         self._mapped_store().drain()
-        self._connection.send({"type": "gradients", "loss_sum": loss * self._count if self._mean else loss})
+        loss_sum = loss * self._count if self._mean else loss
+        self._connection.send_event({"type": "gradients", "loss_sum": loss_sum}, loss_sum=loss_sum)
         self._pending = True
 
-    def _apply(self, message: Dict[str, Any]) -> None:
-        scale = message.get("scale")
+    def _apply(self, scale: Any, seq: Any) -> None:
+        """Applies the job's sum times ``scale``; ``seq`` is the ``apply`` counter's value for it (when the
+        agent rang one: from the doorbell, or in the message, then counted here)."""
+        bells = self._connection.bells
+        if bells is not None and seq != bells.applied:
+            bells.take_apply(seq)
         if isinstance(scale, bool) or not isinstance(scale, (int, float)):
             raise RingmasterError(f"ringmaster: the agent sent apply without a scale ({scale!r})")
         if not self._pending:
@@ -464,7 +482,7 @@ class Job:
         self._attach_gradients()
         self._optimizer.step()
         store.synchronize()
-        self._connection.send({"type": "applied"})
+        self._connection.send_event({"type": "applied"})
 
     def _run_evaluation(self) -> None:
         if self._evaluate is None:
@@ -598,7 +616,7 @@ class _GradientStore:
 
     def release(self, index: int, start: int, end: int) -> None:
         """Bucket ``index`` (``flat[start:end]``) is final: get it to the agent."""
-        self._connection.send({"type": "bucket", "index": index})
+        self._connection.send_event({"type": "bucket", "index": index})
 
     def drain(self) -> None:
         """Returns once every released bucket was told to the agent."""
@@ -678,7 +696,7 @@ class _StagedGradients(_GradientStore):
                 if self._failure is None:
                     if copied is not None:
                         copied.synchronize()
-                    self._connection.send({"type": "bucket", "index": index})
+                    self._connection.send_event({"type": "bucket", "index": index})
             except BaseException as error:  # a CUDA error, or the agent gone (SystemExit)
                 self._failure = error
             finally:
