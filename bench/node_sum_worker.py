@@ -6,7 +6,8 @@ only the node-local reduction: the step request, a `bucket` message per bucket (
 memory into the node's result region, and the `apply` round trip, in which this worker reads the
 result, scaled, into its own gradients, as the ringmaster package does. Where the agent offers
 doorbells (docs/worker-protocol.md, "Doorbells") it uses them as the package does: each event rung
-before its message, and a spin on the `apply` counter before it sleeps on the socket.
+(its message sent only when the agent sleeps), and a spin on the `apply` counter before it sleeps
+on the socket.
 
 The worker also times its own side, as an MPI rank times its MPI_Allreduce call: from the moment
 its gradients are final (the step request, as there is no backward) to the moment its gradients
@@ -71,6 +72,8 @@ def main() -> None:
                 apply(rung[1])
                 continue
         message = connection.receive()
+        if bells is not None:
+            bells.awake()
         kind = message["type"]
         if kind in ("memory", "result"):
             descriptor = os.open(message["path"], os.O_RDWR)

@@ -71,9 +71,12 @@ final class TorchWorker {
         var accuracy: Double?
         var loss: Double?
         var message: String?
+        /// With doorbells: the number of the event (`bucket`, `gradients`, `applied`) on the
+        /// worker's counter.
+        var event: UInt32?
 
         enum CodingKeys: String, CodingKey {
-            case type, index, accuracy, loss, message
+            case type, index, accuracy, loss, message, event
             case lossSum = "loss_sum"
         }
     }
@@ -100,21 +103,6 @@ final class TorchWorker {
         }
     }
 
-    /// A message the worker is still to send for an event the agent took from its doorbell.
-    enum Duplicate: CustomStringConvertible {
-        case bucket(Int)
-        case gradients
-        case applied
-
-        var description: String {
-            switch self {
-            case .bucket(let index): "`bucket` \(index)"
-            case .gradients: "`gradients`"
-            case .applied: "`applied`"
-            }
-        }
-    }
-
     /// The worker protocol's version (docs/worker-protocol.md); 2 added the `result` region, 3 the
     /// doorbells.
     static let protocolVersion = 3
@@ -126,9 +114,10 @@ final class TorchWorker {
     let logPath: String
     let logger: Logger
     var stopRequested = false
-    /// The messages still to come for events taken from the worker's doorbell, oldest first:
-    /// each is skipped as it comes (`receive`).
-    var duplicates: [Duplicate] = []
+    /// With doorbells: how many of the worker's events the agent has taken, from its counter or
+    /// from their messages. A message of an event taken already is a wake-up that crossed the
+    /// agent's look at the counter: `receive` skips it.
+    var eventsTaken: UInt32 = 0
     var stopped = false
     /// The trainable parameters, the state's size and the buckets, as the worker declared them.
     let parameterCount: Int
@@ -322,24 +311,34 @@ final class TorchWorker {
         return try self.expect(expected, deadline: deadline, after: request.type)
     }
 
-    /// The next reply that is not a duplicate of an event taken from the doorbell; each duplicate
-    /// skipped must be the message its event announced.
-    func receive(deadline: ContinuousClock.Instant, waitingFor what: String) throws -> Reply {
+    /// The next reply that is not the message of an event taken from the doorbell already; nil
+    /// when none came by `quiet` (the caller looks at the doorbell again), an error at `deadline`.
+    func receive(
+        deadline: ContinuousClock.Instant, quiet: ContinuousClock.Instant? = nil, waitingFor what: String
+    ) throws -> Reply? {
         while true {
-            let reply = try self.channel.receive(Reply.self, deadline: deadline, waitingFor: what)
-            guard !self.duplicates.isEmpty else { return reply }
-            let announced = self.duplicates.removeFirst()
-            switch (announced, reply.type) {
-            case (.bucket(let index), "bucket") where reply.index == index: continue
-            case (.gradients, "gradients"), (.applied, "applied"): continue
-            case (_, "error"):
-                throw self.failure("the worker failed its step: \(reply.message ?? "")")
-            default:
+            guard
+                let reply = try self.channel.receive(
+                    Reply.self, deadline: deadline, quiet: quiet ?? deadline, waitingFor: what)
+            else { return nil }
+            guard let event = reply.event else { return reply }
+            let ahead = Int32(bitPattern: event &- self.eventsTaken)
+            if ahead <= 0 { continue }
+            guard ahead == 1 else {
                 throw WorkloadError(
                     .workerFailed,
-                    "the worker's doorbell announced \(announced), but its message was `\(reply.type)`\(reply.index.map { " \($0)" } ?? "")"
+                    "the worker sent event \(event) after event \(self.eventsTaken); the agent and the worker's ringmaster package do not speak the same protocol"
                 )
             }
+            self.eventsTaken = event
+            return reply
+        }
+    }
+
+    /// The next reply (see `receive(deadline:quiet:waitingFor:)`), waiting for it until `deadline`.
+    func receive(deadline: ContinuousClock.Instant, waitingFor what: String) throws -> Reply {
+        while true {
+            if let reply = try self.receive(deadline: deadline, quiet: nil, waitingFor: what) { return reply }
         }
     }
 

@@ -258,13 +258,10 @@ final class TorchWorkload: TrainingWorkload {
         }
         var loss = 0.0
         for (position, worker) in self.workers.enumerated() {
-            if let bells = self.bells, bells.takeEvent(of: position) {
-                worker.duplicates.append(.gradients)
-                loss += bells.lossSum(of: position)
+            guard let reply = try self.nextEvent(of: worker, position: position, deadline: deadline) else {
+                loss += self.bells?.lossSum(of: position) ?? .nan
                 continue
             }
-            let reply = try self.receive(from: worker, position: position, deadline: deadline)
-            self.bells?.tookMessage(of: position)
             switch reply.type {
             case "gradients":
                 // JSON has no NaN: a loss that is not finite comes as null.
@@ -282,12 +279,7 @@ final class TorchWorkload: TrainingWorkload {
 
     /// Waits for `worker` to say that bucket `index` is final.
     func awaitBucket(_ index: Int, from worker: TorchWorker, position: Int, deadline: ContinuousClock.Instant) throws {
-        if let bells = self.bells, bells.takeEvent(of: position) {
-            worker.duplicates.append(.bucket(index))
-            return
-        }
-        let reply = try self.receive(from: worker, position: position, deadline: deadline)
-        self.bells?.tookMessage(of: position)
+        guard let reply = try self.nextEvent(of: worker, position: position, deadline: deadline) else { return }
         switch reply.type {
         case "bucket":
             guard reply.index == index else {
@@ -307,10 +299,32 @@ final class TorchWorkload: TrainingWorkload {
         }
     }
 
-    func receive(from worker: TorchWorker, position: Int, deadline: ContinuousClock.Instant) throws
-        -> TorchWorker.Reply
-    {
-        try worker.receive(deadline: deadline, waitingFor: "the gradients of \(self.name(position))")
+    /// Waits for worker `position`'s next event (a bucket, its gradients, `applied`): nil when it
+    /// was taken from the doorbell, else the message that came, which is the event's or an `error`.
+    /// `whenQuiet` runs at each recheck of the doorbell while the agent sleeps on the socket.
+    func nextEvent(
+        of worker: TorchWorker, position: Int, deadline: ContinuousClock.Instant,
+        waitingFor what: String? = nil, whenQuiet: () throws -> Void = {}
+    ) throws -> TorchWorker.Reply? {
+        let what = what ?? "the gradients of \(self.name(position))"
+        guard let bells = self.bells else { return try worker.receive(deadline: deadline, waitingFor: what) }
+        if bells.hasEvent(of: position, after: worker.eventsTaken) {
+            worker.eventsTaken &+= 1
+            return nil
+        }
+        // Asleep: the worker sends its messages now. The flag is up before the counter is read
+        // again, so an event rung after that read comes as a message.
+        bells.agentSleeps(true)
+        defer { bells.agentSleeps(false) }
+        while true {
+            if bells.hasEvent(of: position, after: worker.eventsTaken, spin: .zero) {
+                worker.eventsTaken &+= 1
+                return nil
+            }
+            let quiet = ContinuousClock.now + Doorbells.recheck
+            if let reply = try worker.receive(deadline: deadline, quiet: quiet, waitingFor: what) { return reply }
+            try whenQuiet()
+        }
     }
 
     /// How messages name a worker: "the worker" on a node with one.
@@ -336,15 +350,30 @@ final class TorchWorkload: TrainingWorkload {
             try self.callAll(.init(type: "apply", scale: scale), expecting: "applied")
             return
         }
+        // The message goes to the workers that sleep; the others are spinning on the doorbell.
         let deadline = ContinuousClock.now + self.timeout
         let request = TorchWorker.Request(type: "apply", scale: scale, seq: bells.ringApply(scale: scale))
-        for worker in self.workers { try worker.channel.send(request, deadline: deadline) }
+        var sent = self.workers.indices.map { bells.sleeps($0) }
+        for (position, worker) in self.workers.enumerated() where sent[position] {
+            try worker.channel.send(request, deadline: deadline)
+        }
         for (position, worker) in self.workers.enumerated() {
-            if bells.takeEvent(of: position) {
-                worker.duplicates.append(.applied)
-            } else {
-                _ = try worker.expect("applied", deadline: deadline, after: "apply")
-                bells.tookMessage(of: position)
+            let reply = try self.nextEvent(
+                of: worker, position: position, deadline: deadline,
+                waitingFor: "the answer of \(self.name(position)) to `apply`"
+            ) {
+                // Silent for a recheck: the message, whatever its flag said (a `seq` it has applied is skipped).
+                if !sent[position] {
+                    try worker.channel.send(request, deadline: deadline)
+                    sent[position] = true
+                }
+            }
+            guard let reply else { continue }
+            switch reply.type {
+            case "applied": continue
+            case "error": throw worker.failure("\(self.name(position)) refused `apply`: \(reply.message ?? "")")
+            default:
+                throw WorkloadError(.workerFailed, "\(self.name(position)) answered `\(reply.type)` to `apply`")
             }
         }
     }

@@ -59,13 +59,32 @@ final class WorkerChannel {
     func receive<Message: Decodable>(
         _ type: Message.Type, deadline: ContinuousClock.Instant, waitingFor what: String
     ) throws -> Message {
-        let header = try self.read(4, deadline: deadline, waitingFor: what)
-        let length = Int(header.withUnsafeBytes { UInt32(littleEndian: $0.loadUnaligned(as: UInt32.self)) })
+        while true {
+            if let message = try self.receive(type, deadline: deadline, quiet: deadline, waitingFor: what) {
+                return message
+            }
+        }
+    }
+
+    /// Receives one message, or nil when none has come whole by `quiet` (what has come of it stays
+    /// for the next call); an error at `deadline`.
+    func receive<Message: Decodable>(
+        _ type: Message.Type, deadline: ContinuousClock.Instant, quiet: ContinuousClock.Instant,
+        waitingFor what: String
+    ) throws -> Message? {
+        guard try self.fill(4, deadline: deadline, quiet: quiet, waitingFor: what) else { return nil }
+        let length = Int(
+            self.buffer[self.start..<(self.start + 4)].withUnsafeBytes {
+                UInt32(littleEndian: $0.loadUnaligned(as: UInt32.self))
+            })
         guard length <= Self.maximumMessageBytes else {
             throw WorkloadError(
                 .workerFailed, "the worker sent a message of \(length) bytes (at most \(Self.maximumMessageBytes))")
         }
-        let body = try self.read(length, deadline: deadline, waitingFor: what)
+        guard try self.fill(4 + length, deadline: deadline, quiet: quiet, waitingFor: what) else { return nil }
+        let body = self.buffer[(self.start + 4)..<(self.start + 4 + length)]
+        self.start += 4 + length
+        if self.start == self.end { (self.start, self.end) = (0, 0) }
         do {
             return try self.decoder.decode(Message.self, from: Data(body))
         } catch {
@@ -73,8 +92,10 @@ final class WorkerChannel {
         }
     }
 
-    /// The next `count` bytes, from what arrived already and then from the socket.
-    func read(_ count: Int, deadline: ContinuousClock.Instant, waitingFor what: String) throws -> ArraySlice<UInt8> {
+    /// Whether the next `count` bytes have arrived by `quiet` (they stay in the buffer, not taken).
+    func fill(
+        _ count: Int, deadline: ContinuousClock.Instant, quiet: ContinuousClock.Instant, waitingFor what: String
+    ) throws -> Bool {
         while self.end - self.start < count {
             if self.buffer.count - self.start < count {
                 // Room for the whole message after what is held: move that to the front, or grow.
@@ -90,25 +111,26 @@ final class WorkerChannel {
             if n > 0 {
                 self.end += n
             } else if n < 0 && (errno == EAGAIN || errno == EINTR) {
-                try self.wait(events: Int16(POLLIN), deadline: deadline, doing: what)
+                if quiet < deadline && ContinuousClock.now >= quiet { return false }
+                try self.wait(events: Int16(POLLIN), deadline: min(deadline, quiet), giveUp: deadline, doing: what)
             } else {
                 throw WorkloadError(
                     .workerFailed,
                     "the worker closed its connection while the agent waited for \(what): \(self.describeLoss())")
             }
         }
-        defer {
-            self.start += count
-            if self.start == self.end { (self.start, self.end) = (0, 0) }
-        }
-        return self.buffer[self.start..<(self.start + count)]
+        return true
     }
 
-    func wait(events: Int16, deadline: ContinuousClock.Instant, doing what: String) throws {
-        let remaining = deadline - ContinuousClock.now
-        guard remaining > .zero else {
+    /// Waits until the socket is ready for `events` or `deadline` passes; an error once `giveUp` has.
+    func wait(
+        events: Int16, deadline: ContinuousClock.Instant, giveUp: ContinuousClock.Instant? = nil, doing what: String
+    ) throws {
+        guard ContinuousClock.now < (giveUp ?? deadline) else {
             throw WorkloadError(.workerFailed, "the worker did not answer in time: the agent waited for \(what)")
         }
+        let remaining = deadline - ContinuousClock.now
+        guard remaining > .zero else { return }
         var descriptor = pollfd(fd: self.descriptor, events: events, revents: 0)
         let milliseconds =
             remaining.components.seconds * 1000 + remaining.components.attoseconds / 1_000_000_000_000_000

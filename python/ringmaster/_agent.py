@@ -82,19 +82,20 @@ class WorkerEnvironment:
 class Doorbells:
     """The fast path of a step's hand-overs (``docs/worker-protocol.md``, "Doorbells").
 
-    Counters in the node's result region, one 64-byte line each: line 0 is the agent's ``apply``
-    counter (the scale beside it), line ``1 + worker`` this worker's events counter (the loss sum
-    beside it). The worker raises its counter before it sends each ``bucket``, ``gradients`` and
-    ``applied`` message, so that an agent still spinning goes on without waiting for the message;
-    once it has sent its gradients it spins on ``apply`` for a moment before it sleeps on the
-    socket. The messages are sent all the same: they wake a side that sleeps, and the one taken from
-    a counter is skipped when it comes.
+    Counters and flags in the node's result region, one 64-byte line per writer. Line 0 is the
+    agent's: its ``apply`` counter, the scale beside it, and its ``sleeping`` flag. Line
+    ``1 + worker`` is this worker's: its events counter, its ``sleeping`` flag, and the last loss
+    sum. A side that waits spins on the other's counter for a moment, then raises its own
+    ``sleeping`` flag and sleeps on the socket; a side that rings sends the message too only when
+    the other's flag is up. The flag and the counter are each stored, then the other one read,
+    with a full fence between, so that of two sides crossing at least one sees the other.
 
-    The agent offers doorbells on x86-64 only, where stores are seen in the order they are made:
-    a store here is a plain one (Python has no fence to call), after the gradients it announces.
+    The agent offers doorbells on x86-64 only, where stores are seen in the order they are made (so
+    a plain store of the counter comes after the gradients it announces) and where the atomic
+    exchange of a lock is a full fence (``_fence``): Python has no fence of its own to call.
     """
 
-    #: Bytes per counter's line.
+    #: Bytes per line.
     LINE = 64
 
     def __init__(self, memory: mmap.mmap, offset: int, worker: int, spin_seconds: float) -> None:
@@ -104,39 +105,58 @@ class Doorbells:
                 f"{len(memory)}-byte result region; the agent and the package do not speak the same protocol"
             )
         view = memoryview(memory)[offset : offset + self.LINE * (2 + worker)]
-        self._counters = view.cast("I")
+        self._words = view.cast("I")
         self._floats = view.cast("f")
         self._doubles = view.cast("d")
-        self._mine = (1 + worker) * self.LINE // 4
+        self._events_word = (1 + worker) * self.LINE // 4
+        self._sleeping_word = self._events_word + 1
         self._loss = (1 + worker) * self.LINE // 8 + 1
         self._spin = spin_seconds
+        self._fence_lock = threading.Lock()
         self._events = 0
         #: The last ``apply`` counter's value this worker has applied.
         self.applied = 0
 
     @staticmethod
     def offered_here() -> bool:
-        """Whether this machine's stores are ordered enough for doorbells (see the class comment)."""
+        """Whether this machine's memory order is what doorbells need (see the class comment)."""
         return platform.machine().lower() in ("x86_64", "amd64")
 
-    def ring(self, loss_sum: Optional[float] = None) -> None:
-        """Raises this worker's events counter, with the loss sum of a ``gradients`` event."""
+    def _fence(self) -> None:
+        # Acquiring an uncontended lock is an atomic exchange (lock cmpxchg): a full fence on x86-64.
+        self._fence_lock.acquire()
+        self._fence_lock.release()
+
+    def ring(self, loss_sum: Optional[float] = None) -> Optional[int]:
+        """Raises this worker's events counter (after the loss sum of a ``gradients`` event); returns
+        the event's number when the agent sleeps, so that its message must be sent, else None."""
         if loss_sum is not None:
             self._doubles[self._loss] = loss_sum
         self._events = (self._events + 1) & 0xFFFFFFFF
-        self._counters[self._mine] = self._events
+        self._words[self._events_word] = self._events
+        self._fence()
+        return self._events if self._words[2] else None
 
     def wait_apply(self) -> Optional[Tuple[int, float]]:
-        """The ``apply`` rung after the last one applied, as ``(seq, scale)``, if it rings within the spin."""
-        counters = self._counters
-        if counters[0] == self.applied and self._spin > 0:
+        """The ``apply`` rung after the last one applied, as ``(seq, scale)``, if it rings within the
+        spin; else raises this worker's ``sleeping`` flag (the agent then sends ``apply``) and
+        returns None: the caller reads the socket, then calls ``awake``."""
+        words = self._words
+        if words[0] == self.applied and self._spin > 0:
             deadline = time.perf_counter() + self._spin
-            while counters[0] == self.applied and time.perf_counter() < deadline:
+            while words[0] == self.applied and time.perf_counter() < deadline:
                 os.sched_yield()  # gives the core to the agent where there are more processes than cores
-        seq = counters[0]
-        if seq == self.applied:
-            return None
-        return seq, self._floats[1]
+        if words[0] == self.applied:
+            words[self._sleeping_word] = 1
+            self._fence()
+            if words[0] == self.applied:
+                return None
+            words[self._sleeping_word] = 0
+        return words[0], self._floats[1]
+
+    def awake(self) -> None:
+        """Lowers this worker's ``sleeping`` flag."""
+        self._words[self._sleeping_word] = 0
 
     def take_apply(self, seq: Any) -> bool:
         """Whether an ``apply`` message with ``seq`` is new (else it is the one taken from the counter);
@@ -199,11 +219,15 @@ class AgentConnection:
                 self._agent_gone("while the worker was sending to it")
 
     def send_event(self, message: Dict[str, Any], loss_sum: Optional[float] = None) -> None:
-        """Sends a ``bucket`` or ``gradients`` message, after ringing the doorbell for it."""
-        body = json.dumps(_finite(message), separators=(",", ":"), allow_nan=False).encode("utf-8")
+        """Tells the agent of a ``bucket``, ``gradients`` or ``applied`` event: on the doorbell, and
+        in a message (with the event's number) when the agent sleeps; without doorbells, in a message."""
         with self._send_lock:  # the counter's order is the messages' order
             if self.bells is not None:
-                self.bells.ring(loss_sum)
+                number = self.bells.ring(loss_sum)
+                if number is None:
+                    return  # the agent is spinning on the counter
+                message = {**message, "event": number}
+            body = json.dumps(_finite(message), separators=(",", ":"), allow_nan=False).encode("utf-8")
             try:
                 self._socket.sendall(_LENGTH.pack(len(body)) + body)
             except (BrokenPipeError, ConnectionResetError):

@@ -13,12 +13,14 @@ import json
 import mmap
 import os
 import secrets
+import select
 import shutil
 import socket
 import struct
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
@@ -84,7 +86,9 @@ class FakeAgent:
             self.result_memory = self._share("result", offset + 64 * 3, **fields)
             lines = np.frombuffer(self.result_memory, dtype=np.uint8, offset=offset)
             self.apply_bell, self.scale_bell = lines[0:4].view("<u4"), lines[4:8].view("<f4")
-            self.event_bell, self.loss_bell = lines[128:132].view("<u4"), lines[136:144].view("<f8")
+            self.agent_sleeping = lines[8:12].view("<u4")
+            self.event_bell, self.worker_sleeping = lines[128:132].view("<u4"), lines[132:136].view("<u4")
+            self.loss_bell = lines[136:144].view("<f8")
         self.result = np.frombuffer(self.result_memory, dtype="<f4", count=self.hello["parameters"])
 
     def _share(self, kind: str, size: int, **fields: Any) -> mmap.mmap:
@@ -444,8 +448,22 @@ def test_apply_readsTheJobsSumFromTheResultRegion_onceTheAgentSharedOne(agent: F
     stop(agent, worker)
 
 
+def wait_for(condition: Callable[[], bool], what: str) -> None:
+    """Spins on shared memory until ``condition`` holds; fails, naming ``what``, at the deadline."""
+    deadline = time.monotonic() + DEADLINE_SECONDS
+    while not condition():
+        assert time.monotonic() < deadline, f"waited {DEADLINE_SECONDS} s for {what}"
+        os.sched_yield()
+
+
+def assert_no_message(agent: FakeAgent, what: str) -> None:
+    assert agent.connection is not None
+    readable, _, _ = select.select([agent.connection], [], [], 0)
+    assert not readable, f"{what}: the worker sent a message"
+
+
 @pytest.mark.parametrize("staged", STAGED)
-def test_doorbells_ringEachEventBeforeItsMessage_andAnApplyRungOnThemIsAppliedBeforeItsMessageComes(
+def test_doorbells_withBothSidesSpinning_carryEveryEventAndApply_withoutAMessage(
     agent: FakeAgent, staged: bool
 ) -> None:
     if not ringmaster._agent.Doorbells.offered_here():
@@ -453,30 +471,62 @@ def test_doorbells_ringEachEventBeforeItsMessage_andAnApplyRungOnThemIsAppliedBe
     model, reference = make_model(), make_model()
     optimizer, plain = torch.optim.Adam(model.parameters(), lr=1e-2), torch.optim.Adam(reference.parameters(), lr=1e-2)
     worker, _ = start(agent, user_loop(model, optimizer, [], bucket_slots=BUCKET_SLOTS, _stage_gradients=staged))
-    agent.share_result(bells_spin_us=int(DEADLINE_SECONDS * 1e6))  # the worker spins until the bell rings
+    agent.share_result(bells_spin_us=int(DEADLINE_SECONDS * 1e6))  # the worker spins until apply rings
     events = 0
     for number in range(3):
         samples = batch(number)
         agent.send({"type": "step", "step": number, "samples": samples})
-        for expected in ["bucket"] * len(BUCKETS) + ["gradients"]:
-            message = agent.expect(expected)
-            events += 1
-            assert int(agent.event_bell[0]) >= events, f"step {number}: `{expected}` came before its doorbell"
-        assert int(agent.event_bell[0]) == events
-        assert float(agent.loss_bell[0]) == message["loss_sum"]
+        events += len(BUCKETS) + 1  # the buckets, then the gradients
+        wait_for(lambda: int(agent.event_bell[0]) == events, f"step {number}'s buckets and gradients on the doorbell")
+        assert float(agent.loss_bell[0]) > 0, "the loss sum is beside the counter"
+        assert_no_message(agent, f"step {number}, with the agent spinning")
         agent.result[:] = agent.gradients
         agent.scale_bell[0] = 1.0 / len(samples)
         agent.apply_bell[0] = number + 1
-        # No apply message yet: the worker applies from the doorbell alone.
-        agent.expect("applied")
         events += 1
-        assert int(agent.event_bell[0]) == events, f"step {number}: `applied` came before its doorbell"
+        wait_for(lambda: int(agent.event_bell[0]) == events, f"step {number}'s `applied` on the doorbell")
+        assert_no_message(agent, f"apply {number}, with the agent spinning")
+        assert int(agent.worker_sleeping[0]) == 0, "the worker never slept"
         plain_step(reference, plain, samples)
         for mine, theirs in zip(model.parameters(), reference.parameters()):
             assert torch.equal(mine, theirs), f"step {number}: the update from the doorbell differs from plain PyTorch"
-        # The message that follows is skipped: the next request is answered, not refused.
-        agent.send({"type": "apply", "scale": 1.0 / len(samples), "seq": number + 1})
     assert len(agent.saved_state()) > 0
+    stop(agent, worker)
+
+
+@pytest.mark.parametrize("staged", STAGED)
+def test_doorbells_withBothSidesAsleep_sendEachEventsMessageWithItsNumber_andApplyComesAsAMessage(
+    agent: FakeAgent, staged: bool
+) -> None:
+    if not ringmaster._agent.Doorbells.offered_here():
+        pytest.skip("doorbells are offered on x86-64 only")
+    model, reference = make_model(), make_model()
+    optimizer, plain = torch.optim.Adam(model.parameters(), lr=1e-2), torch.optim.Adam(reference.parameters(), lr=1e-2)
+    worker, _ = start(agent, user_loop(model, optimizer, [], bucket_slots=BUCKET_SLOTS, _stage_gradients=staged))
+    agent.share_result(bells_spin_us=0)  # the worker sleeps at once
+    agent.agent_sleeping[0] = 1
+    events = 0
+    for number in range(3):
+        samples = batch(number)
+        agent.send({"type": "step", "step": number, "samples": samples})
+        for kind in ["bucket"] * len(BUCKETS) + ["gradients"]:
+            message = agent.expect(kind)
+            events += 1
+            assert message["event"] == events, f"step {number}: {message}"
+            assert int(agent.event_bell[0]) >= events, f"step {number}: `{kind}` came before its doorbell"
+        assert float(agent.loss_bell[0]) == message["loss_sum"]
+        wait_for(lambda: int(agent.worker_sleeping[0]) == 1, f"the worker's flag, asleep after step {number}")
+        agent.result[:] = agent.gradients
+        agent.scale_bell[0] = 1.0 / len(samples)
+        agent.apply_bell[0] = number + 1
+        # As the agent does when the worker's flag is up: the message too.
+        applied = agent.request("apply", "applied", scale=1.0 / len(samples), seq=number + 1)
+        events += 1
+        assert applied["event"] == events and int(agent.event_bell[0]) == events
+        assert int(agent.worker_sleeping[0]) == 0, "the worker lowered its flag once the message woke it"
+        plain_step(reference, plain, samples)
+        for mine, theirs in zip(model.parameters(), reference.parameters()):
+            assert torch.equal(mine, theirs), f"step {number}: the update from the message differs from plain PyTorch"
     stop(agent, worker)
 
 

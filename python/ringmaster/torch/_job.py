@@ -327,6 +327,8 @@ class Job:
                         self._request("apply", lambda: self._apply(scale, seq))
                         continue
                 message = self._connection.receive()
+                if bells is not None:
+                    bells.awake()
                 kind = message["type"]
                 if kind == "apply" and bells is not None and not bells.take_apply(message.get("seq")):
                     continue  # the message of the apply taken from the doorbell
