@@ -39,7 +39,7 @@ public enum ControlPipeline {
     /// encoder, in order with the writes made through `channel` before and after it. Nothing is
     /// written on a channel that has closed.
     public static func writeAndFlush(frame: ByteBuffer, to channel: any Channel) {
-        let write = {
+        let write: @Sendable () -> Void = {
             guard
                 let encoder = try? channel.pipeline.syncOperations.context(
                     handlerType: MessageToByteHandler<FrameEncoder>.self)
