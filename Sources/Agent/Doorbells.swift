@@ -17,16 +17,16 @@ import Foundation
 /// - a worker raises its `events` counter for each `bucket`, `gradients` (with `loss_sum` beside
 ///   it) and `applied`, and sends the message, with the event's number, only when the agent
 ///   sleeps. The agent spins for the next event for `agentSpin`, then sleeps, looking at the
-///   counter again every `recheck` (a message that crossed the flag is a wake-up, not the event
-///   twice: `TorchWorker.receive` skips it by its number).
+///   counter again from time to time (`recheck`). A message that crossed the flag is a wake-up,
+///   not the event twice: `TorchWorker.receive` skips it by its number.
 /// - the agent raises `apply` (with the scale beside it) and sends `apply`, with the counter's
 ///   value as `seq`, to each worker whose flag is up; a worker that has sent its gradients spins
 ///   for it for `workerSpinMicroseconds`, then sleeps. A worker that has not answered within
 ///   `recheck` is sent the message anyway (it skips a `seq` it has applied).
 ///
 /// Each side stores its flag or counter, then reads the other's, with a full fence between, so that
-/// of two sides crossing at least one sees the other; the rechecks bound what a lost wake-up could
-/// cost to a millisecond, never a hang.
+/// of two sides crossing at least one sees the other; the rechecks (after 1 ms, then twice as late
+/// each time up to 32 ms) bound what a lost wake-up could cost, never a hang.
 ///
 /// Offered on x86-64 only, whose stores are seen in the order they are made: the Python worker
 /// stores its counter plainly after the gradients it announces, and its fence is a lock's atomic
@@ -47,8 +47,10 @@ final class Doorbells {
     /// How long a worker that sent its gradients spins for `apply` before it sleeps: long enough
     /// for the node's sum when the job has one node.
     static let workerSpinMicroseconds = 200
-    /// How often a side that sleeps on the socket looks at the doorbell again.
+    /// How soon the agent, asleep on the socket, looks at the doorbell again; each later look
+    /// comes twice as late, up to `longestRecheck`.
     static let recheck: Duration = .milliseconds(1)
+    static let longestRecheck: Duration = .milliseconds(32)
 
     /// Whether this machine offers doorbells (see the type's comment).
     static var supported: Bool {

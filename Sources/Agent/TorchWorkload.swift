@@ -316,14 +316,17 @@ final class TorchWorkload: TrainingWorkload {
         // again, so an event rung after that read comes as a message.
         bells.agentSleeps(true)
         defer { bells.agentSleeps(false) }
+        var recheck = Doorbells.recheck
         while true {
             if bells.hasEvent(of: position, after: worker.eventsTaken, spin: .zero) {
                 worker.eventsTaken &+= 1
                 return nil
             }
-            let quiet = ContinuousClock.now + Doorbells.recheck
+            let quiet = ContinuousClock.now + recheck
             if let reply = try worker.receive(deadline: deadline, quiet: quiet, waitingFor: what) { return reply }
             try whenQuiet()
+            // Through a long backward, fewer wake-ups.
+            recheck = min(recheck * 2, Doorbells.longestRecheck)
         }
     }
 
