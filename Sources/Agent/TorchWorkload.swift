@@ -304,14 +304,15 @@ final class TorchWorkload: TrainingWorkload {
     /// `whenQuiet` runs at each recheck of the doorbell while the agent sleeps on the socket.
     func nextEvent(
         of worker: TorchWorker, position: Int, deadline: ContinuousClock.Instant,
-        waitingFor what: String? = nil, whenQuiet: () throws -> Void = {}
+        waitingFor described: @autoclosure () -> String? = nil, whenQuiet: () throws -> Void = {}
     ) throws -> TorchWorker.Reply? {
-        let what = what ?? "the gradients of \(self.name(position))"
-        guard let bells = self.bells else { return try worker.receive(deadline: deadline, waitingFor: what) }
-        if bells.hasEvent(of: position, after: worker.eventsTaken) {
+        if let bells = self.bells, bells.hasEvent(of: position, after: worker.eventsTaken) {
             worker.eventsTaken &+= 1
             return nil
         }
+        // Off the fast path: what the agent waits for, for the error at the deadline.
+        let what = described() ?? "the gradients of \(self.name(position))"
+        guard let bells = self.bells else { return try worker.receive(deadline: deadline, waitingFor: what) }
         // Asleep: the worker sends its messages now. The flag is up before the counter is read
         // again, so an event rung after that read comes as a message.
         bells.agentSleeps(true)

@@ -462,16 +462,25 @@ def assert_no_message(agent: FakeAgent, what: str) -> None:
     assert not readable, f"{what}: the worker sent a message"
 
 
-@pytest.mark.parametrize("staged", STAGED)
-def test_doorbells_withBothSidesSpinning_carryEveryEventAndApply_withoutAMessage(
-    agent: FakeAgent, staged: bool
-) -> None:
+def start_with_doorbells(
+    agent: FakeAgent, staged: bool, *, spin_us: int
+) -> Tuple[Worker, nn.Module, nn.Module, torch.optim.Optimizer]:
+    """A worker whose result region has doorbells (its spin for apply ``spin_us``), and a plain
+    PyTorch copy of its model with its optimizer to compare it with."""
     if not ringmaster._agent.Doorbells.offered_here():
         pytest.skip("doorbells are offered on x86-64 only")
     model, reference = make_model(), make_model()
     optimizer, plain = torch.optim.Adam(model.parameters(), lr=1e-2), torch.optim.Adam(reference.parameters(), lr=1e-2)
     worker, _ = start(agent, user_loop(model, optimizer, [], bucket_slots=BUCKET_SLOTS, _stage_gradients=staged))
-    agent.share_result(bells_spin_us=int(DEADLINE_SECONDS * 1e6))  # the worker spins until apply rings
+    agent.share_result(bells_spin_us=spin_us)
+    return worker, model, reference, plain
+
+
+@pytest.mark.parametrize("staged", STAGED)
+def test_doorbells_withBothSidesSpinning_carryEveryEventAndApply_withoutAMessage(
+    agent: FakeAgent, staged: bool
+) -> None:
+    worker, model, reference, plain = start_with_doorbells(agent, staged, spin_us=int(DEADLINE_SECONDS * 1e6))
     events = 0
     for number in range(3):
         samples = batch(number)
@@ -490,6 +499,7 @@ def test_doorbells_withBothSidesSpinning_carryEveryEventAndApply_withoutAMessage
         plain_step(reference, plain, samples)
         for mine, theirs in zip(model.parameters(), reference.parameters()):
             assert torch.equal(mine, theirs), f"step {number}: the update from the doorbell differs from plain PyTorch"
+    # After steps with no message at all, the worker still answers the next request.
     assert len(agent.saved_state()) > 0
     stop(agent, worker)
 
@@ -498,12 +508,7 @@ def test_doorbells_withBothSidesSpinning_carryEveryEventAndApply_withoutAMessage
 def test_doorbells_withBothSidesAsleep_sendEachEventsMessageWithItsNumber_andApplyComesAsAMessage(
     agent: FakeAgent, staged: bool
 ) -> None:
-    if not ringmaster._agent.Doorbells.offered_here():
-        pytest.skip("doorbells are offered on x86-64 only")
-    model, reference = make_model(), make_model()
-    optimizer, plain = torch.optim.Adam(model.parameters(), lr=1e-2), torch.optim.Adam(reference.parameters(), lr=1e-2)
-    worker, _ = start(agent, user_loop(model, optimizer, [], bucket_slots=BUCKET_SLOTS, _stage_gradients=staged))
-    agent.share_result(bells_spin_us=0)  # the worker sleeps at once
+    worker, model, reference, plain = start_with_doorbells(agent, staged, spin_us=0)  # the worker sleeps at once
     agent.agent_sleeping[0] = 1
     events = 0
     for number in range(3):
