@@ -7,7 +7,9 @@ import Logging
 /// Saves this rank's shard of a checkpoint on a thread of its own, so the step loop only hands
 /// over a copy of its state and goes on. One save at a time: when a save is due while the
 /// previous one is still being written, the new one is skipped (and logged), never waited for,
-/// so a slow or failing file system never slows training down.
+/// so a slow or failing file system never slows training down. The job's last checkpoint is the
+/// exception: it is the one the job ends with, and no training is left to slow down, so it waits
+/// for the save before it (up to `lastSaveWait`).
 final class CheckpointSaver: @unchecked Sendable {
     // Safe because `pending` and `busy` are guarded by `condition`.
     struct Save {
@@ -26,6 +28,9 @@ final class CheckpointSaver: @unchecked Sendable {
     var busy = false
     var closed = false
 
+    /// How long the job's last checkpoint waits for the save before it.
+    static let lastSaveWait: TimeInterval = 30
+
     init(outbox: Outbox, logger: Logger) {
         self.outbox = outbox
         self.logger = logger
@@ -39,6 +44,10 @@ final class CheckpointSaver: @unchecked Sendable {
     func offer(_ save: Save) -> Bool {
         self.condition.lock()
         defer { self.condition.unlock() }
+        if save.step >= save.assignment.training.steps {
+            let deadline = Date().addingTimeInterval(Self.lastSaveWait)
+            while (self.busy || self.pending != nil) && !self.closed && self.condition.wait(until: deadline) {}
+        }
         guard !self.busy && self.pending == nil else {
             self.logger.warning(
                 "skipped a checkpoint: the previous save is still being written",
@@ -72,6 +81,7 @@ final class CheckpointSaver: @unchecked Sendable {
             self.write(save)
             self.condition.lock()
             self.busy = false
+            self.condition.broadcast()
             self.condition.unlock()
         }
     }
