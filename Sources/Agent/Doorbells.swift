@@ -70,14 +70,12 @@ final class Doorbells {
     }
 
     let base: UnsafeMutableRawPointer
-    let workers: Int
     /// The `apply` counter's value: how many times the agent rang it.
     var applied: UInt32 = 0
 
-    /// The doorbells at `base` (zeroed: a new region is), for `workers` workers.
-    init(base: UnsafeMutableRawPointer, workers: Int) {
+    /// The doorbells at `base`: zeroed (a new region is), `bytes(workers:)` long.
+    init(base: UnsafeMutableRawPointer) {
         self.base = base
-        self.workers = workers
     }
 
     func word(line: Int, _ index: Int) -> UnsafeMutablePointer<UInt32> {

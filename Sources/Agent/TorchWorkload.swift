@@ -54,7 +54,7 @@ final class TorchWorkload: TrainingWorkload {
         let regionBytes = Doorbells.supported ? bellsOffset + Doorbells.bytes(workers: workers.count) : floatBytes
         self.result = try SharedMemory(floats: regionBytes / MemoryLayout<Float>.size)
         defer { self.result.unlink() }
-        self.bells = Doorbells.supported ? Doorbells(base: self.result.base + bellsOffset, workers: workers.count) : nil
+        self.bells = Doorbells.supported ? Doorbells(base: self.result.base + bellsOffset) : nil
         let deadline = ContinuousClock.now + timeout
         for (position, worker) in workers.enumerated() {
             let request = TorchWorker.Request(

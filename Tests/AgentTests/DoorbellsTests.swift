@@ -20,7 +20,7 @@ import Workload
             let bytes = Doorbells.bytes(workers: workers)
             self.base = UnsafeMutableRawPointer.allocate(byteCount: bytes, alignment: Doorbells.lineBytes)
             self.base.initializeMemory(as: UInt8.self, repeating: 0, count: bytes)
-            self.bells = Doorbells(base: self.base, workers: workers)
+            self.bells = Doorbells(base: self.base)
         }
 
         deinit { self.base.deallocate() }
