@@ -138,6 +138,7 @@ let package = Package(
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOFoundationCompat", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
             ],
             swiftSettings: strictSwift6
         ),
@@ -332,7 +333,7 @@ let package = Package(
         ),
         .testTarget(
             name: "EtcdTests",
-            dependencies: ["Etcd"],
+            dependencies: ["Etcd", "RingmasterSecurity"],
             swiftSettings: strictSwift6
         ),
         .testTarget(

@@ -1,14 +1,19 @@
 #!/usr/bin/env bash
-# Runs a small etcd cluster on loopback for the state-store tests: plain HTTP, no auth, short
-# election timeouts, one data directory and log per member under a directory the caller owns.
+# Runs a small etcd cluster on loopback for the state-store tests: plain HTTP (or TLS with client
+# certificates, --tls), no auth, short election timeouts, one data directory and log per member
+# under a directory the caller owns.
 #
-#   scripts/etcd-cluster.sh start DIR [--members N] [--base-port P] [--host IP]
+#   scripts/etcd-cluster.sh start DIR [--members N] [--base-port P] [--host IP] [--tls]
 #       Starts N members (default 3). Member i listens for clients on IP:(P + 2i) (IP: 127.0.0.1
 #       unless given, e.g. a veth address that a network namespace reaches) and for
 #       peers on 127.0.0.1:(P + 2i + 1); P defaults to 23790. Writes DIR/endpoints (host:port,
 #       comma separated) and DIR/pids (one pid a line, member 0 first), waits until the cluster
 #       has a leader and every member answers `etcdctl endpoint health`, and prints the
 #       endpoints on stdout.
+#       With --tls, it first makes a throwaway CA with openssl and, signed by it, a server
+#       certificate for IP (and 127.0.0.1) and a client certificate, all in DIR/tls: ca.crt,
+#       server.crt, server.key, client.crt and client.key (keys 0600). Clients then speak TLS and
+#       must show a certificate from that CA (--client-cert-auth); peers stay on plain loopback.
 #   scripts/etcd-cluster.sh stop DIR           TERM to each member in turn, KILL to any left after 10 s.
 #                                              DIR and its data stay.
 #   scripts/etcd-cluster.sh kill DIR INDEX     KILL member INDEX (0-based), as a crash would.
@@ -27,7 +32,7 @@ wait_s="${RINGMASTER_ETCD_WAIT_S:-20}"
 stop_wait_s=10
 
 usage() {
-    echo "usage: $0 start DIR [--members N] [--base-port P] [--host IP] | stop DIR | kill DIR INDEX | restart DIR INDEX|all" >&2
+    echo "usage: $0 start DIR [--members N] [--base-port P] [--host IP] [--tls] | stop DIR | kill DIR INDEX | restart DIR INDEX|all" >&2
     exit 2
 }
 
@@ -44,6 +49,43 @@ load_config() {
     # shellcheck source=/dev/null
     . "$dir/config"
     client_host="${client_host:-127.0.0.1}"
+    tls="${tls:-0}"
+}
+
+# The scheme of the client URLs.
+client_scheme() { if [ "$tls" = 1 ]; then echo https; else echo http; fi; }
+
+# etcdctl's TLS flags, one a line, for a cluster started with --tls.
+etcdctl_tls() {
+    [ "$tls" = 1 ] || return 0
+    printf '%s\n' --cacert "$dir/tls/ca.crt" --cert "$dir/tls/client.crt" --key "$dir/tls/client.key"
+}
+
+# Makes DIR/tls: a CA, and signed by it a server certificate for the client host and loopback and
+# a client certificate (ECDSA P-256, valid 2 days: they are for one test run).
+make_certificates() {
+    local out="$dir/tls"
+    command -v openssl >/dev/null || fail "--tls needs openssl (Debian package openssl)"
+    mkdir -p "$out"
+    (
+        umask 077
+        openssl ecparam -name prime256v1 -genkey -noout -out "$out/ca.key" &&
+        openssl req -x509 -new -key "$out/ca.key" -sha256 -days 2 -subj "/CN=ringmaster-test-etcd-ca" \
+            -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" \
+            -out "$out/ca.crt" &&
+        for role in server client; do
+            openssl ecparam -name prime256v1 -genkey -noout -out "$out/$role.key" &&
+            openssl req -new -key "$out/$role.key" -subj "/CN=ringmaster-test-etcd-$role" -out "$out/$role.csr" &&
+            if [ "$role" = server ]; then
+                printf 'subjectAltName=IP:%s,IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n' "$client_host"
+            else
+                printf 'extendedKeyUsage=clientAuth\n'
+            fi >"$out/$role.ext" &&
+            openssl x509 -req -in "$out/$role.csr" -CA "$out/ca.crt" -CAkey "$out/ca.key" -CAcreateserial \
+                -sha256 -days 2 -extfile "$out/$role.ext" -out "$out/$role.crt" || exit 1
+        done
+    ) >"$dir/openssl.log" 2>&1 || { cat "$dir/openssl.log" >&2; fail "openssl could not make the certificates in $out"; }
+    chmod 644 "$out/ca.crt" "$out/server.crt" "$out/client.crt"
 }
 
 client_port() { echo $((base_port + 2 * $1)); }
@@ -127,10 +169,16 @@ launch_member() {
     # member would stay open as long as it runs, and a caller waiting for their end would hang.
     (
         close_inherited
+        local security=()
+        if [ "$tls" = 1 ]; then
+            security=(--cert-file "$dir/tls/server.crt" --key-file "$dir/tls/server.key"
+                --client-cert-auth --trusted-ca-file "$dir/tls/ca.crt")
+        fi
         exec etcd --name "member$i" \
         --data-dir "$dir/member$i" \
-        --listen-client-urls "http://$client_host:$(client_port "$i")" \
-        --advertise-client-urls "http://$client_host:$(client_port "$i")" \
+        --listen-client-urls "$(client_scheme)://$client_host:$(client_port "$i")" \
+        --advertise-client-urls "$(client_scheme)://$client_host:$(client_port "$i")" \
+        "${security[@]}" \
         --listen-peer-urls "http://127.0.0.1:$(peer_port "$i")" \
         --initial-advertise-peer-urls "http://127.0.0.1:$(peer_port "$i")" \
         --initial-cluster "$(initial_cluster)" \
@@ -159,7 +207,9 @@ show_logs() {
 # Returns 1 after explaining what it waited for when a member exits or the deadline passes.
 wait_healthy() {
     local endpoints="" i deadline health="(no health check finished)" status=""
-    for i in "$@"; do endpoints+="${endpoints:+,}$client_host:$(client_port "$i")"; done
+    for i in "$@"; do endpoints+="${endpoints:+,}$(client_scheme)://$client_host:$(client_port "$i")"; done
+    local security
+    mapfile -t security < <(etcdctl_tls)
     deadline=$((SECONDS + wait_s))
     while [ "$SECONDS" -lt "$deadline" ]; do
         for i in "$@"; do
@@ -169,9 +219,9 @@ wait_healthy() {
                 return 1
             fi
         done
-        if health="$(etcdctl --endpoints "$endpoints" --dial-timeout 1s --command-timeout 2s \
+        if health="$(etcdctl --endpoints "$endpoints" "${security[@]}" --dial-timeout 1s --command-timeout 2s \
             endpoint health 2>&1)" &&
-            status="$(etcdctl --endpoints "$endpoints" --dial-timeout 1s --command-timeout 2s \
+            status="$(etcdctl --endpoints "$endpoints" "${security[@]}" --dial-timeout 1s --command-timeout 2s \
                 -w json endpoint status 2>/dev/null)" &&
             [[ "$status" =~ \"leader\":[1-9] ]]; then
             return 0
@@ -192,11 +242,13 @@ start() {
     members=3
     base_port=23790
     client_host=127.0.0.1
+    tls=0
     while [ "$#" -gt 0 ]; do
         case "$1" in
             --members) [ "$#" -ge 2 ] || usage; members="$2"; shift 2 ;;
             --base-port) [ "$#" -ge 2 ] || usage; base_port="$2"; shift 2 ;;
             --host) [ "$#" -ge 2 ] || usage; client_host="$2"; shift 2 ;;
+            --tls) tls=1; shift ;;
             *) usage ;;
         esac
     done
@@ -217,8 +269,9 @@ start() {
     [ ! -e "$dir/member0" ] || fail "$dir already holds member data: use an empty directory, or restart"
     cluster_token="ringmaster-test-$$-$RANDOM"
     [[ "$client_host" =~ ^[0-9.]+$ ]] || fail "--host must be an IPv4 address of this machine, not $client_host"
-    printf 'members=%s\nbase_port=%s\nclient_host=%s\ncluster_token=%s\n' "$members" "$base_port" "$client_host" \
-        "$cluster_token" >"$dir/config"
+    printf 'members=%s\nbase_port=%s\nclient_host=%s\ncluster_token=%s\ntls=%s\n' "$members" "$base_port" \
+        "$client_host" "$cluster_token" "$tls" >"$dir/config"
+    if [ "$tls" = 1 ]; then make_certificates; fi
 
     # One line per member from the start, so that a failed start can still stop what it began.
     for ((i = 0; i < members; i++)); do echo; done >"$dir/pids"

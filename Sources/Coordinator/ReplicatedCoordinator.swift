@@ -26,14 +26,18 @@ public final class ReplicatedCoordinator: Service {
     let onListening: @Sendable (Int) -> Void
     /// Where the set's keys live in etcd (one etcd cluster may hold several sets).
     public let prefix: String
+    /// TLS to etcd (`etcds://`); nil: plain HTTP.
+    public let tls: EtcdTLS?
 
     public init(
-        configuration: CoordinatorConfiguration, endpoints: [String], prefix: String = "/ringmaster/",
-        advertised: String, election: LeaderElection.Settings = LeaderElection.Settings(), logger: Logger,
-        onListening: @escaping @Sendable (Int) -> Void = { _ in }
+        configuration: CoordinatorConfiguration, endpoints: [String], tls: EtcdTLS? = nil,
+        prefix: String = "/ringmaster/", advertised: String,
+        election: LeaderElection.Settings = LeaderElection.Settings(),
+        logger: Logger, onListening: @escaping @Sendable (Int) -> Void = { _ in }
     ) {
         self.configuration = configuration
         self.endpoints = endpoints
+        self.tls = tls
         self.prefix = prefix.hasSuffix("/") ? prefix : prefix + "/"
         self.advertised = advertised
         self.election = election
@@ -42,10 +46,10 @@ public final class ReplicatedCoordinator: Service {
     }
 
     public func run() async throws {
-        let client = EtcdClient(endpoints: self.endpoints)
+        let client = EtcdClient(endpoints: self.endpoints, tls: self.tls)
         let authority = try self.sharedAuthority(client)
         let elector = try LeaderElector(
-            client: EtcdClient(endpoints: self.endpoints, timeout: self.election.renewal * 4 / 5),
+            client: EtcdClient(endpoints: self.endpoints, tls: self.tls, timeout: self.election.renewal * 4 / 5),
             prefix: self.prefix,
             identity: .init(
                 id: "\(ProcessInfo.processInfo.hostName)-\(getpid())-\(UUID().uuidString.prefix(8))",

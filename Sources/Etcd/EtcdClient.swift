@@ -3,6 +3,7 @@ import Foundation
 import NIOCore
 import NIOFoundationCompat
 import NIOHTTP1
+import NIOSSL
 import Synchronization
 
 /// A key and its value as etcd holds them, with the revisions a transaction compares.
@@ -51,9 +52,9 @@ public struct EtcdTransactionResult: Sendable {
     public var reads: [[EtcdKeyValue]]
 }
 
-/// A client of an etcd v3 cluster through its JSON gateway (HTTP/1.1, one POST per call), with
-/// every endpoint of the cluster: a call goes to the endpoint that answered last and, when that one
-/// cannot be reached or has no quorum, to the next. Calls block until answered or until their
+/// A client of an etcd v3 cluster through its JSON gateway (HTTP/1.1 over TLS or plain, one POST
+/// per call on connections it keeps), with every endpoint of the cluster: a call goes to the
+/// endpoint that answered last and, when that one cannot be reached or has no quorum, to the next. Calls block until answered or until their
 /// deadline; they must not be made on an event loop.
 ///
 /// A call that has been sent and then timed out is not sent again elsewhere (it may have been
@@ -64,47 +65,27 @@ public final class EtcdClient: Sendable {
     /// How long one call may take, all endpoints tried included.
     public let timeout: Duration
     let http: HTTPClient
+    /// `https` with TLS, else `http`.
+    let scheme: String
+    let tls: EtcdTLS?
     /// The endpoint to try first: the one that answered last.
     let preferred = Mutex(0)
 
-    /// A client of the cluster at `endpoints` (`host:port` each, at least one).
-    public init(endpoints: [String], timeout: Duration = .seconds(3)) {
+    /// A client of the cluster at `endpoints` (`host:port` each, at least one), over TLS when
+    /// `tls` is given (`etcds://`), else over plain HTTP.
+    public init(endpoints: [String], tls: EtcdTLS? = nil, timeout: Duration = .seconds(3)) {
         precondition(!endpoints.isEmpty, "an etcd client needs at least one endpoint")
         self.endpoints = endpoints
         self.timeout = timeout
-        var configuration = HTTPClient.Configuration()
+        self.scheme = tls == nil ? "http" : "https"
+        self.tls = tls
+        var configuration = HTTPClient.Configuration(tlsConfiguration: tls?.configuration)
         configuration.timeout = .init(connect: .milliseconds(500), read: nil)
         configuration.connectionPool = .init(idleTimeout: .seconds(30))
         self.http = HTTPClient(eventLoopGroupProvider: .singleton, configuration: configuration)
     }
 
     deinit { try? self.http.syncShutdown() }
-
-    /// The endpoints of a store address `etcd://HOST:PORT[,HOST:PORT...]`.
-    public static func endpoints(of address: String) throws -> [String] {
-        let prefix = "etcd://"
-        guard address.hasPrefix(prefix) else {
-            throw EtcdError(
-                .refused,
-                "the store address \(address) is not etcd://HOST:PORT[,HOST:PORT...] (for example etcd://127.0.0.1:2379)"
-            )
-        }
-        let endpoints = address.dropFirst(prefix.count).split(separator: ",").map {
-            String($0).trimmingCharacters(in: .whitespaces)
-        }
-        guard !endpoints.isEmpty else {
-            throw EtcdError(.refused, "the store address \(address) names no endpoint: give etcd://HOST:PORT")
-        }
-        for endpoint in endpoints {
-            guard let colon = endpoint.lastIndex(of: ":"), !endpoint[..<colon].isEmpty,
-                let port = Int(endpoint[endpoint.index(after: colon)...]), (1...65535).contains(port)
-            else {
-                throw EtcdError(
-                    .refused, "the store address \(address) has an endpoint \(endpoint) that is not HOST:PORT")
-            }
-        }
-        return endpoints
-    }
 
     // MARK: - Keys
 
@@ -221,7 +202,7 @@ public final class EtcdClient: Sendable {
             let endpoint = self.endpoints[index]
             let remaining = deadline - ContinuousClock.now
             guard remaining > .zero else { break }
-            let outcome = self.post(body, to: "http://\(endpoint)/v3/\(path)", within: remaining)
+            let outcome = self.post(body, to: "\(self.scheme)://\(endpoint)/v3/\(path)", within: remaining)
             switch outcome {
             case .answered(let status, let data):
                 if status == .ok {
@@ -260,9 +241,13 @@ public final class EtcdClient: Sendable {
                 )
             }
         }
+        let check =
+            reasons.contains { $0.contains(Self.tlsFailure) }
+            ? "check that the cluster at \(self.endpoints.joined(separator: ",")) serves TLS, that --etcd-ca is the CA that signed its server certificates (for their IP address or name as given here), and that it accepts the --etcd-cert client certificate"
+            : "check that the cluster at \(self.endpoints.joined(separator: ",")) is up and has a quorum"
         throw EtcdError(
             .unavailable,
-            "no etcd endpoint served \(what) within \(self.timeout) (\(reasons.isEmpty ? "out of time" : reasons.joined(separator: "; "))); check that the cluster at \(self.endpoints.joined(separator: ",")) is up and has a quorum"
+            "no etcd endpoint served \(what) within \(self.timeout) (\(reasons.isEmpty ? "out of time" : reasons.joined(separator: "; "))); \(check)"
         )
     }
 
@@ -297,9 +282,34 @@ public final class EtcdClient: Sendable {
             return .noAnswer
         } catch let error as HTTPClientError where error == .connectTimeout {
             return .unreachable("connection timed out")
+        } catch  where Self.isTLS(error) {
+            return .unreachable("\(Self.tlsFailure) (\(error))")
+        } catch let error as HTTPClientError where error == .remoteConnectionClosed {
+            // What a member does, with no word, to plain HTTP on a TLS port and, under TLS 1.3, to
+            // a client whose certificate it refuses (the refusal comes after the handshake).
+            return .unreachable("etcd closed the connection (\(self.closedHint))")
         } catch {
             return .unreachable("\(error)")
         }
+    }
+
+    /// Why a member may close a connection without an answer, given how this client speaks to it.
+    var closedHint: String {
+        switch self.tls {
+        case nil:
+            "if the cluster serves TLS, give the store as etcds:// with --etcd-ca, --etcd-cert and --etcd-key"
+        case let tls? where tls.certificateFile == nil:
+            "if the cluster asks for client certificates (--client-cert-auth), give --etcd-cert and --etcd-key"
+        case let tls?:
+            "if the cluster asks for client certificates, check that its --trusted-ca-file signed \(tls.certificateFile ?? "--etcd-cert")"
+        }
+    }
+
+    /// What a failed handshake's reason starts with, so that the call's message can say what to check.
+    static let tlsFailure = "the TLS handshake failed"
+
+    static func isTLS(_ error: any Error) -> Bool {
+        error is NIOSSLError || error is BoringSSLError || error is NIOSSLExtraError
     }
 
     // MARK: - Conversions

@@ -56,9 +56,30 @@ struct CoordinatorCommand: AsyncParsableCommand {
 
     @Option(
         help:
-            "Where the state lives: sqlite (in the state directory, the default), or etcd://HOST:PORT[,HOST:PORT...] to share it with other coordinators, one of which leads (docs/operating.md)."
+            "Where the state lives: sqlite (in the state directory, the default), or etcds://HOST:PORT[,HOST:PORT...] (TLS; etcd:// for plain HTTP on loopback) to share it with other coordinators, one of which leads (docs/operating.md)."
     )
     var store: String = "sqlite"
+
+    @Option(
+        help:
+            "With --store etcds: the CA file (PEM) that signed the etcd members' server certificates (default: the system's trust roots)."
+    )
+    var etcdCa: String?
+
+    @Option(
+        help:
+            "With --store etcds: the client certificate (PEM) this coordinator shows etcd (for etcd's --client-cert-auth)."
+    )
+    var etcdCert: String?
+
+    @Option(help: "With --store etcds: the client certificate's key (PEM, mode 0600).")
+    var etcdKey: String?
+
+    @Flag(
+        help:
+            "With --store etcd://: allow plain HTTP to endpoints that are not this machine's loopback. Join-token secrets and the data-plane key then cross that network unencrypted."
+    )
+    var etcdPlaintext: Bool = false
 
     @Option(help: "With --store etcd: the prefix of the set's keys (several sets may share one etcd cluster).")
     var etcdPrefix: String = "/ringmaster/"
@@ -78,8 +99,13 @@ struct CoordinatorCommand: AsyncParsableCommand {
     @OptionGroup var logging: LoggingOptions
 
     func validate() throws {
-        if self.store != "sqlite" {
-            _ = try Self.etcdEndpoints(self.store)
+        if self.store == "sqlite" {
+            guard self.etcdCa == nil, self.etcdCert == nil, self.etcdKey == nil, !self.etcdPlaintext else {
+                throw ValidationError(
+                    "--etcd-ca, --etcd-cert, --etcd-key and --etcd-plaintext go with --store etcds:// or etcd://")
+            }
+        } else {
+            try self.checkEtcdTransport(try Self.etcdAddress(self.store))
             guard self.etcdPrefix.hasPrefix("/"), !self.etcdPrefix.contains(" ") else {
                 throw ValidationError("--etcd-prefix must start with / and hold no spaces, not \(self.etcdPrefix)")
             }
@@ -126,25 +152,55 @@ struct CoordinatorCommand: AsyncParsableCommand {
             try await runUntilSignalled(service, logger: logger)
             return
         }
+        let etcd = try Self.etcdAddress(self.store)
+        let tls: EtcdTLS?
+        do {
+            tls =
+                etcd.secure
+                ? try EtcdTLS(caFile: self.etcdCa, certificateFile: self.etcdCert, keyFile: self.etcdKey) : nil
+        } catch {
+            throw ValidationError("\(error)")
+        }
         guard address.port != 0 || self.advertise != nil else {
             throw ValidationError(
                 "--store etcd needs a fixed port to name this coordinator to the others: give --listen HOST:PORT with a port, or --advertise"
             )
         }
         let service = ReplicatedCoordinator(
-            configuration: configuration, endpoints: try Self.etcdEndpoints(self.store), prefix: self.etcdPrefix,
+            configuration: configuration, endpoints: etcd.endpoints, tls: tls, prefix: self.etcdPrefix,
             advertised: self.advertise ?? self.listen,
             election: .init(lease: .seconds(Int64(self.leaderLease.seconds))), logger: logger,
             onListening: onListening)
         try await runUntilSignalled(service, logger: logger)
     }
 
-    /// The endpoints of `--store etcd://...`, or a message that says what the option takes.
-    static func etcdEndpoints(_ store: String) throws -> [String] {
+    /// The address of `--store etcd(s)://...`, or a message that says what the option takes.
+    static func etcdAddress(_ store: String) throws -> EtcdAddress {
         do {
-            return try EtcdClient.endpoints(of: store)
+            return try EtcdAddress(parsing: store)
         } catch {
-            throw ValidationError("--store takes sqlite or etcd://HOST:PORT[,HOST:PORT...]: \(error)")
+            throw ValidationError("--store takes sqlite, etcds://HOST:PORT[,HOST:PORT...] or etcd://...: \(error)")
+        }
+    }
+
+    /// TLS files go with `etcds://`; plain HTTP is for loopback unless `--etcd-plaintext` says
+    /// otherwise, since the state in etcd holds join-token secrets and the data-plane key.
+    func checkEtcdTransport(_ address: EtcdAddress) throws {
+        if address.secure {
+            guard !self.etcdPlaintext else {
+                throw ValidationError("--etcd-plaintext goes with --store etcd:// (plain HTTP), not \(address)")
+            }
+            return
+        }
+        guard self.etcdCa == nil, self.etcdCert == nil, self.etcdKey == nil else {
+            throw ValidationError(
+                "--etcd-ca, --etcd-cert and --etcd-key are for TLS: give the store as etcds://\(address.endpoints.joined(separator: ","))"
+            )
+        }
+        guard address.isLoopback || self.etcdPlaintext else {
+            throw ValidationError(
+                "--store \(address) would send join-token secrets and the data-plane key to etcd unencrypted over the network: run etcd with TLS and give --store etcds://\(address.endpoints.joined(separator: ",")) with --etcd-ca, --etcd-cert and --etcd-key (docs/operating.md), or, on a network only the coordinators reach, add --etcd-plaintext"
+            )
         }
     }
 }

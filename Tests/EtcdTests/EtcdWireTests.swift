@@ -7,18 +7,38 @@ import Testing
 /// 64-bit integers as strings, bytes as base64, fields at their defaults left out.
 @Suite("etcd wire")
 struct EtcdWireTests {
-    @Test func test_storeAddresses_giveTheirEndpoints_andMalformedOnesAreRefusedNamingTheForm() throws {
-        #expect(try EtcdClient.endpoints(of: "etcd://127.0.0.1:2379") == ["127.0.0.1:2379"])
-        #expect(try EtcdClient.endpoints(of: "etcd://a:1, b:2,c:3") == ["a:1", "b:2", "c:3"])
+    @Test func test_storeAddresses_giveTheirEndpointsAndScheme_andMalformedOnesAreRefusedNamingTheForm() throws {
+        #expect(
+            try EtcdAddress(parsing: "etcd://127.0.0.1:2379") == .init(endpoints: ["127.0.0.1:2379"], secure: false))
+        #expect(try EtcdAddress(parsing: "etcd://a:1, b:2,c:3").endpoints == ["a:1", "b:2", "c:3"])
+        #expect(
+            try EtcdAddress(parsing: "etcds://e1:2379,e2:2379")
+                == .init(endpoints: ["e1:2379", "e2:2379"], secure: true))
+        #expect(try EtcdAddress(parsing: "etcds://e1:2379,e2:2379").description == "etcds://e1:2379,e2:2379")
         for bad in [
-            "127.0.0.1:2379", "etcd://", "etcd://a", "etcd://a:0", "etcd://:2379", "etcd://a:70000", "http://a:1",
+            "127.0.0.1:2379", "etcd://", "etcds://", "etcd://a", "etcd://a:0", "etcd://:2379", "etcd://a:70000",
+            "http://a:1", "https://a:1",
         ] {
             #expect {
-                _ = try EtcdClient.endpoints(of: bad)
+                _ = try EtcdAddress(parsing: bad)
             } throws: { error in
                 let message = "\(error)"
-                return message.contains("etcd://HOST:PORT") || message.contains("is not HOST:PORT")
+                return message.contains("HOST:PORT")
             }
+        }
+    }
+
+    /// Plain HTTP is only for a cluster on this machine's loopback: the coordinator refuses it
+    /// elsewhere unless told otherwise (docs/operating.md).
+    @Test func test_anAddressIsLoopback_onlyWhenEveryEndpointIsLiterallyLoopback() throws {
+        for loopback in ["etcd://127.0.0.1:2379", "etcd://localhost:1,127.8.9.10:2", "etcd://[::1]:2379"] {
+            #expect(try EtcdAddress(parsing: loopback).isLoopback, "\(loopback)")
+        }
+        for remote in [
+            "etcd://10.0.0.5:2379", "etcd://127.0.0.1:1,10.0.0.5:2", "etcd://e1:2379", "etcd://127.0.0.1.example:1",
+            "etcd://127.0.0.256:1", "etcd://localhost.example:1",
+        ] {
+            #expect(try !EtcdAddress(parsing: remote).isLoopback, "\(remote)")
         }
     }
 

@@ -1,3 +1,4 @@
+import Etcd
 import Foundation
 import LocalCluster
 
@@ -12,18 +13,21 @@ final class EtcdCluster: Sendable {
     let directory: TestDirectory
     let endpoints: [String]
     let members: Int
+    /// Whether clients speak TLS and must show a client certificate (`--tls`).
+    let tls: Bool
 
-    /// Starts `members` members serving clients on `host` and waits, with the script's deadline,
-    /// until the cluster serves.
-    init(members: Int = 3, host: String = "127.0.0.1") async throws {
+    /// Starts `members` members serving clients on `host` (over TLS with client certificates
+    /// when `tls`) and waits, with the script's deadline, until the cluster serves.
+    init(members: Int = 3, host: String = "127.0.0.1", tls: Bool = false) async throws {
         self.directory = try TestDirectory()
         self.members = members
+        self.tls = tls
         let basePort = 24000 + 2 * members * Int.random(in: 0..<(5998 / (2 * members)))
         let output = try await Self.script(
             [
                 "start", self.directory.path, "--members", "\(members)", "--base-port", "\(basePort)", "--host",
                 host,
-            ], within: 40)
+            ] + (tls ? ["--tls"] : []), within: 40)
         guard let line = output.last(where: { $0.contains(":") }) else {
             throw CommandError("etcd-cluster.sh start printed no endpoints: \(output)")
         }
@@ -46,8 +50,32 @@ final class EtcdCluster: Sendable {
     /// The members' client ports.
     var ports: [Int] { self.endpoints.compactMap { $0.split(separator: ":").last.flatMap { Int($0) } } }
 
-    /// `etcd://` with every member.
-    var address: String { "etcd://" + self.endpoints.joined(separator: ",") }
+    /// `etcd://` (or `etcds://`) with every member.
+    var address: String { (self.tls ? "etcds://" : "etcd://") + self.endpoints.joined(separator: ",") }
+
+    /// With `tls`: the CA, client certificate and key the script made (`DIR/tls`).
+    var caFile: String { "\(self.directory.path)/tls/ca.crt" }
+    var certificateFile: String { "\(self.directory.path)/tls/client.crt" }
+    var keyFile: String { "\(self.directory.path)/tls/client.key" }
+
+    /// What a client needs to reach this cluster: nil for plain HTTP, else the script's CA and
+    /// client certificate.
+    func clientTLS() throws -> EtcdTLS? {
+        guard self.tls else { return nil }
+        return try EtcdTLS(caFile: self.caFile, certificateFile: self.certificateFile, keyFile: self.keyFile)
+    }
+
+    /// A client of every member, over TLS when the cluster speaks it.
+    func client(timeout: Duration = .seconds(3)) throws -> EtcdClient {
+        EtcdClient(endpoints: self.endpoints, tls: try self.clientTLS(), timeout: timeout)
+    }
+
+    /// The coordinator's flags for this store: `--store` and, with TLS, the client's files.
+    var storeArguments: [String] {
+        ["--store", self.address]
+            + (self.tls
+                ? ["--etcd-ca", self.caFile, "--etcd-cert", self.certificateFile, "--etcd-key", self.keyFile] : [])
+    }
 
     /// kill -9 of member `index`.
     func kill(_ index: Int) async throws {

@@ -1,6 +1,7 @@
 import ControlPlane
 import Foundation
 import LocalCluster
+import RingmasterSecurity
 import Testing
 
 /// Coordinators sharing a real etcd cluster, as processes, driven through the CLI.
@@ -56,8 +57,8 @@ struct ReplicatedCoordinatorTests {
                     [
                         self.executable, "coordinator", "--state-dir", state, "--listen",
                         "\(self.places[index].host):\(port)",
-                        "--store", self.etcd.address, "--settle-window", "200ms",
-                    ] + self.arguments
+                        "--settle-window", "200ms",
+                    ] + self.etcd.storeArguments + self.arguments
                 let inside = self.places[index].namespace.map { ["netns", "exec", $0] }
                 let coordinator = try ChildProcess(
                     name: "coordinator-\(index)", executable: inside == nil ? self.executable : "/usr/bin/ip",
@@ -179,8 +180,52 @@ struct ReplicatedCoordinatorTests {
         return line[range.upperBound...].split(separator: " ").first.map(String.init)
     }
 
-    /// The leader runs in a network namespace whose traffic to etcd is cut while its agents still
-    /// reach it, and one agent is killed just after: the leader, which still believes it leads,
+    /// A coordinator refuses to start, naming what to give instead, when its etcd store would
+    /// carry the state's secrets in plain HTTP over a network, or when its TLS files are wrong;
+    /// nothing is written to the state directory's store, and no etcd is needed to find out.
+    @Test func aStoreThatWouldSendSecretsInTheClear_orWrongTLSFiles_areRefusedAtStart() async throws {
+        let directory = try TestDirectory()
+        let state = "\(directory.path)/state"
+        let key = "\(directory.path)/client.key"
+        let certificate = "\(directory.path)/client.crt"
+        // A certificate and its key in PEM: a CA made by the coordinator's own code.
+        _ = try CertificateAuthority.loadOrCreate(directory: "\(directory.path)/ca", now: Date())
+        try FileManager.default.copyItem(atPath: "\(directory.path)/ca/ca.crt", toPath: certificate)
+        try FileManager.default.copyItem(atPath: "\(directory.path)/ca/ca.key", toPath: key)
+        try FileManager.default.setAttributes([.posixPermissions: 0o644], ofItemAtPath: key)
+        let cases: [([String], String)] = [
+            (["--store", "etcd://10.0.0.5:2379"], "add --etcd-plaintext"),
+            (["--store", "etcd://10.0.0.5:2379"], "give --store etcds://10.0.0.5:2379 with --etcd-ca"),
+            (
+                ["--store", "etcd://127.0.0.1:2379", "--etcd-ca", certificate],
+                "give the store as etcds://127.0.0.1:2379"
+            ),
+            (["--store", "etcds://10.0.0.5:2379", "--etcd-plaintext"], "--etcd-plaintext goes with --store etcd://"),
+            (["--store", "sqlite", "--etcd-ca", certificate], "go with --store etcds:// or etcd://"),
+            (
+                ["--store", "etcds://10.0.0.5:2379", "--etcd-cert", certificate, "--etcd-key", key],
+                "chmod 600 \(key)"
+            ),
+            (
+                ["--store", "etcds://10.0.0.5:2379", "--etcd-cert", certificate],
+                "--etcd-cert and --etcd-key go together"
+            ),
+        ]
+        for (arguments, expected) in cases {
+            let coordinator = try ChildProcess(
+                name: "coordinator \(arguments.joined(separator: " "))", executable: try ringmasterExecutable(),
+                arguments: ["coordinator", "--state-dir", state, "--listen", "127.0.0.1:0"] + arguments)
+            let status = try await coordinator.waitForExit(within: 30)
+            let output = coordinator.output.lines.joined(separator: "\n")
+            #expect(status != 0, "\(arguments) started: \(output)")
+            #expect(output.contains(expected), "\(arguments): expected \(expected) in \(output)")
+            #expect(!output.contains("PRIVATE KEY"))
+        }
+        #expect(!FileManager.default.fileExists(atPath: "\(state)/state.sqlite"))
+    }
+
+    /// The leader runs in a network namespace whose traffic to etcd (TLS with client certificates,
+    /// as over a real network) is cut while its agents still reach it, and one agent is killed just after: the leader, which still believes it leads,
     /// sees the member go (agents' leases are 600 ms here) and would start the next generation,
     /// but cannot save it, so assigns nothing; it stops leading within its own 2 s lease; the other
     /// coordinator leads and starts that generation; no generation of the job is assigned by both
@@ -189,7 +234,7 @@ struct ReplicatedCoordinatorTests {
         async throws
     {
         let namespace = try NetworkNamespace()
-        let etcd = try await EtcdCluster(host: namespace.hostAddress)
+        let etcd = try await EtcdCluster(host: namespace.hostAddress, tls: true)
         let set = try CoordinatorSet(
             etcd: etcd, places: [(namespace.address, namespace.name), (namespace.hostAddress, nil)],
             arguments: ["--lease", "600ms", "--heartbeat-interval", "200ms"])

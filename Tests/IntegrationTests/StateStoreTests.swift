@@ -7,12 +7,14 @@ import RingmasterSecurity
 import Testing
 
 /// The state store's contract, held by both stores: SQLite in a file, and etcd in a real
-/// three-member cluster on loopback (scripts/etcd-cluster.sh). Then what only etcd has: a fence
+/// three-member cluster on loopback (scripts/etcd-cluster.sh), over plain HTTP and over TLS with
+/// a client certificate. Then what only etcd has: a fence
 /// that keeps a deposed leader from writing, and service through the loss of one member.
 @Suite("State stores", .serialized)
 struct StateStoreTests {
     enum Kind: String, CaseIterable, CustomTestStringConvertible {
-        case sqlite, etcd
+        /// `etcdTLS`: the cluster speaks TLS only and asks for a client certificate.
+        case sqlite, etcd, etcdTLS
         var testDescription: String { self.rawValue }
     }
 
@@ -31,11 +33,10 @@ struct StateStoreTests {
                 self.first = try SQLiteStateStore(path: path)
                 self.makeAnother = { try SQLiteStateStore(path: path) }
                 self.cluster = nil
-            case .etcd:
-                let cluster = try await EtcdCluster()
-                let endpoints = cluster.endpoints
-                self.first = EtcdStateStore(client: EtcdClient(endpoints: endpoints))
-                self.makeAnother = { EtcdStateStore(client: EtcdClient(endpoints: endpoints)) }
+            case .etcd, .etcdTLS:
+                let cluster = try await EtcdCluster(tls: kind == .etcdTLS)
+                self.first = EtcdStateStore(client: try cluster.client())
+                self.makeAnother = { EtcdStateStore(client: try cluster.client()) }
                 self.cluster = cluster
             }
         }
@@ -276,6 +277,57 @@ struct StateStoreTests {
         try await cluster.restart(1)
         try store.save(jobs: [moved], durable: true)
         #expect(try store.jobs() == [moved])
+        await cluster.stop()
+    }
+    /// A cluster that speaks TLS and asks for a client certificate serves no client that lacks
+    /// one, trusts another CA, or speaks plain HTTP: each call fails within its timeout as
+    /// unavailable, saying what to check.
+    @Test(.timeLimit(.minutes(1)))
+    func test_etcdOverTLS_refusesClientsWithoutItsCertificates_withinTheTimeout_sayingWhatToCheck() async throws {
+        let cluster = try await EtcdCluster(tls: true)
+        try cluster.client().put("/ringmaster/probe", Array("served".utf8))
+        // Each with what its refusal must say to check.
+        let clients: [(String, EtcdClient, [String])] = [
+            (
+                "no client certificate",
+                EtcdClient(
+                    endpoints: cluster.endpoints,
+                    tls: try EtcdTLS(caFile: cluster.caFile, certificateFile: nil, keyFile: nil),
+                    timeout: .seconds(2)),
+                ["give --etcd-cert and --etcd-key"]
+            ),
+            (
+                "the system's trust roots",
+                EtcdClient(
+                    endpoints: cluster.endpoints,
+                    tls: try EtcdTLS(
+                        caFile: nil, certificateFile: cluster.certificateFile, keyFile: cluster.keyFile),
+                    timeout: .seconds(2)),
+                ["TLS handshake failed", "that --etcd-ca is the CA that signed its server certificates"]
+            ),
+            (
+                "plain HTTP", EtcdClient(endpoints: cluster.endpoints, timeout: .seconds(2)),
+                ["give the store as etcds://"]
+            ),
+        ]
+        for (name, client, hints) in clients {
+            let started = ContinuousClock.now
+            var failure: EtcdError?
+            do {
+                _ = try client.get("/ringmaster/probe")
+            } catch let error as EtcdError {
+                failure = error
+            }
+            let waited = ContinuousClock.now - started
+            let error = try #require(
+                failure, "a client with \(name) read from a cluster that asks for TLS certificates")
+            #expect(error.code == .unavailable, "\(name): \(error)")
+            #expect(waited < .seconds(4), "\(name): the refusal took \(waited)")
+            for hint in hints {
+                #expect("\(error)".contains(hint), "\(name): \(error)")
+            }
+        }
+        #expect(try cluster.client().get("/ringmaster/probe")?.value == Array("served".utf8))
         await cluster.stop()
     }
 }
