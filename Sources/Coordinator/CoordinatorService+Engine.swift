@@ -529,8 +529,8 @@ extension CoordinatorService {
         }
     }
 
-    func nodeList() throws -> Ringmaster_V1_NodeListReply {
-        let admitted = try self.store.nodes()
+    func nodeList() async throws -> Ringmaster_V1_NodeListReply {
+        let admitted = try await self.stored { try $0.nodes() }
         let live = Dictionary(
             uniqueKeysWithValues: self.engine.withLock { $0.machine.nodeStatuses }.map { ($0.node, $0) })
         return .with {

@@ -557,9 +557,9 @@ public final class CoordinatorService: Service, Sendable {
         let logger = context.logger
         switch envelope.body {
         case .joinBegin(let begin):
-            return self.joinBegin(begin, requestID: requestID, join: &join, logger: logger)
+            return await self.joinBegin(begin, requestID: requestID, join: &join, logger: logger)
         case .joinRequest(let request):
-            return self.joinRequest(request, requestID: requestID, join: &join, logger: logger)
+            return await self.joinRequest(request, requestID: requestID, join: &join, logger: logger)
         case .agentHello(let hello):
             guard let peer else { return Outcome(replies: [], close: true) }
             self.sessionStarted(hello, peer: peer, requestID: requestID, context: context)
@@ -617,7 +617,7 @@ public final class CoordinatorService: Service, Sendable {
             return Outcome(replies: [])
         case .renewRequest(let renew):
             guard let identity else { return Outcome(replies: [], close: true) }
-            return self.renew(renew, identity: identity, requestID: requestID, logger: logger)
+            return await self.renew(renew, identity: identity, requestID: requestID, logger: logger)
         case .adminRequest(let admin):
             return await self.admin(admin, requestID: requestID, logger: logger)
         case .shardReady(let shard):
@@ -633,14 +633,15 @@ public final class CoordinatorService: Service, Sendable {
     }
 
     func joinBegin(_ begin: Ringmaster_V1_JoinBegin, requestID: UInt64, join: inout JoinExchange, logger: Logger)
-        -> Outcome
+        async -> Outcome
     {
         var logger = logger
         logger[metadataKey: LogKey.tokenID] = "\(begin.tokenID)"
         logger[metadataKey: LogKey.node] = "\(begin.nodeName)"
         do {
             try PeerIdentity.validate(name: begin.nodeName)
-            _ = try self.store.usableToken(id: begin.tokenID, now: self.now())
+            let (id, now) = (begin.tokenID, self.now())
+            _ = try await self.stored { try $0.usableToken(id: id, now: now) }
         } catch {
             return self.refuseJoin(error, requestID: requestID, logger: logger)
         }
@@ -656,7 +657,7 @@ public final class CoordinatorService: Service, Sendable {
     }
 
     func joinRequest(_ request: Ringmaster_V1_JoinRequest, requestID: UInt64, join: inout JoinExchange, logger: Logger)
-        -> Outcome
+        async -> Outcome
     {
         var logger = logger
         logger[metadataKey: LogKey.tokenID] = "\(request.tokenID)"
@@ -664,7 +665,8 @@ public final class CoordinatorService: Service, Sendable {
         do {
             let nonce = try join.request(tokenID: request.tokenID, nodeName: request.nodeName).get()
             let now = self.now()
-            let token = try self.store.usableToken(id: request.tokenID, now: now)
+            let id = request.tokenID
+            let token = try await self.stored { try $0.usableToken(id: id, now: now) }
             let csrDER = Array(request.csrDer)
             guard
                 JoinProof.isValid(
@@ -687,12 +689,10 @@ public final class CoordinatorService: Service, Sendable {
                 notBefore: now.addingTimeInterval(-self.clockSkewAllowance),
                 notAfter: now.addingTimeInterval(self.configuration.agentCertificateLifetimeSeconds)
             )
-            try self.store.redeem(
-                tokenID: request.tokenID,
-                node: identity.name,
-                certificateNotAfter: certificate.notValidAfter,
-                now: now
-            )
+            let notAfter = certificate.notValidAfter
+            try await self.stored {
+                try $0.redeem(tokenID: id, node: identity.name, certificateNotAfter: notAfter, now: now)
+            }
             logger.info("agent joined", metadata: ["certificate_not_after": "\(certificate.notValidAfter)"])
             var reply = Envelope()
             reply.requestID = requestID
@@ -719,7 +719,7 @@ public final class CoordinatorService: Service, Sendable {
     }
 
     func renew(_ renew: Ringmaster_V1_RenewRequest, identity: PeerIdentity, requestID: UInt64, logger: Logger)
-        -> Outcome
+        async -> Outcome
     {
         let now = self.now()
         do {
@@ -729,7 +729,10 @@ public final class CoordinatorService: Service, Sendable {
                 notBefore: now.addingTimeInterval(-self.clockSkewAllowance),
                 notAfter: now.addingTimeInterval(self.configuration.agentCertificateLifetimeSeconds)
             )
-            try self.store.renewed(node: identity.name, certificateNotAfter: certificate.notValidAfter, now: now)
+            let notAfter = certificate.notValidAfter
+            try await self.stored {
+                try $0.renewed(node: identity.name, certificateNotAfter: notAfter, now: now)
+            }
             logger.info(
                 "renewed an agent certificate", metadata: ["certificate_not_after": "\(certificate.notValidAfter)"])
             var reply = Envelope()
@@ -752,7 +755,7 @@ public final class CoordinatorService: Service, Sendable {
                 let now = self.now()
                 let token = JoinToken.generate()
                 let expires = now.addingTimeInterval(Double(ttl))
-                try self.store.add(token: token, expires: expires, now: now)
+                try await self.stored { try $0.add(token: token, expires: expires, now: now) }
                 logger.info("created a join token", metadata: [LogKey.tokenID: "\(token.id)", "expires": "\(expires)"])
                 reply.adminReply.tokenCreate = .with {
                     $0.token = token.encoded
@@ -760,7 +763,7 @@ public final class CoordinatorService: Service, Sendable {
                     $0.expiresUnix = Int64(expires.timeIntervalSince1970)
                 }
             case .nodeList:
-                reply.adminReply.nodeList = try self.nodeList()
+                reply.adminReply.nodeList = try await self.nodeList()
             case .jobSubmit(let submit):
                 let spec: JobSpec
                 do {
@@ -798,7 +801,7 @@ public final class CoordinatorService: Service, Sendable {
             case .nodeDrain(let drain):
                 try self.command(.drain(node: drain.nodeID), logger: logger)
                 logger.info("node drained", metadata: [LogKey.node: "\(drain.nodeID)"])
-                reply.adminReply.nodeList = try self.nodeList()
+                reply.adminReply.nodeList = try await self.nodeList()
             case .none:
                 return Outcome(replies: [
                     .error(.invalidRequest, "an admin request with no request in it", requestID: requestID)
@@ -815,6 +818,17 @@ public final class CoordinatorService: Service, Sendable {
             return Outcome(replies: [.error(.internal, "\(error)", requestID: requestID)])
         }
         return Outcome(replies: [reply])
+    }
+
+    /// Runs a state-store call on a thread of its own. With etcd a call is a network round trip, and
+    /// takes up to its timeout when etcd is slow or has no quorum (SQLite's may wait for an fsync):
+    /// on the connection's task it would hold up one of the few threads (as many as cores) that
+    /// serve every connection and heartbeat, and a few joins at once would stall them all.
+    func stored<T: Sendable>(_ call: @escaping @Sendable (any StateStore) throws -> T) async throws
+        -> T
+    {
+        let store = self.store
+        return try await onOwnThread(named: "ringmaster-store") { try call(store) }
     }
 
     /// How far back an issued certificate's validity starts, so that a peer whose clock is a

@@ -73,7 +73,11 @@ final class TestCoordinator: Sendable {
     let port: Int
     let operatorCredentials: Credentials
 
-    init(configure: (inout CoordinatorConfiguration) -> Void = { _ in }) async throws {
+    /// `store` makes the state store from the state directory's path (default: SQLite there).
+    init(
+        configure: (inout CoordinatorConfiguration) -> Void = { _ in },
+        store: ((String) throws -> any StateStore)? = nil
+    ) async throws {
         self.directory = try TestDirectory()
         var configuration = CoordinatorConfiguration(stateDirectory: "\(self.directory.path)/state")
         configuration.listenPort = 0
@@ -84,6 +88,7 @@ final class TestCoordinator: Sendable {
             configuration: configuration,
             logger: self.log.logger(label: "coordinator"),
             now: { clock.now() },
+            store: try store?(configuration.stateDirectory),
             onListening: { port in
                 portContinuation.yield(port)
                 portContinuation.finish()
