@@ -80,6 +80,10 @@ public final class EtcdClient: Sendable {
         self.scheme = tls == nil ? "http" : "https"
         self.tls = tls
         var configuration = HTTPClient.Configuration(tlsConfiguration: tls?.configuration)
+        // HTTP/1.1 only, as over plain HTTP: over TLS etcd offers HTTP/2, and async-http-client's
+        // HTTP/2 handler crashed coordinators during leader failovers (a force-unwrap when a
+        // stream fails after its request is gone: swift-server/async-http-client#922, open).
+        configuration.httpVersion = .http1Only
         configuration.timeout = .init(connect: .milliseconds(500), read: nil)
         configuration.connectionPool = .init(idleTimeout: .seconds(30))
         self.http = HTTPClient(eventLoopGroupProvider: .singleton, configuration: configuration)
