@@ -183,18 +183,21 @@ public final class ControlSession: Sendable {
         self.peer = peer
     }
 
-    /// Sends one envelope.
+    /// Sends one envelope; a connection that has ended throws `closed`.
     public func send(_ envelope: Envelope) async throws {
-        try await self.outbound.write(envelope)
+        do {
+            try await self.outbound.write(envelope)
+        } catch let error as CancellationError {
+            throw error
+        } catch {
+            throw ControlClientError.closed(peer: self.peer, waitingFor: "\(envelope.kind) to be sent (\(error))")
+        }
     }
 
     /// Receives the next envelope with no deadline of its own, for a reader whose liveness is
     /// bounded elsewhere (a heartbeat lease that cancels it). Throws when the connection closes.
     public func next() async throws -> Envelope {
-        guard let envelope = try await self.iterator.next() else {
-            throw ControlClientError.closed(peer: self.peer, waitingFor: "the next message")
-        }
-        return envelope
+        try await Self.next(self.iterator, peer: self.peer, waitingFor: "the next message")
     }
 
     /// Receives the next envelope, or throws if the connection closes or `seconds` pass first.
@@ -202,11 +205,29 @@ public final class ControlSession: Sendable {
         let iterator = self.iterator
         let peer = self.peer
         return try await withDeadline(seconds: seconds, waitingFor: "\(what) from \(peer)") {
-            guard let envelope = try await iterator.next() else {
-                throw ControlClientError.closed(peer: peer, waitingFor: what)
-            }
-            return envelope
+            try await Self.next(iterator, peer: peer, waitingFor: what)
         }
+    }
+
+    /// The next envelope. A connection that ends, cleanly or not (a reset, a TLS stream cut short
+    /// when the coordinator's process dies), throws `closed`, so that callers that move on to
+    /// another coordinator see one error for it.
+    static func next(_ iterator: IteratorBox, peer: String, waitingFor what: String) async throws -> Envelope {
+        let envelope: Envelope?
+        do {
+            envelope = try await iterator.next()
+        } catch let error as ControlClientError {
+            throw error
+        } catch let error as CancellationError {
+            throw error
+        } catch let error as WireError {
+            // A frame that does not decode is the peer's fault, not the connection's end.
+            throw error
+        } catch {
+            throw ControlClientError.closed(peer: peer, waitingFor: "\(what) (\(error))")
+        }
+        guard let envelope else { throw ControlClientError.closed(peer: peer, waitingFor: what) }
+        return envelope
     }
 
     /// Sends `envelope` with a fresh request id and returns the reply; an `Error` reply is thrown.
