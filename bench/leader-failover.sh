@@ -4,6 +4,7 @@
 #
 #   bench/leader-failover.sh [RUNS]          (default 10)
 #   RINGMASTER=path/to/ringmaster AGENTS=3 COORDINATORS=3 LEASE=2 STEPS=1500 KILL_AT=300 bench/leader-failover.sh 10
+#   TLS=1 bench/leader-failover.sh 10        (etcd over TLS with client certificates: etcds://)
 #
 # Starts a 3-member etcd cluster on loopback (scripts/etcd-cluster.sh) for the whole series; each
 # run is `ringmaster demo --coordinators N --etcd ... --kill-leader-at-step S --json` (the reference
@@ -22,17 +23,32 @@ kill_at="${KILL_AT:-300}"
 [ -x "$ringmaster" ] || { echo "no ringmaster at $ringmaster: swift build first (or set RINGMASTER)" >&2; exit 1; }
 
 etcd_dir="$(mktemp -d /tmp/ringmaster-failover-XXXXXX)"
-trap 'scripts/etcd-cluster.sh stop "$etcd_dir" >/dev/null 2>&1 || true; rm -rf "$etcd_dir"' EXIT
-endpoints="$(scripts/etcd-cluster.sh start "$etcd_dir" --base-port "${BASE_PORT:-24690}")"
+# Each run's processes' logs are in $etcd_dir/runN, kept (and named) when a run fails.
+cleanup() {
+    local status=$?
+    scripts/etcd-cluster.sh stop "$etcd_dir" >/dev/null 2>&1 || true
+    if [ "$status" = 0 ]; then rm -rf "$etcd_dir"; else echo "logs of the runs: $etcd_dir/run*" >&2; fi
+}
+trap cleanup EXIT
+if [ "${TLS:-0}" = 1 ]; then
+    endpoints="$(scripts/etcd-cluster.sh start "$etcd_dir" --base-port "${BASE_PORT:-24690}" --tls)"
+    store=(--etcd "etcds://$endpoints" --etcd-ca "$etcd_dir/tls/ca.crt" --etcd-cert "$etcd_dir/tls/client.crt"
+        --etcd-key "$etcd_dir/tls/client.key")
+    transport="TLS with client certificates"
+else
+    endpoints="$(scripts/etcd-cluster.sh start "$etcd_dir" --base-port "${BASE_PORT:-24690}")"
+    store=(--etcd "etcd://$endpoints")
+    transport="plain HTTP"
+fi
 
-echo "leader failover: $coordinators coordinators on a 3-member etcd, $agents agents, lease ${lease} s," \
+echo "leader failover: $coordinators coordinators on a 3-member etcd ($transport), $agents agents, lease ${lease} s," \
     "kill -9 of the leader at step $kill_at of $steps; $(nproc) cores, $(date -u +%Y-%m-%dT%H:%MZ)"
 reference="$("$ringmaster" demo --agents "$agents" --steps "$steps" --json | python3 -c \
     'import json, sys; print(json.load(sys.stdin)["param_hash"])')"
 results=()
 for ((run = 0; run < runs; run++)); do
     results+=("$("$ringmaster" demo --agents "$agents" --steps "$steps" --coordinators "$coordinators" \
-        --etcd "etcd://$endpoints" --kill-leader-at-step "$kill_at" --leader-lease "$lease" --json)")
+        "${store[@]}" --directory "$etcd_dir/run$run" --kill-leader-at-step "$kill_at" --leader-lease "$lease" --json)")
 done
 python3 - "$reference" "${results[@]}" <<'PY'
 import json, statistics, sys

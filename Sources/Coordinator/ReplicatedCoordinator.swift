@@ -46,6 +46,13 @@ public final class ReplicatedCoordinator: Service {
     }
 
     public func run() async throws {
+        self.logger.info(
+            "sharing an etcd store",
+            metadata: [
+                "endpoints": "\(self.endpoints.joined(separator: ","))", "prefix": "\(self.prefix)",
+                "transport":
+                    "\(self.tls.map { "TLS, client certificate \($0.certificateFile ?? "none")" } ?? "plain HTTP")",
+            ])
         let client = EtcdClient(endpoints: self.endpoints, tls: self.tls)
         let authority = try self.sharedAuthority(client)
         let elector = try LeaderElector(

@@ -35,8 +35,11 @@ public final class Cluster: Sendable {
     public struct Replicas: Sendable {
         /// How many coordinators.
         public var count: Int
-        /// The store, `etcd://HOST:PORT,...` (a running cluster).
+        /// The store, `etcd://HOST:PORT,...` or `etcds://...` (a running cluster).
         public var store: String
+        /// Flags added to each coordinator's for the store: `--etcd-ca`, `--etcd-cert` and
+        /// `--etcd-key` with `etcds://`.
+        public var storeArguments: [String] = []
         /// Their `--leader-lease`, in seconds.
         public var leaderLease: Int
         /// Their `--etcd-prefix`: one of this run's own, so that runs sharing a store never meet.
@@ -112,7 +115,7 @@ public final class Cluster: Sendable {
                     "coordinator", "--state-dir", state, "--listen", "127.0.0.1:\(port)", "--settle-window", "200ms",
                     "--store", replicas.store, "--leader-lease", "\(replicas.leaderLease)s",
                     "--etcd-prefix", replicas.prefix,
-                ] + self.coordinatorArguments
+                ] + replicas.storeArguments + self.coordinatorArguments
             )
             self.children.withLock { $0.append(coordinator) }
             self.coordinators.withLock { $0.append(coordinator) }

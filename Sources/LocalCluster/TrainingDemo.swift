@@ -68,10 +68,12 @@ public final class TrainingDemo: Sendable {
         /// announce no RDMA port).
         public var agentsWithoutRDMA = 0
 
-        /// Coordinators of a set sharing the etcd store `etcd` (`etcd://HOST:PORT,...`, running),
-        /// one of which leads; 1 (the default): one coordinator on SQLite.
+        /// Coordinators of a set sharing the etcd store `etcd` (`etcd://HOST:PORT,...` or
+        /// `etcds://...`, running), one of which leads; 1 (the default): one coordinator on SQLite.
         public var coordinators = 1
         public var etcd: String?
+        /// The coordinators' TLS flags for an `etcds://` store (`--etcd-ca FILE`, ...).
+        public var etcdArguments: [String] = []
         /// Kill -9 the leading coordinator once the job has committed this many steps.
         public var killLeaderAtStep: UInt64?
         /// The coordinators' `--leader-lease`, in seconds.
@@ -231,7 +233,10 @@ public final class TrainingDemo: Sendable {
             coordinatorArguments: options.leaseSeconds.map { ["--lease", "\(Int(($0 * 1000).rounded()))ms"] } ?? [],
             agentArguments: { (withoutRDMA.contains($0) ? ["--rdma", "off"] : []) + (timeout ?? []) },
             replicas: options.etcd.map {
-                Cluster.Replicas(count: options.coordinators, store: $0, leaderLease: options.leaderLease)
+                var replicas = Cluster.Replicas(
+                    count: options.coordinators, store: $0, leaderLease: options.leaderLease)
+                replicas.storeArguments = options.etcdArguments
+                return replicas
             })
         self.cluster.withLock { $0 = cluster }
         do {

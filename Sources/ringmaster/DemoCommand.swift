@@ -139,8 +139,20 @@ struct DemoCommand: AsyncParsableCommand {
     )
     var coordinators: Int = 1
 
-    @Option(help: "With --coordinators: the running etcd cluster they share, etcd://HOST:PORT[,HOST:PORT...].")
+    @Option(
+        help:
+            "With --coordinators: the running etcd cluster they share, etcd://HOST:PORT[,HOST:PORT...] (loopback) or etcds://... (TLS)."
+    )
     var etcd: String?
+
+    @Option(help: "With --etcd etcds://: the coordinators' --etcd-ca (the CA of the members' certificates).")
+    var etcdCa: String?
+
+    @Option(help: "With --etcd etcds://: the coordinators' --etcd-cert (their client certificate).")
+    var etcdCert: String?
+
+    @Option(help: "With --etcd etcds://: the coordinators' --etcd-key (the client certificate's key, 0600).")
+    var etcdKey: String?
 
     @Option(help: "With --coordinators: kill -9 the leading coordinator once the job reaches this step.")
     var killLeaderAtStep: UInt64?
@@ -196,13 +208,16 @@ struct DemoCommand: AsyncParsableCommand {
         guard self.checkpointInterval > 0 else { throw ValidationError("--checkpoint-interval must be positive") }
         guard (1...7).contains(self.coordinators) else { throw ValidationError("--coordinators must be from 1 to 7") }
         if self.coordinators > 1 {
-            guard let etcd = self.etcd, etcd.hasPrefix("etcd://") else {
+            guard let etcd = self.etcd, etcd.hasPrefix("etcd://") || etcd.hasPrefix("etcds://") else {
                 throw ValidationError(
-                    "--coordinators \(self.coordinators) needs --etcd etcd://HOST:PORT,... (scripts/etcd-cluster.sh start DIR runs one on loopback)"
+                    "--coordinators \(self.coordinators) needs --etcd etcd://HOST:PORT,... or etcds://... (scripts/etcd-cluster.sh start DIR [--tls] runs one on loopback)"
                 )
             }
-        } else if self.etcd != nil || self.killLeaderAtStep != nil {
-            throw ValidationError("--etcd and --kill-leader-at-step go with --coordinators 2 or more")
+            if !etcd.hasPrefix("etcds://") && !self.etcdArguments.isEmpty {
+                throw ValidationError("--etcd-ca, --etcd-cert and --etcd-key go with --etcd etcds://")
+            }
+        } else if self.etcd != nil || self.killLeaderAtStep != nil || !self.etcdArguments.isEmpty {
+            throw ValidationError("--etcd, its TLS files and --kill-leader-at-step go with --coordinators 2 or more")
         }
         if let step = self.killLeaderAtStep, step >= self.totalSteps {
             throw ValidationError(
@@ -223,6 +238,13 @@ struct DemoCommand: AsyncParsableCommand {
             if let step, step >= self.totalSteps {
                 throw ValidationError("\(flag) \(step) is not before the last step (--steps \(self.totalSteps))")
             }
+        }
+    }
+
+    /// The coordinators' TLS flags, for those given (paths made absolute: they run elsewhere).
+    var etcdArguments: [String] {
+        [("--etcd-ca", self.etcdCa), ("--etcd-cert", self.etcdCert), ("--etcd-key", self.etcdKey)].flatMap {
+            flag, path in path.map { [flag, URL(fileURLWithPath: $0).standardizedFileURL.path] } ?? []
         }
     }
 
@@ -251,6 +273,7 @@ struct DemoCommand: AsyncParsableCommand {
         options.collectiveTimeoutSeconds = self.collectiveTimeout
         options.coordinators = self.coordinators
         options.etcd = self.coordinators > 1 ? self.etcd : nil
+        options.etcdArguments = self.etcdArguments
         options.killLeaderAtStep = self.killLeaderAtStep
         options.leaderLease = self.leaderLease
         switch self.model {
