@@ -287,7 +287,9 @@ public final class EtcdClient: Sendable {
         } catch let error as HTTPClientError where error == .connectTimeout {
             return .unreachable("connection timed out")
         } catch  where Self.isTLS(error) {
-            return .unreachable("\(Self.tlsFailure) (\(error))")
+            // A member that refuses the client's certificate may say so in the handshake (an
+            // alert) or only after it (a close): the same hint either way.
+            return .unreachable("\(Self.tlsFailure) (\(error); \(self.closedHint))")
         } catch let error as HTTPClientError where error == .remoteConnectionClosed {
             // What a member does, with no word, to plain HTTP on a TLS port and, under TLS 1.3, to
             // a client whose certificate it refuses (the refusal comes after the handshake).
