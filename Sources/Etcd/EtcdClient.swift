@@ -54,8 +54,8 @@ public struct EtcdTransactionResult: Sendable {
 
 /// A client of an etcd v3 cluster through its JSON gateway (HTTP/1.1 over TLS or plain, one POST
 /// per call on connections it keeps), with every endpoint of the cluster: a call goes to the
-/// endpoint that answered last and, when that one cannot be reached or has no quorum, to the next. Calls block until answered or until their
-/// deadline; they must not be made on an event loop.
+/// endpoint that answered last and, when that one cannot be reached or has no quorum, to the next.
+/// Calls block until answered or until their deadline; they must not be made on an event loop.
 ///
 /// A call that has been sent and then timed out is not sent again elsewhere (it may have been
 /// carried out): it throws `outcomeUnknown`, and the caller decides.
