@@ -21,26 +21,70 @@ extension CoordinatorService {
     }
 
     /// Applies an operator's command and carries out its actions; throws its refusal, or the
-    /// failure to save it. A command is acknowledged only once what it changed is durable: it is
-    /// applied to a copy of the machine, the records it changed are written in one fsynced
-    /// transaction (by the writer, behind what is queued there), and only then does the copy
-    /// replace the machine. When the write fails (a full disk), the machine is left as the disk
-    /// has it and nothing is pushed or acknowledged. (So a command, unlike an event, holds the
-    /// engine lock while its records are written; commands are rare.)
-    func command(_ command: CoordinatorMachine.Command, logger: Logger) throws {
-        try self.engine.withLock { engine in
+    /// failure to save it. A command is acknowledged only once what it changed is durable, and no
+    /// write is waited for under the engine lock: a store that is slow to answer (an etcd without a
+    /// quorum takes its 3 s timeout) must not hold up every node's heartbeats, step reports and
+    /// reads behind an operator's `job resize`. Commands run one at a time, on a thread of their
+    /// own (the waits block), in two turns:
+    ///
+    /// 1. Under the lock, the command is applied to a copy of the machine and the records it
+    ///    changed are queued for the writer, behind what is queued. Off the lock, the command
+    ///    waits for them to be fsynced. When that write fails (a full disk) nothing has changed:
+    ///    the machine never saw the command, and the error says why.
+    /// 2. Under the lock again, the command is applied to the machine as events left it meanwhile
+    ///    and carried out as an event's actions are: its records queued, then its pushes. Off the
+    ///    lock, it waits for those records too, and only then is it acknowledged.
+    ///
+    /// Whatever an event changed in between was queued after the first turn's records and pushed
+    /// only once written, so the disk never holds less than agents were told; and once the second
+    /// turn's records are written, the disk holds the command on the machine as it is.
+    func command(_ command: CoordinatorMachine.Command, logger: Logger) async throws {
+        try await onOwnThread(named: "ringmaster-command") {
+            try self.commandTurns.withLock { _ in try self.carryOut(command, logger: logger) }
+        }
+    }
+
+    /// The two turns of `command`, on its own thread.
+    private func carryOut(_ command: CoordinatorMachine.Command, logger: Logger) throws {
+        let (first, jobs) = try self.engine.withLock { engine in
             var machine = engine.machine
-            let actions = try machine.apply(command, now: self.elapsed)
+            let jobs = Self.persisted(try machine.apply(command, now: self.elapsed))
+            return (self.writer.queue(records: jobs.compactMap { machine.record(job: $0) }), jobs)
+        }
+        do {
+            try first.wait()
+        } catch {
+            logger.error(
+                "could not save an operator's command; it was not carried out", metadata: [LogKey.error: "\(error)"])
+            throw error
+        }
+        let second = StateWriter.Waiting()
+        try self.engine.withLock { engine in
             do {
-                try self.writer.write(records: Self.persisted(actions).compactMap { machine.record(job: $0) })
+                let actions = try engine.machine.apply(command, now: self.elapsed)
+                self.perform(actions, engine: &engine, logger: logger, waiting: second)
             } catch {
-                logger.error(
-                    "could not save an operator's command; it was not carried out", metadata: [LogKey.error: "\(error)"]
-                )
+                // Refused now, though accepted by the copy: what the copy changed is on disk, so
+                // the machine's own records of those jobs are written over it. (Only an event in
+                // between can refuse it, a job ended say, and an event that changed a job also
+                // rewrote its record; this covers what did not.)
+                var batch = StateWriter.Batch()
+                batch.records = jobs.compactMap { engine.machine.record(job: $0) }
+                batch.durable = true
+                self.writer.submit(batch)
                 throw error
             }
-            engine.machine = machine
-            self.perform(actions, engine: &engine, logger: logger, recordsSaved: true)
+        }
+        do {
+            try second.wait()
+        } catch {
+            logger.error(
+                "an operator's command was carried out, but could not be saved",
+                metadata: [LogKey.error: "\(error)"])
+            throw CoordinatorError(
+                .stateStore,
+                "the command was carried out, but its state could not be saved, so a restart of the coordinator may undo it: \((error as? CoordinatorError)?.message ?? "\(error)")"
+            )
         }
     }
 
@@ -138,18 +182,21 @@ extension CoordinatorService {
     /// records first, then progress, then manifests, and only then are the pushes and log lines of
     /// the same event carried out. What an agent has been told (a generation, a cursor) is on disk
     /// before it can hear it, so a crash never makes a restarted coordinator reissue a generation
-    /// number or move a cursor back. (`recordsSaved`: the caller wrote them, as `command` does.)
-    /// An event has happened whether or not it can be saved, so a failed write does not stop the
-    /// job: the job is marked as not being saved until a write of it succeeds again.
+    /// number or move a cursor back. An event has happened whether or not it can be saved, so a
+    /// failed write does not stop the job: the job is marked as not being saved until a write of it
+    /// succeeds again. (`waiting`: told once the batch is carried out, as `command` asks.)
     func perform(
-        _ actions: [CoordinatorMachine.Action], engine: inout Engine, logger: Logger, recordsSaved: Bool = false
+        _ actions: [CoordinatorMachine.Action], engine: inout Engine, logger: Logger,
+        waiting: StateWriter.Waiting? = nil
     ) {
         var batch = StateWriter.Batch()
-        if !recordsSaved {
-            batch.records = Self.persisted(actions).compactMap { engine.machine.record(job: $0) }
-            // A step commit alone is written without an fsync (it happens hundreds of times a
-            // second); anything else that changes a job (a generation, a phase) is fsynced.
-            batch.durable = !actions.allSatisfy {
+        batch.records = Self.persisted(actions).compactMap { engine.machine.record(job: $0) }
+        // A step commit alone is written without an fsync (it happens hundreds of times a
+        // second); anything else that changes a job (a generation, a phase) is fsynced, and so is
+        // what a command waits for, which it acknowledges as durable.
+        batch.durable =
+            waiting != nil
+            || !actions.allSatisfy {
                 switch $0 {
                 case .stepCommitted, .announceCursor, .persist, .replicasAgree, .replicasDiverged, .commitCheckpoint,
                     .shardFailed, .shardRefused, .staleRefused:
@@ -159,7 +206,6 @@ extension CoordinatorService {
                     return false
                 }
             }
-        }
         // The progress the actions touched, saved once they have all changed it (a generation
         // started, a step's loss); a generation's start and a job's end are saved regardless.
         var touched: [String] = []
@@ -356,7 +402,7 @@ extension CoordinatorService {
             }
         }
         batch.progress = self.progressDue(of: touched, forcing: forcing, engine: &engine)
-        self.writer.submit(batch)
+        self.writer.submit(batch, waiting: waiting)
     }
 
     /// Brings the derived gauges (nodes by state) up to date; called when `/metrics` is scraped,
@@ -464,9 +510,10 @@ extension CoordinatorService {
 
     // MARK: - Status
 
-    func jobStatus(_ job: String?) throws -> Ringmaster_V1_JobStatusReply {
-        // What happened before the request is shown once it is written, as it is pushed.
-        self.writer.drain()
+    func jobStatus(_ job: String?) async throws -> Ringmaster_V1_JobStatusReply {
+        // What happened before the request is shown once it is written, as it is pushed. (The
+        // wait blocks: off the threads that serve connections, like every wait on the store.)
+        try await onOwnThread(named: "ringmaster-state-drain") { self.writer.drain() }
         let (records, progress) = self.engine.withLock { ($0.machine.records, $0.progress) }
         let selected = job.map { name in records.filter { $0.spec.name == name } } ?? records
         if let job, selected.isEmpty {

@@ -93,6 +93,8 @@ public final class CoordinatorService: Service, Sendable {
     let writer: StateWriter
     /// The process's descriptor limit, raised at start.
     let descriptorLimit: Int
+    /// Held by the operator's command being carried out: commands go one at a time (`command`).
+    let commandTurns = Mutex<Void>(())
     /// The connections held, and which new ones are refused at accept.
     let connections: Mutex<ConnectionBudget>
     /// The unauthenticated connections' channels, to close one a newcomer displaces.
@@ -783,23 +785,23 @@ public final class CoordinatorService: Service, Sendable {
                         "refused to resume a job", metadata: [LogKey.job: "\(spec.name)", LogKey.reason: "\(error)"])
                     return Outcome(replies: [.error(.invalidRequest, "\(error)", requestID: requestID)])
                 }
-                try self.command(.submit(spec, start: start), logger: logger)
+                try await self.command(.submit(spec, start: start), logger: logger)
                 logger.info(
                     "job submitted",
                     metadata: [LogKey.job: "\(spec.name)", "nodes": "\(spec.minNodes)..\(spec.maxNodes)"])
-                reply.adminReply.jobStatus = try self.jobStatus(spec.name)
+                reply.adminReply.jobStatus = try await self.jobStatus(spec.name)
             case .jobStatus(let request):
-                reply.adminReply.jobStatus = try self.jobStatus(request.jobID.isEmpty ? nil : request.jobID)
+                reply.adminReply.jobStatus = try await self.jobStatus(request.jobID.isEmpty ? nil : request.jobID)
             case .jobResize(let resize):
-                try self.command(.resize(job: resize.jobID, nodes: Int(resize.nodes)), logger: logger)
+                try await self.command(.resize(job: resize.jobID, nodes: Int(resize.nodes)), logger: logger)
                 logger.info("job resized", metadata: [LogKey.job: "\(resize.jobID)", "nodes": "\(resize.nodes)"])
-                reply.adminReply.jobStatus = try self.jobStatus(resize.jobID)
+                reply.adminReply.jobStatus = try await self.jobStatus(resize.jobID)
             case .jobCancel(let cancel):
-                try self.command(.cancel(job: cancel.jobID), logger: logger)
+                try await self.command(.cancel(job: cancel.jobID), logger: logger)
                 logger.info("job cancelled", metadata: [LogKey.job: "\(cancel.jobID)"])
-                reply.adminReply.jobStatus = try self.jobStatus(cancel.jobID)
+                reply.adminReply.jobStatus = try await self.jobStatus(cancel.jobID)
             case .nodeDrain(let drain):
-                try self.command(.drain(node: drain.nodeID), logger: logger)
+                try await self.command(.drain(node: drain.nodeID), logger: logger)
                 logger.info("node drained", metadata: [LogKey.node: "\(drain.nodeID)"])
                 reply.adminReply.nodeList = try await self.nodeList()
             case .none:

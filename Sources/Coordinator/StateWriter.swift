@@ -22,8 +22,8 @@ import Synchronization
 ///
 /// The writer never takes the engine lock. Its own state (which jobs cannot be saved) sits behind
 /// its own lock, and what the engine must learn of a manifest write is handed to `outcomes`, a
-/// queue of its own, so an operator's command may wait for the writer (`write(records:)`) while it
-/// holds the engine lock without a cycle.
+/// queue of its own. An operator's command, which is acknowledged only once durable, queues its
+/// writes under the engine lock and waits for them (`Waiting`) after releasing it.
 final class StateWriter: Sendable {
     /// What one event asks to write, and what may be done only once it is written.
     struct Batch: Sendable {
@@ -98,8 +98,22 @@ final class StateWriter: Sendable {
     /// A caller waiting for its place in the queue to be written.
     final class Waiting: Sendable {
         let done = DispatchSemaphore(value: 0)
-        /// Why a command's records could not be written.
+        /// Why the records could not be written (for a batch: why its transaction failed, or why
+        /// this coordinator does not tell agents of it).
         let error = Mutex<(any Error)?>(nil)
+
+        /// Returns once the writer got this far, or throws why the records were not written.
+        /// Waits at most `timeout`: a state database that does not answer in that long is reported
+        /// as such (the write may still land later). Never called under the engine lock.
+        func wait(timeout: Duration = .seconds(120)) throws {
+            guard self.done.wait(timeout: .now() + .seconds(Int(timeout.components.seconds))) == .success else {
+                throw CoordinatorError(
+                    .stateStore,
+                    "the state database did not finish a write within \(timeout); the change may still be saved: check with `ringmaster job status`"
+                )
+            }
+            if let failure = self.error.withLock({ $0 }) { throw failure }
+        }
     }
 
     /// A writer to `store`, with its thread started; `stop` ends it.
@@ -147,28 +161,34 @@ final class StateWriter: Sendable {
     }
 
     /// Queues `batch` behind every batch submitted before it. An empty batch (an event that
-    /// changed nothing to save and told nobody anything) is not queued at all.
-    func submit(_ batch: Batch) {
-        guard !batch.records.isEmpty || !batch.progress.isEmpty || !batch.manifests.isEmpty || !batch.then.isEmpty
+    /// changed nothing to save and told nobody anything) is not queued at all, unless someone
+    /// waits for it: `waiting` learns once it is carried out, with the failure of its records'
+    /// transaction if that failed (its `then` runs all the same where the store acts on failed
+    /// writes, as an event's does).
+    func submit(_ batch: Batch, waiting: Waiting? = nil) {
+        guard
+            waiting != nil || !batch.records.isEmpty || !batch.progress.isEmpty || !batch.manifests.isEmpty
+                || !batch.then.isEmpty
         else { return }
-        self.enqueue(Queued(batch: batch))
+        self.enqueue(Queued(batch: batch, waiting: waiting))
     }
 
-    /// Writes `records` durably once everything queued before them is written, and returns when
-    /// they are (or throws, having written none of them). For operators' commands, which are
-    /// acknowledged only once durable. Waits at most `timeout`: a state database that does not
-    /// answer in that long is reported as such (the write may still land later).
-    func write(records: [CoordinatorMachine.JobRecord], timeout: Duration = .seconds(120)) throws {
-        guard !records.isEmpty else { return }
+    /// Queues `records` to be written durably, in a transaction of their own, once everything
+    /// queued before them is written; the `Waiting` returned says when they are, or why none of
+    /// them was written. For operators' commands, which are acknowledged only once durable.
+    func queue(records: [CoordinatorMachine.JobRecord]) -> Waiting {
         let waiting = Waiting()
-        self.enqueue(Queued(command: records, waiting: waiting))
-        guard waiting.done.wait(timeout: .now() + .seconds(Int(timeout.components.seconds))) == .success else {
-            throw CoordinatorError(
-                .stateStore,
-                "the state database did not finish a write within \(timeout); the change may still be saved: check with `ringmaster job status`"
-            )
+        if records.isEmpty {
+            waiting.done.signal()
+        } else {
+            self.enqueue(Queued(command: records, waiting: waiting))
         }
-        if let failure = waiting.error.withLock({ $0 }) { throw failure }
+        return waiting
+    }
+
+    /// Writes `records` as `queue(records:)` does and waits for them (`Waiting.wait`).
+    func write(records: [CoordinatorMachine.JobRecord], timeout: Duration = .seconds(120)) throws {
+        try self.queue(records: records).wait(timeout: timeout)
     }
 
     /// Returns once everything submitted before the call is written and carried out, and the
@@ -209,13 +229,19 @@ final class StateWriter: Sendable {
             }
             var end = start
             while end < queued.count, queued[end].command == nil { end += 1 }
-            self.carryOut(batches: queued[start..<end].map(\.batch))
-            for waiting in queued[start..<end] { waiting.waiting?.done.signal() }
+            let failure = self.carryOut(batches: queued[start..<end].map(\.batch))
+            for waiting in queued[start..<end].compactMap(\.waiting) {
+                if let failure { waiting.error.withLock { $0 = failure } }
+                waiting.done.signal()
+            }
             start = end
         }
     }
 
-    func carryOut(batches: [Batch]) {
+    /// Carries out `batches` as one: returns why their records were not written, or why agents
+    /// are not told of them (this coordinator may no longer lead), if either.
+    @discardableResult
+    func carryOut(batches: [Batch]) -> (any Error)? {
         var records: [String: CoordinatorMachine.JobRecord] = [:]
         var order: [String] = []
         var durable = false
@@ -231,6 +257,7 @@ final class StateWriter: Sendable {
         // shared store's write failed), tells agents nothing more: what it would push is the
         // leader's to decide.
         var deposed = false
+        var failure: (any Error)?
         if !records.isEmpty {
             let written = order.compactMap { records[$0] }
             do {
@@ -238,9 +265,11 @@ final class StateWriter: Sendable {
                 for record in written { self.saved(record.spec.name, .record) }
             } catch let error as CoordinatorError where error.code == .notLeading {
                 deposed = true
+                failure = error
             } catch {
                 for record in written { self.failed(record.spec.name, .record, error) }
                 if !self.store.actsOnFailedWrites { deposed = true }
+                failure = error
             }
         }
         if !progress.isEmpty {
@@ -258,6 +287,7 @@ final class StateWriter: Sendable {
                 for job in encoded.keys { self.saved(job, .progress) }
             } catch let error as CoordinatorError where error.code == .notLeading {
                 deposed = true
+                failure = failure ?? error
             } catch {
                 // Progress is what `job status` shows: its loss alone stops nothing.
                 for job in encoded.keys.sorted() { self.failed(job, .progress, error) }
@@ -267,7 +297,7 @@ final class StateWriter: Sendable {
             self.logger.warning(
                 "not leading, or not sure of it: the state was not saved, and agents are not told of it",
                 metadata: ["batches": "\(batches.count)"])
-            return
+            return failure
         }
         for batch in batches {
             for write in batch.manifests {
@@ -278,6 +308,7 @@ final class StateWriter: Sendable {
         for batch in batches {
             for body in batch.then { body() }
         }
+        return failure
     }
 
     /// Writes a manifest (temporary name, fsync, rename, directory fsync), then prunes old

@@ -103,6 +103,30 @@ struct StateWriterTests {
         #expect(writer.notSaved("job") != nil)
     }
 
+    /// What a command waits for learns how its batch's records fared: written, or why not (the
+    /// command then says the state it carried out is not saved).
+    @Test(arguments: [false, true])
+    func test_aWaitedBatch_reportsTheFailureOfItsRecords(shared: Bool) throws {
+        let writer = Self.writer(FailingStore(shared: shared))
+        var batch = StateWriter.Batch()
+        batch.records = [try Self.record("job", cursor: 1)]
+        let waiting = StateWriter.Waiting()
+        writer.submit(batch, waiting: waiting)
+        #expect { try waiting.wait(timeout: .seconds(10)) } throws: { "\($0)".contains("the disk (or etcd) is gone") }
+
+        let (store, directory) = try Self.store()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let working = Self.writer(store)
+        let written = StateWriter.Waiting()
+        working.submit(batch, waiting: written)
+        try written.wait(timeout: .seconds(10))
+        #expect(try store.jobs().map(\.cursor) == [1])
+        // A batch with nothing in it is still carried out for whoever waits for it.
+        let empty = StateWriter.Waiting()
+        working.submit(StateWriter.Batch(), waiting: empty)
+        try empty.wait(timeout: .seconds(10))
+    }
+
     @Test func test_aCommandsRecords_areWrittenBehindWhatIsQueued() throws {
         let (store, directory) = try Self.store()
         defer { try? FileManager.default.removeItem(atPath: directory) }
