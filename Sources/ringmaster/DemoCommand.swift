@@ -1,4 +1,5 @@
 import ArgumentParser
+import Etcd
 import Foundation
 import JobModel
 import LocalCluster
@@ -208,13 +209,22 @@ struct DemoCommand: AsyncParsableCommand {
         guard self.checkpointInterval > 0 else { throw ValidationError("--checkpoint-interval must be positive") }
         guard (1...7).contains(self.coordinators) else { throw ValidationError("--coordinators must be from 1 to 7") }
         if self.coordinators > 1 {
-            guard let etcd = self.etcd, etcd.hasPrefix("etcd://") || etcd.hasPrefix("etcds://") else {
-                throw ValidationError(
-                    "--coordinators \(self.coordinators) needs --etcd etcd://HOST:PORT,... or etcds://... (scripts/etcd-cluster.sh start DIR [--tls] runs one on loopback)"
-                )
+            let needs =
+                "--coordinators \(self.coordinators) needs --etcd etcd://HOST:PORT,... or etcds://... (scripts/etcd-cluster.sh start DIR [--tls] runs one on loopback)"
+            guard let etcd = self.etcd else { throw ValidationError(needs) }
+            let address: EtcdAddress
+            do {
+                address = try EtcdAddress(parsing: etcd)
+            } catch {
+                throw ValidationError("\(needs): \(error)")
             }
-            if !etcd.hasPrefix("etcds://") && !self.etcdArguments.isEmpty {
+            if !address.secure && !self.etcdArguments.isEmpty {
                 throw ValidationError("--etcd-ca, --etcd-cert and --etcd-key go with --etcd etcds://")
+            }
+            guard address.secure || address.isLoopback else {
+                throw ValidationError(
+                    "--etcd \(address) is not on loopback: the demo's coordinators speak plain HTTP to etcd only there; give etcds://... with --etcd-ca, --etcd-cert and --etcd-key"
+                )
             }
         } else if self.etcd != nil || self.killLeaderAtStep != nil || !self.etcdArguments.isEmpty {
             throw ValidationError("--etcd, its TLS files and --kill-leader-at-step go with --coordinators 2 or more")
