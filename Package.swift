@@ -135,6 +135,7 @@ let package = Package(
             name: "Etcd",
             dependencies: [
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOFoundationCompat", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -333,7 +334,7 @@ let package = Package(
         ),
         .testTarget(
             name: "EtcdTests",
-            dependencies: ["Etcd", "RingmasterSecurity"],
+            dependencies: ["Etcd", "RingmasterSecurity", .product(name: "NIOSSL", package: "swift-nio-ssl")],
             swiftSettings: strictSwift6
         ),
         .testTarget(

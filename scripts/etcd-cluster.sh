@@ -21,6 +21,11 @@
 #                                              waits until it is healthy.
 #   scripts/etcd-cluster.sh restart DIR all    Starts every member not running again, together, and
 #                                              waits until the cluster is healthy (after `stop`).
+#   scripts/etcd-cluster.sh rotate DIR         For a cluster started with --tls: makes a new CA and,
+#                                              signed by it, new server and client certificates,
+#                                              each renamed over its file in DIR/tls (as a PKI
+#                                              rotation does). Members take them at their next
+#                                              start: stop, then restart DIR all.
 #
 # The wait gives up after RINGMASTER_ETCD_WAIT_S seconds (default 20), naming what it waited for and
 # showing the end of each member's log. Member logs are DIR/member<i>.log; data is DIR/member<i>.
@@ -32,7 +37,7 @@ wait_s="${RINGMASTER_ETCD_WAIT_S:-20}"
 stop_wait_s=10
 
 usage() {
-    echo "usage: $0 start DIR [--members N] [--base-port P] [--host IP] [--tls] | stop DIR | kill DIR INDEX | restart DIR INDEX|all" >&2
+    echo "usage: $0 start DIR [--members N] [--base-port P] [--host IP] [--tls] | stop DIR | kill DIR INDEX | restart DIR INDEX|all | rotate DIR" >&2
     exit 2
 }
 
@@ -61,10 +66,11 @@ etcdctl_tls() {
     printf '%s\n' --cacert "$dir/tls/ca.crt" --cert "$dir/tls/client.crt" --key "$dir/tls/client.key"
 }
 
-# Makes DIR/tls: a CA, and signed by it a server certificate for the client host and loopback and
-# a client certificate (ECDSA P-256, valid 2 days: they are for one test run).
+# Makes DIR/tls (or the directory given): a CA, and signed by it a server certificate for the
+# client host and loopback and a client certificate (ECDSA P-256, valid 2 days: they are for one
+# test run).
 make_certificates() {
-    local out="$dir/tls"
+    local out="${1:-$dir/tls}"
     command -v openssl >/dev/null || fail "--tls needs openssl (Debian package openssl)"
     mkdir -p "$out"
     (
@@ -86,6 +92,19 @@ make_certificates() {
         done
     ) >"$dir/openssl.log" 2>&1 || { cat "$dir/openssl.log" >&2; fail "openssl could not make the certificates in $out"; }
     chmod 644 "$out/ca.crt" "$out/server.crt" "$out/client.crt"
+}
+
+# A new CA and certificates, made beside DIR/tls and renamed over its files one by one.
+rotate() {
+    load_config
+    [ "$tls" = 1 ] || fail "the cluster in $dir was started without --tls: there are no certificates to rotate"
+    local fresh="$dir/tls.rotating" name
+    rm -rf "$fresh"
+    make_certificates "$fresh"
+    for name in ca.key ca.crt server.key server.crt client.key client.crt; do
+        mv -f "$fresh/$name" "$dir/tls/$name"
+    done
+    rm -rf "$fresh"
 }
 
 client_port() { echo $((base_port + 2 * $1)); }
@@ -360,5 +379,6 @@ case "$command" in
     stop) [ "$#" -eq 0 ] || usage; stop ;;
     kill) [ "$#" -eq 1 ] || usage; kill_member "$1" ;;
     restart) [ "$#" -eq 1 ] || usage; restart_member "$1" ;;
+    rotate) [ "$#" -eq 0 ] || usage; rotate ;;
     *) usage ;;
 esac

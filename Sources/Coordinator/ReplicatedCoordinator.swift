@@ -53,10 +53,11 @@ public final class ReplicatedCoordinator: Service {
                 "transport":
                     "\(self.tls.map { "TLS, client certificate \($0.certificateFile ?? "none")" } ?? "plain HTTP")",
             ])
-        let client = EtcdClient(endpoints: self.endpoints, tls: self.tls)
+        let client = EtcdClient(endpoints: self.endpoints, tls: self.tls, logger: self.logger)
         let authority = try self.sharedAuthority(client)
         let elector = try LeaderElector(
-            client: EtcdClient(endpoints: self.endpoints, tls: self.tls, timeout: self.election.renewal * 4 / 5),
+            client: EtcdClient(
+                endpoints: self.endpoints, tls: self.tls, timeout: self.election.renewal * 4 / 5, logger: self.logger),
             prefix: self.prefix,
             identity: .init(
                 id: "\(ProcessInfo.processInfo.hostName)-\(getpid())-\(UUID().uuidString.prefix(8))",

@@ -1,5 +1,6 @@
 import AsyncHTTPClient
 import Foundation
+import Logging
 import NIOCore
 import NIOFoundationCompat
 import NIOHTTP1
@@ -59,37 +60,116 @@ public struct EtcdTransactionResult: Sendable {
 ///
 /// A call that has been sent and then timed out is not sent again elsewhere (it may have been
 /// carried out): it throws `outcomeUnknown`, and the caller decides.
+///
+/// Over TLS, the client looks at its files at most once a second, before a call: when they have
+/// changed on disk and load, later calls go over new connections that use them (calls in flight
+/// finish on the old ones), so a rotated certificate or CA needs no restart. Files that changed
+/// but do not load (a rotation half done) leave the old ones in use; that is logged, and said in
+/// the message of any call that then fails.
 public final class EtcdClient: Sendable {
     /// The cluster's client endpoints, `host:port`.
     public let endpoints: [String]
     /// How long one call may take, all endpoints tried included.
     public let timeout: Duration
-    let http: HTTPClient
     /// `https` with TLS, else `http`.
     let scheme: String
-    let tls: EtcdTLS?
+    let logger: Logger
     /// The endpoint to try first: the one that answered last.
     let preferred = Mutex(0)
+    /// The connections calls use now, and when the TLS files were last looked at.
+    let current: Mutex<Current>
+
+    /// How often, at most, the TLS files are looked at for a change.
+    let reloadInterval: Duration
+
+    /// The HTTP client of one set of TLS files: shut down when the last call using it has ended.
+    final class Connections: Sendable {
+        let http: HTTPClient
+        let tls: EtcdTLS?
+
+        init(tls: EtcdTLS?) {
+            self.tls = tls
+            var configuration = HTTPClient.Configuration(tlsConfiguration: tls?.configuration)
+            // HTTP/1.1 only, as over plain HTTP: over TLS etcd offers HTTP/2, and async-http-client's
+            // HTTP/2 handler crashed coordinators during leader failovers (a force-unwrap when a
+            // stream fails after its request is gone: swift-server/async-http-client#922, open).
+            configuration.httpVersion = .http1Only
+            configuration.timeout = .init(connect: .milliseconds(500), read: nil)
+            configuration.connectionPool = .init(idleTimeout: .seconds(30))
+            self.http = HTTPClient(eventLoopGroupProvider: .singleton, configuration: configuration)
+        }
+
+        // The last reference is dropped by a calling thread (calls never run on an event loop),
+        // or by `EtcdClient.connections()` outside its lock, where blocking is allowed.
+        deinit { try? self.http.syncShutdown() }
+    }
+
+    struct Current {
+        var connections: Connections
+        var checked: ContinuousClock.Instant
+        /// Why the files, changed on disk, did not load at the last look (nil: they did, or did
+        /// not change).
+        var reloadFailure: String?
+    }
 
     /// A client of the cluster at `endpoints` (`host:port` each, at least one), over TLS when
-    /// `tls` is given (`etcds://`), else over plain HTTP.
-    public init(endpoints: [String], tls: EtcdTLS? = nil, timeout: Duration = .seconds(3)) {
+    /// `tls` is given (`etcds://`), else over plain HTTP, looking at the TLS files for a change at
+    /// most once per `reloadInterval`. `logger` hears of TLS files reloaded or failing to.
+    public init(
+        endpoints: [String], tls: EtcdTLS? = nil, timeout: Duration = .seconds(3),
+        reloadInterval: Duration = .seconds(1),
+        logger: Logger = Logger(label: "ringmaster.etcd", factory: { _ in SwiftLogNoOpLogHandler() })
+    ) {
+        self.reloadInterval = reloadInterval
         precondition(!endpoints.isEmpty, "an etcd client needs at least one endpoint")
         self.endpoints = endpoints
         self.timeout = timeout
         self.scheme = tls == nil ? "http" : "https"
-        self.tls = tls
-        var configuration = HTTPClient.Configuration(tlsConfiguration: tls?.configuration)
-        // HTTP/1.1 only, as over plain HTTP: over TLS etcd offers HTTP/2, and async-http-client's
-        // HTTP/2 handler crashed coordinators during leader failovers (a force-unwrap when a
-        // stream fails after its request is gone: swift-server/async-http-client#922, open).
-        configuration.httpVersion = .http1Only
-        configuration.timeout = .init(connect: .milliseconds(500), read: nil)
-        configuration.connectionPool = .init(idleTimeout: .seconds(30))
-        self.http = HTTPClient(eventLoopGroupProvider: .singleton, configuration: configuration)
+        self.logger = logger
+        self.current = Mutex(Current(connections: Connections(tls: tls), checked: .now, reloadFailure: nil))
     }
 
-    deinit { try? self.http.syncShutdown() }
+    /// The TLS files in use now (nil: plain HTTP).
+    public var tls: EtcdTLS? { self.current.withLock { $0.connections.tls } }
+
+    /// The connections for a call: those of the TLS files as they are on disk now when they
+    /// changed and load (looked at no more than once per `reloadInterval`), else those in use.
+    func connections() -> Connections {
+        let now = ContinuousClock.now
+        let (inUse, due) = self.current.withLock { current -> (Connections, Bool) in
+            guard current.connections.tls != nil, now - current.checked >= self.reloadInterval else {
+                return (current.connections, false)
+            }
+            current.checked = now
+            return (current.connections, true)
+        }
+        guard due, let tls = inUse.tls else { return inUse }
+        let files: Logger.Metadata = [
+            "ca": "\(tls.caFile ?? "system roots")", "certificate": "\(tls.certificateFile ?? "none")",
+        ]
+        do {
+            guard let fresh = try tls.reloaded() else { return inUse }
+            let replacement = Connections(tls: fresh)
+            self.current.withLock {
+                $0.connections = replacement
+                $0.reloadFailure = nil
+            }
+            self.logger.notice("the etcd TLS files changed on disk: new calls use them", metadata: files)
+            return replacement
+        } catch {
+            let reason = "\(error)"
+            let first = self.current.withLock { current -> Bool in
+                defer { current.reloadFailure = reason }
+                return current.reloadFailure != reason
+            }
+            if first {
+                self.logger.warning(
+                    "the etcd TLS files changed on disk but do not load; the ones loaded before stay in use",
+                    metadata: files.merging(["reason": "\(reason)"]) { $1 })
+            }
+            return inUse
+        }
+    }
 
     // MARK: - Keys
 
@@ -199,6 +279,7 @@ public final class EtcdClient: Sendable {
     ) throws -> Response {
         let body = try JSONEncoder().encode(request)
         let deadline = ContinuousClock.now + self.timeout
+        let connections = self.connections()
         let first = self.preferred.withLock { $0 }
         var reasons: [String] = []
         for offset in 0..<self.endpoints.count {
@@ -206,7 +287,8 @@ public final class EtcdClient: Sendable {
             let endpoint = self.endpoints[index]
             let remaining = deadline - ContinuousClock.now
             guard remaining > .zero else { break }
-            let outcome = self.post(body, to: "\(self.scheme)://\(endpoint)/v3/\(path)", within: remaining)
+            let outcome = self.post(
+                body, to: "\(self.scheme)://\(endpoint)/v3/\(path)", within: remaining, over: connections)
             switch outcome {
             case .answered(let status, let data):
                 if status == .ok {
@@ -249,9 +331,12 @@ public final class EtcdClient: Sendable {
             reasons.contains { $0.contains(Self.tlsFailure) }
             ? "check that the cluster at \(self.endpoints.joined(separator: ",")) serves TLS, that --etcd-ca is the CA that signed its server certificates (for their IP address or name as given here), and that it accepts the --etcd-cert client certificate"
             : "check that the cluster at \(self.endpoints.joined(separator: ",")) is up and has a quorum"
+        let reload = self.current.withLock { $0.reloadFailure }.map {
+            "; the TLS files changed on disk but do not load, so the ones loaded before are in use (\($0)): finish writing them"
+        }
         throw EtcdError(
             .unavailable,
-            "no etcd endpoint served \(what) within \(self.timeout) (\(reasons.isEmpty ? "out of time" : reasons.joined(separator: "; "))); \(check)"
+            "no etcd endpoint served \(what) within \(self.timeout) (\(reasons.isEmpty ? "out of time" : reasons.joined(separator: "; "))); \(check)\(reload ?? "")"
         )
     }
 
@@ -263,7 +348,7 @@ public final class EtcdClient: Sendable {
         case noAnswer
     }
 
-    func post(_ body: Data, to url: String, within remaining: Duration) -> Outcome {
+    func post(_ body: Data, to url: String, within remaining: Duration, over connections: Connections) -> Outcome {
         let nanoseconds =
             remaining.components.seconds * 1_000_000_000 + remaining.components.attoseconds / 1_000_000_000
         // etcd holds a request it cannot serve (no quorum) for 7 s unless told a shorter deadline,
@@ -280,7 +365,8 @@ public final class EtcdClient: Sendable {
             return .unreachable("not a usable address (\(error))")
         }
         do {
-            let response = try self.http.execute(request: request, deadline: .now() + .nanoseconds(nanoseconds)).wait()
+            let response = try connections.http.execute(request: request, deadline: .now() + .nanoseconds(nanoseconds))
+                .wait()
             return .answered(response.status, response.body.map { Data(buffer: $0) } ?? Data())
         } catch let error as HTTPClientError where error == .deadlineExceeded || error == .readTimeout {
             return .noAnswer
@@ -289,19 +375,19 @@ public final class EtcdClient: Sendable {
         } catch  where Self.isTLS(error) {
             // A member that refuses the client's certificate may say so in the handshake (an
             // alert) or only after it (a close): the same hint either way.
-            return .unreachable("\(Self.tlsFailure) (\(error); \(self.closedHint))")
+            return .unreachable("\(Self.tlsFailure) (\(error); \(Self.closedHint(connections.tls)))")
         } catch let error as HTTPClientError where error == .remoteConnectionClosed {
             // What a member does, with no word, to plain HTTP on a TLS port and, under TLS 1.3, to
             // a client whose certificate it refuses (the refusal comes after the handshake).
-            return .unreachable("etcd closed the connection (\(self.closedHint))")
+            return .unreachable("etcd closed the connection (\(Self.closedHint(connections.tls)))")
         } catch {
             return .unreachable("\(error)")
         }
     }
 
     /// Why a member may close a connection without an answer, given how this client speaks to it.
-    var closedHint: String {
-        switch self.tls {
+    static func closedHint(_ tls: EtcdTLS?) -> String {
+        switch tls {
         case nil:
             "if the cluster serves TLS, give the store as etcds:// with --etcd-ca, --etcd-cert and --etcd-key"
         case let tls? where tls.certificateFile == nil:

@@ -66,19 +66,28 @@ public struct EtcdAddress: Sendable, Hashable, CustomStringConvertible {
 
 /// What a client needs to speak TLS to etcd (`etcds://`): the CA that signed the members' server
 /// certificates and, for a cluster that runs with `--client-cert-auth`, a client certificate and
-/// its key. Loaded and checked once, when the coordinator starts, so that a wrong file is named
-/// then rather than at the first write. Messages name the files, never what is in them.
+/// its key. Loaded and checked when the coordinator starts, so that a wrong file is named then
+/// rather than at the first write, and loaded again when the files change on disk (`reloaded()`),
+/// so that certificates a PKI rotates reach a coordinator that runs for months. Messages name the
+/// files, never what is in them.
 public struct EtcdTLS: Sendable {
     /// The CA file (nil: the system's trust roots).
     public let caFile: String?
     /// The client certificate file (nil: no client certificate).
     public let certificateFile: String?
+    /// The client key file (nil: no client certificate).
+    public let keyFile: String?
     let configuration: TLSConfiguration
+    /// How the three files stood on disk just before they were read.
+    let stamps: [FileStamp?]
 
     /// Loads the files. `certificateFile` and `keyFile` go together; the key must be PEM, not
     /// encrypted, and readable by its owner alone (like `ca.key`), and it must be the
     /// certificate's.
     public init(caFile: String?, certificateFile: String?, keyFile: String?) throws {
+        // Taken before the files are read, so that a change made while they are read is seen by
+        // the next `reloaded()` rather than missed.
+        let stamps = [caFile, certificateFile, keyFile].map { $0.flatMap(FileStamp.init(path:)) }
         var configuration = TLSConfiguration.makeClientConfiguration()
         configuration.minimumTLSVersion = .tlsv12
         configuration.certificateVerification = .fullVerification
@@ -113,7 +122,47 @@ public struct EtcdTLS: Sendable {
         }
         self.caFile = caFile
         self.certificateFile = certificateFile
+        self.keyFile = keyFile
         self.configuration = configuration
+        self.stamps = stamps
+    }
+
+    /// The files loaded afresh when any of them changed on disk since this was loaded (replaced,
+    /// rewritten, or a symbolic link turned to another file, as a mounted Kubernetes secret is);
+    /// nil when none did. Throws, as `init` does, when they changed and do not load together, for
+    /// example between a rotation's writing of the certificate and of its key: the caller keeps
+    /// what it has and asks again later.
+    public func reloaded() throws -> EtcdTLS? {
+        let now = [self.caFile, self.certificateFile, self.keyFile].map { $0.flatMap(FileStamp.init(path:)) }
+        guard now != self.stamps else { return nil }
+        return try EtcdTLS(caFile: self.caFile, certificateFile: self.certificateFile, keyFile: self.keyFile)
+    }
+
+    /// Where a file stands on disk: which file it is and when and how it was last written. Any
+    /// change of content that a rotation makes (a new file renamed over the old, or the old one
+    /// rewritten) changes it.
+    struct FileStamp: Hashable, Sendable {
+        var device: UInt64
+        var inode: UInt64
+        var size: Int64
+        var modified: Int64
+        var modifiedNanoseconds: Int64
+        var changed: Int64
+        var changedNanoseconds: Int64
+
+        /// The file's stamp, following symbolic links; nil when it cannot be looked at (then
+        /// loading it says why).
+        init?(path: String) {
+            var info = stat()
+            guard stat(path, &info) == 0 else { return nil }
+            self.device = UInt64(info.st_dev)
+            self.inode = UInt64(info.st_ino)
+            self.size = Int64(info.st_size)
+            self.modified = Int64(info.st_mtim.tv_sec)
+            self.modifiedNanoseconds = Int64(info.st_mtim.tv_nsec)
+            self.changed = Int64(info.st_ctim.tv_sec)
+            self.changedNanoseconds = Int64(info.st_ctim.tv_nsec)
+        }
     }
 
     static func contents(of path: String, what: String) throws -> [UInt8] {

@@ -1,4 +1,5 @@
 import Foundation
+import NIOSSL
 import RingmasterSecurity
 import Testing
 
@@ -55,6 +56,36 @@ struct EtcdTLSTests {
         // A CA alone (a cluster without --client-cert-auth), and the system's roots alone, load too.
         #expect(try EtcdTLS(caFile: "\(files.first)/ca.crt", certificateFile: nil, keyFile: nil).certificateFile == nil)
         #expect(try EtcdTLS(caFile: nil, certificateFile: nil, keyFile: nil).configuration.certificateChain.isEmpty)
+    }
+
+    /// The files are loaded again only when one changed on disk; a rotation caught half done (a
+    /// new certificate beside the old key) is refused as at start, and the one before stays valid.
+    @Test func test_reloaded_loadsTheFilesAgainOnlyWhenOneChanged_andRefusesAHalfDoneRotation() throws {
+        let files = try Files()
+        let (certificate, key) = ("\(files.root)/client.crt", "\(files.root)/client.key")
+        func place(_ source: String, at path: String) throws {
+            try? FileManager.default.removeItem(atPath: path + ".new")
+            try FileManager.default.copyItem(atPath: source, toPath: path + ".new")
+            #expect(rename(path + ".new", path) == 0)
+        }
+        try place("\(files.first)/ca.crt", at: certificate)
+        try place("\(files.first)/ca.key", at: key)
+        let tls = try EtcdTLS(caFile: nil, certificateFile: certificate, keyFile: key)
+        #expect(try tls.reloaded() == nil)
+
+        try place("\(files.second)/ca.crt", at: certificate)
+        let message = try #require(Self.refusal { _ = try tls.reloaded() }, "a certificate beside another's key loaded")
+        #expect(message.contains("is not the key of the certificate"), "\(message)")
+
+        try place("\(files.second)/ca.key", at: key)
+        let fresh = try #require(try tls.reloaded(), "the rotated files were not loaded again")
+        let second = try NIOSSLCertificate.fromPEMFile("\(files.second)/ca.crt")
+        #expect(fresh.configuration.certificateChain == second.map { .certificate($0) })
+        #expect(try fresh.reloaded() == nil)
+        // Rewritten in place (the same inode) counts as well.
+        let text = try String(contentsOfFile: "\(files.first)/ca.crt", encoding: .utf8)
+        try Data(text.utf8).write(to: URL(fileURLWithPath: certificate))
+        #expect(Self.refusal { _ = try fresh.reloaded() }?.contains("is not the key of the certificate") == true)
     }
 
     @Test func test_aKeyThatIsNotTheCertificates_isRefusedNamingBothFiles() throws {

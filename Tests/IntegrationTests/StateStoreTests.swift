@@ -330,4 +330,65 @@ struct StateStoreTests {
         #expect(try cluster.client().get("/ringmaster/probe")?.value == Array("served".utf8))
         await cluster.stop()
     }
+
+    /// A PKI rotates etcd's CA and every certificate under a running coordinator, renaming each
+    /// new file over its old one. The client's next call goes over new connections with the new
+    /// files, without a restart; while the rotation is half done (a new certificate beside the
+    /// old key) the old files stay in use and a failing call says why. A client whose files were
+    /// not rotated (the control) is refused by the rotated cluster, so the rotation mattered.
+    @Test(.timeLimit(.minutes(1)))
+    func test_etcdTLSFilesRotatedOnDisk_areTakenUpByTheNextCall_withoutARestart() async throws {
+        let cluster = try await EtcdCluster(members: 1, tls: true)
+        // The client's own copies, as in /etc/ringmaster, and a control whose copies stay old.
+        let (rotated, control) = (try TestDirectory(), try TestDirectory())
+        let names = ["ca.crt", "client.crt", "client.key"]
+        for directory in [rotated, control] {
+            for name in names {
+                try FileManager.default.copyItem(
+                    atPath: "\(cluster.directory.path)/tls/\(name)", toPath: "\(directory.path)/\(name)")
+            }
+        }
+        func client(_ directory: TestDirectory) throws -> EtcdClient {
+            EtcdClient(
+                endpoints: cluster.endpoints,
+                tls: try EtcdTLS(
+                    caFile: "\(directory.path)/ca.crt", certificateFile: "\(directory.path)/client.crt",
+                    keyFile: "\(directory.path)/client.key"),
+                timeout: .seconds(2), reloadInterval: .zero)
+        }
+        let (client, old) = (try client(rotated), try client(control))
+        try client.put("/ringmaster/rotation", Array("before".utf8))
+        #expect(try old.get("/ringmaster/rotation")?.value == Array("before".utf8))
+
+        _ = try await EtcdCluster.script(["rotate", cluster.directory.path], within: 20)
+        await cluster.stop()
+        _ = try await EtcdCluster.script(["restart", cluster.directory.path, "all"], within: 40)
+        /// Puts the cluster's new file in place of the client's, by rename.
+        func install(_ name: String) throws {
+            let staging = "\(rotated.path)/.\(name).new"
+            try FileManager.default.copyItem(atPath: "\(cluster.directory.path)/tls/\(name)", toPath: staging)
+            #expect(rename(staging, "\(rotated.path)/\(name)") == 0, "rename onto \(name): errno \(errno)")
+        }
+
+        // Half done: the new certificate, the old key and CA.
+        try install("client.crt")
+        var halfway: EtcdError?
+        do { _ = try client.get("/ringmaster/rotation") } catch let error as EtcdError { halfway = error }
+        let refusal = try #require(halfway, "a client with a certificate that is not its key's reached etcd")
+        #expect("\(refusal)".contains("the TLS files changed on disk but do not load"), "\(refusal)")
+        #expect("\(refusal)".contains("is not the key of the certificate"), "\(refusal)")
+        #expect(!"\(refusal)".contains("PRIVATE KEY"))
+
+        try install("client.key")
+        try install("ca.crt")
+        #expect(try client.get("/ringmaster/rotation")?.value == Array("before".utf8))
+        try client.put("/ringmaster/rotation", Array("after".utf8))
+        #expect(client.tls?.certificateFile == "\(rotated.path)/client.crt")
+
+        var stale: EtcdError?
+        do { _ = try old.get("/ringmaster/rotation") } catch let error as EtcdError { stale = error }
+        let staleRefusal = try #require(stale, "a client with the files from before the rotation still reached etcd")
+        #expect("\(staleRefusal)".contains("TLS handshake failed"), "\(staleRefusal)")
+        await cluster.stop()
+    }
 }
